@@ -1,0 +1,254 @@
+"""The lifecycle of one call: render, send (with retries), validate (one repair), route, record.
+
+The lifecycle is written once, as a generator that yields the two things it cannot do itself,
+`Send` a request and `Sleep`; `drive` and `adrive` carry those out with blocking or awaiting I/O.
+So `Workflow.run` and `Workflow.arun` share every decision and differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from pydantic import BaseModel, ValidationError
+
+from smallops.errors import ConfigError, InputError, SmallopsError, WorkflowFailed
+from smallops.ids import uuid7
+from smallops.providers.base import Provider, ProviderError, Reply, Usage
+from smallops.result import Result
+
+if TYPE_CHECKING:
+    from smallops.plan import CallPlan
+
+REPAIRABLE = ("invalid_json", "schema_mismatch")
+
+
+@dataclass(frozen=True)
+class Send:
+    """Effect: send `request` to the provider within `timeout` seconds."""
+
+    request: dict[str, Any]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Effect: wait before retrying."""
+
+    seconds: float
+
+
+Effect = Union[Send, Sleep]
+Lifecycle = Generator[Effect, Any, Result[Any]]
+
+
+@dataclass
+class _Run:
+    """What one call accumulates on its way through the lifecycle."""
+
+    plan: CallPlan
+    inputs: dict[str, Any]
+    started: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)
+    messages: list[dict[str, str]] | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    served: Reply | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
+    """One call from inputs to a recorded Result; yields Send and Sleep effects."""
+    run = _Run(plan, inputs)
+    try:
+        run.messages = plan.prompt.render(inputs)
+        request = plan.provider.request(plan.prepared, run.messages)
+        reply = yield from _exchange(run, request, "call")
+        output, problem = _interpret(plan.output, reply)
+        if problem and problem[0] in REPAIRABLE:
+            assert reply.text is not None
+            repair = plan.provider.request(plan.prepared, run.messages + _repair(reply.text, problem[1]))
+            reply = yield from _exchange(run, repair, "repair")
+            output, problem = _interpret(plan.output, reply)
+    except ProviderError as exc:
+        return _fallback(run, exc.kind, exc.message)
+    except GeneratorExit:
+        raise
+    except BaseException as exc:  # configuration errors, cancellation and bugs: record, re-raise
+        _finish(run, "failed", None, _error_type(exc), _describe(exc))
+        raise
+    if problem:
+        return _fallback(run, *problem)
+    status = "auto" if plan.review == "none" else "pending_review"
+    return _finish(run, status, output)
+
+
+def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Effect, Any, Reply]:
+    """Send one request, retrying retryable failures under the policy and the deadline."""
+    policy = run.plan.retry
+    tries = 0
+    while True:
+        tries += 1
+        began, began_at = time.perf_counter(), time.time()
+        attempt: dict[str, Any] = {"n": len(run.attempts) + 1, "purpose": purpose,
+                                   "started_at": began_at, "request": request}
+        run.attempts.append(attempt)
+        try:
+            reply: Reply = yield Send(request, policy.attempt_timeout(run.elapsed()))
+        except ProviderError as exc:
+            attempt.update(latency_ms=_ms(began), status_code=exc.status_code, response=exc.raw,
+                           error_type=exc.kind, error_message=exc.message)
+            wait = policy.delay(exc, tries, run.elapsed())
+            if wait is None:
+                raise
+            attempt["retry_in_s"] = round(wait, 3)
+            yield Sleep(wait)
+            continue
+        attempt.update(latency_ms=_ms(began), status_code=reply.status_code, response=reply.raw,
+                       model=reply.model, finish=reply.finish, request_id=reply.request_id,
+                       usage=reply.usage.__dict__)
+        run.usage.add(reply.usage)
+        run.served = reply
+        return reply
+
+
+def _interpret(output: type[BaseModel] | None, reply: Reply) -> tuple[Any, tuple[str, str] | None]:
+    """The validated output, or the kind of problem and a message the model can act on."""
+    if reply.finish == "refusal" or reply.finish == "content_filter":
+        return None, ("refused", reply.refusal or f"the model stopped: {reply.finish}")
+    if reply.finish == "length":
+        return None, ("truncated", "the output hit the token limit (max_tokens) and was cut off")
+    if reply.text is None:
+        return None, ("invalid_json", "the model returned no content")
+    if output is None:
+        return reply.text, None
+    try:
+        return output.model_validate_json(reply.text), None
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            return None, ("invalid_json", f"the output is not valid JSON: {errors[0]['msg']}")
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'output'}: {e['msg']}" for e in errors)
+        return None, ("schema_mismatch", detail)
+
+
+def _repair(text: str, problem: str) -> list[dict[str, str]]:
+    return [
+        {"role": "assistant", "content": text},
+        {"role": "user", "content": f"That reply does not fit the required format: {problem}. "
+                                    "Reply again with only the corrected JSON."},
+    ]
+
+
+def _error_type(exc: BaseException) -> str:
+    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+        return "cancelled"
+    if isinstance(exc, InputError):
+        return "input_error"
+    return "config_error" if isinstance(exc, ConfigError) else "internal_error"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SmallopsError):
+        return exc.message
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def _fallback(run: _Run, kind: str, message: str) -> Result[Any]:
+    """Route a failed call to the workflow's fallback, and record it."""
+    fallback = run.plan.fallback
+    if fallback.kind == "default":
+        return _finish(run, "fallback_default", fallback.value, kind, message)
+    if fallback.kind == "review":
+        return _finish(run, "queued_for_human", None, kind, message)
+    result = _finish(run, "failed", None, kind, message)
+    raise WorkflowFailed(f"{run.plan.name}: {kind}: {message}", run_id=result.run_id,
+                         error_type=kind)
+
+
+def _finish(run: _Run, status: str, output: Any, error: str | None = None,
+            message: str | None = None) -> Result[Any]:
+    plan = run.plan
+    latency = _ms(run.started)
+    served = run.served
+    run_id = uuid7()
+    plan.writer.submit({
+        "id": run_id,
+        "plan": plan.record_static,
+        "status": status,
+        "error_type": error,
+        "error_message": message,
+        "model_served": served.model if served else None,
+        "system_fingerprint": served.fingerprint if served else None,
+        "attempt_count": len(run.attempts),
+        "usage": run.usage,
+        "latency_ms": latency,
+        "started_at": run.started_at,
+        "inputs": run.inputs,
+        "messages": run.messages,
+        "output": output,
+        "attempts": run.attempts,
+    })
+    return Result(
+        run_id=run_id,
+        workflow=plan.name,
+        status=status,
+        output=output,
+        error=error,
+        error_message=message,
+        prompt_version=plan.version.id,
+        model=served.model if served else None,
+        usage=run.usage,
+        latency_ms=latency,
+        attempts=len(run.attempts),
+    )
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)
+
+
+def drive(calls: Lifecycle, provider: Provider) -> Result[Any]:
+    """Carry out a lifecycle's effects with blocking I/O."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = calls.throw(error) if error else calls.send(value)
+        except StopIteration as stop:
+            result: Result[Any] = stop.value
+            return result
+        value = error = None
+        try:
+            if isinstance(effect, Sleep):
+                time.sleep(effect.seconds)
+            else:
+                value = provider.send(effect.request, effect.timeout)
+        except BaseException as exc:  # thrown into the lifecycle, which records it
+            error = exc
+
+
+async def adrive(calls: Lifecycle, provider: Provider) -> Result[Any]:
+    """Carry out a lifecycle's effects without blocking the event loop."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = calls.throw(error) if error else calls.send(value)
+        except StopIteration as stop:
+            result: Result[Any] = stop.value
+            return result
+        value = error = None
+        try:
+            if isinstance(effect, Sleep):
+                await asyncio.sleep(effect.seconds)
+            else:
+                value = await provider.asend(effect.request, effect.timeout)
+        except BaseException as exc:  # thrown into the lifecycle, which records it
+            error = exc

@@ -1,0 +1,85 @@
+"""The exceptions smallops raises, in one tree.
+
+    SmallopsError                   anything smallops raises on purpose
+    ├── ConfigError                 the project or a workflow is set up wrong (CLI exit 2)
+    │   ├── UnpinnedModelError      a moving model alias where a pinned version is required
+    │   ├── MissingFallbackError    a workflow that declares no fallback
+    │   ├── TemplateError           a prompt that cannot be loaded or rendered
+    │   ├── InputError              inputs that do not fit the workflow (bad JSONL, bad JSON)
+    │   ├── UnknownWorkflowError    a workflow name that no module defines
+    │   └── MissingExtraError       an optional dependency that is not installed
+    ├── StorageError                the log database cannot be used (CLI exit 1)
+    ├── NotFoundError               a run id, or other record, that does not exist (CLI exit 1)
+    └── WorkflowFailed              a call failed and the workflow's fallback is "raise"
+
+Every error carries a `hint`: one sentence telling the user how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class SmallopsError(Exception):
+    """Base of every error smallops raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ConfigError(SmallopsError):
+    """The project, a workflow or an invocation is set up wrong; nothing was spent."""
+
+    exit_code = 2
+
+
+class UnpinnedModelError(ConfigError):
+    """A model id that can change under the workflow without notice."""
+
+
+class MissingFallbackError(ConfigError):
+    """Every workflow must say where its work goes when the model fails."""
+
+
+class TemplateError(ConfigError):
+    """A prompt template that cannot be read, parsed or rendered."""
+
+
+class InputError(ConfigError):
+    """Inputs that do not fit: a missing variable, a bad JSON line."""
+
+
+class UnknownWorkflowError(ConfigError):
+    """A workflow name that no module in the project defines."""
+
+
+class MissingExtraError(ConfigError):
+    """An optional dependency is needed but not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package, which is not installed",
+            hint=f"pip install 'smallops[{extra}]'",
+        )
+
+
+class StorageError(SmallopsError):
+    """The log database cannot be reached or used."""
+
+
+class NotFoundError(SmallopsError):
+    """A run id, or another record, that is not in the log."""
+
+
+class WorkflowFailed(SmallopsError):
+    """A call failed and the workflow's fallback is "raise"; the run is still recorded."""
+
+    def __init__(self, message: str, *, run_id: str, error_type: str) -> None:
+        super().__init__(message, hint=f"see `smallops show {run_id}`")
+        self.run_id = run_id
+        self.error_type = error_type

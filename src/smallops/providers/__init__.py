@@ -1,0 +1,70 @@
+"""Providers by name: the built-in `openai`, `anthropic` and `fake`, plus named endpoints.
+
+One instance per configuration, shared by every workflow that uses it, so connection pools are
+shared too.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from smallops.config import ProviderConfig, Settings
+from smallops.errors import ConfigError
+from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
+from smallops.providers.fake import FakeProvider, FakeReply, FakeRequest
+
+__all__ = [
+    "FakeProvider",
+    "FakeReply",
+    "FakeRequest",
+    "Params",
+    "Provider",
+    "ProviderError",
+    "Reply",
+    "Usage",
+    "resolve_provider",
+]
+
+_BUILTIN = {
+    "openai": ProviderConfig("openai", "openai"),
+    "anthropic": ProviderConfig("anthropic", "anthropic"),
+    "fake": ProviderConfig("fake", "fake"),
+}
+_instances: dict[ProviderConfig, Provider] = {}
+_lock = threading.Lock()
+
+
+def resolve_provider(name: str, settings: Settings) -> Provider:
+    """The provider called `name` in `provider:model`, configured by smallops.toml."""
+    config = settings.providers.get(name) or _BUILTIN.get(name)
+    if config is None:
+        known = sorted({*_BUILTIN, *settings.providers})
+        raise ConfigError(
+            f"unknown provider {name!r}",
+            hint=f"use one of {', '.join(known)}, or add [providers.{name}] to smallops.toml",
+        )
+    with _lock:
+        if config not in _instances:
+            _instances[config] = _build(config)
+        return _instances[config]
+
+
+def _build(config: ProviderConfig) -> Provider:
+    if config.kind == "openai":
+        from smallops.providers.openai import OpenAIProvider
+
+        return OpenAIProvider(
+            config.name,
+            base_url=config.base_url,
+            api_key_env=config.api_key_env or "OPENAI_API_KEY",
+            compatible=config.name != "openai",
+        )
+    if config.kind == "anthropic":
+        from smallops.providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(
+            config.name,
+            base_url=config.base_url,
+            api_key_env=config.api_key_env or "ANTHROPIC_API_KEY",
+        )
+    return FakeProvider(name=config.name)

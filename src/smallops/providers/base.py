@@ -1,0 +1,137 @@
+"""The Provider interface: what the call lifecycle needs from a model API, and nothing more.
+
+A provider turns messages into one wire request (`prepare` once per workflow, `request` per call),
+sends it (`send` / `asend`, the only sync/async pair), and normalises the answer into a Reply,
+or raises ProviderError with a `kind` the retry policy and the audit trail understand.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+# Kinds of provider failure; the retryable ones are retried under the call's deadline.
+RETRYABLE = frozenset({"rate_limited", "server_error", "timeout", "connection_error", "bad_response"})
+FAILURE_KINDS = RETRYABLE | {"auth_error", "bad_request"}
+
+
+@dataclass(frozen=True)
+class Params:
+    """Generation parameters a workflow pins along with its model."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass
+class Usage:
+    """Token counts of one response; input includes cached tokens."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_tokens += other.cached_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+
+
+@dataclass
+class Reply:
+    """A normalised model response.
+
+    `finish` is one of: stop, length (truncated), refusal, content_filter, or the vendor's own word.
+    """
+
+    text: str | None
+    finish: str
+    model: str | None
+    raw: str
+    usage: Usage = field(default_factory=Usage)
+    refusal: str | None = None
+    fingerprint: str | None = None
+    status_code: int = 200
+    request_id: str | None = None
+
+
+class ProviderError(Exception):
+    """A request that produced no usable response."""
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        raw: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.raw = raw
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+class Provider(ABC):
+    """A model API: `name` as written in `provider:model`, `kind` its wire format."""
+
+    name: str
+    kind: str
+    endpoint: str | None = None  # where requests go, without credentials; None for the default
+
+    @abstractmethod
+    def prepare(
+        self, model: str, output: type[BaseModel] | None, params: Params
+    ) -> dict[str, Any]:
+        """The part of the request that is the same for every call of a workflow."""
+
+    def request(self, prepared: dict[str, Any], messages: list[dict[str, str]]) -> dict[str, Any]:
+        """The full request body for one call."""
+        return {**prepared, "messages": messages}
+
+    @abstractmethod
+    def send(self, request: dict[str, Any], timeout: float) -> Reply:
+        """Send one request; raise ProviderError on failure."""
+
+    @abstractmethod
+    async def asend(self, request: dict[str, Any], timeout: float) -> Reply:
+        """Send one request without blocking the event loop."""
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,130 @@
+"""OpenAI Chat Completions, and every OpenAI-compatible server (Ollama, vLLM, Azure, OpenRouter).
+
+Structured output uses strict `json_schema`; the SDK's own retries are off (ours live in calls).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel
+
+from smallops.errors import ConfigError
+from smallops.providers._sdk import parse_body, public_endpoint, to_provider_error
+from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
+
+
+class OpenAIProvider(Provider):
+    """Chat Completions through the official `openai` SDK.
+
+    `compatible=True` marks a third-party server: it gets `max_tokens` (widely supported)
+    instead of OpenAI's `max_completion_tokens`, and needs no real API key.
+    """
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        name: str = "openai",
+        *,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        compatible: bool = False,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url
+        self.endpoint = public_endpoint(base_url)
+        self.api_key_env = api_key_env
+        self.compatible = compatible
+        self._sync: Any = None
+        self._async: Any = None
+
+    def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:
+        prepared: dict[str, Any] = {"model": model}
+        if output is not None:
+            from openai.lib._pydantic import to_strict_json_schema
+
+            prepared["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": output.__name__[:64],
+                    "schema": to_strict_json_schema(output),
+                    "strict": True,
+                },
+            }
+        if params.temperature is not None:
+            prepared["temperature"] = params.temperature
+        if params.max_tokens is not None:
+            key = "max_tokens" if self.compatible else "max_completion_tokens"
+            prepared[key] = params.max_tokens
+        return prepared
+
+    def send(self, request: dict[str, Any], timeout: float) -> Reply:
+        import openai
+
+        client = self._sync or self._client(openai.OpenAI)
+        try:
+            response = client.chat.completions.with_raw_response.create(**request, timeout=timeout)
+        except openai.OpenAIError as exc:
+            raise to_provider_error(exc, openai) from None
+        return _reply(response.http_response)
+
+    async def asend(self, request: dict[str, Any], timeout: float) -> Reply:
+        import openai
+
+        client = self._async or self._client(openai.AsyncOpenAI)
+        try:
+            response = await client.chat.completions.with_raw_response.create(
+                **request, timeout=timeout
+            )
+        except openai.OpenAIError as exc:
+            raise to_provider_error(exc, openai) from None
+        return _reply(response.http_response)
+
+    def _client(self, cls: Any) -> Any:
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            if not self.compatible:
+                raise ConfigError(
+                    f"{self.api_key_env} is not set",
+                    hint=f"export {self.api_key_env}=... (or set api_key_env for provider "
+                    f"'{self.name}' in smallops.toml)",
+                )
+            key = "unused"  # local OpenAI-compatible servers usually need none
+        client = cls(api_key=key, base_url=self.base_url, max_retries=0)
+        if cls.__name__.startswith("Async"):
+            self._async = client
+        else:
+            self._sync = client
+        return client
+
+
+def _reply(http_response: Any) -> Reply:
+    body, raw = parse_body(http_response)
+    try:
+        choice = body["choices"][0]
+        message = choice["message"]
+    except (KeyError, IndexError, TypeError):
+        raise ProviderError("bad_response", "the response has no choices", raw=raw) from None
+    refusal = message.get("refusal")
+    finish = "refusal" if refusal else str(choice.get("finish_reason") or "stop")
+    usage = body.get("usage") or {}
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Reply(
+        text=message.get("content"),
+        finish=finish,
+        refusal=refusal,
+        model=body.get("model"),
+        fingerprint=body.get("system_fingerprint"),
+        raw=raw,
+        usage=Usage(
+            input_tokens=usage.get("prompt_tokens") or 0,
+            output_tokens=usage.get("completion_tokens") or 0,
+            cached_tokens=prompt_details.get("cached_tokens") or 0,
+            reasoning_tokens=completion_details.get("reasoning_tokens") or 0,
+        ),
+        status_code=http_response.status_code,
+        request_id=http_response.headers.get("x-request-id"),
+    )

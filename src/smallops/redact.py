@@ -1,0 +1,34 @@
+"""Keeping secrets out of the log: API keys and bearer tokens are replaced before any write."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+REDACTED = "[REDACTED]"
+_SECRET_NAMES = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
+_PATTERNS = (
+    r"\bsk-[A-Za-z0-9_\-*]{8,}",  # OpenAI and Anthropic keys, masked or not
+    r"\b[Bb][Ee][Aa][Rr][Ee][Rr]\s+[A-Za-z0-9._~+/=\-]{8,}",
+    r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key ids
+)
+
+
+class Redactor:
+    """Replaces known secret values (from the environment) and key-shaped strings."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        values = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
+        parts = [re.escape(v) for v in values] + list(_PATTERNS)
+        self._pattern = re.compile("|".join(parts))
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> Redactor:
+        env = os.environ if env is None else env
+        return cls(value for name, value in env.items() if _SECRET_NAMES.search(name))
+
+    def __call__(self, text: str | None) -> str | None:
+        if not text:
+            return text
+        return self._pattern.sub(REDACTED, text)

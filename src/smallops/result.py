@@ -1,0 +1,43 @@
+"""Result: what a workflow call gives back to the application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from smallops.providers.base import Usage
+
+T = TypeVar("T")
+
+#: The statuses a run can end in.
+STATUSES = ("auto", "pending_review", "queued_for_human", "fallback_default", "failed")
+
+
+@dataclass(frozen=True)
+class Result(Generic[T]):
+    """The outcome of one call.
+
+    `status` says what the application should do with it:
+    - auto: `output` is valid and may be acted on;
+    - pending_review: `output` is valid and waits for a human (the review policy);
+    - queued_for_human: the model failed (`error` says how), a human will do the work;
+    - fallback_default: the model failed, `output` is the workflow's default value;
+    - failed: the model failed and the workflow's fallback is "raise".
+    """
+
+    run_id: str
+    workflow: str
+    status: str
+    output: T | None
+    error: str | None
+    error_message: str | None
+    prompt_version: str
+    model: str | None
+    usage: Usage
+    latency_ms: float
+    attempts: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the model produced a valid output."""
+        return self.status in ("auto", "pending_review")

@@ -1,0 +1,2 @@
+"""The log: schema, migrations, the background writer and the queries. The only code that
+writes SQL."""

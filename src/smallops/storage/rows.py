@@ -1,0 +1,81 @@
+"""From the request path's record to portable rows: JSON text, epoch seconds, no secrets.
+
+The same rows go to the database or, while it is unreachable, to the spool file, so a replay
+inserts exactly what a direct write would have.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import to_json
+
+from smallops.plan import PromptVersion
+from smallops.pricing import price_run
+from smallops.providers.base import Usage
+from smallops.redact import Redactor
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return to_json(value, fallback=str).decode()
+
+
+def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
+    """A `runs` row, in schema.RUN_COLUMNS order."""
+    static = record["plan"]
+    usage: Usage = record["usage"]
+    served = record["model_served"]
+    requested = static["model_requested"]
+    cost, cost_source = price_run(static["pricing"], served or requested, usage)
+    started = record["started_at"]
+    return (
+        record["id"],
+        static["workflow"],
+        static["prompt"].id,
+        static["git_commit"],
+        static["provider"],
+        static["endpoint"],
+        requested,
+        served,
+        served is not None and served != requested,
+        static["allow_unpinned"],
+        record["system_fingerprint"],
+        record["status"],
+        record["error_type"],
+        redact(record["error_message"]),
+        static["review_policy"],
+        static["fallback"],
+        record["attempt_count"],
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_tokens,
+        usage.reasoning_tokens,
+        cost,
+        cost_source,
+        record["latency_ms"],
+        started,
+        started + record["latency_ms"] / 1000,
+        redact(_json(record["inputs"])),
+        redact(_json(record["messages"])),
+        redact(_json(record["output"])),
+        redact(_json(record["attempts"])),
+    )
+
+
+def prompt_row(version: PromptVersion) -> tuple[Any, ...]:
+    """A `prompt_versions` row, in schema.PROMPT_COLUMNS order."""
+    return (
+        version.id,
+        version.workflow,
+        version.template,
+        _json(version.output_schema),
+        version.model,
+        _json(version.params),
+        time.time(),
+    )

@@ -1,0 +1,206 @@
+"""Workflow: a pinned model, a versioned prompt, a typed output, a review policy and a fallback."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from smallops.calls import adrive, drive, lifecycle
+from smallops.config import Settings, find_project_root
+from smallops.errors import ConfigError, MissingFallbackError
+from smallops.gitinfo import git_commit
+from smallops.pinning import check_pinned, parse_model
+from smallops.plan import CallPlan, Fallback, PromptVersion, build_plan
+from smallops.prompts import Prompt, prompt_version
+from smallops.providers import Provider, resolve_provider
+from smallops.providers.base import Params
+from smallops.resilience.retry import RetryPolicy
+from smallops.result import Result
+
+T = TypeVar("T")
+
+REVIEW_POLICIES = ("all", "none", "always")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+
+
+class Workflow(Generic[T]):
+    """One business task done by a model, every call logged.
+
+    Defined once in `workflows/<name>.py`; the application and the CLI import the same object.
+    Everything is checked here, at definition time: a moving model alias, a missing fallback,
+    an unreadable prompt or a bad parameter is a ConfigError before any call is made.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        model: str,
+        prompt: str | Path,
+        fallback: str | Fallback | None = None,
+        output: type[T] | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout: float = 30.0,
+        deadline: float = 90.0,
+        retries: int = 3,
+        review: str = "all",
+        owner: str | None = None,
+        description: str | None = None,
+        allow_unpinned: bool = False,
+        provider: Provider | None = None,
+        settings: Settings | None = None,
+        base_dir: str | Path | None = None,
+    ) -> None:
+        self._kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.name = _check_name(name)
+        self.base_dir = Path(base_dir) if base_dir else _caller_dir()
+        self.settings = settings or Settings.load(find_project_root(self.base_dir))
+        self.model = parse_model(model)
+        self.provider = provider or resolve_provider(self.model.provider, self.settings)
+        self.allow_unpinned = allow_unpinned
+        if not allow_unpinned:
+            check_pinned(self.model, self.provider.kind)
+        self.prompt_path = self.base_dir / prompt
+        self.prompt = Prompt.from_file(self.prompt_path)
+        self.output = _check_output(name, output)
+        self.params = _check_params(temperature, max_tokens)
+        self.retry = _check_retry(name, retries, timeout, deadline)
+        self.review = _check_review(name, review)
+        self.fallback = _check_fallback(name, fallback, self.output)
+        self.owner = owner
+        self.description = description
+        schema = self.output.model_json_schema() if self.output is not None else None
+        params = {**asdict(self.params), "timeout": timeout, "deadline": deadline}
+        self.version = PromptVersion(
+            id=prompt_version(self.prompt.text, schema, str(self.model), params),
+            workflow=self.name,
+            template=self.prompt.text,
+            output_schema=schema,
+            model=str(self.model),
+            params=params,
+        )
+        self._plan: CallPlan | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r}, model='{self.model}', prompt_version={self.version.id!r})"
+
+    def run(self, /, **inputs: Any) -> Result[T]:
+        """Call the model with these template inputs; every outcome is recorded."""
+        plan = self.plan()
+        return drive(lifecycle(plan, inputs), plan.provider)
+
+    async def arun(self, /, **inputs: Any) -> Result[T]:
+        """`run` for asyncio code: the same lifecycle, awaiting instead of blocking."""
+        plan = self.plan()
+        return await adrive(lifecycle(plan, inputs), plan.provider)
+
+    def replace(self, **changes: Any) -> Workflow[T]:
+        """A copy with some settings changed, e.g. `replace(model=..., provider=...)`."""
+        return Workflow(**{**self._kwargs, "base_dir": self.base_dir, **changes})
+
+    def plan(self) -> CallPlan:
+        """The workflow ready to call: provider, prepared request and log writer (made once)."""
+        if self._plan is None:
+            with self._lock:
+                if self._plan is None:
+                    self._plan = build_plan(
+                        name=self.name,
+                        model=self.model,
+                        prompt=self.prompt,
+                        output=self.output,
+                        provider=self.provider,
+                        params=self.params,
+                        review=self.review,
+                        fallback=self.fallback,
+                        retry=self.retry,
+                        version=self.version,
+                        allow_unpinned=self.allow_unpinned,
+                        git_commit=git_commit(self.base_dir),
+                        settings=self.settings,
+                    )
+        return self._plan
+
+
+def _caller_dir() -> Path:
+    """The folder of the file that defines the workflow: prompt paths are relative to it."""
+    frame = sys._getframe(2)
+    filename = frame.f_globals.get("__file__")
+    return Path(filename).resolve().parent if filename else Path.cwd()
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"workflow name {name!r} is not valid",
+            hint="use lower-case letters, digits, '-' and '_', e.g. 'email-triage'",
+        )
+    return name
+
+
+def _check_output(name: str, output: Any) -> Any:
+    if output is None or (isinstance(output, type) and issubclass(output, BaseModel)):
+        return output
+    raise ConfigError(
+        f"workflow {name!r}: output must be a pydantic BaseModel subclass, or None for free text"
+    )
+
+
+def _check_params(temperature: float | None, max_tokens: int | None) -> Params:
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise ConfigError(f"temperature {temperature} is out of range", hint="use 0 to 2")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ConfigError(f"max_tokens {max_tokens!r} must be a positive integer")
+    return Params(temperature=temperature, max_tokens=max_tokens)
+
+
+def _check_retry(name: str, retries: int, timeout: float, deadline: float) -> RetryPolicy:
+    try:
+        return RetryPolicy(attempts=retries + 1, timeout=timeout, deadline=deadline)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"workflow {name!r}: retries must be >= 0 and timeout, deadline positive numbers"
+        ) from None
+
+
+def _check_review(name: str, review: str) -> str:
+    if review not in REVIEW_POLICIES:
+        raise ConfigError(
+            f"workflow {name!r}: unknown review policy {review!r}",
+            hint=f"use one of: {', '.join(REVIEW_POLICIES)}",
+        )
+    return review
+
+
+def _check_fallback(name: str, fallback: str | Fallback | None, output: Any) -> Fallback:
+    if fallback is None:
+        raise MissingFallbackError(
+            f"workflow {name!r} declares no fallback",
+            hint='say where work goes when the model fails: fallback="review" (a human), '
+            'fallback="raise", or fallback=smallops.default(value)',
+        )
+    if isinstance(fallback, str):
+        if fallback not in ("review", "raise"):
+            raise ConfigError(
+                f"workflow {name!r}: unknown fallback {fallback!r}",
+                hint='use "review", "raise" or smallops.default(value)',
+            )
+        return Fallback(fallback)
+    if not isinstance(fallback, Fallback):
+        raise ConfigError(f"workflow {name!r}: fallback must be a string or smallops.default(...)")
+    if fallback.kind == "default" and output is not None and not isinstance(fallback.value, output):
+        try:
+            return Fallback("default", output.model_validate(fallback.value))
+        except ValidationError as exc:
+            raise ConfigError(
+                f"workflow {name!r}: the default fallback does not fit {output.__name__}: "
+                f"{exc.errors()[0]['msg']}"
+            ) from None
+    return fallback
