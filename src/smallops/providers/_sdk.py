@@ -2,13 +2,55 @@
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic_core import from_json
 
+from smallops.errors import ConfigError
 from smallops.providers.base import ProviderError, parse_retry_after
+
+
+class SdkClients:
+    """Sync and async SDK clients made on first use, with the key read from the environment.
+
+    The key is never stored anywhere but in the SDK client; `keyless` servers (a local Ollama)
+    get a placeholder, since the SDKs insist on one.
+    """
+
+    name: str
+    base_url: str | None
+    api_key_env: str
+    keyless: bool = False
+    _sync: Any = None
+    _async: Any = None
+
+    def check(self) -> None:
+        self._api_key()
+
+    def _api_key(self) -> str:
+        key = os.environ.get(self.api_key_env)
+        if key:
+            return key
+        if self.keyless:
+            return "unused"
+        raise ConfigError(
+            f"{self.api_key_env} is not set",
+            hint=f"export {self.api_key_env}=... (or set api_key_env for provider "
+            f"'{self.name}' in smallops.toml)",
+        )
+
+    def sync_client(self, cls: Any) -> Any:
+        if self._sync is None:
+            self._sync = cls(api_key=self._api_key(), base_url=self.base_url, max_retries=0)
+        return self._sync
+
+    def async_client(self, cls: Any) -> Any:
+        if self._async is None:
+            self._async = cls(api_key=self._api_key(), base_url=self.base_url, max_retries=0)
+        return self._async
 
 
 def to_provider_error(exc: Exception, sdk: ModuleType) -> ProviderError:

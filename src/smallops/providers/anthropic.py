@@ -5,14 +5,13 @@ Structured output uses the API's native `output_config.format` JSON schema.
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel
 
-from smallops.errors import ConfigError, MissingExtraError
-from smallops.providers._sdk import parse_body, public_endpoint, to_provider_error
+from smallops.errors import MissingExtraError
+from smallops.providers._sdk import SdkClients, parse_body, public_endpoint, to_provider_error
 from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
 
 DEFAULT_MAX_TOKENS = 1024  # the Messages API requires one
@@ -33,7 +32,7 @@ def _sdk() -> ModuleType:
     return anthropic
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(SdkClients, Provider):
     """Claude models through the Messages API."""
 
     kind = "anthropic"
@@ -49,8 +48,6 @@ class AnthropicProvider(Provider):
         self.base_url = base_url
         self.endpoint = public_endpoint(base_url)
         self.api_key_env = api_key_env
-        self._sync: Any = None
-        self._async: Any = None
 
     def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:
         _sdk()
@@ -77,7 +74,7 @@ class AnthropicProvider(Provider):
 
     def send(self, request: dict[str, Any], timeout: float) -> Reply:
         sdk = _sdk()
-        client = self._sync or self._client(sdk.Anthropic)
+        client = self.sync_client(sdk.Anthropic)
         try:
             response = client.messages.with_raw_response.create(**request, timeout=timeout)
         except sdk.AnthropicError as exc:
@@ -86,27 +83,12 @@ class AnthropicProvider(Provider):
 
     async def asend(self, request: dict[str, Any], timeout: float) -> Reply:
         sdk = _sdk()
-        client = self._async or self._client(sdk.AsyncAnthropic)
+        client = self.async_client(sdk.AsyncAnthropic)
         try:
             response = await client.messages.with_raw_response.create(**request, timeout=timeout)
         except sdk.AnthropicError as exc:
             raise to_provider_error(exc, sdk) from None
         return _reply(response.http_response)
-
-    def _client(self, cls: Any) -> Any:
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ConfigError(
-                f"{self.api_key_env} is not set",
-                hint=f"export {self.api_key_env}=... (or set api_key_env for provider "
-                f"'{self.name}' in smallops.toml)",
-            )
-        client = cls(api_key=key, base_url=self.base_url, max_retries=0)
-        if cls.__name__.startswith("Async"):
-            self._async = client
-        else:
-            self._sync = client
-        return client
 
 
 def _reply(http_response: Any) -> Reply:

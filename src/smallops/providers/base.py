@@ -105,6 +105,9 @@ class Provider(ABC):
         """The full request body for one call."""
         return {**prepared, "messages": messages}
 
+    def check(self) -> None:
+        """Raise ConfigError when the provider cannot be used as configured (a missing key)."""
+
     @abstractmethod
     def send(self, request: dict[str, Any], timeout: float) -> Reply:
         """Send one request; raise ProviderError on failure."""

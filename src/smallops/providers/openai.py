@@ -5,17 +5,15 @@ Structured output uses strict `json_schema`; the SDK's own retries are off (ours
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from pydantic import BaseModel
 
-from smallops.errors import ConfigError
-from smallops.providers._sdk import parse_body, public_endpoint, to_provider_error
+from smallops.providers._sdk import SdkClients, parse_body, public_endpoint, to_provider_error
 from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(SdkClients, Provider):
     """Chat Completions through the official `openai` SDK.
 
     `compatible=True` marks a third-party server: it gets `max_tokens` (widely supported)
@@ -37,8 +35,7 @@ class OpenAIProvider(Provider):
         self.endpoint = public_endpoint(base_url)
         self.api_key_env = api_key_env
         self.compatible = compatible
-        self._sync: Any = None
-        self._async: Any = None
+        self.keyless = compatible
 
     def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:
         prepared: dict[str, Any] = {"model": model}
@@ -63,7 +60,7 @@ class OpenAIProvider(Provider):
     def send(self, request: dict[str, Any], timeout: float) -> Reply:
         import openai
 
-        client = self._sync or self._client(openai.OpenAI)
+        client = self.sync_client(openai.OpenAI)
         try:
             response = client.chat.completions.with_raw_response.create(**request, timeout=timeout)
         except openai.OpenAIError as exc:
@@ -73,7 +70,7 @@ class OpenAIProvider(Provider):
     async def asend(self, request: dict[str, Any], timeout: float) -> Reply:
         import openai
 
-        client = self._async or self._client(openai.AsyncOpenAI)
+        client = self.async_client(openai.AsyncOpenAI)
         try:
             response = await client.chat.completions.with_raw_response.create(
                 **request, timeout=timeout
@@ -81,23 +78,6 @@ class OpenAIProvider(Provider):
         except openai.OpenAIError as exc:
             raise to_provider_error(exc, openai) from None
         return _reply(response.http_response)
-
-    def _client(self, cls: Any) -> Any:
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            if not self.compatible:
-                raise ConfigError(
-                    f"{self.api_key_env} is not set",
-                    hint=f"export {self.api_key_env}=... (or set api_key_env for provider "
-                    f"'{self.name}' in smallops.toml)",
-                )
-            key = "unused"  # local OpenAI-compatible servers usually need none
-        client = cls(api_key=key, base_url=self.base_url, max_retries=0)
-        if cls.__name__.startswith("Async"):
-            self._async = client
-        else:
-            self._sync = client
-        return client
 
 
 def _reply(http_response: Any) -> Reply:

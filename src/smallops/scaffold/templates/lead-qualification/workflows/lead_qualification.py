@@ -21,7 +21,7 @@ class Lead(BaseModel):
 
     fit: Literal["hot", "warm", "cold", "disqualified"] = Field(
         description=(
-            "hot: 20-500 people, finance or leadership contact, clear buying intent. "
+            "hot: states 20-500 people, a finance or leadership decision maker, buying intent. "
             "warm: plausible fit with something missing or uncertain. "
             "cold: poor fit or no real need. "
             "disqualified: not a prospect at all (job seeker, vendor, existing customer, spam)."

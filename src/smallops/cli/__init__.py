@@ -1,0 +1,74 @@
+"""The `smallops` command: a thin skin over the library, one module per noun.
+
+Every error a user can cause is one line on stderr with a hint, and an exit code CI can use:
+2 for usage and configuration errors, 1 for runtime failures.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+
+from smallops import __version__
+from smallops.cli import db, init, logs, report, run
+from smallops.cli._common import err
+from smallops.errors import SmallopsError
+from smallops.redact import Redactor
+
+app = typer.Typer(
+    name="smallops",
+    help="AI operations for small teams: pinned, logged, reviewed LLM workflows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"smallops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    project: Path | None = typer.Option(
+        None, "--project", "-p", help="Project folder (default: found from here upward).",
+        envvar="SMALLOPS_PROJECT", file_okay=False,
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    ctx.obj = {"project": project}
+
+
+init.register(app)
+run.register(app)
+logs.register(app)
+report.register(app)
+app.add_typer(db.app, name="db")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the command, turning smallops errors into one line and an exit code.
+
+    Usage errors (exit 2) are reported by Typer itself; the process exits through SystemExit.
+    """
+    args = run.normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    try:
+        app(args=args, prog_name="smallops")
+    except SmallopsError as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(exc.exit_code)
+    except SQLAlchemyError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        err.print(f"error: database: {Redactor.from_environment()(first)}", markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted; completed calls are recorded", markup=False)
+        sys.exit(130)

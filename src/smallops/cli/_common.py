@@ -1,0 +1,75 @@
+"""What every command shares: the project, consoles, --since parsing and JSON output."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from smallops.errors import InputError
+from smallops.project import Project
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_SPAN = re.compile(r"^(\d+)\s*(m|h|d|w)$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def project(ctx: typer.Context) -> Project:
+    """The project given by --project, or found from the current folder upward."""
+    given: Path | None = (ctx.find_root().obj or {}).get("project")
+    return Project.find(given)
+
+
+def since(value: str | None) -> datetime | None:
+    """`7d`, `24h`, `30m`, `2w`, or an ISO date/time (UTC unless it says otherwise)."""
+    if value is None:
+        return None
+    match = _SPAN.match(value.strip().lower())
+    if match:
+        delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        return datetime.now(timezone.utc) - delta
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(
+            f"--since {value!r} is not a duration or a date",
+            hint="use e.g. 30m, 24h, 7d, 2w or 2026-11-01",
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def print_json(value: Any) -> None:
+    """One JSON document per line on stdout, for scripts."""
+    sys.stdout.write(json.dumps(value, default=_default, ensure_ascii=False) + "\n")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if hasattr(value, "__dict__"):
+        return vars(value)
+    return str(value)
+
+
+def short(text: Any, width: int = 60) -> str:
+    """One line of at most `width` characters."""
+    line = " ".join(str(text).split()) if text is not None else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def money(value: float | None) -> str:
+    return "unpriced" if value is None else f"${value:,.4f}"
+
+
+def when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else ""

@@ -1,0 +1,43 @@
+"""`smallops db`: the log database's schema."""
+
+from __future__ import annotations
+
+import typer
+
+from smallops.cli import _common
+from smallops.errors import StorageError
+from smallops.storage.db import current_revision, get_engine, head_revision, normalise_url, safe_url
+from smallops.storage.db import upgrade as run_upgrade
+
+app = typer.Typer(help="The log database.", no_args_is_help=True)
+
+
+@app.command("upgrade")
+def upgrade(ctx: typer.Context) -> None:
+    """Create or migrate the log database's tables to the latest version."""
+    project = _common.project(ctx)
+    url = normalise_url(project.settings.database_url, project.root)
+    engine = get_engine(url)
+    try:
+        before = current_revision(engine)
+        run_upgrade(engine)
+    except Exception as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise StorageError(
+            f"cannot migrate {safe_url(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            hint="check that the database is running and SMALLOPS_DATABASE_URL is right",
+        ) from None
+    head = head_revision()
+    change = "already at" if before == head else f"upgraded {before or 'empty'} →"
+    _common.out.print(f"{safe_url(url)}: {change} {head}", markup=False)
+
+
+@app.command("current")
+def current(ctx: typer.Context) -> None:
+    """Print the schema version of the log database, and the latest one."""
+    project = _common.project(ctx)
+    url = normalise_url(project.settings.database_url, project.root)
+    revision = current_revision(get_engine(url))
+    _common.out.print(f"{safe_url(url)}: at {revision or 'empty'}, latest {head_revision()}",
+                      markup=False)

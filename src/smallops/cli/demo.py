@@ -1,0 +1,68 @@
+"""`smallops demo`: the whole loop with no key and no network."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import typer
+
+from smallops.cli import _common
+from smallops.cli.report import print_report
+from smallops.cli.run import _print_table, _run_all
+from smallops.config import Settings
+from smallops.demo import DemoModel, demo_inputs, load_inbox, scripted_failures
+from smallops.project import Project
+from smallops.providers.fake import FakeProvider
+from smallops.scaffold import create_project
+from smallops.storage.queries import report
+from smallops.storage.writer import writer_for
+
+
+def demo_command(
+    folder: Path = typer.Option(Path("smallops-demo"), "--dir", help="The demo project folder."),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=64),
+) -> None:
+    """Scaffold a demo project and triage a sample inbox with a fake (rule-based) model."""
+    written, _ = create_project(folder, "email-triage")
+    say = _common.out.print
+    say(f"{'Created' if written else 'Reusing'} the demo project in {folder}/ "
+        "(SQLite log at .smallops/smallops.db)\n", markup=False)
+    env = {k: v for k, v in os.environ.items() if k != "SMALLOPS_DATABASE_URL"}
+    project = Project(folder, Settings.load(folder, env=env))  # always the embedded SQLite
+    inbox = load_inbox()
+    wf = project.workflow("email-triage").replace(
+        model="fake:keyword-rules",
+        provider=FakeProvider(DemoModel(scripted_failures(inbox))),
+        settings=project.settings,
+    )
+    say(f"Triaging {len(inbox)} emails with workflow {wf.name}. The model is a fake: keyword "
+        "rules, with a few scripted failures\n(a 429, a non-JSON reply, a schema break, a "
+        "refusal, a truncation, an outage).\n", markup=False)
+    started = time.perf_counter()
+    results = _run_all(wf, demo_inputs(inbox), concurrency, show_progress=True)
+    writer_for(project.settings).flush()
+    _print_table(wf, results)
+    say(f"\n{len(results)} calls in {time.perf_counter() - started:.1f} s, every one recorded.\n",
+        markup=False)
+    print_report(report(project.engine()), "7d")
+    handed = next((r for r in results if r.status == "queued_for_human"), None)
+    repaired = next((r for r in results if r.attempts > 1 and r.ok), None)
+    say("\nTry next:", markup=False)
+    steps = [
+        (f"cd {folder}", ""),
+        ("smallops logs", "every call, newest first"),
+        ("smallops logs --status queued_for_human", "the emails handed to a human"),
+    ]
+    if handed:
+        steps.append((f"smallops show {handed.run_id}", f"why this one failed ({handed.error})"))
+    if repaired:
+        steps.append((f"smallops show {repaired.run_id}", "a retried or repaired call, attempt by attempt"))
+    steps += [
+        ("smallops report --json", "the numbers, for scripts"),
+        ("export OPENAI_API_KEY=sk-...; smallops run email-triage --input evals/email_triage.jsonl",
+         "the real model"),
+    ]
+    for command, why in steps:
+        say(f"  {command:<48} {('# ' + why) if why else ''}", markup=False)

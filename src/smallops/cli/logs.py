@@ -1,0 +1,113 @@
+"""`smallops logs` and `smallops show`: the log of calls, and one call's whole audit trail."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from smallops.cli import _common
+from smallops.result import STATUSES
+from smallops.storage.queries import get_run, list_runs
+
+
+def register(app: typer.Typer) -> None:
+    app.command("logs")(logs_command)
+    app.command("show")(show_command)
+
+
+def logs_command(
+    ctx: typer.Context,
+    workflow: str | None = typer.Argument(None, help="Only this workflow."),
+    since: str | None = typer.Option(None, "--since", help="e.g. 30m, 24h, 7d, or a date."),
+    status: str | None = typer.Option(
+        None, "--status", help=f"A status ({', '.join(STATUSES)}) or an error type "
+        "(refused, truncated, invalid_json, schema_mismatch, rate_limited, timeout, ...).",
+    ),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many runs."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
+) -> None:
+    """List recorded calls, newest first."""
+    project = _common.project(ctx)
+    rows = list_runs(project.engine(), workflow=workflow, since=_common.since(since),
+                     status=status, limit=limit)
+    if as_json:
+        for row in rows:
+            _common.print_json(row)
+        return
+    if not rows:
+        _common.out.print("no runs recorded yet" + (" for these filters" if
+                          (workflow or since or status) else ""), markup=False)
+        return
+    table = Table()
+    for column in ("started", "workflow", "status", "error", "model", "tokens", "cost", "ms",
+                   "run id"):
+        table.add_column(column, no_wrap=column == "run id")
+    for row in rows:
+        table.add_row(
+            _common.when(row["started_at"]), row["workflow"], row["status"],
+            row["error_type"] or "", row["model_served"] or row["model_requested"],
+            f"{row['input_tokens']}+{row['output_tokens']}", _common.money(row["cost_usd"]),
+            f"{row['latency_ms']:.0f}", row["id"],
+        )
+    _common.out.print(table)
+
+
+def show_command(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="A run id (or its first 8+ characters)."),
+    as_json: bool = typer.Option(False, "--json", help="The whole record as JSON."),
+) -> None:
+    """Show one call's whole audit trail: prompt version, messages, raw responses, output."""
+    run = get_run(_common.project(ctx).engine(), run_id)
+    if as_json:
+        _common.print_json(run)
+        return
+    _print_run(run)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    say = _common.out.print
+    say(f"[bold]run {run['id']}[/bold]  {escape(run['workflow'])}  [bold]{run['status']}[/bold]")
+    if run["error_type"]:
+        say(f"error: {escape(run['error_type'])}: {escape(run['error_message'] or '')}")
+    served = run["model_served"] or "-"
+    flag = "  [red](served model differs from the pinned one)[/red]" if run["model_mismatch"] else ""
+    facts = [
+        ("started", _common.when(run["started_at"])),
+        ("latency", f"{run['latency_ms']:.1f} ms over {run['attempt_count']} attempt(s)"),
+        ("provider", run["provider"] + (f" at {run['endpoint']}" if run["endpoint"] else "")),
+        ("model asked", run["model_requested"] + (" (unpinned)" if run["allow_unpinned"] else "")),
+        ("model served", served),
+        ("fingerprint", run["system_fingerprint"] or "-"),
+        ("tokens", f"{run['input_tokens']} in ({run['cached_tokens']} cached), "
+                   f"{run['output_tokens']} out ({run['reasoning_tokens']} reasoning)"),
+        ("cost", f"{_common.money(run['cost_usd'])} ({run['cost_source']})"),
+        ("prompt version", run["prompt_version"]),
+        ("git commit", run["git_commit"] or "-"),
+        ("review / fallback", f"{run['review_policy']} / {run['fallback']}"),
+    ]
+    for label, value in facts:
+        say(f"  {label:<18} {escape(str(value))}" + (flag if label == "model served" else ""))
+    _section("inputs", json.dumps(run["inputs"], indent=2, ensure_ascii=False))
+    if run["prompt"]:
+        _section(f"prompt template ({run['prompt_version']})", run["prompt"]["template"])
+    for message in run["messages"] or []:
+        _section(f"message: {message['role']}", message["content"])
+    for attempt in run["attempts"]:
+        head = f"attempt {attempt['n']} ({attempt['purpose']}): " + (
+            f"{attempt.get('error_type')}: {attempt.get('error_message')}"
+            if attempt.get("error_type") else f"HTTP {attempt.get('status_code')}, "
+            f"finish={attempt.get('finish')}"
+        ) + f", {attempt.get('latency_ms', 0):.1f} ms"
+        _section(head, attempt.get("response") or "(no response body)")
+    _section("output", json.dumps(run["output"], indent=2, ensure_ascii=False)
+             if run["output"] is not None else "(none)")
+
+
+def _section(title: str, body: str) -> None:
+    _common.out.print(f"\n[bold]── {escape(title)}[/bold]")
+    _common.out.print(body, markup=False)

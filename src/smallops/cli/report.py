@@ -1,0 +1,63 @@
+"""`smallops report`: per workflow, what the calls did and what they cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from smallops.cli import _common
+from smallops.storage.queries import report
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_command)
+
+
+def report_command(
+    ctx: typer.Context,
+    since: str = typer.Option("7d", "--since", help="e.g. 24h, 7d, 4w, or a date."),
+    as_json: bool = typer.Option(False, "--json", help="A JSON array, one object per workflow."),
+) -> None:
+    """Calls, statuses, tokens, cost, p50/p95 latency and models served, per workflow."""
+    rows = report(_common.project(ctx).engine(), since=_common.since(since))
+    if as_json:
+        _common.print_json(rows)
+        return
+    print_report(rows, since)
+
+
+def print_report(rows: list[dict[str, Any]], since: str) -> None:
+    """One short block per workflow: readable at any terminal width."""
+    say = _common.out.print
+    if not rows:
+        say(f"no calls recorded in the last {since}", markup=False)
+        return
+    say(f"[bold]Report, last {since}[/bold]")
+    for row in rows:
+        cost = _common.money(row["cost_usd"])
+        if row["unpriced_calls"]:
+            cost += f" ({row['unpriced_calls']} calls unpriced)"
+        served = ", ".join(f"{m} ×{n}" for m, n in row["models_served"].items()) or "-"
+        if row["model_mismatches"]:
+            served += f"  [red]{row['model_mismatches']} not the pinned model[/red]"
+        say(f"\n[bold]{escape(row['workflow'])}[/bold]  {row['calls']} calls")
+        for label, value in (
+            ("statuses", _counts(row["statuses"])),
+            ("errors", _counts(row["errors"]) or "none"),
+            ("tokens", f"{row['input_tokens']:,} in ({row['cached_tokens']:,} cached), "
+                       f"{row['output_tokens']:,} out"),
+            ("cost", cost),
+            ("latency", f"p50 {_ms(row['latency_p50_ms'])} ms, p95 {_ms(row['latency_p95_ms'])} ms"),
+        ):
+            say(f"  {label:<9} {escape(value)}")
+        say(f"  {'models':<9} {served}")
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"

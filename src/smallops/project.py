@@ -1,0 +1,105 @@
+"""A smallops project on disk: smallops.toml, workflows/*.py, evals/, and its log database."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import traceback
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from smallops.config import CONFIG_FILE, Settings, find_project_root
+from smallops.errors import ConfigError, SmallopsError, UnknownWorkflowError
+from smallops.storage.db import ensure_schema, get_engine, normalise_url
+from smallops.workflow import Workflow
+
+
+class Project:
+    """The project folder and what it defines."""
+
+    def __init__(self, root: Path, settings: Settings | None = None) -> None:
+        self.root = root.resolve()
+        self.settings = settings or Settings.load(self.root)
+
+    @classmethod
+    def find(cls, start: Path | None = None) -> Project:
+        """The project at `start` (a folder holding smallops.toml) or above the current folder."""
+        if start is not None:
+            if not (start / CONFIG_FILE).is_file():
+                raise ConfigError(
+                    f"{start} is not a smallops project (no {CONFIG_FILE})",
+                    hint="run `smallops init` there, or pass --project DIR",
+                )
+            return cls(start)
+        root = find_project_root()
+        if root is None:
+            raise ConfigError(
+                f"no {CONFIG_FILE} in this folder or above it",
+                hint="run `smallops init` to create a project, or pass --project DIR",
+            )
+        return cls(root)
+
+    @cached_property
+    def workflows(self) -> dict[str, Workflow[Any]]:
+        """Every Workflow defined in workflows/*.py, by name."""
+        folder = self.root / "workflows"
+        found: dict[str, Workflow[Any]] = {}
+        if str(self.root) not in sys.path:
+            sys.path.insert(0, str(self.root))
+        for path in sorted(folder.glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            module = _import(path)
+            for value in vars(module).values():
+                if isinstance(value, Workflow) and found.setdefault(value.name, value) is not value:
+                    raise ConfigError(f"two workflows are named {value.name!r} ({path.name})")
+        return found
+
+    def workflow(self, name: str) -> Workflow[Any]:
+        """The workflow called `name` (`email-triage` and `email_triage` both match)."""
+        wanted = name.replace("_", "-")
+        for key, workflow in self.workflows.items():
+            if key.replace("_", "-") == wanted:
+                return workflow
+        known = ", ".join(sorted(self.workflows)) or "none defined yet"
+        raise UnknownWorkflowError(
+            f"no workflow named {name!r} in {self.root / 'workflows'}",
+            hint=f"known workflows: {known}",
+        )
+
+    def engine(self) -> Engine:
+        """The log database, with its schema up to date."""
+        engine = get_engine(normalise_url(self.settings.database_url, self.root))
+        ensure_schema(engine)
+        return engine
+
+
+def _import(path: Path) -> Any:
+    """Load a workflow module under a name unique to its project (several projects may load)."""
+    name = f"_smallops_workflows_{hashlib.sha1(str(path.parent).encode()).hexdigest()[:8]}_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SmallopsError as exc:
+        del sys.modules[name]
+        exc.message = f"workflows/{path.name}: {exc.message}"
+        raise
+    except Exception as exc:
+        del sys.modules[name]
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+        line = exc.lineno if isinstance(exc, SyntaxError) else (frames[-1].lineno if frames else None)
+        where = f"workflows/{path.name}" + (f", line {line}" if line else "")
+        raise ConfigError(
+            f"{where}: {type(exc).__name__}: {exc}",
+            hint=f"fix the module; `python workflows/{path.name}` shows the full traceback",
+        ) from None
+    return module

@@ -1,0 +1,91 @@
+"""`smallops init`: a new project laid out as every smallops project is.
+
+    smallops.toml                     database URL, providers, prices
+    workflows/<name>.py, .prompt      the workflow and its prompt
+    evals/<name>.jsonl                real examples to test it on
+    .github/workflows/smallops.yml    the checks CI runs on pull requests
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from smallops.errors import ConfigError
+
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE_NAMES = tuple(sorted(p.name for p in TEMPLATES.iterdir() if p.is_dir()))
+
+SMALLOPS_TOML = """\
+# smallops project settings. Secrets never go here: providers name the variable holding a key.
+
+[smallops]
+# The log of every call. SQLite by default; a team shares Postgres:
+#   export SMALLOPS_DATABASE_URL=postgresql://user@host/dbname   (the variable wins over this)
+database_url = "sqlite:///.smallops/smallops.db"
+
+# An OpenAI-compatible server under its own name, used as model = "ollama:llama3.1:8b":
+# [providers.ollama]
+# kind = "openai"
+# base_url = "http://localhost:11434/v1"
+
+# Your own price for a model, USD per million tokens (otherwise genai-prices is used):
+# [prices."ollama:llama3.1:8b"]
+# input = 0.0
+# output = 0.0
+"""
+
+GITIGNORE = """\
+# smallops: the local log database and spool
+.smallops/
+"""
+
+GITHUB_WORKFLOW = """\
+name: smallops
+on:
+  pull_request:
+    paths: ["workflows/**", "evals/**", "smallops.toml"]
+jobs:
+  check:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - uses: actions/setup-python@v5
+        with:
+          python-version: "3.12"
+      - run: pip install 'smallops[all]'
+      # Loads every workflow: a moving model alias, a missing fallback or a broken prompt fails.
+      - run: smallops list
+"""
+
+
+def create_project(folder: Path, template: str) -> tuple[list[Path], list[Path]]:
+    """Write the project files that are missing; returns (written, kept as they were)."""
+    source = TEMPLATES / template
+    if template not in TEMPLATE_NAMES:
+        raise ConfigError(
+            f"unknown template {template!r}", hint=f"use one of: {', '.join(TEMPLATE_NAMES)}"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} exists and is not a folder")
+    files: dict[Path, str | Path] = {
+        Path("smallops.toml"): SMALLOPS_TOML,
+        Path(".gitignore"): GITIGNORE,
+        Path(".github/workflows/smallops.yml"): GITHUB_WORKFLOW,
+    }
+    for path in sorted(source.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            files[path.relative_to(source)] = path
+    written, kept = [], []
+    for relative, content in files.items():
+        target = folder / relative
+        if target.exists():
+            kept.append(relative)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Path):
+            shutil.copyfile(content, target)
+        else:
+            target.write_text(content, encoding="utf-8")
+        written.append(relative)
+    return written, kept

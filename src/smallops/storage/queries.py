@@ -1,0 +1,128 @@
+"""Reading the log: recent runs, one run's whole audit trail, and per-workflow reports."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from smallops.errors import InputError, NotFoundError
+from smallops.storage.schema import prompt_versions, runs
+
+SUMMARY = (
+    runs.c.id, runs.c.workflow, runs.c.status, runs.c.error_type, runs.c.model_served,
+    runs.c.model_requested, runs.c.input_tokens, runs.c.output_tokens, runs.c.cost_usd,
+    runs.c.latency_ms, runs.c.started_at, runs.c.prompt_version,
+)
+
+
+def list_runs(
+    engine: Engine,
+    *,
+    workflow: str | None = None,
+    since: datetime | None = None,
+    status: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """The most recent runs first; `status` matches a status or an error type.
+
+    `email_triage` also finds `email-triage`: names are matched with - and _ alike.
+    """
+    query = select(*SUMMARY).order_by(runs.c.id.desc()).limit(limit)
+    if workflow:
+        spellings = {workflow, workflow.replace("_", "-"), workflow.replace("-", "_")}
+        query = query.where(runs.c.workflow.in_(spellings))
+    if since:
+        query = query.where(runs.c.started_at >= since)
+    if status:
+        query = query.where((runs.c.status == status) | (runs.c.error_type == status))
+    with engine.connect() as connection:
+        return [_plain(row._mapping) for row in connection.execute(query)]
+
+
+def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
+    """One run with its prompt version's template; `run_id` may be a unique prefix (8+ chars)."""
+    run_id = run_id.strip().lower()
+    if len(run_id) < 8:
+        raise InputError(f"run id {run_id!r} is too short", hint="give at least 8 characters")
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(runs).where(runs.c.id.startswith(run_id, autoescape=True)).limit(2)
+        ).all()
+        if not rows:
+            raise NotFoundError(
+                f"no run {run_id!r} in the log", hint="`smallops logs` lists recent run ids"
+            )
+        if len(rows) > 1:
+            raise InputError(f"run id prefix {run_id!r} matches several runs",
+                             hint="give more characters")
+        run = _plain(rows[0]._mapping)
+        prompt = connection.execute(
+            select(prompt_versions).where(prompt_versions.c.id == run["prompt_version"])
+        ).first()
+    run["prompt"] = _plain(prompt._mapping) if prompt else None
+    return run
+
+
+def report(engine: Engine, *, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Per workflow: calls, statuses, error types, tokens, cost, latency and models served."""
+    columns = (
+        runs.c.workflow, runs.c.status, runs.c.error_type, runs.c.model_served,
+        runs.c.model_mismatch, runs.c.input_tokens, runs.c.output_tokens, runs.c.cached_tokens,
+        runs.c.cost_usd, runs.c.latency_ms,
+    )
+    query = select(*columns)
+    if since:
+        query = query.where(runs.c.started_at >= since)
+    groups: dict[str, list[Any]] = defaultdict(list)
+    with engine.connect() as connection:
+        for row in connection.execute(query):
+            groups[row.workflow].append(row)
+    return [_summarise(name, rows) for name, rows in sorted(groups.items())]
+
+
+def _summarise(workflow: str, rows: list[Any]) -> dict[str, Any]:
+    latencies = sorted(row.latency_ms for row in rows)
+    priced = [row.cost_usd for row in rows if row.cost_usd is not None]
+    return {
+        "workflow": workflow,
+        "calls": len(rows),
+        "statuses": dict(Counter(row.status for row in rows).most_common()),
+        "errors": dict(Counter(row.error_type for row in rows if row.error_type).most_common()),
+        "input_tokens": sum(row.input_tokens for row in rows),
+        "output_tokens": sum(row.output_tokens for row in rows),
+        "cached_tokens": sum(row.cached_tokens for row in rows),
+        "cost_usd": round(sum(priced), 6) if priced else None,
+        "unpriced_calls": len(rows) - len(priced),
+        "latency_p50_ms": _percentile(latencies, 50),
+        "latency_p95_ms": _percentile(latencies, 95),
+        "models_served": dict(
+            Counter(row.model_served for row in rows if row.model_served).most_common()
+        ),
+        "model_mismatches": sum(1 for row in rows if row.model_mismatch),
+    }
+
+
+def _percentile(ordered: list[float], pct: int) -> float | None:
+    if not ordered:
+        return None
+    if len(ordered) == 1:
+        return round(ordered[0], 2)
+    return round(statistics.quantiles(ordered, n=100, method="inclusive")[pct - 1], 2)
+
+
+def count_runs(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(runs)).scalar_one())
+
+
+def _plain(mapping: Any) -> dict[str, Any]:
+    """A row as a dict, with timestamps as aware UTC datetimes on every database."""
+    out = dict(mapping)
+    for key, value in out.items():
+        if isinstance(value, datetime) and value.tzinfo is None:
+            out[key] = value.replace(tzinfo=timezone.utc)
+    return out
