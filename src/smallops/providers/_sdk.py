@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import weakref
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,7 +27,7 @@ class SdkClients:
     api_key_env: str
     keyless: bool = False
     _sync: Any = None
-    _async: Any = None
+    _async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] | None = None
 
     def check(self) -> None:
         self._api_key()
@@ -48,9 +50,16 @@ class SdkClients:
         return self._sync
 
     def async_client(self, cls: Any) -> Any:
+        """One async client per event loop: a client's connections belong to the loop they were
+        opened on, and scripts often call asyncio.run more than once."""
+        loop = asyncio.get_running_loop()
         if self._async is None:
-            self._async = cls(api_key=self._api_key(), base_url=self.base_url, max_retries=0)
-        return self._async
+            self._async = weakref.WeakKeyDictionary()
+        client = self._async.get(loop)
+        if client is None:
+            client = cls(api_key=self._api_key(), base_url=self.base_url, max_retries=0)
+            self._async[loop] = client
+        return client
 
 
 def to_provider_error(exc: Exception, sdk: ModuleType) -> ProviderError:

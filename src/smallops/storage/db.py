@@ -118,3 +118,11 @@ def ensure_schema(engine: Engine) -> None:
 
 def has_tables(engine: Engine) -> bool:
     return inspect(engine).has_table("runs")
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection and forget the engines."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()

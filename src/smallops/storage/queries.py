@@ -40,7 +40,7 @@ def list_runs(
     if status:
         query = query.where((runs.c.status == status) | (runs.c.error_type == status))
     with engine.connect() as connection:
-        return [_plain(row._mapping) for row in connection.execute(query)]
+        return [plain_row(row._mapping) for row in connection.execute(query)]
 
 
 def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
@@ -59,11 +59,11 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
         if len(rows) > 1:
             raise InputError(f"run id prefix {run_id!r} matches several runs",
                              hint="give more characters")
-        run = _plain(rows[0]._mapping)
+        run = plain_row(rows[0]._mapping)
         prompt = connection.execute(
             select(prompt_versions).where(prompt_versions.c.id == run["prompt_version"])
         ).first()
-    run["prompt"] = _plain(prompt._mapping) if prompt else None
+    run["prompt"] = plain_row(prompt._mapping) if prompt else None
     return run
 
 
@@ -119,7 +119,7 @@ def count_runs(engine: Engine) -> int:
         return int(connection.execute(select(func.count()).select_from(runs)).scalar_one())
 
 
-def _plain(mapping: Any) -> dict[str, Any]:
+def plain_row(mapping: Any) -> dict[str, Any]:
     """A row as a dict, with timestamps as aware UTC datetimes on every database."""
     out = dict(mapping)
     for key, value in out.items():

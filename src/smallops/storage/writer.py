@@ -235,3 +235,10 @@ def _restart_after_fork() -> None:
     """A forked child has no writer threads: each writer starts afresh on its first record."""
     for writer in _writers.values():
         writer._after_fork()
+
+
+def reset() -> None:
+    """Drain and forget every writer (tests, and apps that switch databases)."""
+    with _lock:
+        close_all()
+        _writers.clear()
