@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import weakref
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -60,6 +62,22 @@ class SdkClients:
             client = cls(api_key=self._api_key(), base_url=self.base_url, max_retries=0)
             self._async[loop] = client
         return client
+
+
+def sdk_arguments(create: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for an SDK `create` method: fields it does not name (say `temperature`
+    on an SDK that dropped it) travel in `extra_body`, so the wire request stays as recorded."""
+    known = _parameters(getattr(create, "__func__", create))
+    if all(key in known for key in request):
+        return request
+    arguments = {k: v for k, v in request.items() if k in known}
+    arguments["extra_body"] = {k: v for k, v in request.items() if k not in known}
+    return arguments
+
+
+@lru_cache(maxsize=16)
+def _parameters(function: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters)
 
 
 def to_provider_error(exc: Exception, sdk: ModuleType) -> ProviderError:

@@ -11,7 +11,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from smallops.errors import MissingExtraError
-from smallops.providers._sdk import SdkClients, parse_body, public_endpoint, to_provider_error
+from smallops.providers._sdk import (
+    SdkClients,
+    parse_body,
+    public_endpoint,
+    sdk_arguments,
+    to_provider_error,
+)
 from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
 
 DEFAULT_MAX_TOKENS = 1024  # the Messages API requires one
@@ -76,7 +82,8 @@ class AnthropicProvider(SdkClients, Provider):
         sdk = _sdk()
         client = self.sync_client(sdk.Anthropic)
         try:
-            response = client.messages.with_raw_response.create(**request, timeout=timeout)
+            create = client.messages.with_raw_response.create
+            response = create(**sdk_arguments(client.messages.create, request), timeout=timeout)
         except sdk.AnthropicError as exc:
             raise to_provider_error(exc, sdk) from None
         return _reply(response.http_response)
@@ -85,7 +92,10 @@ class AnthropicProvider(SdkClients, Provider):
         sdk = _sdk()
         client = self.async_client(sdk.AsyncAnthropic)
         try:
-            response = await client.messages.with_raw_response.create(**request, timeout=timeout)
+            create = client.messages.with_raw_response.create
+            response = await create(
+                **sdk_arguments(client.messages.create, request), timeout=timeout
+            )
         except sdk.AnthropicError as exc:
             raise to_provider_error(exc, sdk) from None
         return _reply(response.http_response)

@@ -47,7 +47,7 @@ class Invoice(BaseModel):
 
 document_extraction = Workflow(
     "document-extraction",
-    model="anthropic:claude-sonnet-4-5-20250929",
+    model="anthropic:claude-sonnet-4-6",
     prompt="document_extraction.prompt",
     output=Invoice,
     temperature=0,
