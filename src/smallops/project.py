@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from smallops.config import CONFIG_FILE, Settings, find_project_root
-from smallops.errors import ConfigError, SmallopsError, UnknownWorkflowError
-from smallops.storage.db import ensure_schema, get_engine, normalise_url
+from smallops.errors import ConfigError, SmallopsError, StorageError, UnknownWorkflowError
+from smallops.storage.db import ensure_schema, get_engine, normalise_url, safe_url
+from smallops.storage.writer import replay_spool
 from smallops.workflow import Workflow
 
 
@@ -72,10 +74,23 @@ class Project:
         )
 
     def engine(self) -> Engine:
-        """The log database, with its schema up to date."""
-        engine = get_engine(normalise_url(self.settings.database_url, self.root))
-        ensure_schema(engine)
+        """The log database, with its schema up to date and any spooled runs written."""
+        url = normalise_url(self.settings.database_url, self.root)
+        engine = get_engine(url)
+        try:
+            ensure_schema(engine)
+        except SQLAlchemyError as exc:
+            raise StorageError(
+                f"cannot open the log database {safe_url(url)}: {_first_line(exc)}",
+                hint="check that it is running and that SMALLOPS_DATABASE_URL is right",
+            ) from None
+        replay_spool(self.settings)
         return engine
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _import(path: Path) -> Any:

@@ -7,6 +7,7 @@ temporary table and one `INSERT ... ON CONFLICT DO NOTHING`, about twice as fast
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -43,7 +44,7 @@ class RowStore:
             else:
                 _write_sqlite(connection, runs, prompts)
         except BaseException:
-            self.close()
+            self._drop()
             raise
 
     def ping(self) -> None:
@@ -52,11 +53,19 @@ class RowStore:
             connection.exec_driver_sql("SELECT 1")
 
     def close(self) -> None:
+        """Give the connection back (or drop it if it failed)."""
         if self._connection is not None:
             try:
-                self._connection.invalidate()
+                self._connection.close()
             except Exception:
-                pass
+                self._connection.invalidate()
+            self._connection = None
+
+    def _drop(self) -> None:
+        """Discard a connection that failed: it may be broken."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.invalidate()
             self._connection = None
 
     def forget(self) -> None:

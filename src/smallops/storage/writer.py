@@ -198,6 +198,19 @@ def writer_for(settings: Settings) -> Writer:
         return _writers[url]
 
 
+def replay_spool(settings: Settings) -> int:
+    """Write the runs that earlier processes spooled while the database was down."""
+    url = normalise_url(settings.database_url, settings.root)
+    spool = Spool(spool_folder(settings.spool_dir, url))
+    if not spool.pending():
+        return 0
+    store = RowStore(get_engine(url))
+    try:
+        return spool.replay(store.write)
+    finally:
+        store.close()
+
+
 def flush_all(timeout: float | None = 30.0) -> bool:
     """Wait until every writer has written (or spooled) what it was given."""
     return all([writer.flush(timeout) for writer in list(_writers.values())])
