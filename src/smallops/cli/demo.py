@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from smallops.cli import _common
+from smallops.cli.logs import short_id
 from smallops.cli.report import print_report
 from smallops.cli.run import _print_table, _run_all
 from smallops.config import Settings
@@ -56,13 +57,14 @@ def demo_command(
         ("smallops logs --status queued_for_human", "the emails handed to a human"),
     ]
     if handed:
-        steps.append((f"smallops show {handed.run_id}", f"why this one failed ({handed.error})"))
+        steps.append((f"smallops show {short_id(handed.run_id)}", f"why this one failed ({handed.error})"))
     if repaired:
-        steps.append((f"smallops show {repaired.run_id}", "a retried or repaired call, attempt by attempt"))
+        steps.append((f"smallops show {short_id(repaired.run_id)}",
+                      "a retried or repaired call, attempt by attempt"))
     steps += [
         ("smallops report --json", "the numbers, for scripts"),
         ("export OPENAI_API_KEY=sk-...; smallops run email-triage --input evals/email_triage.jsonl",
          "the real model"),
     ]
     for command, why in steps:
-        say(f"  {command:<48} {('# ' + why) if why else ''}", markup=False)
+        say(f"  {command:<42} {('# ' + why) if why else ''}".rstrip(), markup=False)

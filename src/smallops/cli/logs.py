@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -42,23 +43,34 @@ def logs_command(
         _common.out.print("no runs recorded yet" + (" for these filters" if
                           (workflow or since or status) else ""), markup=False)
         return
-    table = Table()
-    for column in ("started", "workflow", "status", "error", "model", "tokens", "cost", "ms",
-                   "run id"):
-        table.add_column(column, no_wrap=column == "run id")
+    workflows = {row["workflow"] for row in rows}
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ["started", "workflow", "status", "error", "ms", "run id"]
+    if len(workflows) == 1:
+        columns.remove("workflow")
+        table.title, table.title_justify = rows[0]["workflow"], "left"
+    for column in columns:
+        table.add_column(column, no_wrap=True, justify="right" if column == "ms" else "left")
     for row in rows:
-        table.add_row(
-            _common.when(row["started_at"]), row["workflow"], row["status"],
-            row["error_type"] or "", row["model_served"] or row["model_requested"],
-            f"{row['input_tokens']}+{row['output_tokens']}", _common.money(row["cost_usd"]),
-            f"{row['latency_ms']:.0f}", row["id"],
-        )
+        values = {
+            "started": row["started_at"].astimezone().strftime("%m-%d %H:%M:%S"),
+            "workflow": row["workflow"], "status": row["status"], "error": row["error_type"] or "",
+            "ms": f"{row['latency_ms']:.0f}", "run id": short_id(row["id"]),
+        }
+        table.add_row(*(values[column] for column in columns))
     _common.out.print(table)
+    _common.out.print("run ids are shortened: `smallops show ID` takes them as they are",
+                      style="dim", markup=False)
+
+
+def short_id(run_id: str) -> str:
+    """The random tail of a run id: unique in practice, and what `show` accepts."""
+    return run_id[-12:]
 
 
 def show_command(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="A run id (or its first 8+ characters)."),
+    run_id: str = typer.Argument(..., help="A run id, or a unique start or end of one (8+ chars)."),
     as_json: bool = typer.Option(False, "--json", help="The whole record as JSON."),
 ) -> None:
     """Show one call's whole audit trail: prompt version, messages, raw responses, output."""

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from smallops.cli import _common
+from smallops.cli.logs import short_id
 from smallops.errors import InputError, WorkflowFailed
 from smallops.result import Result
 from smallops.storage.writer import writer_for
@@ -183,13 +184,13 @@ def _print_table(wf: Workflow[Any], results: list[Result[Any]]) -> None:
     table.add_column("#", justify="right")
     table.add_column("status", no_wrap=True)
     table.add_column("output / error", no_wrap=True, overflow="ellipsis", ratio=1)
-    table.add_column("run id", no_wrap=True, min_width=36)
+    table.add_column("run id", no_wrap=True)
     for line, result in enumerate(results, 1):
         if result.ok or result.status == "fallback_default":
             shown = _summary(result.output)
         else:
             shown = f"{result.error}: {result.error_message}"
-        table.add_row(str(line), result.status, _common.short(shown, 70), result.run_id)
+        table.add_row(str(line), result.status, _common.short(shown, 70), short_id(result.run_id))
     _common.out.print(table)
     counts: dict[str, int] = {}
     for result in results:

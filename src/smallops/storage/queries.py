@@ -44,20 +44,25 @@ def list_runs(
 
 
 def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
-    """One run with its prompt version's template; `run_id` may be a unique prefix (8+ chars)."""
+    """One run with its prompt version's template.
+
+    `run_id` may be a unique start or end of an id (8+ characters): the start is the time, the
+    end the random part that `smallops logs` shows.
+    """
     run_id = run_id.strip().lower()
     if len(run_id) < 8:
         raise InputError(f"run id {run_id!r} is too short", hint="give at least 8 characters")
     with engine.connect() as connection:
         rows = connection.execute(
-            select(runs).where(runs.c.id.startswith(run_id, autoescape=True)).limit(2)
+            select(runs).where(runs.c.id.startswith(run_id, autoescape=True)
+                               | runs.c.id.endswith(run_id, autoescape=True)).limit(2)
         ).all()
         if not rows:
             raise NotFoundError(
                 f"no run {run_id!r} in the log", hint="`smallops logs` lists recent run ids"
             )
         if len(rows) > 1:
-            raise InputError(f"run id prefix {run_id!r} matches several runs",
+            raise InputError(f"run id {run_id!r} matches several runs",
                              hint="give more characters")
         run = plain_row(rows[0]._mapping)
         prompt = connection.execute(

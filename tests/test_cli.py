@@ -1,0 +1,200 @@
+"""The smallops command: each subcommand, its --json output, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from emulators import ok, status
+
+from smallops.cli import main
+from smallops.scaffold import TEMPLATE_NAMES
+
+GOOD = {"category": "billing", "urgency": "normal", "summary": "Asks for the May invoice."}
+EMAIL = {"sender": "ann@example.com", "subject": "Invoice", "body": "Where is my May invoice?"}
+
+
+def smallops(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def project(tmp_path, emulator, capsys) -> Path:
+    """An email-triage project whose openai provider is the local emulator."""
+    folder = tmp_path / "ops"
+    assert smallops(capsys, "init", str(folder))[0] == 0
+    toml = folder / "smallops.toml"
+    toml.write_text(toml.read_text() + f'\n[providers.openai]\nbase_url = "{emulator.openai_base_url}"\n')
+    return folder
+
+
+def test_init_writes_a_working_project_for_every_template(tmp_path, capsys):
+    for template in TEMPLATE_NAMES:
+        folder = tmp_path / template
+        code, out, _ = smallops(capsys, "init", str(folder), "--template", template)
+        assert code == 0 and "created" in out
+        module = template.replace("-", "_")
+        for path in ("smallops.toml", ".gitignore", ".github/workflows/smallops.yml",
+                     f"workflows/{module}.py", f"workflows/{module}.prompt",
+                     f"evals/{module}.jsonl"):
+            assert (folder / path).is_file(), path
+        cases = [json.loads(line) for line in (folder / f"evals/{module}.jsonl").read_text()
+                 .splitlines() if line.strip()]
+        assert len(cases) >= 20 and len({c["id"] for c in cases}) == len(cases)
+        code, out, _ = smallops(capsys, "--project", str(folder), "list", "--json")
+        assert code == 0 and json.loads(out)["name"] == template
+        _, out, _ = smallops(capsys, "init", str(folder), "--template", template)
+        assert "kept" in out and "created" not in out
+
+
+def test_init_with_an_unknown_template_is_a_usage_error(tmp_path, capsys):
+    code, _, err = smallops(capsys, "init", str(tmp_path / "x"), "--template", "crm")
+    assert code == 2 and "unknown template 'crm'" in err and "email-triage" in err
+
+
+def test_run_with_inline_json_prints_a_table(project, emulator, capsys):
+    emulator.script(ok(GOOD))
+    code, out, err = smallops(capsys, "-p", str(project), "run", "email-triage",
+                              "--json", json.dumps(EMAIL))
+    assert code == 0, err
+    assert "pending_review" in out and "category=billing" in out
+
+
+def test_run_over_a_jsonl_file_prints_json_lines_and_records_each_call(
+    project, emulator, capsys, tmp_path
+):
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("\n".join(json.dumps({**EMAIL, "subject": f"s{i}"}) for i in range(5)))
+    emulator.default = ok(GOOD)
+    code, out, _ = smallops(capsys, "-p", str(project), "run", "email-triage", "--input",
+                            str(inputs), "--json")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["line"] for r in lines] == [1, 2, 3, 4, 5]
+    assert {r["status"] for r in lines} == {"pending_review"}
+    code, out, _ = smallops(capsys, "-p", str(project), "logs", "--json")
+    assert {json.loads(line)["id"] for line in out.splitlines()} == {r["run_id"] for r in lines}
+
+
+def test_a_bad_jsonl_line_stops_before_any_call_naming_the_line(project, emulator, capsys,
+                                                                  tmp_path):
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text(json.dumps(EMAIL) + "\n{not json}\n")
+    code, out, err = smallops(capsys, "-p", str(project), "run", "email-triage", "-i", str(inputs))
+    assert code == 2 and "line 2" in err and "not valid JSON" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert emulator.requests == []
+    assert smallops(capsys, "-p", str(project), "logs", "--json")[1] == ""
+
+
+def test_a_missing_template_variable_is_a_usage_error_before_any_call(project, emulator, capsys):
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage",
+                            "--json", '{"subject": "hi"}')
+    assert code == 2 and "'body'" in err and "needs: body, sender, subject" in err
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (('"openai:gpt-4o-mini-2024-07-18"', '"openai:gpt-4o-mini"'), "moving alias"),
+    (('    fallback="review",\n', ""), "declares no fallback"),
+    (("prompt=\"email_triage.prompt\"", "prompt=\"nope.prompt\""), "does not exist"),
+    (("from smallops import Workflow", "from smallops import Workflow, Nope"), "ImportError"),
+])
+def test_a_misconfigured_workflow_is_one_line_and_exit_2(project, capsys, edit, message):
+    path = project / "workflows" / "email_triage.py"
+    path.write_text(path.read_text().replace(*edit))
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage",
+                            "--json", json.dumps(EMAIL))
+    assert code == 2 and message in err and "email_triage.py" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unknown_workflow_lists_the_known_ones(project, capsys):
+    code, _, err = smallops(capsys, "-p", str(project), "run", "lead-scoring", "--json", "{}")
+    assert code == 2 and "known workflows: email-triage" in err
+
+
+def test_a_missing_api_key_is_a_usage_error(project, capsys, monkeypatch, emulator):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage",
+                            "--json", json.dumps(EMAIL))
+    assert code == 2 and "OPENAI_API_KEY is not set" in err and emulator.requests == []
+
+
+def test_outside_a_project_says_how_to_make_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = smallops(capsys, "logs")
+    assert code == 2 and "smallops init" in err
+
+
+def test_logs_show_and_report(project, emulator, capsys):
+    emulator.script(ok(GOOD), status(400, message="bad request"))
+    for _ in range(2):
+        smallops(capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL))
+    code, out, _ = smallops(capsys, "-p", str(project), "logs")
+    assert code == 0 and "pending_review" in out and "queued_for_human" in out
+    code, out, _ = smallops(capsys, "-p", str(project), "logs", "--status", "bad_request", "--json")
+    [failed] = [json.loads(line) for line in out.splitlines()]
+    assert failed["error_type"] == "bad_request"
+    code, out, _ = smallops(capsys, "-p", str(project), "show", failed["id"])
+    assert code == 0 and "HTTP 400" in out and "[system]" in out and "Where is my May" in out
+    code, out, _ = smallops(capsys, "-p", str(project), "show", failed["id"], "--json")
+    record = json.loads(out)
+    assert record["prompt"]["template"].startswith("{#") and len(record["attempts"]) == 1
+    code, out, _ = smallops(capsys, "-p", str(project), "report", "--json")
+    [row] = json.loads(out)
+    assert row["calls"] == 2 and row["statuses"] == {"pending_review": 1, "queued_for_human": 1}
+    assert row["errors"] == {"bad_request": 1}
+    assert row["models_served"] == {"gpt-4o-mini-2024-07-18": 1} and row["cost_usd"] > 0
+    code, out, _ = smallops(capsys, "-p", str(project), "report")
+    assert code == 0 and "email-triage" in out and "p50" in out
+
+
+def test_show_an_unknown_run_is_a_clear_error(project, capsys):
+    code, _, err = smallops(capsys, "-p", str(project), "show", "01234567-nope")
+    assert code == 1 and "no run" in err
+
+
+def test_a_bad_since_is_a_usage_error(project, capsys):
+    code, _, err = smallops(capsys, "-p", str(project), "logs", "--since", "last tuesday")
+    assert code == 2 and "--since" in err
+
+
+def test_db_upgrade_and_current(project, capsys):
+    code, out, _ = smallops(capsys, "-p", str(project), "db", "upgrade")
+    assert code == 0 and "upgraded empty" in out
+    code, out, _ = smallops(capsys, "-p", str(project), "db", "upgrade")
+    assert "already at" in out
+    code, out, _ = smallops(capsys, "-p", str(project), "db", "current")
+    assert code == 0 and "at 0001" in out
+
+
+def test_an_unreachable_database_is_one_line_and_exit_1(project, capsys, monkeypatch):
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    code, _, err = smallops(capsys, "-p", str(project), "logs")
+    assert code == 1 and "cannot open the log database" in err and "Traceback" not in err
+
+
+def test_demo_runs_offline_with_no_key(tmp_path):
+    """The README's first command: the installed console script, no key, no network."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    script = Path(sys.executable).parent / "smallops"
+    done = subprocess.run([str(script), "demo"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "30 calls" in done.stdout and "Try next" in done.stdout
+    report = subprocess.run([str(script), "report", "--json"], cwd=tmp_path / "smallops-demo",
+                            env=env, capture_output=True, text=True, timeout=60)
+    [row] = json.loads(report.stdout)
+    assert row["calls"] == 30 and row["statuses"]["queued_for_human"] == 3
+    assert set(row["errors"]) == {"refused", "truncated", "server_error"}
