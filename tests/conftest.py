@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from emulators import ModelServer, ok
 from sqlalchemy import create_engine
 
+from emulators import ModelServer, ok
 from smallops import Settings, Workflow
 from smallops.config import ProviderConfig
 from smallops.storage import writer

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from emulators import ok, refusal, status, truncated
 from models import GOOD
-
 from smallops.testing import recorded_runs
 
 INPUTS = {"subject": "Invoice", "body": "Where is my May invoice?"}

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from emulators import ok, status
 
+from emulators import ok, status
 from smallops.cli import main
 from smallops.scaffold import TEMPLATE_NAMES
 
@@ -35,7 +35,9 @@ def project(tmp_path, emulator, capsys) -> Path:
     folder = tmp_path / "ops"
     assert smallops(capsys, "init", str(folder))[0] == 0
     toml = folder / "smallops.toml"
-    toml.write_text(toml.read_text() + f'\n[providers.openai]\nbase_url = "{emulator.openai_base_url}"\n')
+    toml.write_text(
+        toml.read_text() + f'\n[providers.openai]\nbase_url = "{emulator.openai_base_url}"\n'
+    )
     return folder
 
 
@@ -45,12 +47,20 @@ def test_init_writes_a_working_project_for_every_template(tmp_path, capsys):
         code, out, _ = smallops(capsys, "init", str(folder), "--template", template)
         assert code == 0 and "created" in out
         module = template.replace("-", "_")
-        for path in ("smallops.toml", ".gitignore", ".github/workflows/smallops.yml",
-                     f"workflows/{module}.py", f"workflows/{module}.prompt",
-                     f"evals/{module}.jsonl"):
+        for path in (
+            "smallops.toml",
+            ".gitignore",
+            ".github/workflows/smallops.yml",
+            f"workflows/{module}.py",
+            f"workflows/{module}.prompt",
+            f"evals/{module}.jsonl",
+        ):
             assert (folder / path).is_file(), path
-        cases = [json.loads(line) for line in (folder / f"evals/{module}.jsonl").read_text()
-                 .splitlines() if line.strip()]
+        cases = [
+            json.loads(line)
+            for line in (folder / f"evals/{module}.jsonl").read_text().splitlines()
+            if line.strip()
+        ]
         assert len(cases) >= 20 and len({c["id"] for c in cases}) == len(cases)
         code, out, _ = smallops(capsys, "--project", str(folder), "list", "--json")
         assert code == 0 and json.loads(out)["name"] == template
@@ -65,8 +75,9 @@ def test_init_with_an_unknown_template_is_a_usage_error(tmp_path, capsys):
 
 def test_run_with_inline_json_prints_a_table(project, emulator, capsys):
     emulator.script(ok(GOOD))
-    code, out, err = smallops(capsys, "-p", str(project), "run", "email-triage",
-                              "--json", json.dumps(EMAIL))
+    code, out, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
     assert code == 0, err
     assert "pending_review" in out and "category=billing" in out
 
@@ -77,8 +88,9 @@ def test_run_over_a_jsonl_file_prints_json_lines_and_records_each_call(
     inputs = tmp_path / "in.jsonl"
     inputs.write_text("\n".join(json.dumps({**EMAIL, "subject": f"s{i}"}) for i in range(5)))
     emulator.default = ok(GOOD)
-    code, out, _ = smallops(capsys, "-p", str(project), "run", "email-triage", "--input",
-                            str(inputs), "--json")
+    code, out, _ = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--input", str(inputs), "--json"
+    )
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [r["line"] for r in lines] == [1, 2, 3, 4, 5]
     assert {r["status"] for r in lines} == {"pending_review"}
@@ -86,11 +98,12 @@ def test_run_over_a_jsonl_file_prints_json_lines_and_records_each_call(
     assert {json.loads(line)["id"] for line in out.splitlines()} == {r["run_id"] for r in lines}
 
 
-def test_a_bad_jsonl_line_stops_before_any_call_naming_the_line(project, emulator, capsys,
-                                                                  tmp_path):
+def test_a_bad_jsonl_line_stops_before_any_call_naming_the_line(
+    project, emulator, capsys, tmp_path
+):
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps(EMAIL) + "\n{not json}\n")
-    code, out, err = smallops(capsys, "-p", str(project), "run", "email-triage", "-i", str(inputs))
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage", "-i", str(inputs))
     assert code == 2 and "line 2" in err and "not valid JSON" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert emulator.requests == []
@@ -98,23 +111,28 @@ def test_a_bad_jsonl_line_stops_before_any_call_naming_the_line(project, emulato
 
 
 def test_a_missing_template_variable_is_a_usage_error_before_any_call(project, emulator, capsys):
-    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage",
-                            "--json", '{"subject": "hi"}')
+    code, _, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", '{"subject": "hi"}'
+    )
     assert code == 2 and "'body'" in err and "needs: body, sender, subject" in err
     assert emulator.requests == []
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (('"openai:gpt-4o-mini-2024-07-18"', '"openai:gpt-4o-mini"'), "moving alias"),
-    (('    fallback="review",\n', ""), "declares no fallback"),
-    (("prompt=\"email_triage.prompt\"", "prompt=\"nope.prompt\""), "does not exist"),
-    (("from smallops import Workflow", "from smallops import Workflow, Nope"), "ImportError"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('"openai:gpt-4o-mini-2024-07-18"', '"openai:gpt-4o-mini"'), "moving alias"),
+        (('    fallback="review",\n', ""), "declares no fallback"),
+        (('prompt="email_triage.prompt"', 'prompt="nope.prompt"'), "does not exist"),
+        (("from smallops import Workflow", "from smallops import Workflow, Nope"), "ImportError"),
+    ],
+)
 def test_a_misconfigured_workflow_is_one_line_and_exit_2(project, capsys, edit, message):
     path = project / "workflows" / "email_triage.py"
     path.write_text(path.read_text().replace(*edit))
-    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage",
-                            "--json", json.dumps(EMAIL))
+    code, _, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
     assert code == 2 and message in err and "email_triage.py" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -126,8 +144,9 @@ def test_unknown_workflow_lists_the_known_ones(project, capsys):
 
 def test_a_missing_api_key_is_a_usage_error(project, capsys, monkeypatch, emulator):
     monkeypatch.delenv("OPENAI_API_KEY")
-    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage",
-                            "--json", json.dumps(EMAIL))
+    code, _, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
     assert code == 2 and "OPENAI_API_KEY is not set" in err and emulator.requests == []
 
 
@@ -189,12 +208,28 @@ def test_demo_runs_offline_with_no_key(tmp_path):
     """The README's first command: the installed console script, no key, no network."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     script = Path(sys.executable).parent / "smallops"
-    done = subprocess.run([str(script), "demo"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [str(script), "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "30 calls" in done.stdout and "Try next" in done.stdout
-    report = subprocess.run([str(script), "report", "--json"], cwd=tmp_path / "smallops-demo",
-                            env=env, capture_output=True, text=True, timeout=60)
+    report = subprocess.run(
+        [str(script), "report", "--json"],
+        cwd=tmp_path / "smallops-demo",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     [row] = json.loads(report.stdout)
     assert row["calls"] == 30 and row["statuses"]["queued_for_human"] == 3
     assert set(row["errors"]) == {"refused", "truncated", "server_error"}
+
+
+def test_run_accepts_an_eval_file_as_input(project, emulator, capsys):
+    emulator.default = ok(GOOD)
+    code, out, _ = smallops(capsys, "-p", str(project), "run", "email-triage", "--input",
+                            str(project / "evals" / "email_triage.jsonl"), "--json")
+    cases = (project / "evals" / "email_triage.jsonl").read_text().strip().splitlines()
+    assert code == 0 and len(out.splitlines()) == len(cases) >= 20
+    assert emulator.requests[0].body["messages"][1]["content"].startswith("From: ")

@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 import pytest
+
 from emulators import delay, disconnect, malformed, ok, refusal, status, truncated
 from models import GOOD
-
 from smallops import WorkflowFailed
 from smallops.testing import recorded_runs
 
@@ -30,8 +30,9 @@ def call(request: pytest.FixtureRequest) -> Any:
 
 
 def test_success_is_recorded_with_tokens_model_fingerprint_and_cost(make_workflow, emulator, call):
-    emulator.script(ok(GOOD, input_tokens=120, output_tokens=30, cached_tokens=100,
-                       fingerprint="fp_abc"))
+    emulator.script(
+        ok(GOOD, input_tokens=120, output_tokens=30, cached_tokens=100, fingerprint="fp_abc")
+    )
     wf = make_workflow()
     result = call(wf, **INPUTS)
     assert result.status == "pending_review" and result.output.category == "billing"
@@ -47,7 +48,10 @@ def test_success_is_recorded_with_tokens_model_fingerprint_and_cost(make_workflo
     assert run["cost_usd"] == pytest.approx(expected) and run["cost_source"] == "genai-prices"
     assert run["inputs"] == INPUTS
     assert run["output"] == GOOD
-    assert run["messages"][1] == {"role": "user", "content": "Subject: Invoice\n\nWhere is my May invoice?"}
+    assert run["messages"][1] == {
+        "role": "user",
+        "content": "Subject: Invoice\n\nWhere is my May invoice?",
+    }
     [attempt] = run["attempts"]
     assert attempt["request"]["response_format"]["json_schema"]["strict"] is True
     assert json.loads(attempt["response"])["system_fingerprint"] == "fp_abc"
@@ -231,11 +235,19 @@ def test_openai_compatible_server_gets_max_tokens_and_needs_no_key(
 
     monkeypatch.delenv("OPENAI_API_KEY")
     (tmp_path / "p.prompt").write_text("[user]\n{{ q }}")
-    local = replace(settings, providers={
-        "ollama": ProviderConfig("ollama", "openai", base_url=emulator.openai_base_url)
-    })
-    wf = Workflow("local", model="ollama:llama3.1:8b", prompt="p.prompt", fallback="review",
-                  max_tokens=50, settings=local, base_dir=tmp_path)
+    local = replace(
+        settings,
+        providers={"ollama": ProviderConfig("ollama", "openai", base_url=emulator.openai_base_url)},
+    )
+    wf = Workflow(
+        "local",
+        model="ollama:llama3.1:8b",
+        prompt="p.prompt",
+        fallback="review",
+        max_tokens=50,
+        settings=local,
+        base_dir=tmp_path,
+    )
     assert wf.run(q="hi").status == "pending_review"
     assert emulator.requests[-1].body["max_tokens"] == 50
     assert recorded_runs(wf)[0]["cost_source"] == "unpriced"

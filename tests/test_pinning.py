@@ -3,33 +3,45 @@
 from __future__ import annotations
 
 import pytest
-from emulators import ok
 
+from emulators import ok
 from smallops import ConfigError, UnpinnedModelError
 from smallops.pinning import check_pinned, parse_model
 from smallops.testing import recorded_runs
 
 
-@pytest.mark.parametrize("model", [
-    "openai:gpt-4o-mini-2024-07-18", "openai:gpt-4.1-2025-04-14", "openai:o3-2025-04-16",
-    "openai:gpt-3.5-turbo-0125", "openai:ft:gpt-4o-mini-2024-07-18:acme::abc123",
-    "anthropic:claude-sonnet-4-5-20250929", "anthropic:claude-3-5-haiku-20241022",
-    "anthropic:claude-sonnet-4-6", "anthropic:claude-opus-4-7", "anthropic:claude-opus-5",
-    "fake:anything",
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "openai:gpt-4o-mini-2024-07-18",
+        "openai:gpt-4.1-2025-04-14",
+        "openai:o3-2025-04-16",
+        "openai:gpt-3.5-turbo-0125",
+        "openai:ft:gpt-4o-mini-2024-07-18:acme::abc123",
+        "anthropic:claude-sonnet-4-5-20250929",
+        "anthropic:claude-3-5-haiku-20241022",
+        "anthropic:claude-sonnet-4-6",
+        "anthropic:claude-opus-4-7",
+        "anthropic:claude-opus-5",
+        "fake:anything",
+    ],
+)
 def test_pinned_models_are_accepted(model):
     ref = parse_model(model)
     check_pinned(ref, ref.provider)
 
 
-@pytest.mark.parametrize(("model", "suggestion"), [
-    ("openai:gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
-    ("openai:gpt-4o", "gpt-4o-2024-11-20"),
-    ("openai:chatgpt-4o-latest", None),
-    ("anthropic:claude-sonnet-4-5", "claude-sonnet-4-5-20250929"),
-    ("anthropic:claude-3-5-sonnet-latest", "claude-3-5-sonnet-20241022"),
-    ("anthropic:claude-opus-4-1", "claude-opus-4-1-20250805"),
-])
+@pytest.mark.parametrize(
+    ("model", "suggestion"),
+    [
+        ("openai:gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
+        ("openai:gpt-4o", "gpt-4o-2024-11-20"),
+        ("openai:chatgpt-4o-latest", None),
+        ("anthropic:claude-sonnet-4-5", "claude-sonnet-4-5-20250929"),
+        ("anthropic:claude-3-5-sonnet-latest", "claude-3-5-sonnet-20241022"),
+        ("anthropic:claude-opus-4-1", "claude-opus-4-1-20250805"),
+    ],
+)
 def test_moving_aliases_are_refused_naming_what_to_pin(model, suggestion):
     ref = parse_model(model)
     with pytest.raises(UnpinnedModelError) as caught:
@@ -60,8 +72,9 @@ def test_unpinned_needs_the_explicit_flag_and_is_recorded(make_workflow, emulato
     with pytest.raises(UnpinnedModelError):
         make_workflow(model="openai:gpt-4o-mini")
     wf = make_workflow(model="openai:gpt-4o-mini", allow_unpinned=True)
-    emulator.script(ok({"category": "spam", "urgency": "low", "summary": "x"},
-                       model="gpt-4o-mini-2024-07-18"))
+    emulator.script(
+        ok({"category": "spam", "urgency": "low", "summary": "x"}, model="gpt-4o-mini-2024-07-18")
+    )
     wf.run(subject="s", body="b")
     [run] = recorded_runs(wf)
     assert run["allow_unpinned"] is True and run["model_mismatch"] is True

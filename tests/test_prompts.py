@@ -9,8 +9,10 @@ from smallops.prompts import Prompt, prompt_version
 
 
 def test_parts_become_messages_in_order():
-    prompt = Prompt("{# note #}\n[system]\nBe brief.\n[user]\nHi {{ name }}\n[assistant]\nOk\n"
-                    "[user]\nAgain {{ name | upper }}")
+    prompt = Prompt(
+        "{# note #}\n[system]\nBe brief.\n[user]\nHi {{ name }}\n[assistant]\nOk\n"
+        "[user]\nAgain {{ name | upper }}"
+    )
     assert prompt.render({"name": "ann"}) == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi ann"},
@@ -55,10 +57,15 @@ def test_a_missing_prompt_file_says_where_it_looked(tmp_path):
 def test_the_version_changes_with_everything_that_shapes_the_output():
     base = prompt_version("t", {"a": 1}, "openai:m", {"temperature": 0})
     assert base == prompt_version("t", {"a": 1}, "openai:m", {"temperature": 0})
-    assert len({
-        base,
-        prompt_version("t2", {"a": 1}, "openai:m", {"temperature": 0}),
-        prompt_version("t", {"a": 2}, "openai:m", {"temperature": 0}),
-        prompt_version("t", {"a": 1}, "openai:n", {"temperature": 0}),
-        prompt_version("t", {"a": 1}, "openai:m", {"temperature": 1}),
-    }) == 5
+    assert (
+        len(
+            {
+                base,
+                prompt_version("t2", {"a": 1}, "openai:m", {"temperature": 0}),
+                prompt_version("t", {"a": 2}, "openai:m", {"temperature": 0}),
+                prompt_version("t", {"a": 1}, "openai:n", {"temperature": 0}),
+                prompt_version("t", {"a": 1}, "openai:m", {"temperature": 1}),
+            }
+        )
+        == 5
+    )

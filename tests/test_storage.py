@@ -10,7 +10,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import make_url
 
@@ -35,9 +34,16 @@ def _workflow(tmp_path: Path, database_url: str, responder=None) -> Workflow:
     settings = Settings(root=tmp_path, database_url=database_url)
     from models import Triage
 
-    return Workflow("storage-test", model="fake:rules", prompt="p.prompt", output=Triage,
-                    fallback="review", provider=FakeProvider(responder or (lambda _: GOOD)),
-                    settings=settings, base_dir=tmp_path)
+    return Workflow(
+        "storage-test",
+        model="fake:rules",
+        prompt="p.prompt",
+        output=Triage,
+        fallback="review",
+        provider=FakeProvider(responder or (lambda _: GOOD)),
+        settings=settings,
+        base_dir=tmp_path,
+    )
 
 
 def _engine(url: str, root: Path):
@@ -175,7 +181,9 @@ def test_sigterm_mid_run_keeps_every_completed_call(database_url, tmp_path):
     tests = str(Path(__file__).parent)
     process = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path), database_url, tests],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stdout is not None
     completed = [process.stdout.readline().strip() for _ in range(300)]

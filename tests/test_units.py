@@ -28,8 +28,10 @@ def test_uuid7_ids_are_version_7_unique_and_time_ordered():
 
 def test_redactor_removes_env_secrets_and_key_shaped_strings():
     redact = Redactor.from_environment({"MY_SERVICE_TOKEN": "tok-12345678-abcd", "HOME": "/root"})
-    text = ("token tok-12345678-abcd, key sk-proj-abcdefghijklmnop, "
-            "masked sk-abc*****************wxyz, Authorization: Bearer eyJhbGciOiJIUzI1NiJ9")
+    text = (
+        "token tok-12345678-abcd, key sk-proj-abcdefghijklmnop, "
+        "masked sk-abc*****************wxyz, Authorization: Bearer eyJhbGciOiJIUzI1NiJ9"
+    )
     cleaned = redact(text)
     assert "tok-12345678" not in cleaned and "sk-proj" not in cleaned
     assert "sk-abc" not in cleaned and "eyJhbG" not in cleaned
@@ -38,14 +40,18 @@ def test_redactor_removes_env_secrets_and_key_shaped_strings():
 
 
 def test_genai_prices_price_a_known_model():
-    cost, source = price_run(Pricing("openai", None), "gpt-4o-mini-2024-07-18",
-                             Usage(input_tokens=1_000_000, output_tokens=1_000_000))
+    cost, source = price_run(
+        Pricing("openai", None),
+        "gpt-4o-mini-2024-07-18",
+        Usage(input_tokens=1_000_000, output_tokens=1_000_000),
+    )
     assert source == "genai-prices" and cost == pytest.approx(0.15 + 0.60)
 
 
 def test_an_unknown_model_is_unpriced_never_zero():
-    assert price_run(Pricing("openai", None), "gpt-unknown-2030-01-01",
-                     Usage(input_tokens=10, output_tokens=10)) == (None, "unpriced")
+    assert price_run(
+        Pricing("openai", None), "gpt-unknown-2030-01-01", Usage(input_tokens=10, output_tokens=10)
+    ) == (None, "unpriced")
     assert price_run(Pricing(None, None), "llama3", Usage(1, 1)) == (None, "unpriced")
 
 
@@ -69,12 +75,15 @@ def test_settings_read_smallops_toml_and_the_environment_wins(tmp_path):
     assert Settings.load(tmp_path, env=env).database_url == "postgresql://db/ops"
 
 
-@pytest.mark.parametrize(("toml", "message"), [
-    ('[providers.x]\nkind = "openai"\napi_key = "sk-123"', "keys never go in"),
-    ('[providers.x]\nkind = "grpc"', "kind"),
-    ('[prices."a:b"]\ninput = "cheap"', "needs numbers"),
-    ("[smallops\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[providers.x]\nkind = "openai"\napi_key = "sk-123"', "keys never go in"),
+        ('[providers.x]\nkind = "grpc"', "kind"),
+        ('[prices."a:b"]\ninput = "cheap"', "needs numbers"),
+        ("[smallops\n", "not valid TOML"),
+    ],
+)
 def test_bad_settings_are_config_errors(tmp_path, toml, message):
     (tmp_path / "smallops.toml").write_text(toml)
     with pytest.raises(ConfigError, match=message):
@@ -91,8 +100,9 @@ def test_git_commit_is_read_from_the_repository(tmp_path):
     (repo / "f").write_text("x")
     run("add", "f")
     run("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "x")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                          text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
     assert git_commit(repo) == head
     run("pack-refs", "--all")
     assert git_commit(repo) == head

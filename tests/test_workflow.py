@@ -6,8 +6,8 @@ import asyncio
 import threading
 
 import pytest
-from models import GOOD, Triage
 
+from models import GOOD, Triage
 from smallops import (
     ConfigError,
     FakeProvider,
@@ -28,18 +28,21 @@ def test_a_workflow_without_a_fallback_is_refused(make_workflow):
         make_workflow(fallback=None)
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    ({"fallback": "ignore"}, "unknown fallback"),
-    ({"review": "sometimes"}, "unknown review policy"),
-    ({"output": dict}, "BaseModel"),
-    ({"temperature": 3}, "temperature"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"name": "Email Triage"}, "not valid"),
-    ({"retries": -1}, "retries"),
-    ({"fallback": default({"category": "nope"})}, "does not fit Triage"),
-    ({"prompt": "missing.prompt"}, "does not exist"),
-    ({"model": "mystery:model-1"}, "unknown provider"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"fallback": "ignore"}, "unknown fallback"),
+        ({"review": "sometimes"}, "unknown review policy"),
+        ({"output": dict}, "BaseModel"),
+        ({"temperature": 3}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"name": "Email Triage"}, "not valid"),
+        ({"retries": -1}, "retries"),
+        ({"fallback": default({"category": "nope"})}, "does not fit Triage"),
+        ({"prompt": "missing.prompt"}, "does not exist"),
+        ({"model": "mystery:model-1"}, "unknown provider"),
+    ],
+)
 def test_bad_definitions_are_config_errors(make_workflow, overrides, message):
     with pytest.raises(ConfigError, match=message):
         make_workflow(**overrides)
@@ -47,16 +50,21 @@ def test_bad_definitions_are_config_errors(make_workflow, overrides, message):
 
 def test_review_none_auto_actions_and_all_waits_for_review(make_workflow):
     provider = FakeProvider(lambda _: GOOD)
-    assert make_workflow(**FAKE, provider=provider, review="none").run(
-        subject="s", body="b").status == "auto"
-    assert make_workflow(**FAKE, provider=provider, review="all").run(
-        subject="s", body="b").status == "pending_review"
+    assert (
+        make_workflow(**FAKE, provider=provider, review="none").run(subject="s", body="b").status
+        == "auto"
+    )
+    assert (
+        make_workflow(**FAKE, provider=provider, review="all").run(subject="s", body="b").status
+        == "pending_review"
+    )
 
 
 def test_a_default_fallback_answers_with_the_default_and_records_why(make_workflow):
     fallback = {"category": "other", "urgency": "normal", "summary": "needs a human"}
-    wf = make_workflow(**FAKE, provider=FakeProvider(lambda _: FakeReply(refusal="no")),
-                       fallback=default(fallback))
+    wf = make_workflow(
+        **FAKE, provider=FakeProvider(lambda _: FakeReply(refusal="no")), fallback=default(fallback)
+    )
     result = wf.run(subject="s", body="b")
     assert result.status == "fallback_default" and result.output == Triage(**fallback)
     [run] = recorded_runs(wf)
@@ -67,12 +75,16 @@ def test_run_and_arun_record_the_same_things(make_workflow):
     wf = make_workflow(**FAKE, provider=FakeProvider.queue(["bad", GOOD, "bad", GOOD]))
     sync = wf.run(subject="s", body="b")
     async_ = asyncio.run(wf.arun(subject="s", body="b"))
-    assert (sync.status, sync.attempts, sync.output) == (async_.status, async_.attempts,
-                                                        async_.output)
+    assert (sync.status, sync.attempts, sync.output) == (
+        async_.status,
+        async_.attempts,
+        async_.output,
+    )
     first, second = recorded_runs(wf)
     strip = ("id", "started_at", "finished_at", "latency_ms", "attempts")
     assert {k: v for k, v in first.items() if k not in strip} == {
-        k: v for k, v in second.items() if k not in strip}
+        k: v for k, v in second.items() if k not in strip
+    }
 
 
 def test_a_missing_input_is_recorded_then_raised(make_workflow):
@@ -117,8 +129,11 @@ def test_a_cancelled_async_call_is_recorded_as_cancelled(make_workflow):
 
 
 def test_fallback_raise_carries_the_run_id(make_workflow):
-    wf = make_workflow(**FAKE, fallback="raise",
-                       provider=FakeProvider(lambda _: ProviderError("server_error", "down")))
+    wf = make_workflow(
+        **FAKE,
+        fallback="raise",
+        provider=FakeProvider(lambda _: ProviderError("server_error", "down")),
+    )
     with pytest.raises(WorkflowFailed) as caught:
         wf.run(subject="s", body="b")
     assert recorded_runs(wf)[0]["id"] == caught.value.run_id
@@ -138,7 +153,11 @@ def test_the_fake_queue_answers_in_order_then_reports_it_is_empty(make_workflow)
 
 
 def test_fake_truncation_and_refusal_use_the_same_routes_as_a_real_model(make_workflow):
-    wf = make_workflow(**FAKE, provider=FakeProvider.queue([
-        FakeReply(text='{"cat', finish="length"), FakeReply(refusal="won't")]))
+    wf = make_workflow(
+        **FAKE,
+        provider=FakeProvider.queue(
+            [FakeReply(text='{"cat', finish="length"), FakeReply(refusal="won't")]
+        ),
+    )
     assert wf.run(subject="s", body="b").error == "truncated"
     assert wf.run(subject="s", body="b").error == "refused"

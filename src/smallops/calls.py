@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -42,7 +42,7 @@ class Sleep:
     seconds: float
 
 
-Effect = Union[Send, Sleep]
+Effect = Send | Sleep
 Lifecycle = Generator[Effect, Any, Result[Any]]
 
 
@@ -73,7 +73,9 @@ def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
         output, problem = _interpret(plan.output, reply)
         if problem and problem[0] in REPAIRABLE:
             assert reply.text is not None
-            repair = plan.provider.request(plan.prepared, run.messages + _repair(reply.text, problem[1]))
+            repair = plan.provider.request(
+                plan.prepared, run.messages + _repair(reply.text, problem[1])
+            )
             reply = yield from _exchange(run, repair, "repair")
             output, problem = _interpret(plan.output, reply)
     except ProviderError as exc:
@@ -96,23 +98,38 @@ def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Eff
     while True:
         tries += 1
         began, began_at = time.perf_counter(), time.time()
-        attempt: dict[str, Any] = {"n": len(run.attempts) + 1, "purpose": purpose,
-                                   "started_at": began_at, "request": request}
+        attempt: dict[str, Any] = {
+            "n": len(run.attempts) + 1,
+            "purpose": purpose,
+            "started_at": began_at,
+            "request": request,
+        }
         run.attempts.append(attempt)
         try:
             reply: Reply = yield Send(request, policy.attempt_timeout(run.elapsed()))
         except ProviderError as exc:
-            attempt.update(latency_ms=_ms(began), status_code=exc.status_code, response=exc.raw,
-                           error_type=exc.kind, error_message=exc.message)
+            attempt.update(
+                latency_ms=_ms(began),
+                status_code=exc.status_code,
+                response=exc.raw,
+                error_type=exc.kind,
+                error_message=exc.message,
+            )
             wait = policy.delay(exc, tries, run.elapsed())
             if wait is None:
                 raise
             attempt["retry_in_s"] = round(wait, 3)
             yield Sleep(wait)
             continue
-        attempt.update(latency_ms=_ms(began), status_code=reply.status_code, response=reply.raw,
-                       model=reply.model, finish=reply.finish, request_id=reply.request_id,
-                       usage=reply.usage.__dict__)
+        attempt.update(
+            latency_ms=_ms(began),
+            status_code=reply.status_code,
+            response=reply.raw,
+            model=reply.model,
+            finish=reply.finish,
+            request_id=reply.request_id,
+            usage=reply.usage.__dict__,
+        )
         run.usage.add(reply.usage)
         run.served = reply
         return reply
@@ -134,15 +151,20 @@ def _interpret(output: type[BaseModel] | None, reply: Reply) -> tuple[Any, tuple
         errors = exc.errors(include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
             return None, ("invalid_json", f"the output is not valid JSON: {errors[0]['msg']}")
-        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'output'}: {e['msg']}" for e in errors)
+        detail = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'output'}: {e['msg']}" for e in errors
+        )
         return None, ("schema_mismatch", detail)
 
 
 def _repair(text: str, problem: str) -> list[dict[str, str]]:
     return [
         {"role": "assistant", "content": text},
-        {"role": "user", "content": f"That reply does not fit the required format: {problem}. "
-                                    "Reply again with only the corrected JSON."},
+        {
+            "role": "user",
+            "content": f"That reply does not fit the required format: {problem}. "
+            "Reply again with only the corrected JSON.",
+        },
     ]
 
 
@@ -168,33 +190,37 @@ def _fallback(run: _Run, kind: str, message: str) -> Result[Any]:
     if fallback.kind == "review":
         return _finish(run, "queued_for_human", None, kind, message)
     result = _finish(run, "failed", None, kind, message)
-    raise WorkflowFailed(f"{run.plan.name}: {kind}: {message}", run_id=result.run_id,
-                         error_type=kind)
+    raise WorkflowFailed(
+        f"{run.plan.name}: {kind}: {message}", run_id=result.run_id, error_type=kind
+    )
 
 
-def _finish(run: _Run, status: str, output: Any, error: str | None = None,
-            message: str | None = None) -> Result[Any]:
+def _finish(
+    run: _Run, status: str, output: Any, error: str | None = None, message: str | None = None
+) -> Result[Any]:
     plan = run.plan
     latency = _ms(run.started)
     served = run.served
     run_id = uuid7()
-    plan.writer.submit({
-        "id": run_id,
-        "plan": plan.record_static,
-        "status": status,
-        "error_type": error,
-        "error_message": message,
-        "model_served": served.model if served else None,
-        "system_fingerprint": served.fingerprint if served else None,
-        "attempt_count": len(run.attempts),
-        "usage": run.usage,
-        "latency_ms": latency,
-        "started_at": run.started_at,
-        "inputs": run.inputs,
-        "messages": run.messages,
-        "output": output,
-        "attempts": run.attempts,
-    })
+    plan.writer.submit(
+        {
+            "id": run_id,
+            "plan": plan.record_static,
+            "status": status,
+            "error_type": error,
+            "error_message": message,
+            "model_served": served.model if served else None,
+            "system_fingerprint": served.fingerprint if served else None,
+            "attempt_count": len(run.attempts),
+            "usage": run.usage,
+            "latency_ms": latency,
+            "started_at": run.started_at,
+            "inputs": run.inputs,
+            "messages": run.messages,
+            "output": output,
+            "attempts": run.attempts,
+        }
+    )
     return Result(
         run_id=run_id,
         workflow=plan.name,

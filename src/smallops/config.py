@@ -79,7 +79,9 @@ class Settings:
         root = (root or find_project_root() or Path.cwd()).resolve()
         data = _read_toml(root / CONFIG_FILE)
         section = _table(data, "smallops", CONFIG_FILE)
-        url = env.get("SMALLOPS_DATABASE_URL") or section.get("database_url") or DEFAULT_DATABASE_URL
+        url = (
+            env.get("SMALLOPS_DATABASE_URL") or section.get("database_url") or DEFAULT_DATABASE_URL
+        )
         return cls(
             root=root,
             database_url=str(url),
@@ -102,7 +104,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            data: dict[str, Any] = tomllib.load(handle)
+            return data
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 

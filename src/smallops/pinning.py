@@ -80,7 +80,9 @@ def check_pinned(ref: ModelRef, kind: str) -> None:
     if kind == "anthropic":
         if _ANTHROPIC_DATED.search(model) or _is_pinned_dateless_claude(model):
             return
-        raise _unpinned(ref, "Anthropic pins dated ids (and dateless ids from the 4.6 generation on)")
+        raise _unpinned(
+            ref, "Anthropic pins dated ids (and dateless ids from the 4.6 generation on)"
+        )
 
 
 def _is_pinned_dateless_claude(model: str) -> bool:
@@ -95,7 +97,8 @@ def _is_pinned_dateless_claude(model: str) -> bool:
 def _unpinned(ref: ModelRef, why: str) -> UnpinnedModelError:
     suggestion = suggest_snapshot(ref.model)
     hint = (
-        f"pin '{ref.provider}:{suggestion}' instead" if suggestion
+        f"pin '{ref.provider}:{suggestion}' instead"
+        if suggestion
         else "pin a dated snapshot from the vendor's model list"
     )
     return UnpinnedModelError(

@@ -40,9 +40,7 @@ def _from_genai_prices(vendor: str, model: str, usage: Usage) -> tuple[float | N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = calc(
-                _genai_usage(usage), model_ref=model, provider_id=vendor
-            )
+            result = calc(_genai_usage(usage), model_ref=model, provider_id=vendor)
     except LookupError:
         return UNPRICED
     return float(result.total_price), "genai-prices"

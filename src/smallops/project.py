@@ -95,7 +95,9 @@ def _first_line(exc: Exception) -> str:
 
 def _import(path: Path) -> Any:
     """Load a workflow module under a name unique to its project (several projects may load)."""
-    name = f"_smallops_workflows_{hashlib.sha1(str(path.parent).encode()).hexdigest()[:8]}_{path.stem}"
+    name = (
+        f"_smallops_workflows_{hashlib.sha1(str(path.parent).encode()).hexdigest()[:8]}_{path.stem}"
+    )
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -111,7 +113,9 @@ def _import(path: Path) -> Any:
     except Exception as exc:
         del sys.modules[name]
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
-        line = exc.lineno if isinstance(exc, SyntaxError) else (frames[-1].lineno if frames else None)
+        line = (
+            exc.lineno if isinstance(exc, SyntaxError) else (frames[-1].lineno if frames else None)
+        )
         where = f"workflows/{path.name}" + (f", line {line}" if line else "")
         raise ConfigError(
             f"{where}: {type(exc).__name__}: {exc}",

@@ -1,10 +1,10 @@
 """Helpers for testing code that uses smallops: a fake model and a look at what was recorded.
 
-    from smallops.testing import FakeProvider, recorded_runs
+from smallops.testing import FakeProvider, recorded_runs
 
-    triage = email_triage.replace(model="fake:rules", provider=FakeProvider(my_rules))
-    result = triage.run(subject="Invoice", body="...")
-    assert recorded_runs(triage)[-1]["status"] == "pending_review"
+triage = email_triage.replace(model="fake:rules", provider=FakeProvider(my_rules))
+result = triage.run(subject="Invoice", body="...")
+assert recorded_runs(triage)[-1]["status"] == "pending_review"
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -37,8 +38,12 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     project: Path | None = typer.Option(
-        None, "--project", "-p", help="Project folder (default: found from here upward).",
-        envvar="SMALLOPS_PROJECT", file_okay=False,
+        None,
+        "--project",
+        "-p",
+        help="Project folder (default: found from here upward).",
+        envvar="SMALLOPS_PROJECT",
+        file_okay=False,
     ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."

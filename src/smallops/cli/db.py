@@ -39,5 +39,6 @@ def current(ctx: typer.Context) -> None:
     project = _common.project(ctx)
     url = normalise_url(project.settings.database_url, project.root)
     revision = current_revision(get_engine(url))
-    _common.out.print(f"{safe_url(url)}: at {revision or 'empty'}, latest {head_revision()}",
-                      markup=False)
+    _common.out.print(
+        f"{safe_url(url)}: at {revision or 'empty'}, latest {head_revision()}", markup=False
+    )

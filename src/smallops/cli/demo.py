@@ -28,8 +28,11 @@ def demo_command(
     """Scaffold a demo project and triage a sample inbox with a fake (rule-based) model."""
     written, _ = create_project(folder, "email-triage")
     say = _common.out.print
-    say(f"{'Created' if written else 'Reusing'} the demo project in {folder}/ "
-        "(SQLite log at .smallops/smallops.db)\n", markup=False)
+    say(
+        f"{'Created' if written else 'Reusing'} the demo project in {folder}/ "
+        "(SQLite log at .smallops/smallops.db)\n",
+        markup=False,
+    )
     env = {k: v for k, v in os.environ.items() if k != "SMALLOPS_DATABASE_URL"}
     project = Project(folder, Settings.load(folder, env=env))  # always the embedded SQLite
     inbox = load_inbox()
@@ -38,15 +41,20 @@ def demo_command(
         provider=FakeProvider(DemoModel(scripted_failures(inbox))),
         settings=project.settings,
     )
-    say(f"Triaging {len(inbox)} emails with workflow {wf.name}. The model is a fake: keyword "
+    say(
+        f"Triaging {len(inbox)} emails with workflow {wf.name}. The model is a fake: keyword "
         "rules, with a few scripted failures\n(a 429, a non-JSON reply, a schema break, a "
-        "refusal, a truncation, an outage).\n", markup=False)
+        "refusal, a truncation, an outage).\n",
+        markup=False,
+    )
     started = time.perf_counter()
     results = _run_all(wf, demo_inputs(inbox), concurrency, show_progress=True)
     writer_for(project.settings).flush()
     _print_table(wf, results)
-    say(f"\n{len(results)} calls in {time.perf_counter() - started:.1f} s, every one recorded.\n",
-        markup=False)
+    say(
+        f"\n{len(results)} calls in {time.perf_counter() - started:.1f} s, every one recorded.\n",
+        markup=False,
+    )
     print_report(report(project.engine()), "7d")
     handed = next((r for r in results if r.status == "queued_for_human"), None)
     repaired = next((r for r in results if r.attempts > 1 and r.ok), None)
@@ -57,14 +65,20 @@ def demo_command(
         ("smallops logs --status queued_for_human", "the emails handed to a human"),
     ]
     if handed:
-        steps.append((f"smallops show {short_id(handed.run_id)}", f"why this one failed ({handed.error})"))
+        steps.append(
+            (f"smallops show {short_id(handed.run_id)}", f"why this one failed ({handed.error})")
+        )
     if repaired:
-        steps.append((f"smallops show {short_id(repaired.run_id)}",
-                      "a retried or repaired call, attempt by attempt"))
+        steps.append(
+            (
+                f"smallops show {short_id(repaired.run_id)}",
+                "a retried or repaired call, attempt by attempt",
+            )
+        )
     steps += [
         ("smallops report --json", "the numbers, for scripts"),
-        ("export OPENAI_API_KEY=sk-...; smallops run email-triage --input evals/email_triage.jsonl",
-         "the real model"),
+        ("export OPENAI_API_KEY=sk-...", "then, with the real model:"),
+        ("smallops run email-triage --input evals/email_triage.jsonl", ""),
     ]
     for command, why in steps:
         say(f"  {command:<42} {('# ' + why) if why else ''}".rstrip(), markup=False)

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 
 
 def init_command(
-    folder: Path = typer.Argument(Path("."), help="Where to create the project."),
+    folder: Path = typer.Argument(Path(), help="Where to create the project."),
     template: str = typer.Option(
         "email-triage", "--template", "-t", help=f"One of: {', '.join(TEMPLATE_NAMES)}."
     ),
@@ -31,13 +31,10 @@ def init_command(
         _common.out.print(f"  created {folder / path}", markup=False)
     for path in kept:
         _common.out.print(f"  kept    {folder / path} (already there)", markup=False)
-    name = template
+    key = "ANTHROPIC_API_KEY" if template == "document-extraction" else "OPENAI_API_KEY"
+    evals = f"evals/{template.replace('-', '_')}.jsonl"
     _common.out.print(
-        f"\nNext: cd {folder} && export OPENAI_API_KEY=... && "
-        f"smallops run {name} --input evals/{name.replace('-', '_')}.jsonl"
-        if template != "document-extraction" else
-        f"\nNext: cd {folder} && export ANTHROPIC_API_KEY=... && pip install 'smallops[anthropic]'"
-        f" && smallops run {name} --json '{{\"document\": \"...\"}}'",
+        f"\nNext: cd {folder}; export {key}=...; smallops run {template} --input {evals}",
         markup=False,
     )
 
@@ -50,9 +47,14 @@ def list_command(
     workflows = _common.project(ctx).workflows
     rows = [
         {
-            "name": wf.name, "model": str(wf.model), "prompt_version": wf.version.id,
-            "prompt": str(wf.prompt_path), "output": wf.output.__name__ if wf.output else None,
-            "review": wf.review, "fallback": wf.fallback.kind, "owner": wf.owner,
+            "name": wf.name,
+            "model": str(wf.model),
+            "prompt_version": wf.version.id,
+            "prompt": str(wf.prompt_path),
+            "output": wf.output.__name__ if wf.output else None,
+            "review": wf.review,
+            "fallback": wf.fallback.kind,
+            "owner": wf.owner,
             "description": wf.description,
         }
         for wf in workflows.values()
@@ -65,6 +67,13 @@ def list_command(
     for column in ("name", "model", "prompt version", "output", "review", "fallback", "owner"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], row["model"], row["prompt_version"], row["output"] or "text",
-                      row["review"], row["fallback"], row["owner"] or "-")
+        table.add_row(
+            row["name"],
+            row["model"],
+            row["prompt_version"],
+            row["output"] or "text",
+            row["review"],
+            row["fallback"],
+            row["owner"] or "-",
+        )
     _common.out.print(table if rows else "no workflows in workflows/*.py yet")

@@ -25,7 +25,9 @@ def logs_command(
     workflow: str | None = typer.Argument(None, help="Only this workflow."),
     since: str | None = typer.Option(None, "--since", help="e.g. 30m, 24h, 7d, or a date."),
     status: str | None = typer.Option(
-        None, "--status", help=f"A status ({', '.join(STATUSES)}) or an error type "
+        None,
+        "--status",
+        help=f"A status ({', '.join(STATUSES)}) or an error type "
         "(refused, truncated, invalid_json, schema_mismatch, rate_limited, timeout, ...).",
     ),
     limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many runs."),
@@ -33,15 +35,19 @@ def logs_command(
 ) -> None:
     """List recorded calls, newest first."""
     project = _common.project(ctx)
-    rows = list_runs(project.engine(), workflow=workflow, since=_common.since(since),
-                     status=status, limit=limit)
+    rows = list_runs(
+        project.engine(), workflow=workflow, since=_common.since(since), status=status, limit=limit
+    )
     if as_json:
         for row in rows:
             _common.print_json(row)
         return
     if not rows:
-        _common.out.print("no runs recorded yet" + (" for these filters" if
-                          (workflow or since or status) else ""), markup=False)
+        _common.out.print(
+            "no runs recorded yet"
+            + (" for these filters" if (workflow or since or status) else ""),
+            markup=False,
+        )
         return
     workflows = {row["workflow"] for row in rows}
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -54,13 +60,19 @@ def logs_command(
     for row in rows:
         values = {
             "started": row["started_at"].astimezone().strftime("%m-%d %H:%M:%S"),
-            "workflow": row["workflow"], "status": row["status"], "error": row["error_type"] or "",
-            "ms": f"{row['latency_ms']:.0f}", "run id": short_id(row["id"]),
+            "workflow": row["workflow"],
+            "status": row["status"],
+            "error": row["error_type"] or "",
+            "ms": f"{row['latency_ms']:.0f}",
+            "run id": short_id(row["id"]),
         }
         table.add_row(*(values[column] for column in columns))
     _common.out.print(table)
-    _common.out.print("run ids are shortened: `smallops show ID` takes them as they are",
-                      style="dim", markup=False)
+    _common.out.print(
+        "run ids are shortened: `smallops show ID` takes them as they are",
+        style="dim",
+        markup=False,
+    )
 
 
 def short_id(run_id: str) -> str:
@@ -87,7 +99,9 @@ def _print_run(run: dict[str, Any]) -> None:
     if run["error_type"]:
         say(f"error: {escape(run['error_type'])}: {escape(run['error_message'] or '')}")
     served = run["model_served"] or "-"
-    flag = "  [red](served model differs from the pinned one)[/red]" if run["model_mismatch"] else ""
+    flag = (
+        "  [red](served model differs from the pinned one)[/red]" if run["model_mismatch"] else ""
+    )
     facts = [
         ("started", _common.when(run["started_at"])),
         ("latency", f"{run['latency_ms']:.1f} ms over {run['attempt_count']} attempt(s)"),
@@ -95,8 +109,11 @@ def _print_run(run: dict[str, Any]) -> None:
         ("model asked", run["model_requested"] + (" (unpinned)" if run["allow_unpinned"] else "")),
         ("model served", served),
         ("fingerprint", run["system_fingerprint"] or "-"),
-        ("tokens", f"{run['input_tokens']} in ({run['cached_tokens']} cached), "
-                   f"{run['output_tokens']} out ({run['reasoning_tokens']} reasoning)"),
+        (
+            "tokens",
+            f"{run['input_tokens']} in ({run['cached_tokens']} cached), "
+            f"{run['output_tokens']} out ({run['reasoning_tokens']} reasoning)",
+        ),
         ("cost", f"{_common.money(run['cost_usd'])} ({run['cost_source']})"),
         ("prompt version", run["prompt_version"]),
         ("git commit", run["git_commit"] or "-"),
@@ -110,14 +127,22 @@ def _print_run(run: dict[str, Any]) -> None:
     for message in run["messages"] or []:
         _section(f"message: {message['role']}", message["content"])
     for attempt in run["attempts"]:
-        head = f"attempt {attempt['n']} ({attempt['purpose']}): " + (
-            f"{attempt.get('error_type')}: {attempt.get('error_message')}"
-            if attempt.get("error_type") else f"HTTP {attempt.get('status_code')}, "
-            f"finish={attempt.get('finish')}"
-        ) + f", {attempt.get('latency_ms', 0):.1f} ms"
+        head = (
+            f"attempt {attempt['n']} ({attempt['purpose']}): "
+            + (
+                f"{attempt.get('error_type')}: {attempt.get('error_message')}"
+                if attempt.get("error_type")
+                else f"HTTP {attempt.get('status_code')}, finish={attempt.get('finish')}"
+            )
+            + f", {attempt.get('latency_ms', 0):.1f} ms"
+        )
         _section(head, attempt.get("response") or "(no response body)")
-    _section("output", json.dumps(run["output"], indent=2, ensure_ascii=False)
-             if run["output"] is not None else "(none)")
+    _section(
+        "output",
+        json.dumps(run["output"], indent=2, ensure_ascii=False)
+        if run["output"] is not None
+        else "(none)",
+    )
 
 
 def _section(title: str, body: str) -> None:

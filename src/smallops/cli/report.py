@@ -39,17 +39,23 @@ def print_report(rows: list[dict[str, Any]], since: str) -> None:
         cost = _common.money(row["cost_usd"])
         if row["unpriced_calls"]:
             cost += f" ({row['unpriced_calls']} calls unpriced)"
-        served = ", ".join(f"{m} ×{n}" for m, n in row["models_served"].items()) or "-"
+        served = ", ".join(f"{m} x{n}" for m, n in row["models_served"].items()) or "-"
         if row["model_mismatches"]:
             served += f"  [red]{row['model_mismatches']} not the pinned model[/red]"
         say(f"\n[bold]{escape(row['workflow'])}[/bold]  {row['calls']} calls")
         for label, value in (
             ("statuses", _counts(row["statuses"])),
             ("errors", _counts(row["errors"]) or "none"),
-            ("tokens", f"{row['input_tokens']:,} in ({row['cached_tokens']:,} cached), "
-                       f"{row['output_tokens']:,} out"),
+            (
+                "tokens",
+                f"{row['input_tokens']:,} in ({row['cached_tokens']:,} cached), "
+                f"{row['output_tokens']:,} out",
+            ),
             ("cost", cost),
-            ("latency", f"p50 {_ms(row['latency_p50_ms'])} ms, p95 {_ms(row['latency_p95_ms'])} ms"),
+            (
+                "latency",
+                f"p50 {_ms(row['latency_p50_ms'])} ms, p95 {_ms(row['latency_p95_ms'])} ms",
+            ),
         ):
             say(f"  {label:<9} {escape(value)}")
         say(f"  {'models':<9} {served}")

@@ -21,8 +21,9 @@ from smallops.workflow import Workflow
 
 HELP = """Call WORKFLOW on inputs and record every call.
 
-Inputs come from --input FILE.jsonl (one JSON object of template inputs per line; - for stdin)
-or --json '{"subject": "..."}'. Results print as a table, or as JSON lines with a bare --json.
+Inputs come from --input FILE.jsonl (one JSON object of template inputs per line; - for stdin;
+eval-set lines work too, their "input" is used) or --json '{"subject": "..."}'.
+Results print as a table, or as JSON lines with a bare --json.
 The whole input is checked before the first call: a bad line stops the run with its line number.
 Exit codes: 0 every call ended (answered or handed to its fallback), 1 some call failed, 2 usage.
 """
@@ -56,8 +57,9 @@ def run_command(
         None, "--json", help="Inputs as one JSON object; a bare --json prints JSON lines instead."
     ),
     json_output: bool = typer.Option(False, _OUTPUT_FLAG, hidden=True),
-    concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, max=256,
-                                    help="Calls in flight at once."),
+    concurrency: int = typer.Option(
+        4, "--concurrency", "-c", min=1, max=256, help="Calls in flight at once."
+    ),
 ) -> None:
     wf = _common.project(ctx).workflow(workflow)
     inputs = _read_inputs(input_file, inline)
@@ -75,7 +77,8 @@ def run_command(
     if not writer.healthy:
         _common.err.print(
             f"warning: the database is unreachable; {writer.spooled} runs are kept in "
-            f"{writer.spool.folder} and will be written when it returns", markup=False,
+            f"{writer.spool.folder} and will be written when it returns",
+            markup=False,
         )
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
@@ -85,7 +88,7 @@ def _read_inputs(path: Path | None, inline: str | None) -> list[dict[str, Any]]:
     if (path is None) == (inline is None):
         raise InputError(
             "give the inputs with either --input FILE.jsonl or --json '{...}'",
-            hint="e.g. smallops run email-triage --json '{\"subject\": \"Hi\", \"body\": \"...\"}'",
+            hint='e.g. smallops run email-triage --json \'{"subject": "Hi", "body": "..."}\'',
         )
     if inline is not None:
         return [_parse_object(inline, "--json")]
@@ -98,13 +101,20 @@ def _read_inputs(path: Path | None, inline: str | None) -> list[dict[str, Any]]:
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read {path}: {exc}") from None
     rows = [
-        _parse_object(line, f"{path}, line {number}")
+        _inputs_of(_parse_object(line, f"{path}, line {number}"))
         for number, line in enumerate(text.splitlines(), 1)
         if line.strip()
     ]
     if not rows:
         raise InputError(f"{path} holds no inputs", hint="one JSON object per line")
     return rows
+
+
+def _inputs_of(row: dict[str, Any]) -> dict[str, Any]:
+    """An eval case (`{"id", "input": {...}, "expected"}`) runs on its input."""
+    if isinstance(row.get("input"), dict) and "id" in row:
+        return dict(row["input"])
+    return row
 
 
 def _parse_object(text: str, where: str) -> dict[str, Any]:
@@ -145,8 +155,13 @@ def _run_all(
         return list(await asyncio.gather(*(one(row) for row in inputs)))
 
     progress = Progress(
-        TextColumn(f"{wf.name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=_common.err, transient=True, disable=not show_progress,
+        TextColumn(f"{wf.name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_common.err,
+        transient=True,
+        disable=not show_progress,
     )
     with progress:
         task = progress.add_task("run", total=len(inputs))
@@ -158,9 +173,17 @@ def _failed(wf: Workflow[Any], exc: WorkflowFailed) -> Result[Any]:
     from smallops.providers.base import Usage
 
     return Result(
-        run_id=exc.run_id, workflow=wf.name, status="failed", output=None,
-        error=exc.error_type, error_message=exc.message, prompt_version=wf.version.id,
-        model=None, usage=Usage(), latency_ms=0.0, attempts=0,
+        run_id=exc.run_id,
+        workflow=wf.name,
+        status="failed",
+        output=None,
+        error=exc.error_type,
+        error_message=exc.message,
+        prompt_version=wf.version.id,
+        model=None,
+        usage=Usage(),
+        latency_ms=0.0,
+        attempts=0,
     )
 
 

@@ -22,13 +22,13 @@ INBOX = Path(__file__).parent / "inbox.jsonl"
 
 _RULES = {
     "spam": r"gift card|prize|winner|guaranteed|returns|crypto|bitcoin|\bseo\b|mailbox|verify|"
-            r"click (here|below)|lottery|act now|backlinks",
+    r"click (here|below)|lottery|act now|backlinks",
     "billing": r"invoice|refund|charged|charge|declined|\bvat\b|receipt|payment|billing|"
-               r"cancel|double|paid",
+    r"cancel|double|paid",
     "sales": r"pricing|price|seats|\bdemo|demonstration|enterprise|\bsso\b|discount|quote|"
-             r"trial|free plan|nonprofit",
+    r"trial|free plan|nonprofit",
     "support": r"\bdown\b|error|erreur|\bbug|login|2fa|code|export|times out|not working|broken|"
-               r"logo|how (to|do)|didn't go out|wrong|reminders|sync|format|help",
+    r"logo|how (to|do)|didn't go out|wrong|reminders|sync|format|help",
     "other": r"application|podcast|press|thank|partnership|job|interview|portfolio",
 }
 _HIGH = r"urgent|asap|immediately|\bdown\b|all our|wrong totals|production|twice|!!!|\?\?\?"
@@ -65,19 +65,25 @@ class DemoModel:
         self._lock = threading.Lock()
 
     def __call__(self, request: FakeRequest) -> FakeAnswer:
-        subject = next((line[9:] for line in request.user.splitlines()
-                        if line.startswith("Subject: ")), "")
+        subject = next(
+            (line[9:] for line in request.user.splitlines() if line.startswith("Subject: ")), ""
+        )
         with self._lock:
             tries = self._seen.get(request.user, 0)
             self._seen[request.user] = tries + 1
         answer = triage_by_rules(request.user)
         kind = self.failures.get(subject)
         if kind == "rate_limited" and tries == 0:
-            return ProviderError("rate_limited", "HTTP 429: rate limit reached", status_code=429,
-                                 retry_after=0.2)
+            return ProviderError(
+                "rate_limited", "HTTP 429: rate limit reached", status_code=429, retry_after=0.2
+            )
         if kind == "outage":
-            return ProviderError("server_error", "HTTP 503: the service is overloaded",
-                                 status_code=503, retry_after=0.1)
+            return ProviderError(
+                "server_error",
+                "HTTP 503: the service is overloaded",
+                status_code=503,
+                retry_after=0.1,
+            )
         if kind == "not_json" and tries == 0:
             return "Sure! Here is the triage: category billing, urgency normal."
         if kind == "too_long" and tries == 0:

@@ -106,7 +106,9 @@ def _reply(http_response: Any) -> Reply:
     blocks = body.get("content")
     if not isinstance(blocks, list):
         raise ProviderError("bad_response", "the response has no content", raw=raw)
-    text = "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+    text = "".join(
+        b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text"
+    )
     stop_reason = str(body.get("stop_reason") or "end_turn")
     finish = _FINISH.get(stop_reason, stop_reason)
     refusal = None

@@ -16,7 +16,9 @@ from typing import Any
 from pydantic import BaseModel
 
 # Kinds of provider failure; the retryable ones are retried under the call's deadline.
-RETRYABLE = frozenset({"rate_limited", "server_error", "timeout", "connection_error", "bad_response"})
+RETRYABLE = frozenset(
+    {"rate_limited", "server_error", "timeout", "connection_error", "bad_response"}
+)
 FAILURE_KINDS = RETRYABLE | {"auth_error", "bad_request"}
 
 
@@ -96,16 +98,14 @@ class Provider(ABC):
     endpoint: str | None = None  # where requests go, without credentials; None for the default
 
     @abstractmethod
-    def prepare(
-        self, model: str, output: type[BaseModel] | None, params: Params
-    ) -> dict[str, Any]:
+    def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:
         """The part of the request that is the same for every call of a workflow."""
 
     def request(self, prepared: dict[str, Any], messages: list[dict[str, str]]) -> dict[str, Any]:
         """The full request body for one call."""
         return {**prepared, "messages": messages}
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - most providers need no check
         """Raise ConfigError when the provider cannot be used as configured (a missing key)."""
 
     @abstractmethod

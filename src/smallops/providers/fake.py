@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -42,7 +42,7 @@ class FakeReply:
     model: str | None = None
 
 
-FakeAnswer = Union[str, dict[str, Any], BaseModel, FakeReply, ProviderError]
+FakeAnswer = str | dict[str, Any] | BaseModel | FakeReply | ProviderError
 Responder = Callable[[FakeRequest], FakeAnswer]
 
 
@@ -80,7 +80,9 @@ class FakeProvider(Provider):
 
     def send(self, request: dict[str, Any], timeout: float) -> Reply:
         self.calls += 1
-        answer = self.responder(FakeRequest(request["model"], request["messages"], request["schema"]))
+        answer = self.responder(
+            FakeRequest(request["model"], request["messages"], request["schema"])
+        )
         if isinstance(answer, ProviderError):
             raise answer
         return _reply(request, answer)
@@ -93,7 +95,12 @@ def _reply(request: dict[str, Any], answer: FakeAnswer) -> Reply:
     if not isinstance(answer, FakeReply):
         answer = FakeReply(text=_as_text(answer))
     served = answer.model or request["model"]
-    body = {"model": served, "text": answer.text, "finish": answer.finish, "refusal": answer.refusal}
+    body = {
+        "model": served,
+        "text": answer.text,
+        "finish": answer.finish,
+        "refusal": answer.refusal,
+    }
     prompt_chars = sum(len(m["content"]) for m in request["messages"])
     return Reply(
         text=answer.text,
@@ -102,7 +109,9 @@ def _reply(request: dict[str, Any], answer: FakeAnswer) -> Reply:
         model=served,
         fingerprint="fake",
         raw=json.dumps(body),
-        usage=Usage(input_tokens=prompt_chars // 4 + 1, output_tokens=len(answer.text or "") // 4 + 1),
+        usage=Usage(
+            input_tokens=prompt_chars // 4 + 1, output_tokens=len(answer.text or "") // 4 + 1
+        ),
     )
 
 
@@ -118,7 +127,7 @@ def example_answer(request: FakeRequest) -> FakeAnswer:
     """A schema-valid example for structured output, an echo for free text."""
     if request.schema is None:
         return f"(fake reply to {len(request.user)} characters)"
-    return example_for(request.schema, request.schema.get("$defs", {}))
+    return json.dumps(example_for(request.schema, request.schema.get("$defs", {})))
 
 
 def example_for(schema: dict[str, Any], defs: dict[str, Any]) -> Any:

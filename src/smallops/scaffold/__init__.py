@@ -1,9 +1,9 @@
 """`smallops init`: a new project laid out as every smallops project is.
 
-    smallops.toml                     database URL, providers, prices
-    workflows/<name>.py, .prompt      the workflow and its prompt
-    evals/<name>.jsonl                real examples to test it on
-    .github/workflows/smallops.yml    the checks CI runs on pull requests
+smallops.toml                     database URL, providers, prices
+workflows/<name>.py, .prompt      the workflow and its prompt
+evals/<name>.jsonl                real examples to test it on
+.github/workflows/smallops.yml    the checks CI runs on pull requests
 """
 
 from __future__ import annotations

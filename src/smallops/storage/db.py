@@ -63,9 +63,7 @@ def _create(url: str) -> Engine:
             url, pool_pre_ping=True, pool_size=5, connect_args={"connect_timeout": 5}
         )
     if backend != "sqlite":
-        raise ConfigError(
-            f"database {backend!r} is not supported", hint="use SQLite or Postgres"
-        )
+        raise ConfigError(f"database {backend!r} is not supported", hint="use SQLite or Postgres")
     if parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})

@@ -13,9 +13,18 @@ from smallops.errors import InputError, NotFoundError
 from smallops.storage.schema import prompt_versions, runs
 
 SUMMARY = (
-    runs.c.id, runs.c.workflow, runs.c.status, runs.c.error_type, runs.c.model_served,
-    runs.c.model_requested, runs.c.input_tokens, runs.c.output_tokens, runs.c.cost_usd,
-    runs.c.latency_ms, runs.c.started_at, runs.c.prompt_version,
+    runs.c.id,
+    runs.c.workflow,
+    runs.c.status,
+    runs.c.error_type,
+    runs.c.model_served,
+    runs.c.model_requested,
+    runs.c.input_tokens,
+    runs.c.output_tokens,
+    runs.c.cost_usd,
+    runs.c.latency_ms,
+    runs.c.started_at,
+    runs.c.prompt_version,
 )
 
 
@@ -54,16 +63,19 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
         raise InputError(f"run id {run_id!r} is too short", hint="give at least 8 characters")
     with engine.connect() as connection:
         rows = connection.execute(
-            select(runs).where(runs.c.id.startswith(run_id, autoescape=True)
-                               | runs.c.id.endswith(run_id, autoescape=True)).limit(2)
+            select(runs)
+            .where(
+                runs.c.id.startswith(run_id, autoescape=True)
+                | runs.c.id.endswith(run_id, autoescape=True)
+            )
+            .limit(2)
         ).all()
         if not rows:
             raise NotFoundError(
                 f"no run {run_id!r} in the log", hint="`smallops logs` lists recent run ids"
             )
         if len(rows) > 1:
-            raise InputError(f"run id {run_id!r} matches several runs",
-                             hint="give more characters")
+            raise InputError(f"run id {run_id!r} matches several runs", hint="give more characters")
         run = plain_row(rows[0]._mapping)
         prompt = connection.execute(
             select(prompt_versions).where(prompt_versions.c.id == run["prompt_version"])
@@ -75,9 +87,16 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
 def report(engine: Engine, *, since: datetime | None = None) -> list[dict[str, Any]]:
     """Per workflow: calls, statuses, error types, tokens, cost, latency and models served."""
     columns = (
-        runs.c.workflow, runs.c.status, runs.c.error_type, runs.c.model_served,
-        runs.c.model_mismatch, runs.c.input_tokens, runs.c.output_tokens, runs.c.cached_tokens,
-        runs.c.cost_usd, runs.c.latency_ms,
+        runs.c.workflow,
+        runs.c.status,
+        runs.c.error_type,
+        runs.c.model_served,
+        runs.c.model_mismatch,
+        runs.c.input_tokens,
+        runs.c.output_tokens,
+        runs.c.cached_tokens,
+        runs.c.cost_usd,
+        runs.c.latency_ms,
     )
     query = select(*columns)
     if since:

@@ -79,7 +79,9 @@ class RowStore:
         return self._connection.driver_connection
 
 
-def _with_times(rows: Sequence[Row], columns: tuple[int, ...], convert: Any) -> list[tuple[Any, ...]]:
+def _with_times(
+    rows: Sequence[Row], columns: tuple[int, ...], convert: Any
+) -> list[tuple[Any, ...]]:
     out = []
     for row in rows:
         values = list(row)
@@ -97,7 +99,9 @@ def _pg_time(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, timezone.utc)
 
 
-def _insert_sql(table: str, columns: tuple[str, ...], marker: str, conflict: str) -> str:
+def _insert_sql(
+    table: str, columns: tuple[str, ...], marker: str, conflict: tuple[str, str]
+) -> str:
     names = ", ".join(columns)
     values = ", ".join([marker] * len(columns))
     return f"INSERT {conflict[0]}INTO {table} ({names}) VALUES ({values}){conflict[1]}"

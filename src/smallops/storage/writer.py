@@ -157,7 +157,9 @@ class Writer:
             reason = self.redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
             log.warning(
                 "smallops: %s unreachable (%s); keeping records in %s until it returns",
-                self.label, reason, self.spool.folder,
+                self.label,
+                reason,
+                self.spool.folder,
             )
         self._next_probe = time.monotonic() + PROBE_EVERY
 
@@ -213,7 +215,8 @@ def replay_spool(settings: Settings) -> int:
 
 def flush_all(timeout: float | None = 30.0) -> bool:
     """Wait until every writer has written (or spooled) what it was given."""
-    return all([writer.flush(timeout) for writer in list(_writers.values())])
+    results = [writer.flush(timeout) for writer in list(_writers.values())]  # flush them all
+    return all(results)
 
 
 def close_all(timeout: float | None = 30.0) -> None:
