@@ -9,7 +9,11 @@ from smallops.errors import StorageError
 from smallops.storage.db import current_revision, get_engine, head_revision, normalise_url, safe_url
 from smallops.storage.db import upgrade as run_upgrade
 
-app = typer.Typer(help="The log database.", no_args_is_help=True)
+app = typer.Typer(
+    help="The log database: create or migrate its tables.",
+    no_args_is_help=True,
+    context_settings={"max_content_width": 100, "terminal_width": 100},
+)
 
 
 @app.command("upgrade")
