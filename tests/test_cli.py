@@ -228,8 +228,16 @@ def test_demo_runs_offline_with_no_key(tmp_path):
 
 def test_run_accepts_an_eval_file_as_input(project, emulator, capsys):
     emulator.default = ok(GOOD)
-    code, out, _ = smallops(capsys, "-p", str(project), "run", "email-triage", "--input",
-                            str(project / "evals" / "email_triage.jsonl"), "--json")
+    code, out, _ = smallops(
+        capsys,
+        "-p",
+        str(project),
+        "run",
+        "email-triage",
+        "--input",
+        str(project / "evals" / "email_triage.jsonl"),
+        "--json",
+    )
     cases = (project / "evals" / "email_triage.jsonl").read_text().strip().splitlines()
     assert code == 0 and len(out.splitlines()) == len(cases) >= 20
     assert emulator.requests[0].body["messages"][1]["content"].startswith("From: ")

@@ -9,8 +9,19 @@ import sys
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-COMMANDS = [[], ["init"], ["list"], ["demo"], ["run"], ["logs"], ["show"], ["report"], ["db"],
-            ["db", "upgrade"], ["db", "current"]]
+COMMANDS = [
+    [],
+    ["init"],
+    ["list"],
+    ["demo"],
+    ["run"],
+    ["logs"],
+    ["show"],
+    ["report"],
+    ["db"],
+    ["db", "upgrade"],
+    ["db", "current"],
+]
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
 
