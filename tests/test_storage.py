@@ -194,3 +194,28 @@ def test_sigterm_mid_run_keeps_every_completed_call(database_url, tmp_path):
     with engine.connect() as connection:
         stored = {row.id for row in connection.execute(select(runs.c.id))}
     assert set(completed) <= stored, f"{len(set(completed) - stored)} completed calls lost"
+
+
+def test_several_databases_can_be_set_up_at_once_in_one_process(tmp_path):
+    """Alembic's context is global: concurrent first calls to different logs must not collide."""
+    import threading
+
+    workflows = []
+    for i in range(4):
+        folder = tmp_path / f"p{i}"
+        folder.mkdir()
+        workflows.append(_workflow(folder, f"sqlite:///{folder / 'log.db'}"))
+    barrier = threading.Barrier(len(workflows))
+
+    def call(wf: Workflow) -> None:
+        barrier.wait()
+        wf.run(text="x")
+
+    threads = [threading.Thread(target=call, args=(wf,)) for wf in workflows]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for wf in workflows:
+        assert len(recorded_runs(wf)) == 1
+        assert writer_module.writer_for(wf.settings).spooled == 0

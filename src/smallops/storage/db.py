@@ -15,6 +15,7 @@ from smallops.errors import ConfigError, MissingExtraError
 MIGRATIONS = Path(__file__).parent / "migrations"
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+_migrating = threading.RLock()  # Alembic's context is module-global: one migration at a time
 
 
 def normalise_url(url: str, root: Path) -> str:
@@ -105,13 +106,16 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations; on Postgres under an advisory lock, so processes never race."""
     from alembic import command
 
-    command.upgrade(alembic_config(engine), revision)
+    with _migrating:
+        command.upgrade(alembic_config(engine), revision)
 
 
 def ensure_schema(engine: Engine) -> None:
     """Bring the schema to the latest version if it is behind (or absent)."""
     if current_revision(engine) != head_revision():
-        upgrade(engine)
+        with _migrating:
+            if current_revision(engine) != head_revision():
+                upgrade(engine)
 
 
 def has_tables(engine: Engine) -> bool:

@@ -27,6 +27,7 @@ from smallops.storage.store import RowStore
 log = logging.getLogger("smallops")
 
 BATCH = 2000
+LINGER = 0.05  # seconds to let a batch gather: fewer transactions, fewer wake-ups
 PROBE_EVERY = 2.0  # seconds between attempts to reach a database that is down
 _STOP = object()
 
@@ -98,6 +99,8 @@ class Writer:
             except queue.Empty:
                 self._maybe_recover()
                 continue
+            if isinstance(item, dict) and self._queue.qsize() < BATCH:
+                time.sleep(LINGER)
             records, markers, stop = [], [], False
             while True:
                 if item is _STOP:
@@ -129,6 +132,8 @@ class Writer:
             except Exception:  # never let one odd record take the batch down
                 log.exception("smallops: could not encode run %s", record.get("id"))
                 continue
+            finally:
+                time.sleep(0)  # let a calling thread have the GIL between records
             version: PromptVersion = record["plan"]["prompt"]
             if version.id not in self._seen_prompts:
                 self._seen_prompts.add(version.id)
