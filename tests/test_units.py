@@ -116,24 +116,35 @@ def test_retry_after_accepts_seconds_milliseconds_and_dates():
     assert parse_retry_after({"retry-after": "soon"}) is None
 
 
-@pytest.mark.parametrize(("vendor", "model"), [
-    ("openai", "gpt-4o-mini-2024-07-18"),       # flat prices
-    ("anthropic", "claude-sonnet-4-6"),          # flat, with cache writes
-    ("anthropic", "claude-sonnet-4-5-20250929"),  # tiered above 200k tokens
-])
-@pytest.mark.parametrize("usage", [
-    Usage(input_tokens=1200, output_tokens=300),
-    Usage(input_tokens=5000, cached_tokens=3000, cache_write_tokens=1000, output_tokens=50),
-    Usage(input_tokens=250_000, cached_tokens=10_000, output_tokens=4000),
-])
+@pytest.mark.parametrize(
+    ("vendor", "model"),
+    [
+        ("openai", "gpt-4o-mini-2024-07-18"),  # flat prices
+        ("anthropic", "claude-sonnet-4-6"),  # flat, with cache writes
+        ("anthropic", "claude-sonnet-4-5-20250929"),  # tiered above 200k tokens
+    ],
+)
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage(input_tokens=1200, output_tokens=300),
+        Usage(input_tokens=5000, cached_tokens=3000, cache_write_tokens=1000, output_tokens=50),
+        Usage(input_tokens=250_000, cached_tokens=10_000, output_tokens=4000),
+    ],
+)
 def test_prices_agree_with_genai_prices_own_calculation(vendor, model, usage):
     from genai_prices import Usage as GenaiUsage
     from genai_prices import calc_price
 
     expected = calc_price(
-        GenaiUsage(input_tokens=usage.input_tokens, cache_read_tokens=usage.cached_tokens,
-                   cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens),
-        model_ref=model, provider_id=vendor,
+        GenaiUsage(
+            input_tokens=usage.input_tokens,
+            cache_read_tokens=usage.cached_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.output_tokens,
+        ),
+        model_ref=model,
+        provider_id=vendor,
     ).total_price
     cost, source = price_run(Pricing(vendor, None), model, usage)
     assert source == "genai-prices" and cost == pytest.approx(float(expected), rel=1e-9)

@@ -240,41 +240,46 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 3)
 
 
+def _resume(calls: Lifecycle, value: Any, error: BaseException | None) -> Effect | Result[Any]:
+    """Hand the lifecycle the outcome of its last effect; get its next effect or its Result.
+
+    An exception (a provider error, a cancellation) is thrown into the lifecycle, which records
+    it before deciding whether to retry, fall back or re-raise.
+    """
+    try:
+        return calls.throw(error) if error is not None else calls.send(value)
+    except StopIteration as stop:
+        result: Result[Any] = stop.value
+        return result
+
+
 def drive(calls: Lifecycle, provider: Provider) -> Result[Any]:
     """Carry out a lifecycle's effects with blocking I/O."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
+    step = _resume(calls, None, None)
+    while not isinstance(step, Result):
+        value, error = None, None
         try:
-            effect = calls.throw(error) if error else calls.send(value)
-        except StopIteration as stop:
-            result: Result[Any] = stop.value
-            return result
-        value = error = None
-        try:
-            if isinstance(effect, Sleep):
-                time.sleep(effect.seconds)
+            if isinstance(step, Sleep):
+                time.sleep(step.seconds)
             else:
-                value = provider.send(effect.request, effect.timeout)
-        except BaseException as exc:  # thrown into the lifecycle, which records it
+                value = provider.send(step.request, step.timeout)
+        except BaseException as exc:
             error = exc
+        step = _resume(calls, value, error)
+    return step
 
 
 async def adrive(calls: Lifecycle, provider: Provider) -> Result[Any]:
     """Carry out a lifecycle's effects without blocking the event loop."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
+    step = _resume(calls, None, None)
+    while not isinstance(step, Result):
+        value, error = None, None
         try:
-            effect = calls.throw(error) if error else calls.send(value)
-        except StopIteration as stop:
-            result: Result[Any] = stop.value
-            return result
-        value = error = None
-        try:
-            if isinstance(effect, Sleep):
-                await asyncio.sleep(effect.seconds)
+            if isinstance(step, Sleep):
+                await asyncio.sleep(step.seconds)
             else:
-                value = await provider.asend(effect.request, effect.timeout)
-        except BaseException as exc:  # thrown into the lifecycle, which records it
+                value = await provider.asend(step.request, step.timeout)
+        except BaseException as exc:
             error = exc
+        step = _resume(calls, value, error)
+    return step

@@ -48,8 +48,12 @@ def _from_genai_prices(vendor: str, model: str, usage: Usage) -> tuple[float | N
     if rates is not None:
         base, cache_read, cache_write, output = rates
         uncached = usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens
-        total = (uncached * base + usage.cached_tokens * cache_read
-                 + usage.cache_write_tokens * cache_write + usage.output_tokens * output)
+        total = (
+            uncached * base
+            + usage.cached_tokens * cache_read
+            + usage.cache_write_tokens * cache_write
+            + usage.output_tokens * output
+        )
         return total / 1_000_000, "genai-prices"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -67,14 +71,21 @@ def _model_price(vendor: str, model: str, day: date) -> tuple[Any, Any, Any] | N
     except LookupError:
         return None
     price = info.get_prices(datetime.combine(day, datetime.min.time(), timezone.utc))
-    fields = (price.input_mtok, price.cache_read_mtok, price.cache_write_mtok, price.output_mtok)
-    flat = all(value is None or isinstance(value, Decimal) for value in fields)
-    if not flat or price.input_mtok is None or price.output_mtok is None:
+    values: list[float | None] = []
+    for value in (
+        price.input_mtok,
+        price.cache_read_mtok,
+        price.cache_write_mtok,
+        price.output_mtok,
+    ):
+        if value is not None and not isinstance(value, Decimal):
+            return None, info, provider  # tiered: genai-prices' own calculation
+        values.append(None if value is None else float(value))
+    base, read, write, output = values
+    if base is None or output is None:
         return None, info, provider
-    base = float(price.input_mtok)
-    read = float(price.cache_read_mtok) if price.cache_read_mtok is not None else base
-    write = float(price.cache_write_mtok) if price.cache_write_mtok is not None else base
-    return (base, read, write, float(price.output_mtok)), info, provider
+    rates = (base, base if read is None else read, base if write is None else write, output)
+    return rates, info, provider
 
 
 def _genai_usage(usage: Usage) -> Any:
