@@ -156,7 +156,9 @@ def test_outside_a_project_says_how_to_make_one(tmp_path, capsys, monkeypatch):
     assert code == 2 and "smallops init" in err
 
 
-def test_logs_show_and_report(project, emulator, capsys):
+def test_logs_show_and_report(project, emulator, capsys, database_url, monkeypatch):
+    """On SQLite and on Postgres."""
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
     emulator.script(ok(GOOD), status(400, message="bad request"))
     for _ in range(2):
         smallops(capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL))
@@ -241,3 +243,12 @@ def test_run_accepts_an_eval_file_as_input(project, emulator, capsys):
     cases = (project / "evals" / "email_triage.jsonl").read_text().strip().splitlines()
     assert code == 0 and len(out.splitlines()) == len(cases) >= 20
     assert emulator.requests[0].body["messages"][1]["content"].startswith("From: ")
+
+
+def test_logs_since_filters_by_time(project, emulator, capsys):
+    smallops(capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL))
+    assert (
+        len(smallops(capsys, "-p", str(project), "logs", "--since", "1h", "--json")[1].splitlines())
+        == 1
+    )
+    assert smallops(capsys, "-p", str(project), "logs", "--since", "2999-01-01", "--json")[1] == ""

@@ -28,6 +28,7 @@ log = logging.getLogger("smallops")
 
 BATCH = 2000
 LINGER = 0.05  # seconds to let a batch gather: fewer transactions, fewer wake-ups
+YIELD_EVERY = 0.0002  # seconds of encoding before the writer hands the GIL back
 PROBE_EVERY = 2.0  # seconds between attempts to reach a database that is down
 _STOP = object()
 
@@ -126,14 +127,16 @@ class Writer:
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         runs, prompts = [], []
+        yielded = time.perf_counter()
         for record in records:
+            if time.perf_counter() - yielded > YIELD_EVERY:
+                time.sleep(0)  # let the calling threads have the GIL: they are latency-bound
+                yielded = time.perf_counter()
             try:
                 runs.append(run_row(record, self.redact))
             except Exception:  # never let one odd record take the batch down
                 log.exception("smallops: could not encode run %s", record.get("id"))
                 continue
-            finally:
-                time.sleep(0)  # let a calling thread have the GIL between records
             version: PromptVersion = record["plan"]["prompt"]
             if version.id not in self._seen_prompts:
                 self._seen_prompts.add(version.id)
