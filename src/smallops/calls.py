@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from smallops.errors import ConfigError, InputError, SmallopsError, WorkflowFailed
 from smallops.ids import uuid7
 from smallops.providers.base import Provider, ProviderError, Reply, Usage
 from smallops.result import Result
+from smallops.review.graduation import classes_of
+from smallops.review.policy import needs_review
 
 if TYPE_CHECKING:
     from smallops.plan import CallPlan
@@ -87,8 +90,14 @@ def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
         raise
     if problem:
         return _fallback(run, *problem)
-    status = "auto" if plan.review == "none" else "pending_review"
-    return _finish(run, status, output)
+    served = run.served.model if run.served else None
+    classes = classes_of(output, plan.class_fields)
+    graduation = plan.graduation
+    route = plan.review.route(
+        classes, lambda keys: graduation is not None and graduation.graduated(keys, served)
+    )
+    status = "pending_review" if needs_review(route) else "auto"
+    return _finish(run, status, output, route=route, classes=classes)
 
 
 def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Effect, Any, Reply]:
@@ -188,15 +197,35 @@ def _fallback(run: _Run, kind: str, message: str) -> Result[Any]:
     if fallback.kind == "default":
         return _finish(run, "fallback_default", fallback.value, kind, message)
     if fallback.kind == "review":
-        return _finish(run, "queued_for_human", None, kind, message)
+        return _finish(run, "queued_for_human", None, kind, message, route="fallback",
+                       partial=_partial(run))
     result = _finish(run, "failed", None, kind, message)
     raise WorkflowFailed(
         f"{run.plan.name}: {kind}: {message}", run_id=result.run_id, error_type=kind
     )
 
 
+def _partial(run: _Run) -> Any:
+    """Whatever the model did produce, for the human who takes over: JSON if it parses."""
+    text = run.served.text if run.served else None
+    if not text:
+        return None
+    try:
+        return from_json(text)
+    except ValueError:
+        return text
+
+
 def _finish(
-    run: _Run, status: str, output: Any, error: str | None = None, message: str | None = None
+    run: _Run,
+    status: str,
+    output: Any,
+    error: str | None = None,
+    message: str | None = None,
+    *,
+    route: str | None = None,
+    classes: list[str] | None = None,
+    partial: Any = None,
 ) -> Result[Any]:
     plan = run.plan
     latency = _ms(run.started)
@@ -219,6 +248,9 @@ def _finish(
             "messages": run.messages,
             "output": output,
             "attempts": run.attempts,
+            "review_route": route,
+            "classes": classes or [],
+            "partial": partial,
         }
     )
     return Result(

@@ -16,8 +16,10 @@ from smallops.pinning import ModelRef
 from smallops.prompts import Prompt
 from smallops.providers.base import Provider
 from smallops.resilience.retry import RetryPolicy
+from smallops.review.policy import ReviewPolicy
 
 if TYPE_CHECKING:
+    from smallops.review.graduation import Graduation
     from smallops.storage.writer import Writer
 
 
@@ -63,12 +65,14 @@ class CallPlan:
     output: type[BaseModel] | None
     provider: Provider
     prepared: dict[str, Any]
-    review: str
+    review: ReviewPolicy
     fallback: Fallback
     retry: RetryPolicy
     version: PromptVersion
     writer: Writer
     record_static: dict[str, Any]
+    class_fields: dict[str, list[Any]]
+    graduation: Graduation | None
 
 
 def build_plan(
@@ -79,7 +83,7 @@ def build_plan(
     output: type[BaseModel] | None,
     provider: Provider,
     params: Any,
-    review: str,
+    review: ReviewPolicy,
     fallback: Fallback,
     retry: RetryPolicy,
     version: PromptVersion,
@@ -87,7 +91,21 @@ def build_plan(
     git_commit: str | None,
     settings: Settings,
 ) -> CallPlan:
+    from smallops.review.graduation import Graduation, class_fields
+    from smallops.storage.db import ensure_schema, get_engine, normalise_url
     from smallops.storage.writer import writer_for
+
+    fields = class_fields(output)
+    graduation = None
+    if review.kind == "until_graduated":
+        url = normalise_url(settings.database_url, settings.root)
+
+        def engine() -> Any:
+            ready = get_engine(url)
+            ensure_schema(ready)
+            return ready
+
+        graduation = Graduation(engine, name, review, version.id, model.model, fields)
 
     # genai-prices knows the vendors' own models; a named endpoint (Ollama, vLLM) is priced only
     # by smallops.toml, and is otherwise recorded as unpriced.
@@ -112,8 +130,10 @@ def build_plan(
             "endpoint": provider.endpoint,
             "model_requested": model.model,
             "allow_unpinned": allow_unpinned,
-            "review_policy": review,
+            "review_policy": str(review),
             "fallback": fallback.kind,
             "pricing": pricing,
         },
+        class_fields=fields,
+        graduation=graduation,
     )

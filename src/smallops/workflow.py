@@ -22,10 +22,10 @@ from smallops.providers import Provider, resolve_provider
 from smallops.providers.base import Params
 from smallops.resilience.retry import RetryPolicy
 from smallops.result import Result
+from smallops.review.policy import ReviewPolicy, parse_policy
 
 T = TypeVar("T")
 
-REVIEW_POLICIES = ("all", "none", "always")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
 
@@ -50,7 +50,7 @@ class Workflow(Generic[T]):
         timeout: float = 30.0,
         deadline: float = 90.0,
         retries: int = 3,
-        review: str = "all",
+        review: str | ReviewPolicy = "all",
         owner: str | None = None,
         description: str | None = None,
         allow_unpinned: bool = False,
@@ -72,7 +72,7 @@ class Workflow(Generic[T]):
         self.output = _check_output(name, output)
         self.params = _check_params(temperature, max_tokens)
         self.retry = _check_retry(name, retries, timeout, deadline)
-        self.review = _check_review(name, review)
+        self.review = parse_policy(review, name)
         self.fallback = _check_fallback(name, fallback, self.output)
         self.owner = owner
         self.description = description
@@ -168,15 +168,6 @@ def _check_retry(name: str, retries: int, timeout: float, deadline: float) -> Re
         raise ConfigError(
             f"workflow {name!r}: retries must be >= 0 and timeout, deadline positive numbers"
         ) from None
-
-
-def _check_review(name: str, review: str) -> str:
-    if review not in REVIEW_POLICIES:
-        raise ConfigError(
-            f"workflow {name!r}: unknown review policy {review!r}",
-            hint=f"use one of: {', '.join(REVIEW_POLICIES)}",
-        )
-    return review
 
 
 def _check_fallback(name: str, fallback: str | Fallback | None, output: Any) -> Fallback:

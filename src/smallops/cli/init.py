@@ -52,7 +52,7 @@ def list_command(
             "prompt_version": wf.version.id,
             "prompt": str(wf.prompt_path),
             "output": wf.output.__name__ if wf.output else None,
-            "review": wf.review,
+            "review": str(wf.review),
             "fallback": wf.fallback.kind,
             "owner": wf.owner,
             "description": wf.description,

@@ -16,6 +16,7 @@ from smallops.plan import PromptVersion
 from smallops.pricing import price_run
 from smallops.providers.base import Usage
 from smallops.redact import Redactor
+from smallops.review.policy import REVIEWED_ROUTES
 
 
 def _json(value: Any) -> str | None:
@@ -50,6 +51,7 @@ def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
         record["error_type"],
         redact(record["error_message"]),
         static["review_policy"],
+        record["review_route"],
         static["fallback"],
         record["attempt_count"],
         usage.input_tokens,
@@ -78,4 +80,31 @@ def prompt_row(version: PromptVersion) -> tuple[Any, ...]:
         version.model,
         _json(version.params),
         time.time(),
+    )
+
+
+def review_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...] | None:
+    """A `review_items` row (schema.REVIEW_COLUMNS order) when the run needs a human."""
+    route = record["review_route"]
+    if route not in REVIEWED_ROUTES:
+        return None
+    output = record["output"] if record["output"] is not None else record["partial"]
+    return (
+        record["id"],
+        record["plan"]["workflow"],
+        record["plan"]["prompt"].id,
+        record["model_served"],
+        "fallback" if route == "fallback" else "policy",
+        route,
+        record["error_type"],
+        redact(_json(output)),
+        _json(record["classes"]),
+        "pending",
+        record["started_at"],
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
     )

@@ -56,6 +56,7 @@ runs = Table(
     Column("error_type", String(50)),
     Column("error_message", Text),
     Column("review_policy", String(50), nullable=False),
+    Column("review_route", String(30)),
     Column("fallback", String(20), nullable=False),
     Column("attempt_count", Integer, nullable=False),
     Column("input_tokens", Integer, nullable=False),
@@ -79,4 +80,83 @@ runs = Table(
 #: Column order of the fast insert path (writer) and of the spool.
 RUN_COLUMNS = tuple(column.name for column in runs.columns)
 PROMPT_COLUMNS = tuple(column.name for column in prompt_versions.columns)
-JSON_COLUMNS = frozenset({"inputs", "messages", "output", "attempts", "output_schema", "params"})
+
+# The review queue: one item per run a human must see (the review policy, or the review fallback).
+review_items = Table(
+    "review_items",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("workflow", String(100), nullable=False),
+    Column("prompt_version", String(16), nullable=False),
+    Column("model_served", String(200)),
+    Column("reason", String(20), nullable=False),
+    Column("route", String(30), nullable=False),
+    Column("error_type", String(50)),
+    Column("output", Json),
+    Column("classes", Json, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("claimed_by", String(200)),
+    Column("claimed_until", Timestamp),
+    Column("decided_by", String(200)),
+    Column("decided_at", Timestamp),
+    Column("final_output", Json),
+    Column("reject_reason", Text),
+    Index("ix_review_items_queue", "state", "workflow", "created_at"),
+)
+
+# Every reviewer action, append-only: who, when, the output before and after.
+review_decisions = Table(
+    "review_decisions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("run_id", String(36), nullable=False),
+    Column("workflow", String(100), nullable=False),
+    Column("action", String(20), nullable=False),
+    Column("reviewer", String(200), nullable=False),
+    Column("decided_at", Timestamp, nullable=False),
+    Column("output_before", Json),
+    Column("output_after", Json),
+    Column("reason", Text),
+    Column("route", String(30)),
+    Column("hook_error", Text),
+    Index("ix_review_decisions_run", "run_id"),
+    Index("ix_review_decisions_workflow", "workflow", "decided_at"),
+)
+
+# Promotions to auto-action and demotions back to review, per workflow and output class.
+graduation_events = Table(
+    "graduation_events",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workflow", String(100), nullable=False),
+    Column("class_key", String(200), nullable=False),
+    Column("action", String(10), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("prompt_version", String(16), nullable=False),
+    Column("model", String(200)),
+    Column("reviews", Integer, nullable=False),
+    Column("lower_bound", Float),
+    Column("at", Timestamp, nullable=False),
+    Index("ix_graduation_events_class", "workflow", "class_key", "at"),
+)
+
+# The webhook outbox: written with the decision, sent until a 2xx, never resent after one.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("run_id", String(36), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    Column("claimed_until", Timestamp),
+    Column("delivered_at", Timestamp),
+    Column("last_error", Text),
+    Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+)
+
+REVIEW_COLUMNS = tuple(column.name for column in review_items.columns)

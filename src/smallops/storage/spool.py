@@ -39,10 +39,13 @@ class Spool:
         self._file: IO[bytes] | None = None
         self._path: Path | None = None
 
-    def append(self, runs: Sequence[Row], prompts: Sequence[Row]) -> None:
+    def append(
+        self, runs: Sequence[Row], prompts: Sequence[Row], reviews: Sequence[Row] = ()
+    ) -> None:
         """Write rows durably (flushed and fsynced) to this process's spool file."""
         handle = self._open()
         lines = [to_json(["p", row]) for row in prompts] + [to_json(["r", row]) for row in runs]
+        lines += [to_json(["q", row]) for row in reviews]
         handle.write(b"\n".join(lines) + b"\n")
         handle.flush()
         os.fsync(handle.fileno())
@@ -66,7 +69,7 @@ class Spool:
         return sorted(p for p in self.folder.glob("*.jsonl") if p != self._path)
 
     def replay(self, write: Any) -> int:
-        """Replay every unlocked file through `write(runs, prompts)`; returns rows replayed."""
+        """Replay every unlocked file through `write(runs, prompts, reviews)`; returns runs."""
         total = 0
         for path in self.pending():
             try:
@@ -78,8 +81,8 @@ class Spool:
                     continue  # its writer is alive, or another process is replaying it
                 if not path.exists():
                     continue
-                for runs, prompts in _chunks(handle):
-                    write(runs, prompts)
+                for runs, prompts, reviews in _chunks(handle):
+                    write(runs, prompts, reviews)
                     total += len(runs)
                 path.unlink()
         return total
@@ -103,9 +106,8 @@ def _try_lock(handle: IO[bytes]) -> bool:
     return True
 
 
-def _chunks(handle: IO[bytes]) -> Iterator[tuple[list[Row], list[Row]]]:
-    runs: list[Row] = []
-    prompts: list[Row] = []
+def _chunks(handle: IO[bytes]) -> Iterator[tuple[list[Row], list[Row], list[Row]]]:
+    rows: dict[str, list[Row]] = {"r": [], "p": [], "q": []}
     for line in handle:
         if not line.strip():
             continue
@@ -113,9 +115,9 @@ def _chunks(handle: IO[bytes]) -> Iterator[tuple[list[Row], list[Row]]]:
             kind, row = from_json(line)
         except ValueError:
             continue  # a line cut short by a crash mid-write: its batch was never acknowledged
-        (prompts if kind == "p" else runs).append(row)
-        if len(runs) >= REPLAY_CHUNK:
-            yield runs, prompts
-            runs, prompts = [], []
-    if runs or prompts:
-        yield runs, prompts
+        rows[kind].append(row)
+        if len(rows["r"]) >= REPLAY_CHUNK:
+            yield rows["r"], rows["p"], rows["q"]
+            rows = {"r": [], "p": [], "q": []}
+    if any(rows.values()):
+        yield rows["r"], rows["p"], rows["q"]

@@ -15,11 +15,12 @@ from typing import Any
 from sqlalchemy import Engine
 
 from smallops.storage.db import ensure_schema
-from smallops.storage.schema import PROMPT_COLUMNS, RUN_COLUMNS
+from smallops.storage.schema import PROMPT_COLUMNS, REVIEW_COLUMNS, RUN_COLUMNS
 
 Row = Sequence[Any]
 _RUN_TIMES = (RUN_COLUMNS.index("started_at"), RUN_COLUMNS.index("finished_at"))
 _PROMPT_TIMES = (PROMPT_COLUMNS.index("created_at"),)
+_REVIEW_TIMES = (REVIEW_COLUMNS.index("created_at"),)
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DateTime format
 
 
@@ -32,7 +33,9 @@ class RowStore:
         self._connection: Any = None
         self._schema_ready = False
 
-    def write(self, runs: Sequence[Row], prompts: Sequence[Row] = ()) -> None:
+    def write(
+        self, runs: Sequence[Row], prompts: Sequence[Row] = (), reviews: Sequence[Row] = ()
+    ) -> None:
         """Insert in one transaction; on any error nothing is written and the error propagates."""
         if not self._schema_ready:
             ensure_schema(self.engine)
@@ -40,9 +43,9 @@ class RowStore:
         connection = self._connect()
         try:
             if self.dialect == "postgresql":
-                _write_postgres(connection, runs, prompts)
+                _write_postgres(connection, runs, prompts, reviews)
             else:
-                _write_sqlite(connection, runs, prompts)
+                _write_sqlite(connection, runs, prompts, reviews)
         except BaseException:
             self._drop()
             raise
@@ -110,6 +113,8 @@ def _insert_sql(
 _SQLITE_RUNS = _insert_sql("runs", RUN_COLUMNS, "?", ("OR IGNORE ", ""))
 _SQLITE_PROMPTS = _insert_sql("prompt_versions", PROMPT_COLUMNS, "?", ("OR IGNORE ", ""))
 _PG_PROMPTS = _insert_sql("prompt_versions", PROMPT_COLUMNS, "%s", ("", " ON CONFLICT DO NOTHING"))
+_SQLITE_REVIEWS = _insert_sql("review_items", REVIEW_COLUMNS, "?", ("OR IGNORE ", ""))
+_PG_REVIEWS = _insert_sql("review_items", REVIEW_COLUMNS, "%s", ("", " ON CONFLICT DO NOTHING"))
 _PG_STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS smallops_runs_stage "
     "(LIKE runs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -121,7 +126,9 @@ _PG_MERGE = (
 )
 
 
-def _write_sqlite(connection: Any, runs: Sequence[Row], prompts: Sequence[Row]) -> None:
+def _write_sqlite(
+    connection: Any, runs: Sequence[Row], prompts: Sequence[Row], reviews: Sequence[Row]
+) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         if prompts:
@@ -129,13 +136,19 @@ def _write_sqlite(connection: Any, runs: Sequence[Row], prompts: Sequence[Row]) 
                 _SQLITE_PROMPTS, _with_times(prompts, _PROMPT_TIMES, _sqlite_time)
             )
         connection.executemany(_SQLITE_RUNS, _with_times(runs, _RUN_TIMES, _sqlite_time))
+        if reviews:
+            connection.executemany(
+                _SQLITE_REVIEWS, _with_times(reviews, _REVIEW_TIMES, _sqlite_time)
+            )
     except BaseException:
         connection.rollback()
         raise
     connection.commit()
 
 
-def _write_postgres(connection: Any, runs: Sequence[Row], prompts: Sequence[Row]) -> None:
+def _write_postgres(
+    connection: Any, runs: Sequence[Row], prompts: Sequence[Row], reviews: Sequence[Row]
+) -> None:
     try:
         with connection.cursor() as cursor:
             cursor.execute(_PG_STAGE)
@@ -145,6 +158,8 @@ def _write_postgres(connection: Any, runs: Sequence[Row], prompts: Sequence[Row]
                 for row in _with_times(runs, _RUN_TIMES, _pg_time):
                     copy.write_row(row)
             cursor.execute(_PG_MERGE)
+            if reviews:
+                cursor.executemany(_PG_REVIEWS, _with_times(reviews, _REVIEW_TIMES, _pg_time))
     except BaseException:
         connection.rollback()
         raise

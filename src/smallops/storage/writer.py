@@ -20,7 +20,7 @@ from smallops.config import Settings
 from smallops.plan import PromptVersion
 from smallops.redact import Redactor
 from smallops.storage.db import get_engine, normalise_url, safe_url
-from smallops.storage.rows import prompt_row, run_row
+from smallops.storage.rows import prompt_row, review_row, run_row
 from smallops.storage.spool import Spool, spool_folder
 from smallops.storage.store import RowStore
 
@@ -126,7 +126,7 @@ class Writer:
                 return
 
     def _write(self, records: list[dict[str, Any]]) -> None:
-        runs, prompts = [], []
+        runs, prompts, reviews = [], [], []
         yielded = time.perf_counter()
         for record in records:
             if time.perf_counter() - yielded > YIELD_EVERY:
@@ -134,6 +134,9 @@ class Writer:
                 yielded = time.perf_counter()
             try:
                 runs.append(run_row(record, self.redact))
+                review = review_row(record, self.redact)
+                if review is not None:
+                    reviews.append(review)
             except Exception:  # never let one odd record take the batch down
                 log.exception("smallops: could not encode run %s", record.get("id"))
                 continue
@@ -144,16 +147,16 @@ class Writer:
         self._maybe_recover()
         if self.healthy:
             try:
-                self.store.write(runs, prompts)
+                self.store.write(runs, prompts, reviews)
                 self.written += len(runs)
                 return
             except Exception as exc:
                 self._went_down(exc)
-        self._to_spool(runs, prompts)
+        self._to_spool(runs, prompts, reviews)
 
-    def _to_spool(self, runs: list[Any], prompts: list[Any]) -> None:
+    def _to_spool(self, runs: list[Any], prompts: list[Any], reviews: list[Any]) -> None:
         try:
-            self.spool.append(runs, prompts)
+            self.spool.append(runs, prompts, reviews)
             self.spooled += len(runs)
             self._replay_pending = True
         except OSError as exc:  # nowhere left to keep them: say so loudly

@@ -1,0 +1,1 @@
+"""Humans in the loop: review policies, the queue, decisions, graduation to auto-action."""
