@@ -21,6 +21,8 @@ from smallops.errors import (
 from smallops.plan import Fallback, default
 from smallops.providers import FakeProvider, FakeReply, FakeRequest, Provider, ProviderError, Usage
 from smallops.result import Result
+from smallops.review.policy import ReviewPolicy, sample, until_graduated
+from smallops.review.queue import Decision
 from smallops.storage.writer import flush_all as flush
 from smallops.workflow import Workflow
 
@@ -28,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "Decision",
     "FakeProvider",
     "FakeReply",
     "FakeRequest",
@@ -39,6 +42,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "Result",
+    "ReviewPolicy",
     "Settings",
     "SmallopsError",
     "StorageError",
@@ -51,4 +55,6 @@ __all__ = [
     "__version__",
     "default",
     "flush",
+    "sample",
+    "until_graduated",
 ]

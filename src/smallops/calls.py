@@ -197,8 +197,9 @@ def _fallback(run: _Run, kind: str, message: str) -> Result[Any]:
     if fallback.kind == "default":
         return _finish(run, "fallback_default", fallback.value, kind, message)
     if fallback.kind == "review":
-        return _finish(run, "queued_for_human", None, kind, message, route="fallback",
-                       partial=_partial(run))
+        return _finish(
+            run, "queued_for_human", None, kind, message, route="fallback", partial=_partial(run)
+        )
     result = _finish(run, "failed", None, kind, message)
     raise WorkflowFailed(
         f"{run.plan.name}: {kind}: {message}", run_id=result.run_id, error_type=kind

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -23,6 +26,8 @@ from smallops.providers.base import Params
 from smallops.resilience.retry import RetryPolicy
 from smallops.result import Result
 from smallops.review.policy import ReviewPolicy, parse_policy
+from smallops.review.queue import Decision, ReviewQueue
+from smallops.storage.db import ensure_schema
 
 T = TypeVar("T")
 
@@ -54,6 +59,9 @@ class Workflow(Generic[T]):
         owner: str | None = None,
         description: str | None = None,
         allow_unpinned: bool = False,
+        on_decision: Callable[[Decision], None] | None = None,
+        webhook: str | None = None,
+        webhook_secret_env: str = "SMALLOPS_WEBHOOK_SECRET",
         provider: Provider | None = None,
         settings: Settings | None = None,
         base_dir: str | Path | None = None,
@@ -76,6 +84,9 @@ class Workflow(Generic[T]):
         self.fallback = _check_fallback(name, fallback, self.output)
         self.owner = owner
         self.description = description
+        self.on_decision = on_decision
+        self.webhook = webhook
+        self.webhook_secret_env = webhook_secret_env
         schema = self.output.model_json_schema() if self.output is not None else None
         params = {**asdict(self.params), "timeout": timeout, "deadline": deadline}
         self.version = PromptVersion(
@@ -101,6 +112,33 @@ class Workflow(Generic[T]):
         """`run` for asyncio code: the same lifecycle, awaiting instead of blocking."""
         plan = self.plan()
         return await adrive(lifecycle(plan, inputs), plan.provider)
+
+    def decision(self, run_id: str) -> Decision | None:
+        """The reviewer's decision on a run, or None while it waits for one."""
+        return self._queue().decision(run_id)
+
+    def wait(self, run_id: str, timeout: float | None = None, poll: float = 1.0) -> Decision:
+        """Block until a human decides on `run_id` (TimeoutError after `timeout` seconds)."""
+        queue = self._queue()
+        queue.item(run_id)  # NotFoundError now, rather than waiting forever, if never queued
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (decision := queue.decision(run_id)) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no decision on run {run_id} within {timeout} s")
+            time.sleep(poll)
+        return decision
+
+    async def await_decision(
+        self, run_id: str, timeout: float | None = None, poll: float = 1.0
+    ) -> Decision:
+        """`wait` for asyncio code: the lookups run in a worker thread."""
+        return await asyncio.to_thread(self.wait, run_id, timeout, poll)
+
+    def _queue(self) -> ReviewQueue:
+        writer = self.plan().writer
+        writer.flush()  # a run just made must be in the queue before we look for it
+        ensure_schema(writer.store.engine)
+        return ReviewQueue(writer.store.engine)
 
     def replace(self, **changes: Any) -> Workflow[T]:
         """A copy with some settings changed, e.g. `replace(model=..., provider=...)`."""

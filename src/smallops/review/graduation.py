@@ -120,8 +120,12 @@ def class_stats(
 
 
 def _summarise(
-    workflow: str, key: str, rows: list[tuple[bool, datetime]], policy: ReviewPolicy,
-    now: datetime, graduated: bool,
+    workflow: str,
+    key: str,
+    rows: list[tuple[bool, datetime]],
+    policy: ReviewPolicy,
+    now: datetime,
+    graduated: bool,
 ) -> ClassStats:
     reviews = len(rows)
     approvals = sum(1 for approved, _ in rows if approved)
@@ -136,13 +140,20 @@ def _summarise(
     else:
         more = reviews_needed(approvals, reviews, policy.target)
         advice = (
-            "keep reviewing: the approval rate is below the target" if more is None
+            "keep reviewing: the approval rate is below the target"
+            if more is None
             else f"needs about {more} more reviews"
         )
     return ClassStats(
-        workflow=workflow, class_key=key, reviews=reviews, approvals=approvals,
-        rate=approvals / reviews if reviews else None, lower_bound=round(bound, 4),
-        days=round(days, 1), graduated=graduated, recommendation=advice,
+        workflow=workflow,
+        class_key=key,
+        reviews=reviews,
+        approvals=approvals,
+        rate=approvals / reviews if reviews else None,
+        lower_bound=round(bound, 4),
+        days=round(days, 1),
+        graduated=graduated,
+        recommendation=advice,
     )
 
 
@@ -161,13 +172,26 @@ def current_promotions(engine: Engine, workflow: str) -> dict[str, dict[str, Any
 
 
 def event_row(
-    workflow: str, class_key: str, action: str, reason: str, prompt_version: str,
-    model: str | None, reviews: int = 0, lower_bound: float | None = None,
+    workflow: str,
+    class_key: str,
+    action: str,
+    reason: str,
+    prompt_version: str,
+    model: str | None,
+    reviews: int = 0,
+    lower_bound: float | None = None,
 ) -> dict[str, Any]:
     return {
-        "id": uuid7(), "workflow": workflow, "class_key": class_key, "action": action,
-        "reason": reason, "prompt_version": prompt_version, "model": model, "reviews": reviews,
-        "lower_bound": lower_bound, "at": datetime.now(timezone.utc),
+        "id": uuid7(),
+        "workflow": workflow,
+        "class_key": class_key,
+        "action": action,
+        "reason": reason,
+        "prompt_version": prompt_version,
+        "model": model,
+        "reviews": reviews,
+        "lower_bound": lower_bound,
+        "at": datetime.now(timezone.utc),
     }
 
 
@@ -175,8 +199,13 @@ class Graduation:
     """One workflow's graduated classes, in memory, refreshed in the background."""
 
     def __init__(
-        self, engine_factory: Any, workflow: str, policy: ReviewPolicy, prompt_version: str,
-        model: str, fields: dict[str, list[Any]],
+        self,
+        engine_factory: Any,
+        workflow: str,
+        policy: ReviewPolicy,
+        prompt_version: str,
+        model: str,
+        fields: dict[str, list[Any]],
     ) -> None:
         self._engine_factory = engine_factory
         self.workflow = workflow
@@ -184,61 +213,72 @@ class Graduation:
         self.prompt_version = prompt_version
         self.model = model
         self.fields = fields
+        self.serving = model  # the model the provider answers with, as last seen
         self._promoted: dict[str, str | None] = {}  # class -> model it was promoted on
-        self._stale_models: set[tuple[str, str]] = set()
         self._loaded_at = -REFRESH_EVERY
         self._lock = threading.Lock()
         self._refreshing = False
 
     def graduated(self, classes: list[str], served_model: str | None) -> bool:
         """True when every class is promoted for this prompt version and this served model."""
-        self._maybe_refresh()
+        if served_model is not None and served_model != self.serving:
+            self.serving = served_model  # evidence from the old model no longer applies
+            self._refresh_soon()
+        else:
+            self._maybe_refresh()
         promoted = self._promoted
-        for key in classes:
-            if key not in promoted:
-                return False
-            if served_model is not None and promoted[key] != served_model:
-                self._stale_models.add((key, served_model))
-                self._refresh_soon()
-                return False
-        return True
+        return all(promoted.get(key, "") == self.serving for key in classes)
 
     def refresh(self) -> None:
         """Promote and demote from the evidence in the database, then reload the promotions."""
         engine = self._engine_factory()
+        serving = self.serving
         promotions = current_promotions(engine, self.workflow)
         events = []
         for key, event in promotions.items():
             if event["prompt_version"] != self.prompt_version:
-                events.append(event_row(
-                    self.workflow, key, "demote",
-                    f"prompt version changed from {event['prompt_version']} to "
-                    f"{self.prompt_version}", self.prompt_version, event["model"]))
-        for key, served in sorted(self._stale_models):
-            if key in promotions and promotions[key]["model"] != served:
-                events.append(event_row(
-                    self.workflow, key, "demote",
-                    f"served model changed from {promotions[key]['model']} to {served}",
-                    self.prompt_version, served))
-        self._stale_models.clear()
+                old = event["prompt_version"]
+                why = f"prompt version changed from {old} to {self.prompt_version}"
+            elif event["model"] != serving:
+                why = f"served model changed from {event['model']} to {serving}"
+            else:
+                continue
+            events.append(
+                event_row(self.workflow, key, "demote", why, self.prompt_version, serving)
+            )
         demoted = {event["class_key"] for event in events}
-        stats = class_stats(engine, self.workflow, self.policy, prompt_version=self.prompt_version,
-                            model=self.model, fields=self.fields)
+        stats = class_stats(
+            engine,
+            self.workflow,
+            self.policy,
+            prompt_version=self.prompt_version,
+            model=serving,
+            fields=self.fields,
+        )
         for row in stats:
             if row.recommendation == "automate" and (
                 row.class_key not in promotions or row.class_key in demoted
             ):
-                events.append(event_row(
-                    self.workflow, row.class_key, "promote",
-                    f"{row.approvals}/{row.reviews} approved without edits over {row.days:g} "
-                    f"days: lower bound {row.lower_bound:.4f} >= target {self.policy.target:g}",
-                    self.prompt_version, self.model, row.reviews, row.lower_bound))
+                events.append(
+                    event_row(
+                        self.workflow,
+                        row.class_key,
+                        "promote",
+                        f"{row.approvals}/{row.reviews} approved without edits over {row.days:g} "
+                        f"days: lower bound {row.lower_bound:.4f} >= target {self.policy.target:g}",
+                        self.prompt_version,
+                        serving,
+                        row.reviews,
+                        row.lower_bound,
+                    )
+                )
         if events:
             with engine.begin() as connection:
                 connection.execute(graduation_events.insert(), events)
         fresh = current_promotions(engine, self.workflow)
         self._promoted = {
-            key: event["model"] for key, event in fresh.items()
+            key: event["model"]
+            for key, event in fresh.items()
             if event["prompt_version"] == self.prompt_version
         }
         self._loaded_at = time.monotonic()
@@ -257,8 +297,9 @@ class Graduation:
                 return
             self._refreshing = True
             self._loaded_at = time.monotonic()  # one refresh at a time, not one per call
-        threading.Thread(target=self._refresh_quietly, daemon=True,
-                         name="smallops-graduation").start()
+        threading.Thread(
+            target=self._refresh_quietly, daemon=True, name="smallops-graduation"
+        ).start()
 
     def _refresh_quietly(self) -> None:
         try:

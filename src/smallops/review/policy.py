@@ -1,11 +1,11 @@
 """Review policies: which outputs a human sees before the application acts on them.
 
-    "all"               every output (the default: a new workflow earns trust first)
-    "none"              no output
-    "always"            every output, for good: customer-facing work never graduates
-    sample(0.1)         a random tenth of the outputs
-    until_graduated()   every output whose classes have not yet proven reliable; afterwards a
-                        random audit sample (5%) still goes to review
+"all"               every output (the default: a new workflow earns trust first)
+"none"              no output
+"always"            every output, for good: customer-facing work never graduates
+sample(0.1)         a random tenth of the outputs
+until_graduated()   every output whose classes have not yet proven reliable; afterwards a
+                    random audit sample (5%) still goes to review
 """
 
 from __future__ import annotations
@@ -73,9 +73,7 @@ def until_graduated(
     without edits reaches `target`; `audit` of its outputs are still reviewed.
     """
     if not 0 < target < 1 or min_days < 0 or not 0 <= audit <= 1:
-        raise ConfigError(
-            "until_graduated needs 0 < target < 1, min_days >= 0 and 0 <= audit <= 1"
-        )
+        raise ConfigError("until_graduated needs 0 < target < 1, min_days >= 0 and 0 <= audit <= 1")
     return ReviewPolicy("until_graduated", target=target, min_days=min_days, audit=audit)
 
 

@@ -39,8 +39,9 @@ def _regularized_beta(x: float, a: float, b: float) -> float:
         return 0.0
     if x >= 1:
         return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     if x > (a + 1) / (a + b + 2):
         return 1.0 - _regularized_beta(1 - x, b, a)
     return math.exp(log_front) * _beta_fraction(x, a, b) / a

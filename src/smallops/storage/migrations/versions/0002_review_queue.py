@@ -59,9 +59,7 @@ def upgrade() -> None:
         sa.Column("hook_error", sa.Text),
     )
     op.create_index("ix_review_decisions_run", "review_decisions", ["run_id"])
-    op.create_index(
-        "ix_review_decisions_workflow", "review_decisions", ["workflow", "decided_at"]
-    )
+    op.create_index("ix_review_decisions_workflow", "review_decisions", ["workflow", "decided_at"])
     op.create_table(
         "graduation_events",
         sa.Column("id", sa.String(36), primary_key=True),

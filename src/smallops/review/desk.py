@@ -1,0 +1,206 @@
+"""The review desk: what a reviewer can do, with the project's workflows at hand.
+
+The CLI and the web UI are skins over this. It validates corrections against the workflow's
+output schema, requires a reason to reject, demotes the classes of a failed audit, writes the
+webhook outbox in the decision's transaction, and runs the workflow's `on_decision` hook after
+the decision is committed (a failing hook is noted on the decision; the decision stands).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Connection, Engine
+
+from smallops.errors import InputError
+from smallops.review import webhooks
+from smallops.review.graduation import class_fields, event_row
+from smallops.review.queue import DEFAULT_LEASE, Decision, ReviewQueue
+from smallops.storage.schema import graduation_events
+from smallops.workflow import Workflow
+
+log = logging.getLogger("smallops")
+
+
+class ReviewDesk:
+    """Reviewer actions on one project's queue."""
+
+    def __init__(self, engine: Engine, workflows: Mapping[str, Workflow[Any]]) -> None:
+        self.engine = engine
+        self.workflows = workflows
+        self.queue = ReviewQueue(engine)
+
+    def items(
+        self, workflow: str | None = None, state: str | None = "pending", limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return self.queue.items(workflow, state=state, limit=limit)
+
+    def item(self, run_id: str) -> dict[str, Any]:
+        """An item, with the form its output calls for: field names, types and choices."""
+        item = self.queue.item(run_id)
+        workflow = self.workflows.get(item["workflow"])
+        output = workflow.output if workflow else None
+        item["fields"] = form_fields(output)
+        item["free_text"] = workflow is not None and output is None
+        return item
+
+    def claim_next(
+        self, reviewer: str, workflow: str | None = None, lease: timedelta = DEFAULT_LEASE
+    ) -> dict[str, Any] | None:
+        claimed = self.queue.claim_next(reviewer, workflow, lease)
+        return self.item(claimed["run_id"]) if claimed else None
+
+    def claim(self, run_id: str, reviewer: str, lease: timedelta = DEFAULT_LEASE) -> dict[str, Any]:
+        self.queue.claim(run_id, reviewer, lease)
+        return self.item(run_id)
+
+    def skip(self, run_id: str, reviewer: str) -> None:
+        self.queue.release(run_id, reviewer)
+
+    def approve(self, run_id: str, reviewer: str) -> Decision:
+        item = self.queue.item(run_id)
+        if item["output"] is None:
+            raise InputError(
+                f"run {run_id} has no output to approve (the model failed: {item['error_type']})",
+                hint="correct it with the output a human wrote, or reject it",
+            )
+        return self._decide(run_id, reviewer, "approve")
+
+    def correct(self, run_id: str, reviewer: str, output: Any) -> Decision:
+        item = self.queue.item(run_id)
+        fixed = self.validate(item["workflow"], output)
+        return self._decide(run_id, reviewer, "correct", output=fixed)
+
+    def reject(self, run_id: str, reviewer: str, reason: str | None) -> Decision:
+        if not reason or not reason.strip():
+            raise InputError(
+                "a rejection needs a reason", hint="say why, e.g. --reason 'wrong customer'"
+            )
+        return self._decide(run_id, reviewer, "reject", reason=reason.strip())
+
+    def validate(self, workflow_name: str, output: Any) -> Any:
+        """A corrected output, checked against the workflow's schema; JSON text is parsed."""
+        workflow = self.workflows.get(workflow_name)
+        if workflow is None:
+            raise InputError(
+                f"workflow {workflow_name!r} is not defined in this project",
+                hint="corrections are checked against the workflow's output schema",
+            )
+        if workflow.output is None:
+            if not isinstance(output, str) or not output.strip():
+                raise InputError("the corrected output must be non-empty text")
+            return output
+        if isinstance(output, str):
+            try:
+                output = json.loads(output)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"the corrected output is not valid JSON: {exc.msg}") from None
+        try:
+            return workflow.output.model_validate(output).model_dump(mode="json")
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'output'}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise InputError(
+                f"the corrected output does not fit {workflow.output.__name__}: {problems}",
+                hint="nothing was changed",
+            ) from None
+
+    def _decide(
+        self,
+        run_id: str,
+        reviewer: str,
+        action: str,
+        *,
+        output: Any = None,
+        reason: str | None = None,
+    ) -> Decision:
+        reviewer = reviewer.strip()
+        if not reviewer:
+            raise InputError("a decision needs a reviewer name", hint="--reviewer NAME")
+        decision = self.queue.decide(
+            run_id, reviewer, action, output=output, reason=reason, extra=self._with_decision
+        )
+        workflow = self.workflows.get(decision.workflow)
+        if workflow is not None:
+            if workflow.webhook:
+                self._send_soon(workflow)
+            self._run_hook(workflow, decision)
+        return decision
+
+    def _with_decision(
+        self, connection: Connection, item: dict[str, Any], decision: dict[str, Any]
+    ) -> None:
+        """In the decision's transaction: the webhook outbox, and the demotion of a failed audit."""
+        workflow = self.workflows.get(item["workflow"])
+        if workflow is not None and workflow.webhook:
+            webhooks.enqueue(connection, workflow.webhook, decision)
+        if item["route"] == "audit" and decision["action"] != "approve" and item["classes"]:
+            events = [
+                event_row(
+                    item["workflow"],
+                    key,
+                    "demote",
+                    f"failed audit of run {item['run_id']}: {decision['status']} by "
+                    f"{decision['reviewer']}",
+                    item["prompt_version"],
+                    item["model_served"],
+                )
+                for key in item["classes"]
+            ]
+            connection.execute(graduation_events.insert(), events)
+            if workflow is not None and workflow.plan().graduation is not None:
+                workflow.plan().graduation.forget(item["classes"])  # type: ignore[union-attr]
+
+    def _run_hook(self, workflow: Workflow[Any], decision: Decision) -> None:
+        if workflow.on_decision is None:
+            return
+        try:
+            workflow.on_decision(decision)
+        except Exception as exc:
+            log.exception("smallops: on_decision hook of %s failed", workflow.name)
+            self.queue.set_hook_error(decision.run_id, f"{type(exc).__name__}: {exc}")
+
+    def _send_soon(self, workflow: Workflow[Any]) -> None:
+        secret_env = workflow.webhook_secret_env
+
+        def send() -> None:
+            try:
+                webhooks.deliver_due(self.engine, lambda _url: webhooks.secret_from_env(secret_env))
+            except Exception as exc:  # retried by `smallops serve` / `smallops review deliver`
+                log.warning("smallops: webhook delivery failed: %s", exc)
+
+        threading.Thread(target=send, daemon=True, name="smallops-webhooks").start()
+
+
+def form_fields(output: type[BaseModel] | None) -> list[dict[str, Any]]:
+    """The fields of an output model as a form: name, type, choices, description, required."""
+    if output is None:
+        return []
+    schema = output.model_json_schema()
+    choices = class_fields(output)
+    required = set(schema.get("required", []))
+    fields = []
+    for name, prop in schema.get("properties", {}).items():
+        kind = prop.get("type") or next(
+            (o.get("type") for o in prop.get("anyOf", []) if o.get("type") != "null"), "string"
+        )
+        fields.append(
+            {
+                "name": name,
+                "title": prop.get("title", name),
+                "type": "choice" if name in choices else kind,
+                "choices": choices.get(name, []),
+                "description": prop.get("description", ""),
+                "required": name in required,
+                "max_length": prop.get("maxLength"),
+            }
+        )
+    return fields

@@ -1,0 +1,367 @@
+"""The review queue: policies, reviewer actions, leases, concurrency, graduation, decisions."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from models import GOOD, Triage
+from smallops import FakeProvider, FakeReply, NotFoundError, Settings, Workflow, sample
+from smallops import until_graduated as graduated_policy
+from smallops.errors import InputError
+from smallops.review.desk import ReviewDesk
+from smallops.review.queue import DecidedError, HeldError, ReviewQueue
+from smallops.review.stats import clopper_pearson_lower
+from smallops.storage.schema import graduation_events, review_decisions
+from smallops.testing import recorded_runs
+
+SPAM = {"category": "spam", "urgency": "low", "summary": "Prize offer."}
+
+
+def make(tmp_path: Path, database_url: str, answer: Any = None, **options: Any) -> Workflow:
+    prompt = tmp_path / "triage.prompt"
+    if not prompt.exists():
+        prompt.write_text("[user]\n{{ text }}")
+    answer = answer if answer is not None else (lambda _: GOOD)
+    provider = answer if isinstance(answer, FakeProvider) else FakeProvider(answer)
+    options.setdefault("fallback", "review")
+    return Workflow(
+        options.pop("name", "triage"),
+        model="fake:rules",
+        prompt="triage.prompt",
+        output=Triage,
+        provider=provider,
+        base_dir=tmp_path,
+        retries=0,
+        settings=Settings(root=tmp_path, database_url=database_url),
+        **options,
+    )
+
+
+def desk_for(*workflows: Workflow) -> ReviewDesk:
+    engine = workflows[0].plan().writer.store.engine
+    workflows[0].plan().writer.flush()
+    return ReviewDesk(engine, {wf.name: wf for wf in workflows})
+
+
+def test_review_all_queues_every_output_and_none_queues_nothing(tmp_path, database_url):
+    reviewed = make(tmp_path, database_url, review="all")
+    unreviewed = make(tmp_path, database_url, name="auto", review="none")
+    ids = [reviewed.run(text=f"e{i}").run_id for i in range(3)]
+    assert unreviewed.run(text="x").status == "auto"
+    desk = desk_for(reviewed, unreviewed)
+    items = desk.items()
+    assert [i["run_id"] for i in items] == ids
+    assert {(i["reason"], i["route"]) for i in items} == {("policy", "required")}
+    assert items[0]["output"] == GOOD and items[0]["inputs"] == {"text": "e0"}
+    assert {r["review_route"] for r in recorded_runs(unreviewed)} == {"none"}
+
+
+def test_sample_reviews_about_the_given_fraction_and_records_the_outcome(tmp_path):
+    random.seed(7)
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}", review=sample(0.25))
+    statuses = Counter(wf.run(text="x").status for _ in range(400))
+    assert 70 <= statuses["pending_review"] <= 130
+    runs = recorded_runs(wf)
+    assert {r["review_policy"] for r in runs} == {"sample(0.25)"}
+    assert Counter(r["review_route"] for r in runs) == {
+        "sampled": statuses["pending_review"],
+        "sampled_out": statuses["auto"],
+    }
+
+
+def test_the_review_fallback_queues_the_work_with_whatever_partial_output_exists(
+    tmp_path, database_url
+):
+    wf = make(
+        tmp_path,
+        database_url,
+        FakeProvider.queue(
+            [
+                {"category": "billing", "urgency": "someday"},  # schema mismatch, then
+                {"category": "billing", "urgency": "someday"},  # the repair fails the same way
+            ]
+        ),
+    )
+    result = wf.run(text="x")
+    assert result.status == "queued_for_human"
+    [item] = desk_for(wf).items()
+    assert item["reason"] == "fallback" and item["error_type"] == "schema_mismatch"
+    assert item["output"] == {"category": "billing", "urgency": "someday"}
+
+
+def test_approve_correct_reject_and_skip_are_recorded_with_who_when_and_outputs(
+    tmp_path, database_url
+):
+    wf = make(tmp_path, database_url)
+    a, b, c = (wf.run(text=t).run_id for t in "abc")
+    desk = desk_for(wf)
+    desk.skip(a, "ann")
+    assert desk.approve(a, "ann").output == GOOD
+    fixed = {**GOOD, "category": "support"}
+    decision = desk.correct(b, "bob", fixed)
+    assert decision.status == "corrected" and decision.output == fixed
+    assert desk.reject(c, "cat", "not an email at all").reason == "not an email at all"
+    assert desk.items() == []
+    with wf.plan().writer.store.engine.connect() as connection:
+        rows = connection.execute(select(review_decisions).order_by(review_decisions.c.id)).all()
+    assert [(r.run_id, r.action, r.reviewer) for r in rows] == [
+        (a, "skip", "ann"),
+        (a, "approve", "ann"),
+        (b, "correct", "bob"),
+        (c, "reject", "cat"),
+    ]
+    assert rows[2].output_before == GOOD and rows[2].output_after == fixed
+    assert all(r.decided_at is not None for r in rows)
+    assert desk.item(c)["state"] == "rejected" and desk.item(c)["reject_reason"]
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (lambda desk, run: desk.correct(run, "ann", {**GOOD, "urgency": "whenever"}), "urgency"),
+        (lambda desk, run: desk.correct(run, "ann", "{not json"), "not valid JSON"),
+        (lambda desk, run: desk.reject(run, "ann", "  "), "needs a reason"),
+        (lambda desk, run: desk.approve(run, " "), "reviewer name"),
+    ],
+)
+def test_bad_decisions_are_clear_errors_and_change_nothing(tmp_path, database_url, action, message):
+    wf = make(tmp_path, database_url)
+    run = wf.run(text="x").run_id
+    desk = desk_for(wf)
+    with pytest.raises(InputError, match=message):
+        action(desk, run)
+    item = desk.item(run)
+    assert item["state"] == "pending" and item["history"] == []
+
+
+def test_unknown_run_ids_and_double_decisions_are_refused(tmp_path, database_url):
+    wf = make(tmp_path, database_url)
+    run = wf.run(text="x").run_id
+    desk = desk_for(wf)
+    with pytest.raises(NotFoundError):
+        desk.approve("01234567-0000-7000-8000-000000000000", "ann")
+    desk.approve(run, "ann")
+    with pytest.raises(DecidedError, match="already approved by ann"):
+        desk.reject(run, "bob", "too late")
+    assert len(desk.item(run)["history"]) == 1
+
+
+def test_an_item_held_by_another_reviewer_cannot_be_decided_until_its_lease_expires(
+    tmp_path, database_url
+):
+    wf = make(tmp_path, database_url)
+    run = wf.run(text="x").run_id
+    desk = desk_for(wf)
+    assert desk.claim_next("ann")["run_id"] == run
+    assert desk.claim_next("bob") is None
+    with pytest.raises(HeldError, match="held by ann"):
+        desk.approve(run, "bob")
+    assert desk.item(run)["state"] == "pending" and desk.item(run)["history"] == []
+    later = ReviewQueue(desk.engine, now=lambda: datetime.now(timezone.utc) + timedelta(minutes=11))
+    assert later.claim_next("bob")["run_id"] == run  # the lease expired: back in the queue
+    assert later.decide(run, "bob", "approve").reviewer == "bob"
+
+
+@pytest.mark.parametrize("items", [pytest.param(1000, marks=pytest.mark.postgres)])
+def test_eight_reviewers_decide_each_of_a_thousand_items_exactly_once(
+    tmp_path, postgres_url, items
+):
+    wf = make(tmp_path, postgres_url)
+    ids = {wf.run(text=f"e{i}").run_id for i in range(items)}
+    desk = desk_for(wf)
+    decided: list[str] = []
+    lock = threading.Lock()
+
+    def reviewer(name: str) -> None:
+        queue = ReviewQueue(desk.engine)
+        while (item := queue.claim_next(name)) is not None:
+            queue.decide(item["run_id"], name, "approve")
+            with lock:
+                decided.append(item["run_id"])
+
+    threads = [threading.Thread(target=reviewer, args=(f"r{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(decided) == sorted(ids)
+    with desk.engine.connect() as connection:
+        per_item = Counter(r.run_id for r in connection.execute(select(review_decisions.c.run_id)))
+    assert set(per_item) == ids and set(per_item.values()) == {1}
+    assert desk.items() == []
+
+
+def test_concurrent_reviewers_on_sqlite_never_decide_an_item_twice(tmp_path):
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    ids = {wf.run(text=f"e{i}").run_id for i in range(150)}
+    desk = desk_for(wf)
+    decided: list[str] = []
+
+    def reviewer(name: str) -> None:
+        queue = ReviewQueue(desk.engine)
+        while (item := queue.claim_next(name)) is not None:
+            queue.decide(item["run_id"], name, "approve")
+            decided.append(item["run_id"])
+
+    threads = [threading.Thread(target=reviewer, args=(f"r{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(decided) == sorted(ids)
+
+
+def test_the_graduation_bound_matches_known_values():
+    assert clopper_pearson_lower(59, 59) >= 0.95
+    assert clopper_pearson_lower(58, 59) < 0.95
+    assert clopper_pearson_lower(0, 10) == 0.0
+
+
+def _evidence(wf: Workflow, approvals: int, rejections: int, days_ago: float) -> None:
+    """Review `approvals + rejections` outputs, decided `days_ago` days ago."""
+    for i in range(approvals + rejections):
+        wf.run(text=f"e{i}")
+    desk = desk_for(wf)
+    then = datetime.now(timezone.utc) - timedelta(days=days_ago)
+    queue = ReviewQueue(desk.engine, now=lambda: then)
+    for n, item in enumerate(desk.items(limit=10_000)):
+        if n < approvals:
+            queue.decide(item["run_id"], "ann", "approve")
+        else:
+            queue.decide(item["run_id"], "ann", "reject", reason="wrong")
+
+
+def _promoted(wf: Workflow) -> set[str]:
+    with wf.plan().writer.store.engine.connect() as connection:
+        rows = connection.execute(select(graduation_events).order_by(graduation_events.c.at)).all()
+    state: dict[str, str] = {}
+    for row in rows:
+        state[row.class_key] = row.action
+    return {key for key, action in state.items() if action == "promote"}
+
+
+@pytest.mark.parametrize(
+    ("approvals", "rejections", "days", "promoted"),
+    [
+        (59, 0, 31, True),  # bound 0.9505 and 31 days
+        (58, 1, 31, False),  # bound 0.922: not enough
+        (59, 0, 5, False),  # bound reached, but only 5 days of reviews
+    ],
+)
+def test_promotion_needs_both_the_days_and_the_bound(
+    tmp_path, database_url, approvals, rejections, days, promoted
+):
+    wf = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
+    _evidence(wf, approvals, rejections, days)
+    wf.plan().graduation.refresh()
+    assert ("category=spam" in _promoted(wf)) is promoted
+    result = wf.run(text="new")
+    assert result.status == ("auto" if promoted else "pending_review")
+    assert recorded_runs(wf)[-1]["review_route"] == ("graduated" if promoted else "not_graduated")
+
+
+def test_a_new_prompt_version_demotes_a_graduated_class(tmp_path, database_url):
+    wf = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
+    _evidence(wf, 59, 0, 31)
+    wf.plan().graduation.refresh()
+    assert "category=spam" in _promoted(wf)
+    (tmp_path / "triage.prompt").write_text("[user]\nClassify: {{ text }}")
+    edited = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
+    edited.plan().graduation.refresh()
+    assert _promoted(edited) == set()
+    assert edited.run(text="x").status == "pending_review"
+    with edited.plan().writer.store.engine.connect() as connection:
+        reasons = [
+            r.reason
+            for r in connection.execute(
+                select(graduation_events).where(graduation_events.c.action == "demote")
+            )
+        ]
+    assert any("prompt version changed" in reason for reason in reasons)
+
+
+def test_a_different_served_model_demotes_a_graduated_class(tmp_path, database_url):
+    served = {"model": None}
+    wf = make(
+        tmp_path,
+        database_url,
+        lambda _: FakeReply(text=Triage(**SPAM).model_dump_json(), model=served["model"]),
+        review=graduated_policy(0.95, audit=0),
+    )
+    _evidence(wf, 59, 0, 31)
+    graduation = wf.plan().graduation
+    graduation.refresh()
+    assert wf.run(text="x").status == "auto"
+    served["model"] = "rules-v2"
+    assert wf.run(text="x").status == "pending_review"
+    graduation.refresh()
+    assert "category=spam" not in _promoted(wf)
+
+
+def test_a_failed_audit_demotes_the_classes_of_the_output(tmp_path, database_url):
+    wf = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=1.0))
+    _evidence(wf, 59, 0, 31)
+    wf.plan().graduation.refresh()
+    audited = wf.run(text="x")
+    assert audited.status == "pending_review"
+    desk = desk_for(wf)
+    assert desk.item(audited.run_id)["route"] == "audit"
+    desk.correct(audited.run_id, "ann", {**SPAM, "category": "sales"})
+    assert _promoted(wf) == set()
+    assert wf.run(text="y").status == "pending_review"
+
+
+def test_the_application_gets_the_human_decision_by_wait_hook_and_webhook(
+    tmp_path, database_url, monkeypatch
+):
+    from smallops.review import webhooks
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv(
+        "SMALLOPS_WEBHOOK_SECRET", "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2Nzg="
+    )
+    seen: list[Any] = []
+    with Receiver(failures=2) as receiver:
+        wf = make(
+            tmp_path,
+            database_url,
+            FakeProvider.queue([FakeReply(refusal="no")]),
+            on_decision=seen.append,
+            webhook=receiver.url,
+        )
+        result = wf.run(text="x")
+        assert result.status == "queued_for_human"
+        waiter: list[Any] = []
+        thread = threading.Thread(target=lambda: waiter.append(wf.wait(result.run_id, 20, 0.05)))
+        thread.start()
+        human = {"category": "billing", "urgency": "high", "summary": "Done by hand."}
+        desk_for(wf).correct(result.run_id, "ann", human)
+        thread.join()
+        assert waiter[0].output == human and waiter[0].reviewer == "ann"  # 1. wait
+        assert [d.output for d in seen] == [human]  # 2. the hook
+        engine = wf.plan().writer.store.engine
+        secret = lambda _url: webhooks.secret_from_env()  # noqa: E731
+        for _ in range(5):  # the first attempts fail (HTTP 500): retried until delivered
+            with engine.begin() as connection:
+                connection.exec_driver_sql(
+                    "UPDATE webhook_deliveries SET next_attempt_at = created_at"
+                )
+            webhooks.deliver_due(engine, secret)
+        webhooks.deliver_due(engine, secret)
+        assert len(receiver.accepted) == 1  # 3. the webhook
+        body, headers = receiver.accepted[0]
+        assert webhooks.verify(webhooks.secret_from_env(), headers, body)
+        assert receiver.ids == [headers["webhook-id"]] * 3  # one id across every attempt
+        import json
+
+        payload = json.loads(body)
+        assert payload["data"]["output"] == human and payload["data"]["decision"] == "corrected"
+    assert wf.decision(result.run_id).status == "corrected"
