@@ -12,6 +12,9 @@
     input = 0.0
     output = 0.0
 
+    [reviewers]                                         # who may log in to `smallops serve`
+    ann = "scrypt$..."                                  # from `smallops review hash-password`
+
 Secrets never live in this file: a provider names the environment variable holding its key.
 """
 
@@ -63,6 +66,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
+    reviewers: dict[str, str] = field(default_factory=dict)  # name -> password hash
 
     @property
     def state_dir(self) -> Path:
@@ -87,6 +91,7 @@ class Settings:
             database_url=str(url),
             providers=_providers(_table(data, "providers", CONFIG_FILE)),
             prices=_prices(_table(data, "prices", CONFIG_FILE)),
+            reviewers=_reviewers(_table(data, "reviewers", CONFIG_FILE)),
         )
 
 
@@ -137,6 +142,18 @@ def _providers(table: dict[str, Any]) -> dict[str, ProviderConfig]:
             name=name, kind=kind, base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env")
         )
     return providers
+
+
+def _reviewers(table: dict[str, Any]) -> dict[str, str]:
+    reviewers = {}
+    for name, value in table.items():
+        if not isinstance(value, str) or not value.startswith("scrypt$"):
+            raise ConfigError(
+                f"[reviewers] {name} in {CONFIG_FILE} must be a password hash",
+                hint="make one with `smallops review hash-password`; never store the password",
+            )
+        reviewers[name] = value
+    return reviewers
 
 
 def _prices(table: dict[str, Any]) -> dict[str, Price]:

@@ -13,7 +13,7 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from smallops import __version__
-from smallops.cli import db, init, logs, report, run
+from smallops.cli import db, init, logs, report, review, run, serve
 from smallops.cli._common import err
 from smallops.errors import SmallopsError
 from smallops.redact import Redactor
@@ -57,6 +57,8 @@ init.register(app)
 run.register(app)
 logs.register(app)
 report.register(app)
+app.add_typer(review.app, name="review")
+serve.register(app)
 app.add_typer(db.app, name="db")
 
 
