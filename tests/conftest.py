@@ -14,6 +14,7 @@ from sqlalchemy import create_engine
 
 from emulators import ModelServer, ok
 from smallops import Settings, Workflow
+from smallops.cli import main
 from smallops.config import ProviderConfig
 from smallops.storage import writer
 from smallops.storage.db import dispose_engines, normalise_url
@@ -123,6 +124,33 @@ def settings(tmp_path: Path, emulator: ModelServer) -> Settings:
             ),
         },
     )
+
+
+GOOD = {"category": "billing", "urgency": "normal", "summary": "Asks for the May invoice."}
+EMAIL = {"sender": "ann@example.com", "subject": "Invoice", "body": "Where is my May invoice?"}
+
+
+def smallops(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process: (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def project(tmp_path, emulator, capsys) -> Path:
+    """An email-triage project whose openai provider is the local emulator."""
+    folder = tmp_path / "ops"
+    assert smallops(capsys, "init", str(folder))[0] == 0
+    toml = folder / "smallops.toml"
+    toml.write_text(
+        toml.read_text() + f'\n[providers.openai]\nbase_url = "{emulator.openai_base_url}"\n'
+    )
+    return folder
 
 
 TRIAGE_PROMPT = """\

@@ -10,35 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import EMAIL, GOOD, smallops
 from emulators import ok, status
-from smallops.cli import main
 from smallops.scaffold import TEMPLATE_NAMES
-
-GOOD = {"category": "billing", "urgency": "normal", "summary": "Asks for the May invoice."}
-EMAIL = {"sender": "ann@example.com", "subject": "Invoice", "body": "Where is my May invoice?"}
-
-
-def smallops(capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture
-def project(tmp_path, emulator, capsys) -> Path:
-    """An email-triage project whose openai provider is the local emulator."""
-    folder = tmp_path / "ops"
-    assert smallops(capsys, "init", str(folder))[0] == 0
-    toml = folder / "smallops.toml"
-    toml.write_text(
-        toml.read_text() + f'\n[providers.openai]\nbase_url = "{emulator.openai_base_url}"\n'
-    )
-    return folder
 
 
 def test_init_writes_a_working_project_for_every_template(tmp_path, capsys):

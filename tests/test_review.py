@@ -365,3 +365,27 @@ def test_the_application_gets_the_human_decision_by_wait_hook_and_webhook(
         payload = json.loads(body)
         assert payload["data"]["output"] == human and payload["data"]["decision"] == "corrected"
     assert wf.decision(result.run_id).status == "corrected"
+
+
+def test_reviewed_items_become_eval_cases_once(tmp_path):
+    import json
+
+    from smallops.review.export import export_reviewed
+
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    a, b, c = (wf.run(text=t).run_id for t in "abc")
+    desk = desk_for(wf)
+    desk.approve(a, "ann")
+    desk.correct(b, "ann", {**GOOD, "urgency": "high"})
+    desk.reject(c, "ann", "spam")
+    target = tmp_path / "evals" / "triage.jsonl"
+    target.parent.mkdir()
+    target.write_text('{"id": "triage-001", "input": {"text": "x"}, "expected": {}}\n')
+    assert export_reviewed(desk.queue, "triage", target) == (2, 0)
+    assert export_reviewed(desk.queue, "triage", target) == (0, 2)
+    cases = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [case["id"] for case in cases] == ["triage-001", *sorted(f"review-{r}" for r in (a, b))]
+    by_id = {case["id"]: case for case in cases}
+    assert by_id[f"review-{a}"]["expected"] == GOOD
+    assert by_id[f"review-{b}"]["expected"]["urgency"] == "high"
+    assert by_id[f"review-{b}"]["input"] == {"text": "b"}

@@ -1,11 +1,365 @@
-"""`smallops review`: the review queue in a terminal."""
+"""`smallops review`: the review queue in a terminal, for people and for scripts."""
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.markup import escape
+from rich.table import Table
+
+from smallops.cli import _common
+from smallops.cli.logs import short_id
+from smallops.errors import ConfigError, InputError
+from smallops.project import Project
+from smallops.review.desk import ReviewDesk
+from smallops.review.export import export_reviewed
+from smallops.review.graduation import class_stats, graduation_history
+from smallops.review.policy import until_graduated
+from smallops.review.queue import Decision
 
 app = typer.Typer(
     help="The review queue: list, decide, measure, export.",
     no_args_is_help=True,
     context_settings={"max_content_width": 100, "terminal_width": 100},
 )
+
+REVIEWER = typer.Option(
+    None, "--reviewer", help="Who decides (default: $SMALLOPS_REVIEWER, else your user name)."
+)
+
+
+def reviewer_name(given: str | None) -> str:
+    return given or os.environ.get("SMALLOPS_REVIEWER") or getpass.getuser()
+
+
+def _desk(ctx: typer.Context) -> tuple[Project, ReviewDesk]:
+    project = _common.project(ctx)
+    return project, ReviewDesk(project.engine(), project.workflows)
+
+
+def _workflow_name(project: Project, name: str | None) -> str | None:
+    return project.workflow(name).name if name else None
+
+
+@app.command("list")
+def list_command(
+    ctx: typer.Context,
+    workflow: str | None = typer.Argument(None, help="Only this workflow."),
+    state: str = typer.Option(
+        "pending", "--state", help="pending, approved, corrected, rejected, or all."
+    ),
+    limit: int = typer.Option(100, "--limit", "-n", min=1),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per item."),
+) -> None:
+    """List review items, oldest pending first."""
+    project, desk = _desk(ctx)
+    items = desk.items(_workflow_name(project, workflow), None if state == "all" else state, limit)
+    if as_json:
+        for item in items:
+            _common.print_json(item)
+        return
+    if not items:
+        _common.out.print(
+            f"no {state if state != 'all' else ''} review items".replace("  ", " "), markup=False
+        )
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("run id", "workflow", "state", "why", "output", "claimed by"):
+        table.add_column(column, no_wrap=column != "output", overflow="ellipsis")
+    for item in items:
+        why = (
+            "fallback: " + (item["error_type"] or "")
+            if item["reason"] == "fallback"
+            else item["route"]
+        )
+        table.add_row(
+            short_id(item["run_id"]),
+            item["workflow"],
+            item["state"],
+            why,
+            _common.short(_summary(item["output"]), 50),
+            item["claimed_by"] or "",
+        )
+    _common.out.print(table)
+
+
+@app.command("next")
+def next_command(
+    ctx: typer.Context,
+    workflow: str | None = typer.Argument(None, help="Only this workflow."),
+    reviewer: str | None = REVIEWER,
+) -> None:
+    """Review items one by one: approve, correct in $EDITOR, reject with a reason, or skip."""
+    project, desk = _desk(ctx)
+    name = reviewer_name(reviewer)
+    only = _workflow_name(project, workflow)
+    decided = 0
+    while (item := desk.claim_next(name, only)) is not None:
+        _show(item)
+        outcome = _ask(desk, item, name)
+        if outcome == "quit":
+            desk.queue.release(item["run_id"], name, action="release")
+            break
+        decided += outcome == "decided"
+    else:
+        _common.out.print("the queue is empty", markup=False)
+    _common.out.print(f"{decided} decided as {name}", markup=False)
+
+
+def _show(item: dict[str, Any]) -> None:
+    say = _common.out.print
+    say(
+        f"\n[bold]{escape(item['workflow'])}[/bold]  run {item['run_id']}  ({item['route']}"
+        + (
+            f", the model failed: {escape(item['error_type'] or '')}"
+            if item["reason"] == "fallback"
+            else ""
+        )
+        + ")"
+    )
+    say("[bold]input[/bold]")
+    say(json.dumps(item["inputs"], indent=2, ensure_ascii=False), markup=False)
+    say("[bold]output[/bold]")
+    say(json.dumps(item["output"], indent=2, ensure_ascii=False), markup=False)
+
+
+def _ask(desk: ReviewDesk, item: dict[str, Any], name: str) -> str:
+    """One decision from the keyboard: 'decided', 'skipped' or 'quit'."""
+    run_id = item["run_id"]
+    while True:
+        key = typer.prompt("[a]pprove [c]orrect [r]eject [s]kip [q]uit", default="s").strip()[:1]
+        try:
+            if key == "a":
+                _done(desk.approve(run_id, name))
+            elif key == "c":
+                _done(desk.correct(run_id, name, _edit(item["output"])))
+            elif key == "r":
+                _done(desk.reject(run_id, name, typer.prompt("reason")))
+            elif key == "s":
+                desk.skip(run_id, name)
+                return "skipped"
+            elif key == "q":
+                return "quit"
+            else:
+                continue
+            return "decided"
+        except InputError as exc:
+            _common.err.print(f"error: {exc}", markup=False)
+
+
+def _edit(output: Any) -> Any:
+    """The output, as the reviewer leaves it in $VISUAL / $EDITOR."""
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    text = output if isinstance(output, str) else json.dumps(output, indent=2, ensure_ascii=False)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
+        f.write(text + "\n")
+    path = Path(f.name)
+    try:
+        if subprocess.run([*shlex.split(editor), str(path)], check=False).returncode != 0:
+            raise InputError(f"the editor ({editor}) exited with an error; nothing was changed")
+        edited = path.read_text(encoding="utf-8")
+    finally:
+        path.unlink(missing_ok=True)
+    return edited.strip()
+
+
+def _done(decision: Decision) -> None:
+    _common.out.print(
+        f"{decision.status} run {short_id(decision.run_id)} ({decision.workflow}) "
+        f"as {decision.reviewer}",
+        markup=False,
+    )
+
+
+def _decide(
+    ctx: typer.Context,
+    run_id: str,
+    action: str,
+    name: str | None,
+    *,
+    output: str | None = None,
+    reason: str | None = None,
+    as_json: bool = False,
+) -> None:
+    _, desk = _desk(ctx)
+    full = desk.queue.resolve(run_id)
+    who = reviewer_name(name)
+    if action == "approve":
+        decision = desk.approve(full, who)
+    elif action == "correct":
+        if output is None:
+            raise InputError("correct needs the corrected output", hint="--output '{...}'")
+        decision = desk.correct(full, who, output)
+    else:
+        decision = desk.reject(full, who, reason)
+    if as_json:
+        _common.print_json(decision.__dict__)
+    else:
+        _done(decision)
+
+
+@app.command("approve")
+def approve_command(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="A run id, or a unique start or end of one."),
+    reviewer: str | None = REVIEWER,
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+) -> None:
+    """Approve the model's output as it is."""
+    _decide(ctx, run_id, "approve", reviewer, as_json=as_json)
+
+
+@app.command("correct")
+def correct_command(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="A run id, or a unique start or end of one."),
+    output: str | None = typer.Option(
+        None, "--output", help="The corrected output as JSON (text for free-text workflows)."
+    ),
+    reviewer: str | None = REVIEWER,
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+) -> None:
+    """Replace the output with a corrected one, checked against the workflow's schema."""
+    _decide(ctx, run_id, "correct", reviewer, output=output, as_json=as_json)
+
+
+@app.command("reject")
+def reject_command(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="A run id, or a unique start or end of one."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (required)."),
+    reviewer: str | None = REVIEWER,
+    as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+) -> None:
+    """Reject the output; a reason is required."""
+    _decide(ctx, run_id, "reject", reviewer, reason=reason, as_json=as_json)
+
+
+@app.command("stats")
+def stats_command(
+    ctx: typer.Context,
+    workflow: str | None = typer.Argument(None, help="Only this workflow."),
+    as_json: bool = typer.Option(False, "--json", help="A JSON array, one object per class."),
+) -> None:
+    """Per workflow and output class: reviews, approvals, the 95% lower bound, a recommendation.
+
+    Counts reviews of outputs made with each workflow's current prompt version and model. The
+    bound is the one-sided 95% Clopper-Pearson lower bound on approvals without edits.
+    """
+    project, desk = _desk(ctx)
+    chosen = [project.workflow(workflow)] if workflow else list(project.workflows.values())
+    rows, history = [], []
+    for wf in chosen:
+        policy = wf.review if wf.review.kind in ("until_graduated", "always") else until_graduated()
+        for row in class_stats(
+            desk.engine,
+            wf.name,
+            policy,
+            prompt_version=wf.version.id,
+            model=wf.model.model,
+            fields=wf.plan().class_fields,
+        ):
+            rows.append({**row.__dict__, "policy": str(wf.review), "target": policy.target})
+        history += graduation_history(desk.engine, wf.name)
+    if as_json:
+        _common.print_json(rows)
+        return
+    _print_stats(rows, history)
+
+
+def _print_stats(rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+    if not rows:
+        _common.out.print(
+            "no output classes: the workflows have no enum or Literal fields", markup=False
+        )
+    table = Table(box=None, pad_edge=False)
+    for column in (
+        "workflow",
+        "class",
+        "reviews",
+        "approved",
+        "lower bound",
+        "days",
+        "status",
+        "recommendation",
+    ):
+        table.add_column(column, no_wrap=column != "recommendation")
+    for row in rows:
+        table.add_row(
+            row["workflow"],
+            row["class_key"],
+            str(row["reviews"]),
+            str(row["approvals"]),
+            f"{row['lower_bound']:.3f}",
+            f"{row['days']:g}",
+            "auto" if row["graduated"] else "review",
+            row["recommendation"],
+        )
+    _common.out.print(table)
+    if history:
+        _common.out.print("\n[bold]promotions and demotions[/bold]")
+        for event in history[-20:]:
+            _common.out.print(
+                f"  {_common.when(event['at'])}  {event['workflow']}  {event['action']:<7} "
+                f"{event['class_key']}: {event['reason']}",
+                markup=False,
+            )
+
+
+@app.command("export")
+def export_command(
+    ctx: typer.Context,
+    workflow: str = typer.Argument(..., help="The workflow whose reviewed items to export."),
+    to: Path | None = typer.Option(
+        None, "--to", help="The eval file (default: evals/<workflow>.jsonl in the project)."
+    ),
+) -> None:
+    """Append approved and corrected items to the workflow's eval set, without duplicates."""
+    project, desk = _desk(ctx)
+    wf = project.workflow(workflow)
+    target = to or project.root / "evals" / f"{wf.name.replace('-', '_')}.jsonl"
+    added, kept = export_reviewed(desk.queue, wf.name, target)
+    _common.out.print(f"{added} cases added to {target} ({kept} already there)", markup=False)
+
+
+@app.command("deliver")
+def deliver_command(ctx: typer.Context) -> None:
+    """Send the decision webhooks that are due (`smallops serve` also does, continuously)."""
+    from smallops.review import webhooks
+
+    project, desk = _desk(ctx)
+    secrets = {wf.webhook: wf.webhook_secret_env for wf in project.workflows.values() if wf.webhook}
+    delivered, failed = webhooks.deliver_due(
+        desk.engine,
+        lambda url: webhooks.secret_from_env(secrets.get(url, webhooks.DEFAULT_SECRET_ENV)),
+    )
+    _common.out.print(f"{delivered} delivered, {failed} to retry later", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("hash-password")
+def hash_password_command() -> None:
+    """Make a password hash for a reviewer in smallops.toml ([reviewers] name = "scrypt$...")."""
+    try:
+        from smallops.web.auth import hash_password
+    except ImportError as exc:  # pragma: no cover - the web package ships with smallops
+        raise ConfigError(f"cannot load the web module: {exc}") from None
+    password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    if len(password) < 8:
+        raise InputError("use a password of at least 8 characters")
+    _common.out.print(hash_password(password), markup=False)
+
+
+def _summary(output: Any) -> str:
+    if isinstance(output, dict):
+        return " ".join(f"{k}={v}" for k, v in output.items())
+    return "" if output is None else str(output)

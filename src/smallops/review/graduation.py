@@ -171,6 +171,17 @@ def current_promotions(engine: Engine, workflow: str) -> dict[str, dict[str, Any
     return {key: event for key, event in latest.items() if event["action"] == "promote"}
 
 
+def graduation_history(engine: Engine, workflow: str) -> list[dict[str, Any]]:
+    """Every promotion and demotion of a workflow's classes, oldest first."""
+    query = (
+        select(graduation_events)
+        .where(graduation_events.c.workflow == workflow)
+        .order_by(graduation_events.c.at, graduation_events.c.id)
+    )
+    with engine.connect() as connection:
+        return [{**row._mapping, "at": _aware(row.at)} for row in connection.execute(query)]
+
+
 def event_row(
     workflow: str,
     class_key: str,

@@ -59,6 +59,33 @@ class ReviewQueue:
         self.engine = engine
         self.now = now or (lambda: datetime.now(timezone.utc))
 
+    def resolve(self, run_id: str) -> str:
+        """The full run id of a queued item from its id or a unique start or end (8+ chars)."""
+        fragment = run_id.strip().lower()
+        if len(fragment) < 8:
+            raise InputError(f"run id {run_id!r} is too short", hint="give at least 8 characters")
+        column = review_items.c.run_id
+        with self.engine.connect() as connection:
+            found = (
+                connection.execute(
+                    select(column)
+                    .where(
+                        column.startswith(fragment, autoescape=True)
+                        | column.endswith(fragment, autoescape=True)
+                    )
+                    .limit(2)
+                )
+                .scalars()
+                .all()
+            )
+        if not found:
+            raise NotFoundError(
+                f"no review item for run {run_id!r}", hint="`smallops review list` shows the queue"
+            )
+        if len(found) > 1:
+            raise InputError(f"run id {run_id!r} matches several items", hint="give more of it")
+        return str(found[0])
+
     def items(
         self, workflow: str | None = None, *, state: str | None = "pending", limit: int = 100
     ) -> list[dict[str, Any]]:
