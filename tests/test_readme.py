@@ -9,19 +9,6 @@ import sys
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-COMMANDS = [
-    [],
-    ["init"],
-    ["list"],
-    ["demo"],
-    ["run"],
-    ["logs"],
-    ["show"],
-    ["report"],
-    ["db"],
-    ["db", "upgrade"],
-    ["db", "current"],
-]
 START, END = "<!-- cli-reference:start -->", "<!-- cli-reference:end -->"
 
 
@@ -34,9 +21,26 @@ def help_text(args: list[str]) -> str:
     return buffer.getvalue().rstrip()
 
 
+def commands() -> list[list[str]]:
+    """Every command and subcommand, in the order the CLI registers them."""
+    import typer
+
+    from smallops.cli import app
+
+    found: list[list[str]] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        found.append(path)
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
 def reference() -> str:
     blocks = []
-    for args in COMMANDS:
+    for args in commands():
         title = " ".join(["smallops", *args])
         blocks.append(f"### `{title}`\n\n```text\n{help_text(args)}\n```")
     return "\n\n".join(blocks)
