@@ -76,6 +76,8 @@ def demo_command(
             )
         )
     steps += [
+        ("smallops review next", "be the human: approve, correct, reject"),
+        ("smallops serve", "the same queue in a browser"),
         ("smallops report --json", "the numbers, for scripts"),
         ("export OPENAI_API_KEY=sk-...", "then, with the real model:"),
         ("smallops run email-triage --input evals/email_triage.jsonl", ""),
