@@ -389,3 +389,37 @@ def test_reviewed_items_become_eval_cases_once(tmp_path):
     assert by_id[f"review-{a}"]["expected"] == GOOD
     assert by_id[f"review-{b}"]["expected"]["urgency"] == "high"
     assert by_id[f"review-{b}"]["input"] == {"text": "b"}
+
+
+def test_webhook_signatures_verify_with_the_reference_standard_webhooks_library():
+    import time
+
+    from standardwebhooks.webhooks import Webhook
+
+    from smallops.review import webhooks
+
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    body = '{"type": "review.decided", "data": {"run_id": "x"}}'
+    now = int(time.time())
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": webhooks.sign(secret, "msg_1", now, body),
+    }
+    assert Webhook(secret).verify(body, headers)["data"]["run_id"] == "x"
+    assert webhooks.verify(secret, headers, body)
+    assert not webhooks.verify(secret, {**headers, "webhook-id": "msg_2"}, body)
+    assert not webhooks.verify(secret, headers, body.replace("x", "y"))
+    stale = {**headers, "webhook-timestamp": str(now - 3600)}
+    assert not webhooks.verify(secret, stale, body)
+
+
+def test_the_bound_agrees_with_scipy_beta_quantiles():
+    from scipy.stats import beta
+
+    rng = random.Random(3)
+    for _ in range(300):
+        trials = rng.randint(1, 2000)
+        successes = rng.randint(1, trials)
+        expected = beta.ppf(0.05, successes, trials - successes + 1)
+        assert clopper_pearson_lower(successes, trials) == pytest.approx(expected, abs=1e-9)
