@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
-from smallops.errors import ConfigError, InputError, SmallopsError, WorkflowFailed
+from smallops.errors import (
+    ConfigError,
+    InputError,
+    SmallopsError,
+    WorkflowFailed,
+    describe_problems,
+)
 from smallops.ids import uuid7
 from smallops.providers.base import Provider, ProviderError, Reply, Usage
 from smallops.result import Result
@@ -160,10 +166,7 @@ def _interpret(output: type[BaseModel] | None, reply: Reply) -> tuple[Any, tuple
         errors = exc.errors(include_url=False)
         if any(e["type"] == "json_invalid" for e in errors):
             return None, ("invalid_json", f"the output is not valid JSON: {errors[0]['msg']}")
-        detail = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'output'}: {e['msg']}" for e in errors
-        )
-        return None, ("schema_mismatch", detail)
+        return None, ("schema_mismatch", describe_problems(errors))
 
 
 def _repair(text: str, problem: str) -> list[dict[str, str]]:

@@ -17,6 +17,8 @@ Every error carries a `hint`: one sentence telling the user how to fix it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SmallopsError(Exception):
     """Base of every error smallops raises on purpose."""
@@ -83,3 +85,8 @@ class WorkflowFailed(SmallopsError):
         super().__init__(message, hint=f"see `smallops show {run_id}`")
         self.run_id = run_id
         self.error_type = error_type
+
+
+def describe_problems(errors: list[Any]) -> str:
+    """Pydantic validation errors as one line: `field: message; other: message`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'output'}: {e['msg']}" for e in errors)

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 
-from smallops.errors import InputError
+from smallops.errors import InputError, describe_problems
 from smallops.review import webhooks
 from smallops.review.graduation import class_fields, event_row
 from smallops.review.queue import DEFAULT_LEASE, Decision, ReviewQueue
@@ -104,10 +104,7 @@ class ReviewDesk:
         try:
             return workflow.output.model_validate(output).model_dump(mode="json")
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'output'}: {e['msg']}"
-                for e in exc.errors(include_url=False)
-            )
+            problems = describe_problems(exc.errors(include_url=False))
             raise InputError(
                 f"the corrected output does not fit {workflow.output.__name__}: {problems}",
                 hint="nothing was changed",
