@@ -2,13 +2,70 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import typer
+
+from smallops.cli import _common
+from smallops.errors import MissingExtraError
+
+WEBHOOK_INTERVAL = 5.0  # seconds between rounds of due webhook deliveries
+WEB_PACKAGES = {
+    "starlette": "starlette",
+    "uvicorn": "uvicorn",
+    "python_multipart": "python-multipart",
+}
 
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
 
 
-def serve_command() -> None:
-    """Serve the review queue in a browser."""
-    raise typer.Exit(1)
+def serve_command(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8787, "--port", min=1, max=65535, help="Port to listen on."),
+    login: bool = typer.Option(
+        False,
+        "--login",
+        help="Require login even on 127.0.0.1 (always required on any other address).",
+    ),
+) -> None:
+    """Serve the review queue in a browser.
+
+    Reviewers log in with a [reviewers] password from smallops.toml (`smallops review
+    hash-password`) or the SMALLOPS_REVIEW_TOKEN; on 127.0.0.1 without --login the reviewer is
+    the OS user (or SMALLOPS_REVIEWER). Due decision webhooks are sent while it runs.
+    """
+    _require_web_extra()
+    import uvicorn
+
+    from smallops.review.desk import ReviewDesk
+    from smallops.web.app import create_app
+    from smallops.web.auth import is_loopback
+
+    project = _common.project(ctx)
+    require_login = login or not is_loopback(host)
+    desk = ReviewDesk(project.engine(), project.workflows)
+    app = create_app(
+        desk, project.settings, require_login=require_login, webhook_interval=WEBHOOK_INTERVAL
+    )
+    who = (
+        "login required"
+        if require_login
+        else f"no login, reviewing as {app.state.web.auth.reviewer}"
+    )
+    shown = f"[{host}]" if ":" in host else host
+    _common.out.print(f"smallops review queue at http://{shown}:{port}/ ({who})", markup=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _require_web_extra() -> None:
+    """`smallops serve` needs the web extra; without it, one line saying how to install it."""
+    for module, package in WEB_PACKAGES.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise MissingExtraError(package, "web", "smallops serve")

@@ -1,0 +1,224 @@
+"""One item (`GET /items/{run_id}`) and the decisions on it (`POST /items/{run_id}/{action}`).
+
+Viewing an item claims it, so two reviewers never work the same one. The output is a form
+built from the workflow's schema; a correction is parsed back from that form (or taken from a
+JSON body) and validated by the desk, which changes nothing when it does not fit. After a
+decision the reviewer goes straight to the next item.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from smallops.errors import InputError, NotFoundError, SmallopsError
+from smallops.review.desk import ReviewDesk
+from smallops.review.queue import DecidedError, Decision, HeldError
+from smallops.web._http import body, error, guarded, render, reviewer, status_of, wants_json, web
+from smallops.web.queue import claim_next, done_message, remember_skip, skipped_ids, to_next
+
+ACTIONS = ("approve", "correct", "reject", "skip")
+PREFIX = "out."  # form fields of the output, apart from csrf, reason and workflow
+SHORT_TEXT = 120  # longer (or unbounded) strings get a textarea
+SHORTCUTS = [
+    ("a", "approve"),
+    ("c", "save correction"),
+    ("r", "reject (type a reason, Enter)"),
+    ("s", "skip"),
+    ("1-9", "pick a choice"),
+    ("Esc", "leave a text box"),
+]
+
+
+@guarded
+async def item_page(request: Request) -> Response:
+    """The item, claimed for this reviewer; read-only if someone else holds it or it is decided."""
+    run_id = request.path_params["run_id"]
+    desk = web(request).desk
+    try:
+        item = await run_in_threadpool(desk.claim, run_id, reviewer(request))
+    except NotFoundError as exc:
+        return error(request, exc)
+    except (HeldError, DecidedError) as exc:
+        item = await run_in_threadpool(desk.item, run_id)
+        held = isinstance(exc, HeldError)
+        return show(request, item, problem=exc if held else None, status=409 if held else 200)
+    return show(request, item)
+
+
+@guarded
+async def act(request: Request) -> Response:
+    """Approve, correct, reject or skip; then on to the next item. Errors change nothing."""
+    run_id, action = request.path_params["run_id"], request.path_params["action"]
+    if action not in ACTIONS:
+        return error(request, NotFoundError(f"no action {action!r}", hint=", ".join(ACTIONS)))
+    desk, name = web(request).desk, reviewer(request)
+    try:
+        form = await body(request)
+    except SmallopsError as exc:
+        return error(request, exc)
+    try:
+        decision = await run_in_threadpool(decide, desk, action, run_id, name, form)
+    except SmallopsError as exc:
+        if wants_json(request) or isinstance(exc, NotFoundError):
+            return error(request, exc)
+        item = await run_in_threadpool(desk.item, run_id)
+        values = form if action == "correct" else None
+        return show(request, item, problem=exc, status=status_of(exc), values=values)
+    workflow = str(form.get("workflow") or "") or None
+    skipped = set(skipped_ids(request)) | ({run_id} if action == "skip" else set())
+    following = await run_in_threadpool(claim_next, desk, name, workflow, skipped)
+    data = {"action": action, "run_id": run_id, "decision": decision}
+    response = to_next(
+        request, following["run_id"] if following else None, workflow, done=action, data=data
+    )
+    if action == "skip":
+        remember_skip(request, response, run_id)
+    return response
+
+
+def decide(
+    desk: ReviewDesk, action: str, run_id: str, name: str, form: dict[str, Any]
+) -> Decision | None:
+    """Call the desk for one action; a correction comes from the form or a JSON `output`."""
+    if action == "approve":
+        return desk.approve(run_id, name)
+    if action == "reject":
+        return desk.reject(run_id, name, str(form.get("reason") or ""))
+    if action == "skip":
+        desk.skip(run_id, name)
+        return None
+    output = form["output"] if "output" in form else output_from_form(desk.item(run_id), form)
+    return desk.correct(run_id, name, output)
+
+
+def show(
+    request: Request,
+    item: dict[str, Any],
+    *,
+    problem: SmallopsError | None = None,
+    status: int = 200,
+    values: dict[str, Any] | None = None,
+) -> Response:
+    """The item page; after a refused action, with the error and the reviewer's own input."""
+    held = isinstance(problem, HeldError)
+    data = {
+        "item": item,
+        "read_only": held or item["state"] != "pending",
+        "error": problem.message if problem else None,
+        "hint": problem.hint if problem else None,
+        "workflow": request.query_params.get("workflow") or (values or {}).get("workflow"),
+    }
+    form = form_view(item, values)
+    extra = {
+        "form": form,
+        "first_choice": next((f["key"] for f in form if f["widget"] == "choice"), ""),
+        "free_text_value": _free_text(item, values),
+        "done": done_message(request),
+        "shortcuts": SHORTCUTS,
+        "pretty": _pretty,
+        "reason_value": (values or {}).get("reason", ""),
+    }
+    return render(request, "item.html", data, status, extra)
+
+
+def form_view(item: dict[str, Any], values: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The schema's fields with the widget each calls for and the text it shows."""
+    output = item["output"] if isinstance(item["output"], dict) else {}
+    view = []
+    for field in item["fields"]:
+        text = (
+            values.get(PREFIX + field["name"], "") if values else _text(output.get(field["name"]))
+        )
+        widget = _widget(field)
+        options = [_text(c) for c in _choices(field)] if widget == "choice" else []
+        view.append(
+            {
+                **field,
+                "widget": widget,
+                "key": PREFIX + field["name"],
+                "text": text,
+                "options": options,
+            }
+        )
+    return view
+
+
+def output_from_form(item: dict[str, Any], form: dict[str, Any]) -> Any:
+    """The corrected output from the form's fields: numbers, booleans and JSON parsed."""
+    if not item["fields"]:
+        return form.get("output", "")  # free text, or JSON for a workflow not defined here
+    output: dict[str, Any] = {}
+    for field in item["fields"]:
+        raw = form.get(PREFIX + field["name"])
+        if raw is None or (raw == "" and not field["required"]):
+            continue  # absent or cleared: the schema's default, or its "field required"
+        output[field["name"]] = _parse(field, str(raw))
+    return output
+
+
+def _parse(field: dict[str, Any], raw: str) -> Any:
+    kind, title = field["type"], field["title"]
+    try:
+        if kind == "integer":
+            return int(raw)
+        if kind == "number":
+            return float(raw)
+        if kind in ("array", "object"):
+            return json.loads(raw)
+    except ValueError as exc:
+        what = {"integer": "a whole number", "number": "a number"}.get(kind, "valid JSON")
+        detail = f" ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise InputError(
+            f"{title}: {raw!r} is not {what}{detail}", hint="nothing was changed"
+        ) from None
+    if kind in ("choice", "boolean"):
+        return next((c for c in _choices(field) if _text(c) == raw), raw)
+    return raw
+
+
+def _choices(field: dict[str, Any]) -> list[Any]:
+    return list(field["choices"]) or ([True, False] if field["type"] == "boolean" else [])
+
+
+def _widget(field: dict[str, Any]) -> str:
+    kind = field["type"]
+    if kind in ("choice", "boolean"):
+        return "choice"
+    if kind in ("integer", "number"):
+        return "number"
+    if kind in ("array", "object"):
+        return "json"
+    limit = field.get("max_length")
+    return "textarea" if limit is None or limit > SHORT_TEXT else "input"
+
+
+def _text(value: Any) -> str:
+    """A value as the text a form field shows."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, indent=2, ensure_ascii=False)
+    return str(value)
+
+
+def _free_text(item: dict[str, Any], values: dict[str, Any] | None) -> str:
+    if values is not None:
+        return str(values.get("output", ""))
+    output = item["output"]
+    return output if isinstance(output, str) else _pretty(output)
+
+
+def _pretty(value: Any) -> str:
+    """Any recorded value as readable text: strings as they are, the rest as indented JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)

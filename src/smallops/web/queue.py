@@ -1,0 +1,142 @@
+"""The queue page (`GET /`) and `POST /next`, which claims the next item for the reviewer.
+
+Skipped items are remembered in a cookie for the session, so "next" moves past them instead of
+handing the same oldest item straight back; "Start reviewing" forgets them and starts over.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from smallops.errors import SmallopsError
+from smallops.review.desk import ReviewDesk
+from smallops.review.queue import DecidedError, HeldError
+from smallops.web._http import (
+    JSON,
+    body,
+    error,
+    guarded,
+    redirect,
+    render,
+    reviewer,
+    wants_json,
+    web,
+)
+
+SKIPPED_COOKIE = "smallops_skipped"
+MAX_SKIPPED = 30
+NOTES = {"empty": "The queue is empty: nothing left to review."}
+DONE = {
+    "approve": "Approved",
+    "correct": "Saved the correction to",
+    "reject": "Rejected",
+    "skip": "Skipped",
+}
+
+
+@guarded
+async def queue_page(request: Request) -> Response:
+    """Pending items per workflow, and the oldest first, with who holds which."""
+    desk = web(request).desk
+    workflow = request.query_params.get("workflow") or None
+    counts = await run_in_threadpool(desk.queue.counts)
+    items = await run_in_threadpool(desk.items, workflow, "pending", 200)
+    now = datetime.now(timezone.utc)
+    for item in items:
+        until = item.get("claimed_until")
+        item["held_by"] = item["claimed_by"] if until is not None and until > now else None
+    skipped = [i for i in skipped_ids(request) if i in {item["run_id"] for item in items}]
+    data = {
+        "reviewer": reviewer(request),
+        "workflow": workflow,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "items": items,
+        "skipped": skipped,
+        "note": NOTES.get(request.query_params.get("note", "")),
+        "done": done_message(request),
+    }
+    return render(request, "queue.html", data)
+
+
+@guarded
+async def next_item(request: Request) -> Response:
+    """Claim the next item (optionally of one workflow) and go to it; forget earlier skips."""
+    form = await body(request)
+    workflow = str(form.get("workflow") or "") or None
+    desk = web(request).desk
+    try:
+        item = await run_in_threadpool(desk.claim_next, reviewer(request), workflow)
+    except SmallopsError as exc:
+        return error(request, exc)
+    run_id = item["run_id"] if item else None
+    response = to_next(request, run_id, workflow)
+    response.delete_cookie(SKIPPED_COOKIE)
+    return response
+
+
+def claim_next(
+    desk: ReviewDesk, name: str, workflow: str | None, exclude: set[str]
+) -> dict[str, Any] | None:
+    """The next item for `name`, passing over the ones it skipped this session."""
+    if not exclude:
+        return desk.claim_next(name, workflow)
+    now = datetime.now(timezone.utc)
+    for item in desk.items(workflow, "pending", 500):
+        until = item["claimed_until"]
+        held = item["claimed_by"] not in (None, name) and until is not None and until > now
+        if item["run_id"] in exclude or held:
+            continue
+        try:
+            return desk.claim(item["run_id"], name)
+        except (HeldError, DecidedError):  # taken a moment ago by someone else
+            continue
+    return None
+
+
+def skipped_ids(request: Request) -> list[str]:
+    raw = request.cookies.get(SKIPPED_COOKIE, "")
+    return [part for part in raw.split(",") if part][-MAX_SKIPPED:]
+
+
+def remember_skip(request: Request, response: Response, run_id: str) -> None:
+    ids = [i for i in skipped_ids(request) if i != run_id] + [run_id]
+    response.set_cookie(SKIPPED_COOKIE, ",".join(ids[-MAX_SKIPPED:]), httponly=True, samesite="lax")
+
+
+def done_message(request: Request) -> str | None:
+    """ "Approved 0190ab12…": what the last action did, for the page that follows it."""
+    action, run_id = request.query_params.get("done"), request.query_params.get("prev", "")
+    if action not in DONE:
+        return None
+    return f"{DONE[action]} run {run_id[-12:]}." if run_id else f"{DONE[action]}."
+
+
+def to_next(
+    request: Request,
+    run_id: str | None,
+    workflow: str | None,
+    *,
+    done: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Response:
+    """Where a reviewer goes next: a 303 to the next item (or the queue) for a browser; for
+    JSON, the next item's id next to whatever the action returned."""
+    if wants_json(request):
+        url = f"/items/{run_id}" if run_id else None
+        return JSON({**(data or {}), "next": run_id, "url": url})
+    query: dict[str, str] = {}
+    if done:
+        query.update(done=done, prev=request.path_params.get("run_id", ""))
+    if workflow:
+        query["workflow"] = workflow
+    if run_id is None:
+        query["note"] = "empty"
+    target = f"/items/{run_id}" if run_id else "/"
+    return redirect(target + ("?" + urlencode(query) if query else ""))

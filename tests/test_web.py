@@ -1,0 +1,464 @@
+"""The review UI through its JSON API and its HTML forms (Starlette's TestClient, no browser)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import stat
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from models import GOOD, Triage
+from smallops import FakeProvider, FakeReply, Settings, Workflow
+from smallops.errors import ConfigError
+from smallops.review.desk import ReviewDesk
+from smallops.storage.db import ensure_schema
+from smallops.storage.schema import review_decisions
+
+pytest.importorskip("starlette", reason="the web extra is not installed")
+from starlette.testclient import TestClient
+
+from smallops.web import auth
+from smallops.web.app import create_app, webhook_sender
+
+PASSWORD = "correct horse battery"
+TOKEN = "review-token-0123456789"
+JSON_HEADERS = {"Accept": "application/json"}
+
+
+def make(tmp_path: Path, database_url: str, answer: Any = None, **options: Any) -> Workflow:
+    prompt = tmp_path / "triage.prompt"
+    if not prompt.exists():
+        prompt.write_text("[user]\n{{ text }}")
+    provider = (
+        answer if isinstance(answer, FakeProvider) else FakeProvider(answer or (lambda _: GOOD))
+    )
+    return Workflow(
+        options.pop("name", "triage"),
+        model="fake:rules",
+        prompt="triage.prompt",
+        output=options.pop("output", Triage),
+        provider=provider,
+        base_dir=tmp_path,
+        retries=0,
+        fallback="review",
+        settings=Settings(root=tmp_path, database_url=database_url),
+        **options,
+    )
+
+
+def serve(
+    workflows: list[Workflow],
+    *,
+    require_login: bool = False,
+    reviewer: str = "ann",
+    reviewers: dict[str, str] | None = None,
+    token: str | None = None,
+) -> tuple[TestClient, ReviewDesk]:
+    """A client for the app over these workflows' database, as tests/test_review.py builds it."""
+    engine = workflows[0].plan().writer.store.engine
+    workflows[0].plan().writer.flush()
+    ensure_schema(engine)  # for tests that run nothing before asking
+    desk = ReviewDesk(engine, {wf.name: wf for wf in workflows})
+    settings = Settings(
+        root=workflows[0].base_dir, database_url="unused", reviewers=reviewers or {}
+    )
+    app = create_app(
+        desk,
+        settings,
+        require_login=require_login,
+        reviewer=reviewer,
+        secret_key=b"test-secret-key",
+        env={auth.TOKEN_ENV: token} if token else {},
+    )
+    return TestClient(app, base_url="http://127.0.0.1"), desk
+
+
+def csrf(client: TestClient, path: str = "/") -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', client.get(path).text)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def decisions(desk: ReviewDesk) -> list[Any]:
+    with desk.engine.connect() as connection:
+        return connection.execute(select(review_decisions).order_by(review_decisions.c.id)).all()
+
+
+def runs(wf: Workflow, count: int) -> list[str]:
+    return [wf.run(text=f"email {i}").run_id for i in range(count)]
+
+
+def test_the_queue_lists_pending_items_per_workflow_in_html_and_the_same_data_as_json(
+    tmp_path, database_url
+):
+    wf = make(tmp_path, database_url)
+    ids = runs(wf, 2)
+    client, _ = serve([wf])
+    page = client.get("/")
+    assert page.status_code == 200 and "Start reviewing" in page.text
+    assert all(run_id[-12:] in page.text for run_id in ids)
+    data = client.get("/", headers=JSON_HEADERS).json()
+    assert data["counts"] == {"triage": 2} and data["total"] == 2
+    assert [i["run_id"] for i in data["items"]] == ids and data["reviewer"] == "ann"
+    assert client.get("/?format=json").json()["counts"] == {"triage": 2}
+
+
+def test_the_item_page_claims_it_and_renders_choices_as_radio_buttons_with_the_value_checked(
+    tmp_path, database_url
+):
+    wf = make(tmp_path, database_url)
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf])
+    html = client.get(f"/items/{run_id}").text
+    billing = re.search(r'<input type="radio" name="out.category" value="billing"[^>]*>', html)
+    assert billing and "checked" in billing.group(0)
+    assert 'value="support">' in html  # the others are not checked
+    assert re.search(r'<input type="radio" name="out.urgency" value="normal" checked>', html)
+    assert 'name="out.summary"' in html and "Asks for the May invoice." in html
+    assert "email 0" in html and "Approve" in html and "<kbd>a</kbd>" in html
+    assert desk.item(run_id)["claimed_by"] == "ann"
+    data = client.get(f"/items/{run_id}", headers=JSON_HEADERS).json()
+    assert data["read_only"] is False and data["item"]["output"] == GOOD
+    assert [f["type"] for f in data["item"]["fields"]] == ["choice", "choice", "string"]
+
+
+def test_approve_correct_reject_and_skip_by_form_go_to_the_next_item_and_record_the_reviewer(
+    tmp_path, database_url
+):
+    wf = make(tmp_path, database_url)
+    a, b, c, d = runs(wf, 4)
+    client, desk = serve([wf], reviewer="ann")
+    token = csrf(client)
+    assert client.post("/next", data={"csrf": token}).url.path == f"/items/{a}"
+    page = client.post(f"/items/{a}/approve", data={"csrf": token})
+    assert page.url.path == f"/items/{b}" and "Approved run" in page.text
+    fixed = {"out.category": "support", "out.urgency": "high", "out.summary": "Fixed by hand."}
+    page = client.post(f"/items/{b}/correct", data={"csrf": token, **fixed})
+    assert page.url.path == f"/items/{c}"
+    page = client.post(f"/items/{c}/skip", data={"csrf": token})
+    assert page.url.path == f"/items/{d}"  # past the skipped one
+    page = client.post(f"/items/{d}/reject", data={"csrf": token, "reason": "not an email"})
+    assert page.url.path == "/" and "The queue is empty" in page.text
+    assert [(r.run_id, r.action, r.reviewer) for r in decisions(desk)] == [
+        (a, "approve", "ann"),
+        (b, "correct", "ann"),
+        (c, "skip", "ann"),
+        (d, "reject", "ann"),
+    ]
+    assert desk.item(b)["final_output"] == {
+        "category": "support",
+        "urgency": "high",
+        "summary": "Fixed by hand.",
+    }
+    assert desk.item(d)["reject_reason"] == "not an email"
+    assert desk.item(c)["state"] == "pending"
+
+
+def test_json_clients_decide_with_a_bearer_token_and_their_x_reviewer_name(tmp_path, database_url):
+    wf = make(tmp_path, database_url)
+    a, b, c = runs(wf, 3)
+    client, desk = serve([wf], require_login=True, token=TOKEN)
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-Reviewer": "bot-1"}
+    assert client.get("/", headers=headers).json()["total"] == 3
+    answer = client.post(f"/items/{a}/approve", headers=headers, json={})
+    assert answer.status_code == 200 and answer.json()["decision"]["reviewer"] == "bot-1"
+    fixed = {**GOOD, "category": "sales"}
+    answer = client.post(f"/items/{b}/correct", headers=headers, json={"output": fixed})
+    assert answer.json()["decision"]["output"] == fixed
+    answer = client.post(f"/items/{c}/reject", headers=headers, json={"reason": "duplicate"})
+    assert answer.json()["decision"]["status"] == "rejected" and answer.json()["next"] is None
+    assert {r.reviewer for r in decisions(desk)} == {"bot-1"}
+    no_name = client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert no_name.status_code == 401 and "X-Reviewer" in no_name.json()["error"]
+    wrong = client.get("/", headers={"Authorization": "Bearer nope", "X-Reviewer": "x"})
+    assert wrong.status_code == 401
+
+
+@pytest.mark.parametrize("how", ["form", "json"])
+def test_a_correction_that_breaks_the_schema_is_a_400_and_changes_nothing(
+    tmp_path, database_url, how
+):
+    wf = make(tmp_path, database_url)
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf])
+    if how == "form":
+        bad = {"out.category": "billing", "out.urgency": "whenever", "out.summary": "x"}
+        page = client.post(f"/items/{run_id}/correct", data={"csrf": csrf(client), **bad})
+        assert page.status_code == 400 and "does not fit Triage" in page.text
+        assert "whenever" in page.text  # the reviewer's input is kept on the page
+    else:
+        output = {**GOOD, "urgency": "whenever"}
+        answer = client.post(f"/items/{run_id}/correct", json={"output": output})
+        assert answer.status_code == 400
+        assert (
+            "urgency" in answer.json()["error"] and answer.json()["hint"] == "nothing was changed"
+        )
+    item = desk.item(run_id)
+    assert item["state"] == "pending" and item["history"] == [] and decisions(desk) == []
+
+
+def test_a_number_field_that_is_not_a_number_is_refused_by_name(tmp_path, database_url):
+    from pydantic import BaseModel
+
+    class Quote(BaseModel):
+        seats: int
+        tags: list[str]
+
+    wf = make(tmp_path, database_url, lambda _: {"seats": 3, "tags": ["a"]}, output=Quote)
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf])
+    html = client.get(f"/items/{run_id}").text
+    assert 'type="number"' in html and 'name="out.tags"' in html
+    token = csrf(client, f"/items/{run_id}")
+    page = client.post(f"/items/{run_id}/correct", data={"csrf": token, "out.seats": "three"})
+    assert page.status_code == 400 and "Seats: &#39;three&#39; is not a whole number" in page.text
+    good = {"csrf": token, "out.seats": "5", "out.tags": '["x", "y"]'}
+    assert client.post(f"/items/{run_id}/correct", data=good).status_code == 200
+    assert desk.item(run_id)["final_output"] == {"seats": 5, "tags": ["x", "y"]}
+
+
+def test_a_rejection_without_a_reason_is_a_400_with_a_clear_message(tmp_path, database_url):
+    wf = make(tmp_path, database_url)
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf])
+    page = client.post(f"/items/{run_id}/reject", data={"csrf": csrf(client), "reason": "  "})
+    assert page.status_code == 400 and "a rejection needs a reason" in page.text
+    answer = client.post(f"/items/{run_id}/reject", json={"reason": ""})
+    assert answer.status_code == 400 and answer.json()["error"] == "a rejection needs a reason"
+    assert desk.item(run_id)["state"] == "pending"
+
+
+@pytest.mark.parametrize("token", [None, "forged"])
+def test_a_form_post_without_the_right_csrf_token_is_a_403(tmp_path, database_url, token):
+    wf = make(tmp_path, database_url)
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf])
+    client.get("/")  # a session cookie, but no token in the form
+    data = {"csrf": token} if token else {}
+    assert client.post(f"/items/{run_id}/approve", data=data).status_code == 403
+    assert client.post("/next", data=data).status_code == 403
+    other, _ = serve([wf], reviewer="mallory")
+    stolen = csrf(other)  # a real token, for another session
+    assert client.post(f"/items/{run_id}/approve", data={"csrf": stolen}).status_code == 403
+    assert desk.item(run_id)["state"] == "pending" and decisions(desk) == []
+
+
+def test_an_item_held_by_another_reviewer_is_read_only_and_a_409(tmp_path, database_url):
+    wf = make(tmp_path, database_url)
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf], reviewer="bob")
+    desk.claim(run_id, "ann")
+    page = client.get(f"/items/{run_id}")
+    assert page.status_code == 409 and "Held by <strong>ann</strong>" in page.text
+    assert 'action="/items/' not in page.text  # no decision forms
+    data = client.get(f"/items/{run_id}", headers=JSON_HEADERS).json()
+    assert data["read_only"] is True and "held by ann" in data["error"]
+    page = client.post(f"/items/{run_id}/approve", data={"csrf": csrf(client)})
+    assert page.status_code == 409 and "held by ann" in page.text
+    answer = client.post(f"/items/{run_id}/approve", json={})
+    assert answer.status_code == 409 and answer.json()["hint"]
+    assert desk.item(run_id)["claimed_by"] == "ann" and decisions(desk) == []
+
+
+def test_a_decided_item_shows_its_history_and_refuses_a_second_decision(tmp_path, database_url):
+    wf = make(tmp_path, database_url)
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf])
+    desk.reject(run_id, "cat", "spam really")
+    page = client.get(f"/items/{run_id}")
+    assert page.status_code == 200 and "was <strong>rejected</strong> by cat" in page.text
+    assert "spam really" in page.text and "History" in page.text
+    answer = client.post(f"/items/{run_id}/approve", json={})
+    assert answer.status_code == 409 and "already rejected" in answer.json()["error"]
+    missing = client.get("/items/01234567-0000-7000-8000-000000000000", headers=JSON_HEADERS)
+    assert missing.status_code == 404 and "no review item" in missing.json()["error"]
+
+
+def test_a_fallback_item_shows_the_error_and_can_only_be_corrected_or_rejected(tmp_path):
+    wf = make(
+        tmp_path, f"sqlite:///{tmp_path / 'log.db'}", FakeProvider.queue([FakeReply(refusal="no")])
+    )
+    [run_id] = runs(wf, 1)
+    client, _ = serve([wf])
+    html = client.get(f"/items/{run_id}").text
+    assert "The model failed: refused" in html
+    assert re.search(r'id="approve" disabled', html)
+    answer = client.post(f"/items/{run_id}/approve", json={})
+    assert answer.status_code == 400 and "no output to approve" in answer.json()["error"]
+
+
+def test_a_free_text_workflow_is_corrected_in_one_textarea(tmp_path):
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}", lambda _: "Draft reply.", output=None)
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf])
+    html = client.get(f"/items/{run_id}").text
+    assert re.search(r'<textarea id="f-output" name="output"[^>]*>Draft reply\.</textarea>', html)
+    token = csrf(client, f"/items/{run_id}")
+    client.post(f"/items/{run_id}/correct", data={"csrf": token, "output": "Better reply."})
+    assert desk.item(run_id)["final_output"] == "Better reply."
+
+
+def test_login_is_required_when_asked_for_and_checks_the_password(tmp_path, database_url):
+    wf = make(tmp_path, database_url)
+    [run_id] = runs(wf, 1)
+    reviewers = {"dana": auth.hash_password(PASSWORD)}
+    client, desk = serve([wf], require_login=True, reviewers=reviewers)
+    first = client.get(f"/items/{run_id}", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"].startswith("/login")
+    assert client.get("/", headers=JSON_HEADERS).status_code == 401
+    form = {"csrf": csrf(client, "/login"), "name": "dana", "password": "wrong", "next": "/"}
+    refused = client.post("/login", data=form)
+    assert refused.status_code == 401 and "wrong name or password" in refused.text
+    form = {
+        **form,
+        "csrf": csrf(client, "/login"),
+        "password": PASSWORD,
+        "next": f"/items/{run_id}",
+    }
+    page = client.post("/login", data=form)
+    assert page.url.path == f"/items/{run_id}" and "dana" in page.text
+    client.post(f"/items/{run_id}/approve", data={"csrf": csrf(client, f"/items/{run_id}")})
+    assert [(r.action, r.reviewer) for r in decisions(desk)] == [("approve", "dana")]
+    client.post("/logout", data={"csrf": csrf(client)})
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_the_login_form_needs_its_csrf_token_and_accepts_the_review_token(tmp_path):
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    client, _ = serve([wf], require_login=True, token=TOKEN)
+    forged = client.post("/login", data={"name": "eve", "password": TOKEN, "csrf": "x"})
+    assert forged.status_code == 403
+    form = {"csrf": csrf(client, "/login"), "name": "ops-bot", "password": TOKEN}
+    assert client.post("/login", data=form).url.path == "/"
+    assert client.get("/", headers=JSON_HEADERS).json()["reviewer"] == "ops-bot"
+
+
+def test_a_login_nobody_could_pass_is_refused_at_start(tmp_path):
+    settings = Settings(root=tmp_path)
+    desk = ReviewDesk(None, {})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no reviewer can log in") as caught:
+        create_app(desk, settings, require_login=True, env={})
+    assert "hash-password" in str(caught.value) and auth.TOKEN_ENV in str(caught.value)
+
+
+def test_a_login_free_server_answers_only_to_localhost_names(tmp_path):
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    client, _ = serve([wf])
+    assert client.get("/", headers={"Host": "evil.example:8787"}).status_code == 400
+    assert client.get("/", headers={"Host": "localhost:8787"}).status_code == 200
+
+
+def test_skipped_items_are_passed_over_until_the_reviewer_starts_again(tmp_path):
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    a, b = runs(wf, 2)
+    client, _ = serve([wf])
+    token = csrf(client)
+    assert client.post(f"/items/{a}/skip", data={"csrf": token}).url.path == f"/items/{b}"
+    page = client.post(f"/items/{b}/skip", data={"csrf": token})
+    assert page.url.path == "/" and "2 items you skipped are still waiting" in page.text
+    assert client.post("/next", data={"csrf": token}).url.path == f"/items/{a}"
+
+
+def test_passwords_hash_with_scrypt_and_verify_in_constant_time():
+    stored = auth.hash_password(PASSWORD)
+    scheme, n, r, p, salt, digest = stored.split("$")
+    assert (scheme, n, r, p) == ("scrypt", str(2**14), "8", "1") and salt and digest
+    assert auth.verify_password(PASSWORD, stored)
+    assert not auth.verify_password("wrong", stored)
+    assert stored != auth.hash_password(PASSWORD)  # salted
+    for broken in ["", "scrypt$1$2", "bcrypt$1$1$1$a$b", "scrypt$3$8$1$!!$!!"]:
+        assert not auth.verify_password(PASSWORD, broken)
+
+
+def test_sessions_are_signed_and_expire_and_csrf_tokens_belong_to_one_session():
+    sessions = auth.Sessions(b"key", ttl=60)
+    cookie = sessions.issue("ann", now=1000)
+    assert sessions.reviewer(cookie, now=1001) == "ann"
+    assert sessions.reviewer(cookie, now=1061) is None  # expired
+    _, expires, signature = cookie.split(".")
+    forged = f"{auth._b64(b'bob', url=True)}.{expires}.{signature}"
+    assert sessions.reviewer(forged, now=1001) is None
+    assert auth.Sessions(b"other").reviewer(cookie, now=1001) is None
+    other = sessions.issue("ann", now=1001)
+    assert sessions.check_csrf(cookie, sessions.csrf_token(cookie))
+    assert not sessions.check_csrf(other, sessions.csrf_token(cookie))
+
+
+def test_the_secret_key_is_made_once_with_mode_0600(tmp_path):
+    key = auth.load_secret_key(tmp_path / ".smallops", env={})
+    path = tmp_path / ".smallops" / "secret_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert auth.load_secret_key(tmp_path / ".smallops", env={}) == key and len(key) >= 32
+    assert auth.load_secret_key(tmp_path, env={auth.SECRET_ENV: "from-env"}) == b"from-env"
+
+
+def test_serve_without_the_web_extra_is_one_line_and_exit_2(monkeypatch, capsys):
+    from smallops.cli import main
+
+    monkeypatch.setitem(sys.modules, "starlette", None)
+    with pytest.raises(SystemExit) as caught:
+        main(["serve"])
+    assert caught.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "pip install 'smallops[web]'" in message
+
+
+def test_due_webhooks_are_sent_and_those_without_a_secret_are_skipped_with_one_warning(
+    tmp_path, monkeypatch, caplog
+):
+    from smallops.review import webhooks
+    from smallops.storage.db import write_transaction
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv("SMALLOPS_WEBHOOK_SECRET", "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2Nzg=")
+    monkeypatch.delenv("NO_SUCH_SECRET", raising=False)
+    with Receiver() as receiver:
+        unsigned = make(
+            tmp_path,
+            f"sqlite:///{tmp_path / 'log.db'}",
+            name="unsigned",
+            webhook=receiver.url + "?unsigned",
+            webhook_secret_env="NO_SUCH_SECRET",
+        )
+        signed = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}", webhook=receiver.url)
+        unsigned.run(text="x")
+        _, desk = serve([unsigned, signed])
+        decided = {"run_id": "r", "workflow": "w", "status": "approved", "output": None}
+        decided.update(reviewer="ann", reason=None, decided_at=datetime.now(timezone.utc))
+        with write_transaction(desk.engine) as connection:
+            webhooks.enqueue(connection, unsigned.webhook, decided)  # first in line
+            webhooks.enqueue(connection, receiver.url, decided)
+        send = webhook_sender(desk)
+        with caplog.at_level(logging.WARNING, logger="smallops"):
+            assert send() == 1
+            assert send() == 0
+    assert len(receiver.accepted) == 1 and receiver.accepted[0][1]["webhook-signature"]
+    warnings = [r for r in caplog.records if "NO_SUCH_SECRET" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_the_app_sends_due_webhooks_in_the_background_while_it_runs(tmp_path, monkeypatch):
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv("SMALLOPS_WEBHOOK_SECRET", "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2Nzg=")
+    with Receiver() as receiver:
+        wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}", webhook=receiver.url)
+        [run_id] = runs(wf, 1)
+        _, desk = serve([wf])
+        desk._send_soon = lambda _workflow: None  # leave the sending to the app
+        desk.approve(run_id, "ann")
+        app = create_app(
+            desk, Settings(root=tmp_path), require_login=False, env={}, webhook_interval=0.05
+        )
+        with TestClient(app, base_url="http://127.0.0.1"):
+            deadline = time.monotonic() + 10
+            while not receiver.accepted and time.monotonic() < deadline:
+                time.sleep(0.05)
+    assert len(receiver.accepted) == 1 and run_id in receiver.accepted[0][0]
