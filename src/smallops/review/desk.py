@@ -79,9 +79,7 @@ class ReviewDesk:
 
     def reject(self, run_id: str, reviewer: str, reason: str | None) -> Decision:
         if not reason or not reason.strip():
-            raise InputError(
-                "a rejection needs a reason", hint="say why, e.g. 'not a customer'"
-            )
+            raise InputError("a rejection needs a reason", hint="say why, e.g. 'not a customer'")
         return self._decide(run_id, reviewer, "reject", reason=reason.strip())
 
     def validate(self, workflow_name: str, output: Any) -> Any:
