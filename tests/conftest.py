@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine
 
-from emulators import ModelServer, ok
 from smallops import Settings, Workflow
 from smallops.cli import main
 from smallops.config import ProviderConfig
 from smallops.storage import writer
 from smallops.storage.db import dispose_engines, normalise_url
+
+from emulators import ModelServer, ok
 
 # Dummy credentials: they only ever reach the local emulator.
 OPENAI_TEST_KEY = "sk-test-openai-0123456789abcdef"

@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 
+from smallops.testing import recorded_runs
+
 from emulators import ok, refusal, status, truncated
 from models import GOOD
-from smallops.testing import recorded_runs
 
 INPUTS = {"subject": "Invoice", "body": "Where is my May invoice?"}
 MODEL = "anthropic:claude-sonnet-4-6"

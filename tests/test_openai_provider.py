@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from emulators import delay, disconnect, malformed, ok, refusal, status, truncated
-from models import GOOD
 from smallops import WorkflowFailed
 from smallops.testing import recorded_runs
+
+from emulators import delay, disconnect, malformed, ok, refusal, status, truncated
+from models import GOOD
 
 INPUTS = {"subject": "Invoice", "body": "Where is my May invoice?"}
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from emulators import ok
 from smallops import ConfigError, UnpinnedModelError
 from smallops.pinning import check_pinned, parse_model
 from smallops.testing import recorded_runs
+
+from emulators import ok
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from models import GOOD, Triage
 from smallops import FakeProvider, FakeReply, NotFoundError, Settings, Workflow, sample
 from smallops import until_graduated as graduated_policy
 from smallops.errors import InputError
@@ -22,6 +21,8 @@ from smallops.review.queue import DecidedError, HeldError, ReviewQueue
 from smallops.review.stats import clopper_pearson_lower
 from smallops.storage.schema import graduation_events, review_decisions
 from smallops.testing import recorded_runs
+
+from models import GOOD, Triage
 
 SPAM = {"category": "spam", "urgency": "low", "summary": "Prize offer."}
 
@@ -303,6 +304,7 @@ def test_the_application_gets_the_human_decision_by_wait_hook_and_webhook(
     tmp_path, database_url, monkeypatch
 ):
     from smallops.review import webhooks
+
     from webhook_receiver import Receiver
 
     monkeypatch.setenv(

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from models import GOOD, Triage
 from smallops import FakeProvider, FakeReply, Settings, Workflow
 from smallops.errors import ConfigError
 from smallops.review.desk import ReviewDesk
 from smallops.storage.db import ensure_schema
 from smallops.storage.schema import review_decisions
+
+from models import GOOD, Triage
 
 pytest.importorskip("starlette", reason="the web extra is not installed")
 from starlette.testclient import TestClient
@@ -415,6 +416,7 @@ def test_due_webhooks_are_sent_and_those_without_a_secret_are_skipped_with_one_w
 ):
     from smallops.review import webhooks
     from smallops.storage.db import write_transaction
+
     from webhook_receiver import Receiver
 
     monkeypatch.setenv("SMALLOPS_WEBHOOK_SECRET", "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2Nzg=")

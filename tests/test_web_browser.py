@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from models import GOOD, Triage
 from smallops import FakeProvider, Settings, Workflow
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import ReviewQueue
 from smallops.storage.schema import review_decisions
+
+from models import GOOD, Triage
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():

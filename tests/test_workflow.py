@@ -7,7 +7,6 @@ import threading
 
 import pytest
 
-from models import GOOD, Triage
 from smallops import (
     ConfigError,
     FakeProvider,
@@ -19,6 +18,8 @@ from smallops import (
     default,
 )
 from smallops.testing import recorded_runs
+
+from models import GOOD, Triage
 
 FAKE = {"model": "fake:rules"}
 

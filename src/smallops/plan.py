@@ -88,6 +88,7 @@ def build_plan(
     retry: RetryPolicy,
     version: PromptVersion,
     allow_unpinned: bool,
+    origin: str,
     git_commit: str | None,
     settings: Settings,
 ) -> CallPlan:
@@ -131,6 +132,7 @@ def build_plan(
             "model_requested": model.model,
             "allow_unpinned": allow_unpinned,
             "review_policy": str(review),
+            "origin": origin,
             "fallback": fallback.kind,
             "pricing": pricing,
         },

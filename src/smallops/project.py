@@ -47,19 +47,33 @@ class Project:
 
     @cached_property
     def workflows(self) -> dict[str, Workflow[Any]]:
-        """Every Workflow defined in workflows/*.py, by name."""
+        """Every Workflow defined in workflows/*.py, by name; the first broken module raises."""
+        found, problems = self.load_workflows()
+        if problems:
+            raise problems[0]
+        return found
+
+    def load_workflows(self) -> tuple[dict[str, Workflow[Any]], list[SmallopsError]]:
+        """Every Workflow that loads, and the errors of the modules that do not."""
         folder = self.root / "workflows"
         found: dict[str, Workflow[Any]] = {}
+        problems: list[SmallopsError] = []
         if str(self.root) not in sys.path:
             sys.path.insert(0, str(self.root))
         for path in sorted(folder.glob("*.py")):
             if path.name.startswith("_"):
                 continue
-            module = _import(path)
+            try:
+                module = _import(path)
+            except SmallopsError as exc:
+                problems.append(exc)
+                continue
             for value in vars(module).values():
                 if isinstance(value, Workflow) and found.setdefault(value.name, value) is not value:
-                    raise ConfigError(f"two workflows are named {value.name!r} ({path.name})")
-        return found
+                    problems.append(
+                        ConfigError(f"two workflows are named {value.name!r} ({path.name})")
+                    )
+        return found, problems
 
     def workflow(self, name: str) -> Workflow[Any]:
         """The workflow called `name` (`email-triage` and `email_triage` both match)."""
@@ -94,12 +108,10 @@ def _first_line(exc: Exception) -> str:
 
 
 def _import(path: Path) -> Any:
-    """Load a workflow module under a name unique to its project (several projects may load)."""
+    """Load a workflow module afresh, under a name unique to its project (several may load)."""
     name = (
         f"_smallops_workflows_{hashlib.sha1(str(path.parent).encode()).hexdigest()[:8]}_{path.stem}"
     )
-    if name in sys.modules:
-        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -60,11 +60,14 @@ class Workflow(Generic[T]):
         description: str | None = None,
         allow_unpinned: bool = False,
         on_decision: Callable[[Decision], None] | None = None,
+        checks: dict[str, Any] | None = None,
+        evals: str | Path | None = None,
         webhook: str | None = None,
         webhook_secret_env: str = "SMALLOPS_WEBHOOK_SECRET",
         provider: Provider | None = None,
         settings: Settings | None = None,
         base_dir: str | Path | None = None,
+        origin: str = "app",
     ) -> None:
         self._kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.name = _check_name(name)
@@ -87,6 +90,12 @@ class Workflow(Generic[T]):
         self.on_decision = on_decision
         self.webhook = webhook
         self.webhook_secret_env = webhook_secret_env
+        self.origin = origin  # "app", or "eval" for the eval runner's calls
+        self.checks = dict(checks or {})  # field -> check, for `smallops eval`
+        self.evals_path = (
+            self.base_dir / evals if evals else _default_evals(self.base_dir, self.name)
+        )
+        self.module = sys._getframe(1).f_globals.get("__name__") if base_dir is None else None
         schema = self.output.model_json_schema() if self.output is not None else None
         params = {**asdict(self.params), "timeout": timeout, "deadline": deadline}
         self.version = PromptVersion(
@@ -142,7 +151,9 @@ class Workflow(Generic[T]):
 
     def replace(self, **changes: Any) -> Workflow[T]:
         """A copy with some settings changed, e.g. `replace(model=..., provider=...)`."""
-        return Workflow(**{**self._kwargs, "base_dir": self.base_dir, **changes})
+        copy = Workflow(**{**self._kwargs, "base_dir": self.base_dir, **changes})
+        copy.module = self.module
+        return copy
 
     def plan(self) -> CallPlan:
         """The workflow ready to call: provider, prepared request and log writer (made once)."""
@@ -161,10 +172,17 @@ class Workflow(Generic[T]):
                         retry=self.retry,
                         version=self.version,
                         allow_unpinned=self.allow_unpinned,
+                        origin=self.origin,
                         git_commit=git_commit(self.base_dir),
                         settings=self.settings,
                     )
         return self._plan
+
+
+def _default_evals(base_dir: Path, name: str) -> Path:
+    """evals/<name>.jsonl beside workflows/ (the layout `smallops init` writes)."""
+    root = base_dir.parent if base_dir.name == "workflows" else base_dir
+    return root / "evals" / f"{name.replace('-', '_')}.jsonl"
 
 
 def _caller_dir() -> Path:

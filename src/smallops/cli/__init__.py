@@ -13,7 +13,8 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from smallops import __version__
-from smallops.cli import db, init, logs, report, review, run, serve
+from smallops.cli import check, db, drift, init, logs, report, review, run, serve
+from smallops.cli import eval as eval_cli
 from smallops.cli._common import err
 from smallops.errors import SmallopsError
 from smallops.redact import Redactor
@@ -57,6 +58,9 @@ init.register(app)
 run.register(app)
 logs.register(app)
 report.register(app)
+eval_cli.register(app)
+check.register(app)
+drift.register(app)
 app.add_typer(review.app, name="review")
 serve.register(app)
 app.add_typer(db.app, name="db")

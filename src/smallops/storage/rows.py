@@ -52,6 +52,7 @@ def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
         redact(record["error_message"]),
         static["review_policy"],
         record["review_route"],
+        static["origin"],
         static["fallback"],
         record["attempt_count"],
         usage.input_tokens,

@@ -57,6 +57,7 @@ runs = Table(
     Column("error_message", Text),
     Column("review_policy", String(50), nullable=False),
     Column("review_route", String(30)),
+    Column("origin", String(20)),
     Column("fallback", String(20), nullable=False),
     Column("attempt_count", Integer, nullable=False),
     Column("input_tokens", Integer, nullable=False),
@@ -160,3 +161,52 @@ webhook_deliveries = Table(
 )
 
 REVIEW_COLUMNS = tuple(column.name for column in review_items.columns)
+
+# Eval runs: one per `smallops eval` of a workflow, its cases' results linked to their runs.
+eval_runs = Table(
+    "eval_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workflow", String(100), nullable=False),
+    Column("prompt_version", String(16), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("dataset", Text, nullable=False),
+    Column("cases", Integer, nullable=False),
+    Column("repeat", Integer, nullable=False),
+    Column("passed", Integer, nullable=False),
+    Column("cost_usd", Float),
+    Column("verdict", String(20)),
+    Column("git_commit", String(64)),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp, nullable=False),
+    Column("summary", Json, nullable=False),
+    Index("ix_eval_runs_workflow", "workflow", "prompt_version"),
+)
+
+eval_results = Table(
+    "eval_results",
+    metadata,
+    Column("eval_run_id", String(36), primary_key=True),
+    Column("case_id", String(200), primary_key=True),
+    Column("repeat", Integer, primary_key=True),
+    Column("run_id", String(36)),
+    Column("passed", Boolean, nullable=False),
+    Column("cached", Boolean, nullable=False),
+    Column("checks", Json, nullable=False),
+    Column("output", Json),
+    Column("error", Text),
+)
+
+# Validated outputs only, keyed by model, prompt version, input and repeat: a rerun is free.
+eval_cache = Table(
+    "eval_cache",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("workflow", String(100), nullable=False),
+    Column("prompt_version", String(16), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("repeat", Integer, nullable=False),
+    Column("output", Json, nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)

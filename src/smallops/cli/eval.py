@@ -1,0 +1,224 @@
+"""`smallops eval`: run a workflow's eval set, keep a baseline, gate pull requests on it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from smallops.cli import _common
+from smallops.errors import ConfigError, SmallopsError
+from smallops.evals import report
+from smallops.evals.baseline import baseline_path, compare, read_baseline, write_baseline
+from smallops.evals.dataset import Case, load_cases
+from smallops.evals.runner import EvalRun, estimate_cost, record_verdict, run_eval
+from smallops.evals.stats import GateResult
+from smallops.workflow import Workflow
+
+HELP = """Run WORKFLOW's eval set (every workflow when none is named) through the real path.
+
+Every call is logged (as eval traffic); validated outputs are cached by model, prompt version,
+input and repeat, so a rerun with nothing changed costs nothing (--no-cache to call anyway).
+--update-baseline writes evals/<workflow>.baseline.json to commit. --ci compares with it case
+by case (exact sign test on the cases that changed, paired bootstrap, Wilson intervals): exit 0
+pass or inconclusive, 1 regression (or a critical case that now fails), 2 configuration or
+infrastructure error (a provider that cannot be reached is never a pass or a regression).
+"""
+
+
+class InfrastructureError(SmallopsError):
+    """The provider could not answer: the eval says nothing about the prompt."""
+
+    exit_code = 2
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", help=HELP)(eval_command)
+
+
+def eval_command(
+    ctx: typer.Context,
+    workflow: str | None = typer.Argument(None, help="Workflow name (default: every workflow)."),
+    repeat: int = typer.Option(1, "--repeat", "-r", min=1, max=20, help="Runs per case."),
+    concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, max=64),
+    model: str | None = typer.Option(None, "--model", help="Run on another model (provider:id)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Call the model for every case."),
+    ci: bool = typer.Option(False, "--ci", help="Compare with the baseline; exit 1 on regression."),
+    update_baseline: bool = typer.Option(
+        False, "--update-baseline", help="Write this run as the baseline to commit."
+    ),
+    junit_file: Path | None = typer.Option(None, "--junit", help="Write JUnit XML here."),
+    markdown_file: Path | None = typer.Option(None, "--markdown", help="Write a Markdown summary."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary per workflow."),
+) -> None:
+    project = _common.project(ctx)
+    chosen = [project.workflow(workflow)] if workflow else list(project.workflows.values())
+    if not chosen:
+        raise ConfigError("no workflows to evaluate", hint="define one in workflows/*.py")
+    worst = 0
+    markdowns, junits = [], []
+    for wf in chosen:
+        if model:
+            wf = wf.replace(model=model)
+        run, gate = _evaluate(wf, repeat, concurrency, not no_cache, ci, update_baseline, as_json)
+        markdowns.append(report.markdown(run, gate))
+        junits.append(report.junit(run, gate))
+        worst = max(worst, 1 if gate is not None and gate.verdict == "regression" else 0)
+    _write_outputs(markdowns, junits, markdown_file, junit_file, ci)
+    if worst:
+        raise typer.Exit(worst)
+
+
+def _evaluate(
+    wf: Workflow[Any],
+    repeat: int,
+    concurrency: int,
+    use_cache: bool,
+    ci: bool,
+    update_baseline: bool,
+    as_json: bool,
+) -> tuple[EvalRun, GateResult | None]:
+    fields = set(wf.output.model_fields) if wf.output is not None else {"text"}
+    cases = load_cases(wf.evals_path, variables=wf.prompt.variables, fields=fields)
+    wf.provider.check()
+    baseline = read_baseline(baseline_path(wf.evals_path))
+    if ci and baseline is None:
+        raise ConfigError(
+            f"{wf.name} has no baseline at {baseline_path(wf.evals_path)}",
+            hint=f"run `smallops eval {wf.name} --update-baseline` and commit the file",
+        )
+    calls = len(cases) * repeat
+    estimate, tokens = estimate_cost(wf, cases, calls)
+    say = _common.err.print
+    say(
+        f"{wf.name}: {len(cases)} cases x {repeat} on {wf.model}, prompt {wf.version.id}; "
+        f"at most {calls} calls, about {tokens:,} tokens, "
+        + ("unpriced" if estimate is None else f"up to ${estimate:.4f}")
+        + " (cached answers cost nothing)",
+        markup=False,
+    )
+    run = _run_with_progress(wf, cases, repeat, concurrency, use_cache)
+    infra = run.infrastructure_errors()
+    if infra:
+        kinds = sorted({r.error_type or "" for r in infra})
+        raise InfrastructureError(
+            f"{wf.name}: {len(infra)} of {len(run.results)} calls got no answer from the provider "
+            f"({', '.join(kinds)}); the eval says nothing about the prompt",
+            hint="check the provider and its key, then run again",
+        )
+    gate = compare(baseline, run) if (ci and baseline is not None) else None
+    if gate is not None:
+        record_verdict(wf.plan().writer.store.engine, run.id, gate.verdict)
+    if update_baseline:
+        write_baseline(baseline_path(wf.evals_path), run)
+        say(f"baseline written to {baseline_path(wf.evals_path)}: commit it", markup=False)
+    if as_json:
+        _common.print_json(_summary(run, gate))
+    else:
+        _print_run(run, gate)
+    return run, gate
+
+
+def _run_with_progress(
+    wf: Workflow[Any], cases: list[Case], repeat: int, concurrency: int, use_cache: bool
+) -> EvalRun:
+    progress = Progress(
+        TextColumn(wf.name),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=_common.err,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("eval", total=len(cases) * repeat)
+        return asyncio.run(
+            run_eval(
+                wf,
+                cases,
+                repeat=repeat,
+                concurrency=concurrency,
+                use_cache=use_cache,
+                on_done=lambda: progress.advance(task),
+            )
+        )
+
+
+def _print_run(run: EvalRun, gate: GateResult | None) -> None:
+    say = _common.out.print
+    scores = run.scores()
+    failed = [r for r in run.results if not r.passed]
+    cost = "unpriced" if run.cost_usd is None else f"${run.cost_usd:.4f}"
+    say(
+        f"{run.workflow.name}: {run.passed} of {len(scores)} cases pass; cost {cost}; "
+        f"{sum(r.cached for r in run.results)} of {len(run.results)} answers from the cache",
+        markup=False,
+    )
+    if failed:
+        table = Table(box=None, pad_edge=False)
+        for column in ("case", "repeat", "failed checks"):
+            table.add_column(column, overflow="fold")
+        for result in failed:
+            detail = "; ".join(f"{f.field}: {f.detail}" for f in result.fields if not f.passed)
+            table.add_row(result.case.id, str(result.repeat), detail or (result.error or ""))
+        say(table)
+    if gate is not None:
+        style = {"pass": "green", "inconclusive": "yellow", "regression": "red"}[gate.verdict]
+        say(f"[bold {style}]{gate.verdict}[/bold {style}]")
+        for reason in gate.reasons:
+            say(f"  {reason}", markup=False)
+
+
+def _summary(run: EvalRun, gate: GateResult | None) -> dict[str, Any]:
+    return {
+        "workflow": run.workflow.name,
+        "eval_run_id": run.id,
+        "prompt_version": run.workflow.version.id,
+        "model": str(run.workflow.model),
+        "cases": len(run.scores()),
+        "repeat": run.repeat,
+        "passed": run.passed,
+        "cost_usd": run.cost_usd,
+        "cached": sum(r.cached for r in run.results),
+        "verdict": gate.verdict if gate else None,
+        "gate": gate.__dict__ if gate else None,
+        "results": [
+            {
+                "case": r.case.id,
+                "repeat": r.repeat,
+                "passed": r.passed,
+                "run_id": r.run_id,
+                "cached": r.cached,
+                "checks": [f.__dict__ for f in r.fields],
+                "error": r.error,
+            }
+            for r in run.results
+        ],
+    }
+
+
+def _write_outputs(
+    markdowns: list[str],
+    junits: list[str],
+    markdown_file: Path | None,
+    junit_file: Path | None,
+    ci: bool,
+) -> None:
+    text = "\n".join(markdowns)
+    if markdown_file:
+        markdown_file.write_text(text, encoding="utf-8")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if ci and summary:
+        with Path(summary).open("a", encoding="utf-8") as handle:
+            handle.write(text)
+    if junit_file:
+        suites = "".join(j.split("?>", 1)[-1] for j in junits)
+        junit_file.write_text(
+            '<?xml version="1.0" encoding="utf-8"?>\n<testsuites>' + suites + "</testsuites>\n",
+            encoding="utf-8",
+        )

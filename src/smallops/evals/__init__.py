@@ -1,0 +1,1 @@
+"""Eval sets run in CI with an honest regression gate."""

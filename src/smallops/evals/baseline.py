@@ -1,0 +1,95 @@
+"""Baselines: the approved per-case results a pull request is compared against.
+
+`evals/<workflow>.baseline.json` is written by `smallops eval --update-baseline` and committed;
+`smallops eval --ci` compares a fresh run with it case by case.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from smallops.errors import ConfigError
+from smallops.evals.runner import EvalRun
+from smallops.evals.stats import CaseOutcome, GateResult, gate
+
+
+@dataclass(frozen=True)
+class Baseline:
+    path: Path
+    prompt_version: str
+    model: str
+    date: str
+    scores: dict[str, float]
+
+
+def baseline_path(evals_path: Path) -> Path:
+    return evals_path.with_name(evals_path.stem + ".baseline.json")
+
+
+def write_baseline(path: Path, run: EvalRun) -> None:
+    """Write the run's per-case results (whole file, then rename: never half-written)."""
+    scores = run.scores()
+    fields: dict[str, dict[str, bool]] = {}
+    for result in run.results:
+        for check in result.fields:
+            previous = fields.setdefault(result.case.id, {}).get(check.field, True)
+            fields[result.case.id][check.field] = previous and check.passed
+    data: dict[str, Any] = {
+        "workflow": run.workflow.name,
+        "prompt_version": run.workflow.version.id,
+        "model": str(run.workflow.model),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "repeat": run.repeat,
+        "pass_rate": round(run.passed / len(scores), 4) if scores else None,
+        "cases": {
+            case.id: {
+                "score": scores.get(case.id, 0.0),
+                "critical": case.critical,
+                "fields": fields.get(case.id, {}),
+            }
+            for case in run.cases
+        },
+    }
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def read_baseline(path: Path) -> Baseline | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Baseline(
+            path=path,
+            prompt_version=str(data["prompt_version"]),
+            model=str(data["model"]),
+            date=str(data.get("date", "")),
+            scores={case: float(v["score"]) for case, v in data["cases"].items()},
+        )
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"baseline {path} is not readable: {exc}",
+            hint="regenerate it with `smallops eval WORKFLOW --update-baseline`",
+        ) from None
+
+
+def compare(baseline: Baseline, run: EvalRun, *, seed: int = 0) -> GateResult:
+    """Case-by-case: baseline cases missing now count as failures; new cases are listed."""
+    current = run.scores()
+    critical = {case.id for case in run.cases if case.critical}
+    ids = list(baseline.scores) + [case for case in current if case not in baseline.scores]
+    outcomes = [
+        CaseOutcome(
+            case_id=case,
+            baseline=baseline.scores.get(case),
+            current=current.get(case),
+            critical=case in critical,
+        )
+        for case in ids
+    ]
+    return gate(outcomes, seed=seed)

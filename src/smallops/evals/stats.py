@@ -1,0 +1,275 @@
+"""The regression gate: is this run worse than the committed baseline, or is it noise?
+
+An eval set has 20-50 cases, and each case has its own difficulty: an easy case almost never
+fails, a hard one fails half the time whatever the prompt. Comparing two pass rates treats those
+as one coin and drowns a real drop in case-to-case variance. So the gate is paired: it looks at
+each case in both runs and counts only the cases that changed. `worse` (b) passed in the baseline
+and fail now; `better` (c) failed and pass now. If the change did nothing, each of those b + c
+discordant cases is as likely to have gone one way as the other, so the exact sign test
+P(X >= b), X ~ Binomial(b + c, 1/2) is the chance of seeing this many flips to worse by luck.
+
+The other numbers are there to be read, not to decide: the mean scores over the paired cases,
+a paired bootstrap interval for the mean change per case, the pass rates with Wilson intervals,
+and `min_detectable`, the fewest pass->fail flips (with nothing improving) that this set could
+ever call a regression. A critical case that flips is a regression whatever the statistics.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from smallops.review.stats import _regularized_beta
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """One case's score (in [0, 1], the share of repeats passed) in the baseline and now.
+
+    `baseline` None: a new case, not compared. `current` None: missing now, scored 0.
+    """
+
+    case_id: str
+    baseline: float | None
+    current: float | None
+    critical: bool = False
+
+
+@dataclass(frozen=True)
+class GateResult:
+    verdict: str  # "pass" | "inconclusive" | "regression"
+    reasons: list[str]
+    paired: int  # cases in the baseline (a case missing now counts, with score 0)
+    worse: int  # b: passed in the baseline, fail now
+    better: int  # c: failed in the baseline, pass now
+    sign_test_p: float  # P(X >= b), X ~ Binomial(b + c, 1/2); 1.0 when b == 0
+    mean_baseline: float  # mean score over the paired cases
+    mean_current: float
+    diff_ci: tuple[float, float]  # 95% paired bootstrap interval for mean(current - baseline)
+    rate_baseline: tuple[float, float, float]  # pass rate, Wilson 95% low, high
+    rate_current: tuple[float, float, float]
+    min_detectable: int  # fewest flips to worse (none better) significant at alpha
+    min_detectable_rate: float  # min_detectable / paired (1.0 when nothing is paired)
+    new_cases: list[str]
+    missing_cases: list[str]
+
+
+def gate(
+    outcomes: Sequence[CaseOutcome], *, alpha: float = 0.05, threshold: float = 0.5, seed: int = 0
+) -> GateResult:
+    """Compare the current run with the baseline case by case; passing is score >= threshold.
+
+    "regression": a critical case flipped to fail, or p < alpha with worse > better. "pass":
+    worse <= better. Otherwise "inconclusive", with what this set is able to detect.
+    """
+    seen: set[str] = set()
+    pairs: list[tuple[CaseOutcome, float, float]] = []
+    new_cases: list[str] = []
+    missing: list[str] = []
+    for case in outcomes:
+        if case.case_id in seen:
+            raise ValueError(f"duplicate case id {case.case_id!r}")
+        seen.add(case.case_id)
+        if any(s is not None and not 0.0 <= s <= 1.0 for s in (case.baseline, case.current)):
+            raise ValueError(f"case {case.case_id!r}: scores must be in [0, 1]")
+        if case.baseline is None:
+            if case.current is not None:
+                new_cases.append(case.case_id)
+            continue
+        if case.current is None:
+            missing.append(case.case_id)
+        pairs.append((case, case.baseline, 0.0 if case.current is None else case.current))
+
+    paired = len(pairs)
+    worse = [c for c, base, now in pairs if base >= threshold > now]
+    better = sum(1 for _, base, now in pairs if now >= threshold > base)
+    b = len(worse)
+    p = sign_test_worse(b, better)
+    flips = min_detectable_flips(paired, alpha)
+
+    counts = f"{_cases(b)} got worse and {better} better (p = {p:.2g})"
+    on = f"on {_cases(paired)}"
+    reasons = [f"critical case {c.case_id} went from pass to fail" for c in worse if c.critical]
+    if paired == 0:
+        verdict = "inconclusive"
+        reasons.append("no case is in both the baseline and the current run: nothing to compare")
+    elif reasons:
+        verdict = "regression"
+        reasons.append(f"{counts} {on}")
+    elif p < alpha and b > better:
+        verdict = "regression"
+        reasons.append(f"{counts}: a regression {on} at alpha = {alpha:g}")
+    elif b <= better:
+        verdict = "pass"
+        reasons.append(f"{counts}: no net regression {on}")
+    else:
+        verdict = "inconclusive"
+        reasons.append(f"{counts}: not enough to call a regression {on}; " + _power(flips, paired))
+    if verdict == "pass" and flips > paired:
+        reasons.append(_power(flips, paired))
+    if missing:
+        listed = ", ".join(missing)
+        reasons.append(f"{_cases(len(missing))} missing now, counted as failures: {listed}")
+    if new_cases:
+        listed = ", ".join(new_cases)
+        reasons.append(f"{_cases(len(new_cases))} not in the baseline, not compared: {listed}")
+
+    return GateResult(
+        verdict=verdict,
+        reasons=reasons,
+        paired=paired,
+        worse=b,
+        better=better,
+        sign_test_p=p,
+        mean_baseline=_mean([base for _, base, _ in pairs]),
+        mean_current=_mean([now for _, _, now in pairs]),
+        diff_ci=paired_bootstrap([now - base for _, base, now in pairs], seed=seed),
+        rate_baseline=_rate(sum(base >= threshold for _, base, _ in pairs), paired),
+        rate_current=_rate(sum(now >= threshold for _, _, now in pairs), paired),
+        min_detectable=flips,
+        min_detectable_rate=flips / max(paired, 1),
+        new_cases=new_cases,
+        missing_cases=missing,
+    )
+
+
+def _cases(n: int) -> str:
+    return f"{n} case" if n == 1 else f"{n} cases"
+
+
+def _power(flips: int, paired: int) -> str:
+    if flips > paired:
+        return f"this set is too small to call any drop a regression (it takes {flips} flips)"
+    return f"this set detects a drop of {_cases(flips)} ({flips / paired:.1%}) or more"
+
+
+def _mean(values: Sequence[float]) -> float:
+    return math.fsum(values) / len(values) if values else 0.0
+
+
+def _rate(successes: int, trials: int) -> tuple[float, float, float]:
+    return (successes / trials if trials else 0.0, *wilson(successes, trials))
+
+
+def sign_test_worse(worse: int, better: int) -> float:
+    """Exact one-sided sign test: P(X >= worse), X ~ Binomial(worse + better, 1/2)."""
+    if worse < 0 or better < 0:
+        raise ValueError("counts cannot be negative")
+    if worse == 0:
+        return 1.0
+    return min(1.0, max(0.0, _regularized_beta(0.5, worse, better + 1)))
+
+
+def min_detectable_flips(paired: int, alpha: float = 0.05) -> int:
+    """Smallest b with 0.5**b < alpha (b flips to worse, none better); paired + 1 if none fits."""
+    for flips in range(1, paired + 1):
+        if 0.5**flips < alpha:
+            return flips
+    return paired + 1
+
+
+def wilson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The two-sided Wilson score interval for a rate; (0, 1) with no trials."""
+    if not 0 <= successes <= trials:
+        raise ValueError("need 0 <= successes <= trials")
+    if trials == 0:
+        return (0.0, 1.0)
+    z = statistics.NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    rate, z2 = successes / trials, z * z / trials
+    centre = (rate + z2 / 2) / (1 + z2)
+    half = z / (1 + z2) * math.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return (low, high)
+
+
+def paired_bootstrap(
+    diffs: Sequence[float], *, resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval for the mean per-case difference (current - baseline).
+
+    Deterministic for a seed and cached; sorting first makes it independent of case order.
+    """
+    if not diffs:
+        return (0.0, 0.0)
+    return _bootstrap(tuple(sorted(diffs)), resamples, confidence, seed)
+
+
+@functools.lru_cache(maxsize=256)
+def _bootstrap(
+    diffs: tuple[float, ...], resamples: int, confidence: float, seed: int
+) -> tuple[float, float]:
+    rng, n = random.Random(seed), len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    return (_percentile(means, tail), _percentile(means, 1 - tail))
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:  # linear, as numpy's default
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def chi_square_test(table: Sequence[Sequence[int]]) -> tuple[float, int, float]:
+    """Pearson's chi-square test of independence: (statistic, degrees of freedom, p-value).
+
+    All-zero rows and columns are dropped first; p is 1.0 when no degree of freedom is left.
+    """
+    if len({len(row) for row in table}) > 1:
+        raise ValueError("every row needs the same number of columns")
+    if any(count < 0 for row in table for count in row):
+        raise ValueError("counts cannot be negative")
+    rows = [row for row in table if any(row)]
+    keep = [j for j in range(len(rows[0]) if rows else 0) if any(row[j] for row in rows)]
+    cells = [[row[j] for j in keep] for row in rows]
+    df = (len(cells) - 1) * (len(keep) - 1) if cells else 0
+    if df == 0:
+        return (0.0, 0, 1.0)
+    col_sums = [sum(column) for column in zip(*cells, strict=True)]
+    total = sum(col_sums)
+    expected = [[sum(row) * col / total for col in col_sums] for row in cells]
+    statistic = math.fsum(
+        (seen - want) ** 2 / want
+        for row, wants in zip(cells, expected, strict=True)
+        for seen, want in zip(row, wants, strict=True)
+    )
+    return (statistic, df, chi_square_sf(statistic, df))
+
+
+def chi_square_sf(statistic: float, df: int) -> float:
+    """P(chi-square with df degrees of freedom > statistic) = Q(df/2, statistic/2)."""
+    if df < 1:
+        raise ValueError("df must be at least 1")
+    if statistic <= 0:
+        return 1.0
+    a, x = df / 2, statistic / 2
+    front = math.exp(a * math.log(x) - x - math.lgamma(a))
+    if x < a + 1:  # the series for the lower P(a, x) converges fast here
+        term = total = 1 / a
+        for k in range(1, 10_000):
+            term *= x / (a + k)
+            total += term
+            if abs(term) < abs(total) * 1e-17:
+                break
+        return max(0.0, 1.0 - front * total)
+    tiny = 1e-300  # the continued fraction for Q(a, x) by modified Lentz
+    b = x + 1 - a
+    c, d = 1 / tiny, 1 / b
+    result = d
+    for k in range(1, 10_000):
+        numerator = -k * (k - a)
+        b += 2
+        d = numerator * d + b
+        d = 1 / (d if abs(d) > tiny else tiny)
+        c = b + numerator / c
+        c = c if abs(c) > tiny else tiny
+        result *= d * c
+        if abs(d * c - 1) < 1e-16:
+            break
+    return front * result

@@ -1,0 +1,319 @@
+"""`smallops eval`, `check` and `drift` on a project whose model is a scripted fake.
+
+The fake reads tests' instructions from workflows/control.json: which cases to break, whether
+the provider is down, and what a candidate model gets wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import pytest
+from sqlalchemy import func, select
+
+from smallops.project import Project
+from smallops.storage.schema import eval_cache, eval_results, eval_runs, runs
+
+from conftest import smallops
+
+CATEGORIES = ["billing", "support", "sales", "spam", "other"]
+
+WORKFLOW = '''
+"""Triage for the eval tests: answers come from a fake that obeys control.json."""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from smallops import FakeProvider, ProviderError, Workflow
+from smallops.evals.scorers import graded_by
+
+HERE = Path(__file__).parent
+
+
+class Triage(BaseModel):
+    category: Literal["billing", "support", "sales", "spam", "other"]
+    urgency: Literal["low", "normal", "high"]
+    summary: str
+
+
+class Grade(BaseModel):
+    passed: bool
+    reason: str
+
+
+def answer(request):
+    control = json.loads((HERE / "control.json").read_text())
+    if control.get("down"):
+        return ProviderError("connection_error", "connection refused")
+    case, category = request.user.split()[1], request.user.split()[-1]
+    broken = control.get("broken", []) + control.get("broken_on", {}).get(request.model, [])
+    if case in control.get("invalid", []):
+        return {"category": "weather"}
+    if case in broken:
+        category = "spam" if category != "spam" else "billing"
+    return {"category": category, "urgency": "normal", "summary": f"about {category}"}
+
+
+def short_summary(actual, expected, case):
+    return len(actual) <= expected, f"{len(actual)} characters"
+
+
+judge = Workflow(
+    "judge", model="fake:judge", prompt="judge.prompt", output=Grade, fallback="raise",
+    provider=FakeProvider(lambda r: {"passed": "about" in r.user, "reason": "checked"}),
+)
+
+triage = Workflow(
+    "triage", model="fake:rules", prompt="triage.prompt", output=Triage, fallback="review",
+    provider=FakeProvider(answer), retries=0, checks={"summary": graded_by(judge)},
+)
+'''
+
+
+@pytest.fixture
+def evals_project(tmp_path: Path) -> Path:
+    """A project with a 24-case eval set; case e01 is critical."""
+    root = tmp_path / "ops"
+    (root / "workflows").mkdir(parents=True)
+    (root / "evals").mkdir()
+    (root / "smallops.toml").write_text("[smallops]\n")
+    (root / "workflows" / "triage.py").write_text(WORKFLOW)
+    (root / "workflows" / "triage.prompt").write_text("[user]\n{{ text }}")
+    (root / "workflows" / "judge.prompt").write_text(
+        "[user]\n{{ field }} {{ input }} {{ expected }} {{ actual }}"
+    )
+    control(root)
+    lines = []
+    for i in range(1, 25):
+        category = CATEGORIES[i % 5]
+        expected: dict[str, Any] = {"category": category}
+        if i == 2:
+            expected["summary"] = {"check": "short_summary", "expected": 40}
+        if i == 3:
+            expected["summary"] = {"graded": "says what it is about"}
+        if i == 4:
+            expected["summary"] = {"contains": "ABOUT"}
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"e{i:02d}",
+                    "input": {"text": f"case e{i:02d} about {category}"},
+                    "expected": expected,
+                    "tags": ["critical"] if i == 1 else [],
+                }
+            )
+        )
+    (root / "evals" / "triage.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def control(root: Path, **settings: Any) -> None:
+    (root / "workflows" / "control.json").write_text(json.dumps(settings))
+
+
+def evaluate(capsys, root: Path, *args: str) -> tuple[int, dict[str, Any] | None, str]:
+    code, out, err = smallops(capsys, "-p", str(root), "eval", "triage", "--json", *args)
+    return code, (json.loads(out.splitlines()[-1]) if out.strip() else None), err
+
+
+def count(root: Path, table: Any, *where: Any) -> int:
+    with Project(root).engine().connect() as connection:
+        return int(
+            connection.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+        )
+
+
+def test_every_check_kind_scores_its_field(evals_project, capsys):
+    code, summary, err = evaluate(capsys, evals_project)
+    assert code == 0, err
+    assert summary["cases"] == 24 and summary["passed"] == 24
+    checks = {r["case"]: {c["field"]: c for c in r["checks"]} for r in summary["results"]}
+    assert checks["e02"]["summary"]["passed"]  # a custom function from the workflow's module
+    assert checks["e03"]["summary"]["detail"] == "ok"  # graded by another workflow
+    assert checks["e04"]["summary"]["passed"]  # contains, ignoring case
+    assert count(evals_project, runs, runs.c.workflow == "judge", runs.c.origin == "eval") == 1
+
+
+def test_a_rerun_with_nothing_changed_costs_nothing(evals_project, capsys):
+    evaluate(capsys, evals_project)
+    calls = count(evals_project, runs, runs.c.workflow == "triage")
+    code, summary, _ = evaluate(capsys, evals_project)
+    assert code == 0 and summary["cached"] == 24 and summary["cost_usd"] == 0
+    assert count(evals_project, runs, runs.c.workflow == "triage") == calls
+    code, summary, _ = evaluate(capsys, evals_project, "--no-cache")
+    assert summary["cached"] == 0
+    assert count(evals_project, runs, runs.c.workflow == "triage") == 2 * calls
+
+
+def test_the_cache_keeps_only_valid_outputs_and_repeats_are_distinct(evals_project, capsys):
+    control(evals_project, invalid=["e05"])
+    code, summary, _ = evaluate(capsys, evals_project, "--repeat", "3")
+    assert code == 0
+    assert count(evals_project, eval_cache) == 23 * 3  # e05 never validated: never cached
+    failed = [r for r in summary["results"] if r["case"] == "e05"]
+    assert len(failed) == 3 and not any(r["passed"] or r["cached"] for r in failed)
+    control(evals_project)
+    _, summary, _ = evaluate(capsys, evals_project, "--repeat", "3")
+    fresh = [r for r in summary["results"] if not r["cached"]]
+    assert {r["case"] for r in fresh} == {"e05"} and len(fresh) == 3
+
+
+def test_results_are_stored_linked_to_their_runs(evals_project, capsys):
+    _, summary, _ = evaluate(capsys, evals_project)
+    with Project(evals_project).engine().connect() as connection:
+        stored = connection.execute(
+            select(eval_results.c.run_id, runs.c.origin)
+            .join(runs, runs.c.id == eval_results.c.run_id)
+            .where(eval_results.c.eval_run_id == summary["eval_run_id"])
+        ).all()
+        assert len(stored) == 24 and {origin for _, origin in stored} == {"eval"}
+        assert connection.execute(select(eval_runs.c.passed)).scalar_one() == 24
+
+
+def test_ci_passes_an_unchanged_prompt_and_catches_a_regression(evals_project, capsys, tmp_path):
+    code, _, _ = evaluate(capsys, evals_project, "--update-baseline")
+    baseline = json.loads((evals_project / "evals" / "triage.baseline.json").read_text())
+    assert code == 0 and len(baseline["cases"]) == 24 and baseline["cases"]["e01"]["critical"]
+    code, summary, _ = evaluate(capsys, evals_project, "--ci")
+    assert code == 0 and summary["verdict"] == "pass"
+    control(evals_project, broken=[f"e{i:02d}" for i in range(10, 18)])  # 8 of 24 cases break
+    markdown, junit = tmp_path / "summary.md", tmp_path / "junit.xml"
+    code, summary, _ = evaluate(
+        capsys,
+        evals_project,
+        "--ci",
+        "--no-cache",
+        "--markdown",
+        str(markdown),
+        "--junit",
+        str(junit),
+    )
+    assert code == 1 and summary["verdict"] == "regression"
+    assert summary["gate"]["worse"] == 8 and summary["gate"]["sign_test_p"] < 0.05
+    text = markdown.read_text()
+    assert "regression" in text and "e10" in text and "sign test" in text
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("tests") == "24" and suite.get("failures") == "8"
+    assert len(suite.findall("testcase/failure")) == 8
+
+
+def test_a_critical_case_that_fails_is_a_regression_whatever_the_statistics(evals_project, capsys):
+    evaluate(capsys, evals_project, "--update-baseline")
+    control(evals_project, broken=["e01"])
+    code, summary, _ = evaluate(capsys, evals_project, "--ci", "--no-cache")
+    assert code == 1 and summary["verdict"] == "regression"
+    assert any("e01" in reason for reason in summary["gate"]["reasons"])
+
+
+def test_a_small_drop_is_inconclusive_not_a_failure(evals_project, capsys):
+    evaluate(capsys, evals_project, "--update-baseline")
+    control(evals_project, broken=["e07"])
+    code, summary, _ = evaluate(capsys, evals_project, "--ci", "--no-cache")
+    assert code == 0 and summary["verdict"] == "inconclusive"
+
+
+def test_a_provider_that_is_down_is_exit_2_not_a_pass_and_not_a_regression(evals_project, capsys):
+    evaluate(capsys, evals_project, "--update-baseline")
+    control(evals_project, down=True)
+    code, summary, err = evaluate(capsys, evals_project, "--ci", "--no-cache")
+    assert code == 2 and summary is None
+    assert "no answer from the provider" in err and "connection_error" in err
+
+
+def test_ci_without_a_baseline_says_how_to_make_one(evals_project, capsys):
+    code, _, err = evaluate(capsys, evals_project, "--ci")
+    assert code == 2 and "--update-baseline" in err
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"id": "x", "input": {"text": "a"}, "expected": {"colour": "red"}}', "'colour'"),
+        ('{"id": "x", "input": {"body": "a"}, "expected": {}}', "lacks input 'text'"),
+        ('{"id": "e01", "input": {"text": "a"}}', "repeats line 1"),
+        ("{broken", "not valid JSON"),
+    ],
+)
+def test_eval_file_errors_name_the_file_the_line_and_the_problem(
+    evals_project, capsys, line, message
+):
+    path = evals_project / "evals" / "triage.jsonl"
+    path.write_text(path.read_text() + line + "\n")
+    code, _, err = evaluate(capsys, evals_project)
+    assert code == 2 and "triage.jsonl, line 25" in err and message in err
+
+
+def test_check_catches_an_edited_prompt_until_the_evals_run_again(evals_project, capsys):
+    def check() -> tuple[int, str]:
+        code, out, _ = smallops(capsys, "-p", str(evals_project), "check")
+        return code, out
+
+    code, out = check()
+    assert code == 1 and "no eval run or baseline" in out and "fewer than" not in out
+    evaluate(capsys, evals_project, "--update-baseline")
+    assert check()[0] == 0
+    prompt = evals_project / "workflows" / "triage.prompt"
+    prompt.write_text("[user]\nTriage this: {{ text }}")
+    code, out = check()
+    assert code == 1 and "triage: prompt version" in out and "--update-baseline" in out
+    evaluate(capsys, evals_project, "--update-baseline")
+    assert check()[0] == 0
+
+
+def test_check_lists_unpinned_models_missing_fallbacks_and_small_eval_sets(evals_project, capsys):
+    module = evals_project / "workflows" / "triage.py"
+    module.write_text(
+        module.read_text().replace(
+            'model="fake:rules", prompt="triage.prompt", output=Triage, fallback="review",',
+            'model="fake:rules", prompt="triage.prompt", output=Triage, fallback="review", '
+            "allow_unpinned=True,",
+        )
+    )
+    (evals_project / "workflows" / "other.py").write_text(
+        "from smallops import Workflow\n"
+        'other = Workflow("other", model="fake:x", prompt="triage.prompt")\n'
+    )
+    evals = evals_project / "evals" / "triage.jsonl"
+    evals.write_text("\n".join(evals.read_text().splitlines()[:10]) + "\n")
+    code, out, _ = smallops(capsys, "-p", str(evals_project), "check", "--json")
+    problems = [json.loads(line) for line in out.splitlines()]
+    text = " ".join(p["problem"] for p in problems)
+    assert code == 1
+    assert "not pinned" in text and "declares no fallback" in text and "10 cases" in text
+    assert all(p["fix"] for p in problems)
+
+
+def test_drift_compares_a_candidate_model_case_by_case(evals_project, capsys):
+    control(evals_project, broken_on={"rules-v2": [f"e{i:02d}" for i in range(5, 15)]})
+    code, out, _ = smallops(
+        capsys,
+        "-p",
+        str(evals_project),
+        "drift",
+        "triage",
+        "--candidate",
+        "fake:rules-v2",
+        "--json",
+    )
+    comparison = json.loads(out)
+    assert code == 1 and comparison["verdict"] == "regression"
+    assert comparison["fields"]["category"]["worse"] == 10
+    assert len(comparison["changed_cases"]) == 10
+    assert "keep the pinned model" in comparison["recommendation"]
+    code, out, _ = smallops(
+        capsys,
+        "-p",
+        str(evals_project),
+        "drift",
+        "triage",
+        "--candidate",
+        "fake:rules-v3",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["verdict"] == "pass"
