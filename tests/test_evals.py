@@ -317,3 +317,53 @@ def test_drift_compares_a_candidate_model_case_by_case(evals_project, capsys):
         "--json",
     )
     assert code == 0 and json.loads(out)["verdict"] == "pass"
+
+
+def test_report_shows_served_model_changes_and_weekly_distribution_shifts(tmp_path, capsys):
+    """Production only: a silent upgrade and a shift in `category` show; eval runs do not."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from smallops import FakeProvider, FakeReply, Settings, Workflow
+
+    (tmp_path / "smallops.toml").write_text('[smallops]\ndatabase_url = "sqlite:///log.db"\n')
+    (tmp_path / "p.prompt").write_text("[user]\n{{ text }}")
+    state = {"model": "rules-v1", "category": "billing"}
+
+    def answer(_request):
+        body = {"category": state["category"], "urgency": "low", "summary": "x"}
+        return FakeReply(text=json.dumps(body), model=state["model"])
+
+    from models import Triage
+
+    wf = Workflow(
+        "triage",
+        model="fake:rules-v1",
+        prompt="p.prompt",
+        output=Triage,
+        fallback="review",
+        provider=FakeProvider(answer),
+        base_dir=tmp_path,
+        settings=Settings(root=tmp_path, database_url=f"sqlite:///{tmp_path}/log.db"),
+    )
+    old = [wf.run(text="x").run_id for _ in range(40)]
+    state.update(model="rules-v2", category="spam")
+    for i in range(40):
+        state["category"] = "spam" if i % 4 else "billing"
+        wf.run(text="x")
+    wf.replace(origin="eval").run(text="eval traffic")
+    engine = wf.plan().writer.store.engine
+    wf.plan().writer.flush()
+    last_week = datetime.now(timezone.utc) - timedelta(days=8)
+    with engine.begin() as connection:
+        connection.execute(update(runs).where(runs.c.id.in_(old)).values(started_at=last_week))
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "report", "--since", "30d", "--json")
+    [row] = json.loads(out)
+    assert code == 0 and row["calls"] == 80  # the eval run is not production traffic
+    assert [m["model"] for m in row["model_changes"]] == ["rules-v1", "rules-v2"]
+    [category] = [s for s in row["distribution_shifts"] if s["field"] == "category"]
+    assert category["shifted"] and category["p_value"] < 1e-6
+    assert category["this_week"] == {"spam": 30, "billing": 10}
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "report", "--since", "30d")
+    assert "model changed" in out and "rules-v1 -> rules-v2" in out and "shifted" in out

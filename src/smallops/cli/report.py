@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import typer
 from rich.markup import escape
 
 from smallops.cli import _common
+from smallops.evals.drift import distribution_shifts, model_changes
 from smallops.storage.queries import report
 
 
@@ -20,8 +22,16 @@ def report_command(
     since: str = typer.Option("7d", "--since", help="e.g. 24h, 7d, 4w, or a date."),
     as_json: bool = typer.Option(False, "--json", help="A JSON array, one object per workflow."),
 ) -> None:
-    """Calls, statuses, tokens, cost, p50/p95 latency and models served, per workflow."""
-    rows = report(_common.project(ctx).engine(), since=_common.since(since))
+    """Production calls per workflow: statuses, tokens, cost, p50/p95 latency, models served.
+
+    Also when the served model changed, and week-over-week shifts in each enum field of the
+    output (chi-square test, p-value). Eval runs are left out: `smallops eval` reports them.
+    """
+    engine = _common.project(ctx).engine()
+    rows = report(engine, since=_common.since(since))
+    for row in rows:
+        row["model_changes"] = model_changes(engine, row["workflow"])
+        row["distribution_shifts"] = distribution_shifts(engine, row["workflow"])
     if as_json:
         _common.print_json(rows)
         return
@@ -59,6 +69,7 @@ def print_report(rows: list[dict[str, Any]], since: str) -> None:
         ):
             say(f"  {label:<9} {escape(value)}")
         say(f"  {'models':<9} {served}")
+        _print_drift(row)
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -67,3 +78,19 @@ def _counts(counts: dict[str, int]) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
+
+
+def _print_drift(row: dict[str, Any]) -> None:
+    say = _common.out.print
+    models = row.get("model_changes") or []
+    for before, after in itertools.pairwise(models):
+        say(
+            f"  [yellow]model changed[/yellow] {_common.when(after['first_seen'])}: "
+            f"{escape(before['model'])} -> {escape(after['model'])}"
+        )
+    for shift in row.get("distribution_shifts") or []:
+        mark = "[red]shifted[/red]" if shift["shifted"] else "steady"
+        say(
+            f"  {'drift':<9} {escape(shift['field'])}: {mark}, week over week "
+            f"chi-square {shift['chi_square']:g} ({shift['df']} df), p = {shift['p_value']:.3g}"
+        )

@@ -38,7 +38,11 @@ def class_fields(output: type[BaseModel] | None) -> dict[str, list[Any]]:
     """The top-level enum and Literal fields of an output model, with their values."""
     if output is None:
         return {}
-    schema = output.model_json_schema()
+    return enum_fields(output.model_json_schema())
+
+
+def enum_fields(schema: dict[str, Any]) -> dict[str, list[Any]]:
+    """The top-level enum fields of a JSON schema (as stored with each prompt version)."""
     defs = schema.get("$defs", {})
     fields = {}
     for name, prop in schema.get("properties", {}).items():

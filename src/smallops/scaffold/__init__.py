@@ -41,21 +41,33 @@ GITIGNORE = """\
 """
 
 GITHUB_WORKFLOW = """\
+# Pull requests that touch workflows or evals: check them, then gate on the eval sets.
 name: smallops
 on:
   pull_request:
     paths: ["workflows/**", "evals/**", "smallops.toml"]
 jobs:
-  check:
+  evals:
     runs-on: ubuntu-latest
+    env:
+      OPENAI_API_KEY: ${{ secrets.OPENAI_API_KEY }}
+      ANTHROPIC_API_KEY: ${{ secrets.ANTHROPIC_API_KEY }}
     steps:
       - uses: actions/checkout@v4
       - uses: actions/setup-python@v5
         with:
           python-version: "3.12"
       - run: pip install 'smallops[all]'
-      # Loads every workflow: a moving model alias, a missing fallback or a broken prompt fails.
-      - run: smallops list
+      # Pinned models, declared fallbacks, 20+ cases, and evals run on the current prompts.
+      - run: smallops check
+      # Case by case against the committed baselines: exit 1 on a regression, 2 if the
+      # provider cannot be reached. The summary lands in the job's step summary.
+      - run: smallops eval --ci --junit eval-results.xml
+      - uses: actions/upload-artifact@v4
+        if: always()
+        with:
+          name: eval-results
+          path: eval-results.xml
 """
 
 

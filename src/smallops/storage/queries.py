@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select
 
 from smallops.errors import InputError, NotFoundError
 from smallops.storage.schema import prompt_versions, runs
@@ -84,8 +84,12 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
     return run
 
 
+#: Production traffic: the calls applications made (eval runs are reported by `smallops eval`).
+PRODUCTION = or_(runs.c.origin.is_(None), runs.c.origin != "eval")
+
+
 def report(engine: Engine, *, since: datetime | None = None) -> list[dict[str, Any]]:
-    """Per workflow: calls, statuses, error types, tokens, cost, latency and models served."""
+    """Per workflow, production calls: statuses, errors, tokens, cost, latency, models served."""
     columns = (
         runs.c.workflow,
         runs.c.status,
@@ -98,7 +102,7 @@ def report(engine: Engine, *, since: datetime | None = None) -> list[dict[str, A
         runs.c.cost_usd,
         runs.c.latency_ms,
     )
-    query = select(*columns)
+    query = select(*columns).where(PRODUCTION)
     if since:
         query = query.where(runs.c.started_at >= since)
     groups: dict[str, list[Any]] = defaultdict(list)

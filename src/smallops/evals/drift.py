@@ -1,0 +1,111 @@
+"""Drift in production: when the served model changed, and shifts in what the outputs say.
+
+Week over week, for each enum field of a workflow's output, a chi-square test on the counts of
+each value (this week against the week before) says whether the distribution moved: a silent
+model upgrade or a change in the inputs shows here before anyone complains.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from smallops.evals.stats import chi_square_test
+from smallops.review.graduation import enum_fields
+from smallops.storage.queries import PRODUCTION
+from smallops.storage.schema import prompt_versions, runs
+
+SHIFT_ALPHA = 0.01  # a distribution "shifted" below this p-value: few false alarms a year
+
+
+def model_changes(engine: Engine, workflow: str) -> list[dict[str, Any]]:
+    """Each served model with its first and last time seen, in order: a change is a new row."""
+    query = (
+        select(
+            runs.c.model_served,
+            func.min(runs.c.started_at),
+            func.max(runs.c.started_at),
+            func.count(),
+        )
+        .where(runs.c.workflow == workflow, runs.c.model_served.is_not(None), PRODUCTION)
+        .group_by(runs.c.model_served)
+        .order_by(func.min(runs.c.started_at))
+    )
+    with engine.connect() as connection:
+        return [
+            {
+                "model": model,
+                "first_seen": _aware(first),
+                "last_seen": _aware(last),
+                "calls": int(calls),
+            }
+            for model, first, last, calls in connection.execute(query)
+        ]
+
+
+def distribution_shifts(
+    engine: Engine, workflow: str, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Per enum field: value counts this week and last week, and the chi-square test."""
+    now = now or datetime.now(timezone.utc)
+    week_ago, two_weeks_ago = now - timedelta(days=7), now - timedelta(days=14)
+    with engine.connect() as connection:
+        schemas = (
+            connection.execute(
+                select(prompt_versions.c.output_schema).where(
+                    prompt_versions.c.workflow == workflow
+                )
+            )
+            .scalars()
+            .all()
+        )
+        rows = connection.execute(
+            select(runs.c.started_at, runs.c.output).where(
+                runs.c.workflow == workflow,
+                PRODUCTION,
+                runs.c.output.is_not(None),
+                runs.c.started_at >= two_weeks_ago,
+                runs.c.started_at < now,
+            )
+        ).all()
+    fields: dict[str, list[Any]] = {}
+    for schema in schemas:
+        for name, values in enum_fields(schema or {}).items():
+            fields.setdefault(name, []).extend(v for v in values if v not in fields.get(name, []))
+    counts: dict[str, dict[str, Counter[Any]]] = defaultdict(
+        lambda: {"this_week": Counter(), "last_week": Counter()}
+    )
+    for started_at, output in rows:
+        if not isinstance(output, dict):
+            continue
+        week = "this_week" if _aware(started_at) >= week_ago else "last_week"
+        for name in fields:
+            if name in output:
+                counts[name][week][output[name]] += 1
+    shifts = []
+    for name, values in fields.items():
+        this, last = counts[name]["this_week"], counts[name]["last_week"]
+        if not this or not last:
+            continue
+        statistic, df, p_value = chi_square_test(
+            [[this[v] for v in values], [last[v] for v in values]]
+        )
+        shifts.append(
+            {
+                "field": name,
+                "this_week": dict(this),
+                "last_week": dict(last),
+                "chi_square": round(statistic, 3),
+                "df": df,
+                "p_value": p_value,
+                "shifted": p_value < SHIFT_ALPHA,
+            }
+        )
+    return shifts
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
