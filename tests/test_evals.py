@@ -367,3 +367,32 @@ def test_report_shows_served_model_changes_and_weekly_distribution_shifts(tmp_pa
     assert category["this_week"] == {"spam": 30, "billing": 10}
     code, out, _ = smallops(capsys, "-p", str(tmp_path), "report", "--since", "30d")
     assert "model changed" in out and "rules-v1 -> rules-v2" in out and "shifted" in out
+
+
+def test_every_template_evaluates_with_a_fake_model(tmp_path, capsys):
+    """The scaffolded eval sets load and score through the runner (a fake stands in)."""
+    import asyncio
+
+    from smallops.evals.dataset import load_cases
+    from smallops.evals.runner import run_eval
+    from smallops.providers.fake import FakeProvider
+    from smallops.scaffold import TEMPLATE_NAMES
+
+    for template in TEMPLATE_NAMES:
+        root = tmp_path / template
+        assert smallops(capsys, "init", str(root), "--template", template)[0] == 0
+        wf = Project(root).workflow(template)
+        cases = load_cases(
+            wf.evals_path, variables=wf.prompt.variables, fields=set(wf.output.model_fields)
+        )
+
+        def oracle(request, cases=cases, wf=wf):
+            for case in cases:
+                if wf.prompt.render(case.input) == request.messages:
+                    example = json.loads(FakeProvider().responder(request))
+                    return {**example, **case.expected}
+            raise AssertionError("unknown case")
+
+        fake = wf.replace(model="fake:oracle", provider=FakeProvider(oracle))
+        run = asyncio.run(run_eval(fake, cases, concurrency=8))
+        assert run.passed == len(cases) >= 20, template

@@ -64,6 +64,8 @@ def one_of(values: list[Any] | None = None) -> Check:
 
 def tolerance(absolute: float = 0.0, relative: float = 0.0) -> Check:
     def check(actual: Any, expected: Any, _case: Case) -> Verdict:
+        if expected is None:
+            return actual is None, f"expected null, got {actual!r}"
         if not isinstance(actual, (int, float)) or isinstance(actual, bool):
             return False, f"expected a number near {expected!r}, got {actual!r}"
         allowed = max(absolute, relative * abs(expected))

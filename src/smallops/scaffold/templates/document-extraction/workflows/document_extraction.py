@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from smallops import Workflow
+from smallops.evals.scorers import tolerance
 
 ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
 
@@ -56,4 +57,5 @@ document_extraction = Workflow(
     fallback="review",
     owner="finance@example.com",
     description="Extract vendor, number, dates, currency and totals from invoice text.",
+    checks={"total": tolerance(0.01), "tax": tolerance(0.01)},  # how `smallops eval` compares
 )
