@@ -15,6 +15,8 @@ from sqlalchemy import create_engine
 from smallops import Settings, Workflow
 from smallops.cli import main
 from smallops.config import ProviderConfig
+from smallops.resilience.breaker import _stores as _breaker_stores
+from smallops.resilience.ratelimit import reset_memory
 from smallops.storage import writer
 from smallops.storage.db import dispose_engines, normalise_url
 
@@ -64,6 +66,8 @@ def fresh_writers() -> Iterator[None]:
     yield
     writer.reset()
     dispose_engines()
+    reset_memory()
+    _breaker_stores.pop(None, None)  # this process's in-memory breakers
 
 
 @pytest.fixture(scope="session")

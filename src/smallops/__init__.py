@@ -18,8 +18,10 @@ from smallops.errors import (
     UnpinnedModelError,
     WorkflowFailed,
 )
-from smallops.plan import Fallback, default
+from smallops.plan import Fallback, default, secondary
 from smallops.providers import FakeProvider, FakeReply, FakeRequest, Provider, ProviderError, Usage
+from smallops.resilience.breaker import BreakerConfig
+from smallops.resilience.budget import Budget
 from smallops.result import Result
 from smallops.review.policy import ReviewPolicy, sample, until_graduated
 from smallops.review.queue import Decision
@@ -29,6 +31,8 @@ from smallops.workflow import Workflow
 __version__ = "0.1.0"
 
 __all__ = [
+    "BreakerConfig",
+    "Budget",
     "ConfigError",
     "Decision",
     "FakeProvider",
@@ -56,5 +60,6 @@ __all__ = [
     "default",
     "flush",
     "sample",
+    "secondary",
     "until_graduated",
 ]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
+from smallops.effects import Call, Effect, Send, Sleep
 from smallops.errors import (
     ConfigError,
     InputError,
@@ -26,6 +27,7 @@ from smallops.errors import (
 )
 from smallops.ids import uuid7
 from smallops.providers.base import Provider, ProviderError, Reply, Usage
+from smallops.resilience.guarded import admit, breaker_allow, breaker_record
 from smallops.result import Result
 from smallops.review.graduation import classes_of
 from smallops.review.policy import needs_review
@@ -36,22 +38,6 @@ if TYPE_CHECKING:
 REPAIRABLE = ("invalid_json", "schema_mismatch")
 
 
-@dataclass(frozen=True)
-class Send:
-    """Effect: send `request` to the provider within `timeout` seconds."""
-
-    request: dict[str, Any]
-    timeout: float
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Effect: wait before retrying."""
-
-    seconds: float
-
-
-Effect = Send | Sleep
 Lifecycle = Generator[Effect, Any, Result[Any]]
 
 
@@ -67,6 +53,8 @@ class _Run:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     served: Reply | None = None
+    guards: list[dict[str, Any]] = field(default_factory=list)
+    reservation: Any = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -77,6 +65,11 @@ def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
     run = _Run(plan, inputs)
     try:
         run.messages = plan.prompt.render(inputs)
+        if plan.guards is not None and plan.guards.active:
+            admitted = yield from admit(plan.guards, run.messages, run.guards)
+            if isinstance(admitted, tuple):
+                return _fallback(run, *admitted)
+            run.reservation = admitted
         request = plan.provider.request(plan.prepared, run.messages)
         reply = yield from _exchange(run, request, "call")
         output, problem = _interpret(plan.output, reply)
@@ -108,10 +101,11 @@ def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
 
 def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Effect, Any, Reply]:
     """Send one request, retrying retryable failures under the policy and the deadline."""
-    policy = run.plan.retry
+    policy, guards = run.plan.retry, run.plan.guards
     tries = 0
     while True:
         tries += 1
+        probe = (yield from breaker_allow(guards, run.guards)) if guards is not None else False
         began, began_at = time.perf_counter(), time.time()
         attempt: dict[str, Any] = {
             "n": len(run.attempts) + 1,
@@ -123,6 +117,8 @@ def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Eff
         try:
             reply: Reply = yield Send(request, policy.attempt_timeout(run.elapsed()))
         except ProviderError as exc:
+            if guards is not None:
+                yield from breaker_record(guards, probe, exc.kind)
             attempt.update(
                 latency_ms=_ms(began),
                 status_code=exc.status_code,
@@ -145,6 +141,8 @@ def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Eff
             request_id=reply.request_id,
             usage=reply.usage.__dict__,
         )
+        if guards is not None:
+            yield from breaker_record(guards, probe, None)
         run.usage.add(reply.usage)
         run.served = reply
         return reply
@@ -199,6 +197,8 @@ def _fallback(run: _Run, kind: str, message: str) -> Result[Any]:
     fallback = run.plan.fallback
     if fallback.kind == "default":
         return _finish(run, "fallback_default", fallback.value, kind, message)
+    if fallback.kind == "secondary":
+        return _finish(run, "fallback_secondary", None, kind, message)
     if fallback.kind == "review":
         return _finish(
             run, "queued_for_human", None, kind, message, route="fallback", partial=_partial(run)
@@ -233,6 +233,8 @@ def _finish(
 ) -> Result[Any]:
     plan = run.plan
     latency = _ms(run.started)
+    if run.reservation is not None and plan.guards is not None:
+        plan.guards.settle_later(run.reservation, run.usage, run.served)
     served = run.served
     run_id = uuid7()
     plan.writer.submit(
@@ -253,6 +255,7 @@ def _finish(
             "output": output,
             "attempts": run.attempts,
             "review_route": route,
+            "guards": run.guards,
             "classes": classes or [],
             "partial": partial,
         }
@@ -297,6 +300,8 @@ def drive(calls: Lifecycle, provider: Provider) -> Result[Any]:
         try:
             if isinstance(step, Sleep):
                 time.sleep(step.seconds)
+            elif isinstance(step, Call):
+                value = step.function()
             else:
                 value = provider.send(step.request, step.timeout)
         except BaseException as exc:
@@ -313,6 +318,8 @@ async def adrive(calls: Lifecycle, provider: Provider) -> Result[Any]:
         try:
             if isinstance(step, Sleep):
                 await asyncio.sleep(step.seconds)
+            elif isinstance(step, Call):
+                value = await asyncio.to_thread(step.function)
             else:
                 value = await provider.asend(step.request, step.timeout)
         except BaseException as exc:

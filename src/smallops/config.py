@@ -2,6 +2,7 @@
 
     [smallops]
     database_url = "sqlite:///.smallops/smallops.db"   # SMALLOPS_DATABASE_URL wins
+    redis_url = "redis://localhost:6379/0"              # optional; SMALLOPS_REDIS_URL wins
 
     [providers.ollama]                                  # a named OpenAI-compatible endpoint
     kind = "openai"
@@ -67,6 +68,7 @@ class Settings:
     providers: dict[str, ProviderConfig] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
     reviewers: dict[str, str] = field(default_factory=dict)  # name -> password hash
+    redis_url: str | None = None  # shared rate limits and breakers across processes
 
     @property
     def state_dir(self) -> Path:
@@ -92,6 +94,7 @@ class Settings:
             providers=_providers(_table(data, "providers", CONFIG_FILE)),
             prices=_prices(_table(data, "prices", CONFIG_FILE)),
             reviewers=_reviewers(_table(data, "reviewers", CONFIG_FILE)),
+            redis_url=env.get("SMALLOPS_REDIS_URL") or section.get("redis_url") or None,
         )
 
 

@@ -11,21 +11,23 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from smallops.config import Price, Settings
-from smallops.pinning import ModelRef
+from smallops.config import Price
 from smallops.prompts import Prompt
 from smallops.providers.base import Provider
 from smallops.resilience.retry import RetryPolicy
 from smallops.review.policy import ReviewPolicy
 
 if TYPE_CHECKING:
+    from smallops.resilience.guards import Guards
     from smallops.review.graduation import Graduation
     from smallops.storage.writer import Writer
+    from smallops.workflow import Workflow
 
 
 @dataclass(frozen=True)
 class Fallback:
-    """Where a failed call's work goes: a human (`review`), a default value, or an exception."""
+    """Where a failed call's work goes: a human (`review`), a default value, another model
+    (`secondary`), or an exception (`raise`)."""
 
     kind: str
     value: Any = None
@@ -34,6 +36,11 @@ class Fallback:
 def default(value: Any) -> Fallback:
     """A fallback that answers with `value` (validated against the workflow's output)."""
     return Fallback("default", value)
+
+
+def secondary(model: str, then: str | Fallback = "review") -> Fallback:
+    """A fallback to another model (e.g. Anthropic when OpenAI is down), then to `then`."""
+    return Fallback("secondary", (model, then))
 
 
 @dataclass(frozen=True)
@@ -73,69 +80,82 @@ class CallPlan:
     record_static: dict[str, Any]
     class_fields: dict[str, list[Any]]
     graduation: Graduation | None
+    guards: Guards | None = None
 
 
-def build_plan(
-    *,
-    name: str,
-    model: ModelRef,
-    prompt: Prompt,
-    output: type[BaseModel] | None,
-    provider: Provider,
-    params: Any,
-    review: ReviewPolicy,
-    fallback: Fallback,
-    retry: RetryPolicy,
-    version: PromptVersion,
-    allow_unpinned: bool,
-    origin: str,
-    git_commit: str | None,
-    settings: Settings,
-) -> CallPlan:
+def build_plan(wf: Workflow[Any]) -> CallPlan:
+    """Resolve what a workflow needs to be called; done once, on its first call."""
+    from smallops.gitinfo import git_commit
     from smallops.review.graduation import Graduation, class_fields
     from smallops.storage.db import ensure_schema, get_engine, normalise_url
     from smallops.storage.writer import writer_for
 
-    fields = class_fields(output)
+    settings, model, provider = wf.settings, wf.model, wf.provider
+    url = normalise_url(settings.database_url, settings.root)
+
+    def engine() -> Any:
+        ready = get_engine(url)
+        ensure_schema(ready)
+        return ready
+
+    fields = class_fields(wf.output)
     graduation = None
-    if review.kind == "until_graduated":
-        url = normalise_url(settings.database_url, settings.root)
-
-        def engine() -> Any:
-            ready = get_engine(url)
-            ensure_schema(ready)
-            return ready
-
-        graduation = Graduation(engine, name, review, version.id, model.model, fields)
-
+    if wf.review.kind == "until_graduated":
+        graduation = Graduation(engine, wf.name, wf.review, wf.version.id, model.model, fields)
     # genai-prices knows the vendors' own models; a named endpoint (Ollama, vLLM) is priced only
     # by smallops.toml, and is otherwise recorded as unpriced.
     vendor = provider.kind if provider.name == provider.kind != "fake" else None
     pricing = Pricing(vendor=vendor, override=settings.prices.get(str(model)))
     return CallPlan(
-        name=name,
-        prompt=prompt,
-        output=output,
+        name=wf.name,
+        prompt=wf.prompt,
+        output=wf.output,
         provider=provider,
-        prepared=provider.prepare(model.model, output, params),
-        review=review,
-        fallback=fallback,
-        retry=retry,
-        version=version,
+        prepared=provider.prepare(model.model, wf.output, wf.params),
+        review=wf.review,
+        fallback=wf.fallback,
+        retry=wf.retry,
+        version=wf.version,
         writer=writer_for(settings),
         record_static={
-            "workflow": name,
-            "prompt": version,
-            "git_commit": git_commit,
+            "workflow": wf.name,
+            "prompt": wf.version,
+            "git_commit": git_commit(wf.base_dir),
             "provider": provider.name,
             "endpoint": provider.endpoint,
             "model_requested": model.model,
-            "allow_unpinned": allow_unpinned,
-            "review_policy": str(review),
-            "origin": origin,
-            "fallback": fallback.kind,
+            "allow_unpinned": wf.allow_unpinned,
+            "review_policy": str(wf.review),
+            "origin": wf.origin,
+            "fallback": wf.fallback.kind,
             "pricing": pricing,
         },
         class_fields=fields,
         graduation=graduation,
+        guards=_guards(wf, engine, pricing),
+    )
+
+
+def _guards(wf: Workflow[Any], engine: Any, pricing: Pricing) -> Guards:
+    from smallops.resilience.breaker import breaker_store
+    from smallops.resilience.budget import BudgetLedger
+    from smallops.resilience.guards import EventLog, Guards
+    from smallops.resilience.ratelimit import RateLimit
+
+    redis_url = wf.settings.redis_url
+    rate = None
+    if wf.rate_limit or wf.token_limit:
+        rate = RateLimit(wf.name, wf.rate_limit, wf.token_limit, redis_url, wf.rate_wait)
+    endpoint = wf.provider.endpoint or wf.provider.name
+    return Guards(
+        workflow=wf.name,
+        rate=rate,
+        breaker=breaker_store(redis_url) if wf.breaker is not None else None,
+        breaker_key=f"{wf.name}|{endpoint}",
+        breaker_config=wf.breaker,
+        budget=BudgetLedger(engine, wf.name, wf.budget) if wf.budget is not None else None,
+        events=EventLog(engine, wf.name),
+        pricing=pricing,
+        model=wf.model.model,
+        max_output_tokens=wf.params.max_tokens or 1024,
     )

@@ -10,7 +10,14 @@ from smallops.providers.base import Usage
 T = TypeVar("T")
 
 #: The statuses a run can end in.
-STATUSES = ("auto", "pending_review", "queued_for_human", "fallback_default", "failed")
+STATUSES = (
+    "auto",
+    "pending_review",
+    "queued_for_human",
+    "fallback_default",
+    "fallback_secondary",
+    "failed",
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,8 @@ class Result(Generic[T]):
     - pending_review: `output` is valid and waits for a human (the review policy);
     - queued_for_human: the model failed (`error` says how), a human will do the work;
     - fallback_default: the model failed, `output` is the workflow's default value;
+    - fallback_secondary: the model failed and the secondary model answered (on that model's
+      run; this run records the failure);
     - failed: the model failed and the workflow's fallback is "raise".
     """
 

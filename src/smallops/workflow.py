@@ -17,12 +17,14 @@ from pydantic import BaseModel, ValidationError
 from smallops.calls import adrive, drive, lifecycle
 from smallops.config import Settings, find_project_root
 from smallops.errors import ConfigError, MissingFallbackError
-from smallops.gitinfo import git_commit
 from smallops.pinning import check_pinned, parse_model
 from smallops.plan import CallPlan, Fallback, PromptVersion, build_plan
 from smallops.prompts import Prompt, prompt_version
 from smallops.providers import Provider, resolve_provider
 from smallops.providers.base import Params
+from smallops.resilience.breaker import BreakerConfig
+from smallops.resilience.budget import Budget
+from smallops.resilience.ratelimit import parse_limits
 from smallops.resilience.retry import RetryPolicy
 from smallops.result import Result
 from smallops.review.policy import ReviewPolicy, parse_policy
@@ -30,6 +32,7 @@ from smallops.review.queue import Decision, ReviewQueue
 from smallops.storage.db import ensure_schema
 
 T = TypeVar("T")
+DEFAULT_BREAKER = BreakerConfig()
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
@@ -61,6 +64,11 @@ class Workflow(Generic[T]):
         allow_unpinned: bool = False,
         on_decision: Callable[[Decision], None] | None = None,
         checks: dict[str, Any] | None = None,
+        rate_limit: str | list[str] | None = None,
+        token_limit: str | list[str] | None = None,
+        rate_wait: float = 10.0,
+        breaker: BreakerConfig | None = DEFAULT_BREAKER,
+        budget: Budget | None = None,
         evals: str | Path | None = None,
         webhook: str | None = None,
         webhook_secret_env: str = "SMALLOPS_WEBHOOK_SECRET",
@@ -92,6 +100,11 @@ class Workflow(Generic[T]):
         self.webhook_secret_env = webhook_secret_env
         self.origin = origin  # "app", or "eval" for the eval runner's calls
         self.checks = dict(checks or {})  # field -> check, for `smallops eval`
+        self.rate_limit = parse_limits(rate_limit, "rate_limit", name)
+        self.token_limit = parse_limits(token_limit, "token_limit", name)
+        self.rate_wait = rate_wait
+        self.breaker = breaker
+        self.budget = budget
         self.evals_path = (
             self.base_dir / evals if evals else _default_evals(self.base_dir, self.name)
         )
@@ -108,6 +121,10 @@ class Workflow(Generic[T]):
         )
         self._plan: CallPlan | None = None
         self._lock = threading.Lock()
+        self.secondary: Workflow[T] | None = None  # the model to try when this one fails
+        if self.fallback.kind == "secondary":
+            model_id, then = self.fallback.value
+            self.secondary = self.replace(model=model_id, fallback=then, provider=None)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, model='{self.model}', prompt_version={self.version.id!r})"
@@ -115,12 +132,18 @@ class Workflow(Generic[T]):
     def run(self, /, **inputs: Any) -> Result[T]:
         """Call the model with these template inputs; every outcome is recorded."""
         plan = self.plan()
-        return drive(lifecycle(plan, inputs), plan.provider)
+        result: Result[T] = drive(lifecycle(plan, inputs), plan.provider)
+        if result.status == "fallback_secondary" and self.secondary is not None:
+            return self.secondary.run(**inputs)
+        return result
 
     async def arun(self, /, **inputs: Any) -> Result[T]:
         """`run` for asyncio code: the same lifecycle, awaiting instead of blocking."""
         plan = self.plan()
-        return await adrive(lifecycle(plan, inputs), plan.provider)
+        result: Result[T] = await adrive(lifecycle(plan, inputs), plan.provider)
+        if result.status == "fallback_secondary" and self.secondary is not None:
+            return await self.secondary.arun(**inputs)
+        return result
 
     def decision(self, run_id: str) -> Decision | None:
         """The reviewer's decision on a run, or None while it waits for one."""
@@ -156,26 +179,11 @@ class Workflow(Generic[T]):
         return copy
 
     def plan(self) -> CallPlan:
-        """The workflow ready to call: provider, prepared request and log writer (made once)."""
+        """The workflow ready to call: provider, prepared request, guards, log writer (once)."""
         if self._plan is None:
             with self._lock:
                 if self._plan is None:
-                    self._plan = build_plan(
-                        name=self.name,
-                        model=self.model,
-                        prompt=self.prompt,
-                        output=self.output,
-                        provider=self.provider,
-                        params=self.params,
-                        review=self.review,
-                        fallback=self.fallback,
-                        retry=self.retry,
-                        version=self.version,
-                        allow_unpinned=self.allow_unpinned,
-                        origin=self.origin,
-                        git_commit=git_commit(self.base_dir),
-                        settings=self.settings,
-                    )
+                    self._plan = build_plan(self)
         return self._plan
 
 
@@ -233,6 +241,8 @@ def _check_fallback(name: str, fallback: str | Fallback | None, output: Any) -> 
             hint='say where work goes when the model fails: fallback="review" (a human), '
             'fallback="raise", or fallback=smallops.default(value)',
         )
+    if isinstance(fallback, Fallback) and fallback.kind == "secondary":
+        return fallback
     if isinstance(fallback, str):
         if fallback not in ("review", "raise"):
             raise ConfigError(

@@ -13,7 +13,7 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from smallops import __version__
-from smallops.cli import check, db, drift, init, logs, report, review, run, serve
+from smallops.cli import check, db, drift, init, logs, report, review, run, serve, status
 from smallops.cli import eval as eval_cli
 from smallops.cli._common import err
 from smallops.errors import SmallopsError
@@ -61,6 +61,7 @@ report.register(app)
 eval_cli.register(app)
 check.register(app)
 drift.register(app)
+status.register(app)
 app.add_typer(review.app, name="review")
 serve.register(app)
 app.add_typer(db.app, name="db")

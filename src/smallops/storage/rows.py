@@ -53,6 +53,7 @@ def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
         static["review_policy"],
         record["review_route"],
         static["origin"],
+        _json(record["guards"]) if record["guards"] else None,
         static["fallback"],
         record["attempt_count"],
         usage.input_tokens,

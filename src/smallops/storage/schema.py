@@ -58,6 +58,7 @@ runs = Table(
     Column("review_policy", String(50), nullable=False),
     Column("review_route", String(30)),
     Column("origin", String(20)),
+    Column("guards", Json),
     Column("fallback", String(20), nullable=False),
     Column("attempt_count", Integer, nullable=False),
     Column("input_tokens", Integer, nullable=False),
@@ -209,4 +210,30 @@ eval_cache = Table(
     Column("output", Json, nullable=False),
     Column("run_id", String(36), nullable=False),
     Column("created_at", Timestamp, nullable=False),
+)
+
+# Guard events: circuit breaker transitions, budget warnings and exhaustion, for `status`.
+guard_events = Table(
+    "guard_events",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workflow", String(100), nullable=False),
+    Column("guard", String(20), nullable=False),
+    Column("key", String(300), nullable=False),
+    Column("before", String(20)),
+    Column("after", String(20), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", Timestamp, nullable=False),
+    Index("ix_guard_events_workflow", "workflow", "at"),
+)
+
+# Spend per workflow and period ("day:2026-11-27", "month:2026-11"), reserved before each call
+# with a conditional update, so processes racing for the last dollars cannot overshoot a cap.
+budget_spend = Table(
+    "budget_spend",
+    metadata,
+    Column("workflow", String(100), primary_key=True),
+    Column("period", String(20), primary_key=True),
+    Column("spent_usd", Float, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
 )

@@ -10,6 +10,9 @@ MIGRATION_LOCK = 7_465_301  # Postgres advisory lock id: one migrating process a
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
+    # SQLite: take the write lock before reading the schema version, so processes that start
+    # together on a new database migrate one after the other instead of failing as "locked".
+    connection = connection.execution_options(smallops_immediate=True)
     context.configure(
         connection=connection,
         target_metadata=metadata,

@@ -1,0 +1,95 @@
+"""`smallops status`: how each workflow's guards stand, right now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.markup import escape
+from sqlalchemy import select
+
+from smallops.cli import _common
+from smallops.project import Project
+from smallops.review.queue import ReviewQueue
+from smallops.storage.schema import guard_events
+from smallops.workflow import Workflow
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status_command)
+
+
+def status_command(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per workflow."),
+) -> None:
+    """Each workflow's circuit breaker, rate-limit headroom, budget used and fallback queue.
+
+    Breakers and limits kept in memory live in each process: set SMALLOPS_REDIS_URL to share
+    them (and see them here); budgets and the queue are always read from the log database.
+    """
+    project = _common.project(ctx)
+    queue = ReviewQueue(project.engine()).counts()
+    rows = [_status(project, wf, queue.get(wf.name, 0)) for wf in project.workflows.values()]
+    if as_json:
+        for row in rows:
+            _common.print_json(row)
+        return
+    for row in rows:
+        _print(row)
+
+
+def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
+    guards = wf.plan().guards
+    assert guards is not None
+    breaker = None
+    if guards.breaker is not None and guards.breaker_config is not None:
+        breaker = {
+            "shared": guards.breaker.needs_io,
+            **guards.breaker.state(guards.breaker_key, guards.breaker_config),
+        }
+    with project.engine().connect() as connection:
+        events = connection.execute(
+            select(guard_events)
+            .where(guard_events.c.workflow == wf.name)
+            .order_by(guard_events.c.at.desc())
+            .limit(5)
+        ).all()
+    return {
+        "workflow": wf.name,
+        "breaker": breaker,
+        "rate_limits": guards.rate.headroom() if guards.rate is not None else [],
+        "rate_limits_shared": bool(guards.rate is not None and guards.rate.needs_io),
+        "budget": guards.budget.usage() if guards.budget is not None else [],
+        "queued_for_review": queued,
+        "recent_events": [
+            {"guard": e.guard, "after": e.after, "reason": e.reason, "at": e.at} for e in events
+        ],
+    }
+
+
+def _print(row: dict[str, Any]) -> None:
+    say = _common.out.print
+    say(f"\n[bold]{escape(row['workflow'])}[/bold]")
+    breaker = row["breaker"]
+    if breaker is None:
+        say("  breaker   off")
+    else:
+        where = "shared (Redis)" if breaker["shared"] else "this process only"
+        say(
+            f"  breaker   {breaker['state']} ({where}); {breaker['failures']} of "
+            f"{breaker['calls']} recent calls failed"
+        )
+    for limit in row["rate_limits"]:
+        say(f"  limit     {limit['limit']}: {limit['remaining']} left")
+    for period in row["budget"]:
+        say(
+            f"  budget    {period['period']}: ${period['spent_usd']:.4f} of "
+            f"${period['cap_usd']:g} ({period['used']:.0%})"
+        )
+    say(f"  queue     {row['queued_for_review']} waiting for review")
+    for event in row["recent_events"]:
+        say(
+            f"  event     {_common.when(event['at'])} {event['guard']} {event['after']}: "
+            f"{escape(event['reason'])}"
+        )

@@ -1,0 +1,187 @@
+"""Budgets: daily and monthly USD caps per workflow, safe against races between processes.
+
+Before a call, its cost is reserved — priced at its prompt and at the most it may answer
+(max_tokens) — with one conditional update per period (`spent + cost <= cap`), which Postgres
+row locks and SQLite's write lock make atomic: processes racing for the last dollars cannot
+overshoot. After the call the reservation is settled to the real cost. A period's row starts
+from the costs already recorded for it. Crossing 80% of a cap is reported once; at the cap,
+calls go to the workflow's fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from smallops.errors import ConfigError
+from smallops.storage.db import write_transaction
+from smallops.storage.schema import budget_spend, runs
+
+
+@dataclass(frozen=True)
+class Budget:
+    """USD caps per workflow; `warn_at` is the share of a cap that triggers the warning."""
+
+    daily: float | None = None
+    monthly: float | None = None
+    warn_at: float = 0.8
+
+    def __post_init__(self) -> None:
+        for cap in (self.daily, self.monthly):
+            if cap is not None and cap <= 0:
+                raise ConfigError(f"a budget cap must be above 0, got {cap}")
+
+
+@dataclass
+class Reservation:
+    """What a call holds while it runs: the amount, per period."""
+
+    amount: float
+    periods: list[str] = field(default_factory=list)
+    refused: str | None = None  # why not, when the cap is reached
+    warnings: list[str] = field(default_factory=list)
+
+
+class BudgetLedger:
+    """One workflow's spend against its caps, kept in the log database."""
+
+    needs_io = True
+
+    def __init__(self, engine: Callable[[], Engine], workflow: str, budget: Budget) -> None:
+        self._engine = engine
+        self.workflow = workflow
+        self.budget = budget
+
+    def periods(self, now: datetime | None = None) -> list[tuple[str, datetime, float]]:
+        """(period key, its start, its cap) for each cap."""
+        now = now or datetime.now(timezone.utc)
+        found = []
+        if self.budget.daily is not None:
+            start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            found.append((f"day:{start:%Y-%m-%d}", start, self.budget.daily))
+        if self.budget.monthly is not None:
+            start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            found.append((f"month:{start:%Y-%m}", start, self.budget.monthly))
+        return found
+
+    def reserve(self, amount: float) -> Reservation:
+        """Hold `amount` in every period, or in none if any cap would be passed."""
+        reservation = Reservation(amount)
+        try:
+            with write_transaction(self._engine()) as connection:
+                self._hold(connection, reservation)
+        except _Refused as refused:
+            reservation.refused, reservation.periods = str(refused), []
+        return reservation
+
+    def _hold(self, connection: Connection, reservation: Reservation) -> None:
+        amount = reservation.amount
+        for period, start, cap in self.periods():
+            spent = self._row(connection, period, start)
+            held = connection.execute(
+                update(budget_spend)
+                .where(
+                    budget_spend.c.workflow == self.workflow,
+                    budget_spend.c.period == period,
+                    budget_spend.c.spent_usd + amount <= cap,
+                )
+                .values(
+                    spent_usd=budget_spend.c.spent_usd + amount,
+                    updated_at=datetime.now(timezone.utc),
+                )
+            ).rowcount
+            if held != 1:  # the transaction is rolled back: nothing held anywhere
+                kind = _KIND[period.split(":")[0]]
+                raise _Refused(
+                    f"{kind} budget of ${cap:g} spent (${spent:.4f} used; "
+                    f"this call may cost up to ${amount:.4f})"
+                )
+            reservation.periods.append(period)
+            warn = self.budget.warn_at * cap
+            if spent < warn <= spent + amount:
+                reservation.warnings.append(
+                    f"{_KIND[period.split(':')[0]]} budget {100 * self.budget.warn_at:.0f}% used: "
+                    f"${spent + amount:.4f} of ${cap:g}"
+                )
+
+    def settle(self, reservation: Reservation, actual: float | None) -> None:
+        """Replace the held amount by the real cost (unpriced calls keep the estimate)."""
+        if not reservation.periods or actual is None:
+            return
+        change = actual - reservation.amount
+        with self._engine().begin() as connection:
+            connection.execute(
+                update(budget_spend)
+                .where(
+                    budget_spend.c.workflow == self.workflow,
+                    budget_spend.c.period.in_(reservation.periods),
+                )
+                .values(spent_usd=budget_spend.c.spent_usd + change)
+            )
+
+    def usage(self) -> list[dict[str, Any]]:
+        """Spend per period against its cap (for `smallops status`)."""
+        rows = []
+        with self._engine().connect() as connection:
+            for period, start, cap in self.periods():
+                spent = connection.execute(
+                    select(budget_spend.c.spent_usd).where(
+                        budget_spend.c.workflow == self.workflow, budget_spend.c.period == period
+                    )
+                ).scalar()
+                if spent is None:
+                    spent = _recorded(connection, self.workflow, start)
+                rows.append(
+                    {
+                        "period": period,
+                        "spent_usd": round(float(spent), 6),
+                        "cap_usd": cap,
+                        "used": round(float(spent) / cap, 4),
+                    }
+                )
+        return rows
+
+    def _row(self, connection: Connection, period: str, start: datetime) -> float:
+        """The period's spend, creating its row from the recorded costs the first time."""
+        spent = connection.execute(
+            select(budget_spend.c.spent_usd)
+            .where(budget_spend.c.workflow == self.workflow, budget_spend.c.period == period)
+            .with_for_update()
+        ).scalar()
+        if spent is not None:
+            return float(spent)
+        recorded = _recorded(connection, self.workflow, start)
+        insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+        connection.execute(
+            insert(budget_spend)
+            .values(
+                workflow=self.workflow,
+                period=period,
+                spent_usd=recorded,
+                updated_at=datetime.now(timezone.utc),
+            )
+            .on_conflict_do_nothing()
+        )
+        return self._row(connection, period, start)
+
+
+_KIND = {"day": "daily", "month": "monthly"}
+
+
+class _Refused(Exception):
+    """A cap would be passed: rolls the reservation's transaction back."""
+
+
+def _recorded(connection: Connection, workflow: str, start: datetime) -> float:
+    total = connection.execute(
+        select(func.coalesce(func.sum(runs.c.cost_usd), 0.0)).where(
+            runs.c.workflow == workflow, runs.c.started_at >= start
+        )
+    ).scalar()
+    return float(total or 0.0)

@@ -1,0 +1,77 @@
+"""The guards' steps in a call's lifecycle: admit (budget, rate limit), and the breaker."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from smallops.effects import Effect, Sleep, io
+from smallops.providers.base import ProviderError
+from smallops.resilience.guards import UNHEALTHY, Guards
+
+
+def admit(
+    guards: Guards, messages: list[dict[str, str]], decisions: list[dict[str, Any]]
+) -> Generator[Effect, Any, Any]:
+    """Reserve the budget and take room under the rate limit: the reservation, or a refusal
+    as (error type, message) for the fallback."""
+    tokens, cost = guards.estimate(messages)
+    reservation = None
+    if guards.budget is not None:
+        ledger = guards.budget
+        reservation = yield from io(ledger.needs_io, lambda: ledger.reserve(cost))
+        for warning in reservation.warnings:
+            guards.events.record("budget", guards.workflow, None, "warning", warning)
+        if reservation.refused:
+            guards.budget_exhausted(reservation.refused)
+            decisions.append(
+                {"guard": "budget", "decision": "refused", "reason": reservation.refused}
+            )
+            return ("budget_exhausted", reservation.refused)
+        decisions.append({"guard": "budget", "decision": "reserved", "usd": round(cost, 6)})
+    if guards.rate is not None:
+        limit = guards.rate
+        waited = 0.0
+        while (wait := (yield from io(limit.needs_io, lambda: limit.acquire(tokens)))) > 0:
+            if waited + wait > limit.wait:
+                decisions.append(
+                    {"guard": "rate_limit", "decision": "refused", "waited_s": round(waited, 3)}
+                )
+                guards.budget_release(reservation)
+                return ("throttled", f"rate limit reached; no room within {limit.wait:g} s")
+            yield Sleep(wait)
+            waited += wait
+        if waited:
+            decisions.append(
+                {"guard": "rate_limit", "decision": "waited", "waited_s": round(waited, 3)}
+            )
+    return reservation
+
+
+def breaker_allow(guards: Guards, decisions: list[dict[str, Any]]) -> Generator[Effect, Any, bool]:
+    """Before each attempt: whether it is a probe; ProviderError("breaker_open") when open."""
+    store, config = guards.breaker, guards.breaker_config
+    if store is None or config is None:
+        return False
+    state, change = yield from io(store.needs_io, lambda: store.allow(guards.breaker_key, config))
+    if change is not None:
+        guards.transition(change)
+    if state == "open":
+        decisions.append({"guard": "breaker", "decision": "open", "key": guards.breaker_key})
+        raise ProviderError("breaker_open", f"the circuit breaker for {guards.breaker_key} is open")
+    if state == "probe":
+        decisions.append({"guard": "breaker", "decision": "probe", "key": guards.breaker_key})
+    return bool(state == "probe")
+
+
+def breaker_record(guards: Guards, probe: bool, error: str | None) -> Generator[Effect, Any, None]:
+    """After each attempt: count its outcome (a bad request still shows the endpoint is up)."""
+    store, config = guards.breaker, guards.breaker_config
+    if store is None or config is None or error == "breaker_open":
+        return
+    ok = error not in UNHEALTHY
+    change = yield from io(
+        store.needs_io, lambda: store.record(guards.breaker_key, config, ok, probe)
+    )
+    if change is not None:
+        guards.transition(change)

@@ -1,0 +1,121 @@
+"""Rate limits per workflow, in requests and tokens, with the `limits` library.
+
+In memory by default; shared through Redis (SMALLOPS_REDIS_URL) so that several processes and
+hosts share one limit. Requests use a moving window (exact: "120/minute" admits 120 calls in any
+minute); tokens use a sliding window counter (cheap for large counts). At the limit a call waits
+up to `wait` seconds for room, then goes to the workflow's fallback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from smallops.errors import ConfigError, MissingExtraError
+
+_storages: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def _storage(redis_url: str | None) -> Any:
+    from limits.storage import storage_from_string
+
+    url = redis_url or "memory://"
+    with _lock:
+        if url not in _storages:
+            if redis_url:
+                try:
+                    import redis  # noqa: F401
+                except ImportError:
+                    raise MissingExtraError(
+                        "redis", "redis", "a rate limit shared through Redis"
+                    ) from None
+            _storages[url] = storage_from_string(url)
+        return _storages[url]
+
+
+def parse_limits(value: str | list[str] | None, what: str, workflow: str) -> list[Any]:
+    """ "60/minute", or several ("10/second", "1000/hour"): limits' own notation."""
+    from limits import parse_many
+
+    if value is None:
+        return []
+    texts = [value] if isinstance(value, str) else value
+    try:
+        return [item for text in texts for item in parse_many(text)]
+    except ValueError:
+        raise ConfigError(
+            f"workflow {workflow!r}: {what} {value!r} is not a rate",
+            hint='write it like "60/minute" or ["10/second", "1000/hour"]',
+        ) from None
+
+
+class RateLimit:
+    """One workflow's request and token limits."""
+
+    def __init__(
+        self,
+        workflow: str,
+        requests: list[Any],
+        tokens: list[Any],
+        redis_url: str | None,
+        wait: float,
+    ) -> None:
+        from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+
+        storage = _storage(redis_url)
+        self.workflow = workflow
+        self.requests = requests
+        self.tokens = tokens
+        self.wait = wait
+        self.needs_io = redis_url is not None
+        self._requests = MovingWindowRateLimiter(storage)
+        self._tokens = SlidingWindowCounterRateLimiter(storage)
+
+    def acquire(self, tokens: int) -> float:
+        """Take room for one call of about `tokens` tokens: 0 when taken, else seconds to wait."""
+        key = ("smallops", self.workflow)
+        for item in self.requests:
+            if not self._requests.test(item, *key):
+                return self._wait(self._requests, item, key)
+        for item in self.tokens:
+            if not self._tokens.test(item, *key, cost=max(1, tokens)):
+                return self._wait(self._tokens, item, key)
+        for item in self.requests:
+            if not self._requests.hit(item, *key):
+                return self._wait(self._requests, item, key)
+        for item in self.tokens:
+            self._tokens.hit(item, *key, cost=max(1, tokens))
+        return 0.0
+
+    def headroom(self) -> list[dict[str, Any]]:
+        """What is left of each limit now (for `smallops status`)."""
+        key = ("smallops", self.workflow)
+        rows = []
+        for kind, limiter, items in (
+            ("requests", self._requests, self.requests),
+            ("tokens", self._tokens, self.tokens),
+        ):
+            for item in items:
+                stats = limiter.get_window_stats(item, *key)
+                rows.append(
+                    {
+                        "limit": f"{item.amount} {kind}/{item.GRANULARITY.name}",
+                        "remaining": stats.remaining,
+                    }
+                )
+        return rows
+
+    @staticmethod
+    def _wait(limiter: Any, item: Any, key: tuple[str, str]) -> float:
+        reset = limiter.get_window_stats(item, *key).reset_time
+        return max(0.01, min(float(reset) - time.time(), float(item.get_expiry())))
+
+
+def reset_memory() -> None:
+    """Forget the in-memory limits (tests, and apps that reconfigure)."""
+    with _lock:
+        memory = _storages.pop("memory://", None)
+        if memory is not None:
+            memory.reset()

@@ -1,0 +1,329 @@
+"""Guards against a bad day: rate limits, the circuit breaker, budgets, the secondary model.
+
+All against real servers on 127.0.0.1: the provider emulator, Postgres or SQLite, and Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from smallops import BreakerConfig, Budget, FakeProvider, Settings, Workflow, secondary
+from smallops.config import Price
+from smallops.storage.schema import guard_events, runs
+from smallops.testing import recorded_runs
+
+from emulators import delay, ok, status
+from models import GOOD, Triage
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+INPUTS = {"subject": "Invoice", "body": "Where is my May invoice?"}
+FAST_BREAKER = BreakerConfig(failure_rate=0.5, min_calls=10, window=5, open_for=1.5, probes=3)
+
+
+def _redis_available() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_URL).ping())
+    except Exception:
+        return False
+
+
+needs_redis = pytest.mark.skipif(not _redis_available(), reason="no Redis at 127.0.0.1:6379")
+
+
+def events(wf: Workflow, guard: str) -> list[Any]:
+    time.sleep(0.3)  # events are written by short background threads
+    with wf.plan().writer.store.engine.connect() as connection:
+        return connection.execute(
+            select(guard_events).where(guard_events.c.guard == guard).order_by(guard_events.c.at)
+        ).all()
+
+
+def test_at_the_rate_limit_a_call_goes_to_the_fallback_after_its_wait(make_workflow, emulator):
+    emulator.default = ok(GOOD)
+    wf = make_workflow(rate_limit="5/second", rate_wait=0)
+    statuses = [wf.run(**INPUTS).status for _ in range(7)]
+    assert statuses.count("pending_review") == 5 and statuses.count("queued_for_human") == 2
+    throttled = [r for r in recorded_runs(wf) if r["error_type"] == "throttled"]
+    assert len(throttled) == 2 and throttled[0]["guards"][0]["decision"] == "refused"
+    assert len(emulator.requests) == 5
+
+
+def test_a_call_waits_for_room_under_the_rate_limit(make_workflow, emulator):
+    emulator.default = ok(GOOD)
+    wf = make_workflow(rate_limit="2/second", rate_wait=3)
+    started = time.perf_counter()
+    assert [wf.run(**INPUTS).status for _ in range(3)] == ["pending_review"] * 3
+    assert time.perf_counter() - started >= 0.5
+    waited = recorded_runs(wf)[-1]["guards"]
+    assert waited[0]["guard"] == "rate_limit" and waited[0]["decision"] == "waited"
+
+
+def test_the_breaker_opens_sends_calls_straight_to_the_fallback_then_probes_close_it(
+    make_workflow, emulator
+):
+    emulator.default = status(500)
+    wf = make_workflow(breaker=FAST_BREAKER, retries=0)
+    for _ in range(10):
+        assert wf.run(**INPUTS).error == "server_error"
+    sent = len(emulator.requests)
+    started = time.perf_counter()
+    refused = wf.run(**INPUTS)
+    assert refused.error == "breaker_open" and time.perf_counter() - started < 0.05
+    assert len(emulator.requests) == sent  # the provider was not called
+    emulator.default = ok(GOOD)
+    time.sleep(1.6)
+    assert [wf.run(**INPUTS).status for _ in range(4)] == ["pending_review"] * 4
+    changes = [(e.before, e.after) for e in events(wf, "breaker")]
+    assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+
+def test_a_failed_probe_opens_the_breaker_again(make_workflow, emulator):
+    emulator.default = status(503)
+    wf = make_workflow(breaker=FAST_BREAKER, retries=0)
+    for _ in range(10):
+        wf.run(**INPUTS)
+    time.sleep(1.6)
+    assert wf.run(**INPUTS).error == "server_error"  # the probe fails
+    assert wf.run(**INPUTS).error == "breaker_open"
+    assert [(e.before, e.after) for e in events(wf, "breaker")][-1] == ("half_open", "open")
+
+
+def test_a_provider_outage_in_a_1000_call_run_loses_nothing(make_workflow, emulator):
+    """Every call fails for 10 s in the middle: the breaker opens, the calls of the outage go to
+    the fallback without waiting on timeouts, probes close it after, and 1,000 of 1,000 inputs
+    are accounted for."""
+    emulator.default = delay(0.005, then=ok(GOOD))
+    wf = make_workflow(breaker=FAST_BREAKER, retries=1, timeout=2)
+    outage = threading.Timer(7.5, lambda: setattr(emulator, "default", status(500)))
+    recovery = threading.Timer(
+        17.5, lambda: setattr(emulator, "default", delay(0.005, then=ok(GOOD)))
+    )
+
+    async def all_calls() -> list[Any]:
+        start = time.monotonic()
+
+        async def one(i: int) -> Any:  # call i starts at 25 ms * i: 1,000 calls over 25 s
+            await asyncio.sleep(max(0.0, start + 0.025 * i - time.monotonic()))
+            return await wf.arun(subject=f"s{i}", body="b")
+
+        return list(await asyncio.gather(*(one(i) for i in range(1000))))
+
+    outage.start()
+    recovery.start()
+    results = asyncio.run(all_calls())
+    outage.join()
+    recovery.join()
+    statuses = Counter(r.status for r in results)
+    assert sum(statuses.values()) == 1000 and set(statuses) <= {
+        "pending_review",
+        "queued_for_human",
+    }
+    runs_ = recorded_runs(wf)
+    assert len(runs_) == 1000 and {r["id"] for r in runs_} == {r.run_id for r in results}
+    # refused before any request: no timeout, no request, no wait
+    skipped = [r for r in runs_ if r["error_type"] == "breaker_open" and r["attempt_count"] == 0]
+    assert len(skipped) > 100 and max(r["latency_ms"] for r in skipped) < 50
+    assert statuses["pending_review"] > 500
+    changes = [(e.before, e.after) for e in events(wf, "breaker")]
+    assert changes[0] == ("closed", "open") and changes[-1] == ("half_open", "closed")
+
+
+def test_a_429_storm_with_retry_after_is_ridden_out_within_the_deadline(make_workflow, emulator):
+    emulator.script(*[status(429, retry_after=0.2)] * 4, ok(GOOD))
+    result = make_workflow(retries=5, deadline=5, breaker=None).run(**INPUTS)
+    assert result.status == "pending_review" and result.attempts == 5
+
+
+def test_the_secondary_model_answers_when_the_primary_is_down(make_workflow, emulator):
+    """OpenAI is down; the work goes to Anthropic, and both calls are on record."""
+    emulator.script(status(500), status(500))
+    wf = make_workflow(fallback=secondary("anthropic:claude-sonnet-4-6"), retries=1)
+    result = wf.run(**INPUTS)
+    assert result.status == "pending_review" and result.model == "claude-sonnet-4-6"
+    paths = [r.path for r in emulator.requests]
+    assert paths == ["/v1/chat/completions", "/v1/chat/completions", "/v1/messages"]
+    primary, backup = recorded_runs(wf)
+    assert primary["status"] == "fallback_secondary" and primary["error_type"] == "server_error"
+    assert backup["provider"] == "anthropic" and backup["id"] == result.run_id
+
+
+def _priced_settings(tmp_path: Path, database_url: str) -> Settings:
+    # $1 per million input tokens, $10 per million output tokens: a call costs about $0.001.
+    return Settings(
+        root=tmp_path,
+        database_url=database_url,
+        prices={"fake:priced": Price(input=1.0, output=10.0)},
+    )
+
+
+def test_a_budget_warns_at_80_percent_and_sends_calls_to_the_fallback_at_its_cap(
+    tmp_path, database_url
+):
+    (tmp_path / "p.prompt").write_text("[user]\n{{ text }}")
+    answer = json.dumps({**GOOD, "summary": "x" * 60})
+    wf = Workflow(
+        "budgeted",
+        model="fake:priced",
+        prompt="p.prompt",
+        output=Triage,
+        fallback="review",
+        provider=FakeProvider(lambda _: answer),
+        max_tokens=100,
+        budget=Budget(daily=0.01),
+        base_dir=tmp_path,
+        settings=_priced_settings(tmp_path, database_url),
+    )
+    statuses = [wf.run(text="hello " * 20).status for _ in range(60)]
+    assert "queued_for_human" in statuses
+    runs_ = recorded_runs(wf)
+    spent = sum(r["cost_usd"] or 0 for r in runs_)
+    assert spent <= 0.01
+    refused = [r for r in runs_ if r["error_type"] == "budget_exhausted"]
+    assert refused and "daily budget of $0.01 spent" in refused[0]["error_message"]
+    kinds = [e.after for e in events(wf, "budget")]
+    assert kinds[0] == "warning" and "exhausted" in kinds
+
+
+BUDGET_WORKER = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    from models import Triage
+    from smallops import Budget, FakeProvider, Settings, Workflow
+    from smallops.config import Price
+
+    root = Path(sys.argv[1])
+    answer = json.dumps({"category": "billing", "urgency": "low", "summary": "x" * 60})
+    settings = Settings(root=root, database_url=sys.argv[2],
+                        prices={"fake:priced": Price(input=1.0, output=10.0)})
+    wf = Workflow("budgeted", model="fake:priced", prompt="p.prompt", output=Triage,
+                  fallback="review", provider=FakeProvider(lambda _: answer), max_tokens=100,
+                  budget=Budget(daily=0.02), base_dir=root, settings=settings)
+    for _ in range(40):
+        wf.run(text="hello " * 20)
+""")
+
+
+def test_concurrent_processes_cannot_overshoot_a_budget(tmp_path, database_url):
+    (tmp_path / "p.prompt").write_text("[user]\n{{ text }}")
+    script = tmp_path / "worker.py"
+    script.write_text(BUDGET_WORKER)
+    tests = str(Path(__file__).parent)
+    workers = [
+        subprocess.Popen([sys.executable, str(script), str(tmp_path), database_url, tests])
+        for _ in range(4)
+    ]
+    assert [w.wait(timeout=120) for w in workers] == [0] * 4
+    from smallops.storage.db import get_engine, normalise_url
+
+    engine = get_engine(normalise_url(database_url, tmp_path))
+    with engine.connect() as connection:
+        spent, calls, priciest = connection.execute(
+            select(
+                func.sum(runs.c.cost_usd), func.count(runs.c.cost_usd), func.max(runs.c.cost_usd)
+            ).where(runs.c.status != "queued_for_human")
+        ).one()
+    assert calls > 5 and spent <= 0.02 + priciest
+
+
+RATE_WORKER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from smallops import FakeProvider, Settings, Workflow
+
+    root = Path(sys.argv[1])
+    settings = Settings(root=root, database_url=sys.argv[2], redis_url=sys.argv[3])
+    wf = Workflow(sys.argv[4], model="fake:x", prompt="p.prompt", fallback="review",
+                  provider=FakeProvider(lambda _: "ok"), rate_limit="120/minute", rate_wait=0,
+                  base_dir=root, settings=settings)
+    start = float(sys.argv[5])
+    time.sleep(max(0.0, start - time.time()))
+    admitted = sum(wf.run(text="x").status == "pending_review" for _ in range(60))
+    print(admitted)
+""")
+
+
+@needs_redis
+def test_four_processes_sharing_redis_share_one_rate_limit(tmp_path):
+    (tmp_path / "p.prompt").write_text("[user]\n{{ text }}")
+    script = tmp_path / "worker.py"
+    script.write_text(RATE_WORKER)
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+    start = str(time.time() + 3)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                str(tmp_path),
+                f"sqlite:///{tmp_path}/log{i}.db",
+                REDIS_URL,
+                name,
+                start,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    admitted = [int(w.communicate(timeout=120)[0].strip()) for w in workers]
+    assert abs(sum(admitted) - 120) <= 1, admitted
+    assert all(0 < n < 60 for n in admitted) or sum(admitted) == 120
+
+
+BREAKER_WORKER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from smallops import BreakerConfig, FakeProvider, ProviderError, Settings, Workflow
+
+    root, name, role = Path(sys.argv[1]), sys.argv[3], sys.argv[4]
+
+    def answer(_):
+        return ProviderError("server_error", "down") if role == "failing" else "fine"
+
+    wf = Workflow(name, model="fake:x", prompt="p.prompt", fallback="review", retries=0,
+                  provider=FakeProvider(answer), base_dir=root,
+                  breaker=BreakerConfig(min_calls=10, open_for=60),
+                  settings=Settings(root=root, database_url=f"sqlite:///{root}/{role}.db",
+                                    redis_url=sys.argv[2]))
+    calls = 12 if role == "failing" else 1
+    print(" ".join(wf.run(text="x").error or "none" for _ in range(calls)))
+""")
+
+
+@needs_redis
+def test_a_breaker_opened_by_one_process_is_open_for_the_others(tmp_path):
+    (tmp_path / "p.prompt").write_text("[user]\n{{ text }}")
+    script = tmp_path / "worker.py"
+    script.write_text(BREAKER_WORKER)
+    name = f"shared-{uuid.uuid4().hex[:8]}"
+
+    def run(role: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path), REDIS_URL, name, role],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run("failing")[-1] == "breaker_open"
+    assert [run("healthy")[0] for _ in range(3)] == ["breaker_open"] * 3
