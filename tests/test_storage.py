@@ -219,3 +219,35 @@ def test_several_databases_can_be_set_up_at_once_in_one_process(tmp_path):
     for wf in workflows:
         assert len(recorded_runs(wf)) == 1
         assert writer_module.writer_for(wf.settings).spooled == 0
+
+
+def test_a_30_second_database_outage_mid_run_loses_no_record(postgres_url, tmp_path, monkeypatch):
+    """Calls keep coming for 40 s; Postgres is unreachable for 30 s of them."""
+    from tcpproxy import TcpProxy
+
+    monkeypatch.setattr(writer_module, "PROBE_EVERY", 1.0)
+    url = make_url(normalise_url(postgres_url, tmp_path))
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    wf = _workflow(tmp_path, proxied)
+    writer = writer_module.writer_for(wf.settings)
+    ids: list[str] = []
+    start = time.monotonic()
+    cut = restored = False
+    while (elapsed := time.monotonic() - start) < 40:
+        if elapsed >= 5 and not cut:
+            proxy.cut()
+            cut = True
+        if elapsed >= 35 and not restored:
+            assert not writer.healthy and writer.spooled > 0
+            proxy.restore()
+            restored = True
+        ids.append(wf.run(text=f"call {len(ids)}").run_id)
+        time.sleep(0.02)
+    deadline = time.monotonic() + 15
+    while not writer.healthy and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert writer.healthy
+    stored = [r["id"] for r in recorded_runs(wf)]
+    assert sorted(stored) == sorted(ids) and len(ids) > 1000
+    proxy.cut()
