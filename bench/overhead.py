@@ -14,10 +14,14 @@ their order alternating from round to round, and medians are quoted.
    file and a fresh Postgres schema. Targets: >= 20,000 runs/s SQLite, >= 10,000 runs/s Postgres.
 4. Peers (--peers): the shared peers.py, one subprocess per client importable by --peers-python,
    alternating with `Workflow.run` measured in-process the same way; ratios to the peers' `raw`.
+5. Guards: sequential calls with request and token rate limits and the circuit breaker, in
+   memory and in Redis, against the raw SDK. Target: in memory, inside the targets of 1.
 
 Run: .venv/bin/python bench/overhead.py [--calls 1000] [--rounds 5] [--concurrent-calls 3000]
      [--writer-rows 20000] [--pg-url URL] [--skip-pg] [--peers [--peers-python PY]] [--json]
-Needs nginx (apt-get install -y nginx-light) and, unless --skip-pg, Postgres at --pg-url.
+     [--redis-url URL] [--skip-redis] [--skip-guards]
+Needs nginx (apt-get install -y nginx-light), Postgres at --pg-url unless --skip-pg, and Redis
+at --redis-url unless --skip-redis.
 """
 
 from __future__ import annotations
@@ -155,15 +159,18 @@ def upstream() -> Iterator[None]:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
-def make_workflow(root: Path) -> Workflow[Triage]:
+def make_workflow(
+    root: Path, name: str = "email-triage", redis_url: str | None = None, **guards: Any
+) -> Workflow[Triage]:
     (root / "triage.prompt").write_text(PROMPT)
     settings = Settings(
         root=root,
         database_url=f"sqlite:///{root}/log.db",
         providers={"openai": ProviderConfig("openai", "openai", base_url=BASE_URL)},
+        redis_url=redis_url,
     )
     return Workflow(
-        "email-triage",
+        name,
         model=f"openai:{MODEL}",
         prompt="triage.prompt",
         output=Triage,
@@ -171,7 +178,74 @@ def make_workflow(root: Path) -> Workflow[Triage]:
         fallback="review",
         settings=settings,
         base_dir=root,
+        **guards,
     )
+
+
+#: Limits high enough never to refuse: what is measured is the cost of checking them.
+GUARDS = {"rate_limit": "1000000/minute", "token_limit": "1000000000/minute"}
+
+
+def guards_cost(root: Path, n: int, rounds: int, redis_url: str | None) -> dict[str, Any]:
+    """Sequential calls with the guards in memory and in Redis, alternating with the raw SDK.
+
+    "smallops" is the default workflow (its circuit breaker in memory); "+memory guards" adds
+    a request and a token rate limit; "+redis guards" keeps limits and breaker in Redis.
+    """
+    client = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["OPENAI_API_KEY"], max_retries=0)
+    variants = {"raw": lambda: raw_call(client)}
+    flows = {
+        "smallops": make_workflow(root, "guards-none"),
+        "+memory guards": make_workflow(root, "guards-memory", **GUARDS),
+    }
+    if redis_url:
+        flows["+redis guards"] = make_workflow(
+            root, f"guards-redis-{os.getpid()}", redis_url, **GUARDS
+        )
+    for name, flow in flows.items():
+        variants[name] = lambda flow=flow: flow.run(subject=SUBJECT, body=BODY)
+    for name, fn in variants.items():
+        timed(name, fn, max(50, n // 10))
+    medians: dict[str, list[float]] = {name: [] for name in variants}
+    p99s: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds):
+        for name in alternate(r, list(variants)):
+            gc.collect()
+            got = summary(timed(name, variants[name], n))
+            medians[name].append(got["median_us"])
+            p99s[name].append(got["p99_us"])
+    raw_med, raw_p99 = statistics.median(medians["raw"]), statistics.median(p99s["raw"])
+    rows, out = [], {}
+    for name in variants:
+        med, p99 = statistics.median(medians[name]), statistics.median(p99s[name])
+        out[name] = {
+            "median_us": med,
+            "p99_us": p99,
+            "overhead_ms": (med - raw_med) / 1000,
+            "p99_overhead_ms": (p99 - raw_p99) / 1000,
+        }
+        rows.append(
+            [
+                name,
+                f"{med:,.0f}",
+                f"{p99:,.0f}",
+                f"{(med - raw_med) / 1000:.3f}",
+                f"{(p99 - raw_p99) / 1000:.3f}",
+            ]
+        )
+    print(
+        f"\n5. Guards: {rounds} rounds x {n} sequential calls per path (µs per call; "
+        "overheads are medians over rounds against the raw SDK)"
+    )
+    table(["path", "median µs", "p99 µs", "overhead ms", "p99 ovh ms"], rows)
+    memory = out["+memory guards"]
+    print(
+        f"with in-memory guards: median overhead {memory['overhead_ms']:.3f} ms "
+        f"({verdict('overhead_ms', memory['overhead_ms'])}), p99 overhead "
+        f"{memory['p99_overhead_ms']:.3f} ms "
+        f"({verdict('p99_overhead_ms', memory['p99_overhead_ms'])})"
+    )
+    return out
 
 
 def raw_call(client: openai.OpenAI) -> Triage:
@@ -492,6 +566,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--peers-python", default=sys.executable, help="one with the peers' packages")
     p.add_argument("--peer-rounds", type=int, default=3)
     p.add_argument("--json", action="store_true", help="tables to stderr, results as JSON")
+    p.add_argument("--skip-guards", action="store_true", help="no guards section")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--skip-redis", action="store_true", help="guards in memory only")
     return p.parse_args()
 
 
@@ -516,6 +593,9 @@ def main() -> None:
             results["writer"] = writer_alone(record, args.writer_rows, args.rounds, pg_url, scratch)
             if args.peers:
                 results["peers"] = peers(wf, args)
+            if not args.skip_guards:
+                redis_url = None if args.skip_redis else args.redis_url
+                results["guards"] = guards_cost(scratch, args.calls, args.rounds, redis_url)
             report(results)
     finally:
         writer_module.reset()
