@@ -98,6 +98,9 @@ class RateLimit:
     def acquire(self, tokens: int) -> float:
         """Take room for one call of about `tokens` tokens: 0 when taken, else seconds to wait."""
         key = ("smallops", self.workflow)
+        if len(self.requests) == 1 and not self.tokens:  # one limit: one atomic hit is enough
+            item = self.requests[0]
+            return 0.0 if self._requests.hit(item, *key) else self._wait(self._requests, item, key)
         for item in self.requests:
             if not self._requests.test(item, *key):
                 return self._wait(self._requests, item, key)
