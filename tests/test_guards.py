@@ -327,3 +327,34 @@ def test_a_breaker_opened_by_one_process_is_open_for_the_others(tmp_path):
 
     assert run("failing")[-1] == "breaker_open"
     assert [run("healthy")[0] for _ in range(3)] == ["breaker_open"] * 3
+
+
+def test_status_shows_breaker_limits_budget_and_queue(tmp_path, capsys):
+    from conftest import smallops
+
+    (tmp_path / "smallops.toml").write_text('[smallops]\ndatabase_url = "sqlite:///log.db"\n')
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "p.prompt").write_text("[user]\n{{ text }}")
+    (tmp_path / "workflows" / "guarded.py").write_text(
+        textwrap.dedent("""
+        from smallops import Budget, FakeProvider, Workflow
+        from smallops.config import Price
+
+        guarded = Workflow("guarded", model="fake:x", prompt="p.prompt", fallback="review",
+                           provider=FakeProvider(lambda _: "ok"), rate_limit="30/minute",
+                           budget=Budget(daily=2.0))
+    """)
+    )
+    code, out, _ = smallops(
+        capsys, "-p", str(tmp_path), "run", "guarded", "--json", '{"text": "hi"}'
+    )
+    assert code == 0
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "status", "--json")
+    row = json.loads(out)
+    assert code == 0 and row["workflow"] == "guarded"
+    assert row["breaker"]["state"] == "closed" and row["breaker"]["shared"] is False
+    assert row["rate_limits"][0] == {"limit": "30 requests/minute", "remaining": 29}
+    assert row["budget"][0]["cap_usd"] == 2.0 and row["budget"][0]["period"].startswith("day:")
+    assert row["queued_for_review"] == 1
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "status")
+    assert code == 0 and "breaker   closed" in out and "1 waiting for review" in out
