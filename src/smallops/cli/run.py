@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from rich.table import Table
 from smallops.cli import _common
 from smallops.cli.logs import short_id
 from smallops.errors import InputError, WorkflowFailed
+from smallops.jsonl import objects, parse_object
 from smallops.result import Result
 from smallops.storage.writer import writer_for
 from smallops.workflow import Workflow
@@ -91,7 +91,7 @@ def _read_inputs(path: Path | None, inline: str | None) -> list[dict[str, Any]]:
             hint='e.g. smallops run email-triage --json \'{"subject": "Hi", "body": "..."}\'',
         )
     if inline is not None:
-        return [_parse_object(inline, "--json")]
+        return [parse_object(inline, "--json", "a JSON object of inputs")]
     assert path is not None
     if str(path) == "-":
         text = typer.get_text_stream("stdin").read()
@@ -100,11 +100,7 @@ def _read_inputs(path: Path | None, inline: str | None) -> list[dict[str, Any]]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read {path}: {exc}") from None
-    rows = [
-        _inputs_of(_parse_object(line, f"{path}, line {number}"))
-        for number, line in enumerate(text.splitlines(), 1)
-        if line.strip()
-    ]
+    rows = [_inputs_of(row) for _, row in objects(text, str(path), "a JSON object of inputs")]
     if not rows:
         raise InputError(f"{path} holds no inputs", hint="one JSON object per line")
     return rows
@@ -115,16 +111,6 @@ def _inputs_of(row: dict[str, Any]) -> dict[str, Any]:
     if isinstance(row.get("input"), dict) and "id" in row:
         return dict(row["input"])
     return row
-
-
-def _parse_object(text: str, where: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{where}: expected a JSON object of inputs, got {type(value).__name__}")
-    return value
 
 
 def _check_inputs(wf: Workflow[Any], inputs: list[dict[str, Any]]) -> None:

@@ -10,12 +10,12 @@ Loading errors name the file, the line and the problem.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smallops.errors import InputError
+from smallops.jsonl import objects
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,8 @@ def load_cases(
         raise InputError(f"cannot read eval set {path}: {exc}") from None
     cases: list[Case] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        case = _parse(line, f"{path}, line {number}", variables, fields)
+    for number, data in objects(text, str(path), "a JSON object with id, input and expected"):
+        case = _case(data, f"{path}, line {number}", variables, fields)
         if case.id in seen:
             raise InputError(f"{path}, line {number}: id {case.id!r} repeats line {seen[case.id]}")
         seen[case.id] = number
@@ -61,15 +59,9 @@ def load_cases(
     return cases
 
 
-def _parse(
-    line: str, where: str, variables: frozenset[str] | None, fields: set[str] | None
+def _case(
+    data: dict[str, Any], where: str, variables: frozenset[str] | None, fields: set[str] | None
 ) -> Case:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: expected a JSON object with id, input and expected")
     case_id, inputs, expected = data.get("id"), data.get("input"), data.get("expected", {})
     tags = data.get("tags", [])
     if not isinstance(case_id, str) or not case_id.strip():

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from smallops.errors import InputError
+from smallops.jsonl import objects
 from smallops.review.queue import ReviewQueue
 
 
@@ -47,17 +48,15 @@ def export_reviewed(queue: ReviewQueue, workflow: str, path: Path) -> tuple[int,
 
 
 def _ids(path: Path) -> set[str]:
+    """The ids already in an eval file (a line without one stops the export: nothing written)."""
     if not path.exists():
         return set()
     ids = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            ids.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
+    for number, case in objects(path.read_text(encoding="utf-8"), str(path)):
+        if "id" not in case:
             raise InputError(
-                f"{path}, line {number}: not an eval case with an id",
+                f"{path}, line {number}: an eval case without an id",
                 hint="fix the line; nothing was exported",
-            ) from None
+            )
+        ids.add(str(case["id"]))
     return ids
