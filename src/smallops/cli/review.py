@@ -72,8 +72,15 @@ def list_command(
         )
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("run id", "workflow", "state", "why", "output", "claimed by"):
-        table.add_column(column, no_wrap=column != "output", overflow="ellipsis")
+    for column, width in (
+        ("run id", 12),
+        ("workflow", None),
+        ("state", 7),
+        ("why", None),
+        ("output", None),
+        ("claimed by", None),
+    ):
+        table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=width)
     for item in items:
         why = (
             "fallback: " + (item["error_type"] or "")
@@ -85,7 +92,7 @@ def list_command(
             item["workflow"],
             item["state"],
             why,
-            _common.short(_summary(item["output"]), 50),
+            _common.short(_summary(item["output"]), 36),
             item["claimed_by"] or "",
         )
     _common.out.print(table)
