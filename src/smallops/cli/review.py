@@ -71,30 +71,30 @@ def list_command(
             f"no {state if state != 'all' else ''} review items".replace("  ", " "), markup=False
         )
         return
-    table = Table(box=None, pad_edge=False)
-    for column, width in (
-        ("run id", 12),
-        ("workflow", None),
-        ("state", 7),
-        ("why", None),
-        ("output", None),
-        ("claimed by", None),
-    ):
-        table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=width)
-    for item in items:
-        why = (
-            "fallback: " + (item["error_type"] or "")
+    rows = [
+        {
+            "run id": short_id(item["run_id"]),
+            "workflow": item["workflow"],
+            "state": item["state"],
+            "why": ("fallback: " + (item["error_type"] or ""))
             if item["reason"] == "fallback"
-            else item["route"]
-        )
-        table.add_row(
-            short_id(item["run_id"]),
-            item["workflow"],
-            item["state"],
-            why,
-            _common.short(_summary(item["output"]), 36),
-            item["claimed_by"] or "",
-        )
+            else item["route"],
+            "output": _common.short(_summary(item["output"]), 40),
+            "claimed by": item["claimed_by"] or "",
+        }
+        for item in items
+    ]
+    columns = ["run id", "workflow", "why", "output"]
+    if state != "pending":
+        columns.insert(2, "state")
+    if any(row["claimed by"] for row in rows):
+        columns.append("claimed by")
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        width = None if column == "output" else max(len(column), *(len(r[column]) for r in rows))
+        table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=width)
+    for row in rows:
+        table.add_row(*(row[column] for column in columns))
     _common.out.print(table)
 
 
