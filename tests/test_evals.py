@@ -396,3 +396,32 @@ def test_every_template_evaluates_with_a_fake_model(tmp_path, capsys):
         fake = wf.replace(model="fake:oracle", provider=FakeProvider(oracle))
         run = asyncio.run(run_eval(fake, cases, concurrency=8))
         assert run.passed == len(cases) >= 20, template
+
+
+@pytest.mark.parametrize(
+    ("spec", "actual", "passed"),
+    [
+        ({"one_of": ["billing", "support"]}, "support", True),
+        ({"one_of": ["billing", "support"]}, "spam", False),
+        ({"regex": "^inv.*e$"}, "invoice", True),
+        ({"regex": "^inv"}, "refund", False),
+        ({"contains": "MAY"}, "the may invoice", True),
+        ({"contains": "june"}, "the may invoice", False),
+        ({"approx": 10.0, "tolerance": 0.5}, 10.4, True),
+        ({"approx": 10.0, "tolerance": 0.5}, 10.6, False),
+        ({"exact": "billing"}, "billing", True),
+        ("billing", "Billing", False),
+    ],
+)
+def test_each_case_level_check_passes_and_fails(spec, actual, passed):
+    """Every operator an eval case may use decides on its own, never by falling back to exact."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smallops.evals.dataset import Case
+    from smallops.evals.scorers import check_case
+
+    workflow = SimpleNamespace(checks={}, name="w", module=None)
+    case = Case("c1", {}, {"field": spec})
+    [result] = asyncio.run(check_case(case, {"field": actual}, None, workflow))
+    assert result.passed is passed and result.error is False

@@ -24,7 +24,6 @@ from jinja2 import meta
 
 from smallops.errors import InputError, TemplateError
 
-ROLES = ("system", "user", "assistant")
 _MARKER = re.compile(r"^\[(system|user|assistant)\][ \t]*$", re.MULTILINE)
 _COMMENT = re.compile(r"\{#.*?#\}", re.DOTALL)
 _ENV = jinja2.Environment(

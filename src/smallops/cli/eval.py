@@ -154,6 +154,8 @@ def _print_run(run: EvalRun, gate: GateResult | None) -> None:
     scores = run.scores()
     failed = [r for r in run.results if not r.passed]
     cost = "unpriced" if run.cost_usd is None else f"${run.cost_usd:.4f}"
+    if run.unpriced and run.cost_usd is not None:
+        cost += f" ({run.unpriced} calls unpriced)"
     say(
         f"{run.workflow.name}: {run.passed} of {len(scores)} cases pass; cost {cost}; "
         f"{sum(r.cached for r in run.results)} of {len(run.results)} answers from the cache",

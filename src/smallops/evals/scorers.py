@@ -175,11 +175,11 @@ def _check_for(name: str, spec: Any, workflow: Workflow[Any]) -> tuple[Check, An
             return configured, spec.get("criteria", value)
         if operator == "contains":
             return contains(ignore_case=spec.get("ignore_case", True)), value
-            makers: dict[str, Callable[[], Check]] = {
-                "one_of": one_of,
-                "regex": regex,
-                "exact": exact,
-            }
+        makers: dict[str, Callable[[], Check]] = {
+            "one_of": one_of,
+            "regex": regex,
+            "exact": exact,
+        }
         return makers[operator](), value
     return workflow.checks.get(name) or exact(), spec
 

@@ -19,7 +19,6 @@ from pydantic import BaseModel
 RETRYABLE = frozenset(
     {"rate_limited", "server_error", "timeout", "connection_error", "bad_response"}
 )
-FAILURE_KINDS = RETRYABLE | {"auth_error", "bad_request"}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -137,10 +137,6 @@ def ensure_schema(engine: Engine) -> None:
         with _migrating:
             if current_revision(engine) != head_revision():
                 upgrade(engine)
-
-
-def has_tables(engine: Engine) -> bool:
-    return inspect(engine).has_table("runs")
 
 
 def dispose_engines() -> None:

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, or_, select
 
 from smallops.errors import InputError, NotFoundError
 from smallops.storage.schema import prompt_versions, runs
@@ -140,11 +140,6 @@ def _percentile(ordered: list[float], pct: int) -> float | None:
     if len(ordered) == 1:
         return round(ordered[0], 2)
     return round(statistics.quantiles(ordered, n=100, method="inclusive")[pct - 1], 2)
-
-
-def count_runs(engine: Engine) -> int:
-    with engine.connect() as connection:
-        return int(connection.execute(select(func.count()).select_from(runs)).scalar_one())
 
 
 def plain_row(mapping: Any) -> dict[str, Any]:
