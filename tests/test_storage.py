@@ -196,6 +196,64 @@ def test_sigterm_mid_run_keeps_every_completed_call(database_url, tmp_path):
     assert set(completed) <= stored, f"{len(set(completed) - stored)} completed calls lost"
 
 
+def test_a_migration_that_fails_half_way_leaves_the_database_as_it_was(
+    database_url, tmp_path, monkeypatch
+):
+    """Every step runs in one transaction: a failure in a later step undoes the earlier ones,
+    so the next start migrates from a clean slate instead of repeating half-done work."""
+    from alembic.ddl.impl import DefaultImpl
+
+    real_create_table = DefaultImpl.create_table
+
+    def failing_create_table(self, table, *args, **kwargs):
+        if table.name == "eval_runs":
+            raise RuntimeError("disk full")
+        return real_create_table(self, table, *args, **kwargs)
+
+    engine = _engine(database_url, tmp_path)
+    monkeypatch.setattr(DefaultImpl, "create_table", failing_create_table)
+    try:
+        upgrade(engine)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the injected failure did not happen")
+    assert current_revision(engine) is None
+    assert not inspect(engine).has_table("runs")
+    monkeypatch.setattr(DefaultImpl, "create_table", real_create_table)
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+
+
+MIGRATE_WORKER = textwrap.dedent("""
+    import sys, time
+    from smallops.storage.db import ensure_schema, get_engine
+    start = float(sys.argv[2])
+    while time.time() < start:
+        pass
+    ensure_schema(get_engine(sys.argv[1]))
+""")
+
+
+def test_processes_that_start_together_on_a_new_database_migrate_it_once(tmp_path):
+    """Several processes opening one new SQLite log at the same moment: each waits for the
+    first to finish; none repeats a step (such as adding a column) the first already did."""
+    script = tmp_path / "migrate.py"
+    script.write_text(MIGRATE_WORKER)
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'log{attempt}.db'}"
+        start = time.time() + 1.5
+        workers = [
+            subprocess.Popen(
+                [sys.executable, str(script), url, str(start)], stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(6)
+        ]
+        failures = [w.communicate(timeout=120)[1] for w in workers if w.wait(timeout=120) != 0]
+        assert not failures, failures[0][-2000:]
+        assert current_revision(get_engine(url)) == head_revision()
+
+
 def test_several_databases_can_be_set_up_at_once_in_one_process(tmp_path):
     """Alembic's context is global: concurrent first calls to different logs must not collide."""
     import threading

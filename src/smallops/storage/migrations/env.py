@@ -10,16 +10,18 @@ MIGRATION_LOCK = 7_465_301  # Postgres advisory lock id: one migrating process a
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
-    # SQLite: take the write lock before reading the schema version, so processes that start
-    # together on a new database migrate one after the other instead of failing as "locked".
+    # One transaction around the version check and every step, opened here so Alembic runs
+    # inside it. On SQLite it starts with BEGIN IMMEDIATE: processes that start together on a
+    # new database take the write lock before reading the schema version, so the second one
+    # sees the first one's finished work instead of repeating a step half-way through it.
     connection = connection.execution_options(smallops_immediate=True)
-    context.configure(
-        connection=connection,
-        target_metadata=metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
-        compare_type=True,
-    )
-    with context.begin_transaction():
+    with connection.begin():
         if connection.dialect.name == "postgresql":
-            context.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
         context.run_migrations()
