@@ -6,6 +6,7 @@ sync and the async paths.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import tenacity
@@ -32,14 +33,20 @@ class RetryPolicy:
     def delay(self, error: ProviderError, attempt: int, elapsed: float) -> float | None:
         """Seconds to wait before attempt `attempt + 1`, or None to give up now.
 
-        Gives up on errors that retrying cannot fix, after the last attempt, and when the wait
-        (the server's Retry-After if it asks for longer than our backoff) would pass the deadline.
+        A server that says when to come back (Retry-After) knows its own load better than our
+        backoff does: wait that long plus up to 10% jitter, so clients told the same thing do
+        not return together. Otherwise back off exponentially with full jitter. Gives up on
+        errors that retrying cannot fix, after the last attempt, and when the wait would pass
+        the deadline.
         """
         if not error.retryable or attempt >= self.attempts:
             return None
-        state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-        state.attempt_number = attempt
-        wait = max(self._wait(state), error.retry_after or 0.0)
+        if error.retry_after is not None:
+            wait = error.retry_after * random.uniform(1.0, 1.1)
+        else:
+            state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+            state.attempt_number = attempt
+            wait = self._wait(state)
         if elapsed + wait >= self.deadline:
             return None
         return wait
