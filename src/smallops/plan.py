@@ -127,6 +127,7 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
             "allow_unpinned": wf.allow_unpinned,
             "review_policy": str(wf.review),
             "origin": wf.origin,
+            "content": wf.content,
             "fallback": wf.fallback.kind,
             "pricing": pricing,
         },

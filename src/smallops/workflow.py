@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from smallops.calls import adrive, drive, lifecycle
 from smallops.config import Settings, find_project_root
+from smallops.content import check_mode
 from smallops.errors import ConfigError, MissingFallbackError
 from smallops.pinning import check_pinned, parse_model
 from smallops.plan import CallPlan, Fallback, PromptVersion, build_plan
@@ -69,6 +70,8 @@ class Workflow(Generic[T]):
         rate_wait: float = 10.0,
         breaker: BreakerConfig | None = DEFAULT_BREAKER,
         budget: Budget | None = None,
+        content: str = "full",
+        retention_days: int | None = None,
         evals: str | Path | None = None,
         webhook: str | None = None,
         webhook_secret_env: str = "SMALLOPS_WEBHOOK_SECRET",
@@ -105,6 +108,8 @@ class Workflow(Generic[T]):
         self.rate_wait = rate_wait
         self.breaker = breaker
         self.budget = budget
+        self.content = _check_content(name, content, self.review, self.fallback)
+        self.retention_days = _check_retention(name, retention_days)
         self.evals_path = (
             self.base_dir / evals if evals else _default_evals(self.base_dir, self.name)
         )
@@ -232,6 +237,29 @@ def _check_retry(name: str, retries: int, timeout: float, deadline: float) -> Re
         raise ConfigError(
             f"workflow {name!r}: retries must be >= 0 and timeout, deadline positive numbers"
         ) from None
+
+
+def _check_content(name: str, mode: str, review: ReviewPolicy, fallback: Fallback) -> str:
+    """A metadata-only workflow keeps no input or output, so nothing can be put before a human."""
+    check_mode(mode, name)
+    if mode == "metadata" and (review.kind != "none" or fallback.kind == "review"):
+        raise ConfigError(
+            f"workflow {name!r}: content='metadata' keeps no inputs or outputs, so a reviewer "
+            "would have nothing to look at",
+            hint="use content='redacted' (personal data masked), or review='none' with a "
+            "fallback other than 'review'",
+        )
+    return mode
+
+
+def _check_retention(name: str, days: int | None) -> int | None:
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
+        raise ConfigError(
+            f"workflow {name!r}: retention_days={days!r} is not a number of days",
+            hint="use a whole number of days of at least 1, or None to keep content until "
+            "`smallops prune --older-than` says otherwise",
+        )
+    return days
 
 
 def _check_fallback(name: str, fallback: str | Fallback | None, output: Any) -> Fallback:

@@ -13,7 +13,7 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from smallops import __version__
-from smallops.cli import check, db, drift, init, logs, report, review, run, serve, status
+from smallops.cli import check, db, drift, init, logs, prune, report, review, run, serve, status
 from smallops.cli import eval as eval_cli
 from smallops.cli._common import err
 from smallops.errors import SmallopsError
@@ -62,6 +62,7 @@ eval_cli.register(app)
 check.register(app)
 drift.register(app)
 status.register(app)
+prune.register(app)
 app.add_typer(review.app, name="review")
 serve.register(app)
 app.add_typer(db.app, name="db")

@@ -28,8 +28,8 @@ def project(ctx: typer.Context) -> Project:
     return Project.find(given)
 
 
-def since(value: str | None) -> datetime | None:
-    """`7d`, `24h`, `30m`, `2w`, or an ISO date/time (UTC unless it says otherwise)."""
+def since(value: str | None, option: str = "--since") -> datetime | None:
+    """`7d`, `24h`, `30m`, `2w` ago, or an ISO date/time (UTC unless it says otherwise)."""
     if value is None:
         return None
     match = _SPAN.match(value.strip().lower())
@@ -40,7 +40,7 @@ def since(value: str | None) -> datetime | None:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise InputError(
-            f"--since {value!r} is not a duration or a date",
+            f"{option} {value!r} is not a duration or a date",
             hint="use e.g. 30m, 24h, 7d, 2w or 2026-11-01",
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)

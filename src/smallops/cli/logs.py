@@ -75,6 +75,14 @@ def logs_command(
     )
 
 
+CONTENT_LABELS = {
+    "full": "full",
+    "redacted": "redacted (personal data masked before it was written)",
+    "metadata": "metadata only (inputs, messages and outputs were not kept)",
+    "pruned": "pruned (content removed by `smallops prune`)",
+}
+
+
 def short_id(run_id: str) -> str:
     """The random tail of a run id: unique in practice, and what `show` accepts."""
     return run_id[-12:]
@@ -118,6 +126,7 @@ def _print_run(run: dict[str, Any]) -> None:
         ("prompt version", run["prompt_version"]),
         ("git commit", run["git_commit"] or "-"),
         ("review / fallback", f"{run['review_policy']} / {run['fallback']}"),
+        ("content", CONTENT_LABELS.get(run["content"] or "full", run["content"])),
     ]
     for label, value in facts:
         say(f"  {label:<18} {escape(str(value))}" + (flag if label == "model served" else ""))
@@ -136,7 +145,8 @@ def _print_run(run: dict[str, Any]) -> None:
             )
             + f", {attempt.get('latency_ms', 0):.1f} ms"
         )
-        _section(head, attempt.get("response") or "(no response body)")
+        kept = (run["content"] or "full") in ("full", "redacted")
+        _section(head, attempt.get("response") or ("(no response body)" if kept else "(not kept)"))
     _section(
         "output",
         json.dumps(run["output"], indent=2, ensure_ascii=False)

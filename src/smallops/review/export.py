@@ -13,8 +13,9 @@ from smallops.review.queue import ReviewQueue
 def export_reviewed(queue: ReviewQueue, workflow: str, path: Path) -> tuple[int, int]:
     """Append approved (expected = the output) and corrected (expected = the correction) items.
 
-    Ids are `review-<run id>`, so a second export adds only what is new. Returns (added, kept).
-    The file is written whole to a temporary file and renamed: never left half-written.
+    Ids are `review-<run id>`, so a second export adds only what is new; items whose content
+    was pruned have nothing to replay and are skipped. Returns (added, kept). The file is
+    written whole to a temporary file and renamed: never left half-written.
     """
     existing = _ids(path)
     cases = []
@@ -22,7 +23,7 @@ def export_reviewed(queue: ReviewQueue, workflow: str, path: Path) -> tuple[int,
     for state in ("approved", "corrected"):
         for item in queue.items(workflow, state=state, limit=1_000_000):
             case_id = f"review-{item['run_id']}"
-            if case_id in existing or item["final_output"] is None:
+            if case_id in existing or item["final_output"] is None or not item["inputs"]:
                 kept += 1
                 continue
             existing.add(case_id)

@@ -91,7 +91,7 @@ class ReviewQueue:
     ) -> list[dict[str, Any]]:
         """Items, oldest first (for pending) or newest first, with their runs' inputs."""
         query = (
-            select(review_items, runs.c.inputs)
+            select(review_items, runs.c.inputs, runs.c.content)
             .join(runs, runs.c.id == review_items.c.run_id, isouter=True)
             .limit(limit)
         )

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_json
 
+from smallops.content import attempt_metadata, deep_map, mask_personal_data
 from smallops.plan import PromptVersion
 from smallops.pricing import price_run
 from smallops.providers.base import Usage
@@ -35,6 +36,7 @@ def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
     requested = static["model_requested"]
     cost, cost_source = price_run(static["pricing"], served or requested, usage)
     started = record["started_at"]
+    mode, inputs, messages, output, attempts = _content(record)
     return (
         record["id"],
         static["workflow"],
@@ -49,7 +51,7 @@ def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
         record["system_fingerprint"],
         record["status"],
         record["error_type"],
-        redact(record["error_message"]),
+        redact(_error_message(record)),
         static["review_policy"],
         record["review_route"],
         static["origin"],
@@ -65,11 +67,33 @@ def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
         record["latency_ms"],
         started,
         started + record["latency_ms"] / 1000,
-        redact(_json(record["inputs"])),
-        redact(_json(record["messages"])),
-        redact(_json(record["output"])),
-        redact(_json(record["attempts"])),
+        redact(_json(inputs)),
+        redact(_json(messages)),
+        redact(_json(output)),
+        redact(_json(attempts)),
+        mode,
     )
+
+
+def _content(record: dict[str, Any]) -> tuple[str, Any, Any, Any, Any]:
+    """The workflow's content mode and the inputs, messages, output and attempts it keeps."""
+    mode = record["plan"]["content"]
+    inputs, messages = record["inputs"], record["messages"]
+    output, attempts = record["output"], record["attempts"]
+    if mode == "metadata":
+        return mode, {}, None, None, attempt_metadata(attempts)
+    if mode == "redacted":
+        mask = mask_personal_data
+        output = output.model_dump(mode="json") if isinstance(output, BaseModel) else output
+        return mode, *(deep_map(v, mask) for v in (inputs, messages, output, attempts))
+    return mode, inputs, messages, output, attempts
+
+
+def _error_message(record: dict[str, Any]) -> str | None:
+    message: str | None = record["error_message"]
+    if message and record["plan"]["content"] != "full":
+        return mask_personal_data(message)
+    return message
 
 
 def prompt_row(version: PromptVersion) -> tuple[Any, ...]:
@@ -91,6 +115,9 @@ def review_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...] | No
     if route not in REVIEWED_ROUTES:
         return None
     output = record["output"] if record["output"] is not None else record["partial"]
+    if record["plan"]["content"] == "redacted":
+        output = output.model_dump(mode="json") if isinstance(output, BaseModel) else output
+        output = deep_map(output, mask_personal_data)
     return (
         record["id"],
         record["plan"]["workflow"],

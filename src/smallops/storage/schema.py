@@ -74,12 +74,14 @@ runs = Table(
     Column("messages", Json),
     Column("output", Json),
     Column("attempts", Json, nullable=False),
+    Column("content", String(20)),  # full, redacted, metadata, or pruned (NULL: full)
     Index("ix_runs_workflow_started", "workflow", "started_at"),
     Index("ix_runs_started", "started_at"),
     Index("ix_runs_status", "status"),
 )
 
-#: Column order of the fast insert path (writer) and of the spool.
+#: Column order of the fast insert path (writer) and of the spool. New columns go at the end, so
+#: rows spooled by an older version replay with NULL in them.
 RUN_COLUMNS = tuple(column.name for column in runs.columns)
 PROMPT_COLUMNS = tuple(column.name for column in prompt_versions.columns)
 

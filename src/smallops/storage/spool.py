@@ -16,6 +16,7 @@ from typing import IO, Any
 from pydantic_core import from_json, to_json
 
 from smallops.ids import uuid7
+from smallops.storage.schema import RUN_COLUMNS
 
 try:
     import fcntl
@@ -115,6 +116,8 @@ def _chunks(handle: IO[bytes]) -> Iterator[tuple[list[Row], list[Row], list[Row]
             kind, row = from_json(line)
         except ValueError:
             continue  # a line cut short by a crash mid-write: its batch was never acknowledged
+        if kind == "r" and len(row) < len(RUN_COLUMNS):  # spooled before a column was added
+            row = [*row, *[None] * (len(RUN_COLUMNS) - len(row))]
         rows[kind].append(row)
         if len(rows["r"]) >= REPLAY_CHUNK:
             yield rows["r"], rows["p"], rows["q"]
