@@ -22,7 +22,15 @@ from starlette.templating import Jinja2Templates
 from smallops.errors import ConfigError, NotFoundError, SmallopsError
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, HeldError
-from smallops.web.auth import SESSION_COOKIE, Auth, LoginError, Sessions, is_loopback
+from smallops.web.auth import (
+    SESSION_COOKIE,
+    Auth,
+    LoginError,
+    LoginThrottle,
+    Sessions,
+    TooManyFailures,
+    is_loopback,
+)
 
 Handler = Callable[[Request], Awaitable[Response]]
 HTML_HEADERS = {
@@ -41,6 +49,7 @@ class Web:
     auth: Auth
     sessions: Sessions
     templates: Jinja2Templates
+    throttle: LoginThrottle = dataclasses.field(default_factory=LoginThrottle)
 
 
 def web(request: Request) -> Web:
@@ -117,7 +126,10 @@ def error(request: Request, exc: SmallopsError, status: int | None = None) -> Re
     """An error as `{"error", "hint"}` JSON, or a page saying it."""
     status = status or status_of(exc)
     data = {"error": exc.message, "hint": exc.hint}
-    return render(request, "error.html", data, status)
+    response = render(request, "error.html", data, status)
+    if isinstance(exc, TooManyFailures):
+        response.headers["Retry-After"] = str(int(exc.retry_after) + 1)
+    return response
 
 
 def status_of(exc: SmallopsError) -> int:
@@ -125,6 +137,8 @@ def status_of(exc: SmallopsError) -> int:
         return 404
     if isinstance(exc, (HeldError, DecidedError)):
         return 409
+    if isinstance(exc, TooManyFailures):
+        return 429
     if isinstance(exc, LoginError):
         return 401
     return 400
@@ -158,11 +172,16 @@ def guarded(handler: Handler) -> Handler:
             denied = ConfigError("this server answers only to localhost", hint="use 127.0.0.1")
             return error(request, denied, 400)
         if state.auth.require_login and "authorization" in request.headers:
+            address = client_address(request)
             try:
+                state.throttle.check(None, address)
                 request.state.reviewer = state.auth.bearer(
                     request.headers["authorization"], request.headers.get("x-reviewer")
                 )
+            except TooManyFailures as exc:
+                return error(request, exc)
             except LoginError as exc:
+                state.throttle.failed(None, address)
                 return error(request, exc)
             return await handler(request)
         return await _with_session(request, state, handler)
@@ -224,3 +243,8 @@ def _local_host(request: Request) -> bool:
     host = request.headers.get("host", "")
     name = host.rpartition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
     return is_loopback(name)
+
+
+def client_address(request: Request) -> str | None:
+    """The peer's address (behind a reverse proxy, the proxy's: every client shares one)."""
+    return request.client.host if request.client else None

@@ -9,6 +9,8 @@ Standard library only, so `smallops review hash-password` works without the web 
   survive a restart and no session table is needed.
 - The CSRF token is an HMAC of the session cookie: per session, nothing stored, and useless to
   a page that cannot read this site's cookie.
+- Failed logins are counted per name and per client address; past the limit further tries are
+  refused for a while before any password is checked, so guessing one is slow.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import hmac
 import os
 import re
 import secrets
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,77 @@ _dummy_hash: list[str] = []
 
 class LoginError(SmallopsError):
     """The request does not say who is reviewing, or says it wrongly."""
+
+
+class TooManyFailures(LoginError):
+    """Too many failed logins for a name or from an address: wait, then try again."""
+
+    def __init__(self, retry_after: float) -> None:
+        minutes = max(1, -(-int(retry_after) // 60))
+        super().__init__(
+            "too many failed logins for this name or from this address",
+            hint=f"try again in {minutes} minute{'s' if minutes > 1 else ''}",
+        )
+        self.retry_after = retry_after
+
+
+@dataclass
+class LoginThrottle:
+    """Failed logins over a sliding window, per reviewer name and per client address.
+
+    In memory: one `smallops serve` process holds the review desk, and a restart that forgets
+    the count costs an attacker the restart. The per-name limit protects each account; the
+    per-address limit slows one machine trying many names.
+    """
+
+    per_name: int = 5
+    per_address: int = 20
+    window: float = 900.0  # seconds
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self, name: str | None, address: str | None, now: float | None = None) -> None:
+        """Raise TooManyFailures while `name` or `address` is over its limit."""
+        now = time.monotonic() if now is None else now
+        wait = 0.0
+        if key := _name_key(name):
+            wait = self._wait(key, self.per_name, now)
+        if address:
+            wait = max(wait, self._wait(f"address:{address}", self.per_address, now))
+        if wait > 0:
+            raise TooManyFailures(wait)
+
+    def failed(self, name: str | None, address: str | None, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for key in (_name_key(name), f"address:{address}" if address else ""):
+                if key:
+                    self._failures.setdefault(key, deque()).append(now)
+            if len(self._failures) > 10_000:  # forget quiet keys rather than grow without end
+                quiet = now - self.window
+                for key in [k for k, times in self._failures.items() if times[-1] < quiet]:
+                    del self._failures[key]
+
+    def succeeded(self, name: str | None) -> None:
+        """A right password clears its name's count (not its address's)."""
+        with self._lock:
+            self._failures.pop(_name_key(name), None)
+
+    def _wait(self, key: str, limit: int, now: float) -> float:
+        with self._lock:
+            times = self._failures.get(key)
+            if not times:
+                return 0.0
+            while times and times[0] <= now - self.window:
+                times.popleft()
+            if len(times) < limit:
+                return 0.0
+            return times[-limit] + self.window - now
+
+
+def _name_key(name: str | None) -> str:
+    cleaned = clean_name(name)
+    return f"name:{cleaned.casefold()}" if cleaned else ""
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:

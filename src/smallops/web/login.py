@@ -17,6 +17,7 @@ from smallops.errors import ConfigError, SmallopsError
 from smallops.web._http import (
     JSON,
     body,
+    client_address,
     error,
     guarded,
     json_body,
@@ -26,7 +27,7 @@ from smallops.web._http import (
     wants_json,
     web,
 )
-from smallops.web.auth import SESSION_COOKIE, LoginError
+from smallops.web.auth import SESSION_COOKIE, LoginError, TooManyFailures
 
 NONCE_COOKIE = "smallops_login"
 
@@ -54,12 +55,23 @@ async def _log_in(request: Request) -> Response:
     ):
         stale = LoginError("the login form expired", hint="reload the page and log in again")
         return _form(request, problem=stale, name=given, target=target, status=403)
+    address = client_address(request)
+    try:
+        state.throttle.check(given, address)
+    except TooManyFailures as exc:
+        if wants_json(request):
+            return error(request, exc)
+        refused = _form(request, problem=exc, name=given, target=target, status=429)
+        refused.headers["Retry-After"] = str(int(exc.retry_after) + 1)
+        return refused
     name = await run_in_threadpool(state.auth.login, given, str(form.get("password") or ""))
     if name is None:
+        state.throttle.failed(given, address)
         wrong = LoginError("wrong name or password", hint="ask whoever runs smallops serve")
         if wants_json(request):
             return error(request, wrong)
         return _form(request, problem=wrong, name=given, target=target, status=401)
+    state.throttle.succeeded(given)
     cookie = state.sessions.issue(name)
     if wants_json(request):
         response: Response = JSON({"reviewer": name, "csrf": state.sessions.csrf_token(cookie)})
