@@ -184,11 +184,24 @@ def test_prune_empties_old_runs_and_keeps_their_metadata(logged, capsys):
     assert not evals.exists()  # pruned decisions have no input to replay
 
 
-def test_prune_without_a_retention_says_what_to_do(project, capsys):
+def test_prune_applies_each_workflows_retention_and_says_what_to_do_without_one(project, capsys):
+    code, out, err = smallops(capsys, "--project", str(project), "prune", "--json")
+    assert code == 0, err
+    row = json.loads(out)
+    before = datetime.fromisoformat(row["before"])
+    assert row["workflow"] == "email-triage" and row["runs"] == 0
+    assert abs((datetime.now(timezone.utc) - before) - timedelta(days=365)) < timedelta(minutes=1)
+
+    source = project / "workflows" / "email_triage.py"
+    source.write_text(
+        "\n".join(line for line in source.read_text().splitlines() if "retention_days" not in line)
+    )
     code, _, err = smallops(capsys, "--project", str(project), "prune")
     assert code == 2
     assert "nothing to prune: no workflow sets retention_days" in err
     assert "--older-than" in err
+    code, _, err = smallops(capsys, "--project", str(project), "prune", "email-triage")
+    assert code == 2 and "workflow 'email-triage' sets no retention_days" in err
     code, _, err = smallops(capsys, "--project", str(project), "prune", "--older-than", "soon")
     assert code == 2 and "--older-than 'soon' is not a duration or a date" in err
 

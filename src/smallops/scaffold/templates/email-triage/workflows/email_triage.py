@@ -49,6 +49,8 @@ email_triage = Workflow(
     max_tokens=400,
     review="all",
     fallback="review",
+    content="full",  # "redacted" masks emails, phone and card numbers before they are logged
+    retention_days=365,  # `smallops prune` (e.g. nightly) then empties older runs' content
     owner="ops@example.com",
     description="Sort inbound support email by category and urgency.",
 )
