@@ -81,7 +81,8 @@ def test_metadata_mode_keeps_how_the_call_went_and_nothing_that_was_said(make_wo
     assert result.status == "auto" and result.output.category == "billing"
     [run] = recorded_runs(wf)
     assert run["content"] == "metadata"
-    assert run["inputs"] == {} and run["messages"] is None and run["output"] is None
+    assert run["inputs"] == {} and run["messages"] is None
+    assert run["output"] == {"category": "billing", "urgency": "high"}  # labels, no free text
     first, second = run["attempts"]
     assert first["status_code"] == 500 and first["error_type"] == "server_error"
     assert second["status_code"] == 200 and second["usage"]["input_tokens"] == 25
@@ -156,7 +157,8 @@ def test_prune_empties_old_runs_and_keeps_their_metadata(logged, capsys):
     by_id = {run["id"]: run for run in recorded_runs(wf)}
     for run_id in old[:2]:
         run = by_id[run_id]
-        assert run["content"] == "pruned" and run["inputs"] == {} and run["output"] is None
+        assert run["content"] == "pruned" and run["inputs"] == {}
+        assert run["output"] == {"category": "billing", "urgency": "high"}  # drift still sees it
         assert run["messages"] is None and "request" not in run["attempts"][0]
         assert run["input_tokens"] == 25 and run["cost_usd"] is not None
     assert by_id[old[2]]["content"] == "full"  # a reviewer still needs it

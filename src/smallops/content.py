@@ -1,5 +1,5 @@
 """How much of a call's content the log keeps: everything, everything with personal data
-masked, or only the metadata (status, model, tokens, cost, latency).
+masked, or only the metadata (status, model, tokens, cost, latency, the output's labels).
 
 `full` keeps the audit trail and the eval dataset whole; `redacted` suits workflows that read
 customers' messages; `metadata` suits data that must not be kept at all. Secrets are removed in
@@ -10,8 +10,10 @@ every mode. The same shaping serves the writer (as runs are recorded) and `small
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from pydantic import BaseModel
 
 from smallops.errors import ConfigError
 
@@ -87,6 +89,19 @@ def deep_map(value: Any, change: Callable[[str], str]) -> Any:
     if isinstance(value, (list, tuple)):
         return [deep_map(item, change) for item in value]
     return value
+
+
+def labels(output: Any, fields: Iterable[str]) -> dict[str, Any] | None:
+    """The output's labels (its enum and Literal fields, such as a category), without its free
+    text: what drift reports need, kept by `metadata` and by `smallops prune`."""
+    if output is None:
+        return None
+    if isinstance(output, BaseModel):
+        output = output.model_dump(mode="json")
+    if not isinstance(output, dict):
+        return None
+    kept = {name: output[name] for name in fields if name in output}
+    return kept or None
 
 
 def attempt_metadata(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:

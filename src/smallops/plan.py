@@ -128,6 +128,7 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
             "review_policy": str(wf.review),
             "origin": wf.origin,
             "content": wf.content,
+            "label_fields": tuple(fields),
             "fallback": wf.fallback.kind,
             "pricing": pricing,
         },

@@ -37,10 +37,11 @@ def prune_command(
 ) -> None:
     """Remove the content of old runs: inputs, messages, outputs, raw requests and responses.
 
-    What reports, budgets and review statistics need stays (status, model, tokens, cost,
-    latency, output classes, review actions). Runs still waiting for a reviewer are kept whole.
-    Without --older-than, each workflow's `retention_days` applies and workflows without one
-    are left alone. Safe to interrupt: running it again finishes the work.
+    What reports, budgets, drift and review statistics need stays (status, model, tokens, cost,
+    latency, the output's labels such as its category, review actions). Runs still waiting for
+    a reviewer are kept whole. Without --older-than, each workflow's `retention_days` applies
+    and workflows without one are left alone. Safe to interrupt: running it again finishes the
+    work.
     """
     project = _common.project(ctx)
     cutoffs = _cutoffs(project, workflow, _common.since(older_than, "--older-than"))

@@ -1,11 +1,12 @@
 """Retention: old runs lose their content and keep their metadata.
 
 A pruned run keeps what reports, budgets, graduation and drift need (status, model, tokens,
-cost, latency, output classes, review actions) and drops what was said: inputs, rendered
-messages, output, raw requests and responses, error text, and the outputs in its review
-item, decisions and webhook payloads. A run whose review item is still pending is never pruned:
-a human still needs it. Work goes in small transactions, each leaving every run either whole
-or pruned, so an interrupted prune is finished by running it again.
+cost, latency, the output's labels such as its category, review actions) and drops what was
+said: inputs, rendered messages, the output's free text, raw requests and responses, error
+text, and the outputs in its review item, decisions and webhook payloads. A run whose review
+item is still pending is never pruned: a human still needs it. Work goes in small
+transactions, each leaving every run either whole or pruned, so an interrupted prune is
+finished by running it again.
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, null, or_, select, update
 
-from smallops.content import PRUNED, attempt_metadata
-from smallops.storage.schema import review_decisions, review_items, runs, webhook_deliveries
+from smallops.content import PRUNED, attempt_metadata, labels
+from smallops.review.graduation import enum_fields
+from smallops.storage.schema import (
+    prompt_versions,
+    review_decisions,
+    review_items,
+    runs,
+    webhook_deliveries,
+)
 
 BATCH = 500
 
@@ -72,34 +80,51 @@ def prune(
     result = count(engine, workflow, before)
     done = 0
     select_batch = (
-        select(runs.c.id, runs.c.attempts)
+        select(runs.c.id, runs.c.attempts, runs.c.output, runs.c.prompt_version)
         .where(prunable(workflow, before), runs.c.id.not_in(_awaiting_review()))
         .limit(BATCH)
     )
+    label_fields = _label_fields(engine, workflow)
     while True:
         with engine.begin() as connection:
             batch = connection.execute(select_batch).all()
             if not batch:
                 break
-            _prune_batch(connection, batch)
+            _prune_batch(connection, batch, label_fields)
         done += len(batch)
         progress(len(batch))
     result.runs = done
     return result
 
 
-def _prune_batch(connection: Any, batch: Sequence[Any]) -> None:
+def _label_fields(engine: Engine, workflow: str) -> dict[str, list[str]]:
+    """Each prompt version's label fields (enums and Literals), from its stored schema."""
+    query = select(prompt_versions.c.id, prompt_versions.c.output_schema).where(
+        prompt_versions.c.workflow == workflow
+    )
+    with engine.connect() as connection:
+        return {
+            version: list(enum_fields(schema or {}))
+            for version, schema in connection.execute(query)
+        }
+
+
+def _prune_batch(connection: Any, batch: Sequence[Any], label_fields: dict[str, list[str]]) -> None:
     ids = [row.id for row in batch]
-    for row in batch:  # attempts keep how each request went, not what it said
+    for row in batch:  # how each request went, and the output's labels; not what was said
+        kept = labels(row.output, label_fields.get(row.prompt_version, ()))
         connection.execute(
             update(runs)
             .where(runs.c.id == row.id)
-            .values(attempts=attempt_metadata(row.attempts or []))
+            .values(
+                attempts=attempt_metadata(row.attempts or []),
+                output=kept if kept is not None else null(),
+            )
         )
     connection.execute(
         update(runs)
         .where(runs.c.id.in_(ids))
-        .values(inputs={}, messages=null(), output=null(), error_message=None, content=PRUNED)
+        .values(inputs={}, messages=null(), error_message=None, content=PRUNED)
     )
     connection.execute(
         update(review_items)

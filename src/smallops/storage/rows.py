@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from smallops.content import attempt_metadata, deep_map, mask_personal_data
+from smallops.content import attempt_metadata, deep_map, labels, mask_personal_data
 from smallops.plan import PromptVersion
 from smallops.pricing import price_run
 from smallops.providers.base import Usage
@@ -81,7 +81,8 @@ def _content(record: dict[str, Any]) -> tuple[str, Any, Any, Any, Any]:
     inputs, messages = record["inputs"], record["messages"]
     output, attempts = record["output"], record["attempts"]
     if mode == "metadata":
-        return mode, {}, None, None, attempt_metadata(attempts)
+        kept = labels(output, record["plan"]["label_fields"])
+        return mode, {}, None, kept, attempt_metadata(attempts)
     if mode == "redacted":
         mask = mask_personal_data
         output = output.model_dump(mode="json") if isinstance(output, BaseModel) else output
