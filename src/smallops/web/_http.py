@@ -191,7 +191,7 @@ def guarded(handler: Handler) -> Handler:
 
 async def _with_session(request: Request, state: Web, handler: Handler) -> Response:
     cookie = request.cookies.get(SESSION_COOKIE)
-    name = state.sessions.reviewer(cookie)
+    name = state.sessions.reviewer(cookie, credentials=state.auth.credentials)
     fresh = None
     if not state.auth.require_login and name != state.auth.reviewer:
         name, fresh = state.auth.reviewer, state.sessions.issue(state.auth.reviewer)

@@ -6,7 +6,9 @@ Standard library only, so `smallops review hash-password` works without the web 
   check always costs one scrypt, known name or not, so timing does not reveal who exists.
 - A session is a cookie `b64(name).expiry.hmac`, signed with HMAC-SHA256 under a key from
   SMALLOPS_SECRET_KEY or a random key kept in `.smallops/secret_key` (mode 0600), so sessions
-  survive a restart and no session table is needed.
+  survive a restart and no session table is needed. The signature also covers the credential
+  the reviewer logged in with, so a changed password, a removed reviewer or a new review token
+  ends the sessions made with the old one.
 - The CSRF token is an HMAC of the session cookie: per session, nothing stored, and useless to
   a page that cannot read this site's cookie.
 - Failed logins are counted per name and per client address; past the limit further tries are
@@ -26,7 +28,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,20 +183,31 @@ class Sessions:
     key: bytes
     ttl: int = SESSION_TTL
 
-    def issue(self, reviewer: str, now: float | None = None) -> str:
+    def issue(self, reviewer: str, now: float | None = None, credential: str = "") -> str:
+        """A cookie for `reviewer`, bound to the credential they logged in with (its stored
+        hash, or the review token): change or remove that and the cookie stops working."""
         name = _b64(reviewer.encode(), url=True)
         expires = str(int((time.time() if now is None else now) + self.ttl))
-        return f"{name}.{expires}.{self._sign('session', f'{name}.{expires}')}"
+        return f"{name}.{expires}.{self._sign('session', f'{name}.{expires}', credential)}"
 
-    def reviewer(self, cookie: str | None, now: float | None = None) -> str | None:
-        """The reviewer a cookie was issued to, if it is genuine and unexpired."""
+    def reviewer(
+        self,
+        cookie: str | None,
+        now: float | None = None,
+        credentials: Callable[[str], Iterable[str]] = lambda _: ("",),
+    ) -> str | None:
+        """The reviewer a cookie was issued to, if it is genuine, unexpired, and issued under
+        one of the credentials that reviewer has now."""
         try:
             name, expires, signature = (cookie or "").split(".")
             fresh = int(expires) > (time.time() if now is None else now)
-            genuine = hmac.compare_digest(signature, self._sign("session", f"{name}.{expires}"))
             reviewer = _unb64(name).decode()
         except (ValueError, binascii.Error, UnicodeDecodeError):
             return None
+        genuine = any(
+            hmac.compare_digest(signature, self._sign("session", f"{name}.{expires}", credential))
+            for credential in credentials(reviewer)
+        )
         return reviewer if fresh and genuine else None
 
     def csrf_token(self, cookie: str) -> str:
@@ -205,8 +218,9 @@ class Sessions:
             str(token), self.csrf_token(str(cookie))
         )
 
-    def _sign(self, purpose: str, text: str) -> str:
-        digest = hmac.new(self.key, f"{purpose}:{text}".encode(), hashlib.sha256).digest()
+    def _sign(self, purpose: str, text: str, credential: str = "") -> str:
+        message = f"{purpose}:{text}\x00{credential}" if credential else f"{purpose}:{text}"
+        digest = hmac.new(self.key, message.encode(), hashlib.sha256).digest()
         return _b64(digest, url=True)
 
 
@@ -240,18 +254,26 @@ class Auth:
         name = clean_name(reviewer) or clean_name(default_reviewer(env)) or "reviewer"
         return cls(require_login, name, dict(reviewers), token)
 
-    def login(self, name: str | None, password: str | None) -> str | None:
-        """The reviewer's name if the password (or the review token) is right, else None."""
+    def login(self, name: str | None, password: str | None) -> tuple[str, str] | None:
+        """(reviewer, the credential that let them in) if the password or the review token is
+        right, else None."""
         name, password = clean_name(name), password or ""
         if name is None or not password:
             return None
         if self.token and hmac.compare_digest(password.encode(), self.token.encode()):
-            return name
+            return name, self.token
         stored = self.reviewers.get(name)
         if stored is None:
             verify_password(password, _dummy())  # the same cost as a known name
             return None
-        return name if verify_password(password, stored) else None
+        return (name, stored) if verify_password(password, stored) else None
+
+    def credentials(self, name: str) -> list[str]:
+        """What a session of `name` may have been issued under, as things stand now."""
+        if not self.require_login:
+            return [""]
+        held = [self.reviewers[name]] if name in self.reviewers else []
+        return held + ([self.token] if self.token else [])
 
     def bearer(self, authorization: str, x_reviewer: str | None) -> str:
         """The reviewer of a JSON client: the review token, and its name in X-Reviewer."""

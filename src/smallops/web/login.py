@@ -64,15 +64,16 @@ async def _log_in(request: Request) -> Response:
         refused = _form(request, problem=exc, name=given, target=target, status=429)
         refused.headers["Retry-After"] = str(int(exc.retry_after) + 1)
         return refused
-    name = await run_in_threadpool(state.auth.login, given, str(form.get("password") or ""))
-    if name is None:
+    session = await run_in_threadpool(state.auth.login, given, str(form.get("password") or ""))
+    if session is None:
         state.throttle.failed(given, address)
         wrong = LoginError("wrong name or password", hint="ask whoever runs smallops serve")
         if wants_json(request):
             return error(request, wrong)
         return _form(request, problem=wrong, name=given, target=target, status=401)
     state.throttle.succeeded(given)
-    cookie = state.sessions.issue(name)
+    name, credential = session
+    cookie = state.sessions.issue(name, credential=credential)
     if wants_json(request):
         response: Response = JSON({"reviewer": name, "csrf": state.sessions.csrf_token(cookie)})
     else:

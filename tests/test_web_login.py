@@ -1,4 +1,5 @@
-"""Failed logins are throttled per name and per address, before any password is checked."""
+"""Logging in to the review UI: failed tries are throttled per name and per address before any
+password is checked, and a session ends when the credential it was made with changes."""
 
 from __future__ import annotations
 
@@ -61,3 +62,34 @@ def test_wrong_bearer_tokens_are_throttled_per_address(tmp_path):
     assert {ask(f"guess-{i}").status_code for i in range(20)} == {401}
     refused = ask(TOKEN)
     assert refused.status_code == 429 and "retry-after" in refused.headers
+
+
+def test_a_changed_password_a_removed_reviewer_or_a_new_token_ends_their_sessions(tmp_path):
+    import dataclasses
+
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    reviewers = {"dana": auth.hash_password(PASSWORD), "eli": auth.hash_password(PASSWORD)}
+    client, _ = serve([wf], require_login=True, reviewers=reviewers, token=TOKEN)
+    cookies = {}
+    for name, password in (("dana", PASSWORD), ("eli", PASSWORD), ("bot", TOKEN)):
+        client.cookies.clear()
+        form = {"csrf": csrf(client, "/login"), "name": name, "password": password}
+        assert client.post("/login", data=form, follow_redirects=False).status_code == 303
+        cookies[name] = client.cookies[auth.SESSION_COOKIE]
+
+    def who(name: str) -> int:
+        client.cookies.clear()
+        client.cookies[auth.SESSION_COOKIE] = cookies[name]
+        return client.get("/", headers=JSON_HEADERS).status_code
+
+    assert [who(n) for n in cookies] == [200, 200, 200]
+    state = client.app.state.web
+    # smallops.toml edited and the server restarted: dana has a new password, eli is gone,
+    # and the review token was rotated.
+    restarted = auth.Auth(
+        True, reviewers={"dana": auth.hash_password("a new password")}, token="rotated-token-42"
+    )
+    client.app.state.web = dataclasses.replace(state, auth=restarted)
+    assert [who(n) for n in cookies] == [401, 401, 401]
+    client.app.state.web = state  # nothing changed: the same cookies work again
+    assert [who(n) for n in cookies] == [200, 200, 200]
