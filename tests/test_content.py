@@ -242,3 +242,32 @@ def test_runs_spooled_before_the_content_column_existed_replay_with_it_empty(
     assert writer_module.replay_spool(wf.settings) == 1
     replayed = {run["id"]: run for run in recorded_runs(wf)}[spooled]
     assert replayed["content"] is None and replayed["inputs"]["subject"] == PERSONAL["subject"]
+
+
+def test_prune_goes_through_many_runs_in_small_batches(tmp_path, database_url, monkeypatch):
+    from smallops import FakeProvider, Settings, Workflow
+    from smallops.storage import prune as retention
+
+    from models import Triage
+
+    (tmp_path / "p.prompt").write_text("[user]\n{{ text }}")
+    wf = Workflow(
+        "many",
+        model="fake:rules",
+        prompt="p.prompt",
+        output=Triage,
+        fallback="raise",
+        review="none",
+        provider=FakeProvider(lambda _: ANSWER),
+        settings=Settings(root=tmp_path, database_url=database_url),
+        base_dir=tmp_path,
+    )
+    for i in range(11):
+        wf.run(text=f"mail {i} from jane.doe@example.com")
+    recorded_runs(wf)
+    monkeypatch.setattr(retention, "BATCH", 3)
+    advanced = []
+    result = retention.prune(_engine(wf), "many", datetime.now(timezone.utc), advanced.append)
+    assert result.runs == 11 and advanced == [3, 3, 3, 2]
+    assert {run["content"] for run in recorded_runs(wf)} == {"pruned"}
+    assert "jane.doe" not in json.dumps(recorded_runs(wf), default=str)

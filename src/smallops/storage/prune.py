@@ -82,15 +82,18 @@ def prune(
     select_batch = (
         select(runs.c.id, runs.c.attempts, runs.c.output, runs.c.prompt_version)
         .where(prunable(workflow, before), runs.c.id.not_in(_awaiting_review()))
+        .order_by(runs.c.id)
         .limit(BATCH)
     )
     label_fields = _label_fields(engine, workflow)
+    last = ""  # ids are time-ordered: each batch starts after the previous one
     while True:
         with engine.begin() as connection:
-            batch = connection.execute(select_batch).all()
+            batch = connection.execute(select_batch.where(runs.c.id > last)).all()
             if not batch:
                 break
             _prune_batch(connection, batch, label_fields)
+        last = batch[-1].id
         done += len(batch)
         progress(len(batch))
     result.runs = done
