@@ -54,6 +54,8 @@ def list_command(
             "output": wf.output.__name__ if wf.output else None,
             "review": str(wf.review),
             "fallback": wf.fallback.kind,
+            "content": wf.content,
+            "retention_days": wf.retention_days,
             "owner": wf.owner,
             "description": wf.description,
         }
