@@ -187,6 +187,8 @@ def test_prune_empties_old_runs_and_keeps_their_metadata(logged, capsys):
 
 
 def test_prune_applies_each_workflows_retention_and_says_what_to_do_without_one(project, capsys):
+    _, out, _ = smallops(capsys, "--project", str(project), "list", "--json")
+    assert json.loads(out)["content"] == "full" and json.loads(out)["retention_days"] == 365
     code, out, err = smallops(capsys, "--project", str(project), "prune", "--json")
     assert code == 0, err
     row = json.loads(out)
