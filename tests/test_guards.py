@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,31 @@ def _redis_available() -> bool:
 needs_redis = pytest.mark.skipif(not _redis_available(), reason="no Redis at 127.0.0.1:6379")
 
 
-def events(wf: Workflow, guard: str) -> list[Any]:
-    time.sleep(0.3)  # events are written by short background threads
-    with wf.plan().writer.store.engine.connect() as connection:
-        return connection.execute(
-            select(guard_events).where(guard_events.c.guard == guard).order_by(guard_events.c.at)
-        ).all()
+Change = tuple[str | None, str]  # a guard event's (before, after)
+
+
+def events(wf: Workflow, guard: str, until: Callable[[list[Change]], bool]) -> list[Change]:
+    """The guard's events, oldest first, once `until` holds for them (or after 10 s).
+
+    Events are written by short background threads, so they can land a moment after the call
+    that caused them: wait for the ones a test expects instead of sleeping a fixed time.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        with wf.plan().writer.store.engine.connect() as connection:
+            rows = connection.execute(
+                select(guard_events.c.before, guard_events.c.after)
+                .where(guard_events.c.guard == guard)
+                .order_by(guard_events.c.at)
+            ).all()
+        found = [(row.before, row.after) for row in rows]
+        if until(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
+
+
+def states(changes: list[Change]) -> list[str]:
+    return [state for _, state in changes]
 
 
 def test_at_the_rate_limit_a_call_goes_to_the_fallback_after_its_wait(make_workflow, emulator):
@@ -89,7 +109,7 @@ def test_the_breaker_opens_sends_calls_straight_to_the_fallback_then_probes_clos
     emulator.default = ok(GOOD)
     time.sleep(1.6)
     assert [wf.run(**INPUTS).status for _ in range(4)] == ["pending_review"] * 4
-    changes = [(e.before, e.after) for e in events(wf, "breaker")]
+    changes = events(wf, "breaker", until=lambda found: len(found) >= 3)
     assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
 
@@ -101,7 +121,8 @@ def test_a_failed_probe_opens_the_breaker_again(make_workflow, emulator):
     time.sleep(1.6)
     assert wf.run(**INPUTS).error == "server_error"  # the probe fails
     assert wf.run(**INPUTS).error == "breaker_open"
-    assert [(e.before, e.after) for e in events(wf, "breaker")][-1] == ("half_open", "open")
+    changes = events(wf, "breaker", until=lambda found: len(found) >= 3)
+    assert changes[-1] == ("half_open", "open")
 
 
 def test_a_provider_outage_in_a_1000_call_run_loses_nothing(make_workflow, emulator):
@@ -140,7 +161,7 @@ def test_a_provider_outage_in_a_1000_call_run_loses_nothing(make_workflow, emula
     skipped = [r for r in runs_ if r["error_type"] == "breaker_open" and r["attempt_count"] == 0]
     assert len(skipped) > 100 and max(r["latency_ms"] for r in skipped) < 50
     assert statuses["pending_review"] > 500
-    changes = [(e.before, e.after) for e in events(wf, "breaker")]
+    changes = events(wf, "breaker", until=lambda found: found[-1:] == [("half_open", "closed")])
     assert changes[0] == ("closed", "open") and changes[-1] == ("half_open", "closed")
 
 
@@ -196,7 +217,10 @@ def test_a_budget_warns_at_80_percent_and_sends_calls_to_the_fallback_at_its_cap
     assert spent <= 0.01
     refused = [r for r in runs_ if r["error_type"] == "budget_exhausted"]
     assert refused and "daily budget of $0.01 spent" in refused[0]["error_message"]
-    kinds = [e.after for e in events(wf, "budget")]
+    changes = events(
+        wf, "budget", until=lambda found: {"warning", "exhausted"} <= set(states(found))
+    )
+    kinds = states(changes)
     assert kinds[0] == "warning" and "exhausted" in kinds
 
 
