@@ -43,12 +43,6 @@ ARGS = [
 PASSWORD = "a long browser password"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """Three queued items, and the app under uvicorn on 127.0.0.1 with login required."""
@@ -73,11 +67,15 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
     wf.plan().writer.flush()
     engine = wf.plan().writer.store.engine
     app = create_app(ReviewDesk(engine, {wf.name: wf}), settings, require_login=True, env={})
-    port = _free_port()
+    # uvicorn serves on a socket bound here, so no other process can take its port between
+    # finding a free one and binding it.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
@@ -88,6 +86,7 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
     finally:
         server.should_exit = True
         thread.join(10)
+        listener.close()
 
 
 def _on_item(page: Page, base: str, run_id: str, text: str) -> None:
