@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -45,7 +46,7 @@ def list_command(
 ) -> None:
     """Load every workflow in the project (checking pins, fallbacks, prompts) and list them."""
     workflows = _common.project(ctx).workflows
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": wf.name,
             "model": str(wf.model),
