@@ -61,12 +61,15 @@ def test_success_is_recorded_with_tokens_model_fingerprint_and_cost(make_workflo
 
 def test_structured_output_is_requested_as_strict_json_schema(make_workflow, emulator, call):
     emulator.script(ok(GOOD))
-    call(make_workflow(temperature=0, max_tokens=300), **INPUTS)
+    wf = make_workflow(temperature=0, max_tokens=300)
+    call(wf, **INPUTS)
     body = emulator.requests[-1].body
     schema = body["response_format"]["json_schema"]["schema"]
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"category", "urgency", "summary"}
     assert body["temperature"] == 0 and body["max_completion_tokens"] == 300
+    [run] = recorded_runs(wf)
+    assert body == run["attempts"][0]["request"]  # the wire request is the one on record
 
 
 def test_served_model_other_than_pinned_is_flagged(make_workflow, emulator, call):

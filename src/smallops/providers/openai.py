@@ -62,7 +62,9 @@ class OpenAIProvider(SdkClients, Provider):
 
         client = self.sync_client(openai.OpenAI)
         try:
-            response = client.chat.completions.with_raw_response.create(**request, timeout=timeout)
+            response = client.chat.completions.with_raw_response.create(
+                **_arguments(request), timeout=timeout
+            )
         except openai.OpenAIError as exc:
             raise to_provider_error(exc, openai) from None
         return _reply(response.http_response)
@@ -73,11 +75,22 @@ class OpenAIProvider(SdkClients, Provider):
         client = self.async_client(openai.AsyncOpenAI)
         try:
             response = await client.chat.completions.with_raw_response.create(
-                **request, timeout=timeout
+                **_arguments(request), timeout=timeout
             )
         except openai.OpenAIError as exc:
             raise to_provider_error(exc, openai) from None
         return _reply(response.http_response)
+
+
+def _arguments(request: dict[str, Any]) -> dict[str, Any]:
+    """The request as SDK arguments, its response format (a JSON schema fixed per workflow) in
+    `extra_body`: the SDK would otherwise walk the whole schema on every call to turn a plain
+    dict into the same dict. The JSON on the wire is identical."""
+    if "response_format" not in request:
+        return request
+    arguments = {k: v for k, v in request.items() if k != "response_format"}
+    arguments["extra_body"] = {"response_format": request["response_format"]}
+    return arguments
 
 
 def _reply(http_response: Any) -> Reply:
