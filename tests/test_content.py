@@ -269,7 +269,7 @@ def test_prune_goes_through_many_runs_in_small_batches(tmp_path, database_url, m
     recorded_runs(wf)
     monkeypatch.setattr(retention, "BATCH", 3)
     advanced = []
-    result = retention.prune(_engine(wf), "many", datetime.now(timezone.utc), advanced.append)
-    assert result.runs == 11 and advanced == [3, 3, 3, 2]
+    pruned = retention.prune(_engine(wf), "many", datetime.now(timezone.utc), advanced.append)
+    assert pruned == 11 and advanced == [3, 3, 3, 2]
     assert {run["content"] for run in recorded_runs(wf)} == {"pruned"}
     assert "jane.doe" not in json.dumps(recorded_runs(wf), default=str)

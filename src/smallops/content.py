@@ -90,7 +90,10 @@ def _phone(match: re.Match[str]) -> str:
 
 
 def deep_map(value: Any, change: Callable[[str], str]) -> Any:
-    """`value` with `change` applied to every string inside it (dict keys left alone)."""
+    """`value` (a model as its JSON form) with `change` applied to every string inside it
+    (dict keys left alone)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
     if isinstance(value, str):
         return change(value)
     if isinstance(value, dict):

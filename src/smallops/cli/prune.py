@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from smallops.cli import _common
 from smallops.errors import InputError
@@ -44,17 +44,17 @@ def prune_command(
     work.
     """
     project = _common.project(ctx)
-    cutoffs = _cutoffs(project, workflow, _common.since(older_than, "--older-than"))
     engine = project.engine()
+    cutoffs = _cutoffs(project, engine, workflow, _common.since(older_than, "--older-than"))
     counts = []
     for name, before in cutoffs.items():
+        counted = retention.count(engine, name, before)
+        counts.append(counted)
         if dry_run:
-            counts.append(retention.count(engine, name, before))
             continue
-        todo = retention.count(engine, name, before).runs
-        with _progress(name, todo, show=not as_json and _common.err.is_terminal) as bar:
-            task = bar.add_task("prune", total=todo)
-            counts.append(retention.prune(engine, name, before, partial(bar.advance, task)))
+        with _progress(name, counted.runs, show=not as_json and _common.err.is_terminal) as bar:
+            task = bar.add_task("prune", total=counted.runs)
+            counted.runs = retention.prune(engine, name, before, partial(bar.advance, task))
     for result in counts:
         row = {
             "workflow": result.workflow,
@@ -69,12 +69,14 @@ def prune_command(
             _print(row)
 
 
-def _cutoffs(project: Project, workflow: str | None, older_than: datetime | None) -> dict[str, Any]:
+def _cutoffs(
+    project: Project, engine: Engine, workflow: str | None, older_than: datetime | None
+) -> dict[str, Any]:
     """Each workflow to prune, with the time before which its runs lose their content."""
     if older_than is not None:
         if workflow is not None:
             return {workflow: older_than}
-        with project.engine().connect() as connection:
+        with engine.connect() as connection:
             names = connection.scalars(select(runs.c.workflow).distinct()).all()
         return dict.fromkeys(sorted(names), older_than)
     workflows = [project.workflow(workflow)] if workflow else list(project.workflows.values())

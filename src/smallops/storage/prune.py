@@ -75,9 +75,8 @@ def prune(
     workflow: str,
     before: datetime,
     progress: Callable[[int], None] = lambda _: None,
-) -> PruneCount:
-    """Empty the content of `workflow`'s runs started before `before`; returns the counts."""
-    result = count(engine, workflow, before)
+) -> int:
+    """Empty the content of `workflow`'s runs started before `before`; returns how many."""
     done = 0
     select_batch = (
         select(runs.c.id, runs.c.attempts, runs.c.output, runs.c.prompt_version)
@@ -96,8 +95,7 @@ def prune(
         last = batch[-1].id
         done += len(batch)
         progress(len(batch))
-    result.runs = done
-    return result
+    return done
 
 
 def _label_fields(engine: Engine, workflow: str) -> dict[str, list[str]]:

@@ -85,7 +85,6 @@ def _content(record: dict[str, Any]) -> tuple[str, Any, Any, Any, Any]:
         return mode, {}, None, kept, attempt_metadata(attempts)
     if mode == "redacted":
         mask = mask_personal_data
-        output = output.model_dump(mode="json") if isinstance(output, BaseModel) else output
         return mode, *(deep_map(v, mask) for v in (inputs, messages, output, attempts))
     return mode, inputs, messages, output, attempts
 
@@ -117,7 +116,6 @@ def review_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...] | No
         return None
     output = record["output"] if record["output"] is not None else record["partial"]
     if record["plan"]["content"] == "redacted":
-        output = output.model_dump(mode="json") if isinstance(output, BaseModel) else output
         output = deep_map(output, mask_personal_data)
     return (
         record["id"],

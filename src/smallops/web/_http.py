@@ -128,7 +128,7 @@ def error(request: Request, exc: SmallopsError, status: int | None = None) -> Re
     data = {"error": exc.message, "hint": exc.hint}
     response = render(request, "error.html", data, status)
     if isinstance(exc, TooManyFailures):
-        response.headers["Retry-After"] = str(int(exc.retry_after) + 1)
+        response.headers.update(exc.headers)
     return response
 
 

@@ -60,6 +60,7 @@ class TooManyFailures(LoginError):
             hint=f"try again in {minutes} minute{'s' if minutes > 1 else ''}",
         )
         self.retry_after = retry_after
+        self.headers = {"Retry-After": str(int(retry_after) + 1)}  # whole seconds, rounded up
 
 
 @dataclass

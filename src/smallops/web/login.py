@@ -62,7 +62,7 @@ async def _log_in(request: Request) -> Response:
         if wants_json(request):
             return error(request, exc)
         refused = _form(request, problem=exc, name=given, target=target, status=429)
-        refused.headers["Retry-After"] = str(int(exc.retry_after) + 1)
+        refused.headers.update(exc.headers)
         return refused
     session = await run_in_threadpool(state.auth.login, given, str(form.get("password") or ""))
     if session is None:
