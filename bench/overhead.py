@@ -441,6 +441,41 @@ def pg_schema(pg_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+PERSONAL_EMAIL = (
+    "Hello, my card was charged twice for invoice 2025-118. Call me on +44 20 7946 0958 "
+    "or write to jane.doe@example.com. "
+) * 12  # about 1.5 KB
+
+
+def redacted_encode_rate(record: dict[str, Any], n: int) -> float:
+    """run_row with content="redacted" (personal data masked) on n records whose texts all
+    differ, so the mask cache helps only with what every run repeats (the system prompt)."""
+    redact = Redactor.from_environment()
+    plan = {**record["plan"], "content": "redacted"}
+    records = []
+    for i in range(n):
+        body = f"{PERSONAL_EMAIL}#{i}"
+        user = {"role": "user", "content": f"Subject: {SUBJECT}\n\n{body}"}
+        messages = [*record["messages"][:-1], user]
+        attempts = [
+            {**a, "request": {**a["request"], "messages": messages}} for a in record["attempts"]
+        ]
+        records.append(
+            {
+                **record,
+                "plan": plan,
+                "id": uuid7(),
+                "inputs": {"subject": SUBJECT, "body": body},
+                "messages": messages,
+                "attempts": attempts,
+            }
+        )
+    t = time.perf_counter()
+    for r in records:
+        run_row(r, redact)
+    return n / (time.perf_counter() - t)
+
+
 def writer_alone(
     record: dict[str, Any], n: int, rounds: int, pg_url: str | None, scratch: Path
 ) -> dict[str, Any]:
@@ -459,7 +494,12 @@ def writer_alone(
             if rows != n:
                 sys.exit(f"writer: {target} holds {rows} rows after replaying {n}")
             rates[target].append(rate)
-    out = {"encode_runs_s": encode_rate, **{t: statistics.median(v) for t, v in rates.items()}}
+    redacted_rate = redacted_encode_rate(record, min(n, 5000))
+    out = {
+        "encode_runs_s": encode_rate,
+        "encode_redacted_runs_s": redacted_rate,
+        **{t: statistics.median(v) for t, v in rates.items()},
+    }
     print(
         f"\n3. Writer alone: {n:,} spooled runs ({spool_file.stat().st_size / n / 1024:.1f} KiB "
         f"each) replayed per round, {rounds} rounds; row counts verified"
@@ -474,7 +514,9 @@ def writer_alone(
     )
     print(
         f"(for reference, not timed above: encoding records into rows with run_row, which the "
-        f"writer thread does before each insert, ran at {encode_rate:,.0f} runs/s)"
+        f"writer thread does before each insert, ran at {encode_rate:,.0f} runs/s; with "
+        f'content="redacted" and a distinct 1.5 KB email full of personal data per run, at '
+        f"{redacted_rate:,.0f} runs/s, {1000 / redacted_rate:.2f} ms per run)"
     )
     return out
 
