@@ -1,4 +1,10 @@
-"""A TCP proxy that can cut and restore the connection to a real server (here: Postgres)."""
+"""A TCP proxy in front of a real server (Postgres, Redis) that can refuse, stall and resume.
+
+- `cut()`: refuse new connections and drop the open ones (a server that is down);
+- `stall()`: keep every connection open but pass no bytes either way, and leave new ones
+  unanswered (packets dropped, not refused: the worst case for a client without timeouts);
+- `resume()`: let the held bytes through and carry on; `restore()` listens again after a cut.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import threading
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to `target`; `cut()` makes the target unreachable."""
+    """Forwards 127.0.0.1:<port> to `target`."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -16,6 +22,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.restore()
 
     def restore(self) -> None:
@@ -25,6 +33,7 @@ class TcpProxy:
         listener.listen(64)
         self.port = listener.getsockname()[1]
         self._listener = listener
+        self._flowing.set()
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def cut(self) -> None:
@@ -40,6 +49,18 @@ class TcpProxy:
                     conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
             self._conns.clear()
+        self._flowing.set()  # let stalled pipes notice their sockets are gone
+
+    def stall(self) -> None:
+        """Hold every byte, in both directions and on new connections, until `resume()`."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Deliver what was held and forward normally again."""
+        self._flowing.set()
+
+    def close(self) -> None:
+        self.cut()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -47,23 +68,27 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
+    def _connect(self, client: socket.socket) -> None:
+        self._flowing.wait()  # a stalled server never answers the handshake
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._conns += [client, upstream]
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._flowing.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
