@@ -233,13 +233,15 @@ def test_runs_spooled_before_the_content_column_existed_replay_with_it_empty(
     writer_module.reset()  # the process ends while the database is down
     monkeypatch.undo()
     [spool] = list((wf.settings.root / ".smallops" / "spool").rglob("*.jsonl"))
-    lines = []
-    for line in spool.read_bytes().splitlines():
-        kind, row = from_json(line)
-        if kind == "r":
-            assert len(row) == len(RUN_COLUMNS)
-            row = row[: RUN_COLUMNS.index("content")]
-        lines.append(to_json([kind, row]))
+    lines = []  # the spool as the version before content modes wrote it: one row a line
+    for frame in spool.read_bytes().splitlines():
+        batch = from_json(frame.split(b" ", 2)[2])
+        for kind, rows in (("p", batch["p"]), ("r", batch["r"]), ("q", batch["q"])):
+            for row in rows:
+                if kind == "r":
+                    assert len(row) == len(RUN_COLUMNS)
+                    row = row[: RUN_COLUMNS.index("content")]
+                lines.append(to_json([kind, row]))
     spool.write_bytes(b"\n".join(lines) + b"\n")
     assert writer_module.replay_spool(wf.settings) == 1
     replayed = {run["id"]: run for run in recorded_runs(wf)}[spooled]

@@ -3,6 +3,7 @@
     [smallops]
     database_url = "sqlite:///.smallops/smallops.db"   # SMALLOPS_DATABASE_URL wins
     redis_url = "redis://localhost:6379/0"              # optional; SMALLOPS_REDIS_URL wins
+    write_timeout = 10                                  # seconds; SMALLOPS_WRITE_TIMEOUT wins
 
     [providers.ollama]                                  # a named OpenAI-compatible endpoint
     kind = "openai"
@@ -69,6 +70,14 @@ class Settings:
     prices: dict[str, Price] = field(default_factory=dict)
     reviewers: dict[str, str] = field(default_factory=dict)  # name -> password hash
     redis_url: str | None = None  # shared rate limits and breakers across processes
+    write_timeout: float = 10.0  # seconds a log write may take before the spool takes over
+
+    @property
+    def key_variables(self) -> tuple[str, ...]:
+        """The environment variables that hold provider keys: their values are redacted from
+        everything recorded, whatever the variables are called."""
+        named = (p.api_key_env for p in self.providers.values() if p.api_key_env)
+        return ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", *named)
 
     @property
     def state_dir(self) -> Path:
@@ -95,7 +104,28 @@ class Settings:
             prices=_prices(_table(data, "prices", CONFIG_FILE)),
             reviewers=_reviewers(_table(data, "reviewers", CONFIG_FILE)),
             redis_url=env.get("SMALLOPS_REDIS_URL") or section.get("redis_url") or None,
+            write_timeout=_seconds(
+                env.get("SMALLOPS_WRITE_TIMEOUT") or section.get("write_timeout"),
+                "SMALLOPS_WRITE_TIMEOUT" if env.get("SMALLOPS_WRITE_TIMEOUT") else "write_timeout",
+                10.0,
+            ),
         )
+
+
+def _seconds(value: Any, where: str, default: float) -> float:
+    """A positive, finite number of seconds, or the default when not given."""
+    if value is None or value == "":
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if isinstance(value, bool) or not 0 < seconds < 86_400:
+        raise ConfigError(
+            f"{where} = {value!r} is not a number of seconds",
+            hint="use a positive number, e.g. 10",
+        )
+    return seconds
 
 
 def find_project_root(start: Path | None = None) -> Path | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import sys
 import traceback
 from functools import cached_property
@@ -16,8 +17,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from smallops.config import CONFIG_FILE, Settings, find_project_root
 from smallops.errors import ConfigError, SmallopsError, StorageError, UnknownWorkflowError
 from smallops.storage.db import ensure_schema, get_engine, normalise_url, safe_url
+from smallops.storage.store import Unreachable
 from smallops.storage.writer import replay_spool
 from smallops.workflow import Workflow
+
+log = logging.getLogger("smallops")
 
 
 class Project:
@@ -98,7 +102,10 @@ class Project:
                 f"cannot open the log database {safe_url(url)}: {_first_line(exc)}",
                 hint="check that it is running and that SMALLOPS_DATABASE_URL is right",
             ) from None
-        replay_spool(self.settings)
+        try:
+            replay_spool(self.settings)
+        except Unreachable as exc:  # it answered a moment ago: read what is there, replay later
+            log.warning("smallops: the spool could not be replayed now: %s", exc)
         return engine
 
 

@@ -28,9 +28,16 @@ class Redactor:
         self._pattern = re.compile("|".join(_PATTERNS))
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None) -> Redactor:
+    def from_environment(
+        cls, env: Mapping[str, str] | None = None, names: Iterable[str] = ()
+    ) -> Redactor:
+        """The values of secret-looking variables, and of the variables named in `names`
+        (the `api_key_env` of each configured provider, whatever it is called)."""
         env = os.environ if env is None else env
-        return cls(value for name, value in env.items() if _SECRET_NAMES.search(name))
+        named = set(names)
+        return cls(
+            value for name, value in env.items() if name in named or _SECRET_NAMES.search(name)
+        )
 
     def __call__(self, text: str | None) -> str | None:
         if not text:

@@ -12,12 +12,23 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
 
 from smallops.errors import ConfigError, MissingExtraError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30
 _engines: dict[str, Engine] = {}
+_direct: dict[str, Engine] = {}
+# TCP keepalives: a Postgres that vanishes without a word (a dropped network) is noticed in
+# about 30 s instead of the kernel's two hours.
+PG_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 _lock = threading.Lock()
 _migrating = threading.RLock()  # Alembic's context is module-global: one migration at a time
 
@@ -56,7 +67,18 @@ def get_engine(url: str) -> Engine:
         return _engines[url]
 
 
-def _create(url: str) -> Engine:
+def direct_engine(engine: Engine) -> Engine:
+    """An engine on the same database whose connections are opened afresh, never pooled: the
+    log writer keeps one open itself, and a pooled connection is pinged on checkout, which a
+    stalled network never answers."""
+    url = engine.url.render_as_string(hide_password=False)
+    with _lock:
+        if url not in _direct:
+            _direct[url] = _create(url, pooled=False)
+        return _direct[url]
+
+
+def _create(url: str, pooled: bool = True) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "postgresql":
@@ -64,15 +86,18 @@ def _create(url: str) -> Engine:
             import psycopg  # noqa: F401
         except ImportError:
             raise MissingExtraError("psycopg", "postgres", "a Postgres database") from None
-        return create_engine(
-            url, pool_pre_ping=True, pool_size=5, connect_args={"connect_timeout": 5}
-        )
+        connect_args = {"connect_timeout": 5, **PG_KEEPALIVES}
+        if not pooled:
+            return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+        return create_engine(url, pool_pre_ping=True, pool_size=5, connect_args=connect_args)
     if backend != "sqlite":
         raise ConfigError(f"database {backend!r} is not supported", hint="use SQLite or Postgres")
     if parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        **({} if pooled else {"poolclass": NullPool}),
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _sqlite_begin)
@@ -165,6 +190,7 @@ def ensure_schema(engine: Engine) -> None:
 def dispose_engines() -> None:
     """Close every pooled connection and forget the engines."""
     with _lock:
-        for engine in _engines.values():
+        for engine in (*_engines.values(), *_direct.values()):
             engine.dispose()
         _engines.clear()
+        _direct.clear()

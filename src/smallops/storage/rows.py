@@ -1,7 +1,9 @@
 """From the request path's record to portable rows: JSON text, epoch seconds, no secrets.
 
 The same rows go to the database or, while it is unreachable, to the spool file, so a replay
-inserts exactly what a direct write would have.
+inserts exactly what a direct write would have. Every text is made storable on both engines
+(storable.py) and every field passes the redactor, so a key a provider echoes back (in an
+error, a fingerprint, a header-derived field) is removed wherever it lands.
 """
 
 from __future__ import annotations
@@ -9,35 +11,47 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic_core import to_json
-
 from smallops.content import attempt_metadata, deep_map, labels, mask_personal_data
 from smallops.plan import PromptVersion
 from smallops.pricing import price_run
 from smallops.providers.base import Usage
 from smallops.redact import Redactor
 from smallops.review.policy import REVIEWED_ROUTES
+from smallops.storage.schema import runs
+from smallops.storage.storable import Flag, json_text, text
+
+Row = tuple[Any, ...]
 
 
-def _json(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, BaseModel):
-        return value.model_dump_json()
-    return to_json(value, fallback=str).decode()
+def _length(column: Any) -> int:
+    length: int = column.type.length
+    return length
 
 
-def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
+_SERVED_LIMIT = _length(runs.c.model_served)
+_FINGERPRINT_LIMIT = _length(runs.c.system_fingerprint)
+
+
+def encode(record: dict[str, Any], redact: Redactor) -> tuple[Row, Row | None]:
+    """A run's row and, when it needs a human, its review item's row: made together, so a run
+    is never written without its item."""
+    flags: set[Flag] = set(record.get("flags") or ())
+    review = review_row(record, redact, flags)
+    return run_row(record, redact, flags), review
+
+
+def run_row(record: dict[str, Any], redact: Redactor, flags: set[Flag] | None = None) -> Row:
     """A `runs` row, in schema.RUN_COLUMNS order."""
+    flags = set(record.get("flags") or ()) if flags is None else flags
     static = record["plan"]
     usage: Usage = record["usage"]
-    served = record["model_served"]
+    served = text(record["model_served"], flags, _SERVED_LIMIT)
     requested = static["model_requested"]
     cost, cost_source = price_run(static["pricing"], served or requested, usage)
     started = record["started_at"]
     mode, inputs, messages, output, attempts = _content(record)
-    return (
+    batch = record.get("batch") or (None, None)
+    columns = (
         record["id"],
         static["workflow"],
         static["prompt"].id,
@@ -45,17 +59,17 @@ def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
         static["provider"],
         static["endpoint"],
         requested,
-        served,
+        redact(served),
         served is not None and served != requested,
         static["allow_unpinned"],
-        record["system_fingerprint"],
+        redact(text(record["system_fingerprint"], flags, _FINGERPRINT_LIMIT)),
         record["status"],
         record["error_type"],
-        redact(_error_message(record)),
+        redact(text(_error_message(record), flags)),
         static["review_policy"],
         record["review_route"],
         static["origin"],
-        _json(record["guards"]) if record["guards"] else None,
+        json_text(record["guards"], flags) if record["guards"] else None,
         static["fallback"],
         record["attempt_count"],
         usage.input_tokens,
@@ -67,12 +81,13 @@ def run_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...]:
         record["latency_ms"],
         started,
         started + record["latency_ms"] / 1000,
-        redact(_json(inputs)),
-        redact(_json(messages)),
-        redact(_json(output)),
-        redact(_json(attempts)),
+        redact(json_text(inputs, flags)),
+        redact(json_text(messages, flags)),
+        redact(json_text(output, flags)),
+        redact(json_text(attempts, flags)),
         mode,
     )
+    return (*columns, json_text(sorted(flags), set()) if flags else None, *batch)
 
 
 def _content(record: dict[str, Any]) -> tuple[str, Any, Any, Any, Any]:
@@ -96,24 +111,28 @@ def _error_message(record: dict[str, Any]) -> str | None:
     return message
 
 
-def prompt_row(version: PromptVersion) -> tuple[Any, ...]:
+def prompt_row(version: PromptVersion) -> Row:
     """A `prompt_versions` row, in schema.PROMPT_COLUMNS order."""
+    flags: set[Flag] = set()
     return (
         version.id,
         version.workflow,
-        version.template,
-        _json(version.output_schema),
+        text(version.template, flags),
+        json_text(version.output_schema, flags),
         version.model,
-        _json(version.params),
+        json_text(version.params, flags),
         time.time(),
     )
 
 
-def review_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...] | None:
+def review_row(
+    record: dict[str, Any], redact: Redactor, flags: set[Flag] | None = None
+) -> Row | None:
     """A `review_items` row (schema.REVIEW_COLUMNS order) when the run needs a human."""
     route = record["review_route"]
     if route not in REVIEWED_ROUTES:
         return None
+    flags = set() if flags is None else flags
     output = record["output"] if record["output"] is not None else record["partial"]
     if record["plan"]["content"] == "redacted":
         output = deep_map(output, mask_personal_data)
@@ -121,12 +140,12 @@ def review_row(record: dict[str, Any], redact: Redactor) -> tuple[Any, ...] | No
         record["id"],
         record["plan"]["workflow"],
         record["plan"]["prompt"].id,
-        record["model_served"],
+        redact(text(record["model_served"], flags, _SERVED_LIMIT)),
         "fallback" if route == "fallback" else "policy",
         route,
         record["error_type"],
-        redact(_json(output)),
-        _json(record["classes"]),
+        redact(json_text(output, flags)),
+        json_text(record["classes"], flags),
         "pending",
         record["started_at"],
         None,

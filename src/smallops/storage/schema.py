@@ -75,9 +75,13 @@ runs = Table(
     Column("output", Json),
     Column("attempts", Json, nullable=False),
     Column("content", String(20)),  # full, redacted, metadata, or pruned (NULL: full)
+    Column("flags", Json),  # what was changed to make the record storable (storable.FLAGS)
+    Column("batch_id", String(60)),  # `smallops run --input`: "<file key>/<invocation id>"
+    Column("batch_item", String(40)),  # "<line>:<input hash>", what `run --resume` skips
     Index("ix_runs_workflow_started", "workflow", "started_at"),
     Index("ix_runs_started", "started_at"),
     Index("ix_runs_status", "status"),
+    Index("ix_runs_batch", "batch_id"),
 )
 
 #: Column order of the fast insert path (writer) and of the spool. New columns go at the end, so

@@ -2,14 +2,22 @@
 
 One folder per database; each process appends to its own file and holds an exclusive lock on it
 while it is open, so a replaying process takes only files nobody is writing (including those of
-processes that died). A file is deleted only after all its rows are committed.
+processes that died). A file is deleted only after all its rows are committed (or set aside).
+
+Each batch is one line, a frame: `S2 <crc32 of the payload> <payload>`, the payload a JSON
+object of the batch's run, review and prompt rows. A batch is in the spool whole or not at all:
+a write that fails half-way (a full disk) is cut back off the file, and a frame that a crash
+left torn, or that does not match its checksum, is set aside in the quarantine at replay
+instead of being half-applied. Files from before frames (one `["r", row]` per line) still replay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,14 +25,15 @@ from pydantic_core import from_json, to_json
 
 from smallops.ids import uuid7
 from smallops.storage.schema import RUN_COLUMNS
+from smallops.storage.store import RowBatch, merge
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: only a process's own files are replayed
     fcntl = None  # type: ignore[assignment]
 
-Row = Sequence[Any]
-REPLAY_CHUNK = 5000
+MAGIC = b"S2 "
+REPLAY_CHUNK = 5000  # runs per transaction when replaying
 
 
 def spool_folder(spool_dir: Path, database_url: str) -> Path:
@@ -32,35 +41,45 @@ def spool_folder(spool_dir: Path, database_url: str) -> Path:
     return spool_dir / hashlib.sha256(database_url.encode()).hexdigest()[:16]
 
 
+def frame(batch: RowBatch) -> bytes:
+    """One batch as one checksummed line."""
+    payload = to_json({"r": batch.runs, "q": batch.reviews, "p": batch.prompts}, fallback=str)
+    return MAGIC + b"%08x " % zlib.crc32(payload) + payload + b"\n"
+
+
 class Spool:
     """Append-only spool files for one database."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._file: IO[bytes] | None = None
+        self._fd: int | None = None
         self._path: Path | None = None
 
-    def append(
-        self, runs: Sequence[Row], prompts: Sequence[Row], reviews: Sequence[Row] = ()
-    ) -> None:
-        """Write rows durably (flushed and fsynced) to this process's spool file."""
-        handle = self._open()
-        lines = [to_json(["p", row]) for row in prompts] + [to_json(["r", row]) for row in runs]
-        lines += [to_json(["q", row]) for row in reviews]
-        handle.write(b"\n".join(lines) + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    def append(self, batch: RowBatch) -> None:
+        """Write a batch durably (fsynced), or not at all: OSError if it could not be kept."""
+        data = frame(batch)
+        fd = self._open()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            self._take_back(fd, start)
+            raise
 
     def close(self) -> None:
         """Close (and unlock) this process's file so that it can be replayed."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
             self._path = None
 
     def forget(self) -> None:
         """After a fork: leave the parent's file (and its lock) to the parent."""
-        self._file = None
+        self._fd = None
         self._path = None
 
     def pending(self) -> list[Path]:
@@ -69,8 +88,13 @@ class Spool:
             return []
         return sorted(p for p in self.folder.glob("*.jsonl") if p != self._path)
 
-    def replay(self, write: Any) -> int:
-        """Replay every unlocked file through `write(runs, prompts, reviews)`; returns runs."""
+    def replay(
+        self,
+        land: Callable[[RowBatch], int],
+        set_aside: Callable[[bytes, Path, str], None] | None = None,
+    ) -> int:
+        """Replay every unlocked file through `land` (which raises to stop: the file stays);
+        returns the runs landed. Damaged frames go to `set_aside(bytes, file, reason)`."""
         total = 0
         for path in self.pending():
             try:
@@ -78,23 +102,32 @@ class Spool:
             except FileNotFoundError:
                 continue  # another process replayed it first
             with handle:
-                if not _try_lock(handle):
+                if not _try_lock(handle) or not path.exists():
                     continue  # its writer is alive, or another process is replaying it
-                if not path.exists():
-                    continue
-                for runs, prompts, reviews in _chunks(handle):
-                    write(runs, prompts, reviews)
-                    total += len(runs)
+                for batch in _batches(handle, path, set_aside):
+                    total += land(batch)
                 path.unlink()
         return total
 
-    def _open(self) -> IO[bytes]:
-        if self._file is None:
+    def _open(self) -> int:
+        if self._fd is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._path = self.folder / f"{uuid7()}-{os.getpid()}.jsonl"
-            self._file = self._path.open("ab")
-            _try_lock(self._file)
-        return self._file
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            if fcntl is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fd = fd
+        return self._fd
+
+    def _take_back(self, fd: int, size: int) -> None:
+        """Cut a half-written frame off the file; if even that fails, leave the file (replay
+        sets its torn tail aside) and start a new one for the next batch."""
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError:
+            self.close()
 
 
 def _try_lock(handle: IO[bytes]) -> bool:
@@ -107,20 +140,62 @@ def _try_lock(handle: IO[bytes]) -> bool:
     return True
 
 
-def _chunks(handle: IO[bytes]) -> Iterator[tuple[list[Row], list[Row], list[Row]]]:
-    rows: dict[str, list[Row]] = {"r": [], "p": [], "q": []}
+def _batches(
+    handle: IO[bytes], path: Path, set_aside: Callable[[bytes, Path, str], None] | None
+) -> Iterator[RowBatch]:
+    """The file's batches, merged up to REPLAY_CHUNK runs; damaged frames are set aside."""
+    pending: list[RowBatch] = []
+    runs = 0
     for line in handle:
-        if not line.strip():
+        batch, problem = _read(line)
+        if problem is not None:
+            if set_aside is not None:
+                set_aside(line, path, problem)
             continue
+        if batch is None:
+            continue
+        pending.append(batch)
+        runs += len(batch.runs)
+        if runs >= REPLAY_CHUNK:
+            yield merge(pending)
+            pending, runs = [], 0
+    if pending:
+        yield merge(pending)
+
+
+def _read(line: bytes) -> tuple[RowBatch | None, str | None]:
+    """A line as a batch, nothing (a blank line), or why it cannot be read."""
+    if not line.endswith(b"\n"):
+        return None, "a torn spool frame: the process stopped while writing it"
+    if line.startswith(MAGIC):
+        crc, _, payload = line[len(MAGIC) :].rstrip(b"\n").partition(b" ")
         try:
-            kind, row = from_json(line)
+            if int(crc, 16) != zlib.crc32(payload):
+                return None, "a damaged spool frame: its checksum does not match"
+            data: dict[str, Any] = from_json(payload)
         except ValueError:
-            continue  # a line cut short by a crash mid-write: its batch was never acknowledged
-        if kind == "r" and len(row) < len(RUN_COLUMNS):  # spooled before a column was added
-            row = [*row, *[None] * (len(RUN_COLUMNS) - len(row))]
-        rows[kind].append(row)
-        if len(rows["r"]) >= REPLAY_CHUNK:
-            yield rows["r"], rows["p"], rows["q"]
-            rows = {"r": [], "p": [], "q": []}
-    if any(rows.values()):
-        yield rows["r"], rows["p"], rows["q"]
+            return None, "a damaged spool frame: not readable"
+        return RowBatch(
+            runs=[_padded(r) for r in data["r"]], reviews=data["q"], prompts=data["p"]
+        ), None
+    if not line.strip():
+        return None, None
+    return _legacy(line)
+
+
+def _legacy(line: bytes) -> tuple[RowBatch | None, str | None]:
+    """A line of a spool written before frames: `["r" | "p" | "q", row]`."""
+    try:
+        kind, row = from_json(line)
+    except ValueError:
+        return None, "a damaged spool line"
+    if kind == "r":
+        return RowBatch(runs=[_padded(row)]), None
+    return (RowBatch(reviews=[row]) if kind == "q" else RowBatch(prompts=[row])), None
+
+
+def _padded(row: list[Any]) -> list[Any]:
+    """A run row spooled before a column was added gets NULL in the new columns."""
+    if len(row) < len(RUN_COLUMNS):
+        return [*row, *[None] * (len(RUN_COLUMNS) - len(row))]
+    return row

@@ -1,62 +1,126 @@
-"""Batched, idempotent inserts of rows into the log: one transaction per batch.
+"""Batched, idempotent, time-bounded inserts of rows into the log: one transaction per batch.
 
 Idempotent (a run id already present is skipped) so a batch replayed from the spool after an
 uncertain commit never duplicates a run. SQLite gets `executemany`; Postgres gets COPY into a
 temporary table and one `INSERT ... ON CONFLICT DO NOTHING`, about twice as fast as executemany.
+
+Every write has a bounded time: a watchdog breaks the connection when the time is up (Postgres:
+its socket is shut down; SQLite: the statement is interrupted), so a database that stops
+answering without refusing (packets dropped) costs a few seconds, never a hung writer. A failure
+is either `Unreachable` (the database could not take the rows: spool them) or a refusal of the
+rows themselves; `land` tells the two apart and sets refused rows aside, one by one.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine
 
-from smallops.storage.db import ensure_schema
+from smallops.storage.db import direct_engine, ensure_schema
 from smallops.storage.schema import PROMPT_COLUMNS, REVIEW_COLUMNS, RUN_COLUMNS
 
 Row = Sequence[Any]
+DEFAULT_TIMEOUT = 10.0  # seconds one batch may take before the database counts as unreachable
 _RUN_TIMES = (RUN_COLUMNS.index("started_at"), RUN_COLUMNS.index("finished_at"))
 _PROMPT_TIMES = (PROMPT_COLUMNS.index("created_at"),)
 _REVIEW_TIMES = (REVIEW_COLUMNS.index("created_at"),)
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DateTime format
 
 
-class RowStore:
-    """Writes rows to one database through a connection it keeps open."""
+@dataclass
+class RowBatch:
+    """Rows written in one transaction: runs, the review items of some of them, prompt versions.
 
-    def __init__(self, engine: Engine) -> None:
+    A run and its review item always travel together: split() never parts them.
+    """
+
+    runs: list[Row] = field(default_factory=list)
+    reviews: list[Row] = field(default_factory=list)
+    prompts: list[Row] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.runs) + len(self.prompts)
+
+    def units(self) -> Iterator[RowBatch]:
+        """One batch per prompt version, and per run with its review item."""
+        reviews = {row[0]: row for row in self.reviews}
+        for prompt in self.prompts:
+            yield RowBatch(prompts=[prompt])
+        for run in self.runs:
+            review = reviews.get(run[0])
+            yield RowBatch(runs=[run], reviews=[review] if review is not None else [])
+
+    def split(self) -> tuple[RowBatch, RowBatch]:
+        units = list(self.units())
+        half = len(units) // 2
+        return merge(units[:half]), merge(units[half:])
+
+
+def merge(batches: Sequence[RowBatch]) -> RowBatch:
+    merged = RowBatch()
+    for batch in batches:
+        merged.runs += batch.runs
+        merged.reviews += batch.reviews
+        merged.prompts += batch.prompts
+    return merged
+
+
+class Unreachable(Exception):
+    """The database could not take a batch (down, stalled, locked, full): nothing was written."""
+
+
+class RowStore:
+    """Writes rows to one database through a connection of its own, each write time-bounded."""
+
+    def __init__(self, engine: Engine, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.timeout = timeout
+        self._direct = direct_engine(engine)
         self._connection: Any = None
         self._schema_ready = False
 
     def write(
         self, runs: Sequence[Row], prompts: Sequence[Row] = (), reviews: Sequence[Row] = ()
     ) -> None:
-        """Insert in one transaction; on any error nothing is written and the error propagates."""
+        """Insert in one transaction; on any error nothing is written and the error propagates
+        (TimeoutError when the watchdog ended it)."""
         if not self._schema_ready:
             ensure_schema(self.engine)
             self._schema_ready = True
         connection = self._connect()
         try:
-            if self.dialect == "postgresql":
-                _write_postgres(connection, runs, prompts, reviews)
-            else:
-                _write_sqlite(connection, runs, prompts, reviews)
+            with bounded(connection, self.timeout):
+                if self.dialect == "postgresql":
+                    _write_postgres(connection, runs, prompts, reviews)
+                else:
+                    _write_sqlite(connection, runs, prompts, reviews)
         except BaseException:
             self._drop()
             raise
 
     def ping(self) -> None:
-        """Raise if the database cannot be reached."""
-        with self.engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
+        """Raise if the database cannot be reached within the time bound."""
+        connection = self._connect()
+        try:
+            with bounded(connection, self.timeout):
+                connection.execute("SELECT 1").fetchall()
+                connection.rollback()
+        except BaseException:
+            self._drop()
+            raise
 
     def close(self) -> None:
-        """Give the connection back (or drop it if it failed)."""
+        """Close the connection (or drop it if it failed)."""
         if self._connection is not None:
             try:
                 self._connection.close()
@@ -78,8 +142,83 @@ class RowStore:
 
     def _connect(self) -> Any:
         if self._connection is None:
-            self._connection = self.engine.raw_connection()
+            self._connection = self._direct.raw_connection()
         return self._connection.driver_connection
+
+
+def land(store: RowStore, batch: RowBatch, set_aside: Callable[[RowBatch, str], None]) -> int:
+    """Write `batch`; rows the database refuses are found by halving and set aside, so one
+    odd record never holds back the others. Returns the runs written; raises Unreachable when
+    the database cannot take rows at all (what was not written is then the caller's to keep)."""
+    if not len(batch):
+        return 0
+    try:
+        store.write(batch.runs, batch.prompts, batch.reviews)
+        return len(batch.runs)
+    except Exception as exc:
+        if not refused(exc):
+            raise Unreachable(describe(exc)) from exc
+        if len(batch) == 1:
+            set_aside(batch, describe(exc))
+            return 0
+    first, second = batch.split()
+    return land(store, first, set_aside) + land(store, second, set_aside)
+
+
+def refused(exc: BaseException) -> bool:
+    """True when the database refused the rows themselves (their data broke a type, a length,
+    an encoding or a constraint), as opposed to not being able to take any rows now."""
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(orig, (UnicodeError, ValueError, TypeError, OverflowError)):
+        return True
+    if isinstance(orig, (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError)):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - no Postgres driver, no Postgres errors
+        return False
+    return isinstance(orig, (psycopg.DataError, psycopg.IntegrityError))
+
+
+def describe(exc: BaseException) -> str:
+    """The first line of what went wrong, with the error's class."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0]}" if text else type(orig).__name__
+
+
+@contextlib.contextmanager
+def bounded(connection: Any, seconds: float) -> Iterator[None]:
+    """Break `connection` (a DB-API connection) if the work inside takes over `seconds`; the
+    blocked call then fails and TimeoutError is raised from it."""
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        _interrupt(connection)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except BaseException as exc:
+        if fired.is_set():
+            raise TimeoutError(f"no answer within {seconds:g} s") from exc
+        raise
+    finally:
+        timer.cancel()
+
+
+def _interrupt(connection: Any) -> None:
+    """Make a call blocked on `connection` fail now, from another thread."""
+    with contextlib.suppress(Exception):
+        if isinstance(connection, sqlite3.Connection):
+            connection.interrupt()
+            return
+        fd = connection.pgconn.socket  # psycopg: shut the socket down under libpq's feet
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _with_times(
@@ -102,19 +241,19 @@ def _pg_time(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, timezone.utc)
 
 
-def _insert_sql(
-    table: str, columns: tuple[str, ...], marker: str, conflict: tuple[str, str]
-) -> str:
+def _insert_sql(table: str, columns: tuple[str, ...], marker: str) -> str:
+    """An insert that skips a row whose key is already there, and nothing else: a NOT NULL or
+    CHECK failure still raises (SQLite's OR IGNORE would drop such a row without a word)."""
     names = ", ".join(columns)
     values = ", ".join([marker] * len(columns))
-    return f"INSERT {conflict[0]}INTO {table} ({names}) VALUES ({values}){conflict[1]}"
+    return f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT ({columns[0]}) DO NOTHING"
 
 
-_SQLITE_RUNS = _insert_sql("runs", RUN_COLUMNS, "?", ("OR IGNORE ", ""))
-_SQLITE_PROMPTS = _insert_sql("prompt_versions", PROMPT_COLUMNS, "?", ("OR IGNORE ", ""))
-_PG_PROMPTS = _insert_sql("prompt_versions", PROMPT_COLUMNS, "%s", ("", " ON CONFLICT DO NOTHING"))
-_SQLITE_REVIEWS = _insert_sql("review_items", REVIEW_COLUMNS, "?", ("OR IGNORE ", ""))
-_PG_REVIEWS = _insert_sql("review_items", REVIEW_COLUMNS, "%s", ("", " ON CONFLICT DO NOTHING"))
+_SQLITE_RUNS = _insert_sql("runs", RUN_COLUMNS, "?")
+_SQLITE_PROMPTS = _insert_sql("prompt_versions", PROMPT_COLUMNS, "?")
+_PG_PROMPTS = _insert_sql("prompt_versions", PROMPT_COLUMNS, "%s")
+_SQLITE_REVIEWS = _insert_sql("review_items", REVIEW_COLUMNS, "?")
+_PG_REVIEWS = _insert_sql("review_items", REVIEW_COLUMNS, "%s")
 _PG_STAGE = (
     "CREATE TEMP TABLE IF NOT EXISTS smallops_runs_stage "
     "(LIKE runs INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -161,6 +300,7 @@ def _write_postgres(
             if reviews:
                 cursor.executemany(_PG_REVIEWS, _with_times(reviews, _REVIEW_TIMES, _pg_time))
     except BaseException:
-        connection.rollback()
+        with contextlib.suppress(Exception):
+            connection.rollback()
         raise
     connection.commit()

@@ -1,8 +1,14 @@
 """The background writer: the request path only enqueues; a thread batches rows into the log.
 
-While the database is unreachable, batches go to the spool and the thread probes the database
-every few seconds; once it answers, the spool is replayed. Normal exit and SIGTERM drain the
-queue (into the database, or the spool if it is down), so every completed call is kept.
+Every record ends in exactly one of four places, and the writer counts each (`account()`):
+- written: committed to the database;
+- spooled: kept in a local file while the database is unreachable, replayed when it returns;
+- set aside: refused by the database for its content, kept in the quarantine with the reason;
+- lost: none of the above could be done (the spool's disk is full), said loudly.
+
+Writes are time-bounded (store.py), so a stalled database turns into spooling within seconds.
+Normal exit and SIGTERM drain the queue; if the thread is stuck past its bound, what is still
+queued is spooled from the exiting thread, and whatever the stuck thread held is counted lost.
 """
 
 from __future__ import annotations
@@ -14,15 +20,17 @@ import queue
 import signal
 import threading
 import time
+from dataclasses import dataclass, fields
 from typing import Any
 
 from smallops.config import Settings
 from smallops.plan import PromptVersion
 from smallops.redact import Redactor
 from smallops.storage.db import get_engine, normalise_url, safe_url
-from smallops.storage.rows import prompt_row, review_row, run_row
+from smallops.storage.quarantine import Quarantine, quarantine_folder
+from smallops.storage.rows import encode, prompt_row
 from smallops.storage.spool import Spool, spool_folder
-from smallops.storage.store import RowStore
+from smallops.storage.store import RowBatch, RowStore, Unreachable, land
 
 log = logging.getLogger("smallops")
 
@@ -33,51 +41,116 @@ PROBE_EVERY = 2.0  # seconds between attempts to reach a database that is down
 _STOP = object()
 
 
-class Writer:
-    """Owns one database's queue, writing thread, row store and spool."""
+@dataclass(frozen=True)
+class Account:
+    """Where the records given to a writer went."""
 
-    def __init__(self, store: RowStore, spool: Spool, *, label: str = "database") -> None:
+    submitted: int = 0
+    written: int = 0
+    spooled: int = 0
+    set_aside: int = 0
+    lost: int = 0
+
+    def since(self, before: Account) -> Account:
+        """What happened between two readings."""
+        return Account(*(getattr(self, f.name) - getattr(before, f.name) for f in fields(self)))
+
+
+class Writer:
+    """Owns one database's queue, writing thread, row store, spool and quarantine."""
+
+    def __init__(
+        self,
+        store: RowStore,
+        spool: Spool,
+        *,
+        quarantine: Quarantine | None = None,
+        label: str = "database",
+        redact: Redactor | None = None,
+    ) -> None:
         self.store = store
         self.spool = spool
+        self.quarantine = quarantine or Quarantine(quarantine_folder(spool.folder))
         self.label = label
-        self.redact = Redactor.from_environment()
+        self.redact = redact or Redactor.from_environment()
+        self.submitted = 0
         self.written = 0
         self.spooled = 0
+        self.set_aside = 0
+        self.lost = 0
+        self.down_reason: str | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._seen_prompts: set[str] = set()
         self._down_since: float | None = None
         self._next_probe = 0.0
         self._replay_pending = True  # spool left by earlier processes
+        self._in_hand = 0  # records the thread has taken and not yet put anywhere
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._closed = False
 
     @property
     def healthy(self) -> bool:
         return self._down_since is None
 
+    def account(self) -> Account:
+        return Account(self.submitted, self.written, self.spooled, self.set_aside, self.lost)
+
     def submit(self, record: dict[str, Any]) -> None:
         """Enqueue one run record; never blocks on the database."""
         if self._thread is None:
             self._start()
+        self.submitted += 1
         self._queue.put(record)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until everything submitted so far is in the database or the spool."""
+        """Wait until everything submitted so far is written, spooled or set aside."""
         if self._thread is None:
             return True
         done = threading.Event()
         self._queue.put(done)
         return done.wait(timeout)
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Drain the queue and stop the thread."""
-        if self._thread is None or self._closed:
+    def close(self, timeout: float | None = None) -> None:
+        """Drain the queue and stop the thread (a later submit starts a new one).
+
+        Waits as long as a bounded write and the spooling of the rest can take; past that, the
+        records still queued are spooled from this thread and the thread's own batch is counted
+        lost, so exit is never held hostage by a database that does not answer.
+        """
+        thread = self._thread
+        if thread is None:
             return
-        self._closed = True
         self._queue.put(_STOP)
-        self._thread.join(timeout)
+        thread.join(2 * self.store.timeout + 5 if timeout is None else timeout)
+        if thread.is_alive():
+            self._abandon()
         self.spool.close()
+        self.quarantine.close()
+        self._thread = None
+
+    def _abandon(self) -> None:
+        """Spool what the stuck thread has not taken; count what it holds as lost."""
+        records = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, dict):
+                records.append(item)
+            elif isinstance(item, threading.Event):
+                item.set()
+        held, self._in_hand = self._in_hand, 0
+        if held:
+            self.lost += held
+            log.error(
+                "smallops: the log writer did not finish in time; %d run records it was "
+                "writing may not be recorded",
+                held,
+            )
+        if records:
+            batch, _ = self._encode(records)
+            self._to_spool(batch, Spool(self.spool.folder), len(records))
 
     def _after_fork(self) -> None:
         self._queue = queue.SimpleQueue()
@@ -98,7 +171,7 @@ class Writer:
             try:
                 item = self._queue.get(timeout=PROBE_EVERY)
             except queue.Empty:
-                self._maybe_recover()
+                self._safely(self._maybe_recover)
                 continue
             if isinstance(item, dict) and self._queue.qsize() < BATCH:
                 time.sleep(LINGER)
@@ -117,55 +190,100 @@ class Writer:
                 except queue.Empty:
                     break
             if records:
-                self._write(records)
+                self._in_hand = len(records)
+                self._safely(self._write, records)
+                self._in_hand = 0
             elif self._replay_pending or not self.healthy:
-                self._maybe_recover()
+                self._safely(self._maybe_recover)
             for marker in markers:
                 marker.set()
             if stop:
                 return
 
+    def _safely(self, work: Any, *args: Any) -> None:
+        """Run one step; a bug in it is logged, and never stops the thread."""
+        try:
+            work(*args)
+        except Exception:
+            log.exception("smallops: the log writer hit an unexpected error")
+
     def _write(self, records: list[dict[str, Any]]) -> None:
-        runs, prompts, reviews = [], [], []
+        batch, refused = self._encode(records)
+        for record, reason in refused:
+            self._set_aside_record(record, reason)
+        self._maybe_recover()
+        if self.healthy:
+            try:
+                self.written += land(self.store, batch, self._set_aside)
+                return
+            except Unreachable as exc:
+                self._went_down(exc)
+        self._to_spool(batch, self.spool, len(batch.runs))
+
+    def _encode(
+        self, records: list[dict[str, Any]]
+    ) -> tuple[RowBatch, list[tuple[dict[str, Any], str]]]:
+        """Rows for the records, and the records that could not be made into rows (and why)."""
+        batch, refused = RowBatch(), []
         yielded = time.perf_counter()
         for record in records:
             if time.perf_counter() - yielded > YIELD_EVERY:
                 time.sleep(0)  # let the calling threads have the GIL: they are latency-bound
                 yielded = time.perf_counter()
             try:
-                runs.append(run_row(record, self.redact))
-                review = review_row(record, self.redact)
-                if review is not None:
-                    reviews.append(review)
-            except Exception:  # never let one odd record take the batch down
-                log.exception("smallops: could not encode run %s", record.get("id"))
+                run, review = encode(record, self.redact)
+            except Exception as exc:
+                refused.append((record, f"could not be encoded: {type(exc).__name__}: {exc}"))
                 continue
+            batch.runs.append(run)
+            if review is not None:
+                batch.reviews.append(review)
             version: PromptVersion = record["plan"]["prompt"]
             if version.id not in self._seen_prompts:
                 self._seen_prompts.add(version.id)
-                prompts.append(prompt_row(version))
-        self._maybe_recover()
-        if self.healthy:
-            try:
-                self.store.write(runs, prompts, reviews)
-                self.written += len(runs)
-                return
-            except Exception as exc:
-                self._went_down(exc)
-        self._to_spool(runs, prompts, reviews)
+                batch.prompts.append(prompt_row(version))
+        return batch, refused
 
-    def _to_spool(self, runs: list[Any], prompts: list[Any], reviews: list[Any]) -> None:
+    def _to_spool(self, batch: RowBatch, spool: Spool, count: int) -> None:
         try:
-            self.spool.append(runs, prompts, reviews)
-            self.spooled += len(runs)
-            self._replay_pending = True
-        except OSError as exc:  # nowhere left to keep them: say so loudly
-            log.error("smallops: lost %d run records, spool not writable: %s", len(runs), exc)
+            spool.append(batch)
+        except OSError as exc:  # nowhere left to keep them: say so loudly, and count them
+            self.lost += count
+            log.error("smallops: lost %d run records, spool not writable: %s", count, exc)
+            return
+        self.spooled += count
+        self._replay_pending = True
+
+    def _set_aside(self, batch: RowBatch, reason: str) -> None:
+        reason = self.redact(reason) or reason
+        try:
+            self.quarantine.add(batch, reason)
+        except OSError as exc:
+            self.lost += len(batch.runs)
+            log.error(
+                "smallops: lost %d run records, quarantine not writable: %s", len(batch.runs), exc
+            )
+            return
+        self.set_aside += len(batch.runs)
+        ids = ", ".join(str(row[0]) for row in batch.runs) or "a prompt version"
+        log.warning(
+            "smallops: the %s refused %s (%s); set aside in %s",
+            self.label,
+            ids,
+            reason,
+            self.quarantine.folder,
+        )
+
+    def _set_aside_record(self, record: dict[str, Any], reason: str) -> None:
+        """A record that could not even be made into a row: kept as a note with its id."""
+        run = (record.get("id"), record.get("plan", {}).get("workflow"))
+        self._set_aside(RowBatch(runs=[run]), reason)
 
     def _went_down(self, exc: Exception) -> None:
+        reason = self.redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if self._down_since is None:
             self._down_since = time.monotonic()
-            reason = self.redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
+            self.down_reason = reason
             log.warning(
                 "smallops: %s unreachable (%s); keeping records in %s until it returns",
                 self.label,
@@ -184,7 +302,9 @@ class Writer:
             if not self.healthy:
                 self.store.ping()
             self.spool.close()
-            replayed = self.spool.replay(self.store.write)
+            replayed = self.spool.replay(
+                lambda batch: land(self.store, batch, self._set_aside), self._set_aside_bytes
+            )
         except Exception as exc:
             self._went_down(exc)
             return
@@ -192,7 +312,16 @@ class Writer:
             log.warning("smallops: %s is back; replayed %d spooled runs", self.label, replayed)
         self.written += replayed
         self._down_since = None
+        self.down_reason = None
         self._replay_pending = False
+
+    def _set_aside_bytes(self, data: bytes, source: Any, reason: str) -> None:
+        try:
+            self.quarantine.add_bytes(data, source, reason)
+        except OSError as exc:
+            log.error("smallops: could not keep a damaged spool frame of %s: %s", source, exc)
+            return
+        log.warning("smallops: %s in %s; set aside in %s", reason, source, self.quarantine.folder)
 
 
 _writers: dict[str, Writer] = {}
@@ -206,22 +335,35 @@ def writer_for(settings: Settings) -> Writer:
         if url not in _writers:
             engine = get_engine(url)
             spool = Spool(spool_folder(settings.spool_dir, url))
-            _writers[url] = Writer(RowStore(engine), spool, label=safe_url(url))
+            _writers[url] = Writer(
+                RowStore(engine, settings.write_timeout),
+                spool,
+                label=safe_url(url),
+                redact=Redactor.from_environment(names=settings.key_variables),
+            )
             _install_exit_hooks()
         return _writers[url]
 
 
 def replay_spool(settings: Settings) -> int:
-    """Write the runs that earlier processes spooled while the database was down."""
+    """Write the runs that earlier processes spooled while the database was down; rows the
+    database refuses are set aside, never in the way. Raises Unreachable if it is down."""
     url = normalise_url(settings.database_url, settings.root)
     spool = Spool(spool_folder(settings.spool_dir, url))
     if not spool.pending():
         return 0
-    store = RowStore(get_engine(url))
+    quarantine = Quarantine(quarantine_folder(spool.folder))
+    store = RowStore(get_engine(url), settings.write_timeout)
+    redact = Redactor.from_environment(names=settings.key_variables)
+
+    def set_aside(batch: RowBatch, reason: str) -> None:
+        quarantine.add(batch, redact(reason) or reason)
+
     try:
-        return spool.replay(store.write)
+        return spool.replay(lambda batch: land(store, batch, set_aside), quarantine.add_bytes)
     finally:
         store.close()
+        quarantine.close()
 
 
 def flush_all(timeout: float | None = 30.0) -> bool:
@@ -230,7 +372,7 @@ def flush_all(timeout: float | None = 30.0) -> bool:
     return all(results)
 
 
-def close_all(timeout: float | None = 30.0) -> None:
+def close_all(timeout: float | None = None) -> None:
     for writer in list(_writers.values()):
         writer.close(timeout)
 
