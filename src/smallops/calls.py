@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
+from smallops import batches
 from smallops.effects import Call, Effect, Send, Sleep
 from smallops.errors import (
     ConfigError,
@@ -31,6 +32,7 @@ from smallops.resilience.guarded import admit, breaker_allow, breaker_record
 from smallops.result import Result
 from smallops.review.graduation import classes_of
 from smallops.review.policy import needs_review
+from smallops.storage.storable import Flag, encodable
 
 if TYPE_CHECKING:
     from smallops.plan import CallPlan
@@ -55,6 +57,8 @@ class _Run:
     served: Reply | None = None
     guards: list[dict[str, Any]] = field(default_factory=list)
     reservation: Any = None
+    flags: set[Flag] = field(default_factory=set)
+    batch: tuple[str, str] | None = field(default_factory=batches.current.get)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -64,7 +68,7 @@ def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
     """One call from inputs to a recorded Result; yields Send and Sleep effects."""
     run = _Run(plan, inputs)
     try:
-        run.messages = plan.prompt.render(inputs)
+        run.messages = _sendable(plan.prompt.render(inputs), run.flags)
         if plan.guards is not None and plan.guards.active:
             admitted = yield from admit(plan.guards, run.messages, run.guards)
             if isinstance(admitted, tuple):
@@ -167,9 +171,17 @@ def _interpret(output: type[BaseModel] | None, reply: Reply) -> tuple[Any, tuple
         return None, ("schema_mismatch", describe_problems(errors))
 
 
-def _repair(text: str, problem: str) -> list[dict[str, str]]:
+def _sendable(messages: list[dict[str, str]], flags: set[Flag]) -> list[dict[str, str]]:
+    """Messages every SDK can encode: a lone surrogate (from a JSON escape such as "\\ud800"
+    in the inputs) cannot be sent as UTF-8, so it becomes U+FFFD, flagged on the run."""
+    for message in messages:
+        message["content"] = encodable(message["content"], flags)
+    return messages
+
+
+def _repair(reply: str, problem: str) -> list[dict[str, str]]:
     return [
-        {"role": "assistant", "content": text},
+        {"role": "assistant", "content": reply},
         {
             "role": "user",
             "content": f"That reply does not fit the required format: {problem}. "
@@ -179,7 +191,7 @@ def _repair(text: str, problem: str) -> list[dict[str, str]]:
 
 
 def _error_type(exc: BaseException) -> str:
-    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)):
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
         return "cancelled"
     if isinstance(exc, InputError):
         return "input_error"
@@ -189,6 +201,8 @@ def _error_type(exc: BaseException) -> str:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SmallopsError):
         return exc.message
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+        return "the process was interrupted before the call finished"
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
@@ -258,6 +272,8 @@ def _finish(
             "guards": run.guards,
             "classes": classes or [],
             "partial": partial,
+            "flags": run.flags,
+            "batch": run.batch,
         }
     )
     return Result(

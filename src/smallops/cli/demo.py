@@ -11,7 +11,7 @@ import typer
 from smallops.cli import _common
 from smallops.cli.logs import short_id
 from smallops.cli.report import print_report
-from smallops.cli.run import _print_table, _run_all
+from smallops.cli.run import Batch, print_table, run_all
 from smallops.config import Settings
 from smallops.demo import DemoModel, demo_inputs, load_inbox, scripted_failures
 from smallops.project import Project
@@ -48,9 +48,12 @@ def demo_command(
         markup=False,
     )
     started = time.perf_counter()
-    results = _run_all(wf, demo_inputs(inbox), concurrency, show_progress=True)
+    inputs = demo_inputs(inbox)
+    lines = list(range(1, len(inputs) + 1))
+    outcome = run_all(wf, Batch(inputs, lines), concurrency, show_progress=True)
     writer_for(project.settings).flush()
-    _print_table(wf, results)
+    print_table(wf, outcome.results, lines)
+    results = [r for r in outcome.results if r is not None]
     say(
         f"\n{len(results)} calls in {time.perf_counter() - started:.1f} s, every one recorded.\n",
         markup=False,

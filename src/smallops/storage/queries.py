@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, func, or_, select
 
 from smallops.errors import InputError, NotFoundError
 from smallops.storage.schema import prompt_versions, runs
@@ -149,3 +149,24 @@ def plain_row(mapping: Any) -> dict[str, Any]:
         if isinstance(value, datetime) and value.tzinfo is None:
             out[key] = value.replace(tzinfo=timezone.utc)
     return out
+
+
+def latest_batch(engine: Engine, file_key: str) -> str | None:
+    """The newest batch id of a file (ids are `<file key>/<time-ordered id>`), if any."""
+    query = select(func.max(runs.c.batch_id)).where(
+        runs.c.batch_id.startswith(f"{file_key}/", autoescape=True)
+    )
+    with engine.connect() as connection:
+        found: str | None = connection.execute(query).scalar()
+    return found
+
+
+def batch_items_done(engine: Engine, batch_id: str) -> set[str]:
+    """The input marks of a batch that have a recorded run (a call cancelled mid-flight by an
+    interruption does not count: it never finished)."""
+    query = select(runs.c.batch_item).where(
+        runs.c.batch_id == batch_id,
+        or_(runs.c.error_type.is_(None), runs.c.error_type != "cancelled"),
+    )
+    with engine.connect() as connection:
+        return {row.batch_item for row in connection.execute(query) if row.batch_item}

@@ -56,15 +56,22 @@ def text(value: str | None, flags: set[Flag], limit: int | None = None) -> str |
     if "\x00" in value:
         value = value.replace("\x00", REPLACEMENT)
         flags.add("nul_replaced")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            value = _without_lone_surrogates(value)
-            flags.add("surrogate_replaced")
+    value = encodable(value, flags)
     if limit is not None and len(value) > limit:
         value = value[: limit - 1] + "…"
         flags.add("truncated_field")
+    return value
+
+
+def encodable(value: str, flags: set[Flag]) -> str:
+    """`value` as text that encodes to UTF-8: a lone surrogate becomes U+FFFD."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        flags.add("surrogate_replaced")
+        return _without_lone_surrogates(value)
     return value
 
 
