@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +192,15 @@ def make_workflow(tmp_path: Path, settings: Settings) -> Any:
         return Workflow(options.pop("name", "triage"), **options)
 
     return make
+
+
+@contextlib.contextmanager
+def mount_tmpfs(folder: Path, size: str) -> Iterator[None]:
+    """A tiny filesystem at `folder` (that really fills up), for tests of a full disk."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -43,6 +43,7 @@ class Ok:
     output_tokens: int = 15
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    request_id: str | None = None  # the request-id header (a random one when None)
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,14 @@ class Disconnect:
     pass
 
 
-Behaviour = Ok | Refusal | Truncated | Status | Delay | Malformed | Disconnect
+@dataclass(frozen=True)
+class Respond:
+    """Choose the behaviour from the request itself: `function(body, headers) -> Behaviour`."""
+
+    function: Any
+
+
+Behaviour = Ok | Refusal | Truncated | Status | Delay | Malformed | Disconnect | Respond
 
 
 def ok(
@@ -90,11 +98,24 @@ def ok(
     output_tokens: int = 15,
     cached_tokens: int = 0,
     reasoning_tokens: int = 0,
+    request_id: str | None = None,
 ) -> Ok:
     """A success; `content=None` answers with JSON valid for the requested schema, if any."""
     return Ok(
-        content, model, fingerprint, input_tokens, output_tokens, cached_tokens, reasoning_tokens
+        content,
+        model,
+        fingerprint,
+        input_tokens,
+        output_tokens,
+        cached_tokens,
+        reasoning_tokens,
+        request_id,
     )
+
+
+def respond(function: Any) -> Respond:
+    """A behaviour picked per request: `function(body, headers)` returns the behaviour."""
+    return Respond(function)
 
 
 def refusal(text: str = "I can't help with that.") -> Refusal:
@@ -369,6 +390,9 @@ class ModelServer:
     async def _respond(
         self, behaviour: Behaviour, vendor: Vendor, body: dict[str, Any], request: Request
     ) -> Response:
+        if isinstance(behaviour, Respond):
+            chosen = behaviour.function(body, dict(request.headers.items()))
+            return await self._respond(chosen, vendor, body, request)
         if isinstance(behaviour, Delay):
             loop = asyncio.get_running_loop()
             end = loop.time() + behaviour.seconds
@@ -384,6 +408,8 @@ class ModelServer:
         if isinstance(behaviour, Status):
             return _error(vendor, behaviour)
         request_id = f"req_{uuid.uuid4().hex[:24]}"
+        if isinstance(behaviour, Ok) and behaviour.request_id is not None:
+            request_id = behaviour.request_id
         header = "request-id" if vendor == "anthropic" else "x-request-id"
         return JSONResponse(_completion(vendor, behaviour, body), headers={header: request_id})
 

@@ -24,6 +24,6 @@ def objects(
     text: str, source: str, expected: str = "a JSON object"
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line of `text`, read from `source`."""
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
             yield number, parse_object(line, f"{source}, line {number}", expected)

@@ -47,8 +47,11 @@ def since(value: str | None, option: str = "--since") -> datetime | None:
 
 
 def print_json(value: Any) -> None:
-    """One JSON document per line on stdout, for scripts."""
-    sys.stdout.write(json.dumps(value, default=_default, ensure_ascii=False) + "\n")
+    """One JSON document per line on stdout, for scripts (no character a reader might take for
+    a line break is left unescaped)."""
+    line = json.dumps(value, default=_default, ensure_ascii=False)
+    # U+2028 and U+2029 are valid inside JSON strings, but many line readers split on them.
+    sys.stdout.write(line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n")
 
 
 def _default(value: Any) -> Any:

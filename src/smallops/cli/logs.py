@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 import typer
@@ -11,8 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from smallops.cli import _common
+from smallops.errors import NotFoundError
 from smallops.result import STATUSES
+from smallops.storage.quarantine import Entry
 from smallops.storage.queries import get_run, list_runs
+from smallops.storage.writer import quarantine_for
 
 
 def register(app: typer.Typer) -> None:
@@ -94,11 +98,48 @@ def show_command(
     as_json: bool = typer.Option(False, "--json", help="The whole record as JSON."),
 ) -> None:
     """Show one call's whole audit trail: prompt version, messages, raw responses, output."""
-    run = get_run(_common.project(ctx).engine(), run_id)
+    project = _common.project(ctx)
+    try:
+        run = get_run(project.engine(), run_id)
+    except NotFoundError:
+        entry = quarantine_for(project.settings).find(run_id)
+        if entry is None:
+            raise
+        _print_set_aside(entry, as_json)
+        return
     if as_json:
         _common.print_json(run)
         return
     _print_run(run)
+
+
+def _print_set_aside(entry: Entry, as_json: bool) -> None:
+    """A run the database refused: why, where its record is kept, and what it says."""
+    at = datetime.fromtimestamp(entry.at, timezone.utc)
+    run = {k: v for k, v in (entry.run() or {}).items() if k in _SET_ASIDE_FIELDS}
+    if as_json:
+        _common.print_json(
+            {
+                "set_aside": True,
+                "reason": entry.reason,
+                "at": at,
+                "file": str(entry.path),
+                "run": run,
+                "record": entry.data,
+            }
+        )
+        return
+    say = _common.out.print
+    say(f"[bold]run {entry.run_id}[/bold]  {escape(entry.workflow or '')}  [red]set aside[/red]")
+    say(
+        f"the log database refused this record ({escape(entry.reason)}) on "
+        f"{_common.when(at)}; it is kept whole in {escape(str(entry.path))}"
+    )
+    for key, value in run.items():
+        say(f"  {key:<18} {escape(str(value))}")
+
+
+_SET_ASIDE_FIELDS = ("status", "error_type", "model_requested", "model_served", "latency_ms")
 
 
 def _print_run(run: dict[str, Any]) -> None:

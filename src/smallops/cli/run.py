@@ -119,9 +119,7 @@ def run_command(
     wf.provider.check()
     writer = writer_for(wf.settings)
     before = writer.account()
-    outcome = run_all(
-        wf, batch, concurrency, show_progress=len(batch.rows) > 1 and not json_output
-    )
+    outcome = run_all(wf, batch, concurrency, show_progress=len(batch.rows) > 1 and not json_output)
     with _finishing():
         writer.close()
     account = writer.account().since(before)

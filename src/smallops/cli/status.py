@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import typer
@@ -11,7 +12,9 @@ from sqlalchemy import select
 from smallops.cli import _common
 from smallops.project import Project
 from smallops.review.queue import ReviewQueue
+from smallops.storage.quarantine import Quarantine
 from smallops.storage.schema import guard_events
+from smallops.storage.writer import quarantine_for
 from smallops.workflow import Workflow
 
 
@@ -30,13 +33,33 @@ def status_command(
     """
     project = _common.project(ctx)
     queue = ReviewQueue(project.engine()).counts()
-    rows = [_status(project, wf, queue.get(wf.name, 0)) for wf in project.workflows.values()]
+    set_aside = _set_aside(quarantine_for(project.settings))
+    rows = [
+        {**_status(project, wf, queue.get(wf.name, 0)), "set_aside": set_aside.get(wf.name)}
+        for wf in project.workflows.values()
+    ]
     if as_json:
         for row in rows:
             _common.print_json(row)
         return
     for row in rows:
         _print(row)
+
+
+def _set_aside(quarantine: Quarantine) -> dict[str | None, dict[str, Any]]:
+    """Per workflow: how many records the database refused, and the newest one's reason."""
+    found: dict[str | None, dict[str, Any]] = {}
+    for entry in quarantine.entries():
+        if entry.kind != "run":
+            continue
+        row = found.setdefault(entry.workflow, {"records": 0, "folder": str(quarantine.folder)})
+        row["records"] += 1
+        row["newest"] = {
+            "run_id": entry.run_id,
+            "at": datetime.fromtimestamp(entry.at, timezone.utc),
+            "reason": entry.reason,
+        }
+    return found
 
 
 def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
@@ -88,6 +111,13 @@ def _print(row: dict[str, Any]) -> None:
             f"${period['cap_usd']:g} ({period['used']:.0%})"
         )
     say(f"  queue     {row['queued_for_review']} waiting for review")
+    if row["set_aside"]:
+        aside, newest = row["set_aside"], row["set_aside"]["newest"]
+        say(
+            f"  [red]set aside[/red] {aside['records']} records the database refused, kept in "
+            f"{escape(aside['folder'])}; newest: run {newest['run_id']} "
+            f"({escape(newest['reason'])}) — `smallops show ID`"
+        )
     for event in row["recent_events"]:
         say(
             f"  event     {_common.when(event['at'])} {event['guard']} {event['after']}: "

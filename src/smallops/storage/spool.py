@@ -88,6 +88,18 @@ class Spool:
             return []
         return sorted(p for p in self.folder.glob("*.jsonl") if p != self._path)
 
+    def waiting(self) -> int:
+        """How many runs the spool holds (every file, this process's own included)."""
+        total = 0
+        if not self.folder.is_dir():
+            return 0
+        for path in self.folder.glob("*.jsonl"):
+            with contextlib.suppress(OSError), path.open("rb") as handle:
+                for line in handle:
+                    batch, _ = _read(line)
+                    total += len(batch.runs) if batch is not None else 0
+        return total
+
     def replay(
         self,
         land: Callable[[RowBatch], int],

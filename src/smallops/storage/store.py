@@ -143,6 +143,10 @@ class RowStore:
     def _connect(self) -> Any:
         if self._connection is None:
             self._connection = self._direct.raw_connection()
+            if self.dialect == "sqlite":  # a lock held elsewhere: wait no longer than the bound
+                busy = self._connection.driver_connection.cursor()
+                busy.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+                busy.close()
         return self._connection.driver_connection
 
 

@@ -366,6 +366,12 @@ def replay_spool(settings: Settings) -> int:
         quarantine.close()
 
 
+def quarantine_for(settings: Settings) -> Quarantine:
+    """The quarantine of the settings' database (what it refused, with the reasons)."""
+    url = normalise_url(settings.database_url, settings.root)
+    return Quarantine(quarantine_folder(spool_folder(settings.spool_dir, url)))
+
+
 def flush_all(timeout: float | None = 30.0) -> bool:
     """Wait until every writer has written (or spooled) what it was given."""
     results = [writer.flush(timeout) for writer in list(_writers.values())]  # flush them all
