@@ -245,14 +245,25 @@ class Writer:
         return batch, refused
 
     def _to_spool(self, batch: RowBatch, spool: Spool, count: int) -> None:
+        """Spool the batch whole; if the disk cannot take it whole, keep as many runs as fit,
+        each with its review item; count the rest as lost, loudly."""
         try:
             spool.append(batch)
-        except OSError as exc:  # nowhere left to keep them: say so loudly, and count them
-            self.lost += count
-            log.error("smallops: lost %d run records, spool not writable: %s", count, exc)
-            return
-        self.spooled += count
-        self._replay_pending = True
+            kept = count
+        except OSError as exc:
+            kept, problem = 0, exc
+            for unit in batch.units():
+                try:
+                    spool.append(unit)
+                    kept += len(unit.runs)
+                except OSError as again:
+                    problem = again
+            log.error(
+                "smallops: lost %d run records, spool not writable: %s", count - kept, problem
+            )
+        self.lost += count - kept
+        self.spooled += kept
+        self._replay_pending = self._replay_pending or kept > 0
 
     def _set_aside(self, batch: RowBatch, reason: str) -> None:
         reason = self.redact(reason) or reason
