@@ -109,6 +109,8 @@ def run_command(
         help="Continue the last batch of this --input file: skip inputs it already recorded.",
     ),
 ) -> None:
+    if resume and (input_file is None or str(input_file) == "-"):
+        raise InputError("--resume needs --input FILE", hint="a file, not stdin or --json")
     project = _common.project(ctx)
     wf = project.workflow(workflow)
     batch = _read_batch(wf, input_file, inline)
@@ -168,8 +170,7 @@ def _read_batch(wf: Workflow[Any], path: Path | None, inline: str | None) -> Bat
 
 def _resume(engine: Any, wf: Workflow[Any], path: Path | None, batch: Batch) -> None:
     """Carry on with the file's last batch: its id, and only the inputs it has not recorded."""
-    if path is None or str(path) == "-" or batch.batch_id is None:
-        raise InputError("--resume needs --input FILE", hint="a file, not stdin or --json")
+    assert path is not None
     earlier = latest_batch(engine, batches.file_key(wf.name, path))
     if earlier is None:
         raise InputError(
