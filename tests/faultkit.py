@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
+from smallops.storage.store import RowStore
 
 from tcpproxy import TcpProxy
 
@@ -73,3 +74,30 @@ def orphans(url: str, root: Path) -> int:
         "WHERE i.run_id IS NULL AND r.review_route IN "
         "('required', 'sampled', 'not_graduated', 'audit', 'fallback')",
     )
+
+
+def refuse_poison(engine: Any) -> None:
+    """Make the database refuse any run whose inputs mention "poison" (a record one engine
+    takes and another does not, in miniature)."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql(
+                "ALTER TABLE runs ADD CONSTRAINT refuse_poison "
+                "CHECK (position('poison' in inputs::text) = 0)"
+            )
+        else:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON runs "
+                "WHEN instr(NEW.inputs, 'poison') > 0 "
+                "BEGIN SELECT RAISE(ABORT, 'poison refused'); END"
+            )
+
+
+def database_down(monkeypatch: Any) -> None:
+    """Every log write and ping fails as a refused connection would."""
+
+    def down(self: Any, *args: Any) -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    monkeypatch.setattr(RowStore, "write", down)
+    monkeypatch.setattr(RowStore, "ping", down)

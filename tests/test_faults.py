@@ -23,6 +23,7 @@ from smallops.storage.store import RowBatch, RowStore, land
 
 from conftest import mount_tmpfs, smallops
 from emulators import ok, respond
+from faultkit import database_down, refuse_poison
 
 GOOD = {"category": "billing", "urgency": "normal", "summary": "Asks for an invoice."}
 
@@ -142,29 +143,12 @@ def test_hostile_text_in_inputs_and_outputs_is_recorded_and_every_later_command_
         assert code == 0 and "Traceback" not in err, (command, err)
 
 
-def _refuse_poison(engine: Any) -> None:
-    """Make the database refuse any run whose inputs mention "poison" (a record one engine
-    takes and the other does not, in miniature)."""
-    with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            connection.exec_driver_sql(
-                "ALTER TABLE runs ADD CONSTRAINT refuse_poison "
-                "CHECK (position('poison' in inputs::text) = 0)"
-            )
-        else:
-            connection.exec_driver_sql(
-                "CREATE TRIGGER refuse_poison BEFORE INSERT ON runs "
-                "WHEN instr(NEW.inputs, 'poison') > 0 "
-                "BEGIN SELECT RAISE(ABORT, 'poison refused'); END"
-            )
-
-
 def test_a_record_the_database_refuses_is_set_aside_and_never_blocks_the_rest(
     project, emulator, database_url, monkeypatch, capsys, tmp_path
 ):
     use_database(monkeypatch, database_url)
     engine = engine_of(project, database_url)
-    _refuse_poison(engine)
+    refuse_poison(engine)
     poison = {
         f"p{i}": json.dumps({"sender": "a@x.example", "subject": f"poison {i}", "body": "x"})
         for i in range(3)
@@ -200,9 +184,9 @@ def test_a_refused_record_in_the_spool_is_set_aside_and_the_rest_replayed(
     replay at its line (which used to stop all logging, for good)."""
     use_database(monkeypatch, database_url)
     engine = engine_of(project, database_url)
-    _refuse_poison(engine)
+    refuse_poison(engine)
 
-    _database_down(monkeypatch)
+    database_down(monkeypatch)
     poison = {"p": json.dumps({"sender": "a@x.example", "subject": "poison", "body": "x"})}
     inputs = write_inputs(tmp_path / "inbox.jsonl", 19, poison)
     code, results, err = run_json(capsys, project, "--input", str(inputs))
@@ -221,21 +205,11 @@ def _store(project: Path, url: str) -> RowStore:
     return RowStore(engine_of(project, url), timeout=5)
 
 
-def _database_down(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every write and ping fails as a refused connection would."""
-
-    def down(self: Any, *args: Any) -> None:
-        raise ConnectionRefusedError("connection refused")
-
-    monkeypatch.setattr(RowStore, "write", down)
-    monkeypatch.setattr(RowStore, "ping", down)
-
-
 def _spool_frames(project: Path, capsys: Any, monkeypatch: Any, tmp_path: Path) -> list[bytes]:
     """Real spool frames: three runs of the CLI while the database is down, taken out of the
     spool so the test can damage them."""
     with monkeypatch.context() as patch:
-        _database_down(patch)
+        database_down(patch)
         for i in range(3):
             inputs = write_inputs(tmp_path / f"in{i}.jsonl", 2, {})
             assert run_json(capsys, project, "--input", str(inputs))[0] == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,11 @@ def since(value: str | None, option: str = "--since") -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def print_json(value: Any) -> None:
+def print_json(value: Any, redact: Callable[[str], str | None] | None = None) -> None:
     """One JSON document per line on stdout, for scripts (no character a reader might take for
-    a line break is left unescaped)."""
+    a line break is left unescaped); `redact` removes secrets from the line."""
     line = json.dumps(value, default=_default, ensure_ascii=False)
+    line = (redact(line) or line) if redact else line
     # U+2028 and U+2029 are valid inside JSON strings, but many line readers split on them.
     sys.stdout.write(line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n")
 

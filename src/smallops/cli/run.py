@@ -20,6 +20,7 @@ from smallops.cli import _common
 from smallops.cli.logs import short_id
 from smallops.errors import InputError, WorkflowFailed
 from smallops.jsonl import objects, parse_object
+from smallops.redact import Redactor
 from smallops.result import Result
 from smallops.storage.queries import batch_items_done, latest_batch
 from smallops.storage.writer import Account, Writer, writer_for
@@ -128,9 +129,9 @@ def run_command(
     if json_output:
         for line, result in zip(batch.lines, outcome.results, strict=True):
             if result is not None:
-                _common.print_json({"line": line, **_as_dict(result)})
+                _common.print_json({"line": line, **_as_dict(result)}, writer.redact)
     elif outcome.signal is None:
-        print_table(wf, outcome.results, batch.lines)
+        print_table(wf, outcome.results, batch.lines, writer.redact)
     _report(wf, input_file, batch, outcome, account, writer)
     if outcome.signal is not None:
         raise typer.Exit(128 + outcome.signal)
@@ -365,7 +366,13 @@ def _as_dict(result: Result[Any]) -> dict[str, Any]:
     }
 
 
-def print_table(wf: Workflow[Any], results: list[Result[Any] | None], lines: list[int]) -> None:
+def print_table(
+    wf: Workflow[Any],
+    results: list[Result[Any] | None],
+    lines: list[int],
+    redact: Redactor | None = None,
+) -> None:
+    """The results as a table (a key a provider echoed into an output or error is masked)."""
     table = Table(title=f"{wf.name} · prompt {wf.version.id} · {wf.model}", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("status", no_wrap=True)
@@ -379,6 +386,7 @@ def print_table(wf: Workflow[Any], results: list[Result[Any] | None], lines: lis
             shown = _summary(result.output)
         else:
             shown = f"{result.error}: {result.error_message}"
+        shown = (redact(shown) or shown) if redact else shown
         table.add_row(str(line), result.status, _common.short(shown, 70), short_id(result.run_id))
         counts[result.status] = counts.get(result.status, 0) + 1
     _common.out.print(table)
