@@ -59,7 +59,7 @@ from smallops.storage import writer as writer_module
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
 from smallops.storage.rows import prompt_row, run_row
 from smallops.storage.spool import Spool
-from smallops.storage.store import RowStore
+from smallops.storage.store import RowBatch, RowStore, land
 
 HERE = Path(__file__).resolve().parent
 HOST, PORT = "127.0.0.1", 8912
@@ -400,9 +400,14 @@ def make_spool(record: dict[str, Any], n: int, folder: Path) -> tuple[Path, floa
     encode_rate = n / (time.perf_counter() - t)
     spool, batch = Spool(folder), writer_module.BATCH
     for i in range(0, n, batch):
-        spool.append(rows[i : i + batch], [prompt_row(record["plan"]["prompt"])] if i == 0 else [])
+        prompts = [prompt_row(record["plan"]["prompt"])] if i == 0 else []
+        spool.append(RowBatch(runs=list(rows[i : i + batch]), prompts=prompts))
     spool.close()
     return next(folder.glob("*.jsonl")), encode_rate
+
+
+def refused(rows: RowBatch, reason: str) -> None:
+    sys.exit(f"writer: the database refused {len(rows.runs)} benchmark runs: {reason}")
 
 
 def replay_into(url: str, spool_file: Path, scratch: Path) -> tuple[float, int]:
@@ -415,7 +420,7 @@ def replay_into(url: str, spool_file: Path, scratch: Path) -> tuple[float, int]:
     store = RowStore(engine)
     gc.collect()
     t = time.perf_counter()
-    replayed = Spool(folder).replay(store.write)
+    replayed = Spool(folder).replay(lambda rows: land(store, rows, refused))
     rate = replayed / (time.perf_counter() - t)
     store.close()
     with engine.connect() as c:
