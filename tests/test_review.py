@@ -352,6 +352,48 @@ def test_the_application_gets_the_human_decision_by_wait_hook_and_webhook(
     assert wf.decision(result.run_id).status == "corrected"
 
 
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_webhook_receiver_that_redirects_has_not_received_it_and_is_retried(
+    tmp_path, database_url, monkeypatch, code
+):
+    """A 3xx is never followed (no body-less GET elsewhere counts as delivered): it is retried."""
+    from smallops.review import webhooks
+    from smallops.storage.schema import webhook_deliveries
+
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv(
+        "SMALLOPS_WEBHOOK_SECRET", "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2Nzg="
+    )
+    with Receiver() as target, Receiver(redirect=(code, target.url)) as redirecting:
+        wf = make(tmp_path, database_url, webhook=redirecting.url)
+        run_id = wf.run(text="x").run_id
+        desk_for(wf).approve(run_id, "ann")
+        engine = wf.plan().writer.store.engine
+        secret = lambda _url: webhooks.secret_from_env()  # noqa: E731
+
+        def delivery() -> dict[str, Any]:
+            with engine.connect() as connection:
+                [row] = connection.execute(select(webhook_deliveries)).mappings().all()
+            return dict(row)
+
+        deadline = time.monotonic() + 20  # the decision's own attempt, sent in the background
+        while delivery()["attempts"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for attempt in (1, 2, 3):
+            row = delivery()
+            assert row["state"] == "pending" and row["attempts"] == attempt
+            assert row["last_error"] == f"HTTP {code} (redirects are not followed)"
+            assert row["next_attempt_at"] > row["created_at"]  # retried later, with backoff
+            with engine.begin() as connection:  # due now: retried without the backoff wait
+                connection.exec_driver_sql(
+                    "UPDATE webhook_deliveries SET next_attempt_at = created_at"
+                )
+            assert webhooks.deliver_due(engine, secret) == (0, 1)
+        assert [method for method, _ in redirecting.requests] == ["POST"] * 4
+        assert target.requests == [] and target.accepted == []
+
+
 def test_reviewed_items_become_eval_cases_once(tmp_path):
     import json
 
