@@ -85,6 +85,56 @@ def test_a_bad_jsonl_line_stops_before_any_call_naming_the_line(
     assert smallops(capsys, "-p", str(project), "logs", "--json")[1] == ""
 
 
+def test_line_and_paragraph_separators_inside_a_jsonl_string_stay_in_the_input(
+    project, emulator, capsys, tmp_path
+):
+    """Lines end at \\n (or \\r\\n) only: U+2028/U+2029 are valid inside a JSON string."""
+    subjects = ["Invoice\u2028May", "Refund\u2029June"]
+    inputs = tmp_path / "in.jsonl"
+    lines = [json.dumps({**EMAIL, "subject": s}, ensure_ascii=False) for s in subjects]
+    inputs.write_bytes("\r\n".join(lines).encode())
+    assert "\u2028" in inputs.read_text(encoding="utf-8")  # raw, not escaped
+    emulator.default = ok(GOOD)
+    code, out, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "-i", str(inputs), "--json"
+    )
+    assert code == 0, err
+    run_ids = [json.loads(line)["run_id"] for line in out.splitlines()]
+    recorded = []
+    for run_id in run_ids:
+        _, out, _ = smallops(capsys, "-p", str(project), "show", run_id, "--json")
+        recorded.append(json.loads(out)["inputs"]["subject"])
+    assert recorded == subjects
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])  # lists inside the object: 101+ levels
+@pytest.mark.parametrize("where", ["line", "--json"])
+def test_deeply_nested_json_input_is_one_line_and_exit_2(
+    project, emulator, capsys, tmp_path, depth, where
+):
+    """Nesting past 100 levels (or past Python's recursion limit) is refused before any call."""
+    deep = json.dumps({**EMAIL, "body": "x"})[:-1] + ', "extra": ' + "[" * depth + "]" * depth + "}"
+    if where == "line":
+        inputs = tmp_path / "in.jsonl"
+        inputs.write_text(json.dumps(EMAIL) + "\n" + deep + "\n")
+        args = ("-i", str(inputs))
+    else:
+        args = ("--json", deep)
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage", *args)
+    assert code == 2 and "nest more than 100 levels deep" in err, err
+    assert ("line 2" in err) if where == "line" else ("--json" in err)
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert emulator.requests == []
+    assert smallops(capsys, "-p", str(project), "logs", "--json")[1] == ""
+
+
+def test_json_input_nested_100_levels_is_accepted(project, emulator, capsys):
+    nested = json.dumps({**EMAIL, "extra": json.loads("[" * 99 + "]" * 99)})
+    emulator.default = ok(GOOD)
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage", "--json", nested)
+    assert code == 0, err
+
+
 def test_a_missing_template_variable_is_a_usage_error_before_any_call(project, emulator, capsys):
     code, _, err = smallops(
         capsys, "-p", str(project), "run", "email-triage", "--json", '{"subject": "hi"}'

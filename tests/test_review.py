@@ -130,6 +130,8 @@ def test_approve_correct_reject_and_skip_are_recorded_with_who_when_and_outputs(
     [
         (lambda desk, run: desk.correct(run, "ann", {**GOOD, "urgency": "whenever"}), "urgency"),
         (lambda desk, run: desk.correct(run, "ann", "{not json"), "not valid JSON"),
+        (lambda desk, run: desk.correct(run, "ann", "[" * 100_000 + "]" * 100_000), "nest more"),
+        (lambda desk, run: desk.correct(run, "ann", {**GOOD, "summary": _nested(150)}), "nest"),
         (lambda desk, run: desk.reject(run, "ann", "  "), "needs a reason"),
         (lambda desk, run: desk.approve(run, " "), "reviewer name"),
     ],
@@ -142,6 +144,13 @@ def test_bad_decisions_are_clear_errors_and_change_nothing(tmp_path, database_ur
         action(desk, run)
     item = desk.item(run)
     assert item["state"] == "pending" and item["history"] == []
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
 
 
 def test_unknown_run_ids_and_double_decisions_are_refused(tmp_path, database_url):
@@ -416,6 +425,25 @@ def test_reviewed_items_become_eval_cases_once(tmp_path):
     assert by_id[f"review-{a}"]["expected"] == GOOD
     assert by_id[f"review-{b}"]["expected"]["urgency"] == "high"
     assert by_id[f"review-{b}"]["input"] == {"text": "b"}
+
+
+def test_exported_cases_keep_line_separators_and_read_back(tmp_path):
+    """U+2028/U+2029 in a reviewed input survive the export and every later read of the file."""
+    from smallops.evals.dataset import load_cases
+    from smallops.review.export import export_reviewed
+
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    texts = ["first\u2028second", "third\u2029fourth"]
+    runs = [wf.run(text=text).run_id for text in texts]
+    desk = desk_for(wf)
+    for run in runs:
+        desk.approve(run, "ann")
+    target = tmp_path / "evals" / "triage.jsonl"
+    assert export_reviewed(desk.queue, "triage", target) == (2, 0)
+    assert "\u2028" in target.read_text(encoding="utf-8")  # written raw, as JSON allows
+    assert export_reviewed(desk.queue, "triage", target) == (0, 2)  # reads the file back
+    cases = load_cases(target, variables=frozenset({"text"}))
+    assert sorted(case.input["text"] for case in cases) == sorted(texts)
 
 
 def test_webhook_signatures_verify_with_the_reference_standard_webhooks_library():
