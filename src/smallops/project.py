@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from smallops.config import CONFIG_FILE, Settings, find_project_root
 from smallops.errors import ConfigError, SmallopsError, StorageError, UnknownWorkflowError
-from smallops.storage.db import ensure_schema, get_engine, normalise_url, safe_url
+from smallops.storage.db import ensure_schema, log_database, safe_url
 from smallops.storage.writer import replay_spool
 from smallops.workflow import Workflow
 
@@ -89,8 +89,7 @@ class Project:
 
     def engine(self) -> Engine:
         """The log database, with its schema up to date and any spooled runs written."""
-        url = normalise_url(self.settings.database_url, self.root)
-        engine = get_engine(url)
+        url, engine = log_database(self.settings)
         try:
             ensure_schema(engine)
         except SQLAlchemyError as exc:

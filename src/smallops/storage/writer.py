@@ -19,7 +19,7 @@ from typing import Any
 from smallops.config import Settings
 from smallops.plan import PromptVersion
 from smallops.redact import Redactor
-from smallops.storage.db import get_engine, normalise_url, safe_url
+from smallops.storage.db import log_database, safe_url
 from smallops.storage.rows import prompt_row, review_row, run_row
 from smallops.storage.spool import Spool, spool_folder
 from smallops.storage.store import RowStore
@@ -201,10 +201,9 @@ _lock = threading.Lock()
 
 def writer_for(settings: Settings) -> Writer:
     """The writer for the settings' database, shared by every workflow in this process."""
-    url = normalise_url(settings.database_url, settings.root)
+    url, engine = log_database(settings)
     with _lock:
         if url not in _writers:
-            engine = get_engine(url)
             spool = Spool(spool_folder(settings.spool_dir, url))
             _writers[url] = Writer(RowStore(engine), spool, label=safe_url(url))
             _install_exit_hooks()
@@ -213,11 +212,11 @@ def writer_for(settings: Settings) -> Writer:
 
 def replay_spool(settings: Settings) -> int:
     """Write the runs that earlier processes spooled while the database was down."""
-    url = normalise_url(settings.database_url, settings.root)
+    url, engine = log_database(settings)
     spool = Spool(spool_folder(settings.spool_dir, url))
     if not spool.pending():
         return 0
-    store = RowStore(get_engine(url))
+    store = RowStore(engine)
     try:
         return spool.replay(store.write)
     finally:
