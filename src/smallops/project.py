@@ -95,7 +95,8 @@ class Project:
         except SQLAlchemyError as exc:
             raise StorageError(
                 f"cannot open the log database {safe_url(url)}: {_first_line(exc)}",
-                hint="check that it is running and that SMALLOPS_DATABASE_URL is right",
+                hint=f"check that it is running and that {self.settings.source('database_url')} "
+                "is right",
             ) from None
         replay_spool(self.settings)
         return engine

@@ -29,7 +29,8 @@ def upgrade(ctx: typer.Context) -> None:
             raise
         raise StorageError(
             f"cannot migrate {safe_url(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-            hint="check that the database is running and SMALLOPS_DATABASE_URL is right",
+            hint=f"check that the database is running and that "
+            f"{project.settings.source('database_url')} is right",
         ) from None
     head = head_revision()
     change = "already at" if before == head else f"upgraded {before or 'empty'} →"
