@@ -85,6 +85,56 @@ def test_a_bad_jsonl_line_stops_before_any_call_naming_the_line(
     assert smallops(capsys, "-p", str(project), "logs", "--json")[1] == ""
 
 
+def test_line_and_paragraph_separators_inside_a_jsonl_string_stay_in_the_input(
+    project, emulator, capsys, tmp_path
+):
+    """Lines end at \\n (or \\r\\n) only: U+2028/U+2029 are valid inside a JSON string."""
+    subjects = ["Invoice\u2028May", "Refund\u2029June"]
+    inputs = tmp_path / "in.jsonl"
+    lines = [json.dumps({**EMAIL, "subject": s}, ensure_ascii=False) for s in subjects]
+    inputs.write_bytes("\r\n".join(lines).encode())
+    assert "\u2028" in inputs.read_text(encoding="utf-8")  # raw, not escaped
+    emulator.default = ok(GOOD)
+    code, out, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "-i", str(inputs), "--json"
+    )
+    assert code == 0, err
+    run_ids = [json.loads(line)["run_id"] for line in out.splitlines()]
+    recorded = []
+    for run_id in run_ids:
+        _, out, _ = smallops(capsys, "-p", str(project), "show", run_id, "--json")
+        recorded.append(json.loads(out)["inputs"]["subject"])
+    assert recorded == subjects
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])  # lists inside the object: 101+ levels
+@pytest.mark.parametrize("where", ["line", "--json"])
+def test_deeply_nested_json_input_is_one_line_and_exit_2(
+    project, emulator, capsys, tmp_path, depth, where
+):
+    """Nesting past 100 levels (or past Python's recursion limit) is refused before any call."""
+    deep = json.dumps({**EMAIL, "body": "x"})[:-1] + ', "extra": ' + "[" * depth + "]" * depth + "}"
+    if where == "line":
+        inputs = tmp_path / "in.jsonl"
+        inputs.write_text(json.dumps(EMAIL) + "\n" + deep + "\n")
+        args = ("-i", str(inputs))
+    else:
+        args = ("--json", deep)
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage", *args)
+    assert code == 2 and "nest more than 100 levels deep" in err, err
+    assert ("line 2" in err) if where == "line" else ("--json" in err)
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert emulator.requests == []
+    assert smallops(capsys, "-p", str(project), "logs", "--json")[1] == ""
+
+
+def test_json_input_nested_100_levels_is_accepted(project, emulator, capsys):
+    nested = json.dumps({**EMAIL, "extra": json.loads("[" * 99 + "]" * 99)})
+    emulator.default = ok(GOOD)
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage", "--json", nested)
+    assert code == 0, err
+
+
 def test_a_missing_template_variable_is_a_usage_error_before_any_call(project, emulator, capsys):
     code, _, err = smallops(
         capsys, "-p", str(project), "run", "email-triage", "--json", '{"subject": "hi"}'
@@ -100,6 +150,7 @@ def test_a_missing_template_variable_is_a_usage_error_before_any_call(project, e
         (('    fallback="review",\n', ""), "declares no fallback"),
         (('prompt="email_triage.prompt"', 'prompt="nope.prompt"'), "does not exist"),
         (("from smallops import Workflow", "from smallops import Workflow, Nope"), "ImportError"),
+        (('    "email-triage",', '    "email-triage\\n",'), "is not valid"),
     ],
 )
 def test_a_misconfigured_workflow_is_one_line_and_exit_2(project, capsys, edit, message):
@@ -110,6 +161,132 @@ def test_a_misconfigured_workflow_is_one_line_and_exit_2(project, capsys, edit, 
     )
     assert code == 2 and message in err and "email_triage.py" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _assert_refused_before_anything(code, err, emulator, *sources):
+    """Exit 2, one "error: ..." line naming the setting to fix, no call and no log written."""
+    assert code == 2 and err.startswith("error: "), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert all(source in err for source in sources), err
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("redis_url = 5", "redis_url in smallops.toml must be a Redis URL"),
+        ('redis_url = "http://127.0.0.1:6379/0"', "redis_url in smallops.toml is not a Redis"),
+        ("database_url = 5", "database_url in smallops.toml must be a database URL"),
+        ('database_url = "::"', "database_url in smallops.toml is not a valid database URL"),
+        (
+            '[providers.local]\nkind = "openai"\nbase_url = 5',
+            "[providers.local] base_url in smallops.toml must be an http:// or https:// URL",
+        ),
+        (
+            '[providers.local]\nkind = "openai"\napi_key_env = 5',
+            "[providers.local] api_key_env in smallops.toml must name an environment variable",
+        ),
+        ("[providers.local]\nkind = 5", "[providers.local] in smallops.toml has kind 5"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_names_its_key_in_smallops_toml(
+    project, emulator, capsys, toml, message
+):
+    path = project / "smallops.toml"
+    text = path.read_text().replace('database_url = "sqlite:///.smallops/smallops.db"\n', "")
+    key_of_smallops = not toml.startswith("[")
+    path.write_text(
+        text.replace("[smallops]\n", f"[smallops]\n{toml}\n")
+        if key_of_smallops
+        else f"{text}\n{toml}\n"
+    )
+    code, _, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
+    _assert_refused_before_anything(code, err, emulator, message)
+    assert not (project / ".smallops").exists()
+
+
+@pytest.mark.parametrize(
+    "price",
+    [
+        "input = -0.01\noutput = 0.6",
+        "input = 0.15\noutput = nan",
+        "input = inf\noutput = 0.6",
+        "input = 0.15\noutput = 0.6\ncached_input = -inf",
+        "input = true\noutput = 0.6",
+        'input = "0.15"\noutput = 0.6',
+    ],
+)
+def test_a_negative_nan_or_infinite_price_is_refused(project, emulator, capsys, price):
+    path = project / "smallops.toml"
+    path.write_text(path.read_text() + f'\n[prices."openai:gpt-4o-mini-2024-07-18"]\n{price}\n')
+    code, _, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
+    _assert_refused_before_anything(
+        code, err, emulator, '[prices."openai:gpt-4o-mini-2024-07-18"] in smallops.toml'
+    )
+    assert "zero or more (not NaN or infinite)" in err
+    assert not (project / ".smallops").exists()
+
+
+def test_a_smallops_toml_that_is_not_utf8_is_one_line(project, emulator, capsys):
+    path = project / "smallops.toml"
+    path.write_bytes(path.read_bytes() + b"\n# caf\xe9\n")
+    code, _, err = smallops(capsys, "-p", str(project), "logs")
+    _assert_refused_before_anything(code, err, emulator, "smallops.toml is not UTF-8 text")
+    assert not (project / ".smallops").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:6379/0", "SMALLOPS_REDIS_URL is not a Redis URL (scheme 'http')"),
+        ("rediss:/x", "SMALLOPS_REDIS_URL names no Redis host"),
+        ("127.0.0.1:6379", "SMALLOPS_REDIS_URL is not a Redis URL"),
+        ("redis://:hunter2-secret@127.0.0.1:port/0", "SMALLOPS_REDIS_URL is not a valid URL"),
+    ],
+)
+def test_a_bad_redis_url_names_the_variable_and_never_echoes_it(
+    project, emulator, capsys, monkeypatch, url, message
+):
+    monkeypatch.setenv("SMALLOPS_REDIS_URL", url)
+    code, _, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
+    _assert_refused_before_anything(code, err, emulator, message)
+    assert "hunter2" not in err and "redis://host:6379/0" in err
+    assert not (project / ".smallops").exists()
+
+
+@pytest.mark.parametrize("where", ["env", "toml"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/proc/smallops-nowhere/log.db",  # a folder that cannot be created
+        "/proc/log.db",  # a folder nobody may add a file to
+        "{project}/smallops.toml/log.db",  # a "folder" that is a file
+    ],
+)
+def test_an_unwritable_sqlite_path_names_where_it_was_set(
+    project, emulator, capsys, monkeypatch, where, path
+):
+    path = path.format(project=project)
+    if where == "env":
+        monkeypatch.setenv("SMALLOPS_DATABASE_URL", f"sqlite:///{path}")
+    else:
+        toml = project / "smallops.toml"
+        toml.write_text(
+            toml.read_text().replace("sqlite:///.smallops/smallops.db", f"sqlite:///{path}")
+        )
+    code, _, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
+    source = "SMALLOPS_DATABASE_URL" if where == "env" else "database_url in smallops.toml"
+    _assert_refused_before_anything(code, err, emulator, f"cannot write the log database {path}")
+    assert f"point {source} at a file in a folder you can write to" in err
+    assert not Path(path).exists() and not (project / ".smallops").exists()
 
 
 def test_unknown_workflow_lists_the_known_ones(project, capsys):

@@ -382,3 +382,18 @@ def test_status_shows_breaker_limits_budget_and_queue(tmp_path, capsys):
     assert row["queued_for_review"] == 1
     code, out, _ = smallops(capsys, "-p", str(tmp_path), "status")
     assert code == 0 and "breaker   closed" in out and "1 waiting for review" in out
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", "rediss:/x", "redis://h:port/0"])
+def test_a_redis_url_that_is_not_one_is_a_config_error_wherever_it_is_given(tmp_path, url):
+    """Settings, the shared breakers and the shared rate limits each refuse it in one line."""
+    from smallops.errors import ConfigError
+    from smallops.resilience.breaker import breaker_store
+    from smallops.resilience.ratelimit import RateLimit, parse_limits
+
+    with pytest.raises(ConfigError, match="redis_url"):
+        Settings(root=tmp_path, redis_url=url)
+    with pytest.raises(ConfigError, match="Redis URL of the circuit breakers"):
+        breaker_store(url)
+    with pytest.raises(ConfigError, match="Redis URL of the rate limits"):
+        RateLimit("triage", parse_limits("1/second", "rate_limit", "triage"), [], url, 0.0)

@@ -267,3 +267,58 @@ def test_64_concurrent_async_calls_are_all_recorded(make_workflow, emulator):
     results = asyncio.run(many())
     assert {r.status for r in results} == {"pending_review"}
     assert {r["id"] for r in recorded_runs(wf)} == {r.run_id for r in results}
+
+
+@pytest.mark.parametrize("vendor", ["openai", "anthropic"])
+def test_the_endpoint_is_recorded_when_the_sdk_variable_sets_it(
+    tmp_path, emulator, monkeypatch, database_url, vendor
+):
+    """OPENAI_BASE_URL / ANTHROPIC_BASE_URL, which the SDKs read, is where the call went: the
+    run records it (without the user and password it may carry), and it was used."""
+    from smallops import Settings, Workflow
+
+    from models import Triage
+
+    base = emulator.openai_base_url if vendor == "openai" else emulator.anthropic_base_url
+    with_secrets = base.replace("://", "://tenant:s3cret@")
+    monkeypatch.setenv(f"{vendor.upper()}_BASE_URL", with_secrets)
+    (tmp_path / "p.prompt").write_text("[user]\n{{ subject }}: {{ body }}")
+    model = "gpt-4o-mini-2024-07-18" if vendor == "openai" else "claude-haiku-4-5-20251001"
+    wf = Workflow(
+        f"via-{vendor}",
+        model=f"{vendor}:{model}",
+        prompt="p.prompt",
+        output=Triage,
+        fallback="review",
+        settings=Settings(root=tmp_path, database_url=database_url),
+        base_dir=tmp_path,
+    )
+    emulator.script(ok(GOOD))
+    assert wf.run(**INPUTS).status == "pending_review"
+    assert len(emulator.requests) == 1
+    [run] = recorded_runs(wf)
+    assert run["endpoint"] == base and "s3cret" not in json.dumps(run, default=str)
+
+
+def test_the_default_endpoints_are_recorded_and_the_variable_is_read_when_it_changes(
+    tmp_path, emulator, monkeypatch
+):
+    """With no base_url and no variable, runs record the vendor's own endpoint (never empty)."""
+    from smallops import Settings, Workflow
+    from smallops.providers import resolve_provider
+
+    settings = Settings(root=tmp_path, database_url=f"sqlite:///{tmp_path / 'log.db'}")
+    assert resolve_provider("openai", settings).endpoint == "https://api.openai.com/v1"
+    assert resolve_provider("anthropic", settings).endpoint == "https://api.anthropic.com"
+    (tmp_path / "p.prompt").write_text("[user]\n{{ q }}")
+    wf = Workflow(
+        "default-endpoint",
+        model="openai:gpt-4o-mini-2024-07-18",
+        prompt="p.prompt",
+        fallback="review",
+        settings=settings,
+        base_dir=tmp_path,
+    )
+    assert wf.plan().record_static["endpoint"] == "https://api.openai.com/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", emulator.openai_base_url)
+    assert resolve_provider("openai", settings).endpoint == emulator.openai_base_url

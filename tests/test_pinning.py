@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from smallops import ConfigError, UnpinnedModelError
-from smallops.pinning import check_pinned, parse_model
+from smallops.pinning import ModelRef, check_pinned, parse_model
 from smallops.testing import recorded_runs
 
 from emulators import ok
@@ -63,6 +63,20 @@ def test_a_custom_endpoint_refuses_only_latest_tags():
 def test_a_model_without_provider_prefix_is_a_config_error(spec):
     with pytest.raises(ConfigError, match="provider:model-id"):
         parse_model(spec)
+
+
+@pytest.mark.parametrize(
+    ("model", "kind"),
+    [
+        ("gpt-4o-mini-2024-07-18\n", "openai"),
+        ("claude-sonnet-4-5-20250929\n", "anthropic"),
+        ("claude-sonnet-4-6\n", "anthropic"),
+    ],
+)
+def test_a_pinned_id_with_a_trailing_newline_is_not_pinned(model, kind):
+    """The rules match the whole id: a `$` would also match before a final newline."""
+    with pytest.raises(UnpinnedModelError):
+        check_pinned(ModelRef(kind, model), kind)
 
 
 def test_model_ids_keep_their_colons():

@@ -130,6 +130,8 @@ def test_approve_correct_reject_and_skip_are_recorded_with_who_when_and_outputs(
     [
         (lambda desk, run: desk.correct(run, "ann", {**GOOD, "urgency": "whenever"}), "urgency"),
         (lambda desk, run: desk.correct(run, "ann", "{not json"), "not valid JSON"),
+        (lambda desk, run: desk.correct(run, "ann", "[" * 100_000 + "]" * 100_000), "nest more"),
+        (lambda desk, run: desk.correct(run, "ann", {**GOOD, "summary": _nested(150)}), "nest"),
         (lambda desk, run: desk.reject(run, "ann", "  "), "needs a reason"),
         (lambda desk, run: desk.approve(run, " "), "reviewer name"),
     ],
@@ -142,6 +144,13 @@ def test_bad_decisions_are_clear_errors_and_change_nothing(tmp_path, database_ur
         action(desk, run)
     item = desk.item(run)
     assert item["state"] == "pending" and item["history"] == []
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
 
 
 def test_unknown_run_ids_and_double_decisions_are_refused(tmp_path, database_url):
@@ -352,6 +361,48 @@ def test_the_application_gets_the_human_decision_by_wait_hook_and_webhook(
     assert wf.decision(result.run_id).status == "corrected"
 
 
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_webhook_receiver_that_redirects_has_not_received_it_and_is_retried(
+    tmp_path, database_url, monkeypatch, code
+):
+    """A 3xx is never followed (no body-less GET elsewhere counts as delivered): it is retried."""
+    from smallops.review import webhooks
+    from smallops.storage.schema import webhook_deliveries
+
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv(
+        "SMALLOPS_WEBHOOK_SECRET", "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2Nzg="
+    )
+    with Receiver() as target, Receiver(redirect=(code, target.url)) as redirecting:
+        wf = make(tmp_path, database_url, webhook=redirecting.url)
+        run_id = wf.run(text="x").run_id
+        desk_for(wf).approve(run_id, "ann")
+        engine = wf.plan().writer.store.engine
+        secret = lambda _url: webhooks.secret_from_env()  # noqa: E731
+
+        def delivery() -> dict[str, Any]:
+            with engine.connect() as connection:
+                [row] = connection.execute(select(webhook_deliveries)).mappings().all()
+            return dict(row)
+
+        deadline = time.monotonic() + 20  # the decision's own attempt, sent in the background
+        while delivery()["attempts"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for attempt in (1, 2, 3):
+            row = delivery()
+            assert row["state"] == "pending" and row["attempts"] == attempt
+            assert row["last_error"] == f"HTTP {code} (redirects are not followed)"
+            assert row["next_attempt_at"] > row["created_at"]  # retried later, with backoff
+            with engine.begin() as connection:  # due now: retried without the backoff wait
+                connection.exec_driver_sql(
+                    "UPDATE webhook_deliveries SET next_attempt_at = created_at"
+                )
+            assert webhooks.deliver_due(engine, secret) == (0, 1)
+        assert [method for method, _ in redirecting.requests] == ["POST"] * 4
+        assert target.requests == [] and target.accepted == []
+
+
 def test_reviewed_items_become_eval_cases_once(tmp_path):
     import json
 
@@ -374,6 +425,25 @@ def test_reviewed_items_become_eval_cases_once(tmp_path):
     assert by_id[f"review-{a}"]["expected"] == GOOD
     assert by_id[f"review-{b}"]["expected"]["urgency"] == "high"
     assert by_id[f"review-{b}"]["input"] == {"text": "b"}
+
+
+def test_exported_cases_keep_line_separators_and_read_back(tmp_path):
+    """U+2028/U+2029 in a reviewed input survive the export and every later read of the file."""
+    from smallops.evals.dataset import load_cases
+    from smallops.review.export import export_reviewed
+
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    texts = ["first\u2028second", "third\u2029fourth"]
+    runs = [wf.run(text=text).run_id for text in texts]
+    desk = desk_for(wf)
+    for run in runs:
+        desk.approve(run, "ann")
+    target = tmp_path / "evals" / "triage.jsonl"
+    assert export_reviewed(desk.queue, "triage", target) == (2, 0)
+    assert "\u2028" in target.read_text(encoding="utf-8")  # written raw, as JSON allows
+    assert export_reviewed(desk.queue, "triage", target) == (0, 2)  # reads the file back
+    cases = load_cases(target, variables=frozenset({"text"}))
+    assert sorted(case.input["text"] for case in cases) == sorted(texts)
 
 
 def test_webhook_signatures_verify_with_the_reference_standard_webhooks_library():

@@ -68,6 +68,7 @@ def test_scripts_approve_correct_and_reject_by_short_id(project, queued, capsys)
     [
         (("reject", "{id}"), 2, "needs a reason"),
         (("correct", "{id}", "--output", '{"category": "weather"}'), 2, "does not fit Triage"),
+        (("correct", "{id}", "--output", "[" * 100_000 + "]" * 100_000), 2, "nest more than"),
         (("approve", "ffffffffffff"), 1, "no review item"),
         (("approve", "{fallback}"), 2, "no output to approve"),
     ],

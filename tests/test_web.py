@@ -225,6 +225,32 @@ def test_a_number_field_that_is_not_a_number_is_refused_by_name(tmp_path, databa
     assert desk.item(run_id)["final_output"] == {"seats": 5, "tags": ["x", "y"]}
 
 
+@pytest.mark.parametrize("how", ["body", "output", "form"])
+def test_deeply_nested_json_posted_to_the_desk_is_a_400_and_changes_nothing(
+    tmp_path, database_url, how
+):
+    from pydantic import BaseModel
+
+    class Quote(BaseModel):
+        seats: int
+        tags: list[Any]
+
+    wf = make(tmp_path, database_url, lambda _: {"seats": 3, "tags": ["a"]}, output=Quote)
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf])
+    deep = "[" * 100_000 + "]" * 100_000
+    url = f"/items/{run_id}/correct"
+    if how == "body":
+        answer = client.post(url, content=deep, headers={"content-type": "application/json"})
+    elif how == "output":
+        answer = client.post(url, json={"output": deep})
+    else:
+        answer = client.post(url, data={"csrf": csrf(client, f"/items/{run_id}"), "out.tags": deep})
+    assert answer.status_code == 400 and "nest more than 100 levels deep" in answer.text
+    item = desk.item(run_id)
+    assert item["state"] == "pending" and item["history"] == [] and decisions(desk) == []
+
+
 def test_a_rejection_without_a_reason_is_a_400_with_a_clear_message(tmp_path, database_url):
     wf = make(tmp_path, database_url)
     [run_id] = runs(wf, 1)

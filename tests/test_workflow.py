@@ -38,6 +38,7 @@ def test_a_workflow_without_a_fallback_is_refused(make_workflow):
         ({"temperature": 3}, "temperature"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"name": "Email Triage"}, "not valid"),
+        ({"name": "email-triage\n"}, "not valid"),  # a $ would match before the newline
         ({"retries": -1}, "retries"),
         ({"fallback": default({"category": "nope"})}, "does not fit Triage"),
         ({"prompt": "missing.prompt"}, "does not exist"),

@@ -8,18 +8,26 @@ from typing import Any
 
 
 class Receiver:
-    """Collects POSTed bodies and headers; answers 500 to the first `failures` requests."""
+    """Collects POSTed bodies and headers; answers 500 to the first `failures` requests.
 
-    def __init__(self, failures: int = 0) -> None:
+    With `redirect=(status, location)` it answers every request with that redirect instead.
+    `requests` records every request that reaches it, whatever its method, as (method, headers).
+    """
+
+    def __init__(self, failures: int = 0, redirect: tuple[int, str] | None = None) -> None:
         self.failures = failures
         self.accepted: list[tuple[str, dict[str, str]]] = []
         self.ids: list[str] = []
+        self.requests: list[tuple[str, dict[str, str]]] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"])).decode()
-                headers = {k.lower(): v for k, v in self.headers.items()}
+                body = self.rfile.read(int(self.headers.get("content-length") or 0)).decode()
+                headers = self._seen()
+                if redirect is not None:
+                    self._redirect()
+                    return
                 receiver.ids.append(headers.get("webhook-id", ""))
                 if receiver.failures > 0:
                     receiver.failures -= 1
@@ -27,6 +35,28 @@ class Receiver:
                 else:
                     receiver.accepted.append((body, headers))
                     self.send_response(204)
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                self._seen()
+                if redirect is not None:
+                    self._redirect()
+                    return
+                self.send_response(200)
+                self.end_headers()
+
+            do_HEAD = do_PUT = do_DELETE = do_GET
+
+            def _seen(self) -> dict[str, str]:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                receiver.requests.append((self.command, headers))
+                return headers
+
+            def _redirect(self) -> None:
+                assert redirect is not None
+                self.send_response(redirect[0])
+                self.send_header("location", redirect[1])
+                self.send_header("content-length", "0")
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:

@@ -22,11 +22,13 @@ Secrets never live in this file: a provider names the environment variable holdi
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from smallops.errors import ConfigError
 
@@ -39,6 +41,7 @@ CONFIG_FILE = "smallops.toml"
 STATE_DIR = ".smallops"
 DEFAULT_DATABASE_URL = f"sqlite:///{STATE_DIR}/smallops.db"
 PROVIDER_KINDS = ("openai", "anthropic", "fake")
+REDIS_SCHEMES = ("redis", "rediss")  # what both redis-py and the `limits` library accept
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class Settings:
     reviewers: dict[str, str] = field(default_factory=dict)  # name -> password hash
     redis_url: str | None = None  # shared rate limits and breakers across processes
     write_timeout: float = 10.0  # seconds a log write may take before the spool takes over
+    # where each setting was read (an environment variable, or a key of smallops.toml), so that
+    # an error names the place to fix it
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key_variables(self) -> tuple[str, ...]:
@@ -78,6 +84,19 @@ class Settings:
         everything recorded, whatever the variables are called."""
         named = (p.api_key_env for p in self.providers.values() if p.api_key_env)
         return ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", *named)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.database_url, str) or not self.database_url.strip():
+            raise ConfigError(
+                f"{self.source('database_url')} must be a database URL string",
+                hint='e.g. "sqlite:///.smallops/smallops.db" or "postgresql://user@host/dbname"',
+            )
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url, self.source("redis_url"))
+
+    def source(self, key: str) -> str:
+        """Where the setting `key` was read, for error messages."""
+        return self.sources.get(key, key)
 
     @property
     def state_dir(self) -> Path:
@@ -94,25 +113,32 @@ class Settings:
         root = (root or find_project_root() or Path.cwd()).resolve()
         data = _read_toml(root / CONFIG_FILE)
         section = _table(data, "smallops", CONFIG_FILE)
-        url = (
-            env.get("SMALLOPS_DATABASE_URL") or section.get("database_url") or DEFAULT_DATABASE_URL
-        )
+        sources: dict[str, str] = {}
+
+        def setting(key: str, variable: str, default: str | None) -> Any:
+            """The environment variable wins over the key of [smallops]; note which was used."""
+            if env.get(variable):
+                sources[key] = variable
+                return env[variable]
+            sources[key] = f"{key} in {CONFIG_FILE}"
+            given = section.get(key)
+            return default if given in (None, "") else given
+
         return cls(
             root=root,
-            database_url=str(url),
+            database_url=setting("database_url", "SMALLOPS_DATABASE_URL", DEFAULT_DATABASE_URL),
             providers=_providers(_table(data, "providers", CONFIG_FILE)),
             prices=_prices(_table(data, "prices", CONFIG_FILE)),
             reviewers=_reviewers(_table(data, "reviewers", CONFIG_FILE)),
-            redis_url=env.get("SMALLOPS_REDIS_URL") or section.get("redis_url") or None,
+            redis_url=setting("redis_url", "SMALLOPS_REDIS_URL", None),
             write_timeout=_seconds(
-                env.get("SMALLOPS_WRITE_TIMEOUT") or section.get("write_timeout"),
-                "SMALLOPS_WRITE_TIMEOUT" if env.get("SMALLOPS_WRITE_TIMEOUT") else "write_timeout",
-                10.0,
+                setting("write_timeout", "SMALLOPS_WRITE_TIMEOUT", None), sources, 10.0
             ),
+            sources=sources,
         )
 
 
-def _seconds(value: Any, where: str, default: float) -> float:
+def _seconds(value: Any, sources: dict[str, str], default: float) -> float:
     """A positive, finite number of seconds, or the default when not given."""
     if value is None or value == "":
         return default
@@ -122,10 +148,30 @@ def _seconds(value: Any, where: str, default: float) -> float:
         seconds = float("nan")
     if isinstance(value, bool) or not 0 < seconds < 86_400:
         raise ConfigError(
-            f"{where} = {value!r} is not a number of seconds",
+            f"{sources['write_timeout']} = {value!r} is not a number of seconds",
             hint="use a positive number, e.g. 10",
         )
     return seconds
+
+
+def check_redis_url(url: Any, source: str) -> None:
+    """ConfigError naming `source` unless `url` is a redis:// or rediss:// URL with a host.
+
+    The message never repeats the URL: it may hold a password.
+    """
+    hint = "use redis://host:6379/0 (rediss:// for TLS)"
+    if not isinstance(url, str):
+        raise ConfigError(f"{source} must be a Redis URL string", hint=hint)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{source} is not a valid URL", hint=hint) from None
+    if parts.scheme not in REDIS_SCHEMES:
+        shown = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        raise ConfigError(f"{source} is not a Redis URL ({shown})", hint=hint)
+    if not parts.hostname:
+        raise ConfigError(f"{source} names no Redis host", hint=hint)
 
 
 def find_project_root(start: Path | None = None) -> Path | None:
@@ -146,6 +192,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return data
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start})", hint="save it as UTF-8 (TOML is)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -165,16 +217,40 @@ def _providers(table: dict[str, Any]) -> dict[str, ProviderConfig]:
                 f"[providers.{name}] holds an api_key: keys never go in {CONFIG_FILE}",
                 hint='name the environment variable instead: api_key_env = "MY_KEY"',
             )
+        where = f"[providers.{name}]"
         kind = spec.get("kind", name)
-        if kind not in PROVIDER_KINDS:
+        if not isinstance(kind, str) or kind not in PROVIDER_KINDS:
             raise ConfigError(
-                f"[providers.{name}] has kind {kind!r}",
+                f"{where} in {CONFIG_FILE} has kind {kind!r}",
                 hint=f"kind is one of: {', '.join(PROVIDER_KINDS)}",
             )
+        base_url = spec.get("base_url")
+        if base_url is not None and not _is_http_url(base_url):
+            raise ConfigError(
+                f"{where} base_url in {CONFIG_FILE} must be an http:// or https:// URL",
+                hint='e.g. base_url = "http://localhost:11434/v1"',
+            )
+        api_key_env = spec.get("api_key_env")
+        if api_key_env is not None and (not isinstance(api_key_env, str) or not api_key_env):
+            raise ConfigError(
+                f"{where} api_key_env in {CONFIG_FILE} must name an environment variable",
+                hint='e.g. api_key_env = "OLLAMA_API_KEY" (its name, never the key)',
+            )
         providers[name] = ProviderConfig(
-            name=name, kind=kind, base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env")
+            name=name, kind=kind, base_url=base_url, api_key_env=api_key_env
         )
     return providers
+
+
+def _is_http_url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _reviewers(table: dict[str, Any]) -> dict[str, str]:
@@ -192,15 +268,27 @@ def _reviewers(table: dict[str, Any]) -> dict[str, str]:
 def _prices(table: dict[str, Any]) -> dict[str, Price]:
     prices = {}
     for model, spec in table.items():
-        try:
-            prices[model] = Price(
-                input=float(spec["input"]),
-                output=float(spec["output"]),
-                cached_input=float(spec["cached_input"]) if "cached_input" in spec else None,
-            )
-        except (KeyError, TypeError, ValueError):
+        given = spec if isinstance(spec, dict) else {}
+        wanted = ("input", "output", *(("cached_input",) if "cached_input" in given else ()))
+        if not all(_is_price(given.get(key)) for key in wanted):
             raise ConfigError(
-                f'[prices."{model}"] in {CONFIG_FILE} needs numbers for input and output',
+                f'[prices."{model}"] in {CONFIG_FILE} needs numbers of zero or more (not NaN '
+                f"or infinite) for {', '.join(wanted)}",
                 hint="USD per million tokens, e.g. input = 0.15, output = 0.60",
-            ) from None
+            )
+        prices[model] = Price(
+            input=float(given["input"]),
+            output=float(given["output"]),
+            cached_input=float(given["cached_input"]) if "cached_input" in given else None,
+        )
     return prices
+
+
+def _is_price(value: Any) -> bool:
+    """A finite number of zero or more (TOML's booleans are not numbers here)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )

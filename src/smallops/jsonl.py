@@ -1,4 +1,9 @@
-"""JSON Lines: one object per line, every problem named by file and line."""
+"""JSON Lines: one object per line, every problem named by file and line.
+
+Lines end at "\n" (or "\r\n") only: U+2028 and U+2029 are valid inside a JSON string, and
+str.splitlines() would cut the line there. Values may nest at most MAX_DEPTH levels, far below
+where parsing, serialising or storing them would fail.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,46 @@ from typing import Any
 
 from smallops.errors import InputError
 
+MAX_DEPTH = 100
 
-def parse_object(text: str, where: str, expected: str = "a JSON object") -> dict[str, Any]:
-    """One JSON object; InputError naming `where` when it is not valid JSON or not an object."""
+
+def parse(text: str | bytes, where: str) -> Any:
+    """One JSON value; InputError naming `where` when it is not valid JSON or nests too deep."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise _too_deep(where) from None
+    check_depth(value, where)
+    return value
+
+
+def check_depth(value: Any, where: str) -> None:
+    """InputError naming `where` when lists and objects nest more than MAX_DEPTH levels."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > MAX_DEPTH:
+                raise _too_deep(where)
+            stack.extend((child, depth + 1) for child in item)
+
+
+def _too_deep(where: str) -> InputError:
+    return InputError(
+        f"{where}: lists and objects nest more than {MAX_DEPTH} levels deep",
+        hint=f"flatten the data to at most {MAX_DEPTH} levels",
+    )
+
+
+def parse_object(text: str, where: str, expected: str = "a JSON object") -> dict[str, Any]:
+    """One JSON object; InputError naming `where` when it is not valid JSON or not an object."""
+    value = parse(text, where)
     if not isinstance(value, dict):
         raise InputError(f"{where}: expected {expected}, got {type(value).__name__}")
     return value
@@ -26,4 +64,7 @@ def objects(
     """(line number, object) for each non-blank line of `text`, read from `source`."""
     for number, line in enumerate(text.split("\n"), 1):
         if line.strip():
-            yield number, parse_object(line, f"{source}, line {number}", expected)
+            yield (
+                number,
+                parse_object(line.removesuffix("\r"), f"{source}, line {number}", expected),
+            )

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from smallops.errors import ConfigError, UnpinnedModelError
 
-_OPENAI_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$|-(0[1-9]|1[0-2])\d{2}$")
-_ANTHROPIC_DATED = re.compile(r"-\d{8}$")
-_ANTHROPIC_FAMILY = re.compile(r"^claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d))?$")
+_OPENAI_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}\Z|-(0[1-9]|1[0-2])\d{2}\Z")
+_ANTHROPIC_DATED = re.compile(r"-\d{8}\Z")
+_ANTHROPIC_FAMILY = re.compile(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d))?")
 
 # Dated snapshots that aliases pointed to; used only to word the error message.
 _KNOWN_SNAPSHOTS = {
@@ -87,7 +87,7 @@ def check_pinned(ref: ModelRef, kind: str) -> None:
 
 def _is_pinned_dateless_claude(model: str) -> bool:
     """From Claude 4.6 on, Anthropic's dateless ids are themselves pinned snapshots."""
-    match = _ANTHROPIC_FAMILY.match(model)
+    match = _ANTHROPIC_FAMILY.fullmatch(model)
     if not match:
         return False
     major, minor = int(match.group(1)), int(match.group(2) or 0)

@@ -87,16 +87,15 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
     """Resolve what a workflow needs to be called; done once, on its first call."""
     from smallops.gitinfo import git_commit
     from smallops.review.graduation import Graduation, class_fields
-    from smallops.storage.db import ensure_schema, get_engine, normalise_url
+    from smallops.storage.db import ensure_schema, log_database
     from smallops.storage.writer import writer_for
 
     settings, model, provider = wf.settings, wf.model, wf.provider
-    url = normalise_url(settings.database_url, settings.root)
+    _, log = log_database(settings)
 
     def engine() -> Any:
-        ready = get_engine(url)
-        ensure_schema(ready)
-        return ready
+        ensure_schema(log)
+        return log
 
     fields = class_fields(wf.output)
     graduation = None

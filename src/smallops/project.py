@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from smallops.config import CONFIG_FILE, Settings, find_project_root
 from smallops.errors import ConfigError, SmallopsError, StorageError, UnknownWorkflowError
-from smallops.storage.db import ensure_schema, get_engine, normalise_url, safe_url
+from smallops.storage.db import ensure_schema, log_database, safe_url
 from smallops.storage.store import Unreachable
 from smallops.storage.writer import replay_spool
 from smallops.workflow import Workflow
@@ -93,14 +93,14 @@ class Project:
 
     def engine(self) -> Engine:
         """The log database, with its schema up to date and any spooled runs written."""
-        url = normalise_url(self.settings.database_url, self.root)
-        engine = get_engine(url)
+        url, engine = log_database(self.settings)
         try:
             ensure_schema(engine)
         except SQLAlchemyError as exc:
             raise StorageError(
                 f"cannot open the log database {safe_url(url)}: {_first_line(exc)}",
-                hint="check that it is running and that SMALLOPS_DATABASE_URL is right",
+                hint=f"check that it is running and that {self.settings.source('database_url')} "
+                "is right",
             ) from None
         try:
             replay_spool(self.settings)

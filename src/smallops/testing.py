@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from smallops.providers.fake import FakeProvider, FakeReply, FakeRequest, example_answer
 from smallops.storage import writer as _writer
-from smallops.storage.db import ensure_schema, get_engine, normalise_url
+from smallops.storage.db import ensure_schema, log_database
 from smallops.storage.queries import plain_row
 from smallops.storage.schema import runs
 from smallops.workflow import Workflow
@@ -27,7 +27,7 @@ def recorded_runs(workflow: Workflow[Any]) -> list[dict[str, Any]]:
     """Every run of `workflow` in its log, oldest first, after waiting for the writer."""
     settings = workflow.settings
     _writer.writer_for(settings).flush()
-    engine = get_engine(normalise_url(settings.database_url, settings.root))
+    _, engine = log_database(settings)
     ensure_schema(engine)
     query = select(runs).where(runs.c.workflow == workflow.name).order_by(runs.c.id)
     with engine.connect() as connection:

@@ -35,7 +35,7 @@ from smallops.storage.db import ensure_schema
 T = TypeVar("T")
 DEFAULT_BREAKER = BreakerConfig()
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,99}")
 
 
 class Workflow(Generic[T]):
@@ -206,7 +206,7 @@ def _caller_dir() -> Path:
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(
             f"workflow name {name!r} is not valid",
             hint="use lower-case letters, digits, '-' and '_', e.g. 'email-triage'",

@@ -19,7 +19,7 @@ from smallops.project import Project
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-_SPAN = re.compile(r"^(\d+)\s*(m|h|d|w)$")
+_SPAN = re.compile(r"(\d+)\s*(m|h|d|w)")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -33,7 +33,7 @@ def since(value: str | None, option: str = "--since") -> datetime | None:
     """`7d`, `24h`, `30m`, `2w` ago, or an ISO date/time (UTC unless it says otherwise)."""
     if value is None:
         return None
-    match = _SPAN.match(value.strip().lower())
+    match = _SPAN.fullmatch(value.strip().lower())
     if match:
         delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
         return datetime.now(timezone.utc) - delta

@@ -6,7 +6,7 @@ import typer
 
 from smallops.cli import _common
 from smallops.errors import StorageError
-from smallops.storage.db import current_revision, get_engine, head_revision, normalise_url, safe_url
+from smallops.storage.db import current_revision, head_revision, log_database, safe_url
 from smallops.storage.db import upgrade as run_upgrade
 
 app = typer.Typer(
@@ -20,8 +20,7 @@ app = typer.Typer(
 def upgrade(ctx: typer.Context) -> None:
     """Create or migrate the log database's tables to the latest version."""
     project = _common.project(ctx)
-    url = normalise_url(project.settings.database_url, project.root)
-    engine = get_engine(url)
+    url, engine = log_database(project.settings)
     try:
         before = current_revision(engine)
         run_upgrade(engine)
@@ -30,7 +29,8 @@ def upgrade(ctx: typer.Context) -> None:
             raise
         raise StorageError(
             f"cannot migrate {safe_url(url)}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-            hint="check that the database is running and SMALLOPS_DATABASE_URL is right",
+            hint=f"check that the database is running and that "
+            f"{project.settings.source('database_url')} is right",
         ) from None
     head = head_revision()
     change = "already at" if before == head else f"upgraded {before or 'empty'} →"
@@ -41,8 +41,8 @@ def upgrade(ctx: typer.Context) -> None:
 def current(ctx: typer.Context) -> None:
     """Print the schema version of the log database, and the latest one."""
     project = _common.project(ctx)
-    url = normalise_url(project.settings.database_url, project.root)
-    revision = current_revision(get_engine(url))
+    url, engine = log_database(project.settings)
+    revision = current_revision(engine)
     _common.out.print(
         f"{safe_url(url)}: at {revision or 'empty'}, latest {head_revision()}", markup=False
     )

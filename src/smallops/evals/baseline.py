@@ -71,7 +71,7 @@ def read_baseline(path: Path) -> Baseline | None:
             date=str(data.get("date", "")),
             scores={case: float(v["score"]) for case, v in data["cases"].items()},
         )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise ConfigError(
             f"baseline {path} is not readable: {exc}",
             hint="regenerate it with `smallops eval WORKFLOW --update-baseline`",

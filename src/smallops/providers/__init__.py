@@ -1,7 +1,8 @@
 """Providers by name: the built-in `openai`, `anthropic` and `fake`, plus named endpoints.
 
 One instance per configuration, shared by every workflow that uses it, so connection pools are
-shared too.
+shared too. A provider without a base_url goes where its SDK's variable (OPENAI_BASE_URL,
+ANTHROPIC_BASE_URL) points, so that variable is part of its configuration.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import threading
 
 from smallops.config import ProviderConfig, Settings
 from smallops.errors import ConfigError
+from smallops.providers._sdk import BASE_URLS, resolve_base_url
 from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
 from smallops.providers.fake import FakeProvider, FakeReply, FakeRequest
 
@@ -30,7 +32,7 @@ _BUILTIN = {
     "anthropic": ProviderConfig("anthropic", "anthropic"),
     "fake": ProviderConfig("fake", "fake"),
 }
-_instances: dict[ProviderConfig, Provider] = {}
+_instances: dict[tuple[ProviderConfig, str | None], Provider] = {}
 _lock = threading.Lock()
 
 
@@ -43,10 +45,12 @@ def resolve_provider(name: str, settings: Settings) -> Provider:
             f"unknown provider {name!r}",
             hint=f"use one of {', '.join(known)}, or add [providers.{name}] to smallops.toml",
         )
+    base_url = resolve_base_url(config.kind, config.base_url) if config.kind in BASE_URLS else None
+    key = (config, base_url)
     with _lock:
-        if config not in _instances:
-            _instances[config] = _build(config)
-        return _instances[config]
+        if key not in _instances:
+            _instances[key] = _build(config)
+        return _instances[key]
 
 
 def _build(config: ProviderConfig) -> Provider:

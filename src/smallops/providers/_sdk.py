@@ -1,4 +1,4 @@
-"""What the official openai and anthropic SDKs have in common: their exception shapes."""
+"""What the official openai and anthropic SDKs have in common: clients, base URLs, exceptions."""
 
 from __future__ import annotations
 
@@ -16,6 +16,20 @@ from pydantic_core import from_json
 from smallops.errors import ConfigError
 from smallops.providers.base import ProviderError, parse_retry_after
 
+# Per wire format: the variable its SDK reads the base URL from, and the SDK's default.
+BASE_URLS = {
+    "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+}
+
+
+def resolve_base_url(kind: str, configured: str | None) -> str:
+    """Where requests go: the configured base URL, else the one the SDK would read from the
+    environment, else its default. Given to the SDK explicitly, so the one recorded is the one
+    used."""
+    variable, default = BASE_URLS[kind]
+    return configured or os.environ.get(variable) or default
+
 
 class SdkClients:
     """Sync and async SDK clients made on first use, with the key read from the environment.
@@ -25,7 +39,7 @@ class SdkClients:
     """
 
     name: str
-    base_url: str | None
+    base_url: str
     api_key_env: str
     keyless: bool = False
     _sync: Any = None

@@ -15,6 +15,7 @@ from smallops.providers._sdk import (
     SdkClients,
     parse_body,
     public_endpoint,
+    resolve_base_url,
     sdk_arguments,
     to_provider_error,
 )
@@ -51,8 +52,8 @@ class AnthropicProvider(SdkClients, Provider):
         api_key_env: str = "ANTHROPIC_API_KEY",
     ) -> None:
         self.name = name
-        self.base_url = base_url
-        self.endpoint = public_endpoint(base_url)
+        self.base_url = resolve_base_url(self.kind, base_url)
+        self.endpoint = public_endpoint(self.base_url)
         self.api_key_env = api_key_env
 
     def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:

@@ -94,7 +94,7 @@ class Provider(ABC):
 
     name: str
     kind: str
-    endpoint: str | None = None  # where requests go, without credentials; None for the default
+    endpoint: str | None = None  # where requests go, without credentials; None: not over HTTP
 
     @abstractmethod
     def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:

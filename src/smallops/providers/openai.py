@@ -9,7 +9,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from smallops.providers._sdk import SdkClients, parse_body, public_endpoint, to_provider_error
+from smallops.providers._sdk import (
+    SdkClients,
+    parse_body,
+    public_endpoint,
+    resolve_base_url,
+    to_provider_error,
+)
 from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
 
 
@@ -31,8 +37,8 @@ class OpenAIProvider(SdkClients, Provider):
         compatible: bool = False,
     ) -> None:
         self.name = name
-        self.base_url = base_url
-        self.endpoint = public_endpoint(base_url)
+        self.base_url = resolve_base_url(self.kind, base_url)
+        self.endpoint = public_endpoint(self.base_url)
         self.api_key_env = api_key_env
         self.compatible = compatible
         self.keyless = compatible

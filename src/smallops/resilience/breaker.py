@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from smallops.config import check_redis_url
 from smallops.errors import MissingExtraError
 
 if TYPE_CHECKING:
@@ -339,5 +340,7 @@ def breaker_store(redis_url: str | None) -> BreakerStore:
     """One store per Redis URL per process (None: this process's memory), so state is shared."""
     with _stores_lock:
         if redis_url not in _stores:
+            if redis_url:
+                check_redis_url(redis_url, "the Redis URL of the circuit breakers")
             _stores[redis_url] = RedisBreakerStore(redis_url) if redis_url else MemoryBreakerStore()
         return _stores[redis_url]

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from smallops.config import check_redis_url
 from smallops.errors import ConfigError, MissingExtraError
 
 _storages: dict[str, Any] = {}
@@ -27,6 +28,7 @@ def _storage(redis_url: str | None) -> Any:
             _storages[url] = _memory_storage()
         if url not in _storages:
             if redis_url:
+                check_redis_url(redis_url, "the Redis URL of the rate limits")
                 try:
                     import redis  # noqa: F401
                 except ImportError:

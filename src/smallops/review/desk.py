@@ -8,7 +8,6 @@ the decision is committed (a failing hook is noted on the decision; the decision
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 
 from smallops.errors import InputError, describe_problems
+from smallops.jsonl import check_depth, parse
 from smallops.review import webhooks
 from smallops.review.graduation import class_fields, event_row
 from smallops.review.queue import DEFAULT_LEASE, Decision, ReviewQueue
@@ -95,10 +95,8 @@ class ReviewDesk:
                 raise InputError("the corrected output must be non-empty text")
             return output
         if isinstance(output, str):
-            try:
-                output = json.loads(output)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"the corrected output is not valid JSON: {exc.msg}") from None
+            output = parse(output, "the corrected output")
+        check_depth(output, "the corrected output")
         try:
             return workflow.output.model_validate(output).model_dump(mode="json")
         except ValidationError as exc:

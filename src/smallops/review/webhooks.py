@@ -4,6 +4,8 @@ Each decision writes one outbox row in its own transaction, so a decision is nev
 delivery. Deliveries are sent until the receiver answers 2xx, with backoff, under a lease so two
 senders never send the same one at once; once delivered, a delivery is never sent again. Its id
 is the `webhook-id` of every attempt, so a receiver can drop a retry it already processed.
+Redirects are never followed: a 3xx is a failed attempt like any other non-2xx answer, since
+following one would count a body-less GET elsewhere as the delivery.
 
 The signature is `v1,` + base64(HMAC-SHA256(key, f"{id}.{timestamp}.{body}")); a `whsec_` secret
 is base64 after the prefix, as in the Standard Webhooks specification.
@@ -34,6 +36,16 @@ DEFAULT_SECRET_ENV = "SMALLOPS_WEBHOOK_SECRET"
 TOLERANCE = 300  # seconds a receiver accepts between the timestamp and its clock
 LEASE = timedelta(seconds=60)
 MAX_BACKOFF = 3600.0
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Leave a 3xx answer as it is: urllib then raises it as an HTTPError."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_RefuseRedirects)
 
 
 def secret_key(secret: str) -> bytes:
@@ -168,13 +180,19 @@ def _post(delivery: dict[str, Any], secret: str, timeout: float) -> str | None:
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _opener.open(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
+        exc.close()
+        return _failed_status(exc.code)
     except (urllib.error.URLError, OSError) as exc:
         return f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-    return None if 200 <= status < 300 else f"HTTP {status}"
+    return None if 200 <= status < 300 else _failed_status(status)
+
+
+def _failed_status(status: int) -> str:
+    redirect = 300 <= status < 400
+    return f"HTTP {status}" + (" (redirects are not followed)" if redirect else "")
 
 
 def _settle(engine: Engine, delivery: dict[str, Any], error: str | None) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
+from smallops.config import Settings
 from smallops.errors import ConfigError, MissingExtraError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -33,13 +34,21 @@ _lock = threading.Lock()
 _migrating = threading.RLock()  # Alembic's context is module-global: one migration at a time
 
 
-def normalise_url(url: str, root: Path) -> str:
+def log_database(settings: Settings) -> tuple[str, Engine]:
+    """The settings' log database: its URL (normalised) and engine. A URL that cannot be used is
+    a ConfigError naming where it was set: SMALLOPS_DATABASE_URL or smallops.toml."""
+    source = settings.source("database_url")
+    url = normalise_url(settings.database_url, settings.root, source)
+    return url, get_engine(url, source)
+
+
+def normalise_url(url: str, root: Path, source: str = "the database URL") -> str:
     """Pick psycopg 3 for Postgres; make a relative SQLite path relative to the project."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(
-            f"database URL {safe_url(url)!r} is not valid",
+            f"{source} is not a valid database URL",
             hint="use sqlite:///path/to.db or postgresql://user@host/dbname",
         ) from None
     if parsed.drivername in ("postgresql", "postgres"):
@@ -59,11 +68,11 @@ def safe_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
-def get_engine(url: str) -> Engine:
-    """One engine per database URL in this process."""
+def get_engine(url: str, source: str = "the database URL") -> Engine:
+    """One engine per database URL in this process; `source` says where the URL was set."""
     with _lock:
         if url not in _engines:
-            _engines[url] = _create(url)
+            _engines[url] = _create(url, source)
         return _engines[url]
 
 
@@ -74,11 +83,11 @@ def direct_engine(engine: Engine) -> Engine:
     url = engine.url.render_as_string(hide_password=False)
     with _lock:
         if url not in _direct:
-            _direct[url] = _create(url, pooled=False)
+            _direct[url] = _create(url, "the database URL", pooled=False)
         return _direct[url]
 
 
-def _create(url: str, pooled: bool = True) -> Engine:
+def _create(url: str, source: str, pooled: bool = True) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "postgresql":
@@ -91,9 +100,11 @@ def _create(url: str, pooled: bool = True) -> Engine:
             return create_engine(url, poolclass=NullPool, connect_args=connect_args)
         return create_engine(url, pool_pre_ping=True, pool_size=5, connect_args=connect_args)
     if backend != "sqlite":
-        raise ConfigError(f"database {backend!r} is not supported", hint="use SQLite or Postgres")
+        raise ConfigError(
+            f"{source}: database {backend!r} is not supported", hint="use SQLite or Postgres"
+        )
     if parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _check_writable(Path(parsed.database), source)
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
@@ -102,6 +113,21 @@ def _create(url: str, pooled: bool = True) -> Engine:
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _check_writable(path: Path, source: str) -> None:
+    """Make the SQLite file's folder and open the file for writing (SQLite creates it anyway),
+    so a path nobody can write is a ConfigError now, not a traceback or a spool that never
+    drains."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the log database {path}: {exc.strerror or exc}",
+            hint=f"point {source} at a file in a folder you can write to",
+        ) from None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from smallops.config import Settings
 from smallops.plan import PromptVersion
 from smallops.redact import Redactor
-from smallops.storage.db import get_engine, normalise_url, safe_url
+from smallops.storage.db import log_database, safe_url
 from smallops.storage.quarantine import Quarantine, quarantine_folder
 from smallops.storage.rows import encode, prompt_row
 from smallops.storage.spool import Spool, spool_folder
@@ -341,10 +341,9 @@ _lock = threading.Lock()
 
 def writer_for(settings: Settings) -> Writer:
     """The writer for the settings' database, shared by every workflow in this process."""
-    url = normalise_url(settings.database_url, settings.root)
+    url, engine = log_database(settings)
     with _lock:
         if url not in _writers:
-            engine = get_engine(url)
             spool = Spool(spool_folder(settings.spool_dir, url))
             _writers[url] = Writer(
                 RowStore(engine, settings.write_timeout),
@@ -359,12 +358,12 @@ def writer_for(settings: Settings) -> Writer:
 def replay_spool(settings: Settings) -> int:
     """Write the runs that earlier processes spooled while the database was down; rows the
     database refuses are set aside, never in the way. Raises Unreachable if it is down."""
-    url = normalise_url(settings.database_url, settings.root)
+    url, engine = log_database(settings)
     spool = Spool(spool_folder(settings.spool_dir, url))
     if not spool.pending():
         return 0
     quarantine = Quarantine(quarantine_folder(spool.folder))
-    store = RowStore(get_engine(url), settings.write_timeout)
+    store = RowStore(engine, settings.write_timeout)
     redact = Redactor.from_environment(names=settings.key_variables)
 
     def set_aside(batch: RowBatch, reason: str) -> None:
@@ -379,7 +378,7 @@ def replay_spool(settings: Settings) -> int:
 
 def quarantine_for(settings: Settings) -> Quarantine:
     """The quarantine of the settings' database (what it refused, with the reasons)."""
-    url = normalise_url(settings.database_url, settings.root)
+    url, _ = log_database(settings)
     return Quarantine(quarantine_folder(spool_folder(settings.spool_dir, url)))
 
 

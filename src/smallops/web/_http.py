@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from smallops.errors import ConfigError, NotFoundError, SmallopsError
+from smallops.jsonl import parse
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, HeldError
 from smallops.web.auth import (
@@ -79,10 +80,7 @@ def json_body(request: Request) -> bool:
 async def body(request: Request) -> dict[str, Any]:
     """The posted form or JSON object, as one dict (the JSON client's and the form's fields)."""
     if json_body(request):
-        try:
-            data = await request.json()
-        except ValueError:
-            raise ConfigError("the request body is not valid JSON") from None
+        data = parse(await request.body(), "the request body")
         if not isinstance(data, dict):
             raise ConfigError("the request body must be a JSON object")
         return data

@@ -42,7 +42,7 @@ SECRET_ENV = "SMALLOPS_SECRET_KEY"
 REVIEWER_ENV = "SMALLOPS_REVIEWER"
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 MAX_NAME = 200  # the width of the reviewer columns
-_NAME = re.compile(r"^[^\x00-\x1f\x7f]+$")
+_NAME = re.compile(r"[^\x00-\x1f\x7f]+")
 _dummy_hash: list[str] = []
 
 
@@ -156,7 +156,7 @@ def default_reviewer(env: Mapping[str, str] | None = None) -> str:
 def clean_name(name: str | None) -> str | None:
     """A reviewer name fit to record (trimmed, printable, short enough), or None."""
     name = (name or "").strip()
-    return name if name and len(name) <= MAX_NAME and _NAME.match(name) else None
+    return name if name and len(name) <= MAX_NAME and _NAME.fullmatch(name) else None
 
 
 def load_secret_key(state_dir: Path, env: Mapping[str, str] | None = None) -> bytes:

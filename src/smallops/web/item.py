@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from smallops.errors import InputError, NotFoundError, SmallopsError
+from smallops.jsonl import parse
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, Decision, HeldError
 from smallops.web._http import body, error, guarded, render, reviewer, status_of, wants_json, web
@@ -163,19 +164,16 @@ def output_from_form(item: dict[str, Any], form: dict[str, Any]) -> Any:
 
 def _parse(field: dict[str, Any], raw: str) -> Any:
     kind, title = field["type"], field["title"]
+    if kind in ("array", "object"):
+        return parse(raw, title)
     try:
         if kind == "integer":
             return int(raw)
         if kind == "number":
             return float(raw)
-        if kind in ("array", "object"):
-            return json.loads(raw)
-    except ValueError as exc:
-        what = {"integer": "a whole number", "number": "a number"}.get(kind, "valid JSON")
-        detail = f" ({exc.msg})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise InputError(
-            f"{title}: {raw!r} is not {what}{detail}", hint="nothing was changed"
-        ) from None
+    except ValueError:
+        what = "a whole number" if kind == "integer" else "a number"
+        raise InputError(f"{title}: {raw!r} is not {what}", hint="nothing was changed") from None
     if kind in ("choice", "boolean"):
         return next((c for c in _choices(field) if _text(c) == raw), raw)
     return raw
