@@ -15,6 +15,7 @@ from pydantic_core import from_json
 
 from smallops.errors import ConfigError
 from smallops.providers.base import ProviderError, parse_retry_after
+from smallops.redact import REDACTED
 
 # Per wire format: the variable its SDK reads the base URL from, and the SDK's default.
 BASE_URLS = {
@@ -59,6 +60,18 @@ class SdkClients:
             hint=f"export {self.api_key_env}=... (or set api_key_env for provider "
             f"'{self.name}' in smallops.toml)",
         )
+
+    def error(self, exc: Exception, sdk: ModuleType) -> ProviderError:
+        """The SDK's exception as a ProviderError, with our own key masked: some servers repeat
+        the key they were sent in a 401's message, and the message reaches the application."""
+        error = to_provider_error(exc, sdk)
+        key = os.environ.get(self.api_key_env)
+        if key and len(key) >= 8:
+            error.message = error.message.replace(key, REDACTED)
+            error.args = (error.message,)
+            if error.raw:
+                error.raw = error.raw.replace(key, REDACTED)
+        return error
 
     def sync_client(self, cls: Any) -> Any:
         if self._sync is None:

@@ -17,7 +17,6 @@ from smallops.providers._sdk import (
     public_endpoint,
     resolve_base_url,
     sdk_arguments,
-    to_provider_error,
 )
 from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
 
@@ -86,7 +85,7 @@ class AnthropicProvider(SdkClients, Provider):
             create = client.messages.with_raw_response.create
             response = create(**sdk_arguments(client.messages.create, request), timeout=timeout)
         except sdk.AnthropicError as exc:
-            raise to_provider_error(exc, sdk) from None
+            raise self.error(exc, sdk) from None
         return _reply(response.http_response)
 
     async def asend(self, request: dict[str, Any], timeout: float) -> Reply:
@@ -98,7 +97,7 @@ class AnthropicProvider(SdkClients, Provider):
                 **sdk_arguments(client.messages.create, request), timeout=timeout
             )
         except sdk.AnthropicError as exc:
-            raise to_provider_error(exc, sdk) from None
+            raise self.error(exc, sdk) from None
         return _reply(response.http_response)
 
 

@@ -14,7 +14,6 @@ from smallops.providers._sdk import (
     parse_body,
     public_endpoint,
     resolve_base_url,
-    to_provider_error,
 )
 from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
 
@@ -72,7 +71,7 @@ class OpenAIProvider(SdkClients, Provider):
                 **_arguments(request), timeout=timeout
             )
         except openai.OpenAIError as exc:
-            raise to_provider_error(exc, openai) from None
+            raise self.error(exc, openai) from None
         return _reply(response.http_response)
 
     async def asend(self, request: dict[str, Any], timeout: float) -> Reply:
@@ -84,7 +83,7 @@ class OpenAIProvider(SdkClients, Provider):
                 **_arguments(request), timeout=timeout
             )
         except openai.OpenAIError as exc:
-            raise to_provider_error(exc, openai) from None
+            raise self.error(exc, openai) from None
         return _reply(response.http_response)
 
 
