@@ -10,6 +10,7 @@ from smallops.cli import _common
 from smallops.errors import MissingExtraError
 
 WEBHOOK_INTERVAL = 5.0  # seconds between rounds of due webhook deliveries
+GRACE = 3  # seconds a stopping server waits for requests in flight before cancelling them
 WEB_PACKAGES = {
     "starlette": "starlette",
     "uvicorn": "uvicorn",
@@ -35,7 +36,9 @@ def serve_command(
 
     Reviewers log in with a [reviewers] password from smallops.toml (`smallops review
     hash-password`) or the SMALLOPS_REVIEW_TOKEN; on 127.0.0.1 without --login the reviewer is
-    the OS user (or SMALLOPS_REVIEWER). Due decision webhooks are sent while it runs.
+    the OS user (or SMALLOPS_REVIEWER). Due decision webhooks are sent while it runs. On SIGTERM
+    or Ctrl-C it stops within seconds, even with the database stalled, and gives back the items
+    its reviewers claimed and did not decide.
     """
     _require_web_extra()
     import uvicorn
@@ -57,7 +60,10 @@ def serve_command(
     )
     shown = f"[{host}]" if ":" in host else host
     _common.out.print(f"smallops review queue at http://{shown}:{port}/ ({who})", markup=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # On SIGTERM or Ctrl-C: requests in flight get GRACE seconds, then the held items are given
+    # back (app.GIVE_BACK_WITHIN at most); each database call is bounded, so a stalled database
+    # cannot hold the exit up.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=GRACE)
 
 
 def _require_web_extra() -> None:

@@ -22,6 +22,7 @@ from smallops.jsonl import check_depth, parse
 from smallops.review import webhooks
 from smallops.review.graduation import class_fields, event_row
 from smallops.review.queue import DEFAULT_LEASE, Decision, ReviewQueue
+from smallops.storage.health import first_line
 from smallops.storage.schema import graduation_events
 from smallops.workflow import Workflow
 
@@ -62,6 +63,10 @@ class ReviewDesk:
 
     def skip(self, run_id: str, reviewer: str) -> None:
         self.queue.release(run_id, reviewer)
+
+    def unclaim(self, claims: Mapping[str, str]) -> int:
+        """Give back items claimed and not decided (run id -> reviewer); see ReviewQueue."""
+        return self.queue.unclaim(claims)
 
     def approve(self, run_id: str, reviewer: str) -> Decision:
         item = self.queue.item(run_id)
@@ -159,7 +164,14 @@ class ReviewDesk:
             workflow.on_decision(decision)
         except Exception as exc:
             log.exception("smallops: on_decision hook of %s failed", workflow.name)
-            self.queue.set_hook_error(decision.run_id, f"{type(exc).__name__}: {exc}")
+            try:
+                self.queue.set_hook_error(decision.run_id, f"{type(exc).__name__}: {exc}")
+            except Exception as note_failed:  # the decision is saved: it stands regardless
+                log.warning(
+                    "smallops: could not note the failed hook on run %s: %s",
+                    decision.run_id,
+                    first_line(note_failed),
+                )
 
     def _send_soon(self, workflow: Workflow[Any]) -> None:
         secret_env = workflow.webhook_secret_env

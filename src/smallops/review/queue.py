@@ -10,7 +10,7 @@ atomically with it (the webhook outbox, a demotion).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -195,6 +195,22 @@ class ReviewQueue:
                 .values(claimed_by=None, claimed_until=None)
             )
             self._append(connection, item, action, reviewer, now, item["output"], None, None)
+
+    def unclaim(self, claims: Mapping[str, str]) -> int:
+        """Clear leases (a server that stops gives back what its reviewers held), without
+        recording a skip; an item decided since, or claimed by someone else, is left alone.
+        `claims` maps run ids to the reviewer who claimed each. Returns how many were cleared."""
+        cleared = 0
+        with write_transaction(self.engine) as connection:
+            for run_id, reviewer in claims.items():
+                cleared += connection.execute(
+                    update(review_items)
+                    .where(review_items.c.run_id == run_id)
+                    .where(review_items.c.claimed_by == reviewer)
+                    .where(review_items.c.state == "pending")
+                    .values(claimed_by=None, claimed_until=None)
+                ).rowcount
+        return cleared
 
     def decide(
         self,

@@ -32,6 +32,8 @@ from smallops.web.auth import (
     TooManyFailures,
     is_loopback,
 )
+from smallops.web.leases import Leases
+from smallops.web.outage import Database, DatabaseDown
 
 Handler = Callable[[Request], Awaitable[Response]]
 HTML_HEADERS = {
@@ -44,13 +46,16 @@ HTML_HEADERS = {
 
 @dataclasses.dataclass(frozen=True)
 class Web:
-    """The app's state: the desk, how reviewers are known, and the templates."""
+    """The app's state: the desk and its database, how reviewers are known, the templates, and
+    the items this server's reviewers hold."""
 
     desk: ReviewDesk
+    db: Database
     auth: Auth
     sessions: Sessions
     templates: Jinja2Templates
     throttle: LoginThrottle = dataclasses.field(default_factory=LoginThrottle)
+    leases: Leases = dataclasses.field(default_factory=Leases)
 
 
 def web(request: Request) -> Web:
@@ -121,12 +126,12 @@ def render(
 
 
 def error(request: Request, exc: SmallopsError, status: int | None = None) -> Response:
-    """An error as `{"error", "hint"}` JSON, or a page saying it."""
+    """An error as `{"error", "hint"}` JSON (with a DatabaseDown's fields), or a page saying
+    it; with the error's headers (Retry-After)."""
     status = status or status_of(exc)
-    data = {"error": exc.message, "hint": exc.hint}
+    data = {"error": exc.message, "hint": exc.hint, **getattr(exc, "fields", {})}
     response = render(request, "error.html", data, status)
-    if isinstance(exc, TooManyFailures):
-        response.headers.update(exc.headers)
+    response.headers.update(getattr(exc, "headers", {}))
     return response
 
 
@@ -137,6 +142,8 @@ def status_of(exc: SmallopsError) -> int:
         return 409
     if isinstance(exc, TooManyFailures):
         return 429
+    if isinstance(exc, DatabaseDown):
+        return 503
     if isinstance(exc, LoginError):
         return 401
     return 400

@@ -1,7 +1,10 @@
 """`create_app`: the review UI as a Starlette app over a ReviewDesk.
 
 It takes the desk and the settings rather than a project folder, so tests (and applications that
-embed the review queue) build it from whatever engine and workflows they already have.
+embed the review queue) build it from whatever engine and workflows they already have. While it
+runs it sends due webhooks (if asked); when it stops it gives back the items its reviewers hold.
+A database outage is a 503 in the page's format, logged once; any other failure a 500 in the
+page's format, with its traceback in the server log.
 """
 
 from __future__ import annotations
@@ -14,19 +17,29 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smallops.config import Settings
-from smallops.errors import ConfigError
+from smallops.errors import ConfigError, SmallopsError
 from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
+from smallops.storage.health import first_line, unreachable
 from smallops.web import item, login, queue
-from smallops.web._http import Web, templates
+from smallops.web._http import Web, error, templates, web
 from smallops.web.auth import Auth, Sessions, load_secret_key
+from smallops.web.leases import give_back
+from smallops.web.outage import Database, DatabaseDown
 
 HERE = Path(__file__).parent
+DB_TIMEOUT = 5.0  # seconds a Postgres call may go unanswered before it is cut
+GIVE_BACK_WITHIN = 5.0  # seconds to give back the held items when the server stops
 log = logging.getLogger("smallops")
 
 
@@ -39,14 +52,16 @@ def create_app(
     secret_key: bytes | None = None,
     env: Mapping[str, str] | None = None,
     webhook_interval: float | None = None,
+    db_timeout: float | None = DB_TIMEOUT,
 ) -> Starlette:
     """The review UI and its JSON API.
 
     `reviewer` names who decides when no login is required (default: SMALLOPS_REVIEWER or the
     OS user). `secret_key` signs sessions (default: SMALLOPS_SECRET_KEY, or a key kept in the
     project's .smallops folder). With `webhook_interval`, due decision webhooks are sent every
-    that many seconds while the app runs. Raises ConfigError if login is required and no
-    reviewer could log in.
+    that many seconds while the app runs. On Postgres, a database call that gets no answer
+    within `db_timeout` seconds is cut (None: never). Raises ConfigError if login is required
+    and no reviewer could log in.
     """
     auth = Auth.for_server(
         settings.reviewers, require_login=require_login, reviewer=reviewer, env=env
@@ -64,35 +79,105 @@ def create_app(
         Route("/logout", login.logout, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    lifespan = _webhook_lifespan(desk, webhook_interval) if webhook_interval else None
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.web = Web(desk, auth, Sessions(key), templates(jinja))
+    state = Web(desk, Database(desk.engine, db_timeout), auth, Sessions(key), templates(jinja))
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(_AnswerWhenCancelled)],
+        lifespan=_lifespan(state, webhook_interval),
+        exception_handlers={
+            DatabaseDown: _database_down,
+            SQLAlchemyError: _database_error,
+            Exception: _server_error,
+        },
+    )
+    app.state.web = state
     return app
 
 
-def _webhook_lifespan(desk: ReviewDesk, interval: float) -> Any:
-    """Send due webhooks in the background for as long as the app serves."""
-    send = webhook_sender(desk)
+def _lifespan(state: Web, webhook_interval: float | None) -> Any:
+    """Send due webhooks in the background while the app serves; on the way out, give back
+    the items its reviewers hold."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                try:
-                    await asyncio.to_thread(send)
-                except Exception as exc:  # the database or network hiccupped: next round
-                    log.warning("smallops: webhook delivery failed: %s", exc)
-                await asyncio.sleep(interval)
-
-        task = asyncio.create_task(loop())
+        task = None
+        if webhook_interval:
+            task = asyncio.create_task(_send_webhooks(state, webhook_interval))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await give_back(state.desk, state.leases, GIVE_BACK_WITHIN)
 
     return lifespan
+
+
+async def _send_webhooks(state: Web, interval: float) -> None:
+    """Every `interval` seconds, send what is due; an outage is logged once, not every round."""
+    send = webhook_sender(state.desk)
+    while True:
+        try:
+            await state.db.call(send)
+        except DatabaseDown:
+            pass  # logged once by the database's health
+        except Exception as exc:  # the network hiccupped: next round
+            log.warning("smallops: webhook delivery failed: %s", first_line(exc))
+        await asyncio.sleep(interval)
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    """A page's `Database.call` found the database unreachable: a 503."""
+    return error(request, exc if isinstance(exc, DatabaseDown) else DatabaseDown())
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    """A database error that escaped `Database.call`: a 503 if it is an outage."""
+    if not unreachable(exc):
+        raise exc  # a bug: a 500, with its traceback in the log
+    web(request).db.failed(exc)
+    return error(request, DatabaseDown())
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """Anything else: a 500 in the page's format (Starlette still logs the traceback)."""
+    failed = SmallopsError("the server failed to answer this request", hint="see the server log")
+    return error(request, failed, 500)
+
+
+class _AnswerWhenCancelled:
+    """A request still waiting on the database when a stopping server's grace runs out is
+    cancelled: answer it with a 503 that says so, rather than uvicorn's bare 500 and a traceback
+    in the log. Its database work may still finish, so whether a decision was saved is unknown."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            request = Request(scope, receive)
+            stopping = DatabaseDown(
+                "the server stopped before the database answered",
+                hint="if this was a decision, open the item again to see whether it was saved",
+                fields={"saved": None} if request.method == "POST" else {},
+            )
+            await error(request, stopping)(scope, receive, send)
 
 
 class _NoSecret(Exception):

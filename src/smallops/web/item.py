@@ -3,7 +3,8 @@
 Viewing an item claims it, so two reviewers never work the same one. The output is a form
 built from the workflow's schema; a correction is parsed back from that form (or taken from a
 JSON body) and validated by the desk, which changes nothing when it does not fit. After a
-decision the reviewer goes straight to the next item.
+decision the reviewer goes straight to the next item. A decision that failed with the database
+says it was not saved; one saved when the next item could not be loaded says it was saved.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,8 +19,26 @@ from smallops.errors import InputError, NotFoundError, SmallopsError
 from smallops.jsonl import parse
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, Decision, HeldError
-from smallops.web._http import body, error, guarded, render, reviewer, status_of, wants_json, web
-from smallops.web.queue import claim_next, done_message, remember_skip, skipped_ids, to_next
+from smallops.web._http import (
+    JSON,
+    body,
+    error,
+    guarded,
+    render,
+    reviewer,
+    status_of,
+    wants_json,
+    web,
+)
+from smallops.web.outage import UNREACHABLE, DatabaseDown
+from smallops.web.queue import (
+    claim_next,
+    done_message,
+    done_text,
+    remember_skip,
+    skipped_ids,
+    to_next,
+)
 
 ACTIONS = ("approve", "correct", "reject", "skip")
 PREFIX = "out."  # form fields of the output, apart from csrf, reason and workflow
@@ -39,15 +57,16 @@ SHORTCUTS = [
 async def item_page(request: Request) -> Response:
     """The item, claimed for this reviewer; read-only if someone else holds it or it is decided."""
     run_id = request.path_params["run_id"]
-    desk = web(request).desk
+    state = web(request)
     try:
-        item = await run_in_threadpool(desk.claim, run_id, reviewer(request))
+        item = await state.db.call(state.desk.claim, run_id, reviewer(request))
     except NotFoundError as exc:
         return error(request, exc)
     except (HeldError, DecidedError) as exc:
-        item = await run_in_threadpool(desk.item, run_id)
+        item = await state.db.call(state.desk.item, run_id)
         held = isinstance(exc, HeldError)
         return show(request, item, problem=exc if held else None, status=409 if held else 200)
+    state.leases.claimed(run_id, reviewer(request))
     return show(request, item)
 
 
@@ -57,29 +76,52 @@ async def act(request: Request) -> Response:
     run_id, action = request.path_params["run_id"], request.path_params["action"]
     if action not in ACTIONS:
         return error(request, NotFoundError(f"no action {action!r}", hint=", ".join(ACTIONS)))
-    desk, name = web(request).desk, reviewer(request)
+    state, name = web(request), reviewer(request)
+    desk, db = state.desk, state.db
     try:
         form = await body(request)
     except SmallopsError as exc:
         return error(request, exc)
     try:
-        decision = await run_in_threadpool(decide, desk, action, run_id, name, form)
+        decision = await db.save(decide, desk, action, run_id, name, form)
     except SmallopsError as exc:
-        if wants_json(request) or isinstance(exc, NotFoundError):
+        if wants_json(request) or isinstance(exc, (NotFoundError, DatabaseDown)):
             return error(request, exc)
-        item = await run_in_threadpool(desk.item, run_id)
+        item = await db.call(desk.item, run_id)
         values = form if action == "correct" else None
         return show(request, item, problem=exc, status=status_of(exc), values=values)
+    state.leases.settled(run_id)
     workflow = str(form.get("workflow") or "") or None
     skipped = set(skipped_ids(request)) | ({run_id} if action == "skip" else set())
-    following = await run_in_threadpool(claim_next, desk, name, workflow, skipped)
-    data = {"action": action, "run_id": run_id, "decision": decision}
-    response = to_next(
-        request, following["run_id"] if following else None, workflow, done=action, data=data
-    )
+    data = {"action": action, "run_id": run_id, "decision": decision, "saved": True}
+    try:
+        following = await db.call(claim_next, desk, name, workflow, skipped)
+    except DatabaseDown:
+        response = saved_without_next(request, action, run_id, data)
+    else:
+        if following:
+            state.leases.claimed(following["run_id"], name)
+        response = to_next(
+            request, following["run_id"] if following else None, workflow, done=action, data=data
+        )
     if action == "skip":
         remember_skip(request, response, run_id)
     return response
+
+
+def saved_without_next(
+    request: Request, action: str, run_id: str, data: dict[str, Any]
+) -> Response:
+    """The decision is saved but the next item could not be loaded: say both, in a 200."""
+    if wants_json(request):
+        note = f"saved; the next item could not be loaded: {UNREACHABLE}"
+        return JSON({**data, "next": None, "url": None, "note": note})
+    page = {
+        "done": f"{done_text(action, run_id)} Saved.",
+        "error": f"The queue could not be loaded: {UNREACHABLE}.",
+        "hint": "Reload the queue in a moment.",
+    }
+    return render(request, "error.html", page)
 
 
 def decide(

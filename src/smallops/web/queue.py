@@ -10,7 +10,6 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -43,10 +42,10 @@ DONE = {
 @guarded
 async def queue_page(request: Request) -> Response:
     """Pending items per workflow, and the oldest first, with who holds which."""
-    desk = web(request).desk
+    desk, db = web(request).desk, web(request).db
     workflow = request.query_params.get("workflow") or None
-    counts = await run_in_threadpool(desk.queue.counts)
-    items = await run_in_threadpool(desk.items, workflow, "pending", 200)
+    counts = await db.call(desk.queue.counts)
+    items = await db.call(desk.items, workflow, "pending", 200)
     now = datetime.now(timezone.utc)
     for item in items:
         until = item.get("claimed_until")
@@ -70,12 +69,14 @@ async def next_item(request: Request) -> Response:
     """Claim the next item (optionally of one workflow) and go to it; forget earlier skips."""
     form = await body(request)
     workflow = str(form.get("workflow") or "") or None
-    desk = web(request).desk
+    state = web(request)
     try:
-        item = await run_in_threadpool(desk.claim_next, reviewer(request), workflow)
+        item = await state.db.call(state.desk.claim_next, reviewer(request), workflow)
     except SmallopsError as exc:
         return error(request, exc)
     run_id = item["run_id"] if item else None
+    if run_id:
+        state.leases.claimed(run_id, reviewer(request))
     response = to_next(request, run_id, workflow)
     response.delete_cookie(SKIPPED_COOKIE)
     return response
@@ -113,6 +114,10 @@ def remember_skip(request: Request, response: Response, run_id: str) -> None:
 def done_message(request: Request) -> str | None:
     """ "Approved 0190ab12…": what the last action did, for the page that follows it."""
     action, run_id = request.query_params.get("done"), request.query_params.get("prev", "")
+    return done_text(action, run_id)
+
+
+def done_text(action: str | None, run_id: str) -> str | None:
     if action not in DONE:
         return None
     return f"{DONE[action]} run {run_id[-12:]}." if run_id else f"{DONE[action]}."

@@ -1,0 +1,106 @@
+"""The pages' database work, bounded and honest about outages.
+
+Every call a page makes goes through `Database.call` (or `.save` for a decision) in a worker
+thread. An outage (down, stalled, locked) becomes `DatabaseDown`, which the app answers with a
+503 and `Retry-After` in the page's format, and the outage is logged once, not per request. On
+Postgres each call is bounded (`smallops.storage.watchdog`), so no request waits on a stalled
+database for longer than that. A failed decision says whether it was saved: not, or not known
+when the database stopped answering during its commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import Connection, Engine, event
+from starlette.concurrency import run_in_threadpool
+
+from smallops.errors import StorageError
+from smallops.storage.health import Health, first_line, unreachable
+from smallops.storage.watchdog import bound_calls
+
+P = ParamSpec("P")
+T = TypeVar("T")
+RETRY_AFTER = 5  # seconds a client is asked to wait before trying again
+UNREACHABLE = "the database is unreachable"
+_commit = threading.local()  # whether the current thread's last call reached a COMMIT
+
+
+class DatabaseDown(StorageError):
+    """A page's database work failed because the database is unreachable or not answering.
+
+    `fields` go into the JSON answer next to "error" and "hint" (a decision's "saved")."""
+
+    headers = {"Retry-After": str(RETRY_AFTER)}
+
+    def __init__(
+        self,
+        message: str = UNREACHABLE,
+        *,
+        hint: str = "try again in a moment",
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.fields = fields or {}
+
+
+def not_saved(during_commit: bool) -> DatabaseDown:
+    """A decision that failed with the database: not saved, or not known to be."""
+    if during_commit:
+        return DatabaseDown(
+            "the database stopped answering while saving the decision: it may or may not "
+            "have been saved",
+            hint="open the item again in a moment to see whether it was decided",
+            fields={"saved": None},
+        )
+    return DatabaseDown(
+        f"{UNREACHABLE}: the decision was not saved",
+        hint="try again in a moment",
+        fields={"saved": False},
+    )
+
+
+class Database:
+    """The desk's database as the pages use it: each call bounded, each outage reported once."""
+
+    def __init__(self, engine: Engine, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.watchdog = bound_calls(engine, timeout) if timeout else None
+        label = engine.url.render_as_string(hide_password=True)
+        self.health = Health(label, "review pages answer 503 until it answers again")
+        if not event.contains(engine, "commit", _committing):
+            event.listen(engine, "commit", _committing)
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(...)` in a worker thread; DatabaseDown if the database is unreachable."""
+        return await run_in_threadpool(self._attempt, functools.partial(fn, *args, **kwargs), False)
+
+    async def save(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Like `call`, for a decision: its DatabaseDown says whether it was saved."""
+        return await run_in_threadpool(self._attempt, functools.partial(fn, *args, **kwargs), True)
+
+    def failed(self, error: BaseException, cuts_before: int | None = None) -> None:
+        """Note an outage (logged if it is news)."""
+        cut = self.watchdog is not None and cuts_before not in (None, self.watchdog.cuts)
+        self.health.failed(f"no answer within {self.timeout:g} s" if cut else first_line(error))
+
+    def _attempt(self, work: Callable[[], T], saving: bool) -> T:
+        cuts = self.watchdog.cuts if self.watchdog else None
+        _commit.started = False
+        try:
+            result = work()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            self.failed(exc, cuts)
+            raise (not_saved(_commit.started) if saving else DatabaseDown()) from None
+        self.health.answered()
+        return result
+
+
+def _committing(_connection: Connection) -> None:
+    """Engine event: this thread is about to COMMIT."""
+    _commit.started = True
