@@ -1,7 +1,9 @@
 """Whether the database can be reached, told once per change rather than once per failed call.
 
 `unreachable` tells an outage (down, stalled, locked, a file that cannot be opened) from a bug
-in a query; `Health` logs one warning when the database stops answering and one when it is back,
+in a query, and `refused` a database that refuses some rows for what they hold (a type, a
+length, a constraint) from one that cannot take any. `Health` logs one warning when the
+database stops answering and one when it is back,
 however many requests fail in between.
 """
 
@@ -42,6 +44,21 @@ def unreachable(error: BaseException) -> bool:
     if isinstance(error, sqlite3.Error):
         return any(words in str(error) for words in SQLITE_UNAVAILABLE)
     return any(kind.__name__ in UNREACHABLE for kind in type(error).__mro__)
+
+
+def refused(exc: BaseException) -> bool:
+    """True when the database refused the rows themselves (their data broke a type, a length,
+    an encoding or a constraint), as opposed to not being able to take any rows now."""
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(orig, (UnicodeError, ValueError, TypeError, OverflowError)):
+        return True
+    if isinstance(orig, (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError)):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - no Postgres driver, no Postgres errors
+        return False
+    return isinstance(orig, (psycopg.DataError, psycopg.IntegrityError))
 
 
 def first_line(error: BaseException) -> str:

@@ -14,8 +14,6 @@ rows themselves; `land` tells the two apart and sets refused rows aside, one by 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +24,9 @@ from typing import Any
 from sqlalchemy import Engine
 
 from smallops.storage.db import direct_engine, ensure_schema
+from smallops.storage.health import refused
 from smallops.storage.schema import PROMPT_COLUMNS, REVIEW_COLUMNS, RUN_COLUMNS
+from smallops.storage.watchdog import shut_down
 
 Row = Sequence[Any]
 DEFAULT_TIMEOUT = 10.0  # seconds one batch may take before the database counts as unreachable
@@ -169,21 +169,6 @@ def land(store: RowStore, batch: RowBatch, set_aside: Callable[[RowBatch, str], 
     return land(store, first, set_aside) + land(store, second, set_aside)
 
 
-def refused(exc: BaseException) -> bool:
-    """True when the database refused the rows themselves (their data broke a type, a length,
-    an encoding or a constraint), as opposed to not being able to take any rows now."""
-    orig = getattr(exc, "orig", None) or exc
-    if isinstance(orig, (UnicodeError, ValueError, TypeError, OverflowError)):
-        return True
-    if isinstance(orig, (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError)):
-        return True
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - no Postgres driver, no Postgres errors
-        return False
-    return isinstance(orig, (psycopg.DataError, psycopg.IntegrityError))
-
-
 def describe(exc: BaseException) -> str:
     """The first line of what went wrong, with the error's class."""
     orig = getattr(exc, "orig", None) or exc
@@ -219,10 +204,8 @@ def _interrupt(connection: Any) -> None:
     with contextlib.suppress(Exception):
         if isinstance(connection, sqlite3.Connection):
             connection.interrupt()
-            return
-        fd = connection.pgconn.socket  # psycopg: shut the socket down under libpq's feet
-        with socket.socket(fileno=os.dup(fd)) as sock:
-            sock.shutdown(socket.SHUT_RDWR)
+        else:
+            shut_down(connection.pgconn.socket)  # psycopg: the socket goes under libpq's feet
 
 
 def _with_times(

@@ -104,10 +104,10 @@ class Watchdog:
         elif now - call.since >= self.seconds:
             call.since = None
             self.cuts += 1
-            _shut_down(connection.fileno())
+            shut_down(connection.fileno())
 
 
-def _shut_down(fd: int) -> None:
+def shut_down(fd: int) -> None:
     """Shut the socket down without closing the descriptor its owner still holds: the owner's
     wait wakes up to a closed connection."""
     sock = socket.socket(fileno=socket.dup(fd))
