@@ -379,6 +379,6 @@ def test_status_shows_breaker_limits_budget_and_queue(tmp_path, capsys):
     assert row["breaker"]["state"] == "closed" and row["breaker"]["shared"] is False
     assert row["rate_limits"][0] == {"limit": "30 requests/minute", "remaining": 29}
     assert row["budget"][0]["cap_usd"] == 2.0 and row["budget"][0]["period"].startswith("day:")
-    assert row["queued_for_review"] == 1
+    assert row["queued_for_review"] == 1 and row["degraded"] == []
     code, out, _ = smallops(capsys, "-p", str(tmp_path), "status")
     assert code == 0 and "breaker   closed" in out and "1 waiting for review" in out

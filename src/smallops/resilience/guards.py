@@ -33,6 +33,8 @@ log = logging.getLogger("smallops")
 UNHEALTHY = frozenset(
     {"rate_limited", "server_error", "timeout", "connection_error", "bad_response"}
 )
+#: Error types of calls a guard sent to the fallback before any request was made.
+REFUSALS = ("throttled", "breaker_open", "budget_exhausted", "budget_unavailable")
 
 
 class EventLog:
