@@ -7,7 +7,7 @@ from typing import Any
 
 from smallops.effects import Effect, Sleep, io
 from smallops.providers.base import ProviderError
-from smallops.resilience.guards import UNHEALTHY, Guards
+from smallops.resilience.guards import Guards, breaker_failure
 
 
 def admit(
@@ -72,13 +72,17 @@ def breaker_allow(guards: Guards, decisions: list[dict[str, Any]]) -> Generator[
 
 
 def breaker_record(
-    guards: Guards, probe: bool, error: str | None, decisions: list[dict[str, Any]]
+    guards: Guards,
+    probe: bool,
+    error: ProviderError | None,
+    time_left: float,
+    decisions: list[dict[str, Any]],
 ) -> Generator[Effect, Any, None]:
-    """After each attempt: count its outcome (a bad request still shows the endpoint is up)."""
+    """After each attempt: count its outcome, as `breaker_failure` judges it."""
     store, config = guards.breaker, guards.breaker_config
-    if store is None or config is None or error == "breaker_open":
+    if store is None or config is None:
         return
-    ok = error not in UNHEALTHY
+    ok = not breaker_failure(error, time_left)
     change = yield from io(
         store.needs_io, lambda: store.record(guards.breaker_key, config, ok, probe)
     )
