@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from smallops import BreakerConfig, Budget, FakeProvider, Settings, Workflow
 from smallops.config import Price
 from smallops.resilience.budget import BUDGET_WAIT
-from smallops.resilience.shared import REDIS_TIMEOUT, RETRY_AFTER
+from smallops.resilience.shared import REDIS_TIMEOUT, RETRY_AFTER, SharedStore
 from smallops.storage.db import get_engine, normalise_url
 from smallops.storage.queries import plain_row
 from smallops.storage.schema import budget_spend, runs
@@ -172,6 +172,7 @@ def test_redis_refused_mid_batch_loses_no_input_and_shows_the_degradation(
     assert_runs_show_the_outage(rows, *cut)
     assert len(outage_warnings(caplog, "rate_limit")) == 1  # once per outage, not per call
     assert len(outage_warnings(caplog, "breaker")) == 1
+    assert not [r for r in caplog.records if "answers again" in r.getMessage()]
     assert_status_shows_degradation(capsys, batch_project)
 
 
@@ -222,6 +223,35 @@ def test_the_shared_store_is_used_again_once_redis_answers(
     guards = wf.plan().guards
     assert guards is not None and guards.rate is not None
     assert guards.rate.headroom() == [{"limit": "1000 requests/minute", "remaining": 996}]
+
+
+def test_an_answer_to_a_call_begun_before_the_outage_does_not_end_it(caplog):
+    """Concurrent calls: one still under way when another finds the store down may yet get
+    its answer; that says nothing about the store now, so the outage (and its one warning)
+    stands, and the store is not tried again before RETRY_AFTER."""
+    caplog.set_level(logging.WARNING, logger="smallops")
+    store = SharedStore("rate_limit", "Redis at x", "using this process's limit", (OSError,))
+    under_way, release = threading.Event(), threading.Event()
+    answers: list[str] = []
+
+    def slow() -> str:
+        under_way.set()
+        release.wait(5)
+        return "shared"
+
+    def refused() -> str:
+        raise ConnectionRefusedError("refused")
+
+    earlier = threading.Thread(target=lambda: answers.append(store.call(slow, lambda: "local")))
+    earlier.start()
+    assert under_way.wait(5)
+    assert store.call(refused, lambda: "local") == "local"
+    release.set()
+    earlier.join()
+    assert answers == ["shared"] and store.degraded() is not None
+    assert store.call(lambda: "shared", lambda: "local") == "local"
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
+    assert not [r for r in caplog.records if "answers again" in r.getMessage()]
 
 
 # --- the budget's database -------------------------------------------------------------------

@@ -57,28 +57,31 @@ class SharedStore:
         self.errors = errors
         self.since: float | None = None
         self.reason: str | None = None
+        self._down_at = 0.0  # time.monotonic() when the outage was noticed
         self._next_try = 0.0
         self._lock = threading.Lock()
 
     def call(self, shared: Callable[[], T], local: Callable[[], T]) -> T:
         """`shared()` while the store answers; `local()` while it is down or when it fails now."""
         if self._should_try():
+            began = time.monotonic()
             try:
                 value = shared()
             except self.errors as error:
                 self.failed(error)
             else:
-                self._answered()
+                self._answered(began)
                 return value
         return local()
 
     def failed(self, error: BaseException) -> None:
         """Count the store as down from now (if it was not already), and wait before retrying."""
         with self._lock:
-            self._next_try = time.monotonic() + RETRY_AFTER
+            now = time.monotonic()
+            self._next_try = now + RETRY_AFTER
             if self.since is not None:
                 return
-            self.since, self.reason = time.time(), describe(error)
+            self.since, self.reason, self._down_at = time.time(), describe(error), now
         log.warning(
             "smallops: %s: %s unreachable (%s); %s until it answers",
             self.guard,
@@ -111,15 +114,18 @@ class SharedStore:
                 return True
             return False
 
-    def _answered(self) -> None:
-        if self.since is None:
+    def _answered(self, began: float) -> None:
+        """A call that began after the outage was noticed got an answer: the store is back.
+        (One already under way when it was noticed says nothing new.)"""
+        if self.since is None or began < self._down_at:
             return
         with self._lock:
+            if self.since is None or began < self._down_at:
+                return
             since, self.since, self.reason = self.since, None, None
-        if since is not None:
-            log.warning(
-                "smallops: %s: %s answers again after %.0f s; using it again",
-                self.guard,
-                self.where,
-                time.time() - since,
-            )
+        log.warning(
+            "smallops: %s: %s answers again after %.0f s; using it again",
+            self.guard,
+            self.where,
+            time.time() - since,
+        )
