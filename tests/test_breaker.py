@@ -23,6 +23,7 @@ from smallops.resilience.breaker import (
     IDLE_TTL,
     BreakerConfig,
     BreakerStore,
+    FallbackBreakerStore,
     MemoryBreakerStore,
     RedisBreakerStore,
     Transition,
@@ -453,8 +454,9 @@ def test_breaker_store_is_one_per_url(
     assert not breaker_store(None).needs_io
     shared = breaker_store(REDIS_URL)
     assert shared is breaker_store(REDIS_URL)
-    assert isinstance(shared, RedisBreakerStore)
-    assert shared.needs_io
+    assert isinstance(shared, FallbackBreakerStore)  # Redis, and memory while it is down
+    assert isinstance(shared.shared, RedisBreakerStore)
+    assert shared.needs_io and shared.degraded() is None
 
     monkeypatch.setitem(sys.modules, "redis", None)  # as if the extra were not installed
     with pytest.raises(MissingExtraError) as raised:

@@ -24,10 +24,12 @@ from sqlalchemy import func, select
 
 from smallops import BreakerConfig, Budget, FakeProvider, Settings, Workflow, secondary
 from smallops.config import Price
+from smallops.providers.base import ProviderError
+from smallops.resilience.guards import breaker_failure
 from smallops.storage.schema import guard_events, runs
 from smallops.testing import recorded_runs
 
-from emulators import delay, ok, status
+from emulators import delay, disconnect, ok, status
 from models import GOOD, Triage
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -169,6 +171,73 @@ def test_a_429_storm_with_retry_after_is_ridden_out_within_the_deadline(make_wor
     emulator.script(*[status(429, retry_after=0.2)] * 4, ok(GOOD))
     result = make_workflow(retries=5, deadline=5, breaker=None).run(**INPUTS)
     assert result.status == "pending_review" and result.attempts == 5
+
+
+def test_a_429_burst_with_retry_after_is_waited_out_under_the_default_breaker(
+    make_workflow, emulator
+):
+    """Eight concurrent calls meet 1.5 s of 429s that say `Retry-After: 1`: the default breaker
+    does not open on them, and all eight are answered after the wait, none sent to the fallback.
+    """
+    emulator.default = status(429, retry_after=1)
+    wf = make_workflow()  # the default breaker
+    wf.plan()  # so the calls start with the burst
+    burst_over = threading.Timer(1.5, lambda: setattr(emulator, "default", ok(GOOD)))
+
+    async def eight() -> list[Any]:
+        return list(await asyncio.gather(*(wf.arun(**INPUTS) for _ in range(8))))
+
+    started = time.perf_counter()
+    burst_over.start()
+    results = asyncio.run(eight())
+    burst_over.join()
+    assert [r.status for r in results] == ["pending_review"] * 8
+    assert time.perf_counter() - started >= 1.5
+    rate_limited = [a for r in recorded_runs(wf) for a in r["attempts"] if a["status_code"] == 429]
+    assert len(rate_limited) > BreakerConfig().min_calls  # enough to have opened it before
+    guards = wf.plan().guards
+    assert guards is not None and guards.breaker is not None and guards.breaker_config
+    assert guards.breaker.state(guards.breaker_key, guards.breaker_config)["state"] == "closed"
+    assert events(wf, "breaker", until=lambda found: True) == []  # it never left "closed"
+
+
+OUTAGES = {
+    "server error": status(500),
+    "timeout": delay(2),
+    "dropped connection": disconnect(),
+    "429 without Retry-After": status(429),
+    "429 asking for longer than the deadline": status(429, retry_after=60),
+}
+
+
+@pytest.mark.parametrize("failure", OUTAGES.values(), ids=OUTAGES.keys())
+def test_real_outages_still_open_the_breaker(make_workflow, emulator, failure):
+    emulator.default = failure
+    config = BreakerConfig(failure_rate=0.5, min_calls=4, window=30, open_for=30)
+    wf = make_workflow(breaker=config, retries=0, timeout=0.3, deadline=5)
+    first = [wf.run(**INPUTS).error for _ in range(4)]
+    assert "breaker_open" not in first and len(emulator.requests) == 4
+    assert wf.run(**INPUTS).error == "breaker_open" and len(emulator.requests) == 4
+
+
+@pytest.mark.parametrize(
+    ("kind", "retry_after", "time_left", "counts"),
+    [
+        ("rate_limited", 1.0, 10.0, False),  # the server says when: wait, it is not down
+        ("rate_limited", 30.0, 10.0, True),  # later than the call can wait
+        ("rate_limited", None, 10.0, True),  # no word on when
+        ("server_error", None, 10.0, True),
+        ("timeout", None, 10.0, True),
+        ("connection_error", None, 10.0, True),
+        ("bad_response", None, 10.0, True),
+        ("bad_request", None, 10.0, False),  # our request, not the endpoint
+        ("auth_error", None, 10.0, False),
+    ],
+)
+def test_which_failures_count_against_the_breaker(kind, retry_after, time_left, counts):
+    error = ProviderError(kind, "x", retry_after=retry_after)
+    assert breaker_failure(error, time_left) is counts
+    assert breaker_failure(None, time_left) is False
 
 
 def test_the_secondary_model_answers_when_the_primary_is_down(make_workflow, emulator):
@@ -379,7 +448,7 @@ def test_status_shows_breaker_limits_budget_and_queue(tmp_path, capsys):
     assert row["breaker"]["state"] == "closed" and row["breaker"]["shared"] is False
     assert row["rate_limits"][0] == {"limit": "30 requests/minute", "remaining": 29}
     assert row["budget"][0]["cap_usd"] == 2.0 and row["budget"][0]["period"].startswith("day:")
-    assert row["queued_for_review"] == 1
+    assert row["queued_for_review"] == 1 and row["degraded"] == []
     code, out, _ = smallops(capsys, "-p", str(tmp_path), "status")
     assert code == 0 and "breaker   closed" in out and "1 waiting for review" in out
 

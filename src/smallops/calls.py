@@ -122,7 +122,8 @@ def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Eff
             reply: Reply = yield Send(request, policy.attempt_timeout(run.elapsed()))
         except ProviderError as exc:
             if guards is not None:
-                yield from breaker_record(guards, probe, exc.kind)
+                time_left = policy.deadline - run.elapsed()
+                yield from breaker_record(guards, probe, exc, time_left, run.guards)
             attempt.update(
                 latency_ms=_ms(began),
                 status_code=exc.status_code,
@@ -146,7 +147,7 @@ def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Eff
             usage=reply.usage.__dict__,
         )
         if guards is not None:
-            yield from breaker_record(guards, probe, None)
+            yield from breaker_record(guards, probe, None, 0.0, run.guards)
         run.usage.add(reply.usage)
         run.served = reply
         return reply

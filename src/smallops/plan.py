@@ -91,7 +91,7 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
     from smallops.storage.writer import writer_for
 
     settings, model, provider = wf.settings, wf.model, wf.provider
-    _, log = log_database(settings)
+    url, log = log_database(settings)
 
     def engine() -> Any:
         ensure_schema(log)
@@ -133,11 +133,11 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
         },
         class_fields=fields,
         graduation=graduation,
-        guards=_guards(wf, engine, pricing),
+        guards=_guards(wf, engine, url, pricing),
     )
 
 
-def _guards(wf: Workflow[Any], engine: Any, pricing: Pricing) -> Guards:
+def _guards(wf: Workflow[Any], engine: Any, url: str, pricing: Pricing) -> Guards:
     from smallops.resilience.breaker import breaker_store
     from smallops.resilience.budget import BudgetLedger
     from smallops.resilience.guards import EventLog, Guards
@@ -154,7 +154,7 @@ def _guards(wf: Workflow[Any], engine: Any, pricing: Pricing) -> Guards:
         breaker=breaker_store(redis_url) if wf.breaker is not None else None,
         breaker_key=f"{wf.name}|{endpoint}",
         breaker_config=wf.breaker,
-        budget=BudgetLedger(engine, wf.name, wf.budget) if wf.budget is not None else None,
+        budget=BudgetLedger(engine, wf.name, wf.budget, url) if wf.budget is not None else None,
         events=EventLog(engine, wf.name),
         pricing=pricing,
         model=wf.model.model,

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from smallops.cli import _common
 from smallops.errors import NotFoundError
+from smallops.resilience.guards import REFUSALS
 from smallops.result import STATUSES
 from smallops.storage.quarantine import Entry
 from smallops.storage.queries import get_run, list_runs
@@ -32,7 +33,8 @@ def logs_command(
         None,
         "--status",
         help=f"A status ({', '.join(STATUSES)}) or an error type "
-        "(refused, truncated, invalid_json, schema_mismatch, rate_limited, timeout, ...).",
+        "(refused, truncated, invalid_json, schema_mismatch, rate_limited, timeout, ...; "
+        f"a guard's: {', '.join(REFUSALS)}).",
     ),
     limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many runs."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),

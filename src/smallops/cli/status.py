@@ -30,6 +30,7 @@ def status_command(
 
     Breakers and limits kept in memory live in each process: set SMALLOPS_REDIS_URL to share
     them (and see them here); budgets and the queue are always read from the log database.
+    A guard whose shared store does not answer is shown as degraded, with what it does instead.
     """
     project = _common.project(ctx)
     queue = ReviewQueue(project.engine()).counts()
@@ -78,12 +79,20 @@ def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
             .order_by(guard_events.c.at.desc())
             .limit(5)
         ).all()
+    rate_limits = guards.rate.headroom() if guards.rate is not None else []
+    budget = guards.budget.usage() if guards.budget is not None else []
+    degraded = [
+        {key: value for key, value in found.items() if key != "decision"}
+        for guard in (guards.rate, guards.breaker, guards.budget)
+        if guard is not None and (found := guard.degraded()) is not None
+    ]
     return {
         "workflow": wf.name,
         "breaker": breaker,
-        "rate_limits": guards.rate.headroom() if guards.rate is not None else [],
+        "rate_limits": rate_limits,
         "rate_limits_shared": bool(guards.rate is not None and guards.rate.needs_io),
-        "budget": guards.budget.usage() if guards.budget is not None else [],
+        "budget": budget,
+        "degraded": degraded,
         "queued_for_review": queued,
         "recent_events": [
             {"guard": e.guard, "after": e.after, "reason": e.reason, "at": e.at} for e in events
@@ -110,6 +119,9 @@ def _print(row: dict[str, Any]) -> None:
             f"  budget    {period['period']}: ${period['spent_usd']:.4f} of "
             f"${period['cap_usd']:g} ({period['used']:.0%})"
         )
+    for outage in row["degraded"]:
+        guard = outage["guard"].replace("_", " ")
+        say(f"  degraded  {guard}: {escape(outage['reason'])}")
     say(f"  queue     {row['queued_for_review']} waiting for review")
     if row["set_aside"]:
         aside, newest = row["set_aside"], row["set_aside"]["newest"]

@@ -1,7 +1,8 @@
 """Circuit breakers: stop calling an endpoint that keeps failing, then probe it back to health.
 
 The memory store is the reference; the Redis store makes the same decisions in Lua scripts, so
-every process and host behind one Redis shares each breaker.
+every process and host behind one Redis shares each breaker. While Redis does not answer, each
+process keeps its breakers in its own memory.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from smallops.config import check_redis_url
 from smallops.errors import MissingExtraError
+from smallops.resilience.shared import SharedStore, redis_errors, redis_timeouts
 
 if TYPE_CHECKING:
     import redis
@@ -91,6 +93,10 @@ class BreakerStore(ABC):
     @abstractmethod
     def state(self, key: str, config: BreakerConfig, now: float | None = None) -> dict[str, Any]:
         """{"state", "opened_at", "calls", "failures", "probes_out", "probes_ok"}, for status."""
+
+    def degraded(self) -> dict[str, Any] | None:
+        """The shared store's outage, while it lasts (a store in memory has none)."""
+        return None
 
 
 @dataclass(slots=True)
@@ -288,7 +294,11 @@ class RedisBreakerStore(BreakerStore):
     needs_io = True
 
     def __init__(self, client: redis.Redis | str) -> None:
-        redis_client = _redis_module().Redis.from_url(client) if isinstance(client, str) else client
+        redis_client = (
+            _redis_module().Redis.from_url(client, **redis_timeouts())
+            if isinstance(client, str)
+            else client
+        )
         self.client: redis.Redis = redis_client
         self._allow = self.client.register_script(ALLOW_LUA)
         self._record = self.client.register_script(RECORD_LUA)
@@ -332,6 +342,41 @@ def _redis_module() -> Any:
     return redis
 
 
+class FallbackBreakerStore(BreakerStore):
+    """A shared store, and this process's memory while the shared one does not answer.
+
+    The breakers kept in memory during an outage are not merged back: once the shared store
+    answers, its state is the state again.
+    """
+
+    def __init__(self, shared: BreakerStore, store: SharedStore) -> None:
+        self.shared = shared
+        self.local = MemoryBreakerStore()
+        self.store = store
+        self.needs_io = shared.needs_io
+
+    def allow(self, key: str, config: BreakerConfig, now: float | None = None) -> Decision:
+        return self.store.call(
+            lambda: self.shared.allow(key, config, now), lambda: self.local.allow(key, config, now)
+        )
+
+    def record(
+        self, key: str, config: BreakerConfig, ok: bool, probe: bool, now: float | None = None
+    ) -> Transition | None:
+        return self.store.call(
+            lambda: self.shared.record(key, config, ok, probe, now),
+            lambda: self.local.record(key, config, ok, probe, now),
+        )
+
+    def state(self, key: str, config: BreakerConfig, now: float | None = None) -> dict[str, Any]:
+        return self.store.call(
+            lambda: self.shared.state(key, config, now), lambda: self.local.state(key, config, now)
+        )
+
+    def degraded(self) -> dict[str, Any] | None:
+        return self.store.degraded()
+
+
 _stores: dict[str | None, BreakerStore] = {}
 _stores_lock = threading.Lock()
 
@@ -342,5 +387,15 @@ def breaker_store(redis_url: str | None) -> BreakerStore:
         if redis_url not in _stores:
             if redis_url:
                 check_redis_url(redis_url, "the Redis URL of the circuit breakers")
-            _stores[redis_url] = RedisBreakerStore(redis_url) if redis_url else MemoryBreakerStore()
+            _stores[redis_url] = _redis_store(redis_url) if redis_url else MemoryBreakerStore()
         return _stores[redis_url]
+
+
+def _redis_store(redis_url: str) -> BreakerStore:
+    from smallops.storage.db import safe_url
+
+    shared = RedisBreakerStore(redis_url)
+    where = f"Redis at {safe_url(redis_url)}"
+    return FallbackBreakerStore(
+        shared, SharedStore("breaker", where, "using this process's breaker", redis_errors())
+    )

@@ -6,11 +6,20 @@ row locks and SQLite's write lock make atomic: processes racing for the last dol
 overshoot. After the call the reservation is settled to the real cost. A period's row starts
 from the costs already recorded for it. Crossing 80% of a cap is reported once; at the cap,
 calls go to the workflow's fallback.
+
+A budget fails closed: when the database does not answer within BUDGET_WAIT seconds (down,
+stalled, or locked by another writer), the call goes to the fallback as `budget_unavailable`,
+since what was spent cannot be known. A reservation that completes after its call gave up on it
+is given back.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -18,10 +27,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
 
 from smallops.errors import ConfigError
+from smallops.resilience.shared import SharedStore
 from smallops.storage.db import write_transaction
 from smallops.storage.schema import budget_spend, runs
+
+log = logging.getLogger("smallops")
+BUDGET_WAIT = 2.0  # seconds a call waits for its reservation before the budget is unavailable
 
 
 @dataclass(frozen=True)
@@ -44,8 +58,9 @@ class Reservation:
 
     amount: float
     periods: list[str] = field(default_factory=list)
-    refused: str | None = None  # why not, when the cap is reached
+    refused: str | None = None  # why not, when the cap is reached or cannot be checked
     warnings: list[str] = field(default_factory=list)
+    unavailable: bool = False  # refused because the database did not answer
 
 
 class BudgetLedger:
@@ -53,10 +68,13 @@ class BudgetLedger:
 
     needs_io = True
 
-    def __init__(self, engine: Callable[[], Engine], workflow: str, budget: Budget) -> None:
+    def __init__(
+        self, engine: Callable[[], Engine], workflow: str, budget: Budget, database: str
+    ) -> None:
         self._engine = engine
         self.workflow = workflow
         self.budget = budget
+        self.store = _database_store(database)
 
     def periods(self, now: datetime | None = None) -> list[tuple[str, datetime, float]]:
         """(period key, its start, its cap) for each cap."""
@@ -71,7 +89,43 @@ class BudgetLedger:
         return found
 
     def reserve(self, amount: float) -> Reservation:
-        """Hold `amount` in every period, or in none if any cap would be passed."""
+        """Hold `amount` in every period, or in none if any cap would be passed; refused as
+        unavailable when the database does not answer in time."""
+        return self.store.call(
+            lambda: self._reserve_within(amount), lambda: self._unavailable(amount)
+        )
+
+    def degraded(self) -> dict[str, Any] | None:
+        """The database's outage, as this ledger found it, while it lasts."""
+        return self.store.degraded()
+
+    def _reserve_within(self, amount: float) -> Reservation:
+        future = _reserver().submit(self._reserve, amount)
+        try:
+            return future.result(timeout=BUDGET_WAIT)
+        except FutureTimeout:  # the same as TimeoutError from Python 3.11 on
+            if not future.cancel():  # it is running: give it back if it ever completes
+                future.add_done_callback(self._give_back)
+            raise TimeoutError(f"no answer within {BUDGET_WAIT:g} s") from None
+
+    def _give_back(self, late: Future[Reservation]) -> None:
+        if late.cancelled() or late.exception() is not None:
+            return
+        try:
+            self.settle(late.result(), 0.0)
+        except SQLAlchemyError as exc:
+            log.warning(
+                "smallops: %s: could not give back a late budget reservation: %s",
+                self.workflow,
+                exc,
+            )
+
+    def _unavailable(self, amount: float) -> Reservation:
+        why = self.store.reason or "no answer"
+        reason = f"the budget cannot be checked: {self.store.where} did not answer ({why})"
+        return Reservation(amount, refused=reason, unavailable=True)
+
+    def _reserve(self, amount: float) -> Reservation:
         reservation = Reservation(amount)
         try:
             with write_transaction(self._engine()) as connection:
@@ -176,6 +230,34 @@ _KIND = {"day": "daily", "month": "monthly"}
 
 class _Refused(Exception):
     """A cap would be passed: rolls the reservation's transaction back."""
+
+
+_stores: dict[str, SharedStore] = {}
+_pool: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def _database_store(database: str) -> SharedStore:
+    """One per database per process, so an outage is noticed (and logged) once."""
+    with _lock:
+        if database not in _stores:
+            _stores[database] = SharedStore(
+                "budget",
+                "the log database",
+                "calls go to the fallback (budget_unavailable)",
+                (SQLAlchemyError, OSError, TimeoutError),
+            )
+        return _stores[database]
+
+
+def _reserver() -> ThreadPoolExecutor:
+    """Reservations run here, so a call can stop waiting for one: a stalled database gives
+    no other way out. Threads stuck on a stall are few: one call per RETRY_AFTER tries it."""
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="smallops-reserve")
+        return _pool
 
 
 def _recorded(connection: Connection, workflow: str, start: datetime) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 
 from smallops.effects import Effect, Sleep, io
 from smallops.providers.base import ProviderError
-from smallops.resilience.guards import UNHEALTHY, Guards
+from smallops.resilience.guards import Guards, breaker_failure
 
 
 def admit(
@@ -22,6 +22,11 @@ def admit(
         reservation = yield from io(ledger.needs_io, lambda: ledger.reserve(cost))
         for warning in reservation.warnings:
             guards.events.record("budget", guards.workflow, None, "warning", warning)
+        if reservation.unavailable:  # fail closed: what was spent cannot be known
+            decisions.append(
+                {"guard": "budget", "decision": "unavailable", "reason": reservation.refused}
+            )
+            return ("budget_unavailable", reservation.refused)
         if reservation.refused:
             guards.budget_exhausted(reservation.refused)
             decisions.append(
@@ -45,6 +50,7 @@ def admit(
             decisions.append(
                 {"guard": "rate_limit", "decision": "waited", "waited_s": round(waited, 3)}
             )
+        _note_degraded(decisions, limit.degraded())
     return reservation
 
 
@@ -54,6 +60,7 @@ def breaker_allow(guards: Guards, decisions: list[dict[str, Any]]) -> Generator[
     if store is None or config is None:
         return False
     state, change = yield from io(store.needs_io, lambda: store.allow(guards.breaker_key, config))
+    _note_degraded(decisions, store.degraded())
     if change is not None:
         guards.transition(change)
     if state == "open":
@@ -64,14 +71,29 @@ def breaker_allow(guards: Guards, decisions: list[dict[str, Any]]) -> Generator[
     return bool(state == "probe")
 
 
-def breaker_record(guards: Guards, probe: bool, error: str | None) -> Generator[Effect, Any, None]:
-    """After each attempt: count its outcome (a bad request still shows the endpoint is up)."""
+def breaker_record(
+    guards: Guards,
+    probe: bool,
+    error: ProviderError | None,
+    time_left: float,
+    decisions: list[dict[str, Any]],
+) -> Generator[Effect, Any, None]:
+    """After each attempt: count its outcome, as `breaker_failure` judges it."""
     store, config = guards.breaker, guards.breaker_config
-    if store is None or config is None or error == "breaker_open":
+    if store is None or config is None:
         return
-    ok = error not in UNHEALTHY
+    ok = not breaker_failure(error, time_left)
     change = yield from io(
         store.needs_io, lambda: store.record(guards.breaker_key, config, ok, probe)
     )
+    _note_degraded(decisions, store.degraded())
     if change is not None:
         guards.transition(change)
+
+
+def _note_degraded(decisions: list[dict[str, Any]], degraded: dict[str, Any] | None) -> None:
+    """Record on the run, once per guard, that the guard's shared store did not answer."""
+    if degraded is None:
+        return
+    if not any(d["guard"] == degraded["guard"] and d["decision"] == "degraded" for d in decisions):
+        decisions.append(degraded)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from smallops.ids import uuid7
 from smallops.pricing import price_run
-from smallops.providers.base import Usage
+from smallops.providers.base import ProviderError, Usage
 from smallops.storage.schema import guard_events
 
 if TYPE_CHECKING:
@@ -29,10 +29,26 @@ if TYPE_CHECKING:
     from smallops.resilience.ratelimit import RateLimit
 
 log = logging.getLogger("smallops")
-#: Provider failures that say the endpoint is unwell (a bad request says nothing about it).
-UNHEALTHY = frozenset(
-    {"rate_limited", "server_error", "timeout", "connection_error", "bad_response"}
-)
+#: Provider failures that say the endpoint is unwell (a 429 is judged by `breaker_failure`).
+UNHEALTHY = frozenset({"server_error", "timeout", "connection_error", "bad_response"})
+#: Error types of calls a guard sent to the fallback before any request was made.
+REFUSALS = ("throttled", "breaker_open", "budget_exhausted", "budget_unavailable")
+
+
+def breaker_failure(error: ProviderError | None, time_left: float) -> bool:
+    """Whether an attempt's outcome counts against the circuit breaker; decided only here.
+
+    Server errors, timeouts, dropped connections and malformed bodies say the endpoint is
+    unwell. A 429 whose Retry-After the call can wait out within its deadline is the server
+    managing its load, not an outage: like a bad request, it shows the endpoint is up. A 429
+    with no Retry-After, or one past the deadline, counts as a failure. Guard refusals
+    (REFUSALS) never reach the endpoint and are not counted at all.
+    """
+    if error is None:
+        return False
+    if error.kind == "rate_limited":
+        return error.retry_after is None or error.retry_after >= time_left
+    return error.kind in UNHEALTHY
 
 
 class EventLog:

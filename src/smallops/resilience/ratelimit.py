@@ -1,21 +1,26 @@
 """Rate limits per workflow, in requests and tokens, with the `limits` library.
 
 In memory by default; shared through Redis (SMALLOPS_REDIS_URL) so that several processes and
-hosts share one limit. Requests use a moving window (exact: "120/minute" admits 120 calls in any
-minute); tokens use a sliding window counter (cheap for large counts). At the limit a call waits
-up to `wait` seconds for room, then goes to the workflow's fallback.
+hosts share one limit (while Redis does not answer, each process keeps its own). Requests use a
+moving window (exact: "120/minute" admits 120 calls in any minute); tokens use a sliding window
+counter (cheap for large counts). At the limit a call waits up to `wait` seconds for room, then
+goes to the workflow's fallback.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from smallops.config import check_redis_url
 from smallops.errors import ConfigError, MissingExtraError
+from smallops.resilience.shared import SharedStore, redis_errors, redis_timeouts
 
+T = TypeVar("T")
 _storages: dict[str, Any] = {}
+_shared_stores: dict[str, SharedStore] = {}
 _lock = threading.Lock()
 
 
@@ -35,8 +40,23 @@ def _storage(redis_url: str | None) -> Any:
                     raise MissingExtraError(
                         "redis", "redis", "a rate limit shared through Redis"
                     ) from None
-            _storages[url] = storage_from_string(url)
+            _storages[url] = storage_from_string(url, **redis_timeouts())
         return _storages[url]
+
+
+def _shared_store(redis_url: str) -> SharedStore:
+    """One per Redis URL per process, so an outage is noticed (and logged) once."""
+    from smallops.storage.db import safe_url
+
+    with _lock:
+        if redis_url not in _shared_stores:
+            _shared_stores[redis_url] = SharedStore(
+                "rate_limit",
+                f"Redis at {safe_url(redis_url)}",
+                "using this process's limit",
+                redis_errors(),
+            )
+        return _shared_stores[redis_url]
 
 
 def _memory_storage() -> Any:
@@ -76,7 +96,11 @@ def parse_limits(value: str | list[str] | None, what: str, workflow: str) -> lis
 
 
 class RateLimit:
-    """One workflow's request and token limits."""
+    """One workflow's request and token limits.
+
+    Shared through Redis when there is one; while it does not answer, each process keeps the
+    limits in its own memory (so N processes may together admit N times the limit).
+    """
 
     def __init__(
         self,
@@ -86,43 +110,58 @@ class RateLimit:
         redis_url: str | None,
         wait: float,
     ) -> None:
-        from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
-
-        storage = _storage(redis_url)
         self.workflow = workflow
         self.requests = requests
         self.tokens = tokens
         self.wait = wait
         self.needs_io = redis_url is not None
-        self._requests = MovingWindowRateLimiter(storage)
-        self._tokens = SlidingWindowCounterRateLimiter(storage)
+        self._local = _Limiters(_storage(None))
+        self._shared = _Limiters(_storage(redis_url)) if redis_url else None
+        self.store = _shared_store(redis_url) if redis_url else None
 
     def acquire(self, tokens: int) -> float:
         """Take room for one call of about `tokens` tokens: 0 when taken, else seconds to wait."""
-        key = ("smallops", self.workflow)
-        if len(self.requests) == 1 and not self.tokens:  # one limit: one atomic hit is enough
-            item = self.requests[0]
-            return 0.0 if self._requests.hit(item, *key) else self._wait(self._requests, item, key)
-        for item in self.requests:
-            if not self._requests.test(item, *key):
-                return self._wait(self._requests, item, key)
-        for item in self.tokens:
-            if not self._tokens.test(item, *key, cost=max(1, tokens)):
-                return self._wait(self._tokens, item, key)
-        for item in self.requests:
-            if not self._requests.hit(item, *key):
-                return self._wait(self._requests, item, key)
-        for item in self.tokens:
-            self._tokens.hit(item, *key, cost=max(1, tokens))
-        return 0.0
+        return self._either(lambda limiters: self._acquire(limiters, tokens))
 
     def headroom(self) -> list[dict[str, Any]]:
         """What is left of each limit now (for `smallops status`)."""
+        return self._either(self._headroom)
+
+    def degraded(self) -> dict[str, Any] | None:
+        """The shared store's outage, while it lasts."""
+        return self.store.degraded() if self.store is not None else None
+
+    def _either(self, work: Callable[[_Limiters], T]) -> T:
+        shared, local = self._shared, self._local
+        if shared is None or self.store is None:
+            return work(local)
+        return self.store.call(lambda: work(shared), lambda: work(local))
+
+    def _acquire(self, limiters: _Limiters, tokens: int) -> float:
+        key = ("smallops", self.workflow)
+        requests = limiters.requests
+        if len(self.requests) == 1 and not self.tokens:  # one limit: one atomic hit is enough
+            item = self.requests[0]
+            return 0.0 if requests.hit(item, *key) else self._wait(requests, item, key)
+        for item in self.requests:
+            if not requests.test(item, *key):
+                return self._wait(requests, item, key)
+        for item in self.tokens:
+            if not limiters.tokens.test(item, *key, cost=max(1, tokens)):
+                return self._wait(limiters.tokens, item, key)
+        for item in self.requests:
+            if not requests.hit(item, *key):
+                return self._wait(requests, item, key)
+        for item in self.tokens:
+            limiters.tokens.hit(item, *key, cost=max(1, tokens))
+        return 0.0
+
+    def _headroom(self, limiters: _Limiters) -> list[dict[str, Any]]:
         key = ("smallops", self.workflow)
         rows = []
         for kind, limiter, items in (
-            ("requests", self._requests, self.requests),
-            ("tokens", self._tokens, self.tokens),
+            ("requests", limiters.requests, self.requests),
+            ("tokens", limiters.tokens, self.tokens),
         ):
             for item in items:
                 stats = limiter.get_window_stats(item, *key)
@@ -138,6 +177,17 @@ class RateLimit:
     def _wait(limiter: Any, item: Any, key: tuple[str, str]) -> float:
         reset = limiter.get_window_stats(item, *key).reset_time
         return max(0.01, min(float(reset) - time.time(), float(item.get_expiry())))
+
+
+class _Limiters:
+    """limits' strategies over one storage: a moving window for requests, a sliding window
+    counter for tokens (cheap for large counts)."""
+
+    def __init__(self, storage: Any) -> None:
+        from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+
+        self.requests = MovingWindowRateLimiter(storage)
+        self.tokens = SlidingWindowCounterRateLimiter(storage)
 
 
 def reset_memory() -> None:
