@@ -18,6 +18,7 @@ from smallops.cli import eval as eval_cli
 from smallops.cli._common import err
 from smallops.errors import SmallopsError
 from smallops.redact import Redactor
+from smallops.storage.writer import settle_log
 
 app = typer.Typer(
     name="smallops",
@@ -71,18 +72,32 @@ app.add_typer(db.app, name="db")
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, turning smallops errors into one line and an exit code.
 
-    Usage errors (exit 2) are reported by Typer itself; the process exits through SystemExit.
+    Usage errors (exit 2) are reported by Typer itself. Before exiting, the log is drained: a
+    command whose run records could not all be kept (in the database or the spool) says so and
+    exits non-zero, whatever the command was.
     """
     args = run.normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    code: int | str | None = 0
     try:
         app(args=args, prog_name="smallops")
+    except SystemExit as exc:
+        code = exc.code
     except SmallopsError as exc:
         err.print(f"error: {exc}", markup=False)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except SQLAlchemyError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         err.print(f"error: database: {Redactor.from_environment()(first)}", markup=False)
-        sys.exit(1)
+        code = 1
     except KeyboardInterrupt:
         err.print("interrupted; completed calls are recorded", markup=False)
-        sys.exit(130)
+        code = 130
+    lost = settle_log()
+    if lost:
+        err.print(
+            f"error: {lost} run records could not be kept, neither in the log database nor in "
+            "its spool (see the messages above)",
+            markup=False,
+        )
+        code = code or 1
+    sys.exit(code)

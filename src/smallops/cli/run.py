@@ -133,6 +133,7 @@ def run_command(
     elif outcome.signal is None:
         print_table(wf, outcome.results, batch.lines, writer.redact)
     _report(wf, input_file, batch, outcome, account, writer)
+    writer.lost_reported = writer.lost
     if outcome.signal is not None:
         raise typer.Exit(128 + outcome.signal)
     if account.lost or any(r is not None and r.status == "failed" for r in outcome.results):

@@ -78,6 +78,7 @@ class Writer:
         self.spooled = 0
         self.set_aside = 0
         self.lost = 0
+        self.lost_reported = 0  # lost records a command has already told the user about
         self.down_reason: str | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._seen_prompts: set[str] = set()
@@ -386,6 +387,16 @@ def flush_all(timeout: float | None = 30.0) -> bool:
     """Wait until every writer has written (or spooled) what it was given."""
     results = [writer.flush(timeout) for writer in list(_writers.values())]  # flush them all
     return all(results)
+
+
+def settle_log() -> int:
+    """Drain every writer; the run records lost since last asked (none, normally)."""
+    lost = 0
+    for writer in list(_writers.values()):
+        writer.close()
+        lost += writer.lost - writer.lost_reported
+        writer.lost_reported = writer.lost
+    return lost
 
 
 def close_all(timeout: float | None = None) -> None:
