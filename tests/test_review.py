@@ -18,7 +18,7 @@ from smallops import until_graduated as graduated_policy
 from smallops.errors import InputError
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, HeldError, ReviewQueue
-from smallops.review.stats import clopper_pearson_lower
+from smallops.review.stats import clopper_pearson_lower, reviews_needed
 from smallops.storage.schema import graduation_events, review_decisions
 from smallops.testing import recorded_runs
 
@@ -478,3 +478,47 @@ def test_the_bound_agrees_with_scipy_beta_quantiles():
         successes = rng.randint(1, trials)
         expected = beta.ppf(0.05, successes, trials - successes + 1)
         assert clopper_pearson_lower(successes, trials) == pytest.approx(expected, abs=1e-9)
+
+
+def test_reviews_needed_is_the_least_number_though_the_bound_is_saw_toothed():
+    """187 of 200 at target 0.9: 15 more suffice (a bisection over the bound said 51)."""
+    assert reviews_needed(187, 200, 0.9) == 15
+    assert reviews_needed(0, 0, 0.95) == 59
+    assert reviews_needed(59, 59, 0.95) == 0
+    assert reviews_needed(271, 313, 0.95) is None  # the rate so far is below the target
+
+
+def _least_by_brute_force(successes: int, trials: int, target: float, limit: int) -> int | None:
+    """The least k (up to limit) whose bound, by scipy, reaches target with floor(k * rate) of
+    k more reviews approved."""
+    import numpy as np
+    from scipy.stats import beta
+
+    for start in range(0, limit, 500):
+        extra = np.arange(start, start + 500)
+        approved = successes + (successes * extra // trials if trials else extra)
+        bound = beta.ppf(0.05, np.maximum(approved, 1), trials + extra - approved + 1)
+        bound[approved == 0] = 0.0
+        hits = np.nonzero(bound >= target)[0]
+        if hits.size:
+            return start + int(hits[0])
+    return None
+
+
+def test_reviews_needed_equals_a_brute_force_minimum_over_a_grid():
+    limit = 40_000
+    checked = 0
+    for trials in (0, 1, 2, 3, 5, 8, 13, 20, 30, 45, 59, 80, 100, 150, 200, 313):
+        for successes in range(trials + 1):
+            for target in (0.5, 0.8, 0.9, 0.95, 0.99):
+                if trials and successes <= target * trials:
+                    assert reviews_needed(successes, trials, target) is None
+                    continue
+                expected = _least_by_brute_force(successes, trials, target, limit)
+                found = reviews_needed(successes, trials, target)
+                if expected is None:
+                    assert found is None or found >= limit, (successes, trials, target)
+                else:
+                    assert found == expected, (successes, trials, target)
+                    checked += 1
+    assert checked > 800
