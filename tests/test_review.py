@@ -17,7 +17,7 @@ from smallops import FakeProvider, FakeReply, NotFoundError, Settings, Workflow,
 from smallops import until_graduated as graduated_policy
 from smallops.errors import InputError
 from smallops.review.desk import ReviewDesk
-from smallops.review.evidence import class_stats, standings, workflow_stats
+from smallops.review.evidence import class_stats, earlier_versions, standings, workflow_stats
 from smallops.review.queue import DecidedError, HeldError, ReviewQueue
 from smallops.review.stats import clopper_pearson_lower, reviews_needed
 from smallops.storage.schema import graduation_events, review_decisions
@@ -359,7 +359,9 @@ def test_stats_and_routing_read_the_same_evidence_when_the_provider_names_anothe
     assert (spam.reviews, spam.graduated, spam.recommendation) == (59, True, "automate")
 
 
-def test_a_new_prompt_version_starts_graduation_afresh(tmp_path, database_url):
+def test_a_new_prompt_version_starts_graduation_afresh_and_stats_show_the_earlier_reviews(
+    tmp_path, database_url
+):
     wf = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
     _evidence(wf, 59, 0, 31)
     wf.plan().graduation.refresh()
@@ -371,6 +373,7 @@ def test_a_new_prompt_version_starts_graduation_afresh(tmp_path, database_url):
     engine = desk_for(edited).engine
     spam = next(row for row in workflow_stats(engine, edited) if row.class_key == "category=spam")
     assert (spam.reviews, spam.graduated) == (0, False)
+    assert earlier_versions(engine, edited.name, edited.version.id) == {wf.version.id: 59}
 
 
 def test_two_processes_on_different_prompt_versions_write_no_event_ping_pong(

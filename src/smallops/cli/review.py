@@ -20,7 +20,7 @@ from smallops.cli.logs import short_id
 from smallops.errors import ConfigError, InputError
 from smallops.project import Project
 from smallops.review.desk import ReviewDesk
-from smallops.review.evidence import workflow_stats
+from smallops.review.evidence import earlier_versions, workflow_stats
 from smallops.review.export import export_reviewed
 from smallops.review.graduation import graduation_history
 from smallops.review.queue import Decision
@@ -259,23 +259,29 @@ def stats_command(
     """Per workflow and output class: reviews, approvals, the 95% lower bound, a recommendation.
 
     Counts what routing counts: reviews of outputs made with each workflow's current prompt
-    version, per served model, since the class's latest demotion. The bound is the one-sided 95%
-    Clopper-Pearson lower bound on approvals without edits.
+    version, per served model, since the class's latest demotion. Graduation restarts with each
+    prompt version: reviews of earlier versions are listed, and do not count. The bound is the
+    one-sided 95% Clopper-Pearson lower bound on approvals without edits.
     """
     project, desk = _desk(ctx)
     chosen = [project.workflow(workflow)] if workflow else list(project.workflows.values())
-    rows, history = [], []
+    rows, history, earlier = [], [], {}
     for wf in chosen:
+        earlier[wf.name] = earlier_versions(desk.engine, wf.name, wf.version.id)
         for row in workflow_stats(desk.engine, wf):
-            rows.append({**row.__dict__, "policy": str(wf.review)})
+            rows.append(
+                {**row.__dict__, "policy": str(wf.review), "earlier_reviews": earlier[wf.name]}
+            )
         history += graduation_history(desk.engine, wf.name)
     if as_json:
         _common.print_json(rows)
         return
-    _print_stats(rows, history)
+    _print_stats(rows, history, earlier)
 
 
-def _print_stats(rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+def _print_stats(
+    rows: list[dict[str, Any]], history: list[dict[str, Any]], earlier: dict[str, dict[str, int]]
+) -> None:
     """One table per workflow, prompt version and served model: the evidence each counts."""
     if not rows:
         _common.out.print(
@@ -303,6 +309,14 @@ def _print_stats(rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> N
                 row["recommendation"],
             )
         _common.out.print(table)
+    for name, versions in earlier.items():
+        if versions:
+            counts = ", ".join(f"{version}: {n} reviews" for version, n in versions.items())
+            _common.out.print(
+                f"\n{name}: graduation restarts with each prompt version; reviews of earlier "
+                f"versions do not count ({counts})",
+                markup=False,
+            )
     if history:
         _common.out.print("\n[bold]promotions and demotions[/bold]")
         for event in history[-20:]:

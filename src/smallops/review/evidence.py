@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from smallops.ids import uuid7
 from smallops.pinning import parse_model
@@ -178,6 +178,24 @@ def workflow_stats(engine: Engine, wf: Workflow[Any]) -> list[ClassStats]:
         fields=wf.plan().class_fields,
         served=served_model(engine, wf.name, version, pinned),
     )
+
+
+def earlier_versions(engine: Engine, workflow: str, prompt_version: str) -> dict[str, int]:
+    """Reviews per earlier prompt version of a workflow (final decisions on policy reviews), the
+    most recently reviewed first: they no longer count, but they show where graduation stood."""
+    last = func.max(review_decisions.c.decided_at)
+    query = (
+        select(review_items.c.prompt_version, func.count(), last)
+        .join(review_items, review_items.c.run_id == review_decisions.c.run_id)
+        .where(review_decisions.c.workflow == workflow)
+        .where(review_decisions.c.action.in_(FINAL_ACTIONS))
+        .where(review_items.c.reason == "policy")
+        .where(review_items.c.prompt_version != prompt_version)
+        .group_by(review_items.c.prompt_version)
+        .order_by(last.desc())
+    )
+    with engine.connect() as connection:
+        return {version: count for version, count, _ in connection.execute(query)}
 
 
 def served_model(engine: Engine, workflow: str, prompt_version: str, pinned: str) -> str:
