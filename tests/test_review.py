@@ -17,8 +17,9 @@ from smallops import FakeProvider, FakeReply, NotFoundError, Settings, Workflow,
 from smallops import until_graduated as graduated_policy
 from smallops.errors import InputError
 from smallops.review.desk import ReviewDesk
+from smallops.review.evidence import class_stats, earlier_versions, standings, workflow_stats
 from smallops.review.queue import DecidedError, HeldError, ReviewQueue
-from smallops.review.stats import clopper_pearson_lower
+from smallops.review.stats import clopper_pearson_lower, reviews_needed
 from smallops.storage.schema import graduation_events, review_decisions
 from smallops.testing import recorded_runs
 
@@ -216,7 +217,7 @@ def test_the_graduation_bound_matches_known_values():
 
 
 def _evidence(wf: Workflow, approvals: int, rejections: int, days_ago: float) -> None:
-    """Review `approvals + rejections` outputs, decided `days_ago` days ago."""
+    """Review `approvals + rejections` new outputs, decided `days_ago` days ago."""
     for i in range(approvals + rejections):
         wf.run(text=f"e{i}")
     desk = desk_for(wf)
@@ -229,13 +230,22 @@ def _evidence(wf: Workflow, approvals: int, rejections: int, days_ago: float) ->
             queue.decide(item["run_id"], "ann", "reject", reason="wrong")
 
 
-def _promoted(wf: Workflow) -> set[str]:
+def _events(wf: Workflow) -> list[Any]:
     with wf.plan().writer.store.engine.connect() as connection:
-        rows = connection.execute(select(graduation_events).order_by(graduation_events.c.at)).all()
-    state: dict[str, str] = {}
-    for row in rows:
-        state[row.class_key] = row.action
-    return {key for key, action in state.items() if action == "promote"}
+        query = select(graduation_events).order_by(graduation_events.c.at, graduation_events.c.id)
+        return list(connection.execute(query))
+
+
+def _promoted(wf: Workflow, model: str = "rules") -> set[str]:
+    """The classes promoted for the workflow's prompt version and the served `model`."""
+    with wf.plan().writer.store.engine.connect() as connection:
+        found = standings(connection, wf.name, wf.model.model, wf.version.id)
+    return {key.class_key for key, now in found.items() if now.promoted and key.model == model}
+
+
+def _answering_as(served: dict[str, str]) -> Any:
+    """A responder that answers SPAM as the model named in `served["model"]` at the time."""
+    return lambda _: FakeReply(text=Triage(**SPAM).model_dump_json(), model=served["model"])
 
 
 @pytest.mark.parametrize(
@@ -258,55 +268,172 @@ def test_promotion_needs_both_the_days_and_the_bound(
     assert recorded_runs(wf)[-1]["review_route"] == ("graduated" if promoted else "not_graduated")
 
 
-def test_a_new_prompt_version_demotes_a_graduated_class(tmp_path, database_url):
+def test_regular_reviews_demote_a_promoted_class_whose_bound_falls_below_target(
+    tmp_path, database_url
+):
+    """Promoted at 59 of 59; reviews of outputs queued earlier bring it to 271 of 313 (lower
+    bound 0.83 < 0.95): it is demoted, and its outputs go back to review."""
+    wf = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
+    for i in range(313):
+        wf.run(text=f"e{i}")
+    desk = desk_for(wf)
+    items = desk.items(limit=10_000)
+    then = datetime.now(timezone.utc) - timedelta(days=31)
+    for item in items[:59]:
+        ReviewQueue(desk.engine, now=lambda: then).decide(item["run_id"], "ann", "approve")
+    graduation = wf.plan().graduation
+    graduation.refresh()
+    assert _promoted(wf) == {"category=spam", "urgency=low"}
+    assert wf.run(text="while promoted").status == "auto"
+    for n, item in enumerate(items[59:]):
+        if n < 212:
+            desk.queue.decide(item["run_id"], "bob", "approve")
+        else:
+            desk.queue.decide(item["run_id"], "bob", "reject", reason="not spam")
+    graduation.refresh()
+    assert _promoted(wf) == set()
+    demotions = [event for event in _events(wf) if event.action == "demote"]
+    assert {event.class_key for event in demotions} == {"category=spam", "urgency=low"}
+    assert all("271/313" in e.reason and "0.8299 < target 0.95" in e.reason for e in demotions)
+    assert wf.run(text="after").status == "pending_review"
+    graduation.refresh()
+    assert len(_events(wf)) == 4  # two promotions, two demotions, and nothing since
+
+
+def test_a_failed_audit_keeps_the_class_demoted_until_new_reviews_clear_the_target(
+    tmp_path, database_url
+):
+    """The 59 approvals that promoted a class do not undo its failed audit at the next refresh:
+    only reviews decided after the failure count, toward the bound and the days alike."""
+    wf = make(
+        tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, min_days=0, audit=1)
+    )
+    _evidence(wf, 59, 0, 31)
+    graduation = wf.plan().graduation
+    graduation.refresh()
+    audited = wf.run(text="x")
+    desk = desk_for(wf)
+    assert desk.item(audited.run_id)["route"] == "audit"
+    desk.correct(audited.run_id, "ann", {**SPAM, "category": "sales"})
+    assert _promoted(wf) == set()
+    events = len(_events(wf))
+    graduation.refresh()  # the old evidence alone still clears the target
+    assert _promoted(wf) == set() and len(_events(wf)) == events
+    again = wf.run(text="y")
+    assert again.status == "pending_review"
+    desk_for(wf).approve(again.run_id, "ann")
+    _evidence(wf, 57, 0, 0)  # 58 approvals since the failure: 0.9496 < 0.95
+    graduation.refresh()
+    assert _promoted(wf) == set() and len(_events(wf)) == events
+    _evidence(wf, 1, 0, 0)  # 59 since the failure
+    graduation.refresh()
+    assert _promoted(wf) == {"category=spam", "urgency=low"}
+    assert wf.run(text="z").status == "pending_review"  # graduated again: audited (audit=1)
+    assert recorded_runs(wf)[-1]["review_route"] == "audit"
+    monthly = graduated_policy(0.95, min_days=30)
+    stats = class_stats(
+        desk.engine, wf.name, monthly, prompt_version=wf.version.id, pinned=wf.model.model
+    )
+    spam = next(row for row in stats if row.class_key == "category=spam")
+    assert spam.reviews == 59 and spam.since is not None
+    assert spam.recommendation == "needs about 30 more days of reviews"
+
+
+def test_stats_and_routing_read_the_same_evidence_when_the_provider_names_another_model(
+    tmp_path, database_url
+):
+    """The pin is fake:rules, the provider answers as rules-2024-07-18: `review stats` counts
+    the reviews routing counts and shows the class automated, not "0 reviews"."""
+    wf = make(
+        tmp_path,
+        database_url,
+        _answering_as({"model": "rules-2024-07-18"}),
+        review=graduated_policy(0.95, audit=0),
+    )
+    _evidence(wf, 59, 0, 31)
+    wf.plan().graduation.refresh()
+    assert wf.run(text="x").status == "auto"
+    stats = workflow_stats(desk_for(wf).engine, wf)
+    assert {row.model for row in stats} == {"rules-2024-07-18"}
+    spam = next(row for row in stats if row.class_key == "category=spam")
+    assert (spam.reviews, spam.graduated, spam.recommendation) == (59, True, "automate")
+
+
+def test_a_new_prompt_version_starts_graduation_afresh_and_stats_show_the_earlier_reviews(
+    tmp_path, database_url
+):
     wf = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
     _evidence(wf, 59, 0, 31)
     wf.plan().graduation.refresh()
-    assert "category=spam" in _promoted(wf)
     (tmp_path / "triage.prompt").write_text("[user]\nClassify: {{ text }}")
     edited = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
     edited.plan().graduation.refresh()
     assert _promoted(edited) == set()
     assert edited.run(text="x").status == "pending_review"
-    with edited.plan().writer.store.engine.connect() as connection:
-        reasons = [
-            r.reason
-            for r in connection.execute(
-                select(graduation_events).where(graduation_events.c.action == "demote")
-            )
-        ]
-    assert any("prompt version changed" in reason for reason in reasons)
+    engine = desk_for(edited).engine
+    spam = next(row for row in workflow_stats(engine, edited) if row.class_key == "category=spam")
+    assert (spam.reviews, spam.graduated) == (0, False)
+    assert earlier_versions(engine, edited.name, edited.version.id) == {wf.version.id: 59}
 
 
-def test_a_different_served_model_demotes_a_graduated_class(tmp_path, database_url):
-    served = {"model": None}
-    wf = make(
-        tmp_path,
-        database_url,
-        lambda _: FakeReply(text=Triage(**SPAM).model_dump_json(), model=served["model"]),
-        review=graduated_policy(0.95, audit=0),
-    )
+def test_two_processes_on_different_prompt_versions_write_no_event_ping_pong(
+    tmp_path, database_url
+):
+    """Each refreshes by its own prompt version's evidence: one promotion per class, not a
+    promote/demote pair every round."""
+    old = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
+    _evidence(old, 59, 0, 31)
+    (tmp_path / "triage.prompt").write_text("[user]\nClassify: {{ text }}")
+    new = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
+    assert new.version.id != old.version.id
+    for _ in range(5):
+        old.plan().graduation.refresh()
+        new.plan().graduation.refresh()
+        assert old.run(text="o").status == "auto"
+        assert new.run(text="n").status == "pending_review"
+    assert [(event.action, event.prompt_version) for event in _events(old)] == [
+        ("promote", old.version.id)
+    ] * 2
+
+
+def test_an_endpoint_alternating_served_models_writes_no_event_ping_pong(tmp_path, database_url):
+    """Outputs are judged by the evidence of the model that served them, and neither model's
+    standing changes when the other one answers."""
+    served = {"model": "rules-a"}
+    wf = make(tmp_path, database_url, _answering_as(served), review=graduated_policy(0.95, audit=0))
     _evidence(wf, 59, 0, 31)
     graduation = wf.plan().graduation
-    graduation.refresh()
-    assert wf.run(text="x").status == "auto"
-    served["model"] = "rules-v2"
-    assert wf.run(text="x").status == "pending_review"
-    graduation.refresh()
-    assert "category=spam" not in _promoted(wf)
+    for _ in range(5):
+        graduation.refresh()
+        served["model"] = "rules-a"
+        assert wf.run(text="a").status == "auto"
+        served["model"] = "rules-b"
+        assert wf.run(text="b").status == "pending_review"
+    assert [(event.action, event.model) for event in _events(wf)] == [("promote", "rules-a")] * 2
 
 
-def test_a_failed_audit_demotes_the_classes_of_the_output(tmp_path, database_url):
-    wf = make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=1.0))
-    _evidence(wf, 59, 0, 31)
-    wf.plan().graduation.refresh()
-    audited = wf.run(text="x")
-    assert audited.status == "pending_review"
-    desk = desk_for(wf)
-    assert desk.item(audited.run_id)["route"] == "audit"
-    desk.correct(audited.run_id, "ann", {**SPAM, "category": "sales"})
-    assert _promoted(wf) == set()
-    assert wf.run(text="y").status == "pending_review"
+def test_processes_refreshing_at_once_write_each_promotion_once(tmp_path, database_url):
+    workflows = [
+        make(tmp_path, database_url, lambda _: SPAM, review=graduated_policy(0.95, audit=0))
+        for _ in range(6)
+    ]
+    _evidence(workflows[0], 59, 0, 31)
+    start = threading.Barrier(len(workflows))
+
+    def refresh(wf: Workflow) -> None:
+        start.wait()
+        wf.plan().graduation.refresh()
+
+    threads = [threading.Thread(target=refresh, args=(wf,)) for wf in workflows]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(event.class_key for event in _events(workflows[0])) == [
+        "category=spam",
+        "urgency=low",
+    ]
+    assert all(wf.run(text="x").status == "auto" for wf in workflows)
 
 
 def test_the_application_gets_the_human_decision_by_wait_hook_and_webhook(
@@ -478,3 +605,47 @@ def test_the_bound_agrees_with_scipy_beta_quantiles():
         successes = rng.randint(1, trials)
         expected = beta.ppf(0.05, successes, trials - successes + 1)
         assert clopper_pearson_lower(successes, trials) == pytest.approx(expected, abs=1e-9)
+
+
+def test_reviews_needed_is_the_least_number_though_the_bound_is_saw_toothed():
+    """187 of 200 at target 0.9: 15 more suffice (a bisection over the bound said 51)."""
+    assert reviews_needed(187, 200, 0.9) == 15
+    assert reviews_needed(0, 0, 0.95) == 59
+    assert reviews_needed(59, 59, 0.95) == 0
+    assert reviews_needed(271, 313, 0.95) is None  # the rate so far is below the target
+
+
+def _least_by_brute_force(successes: int, trials: int, target: float, limit: int) -> int | None:
+    """The least k (up to limit) whose bound, by scipy, reaches target with floor(k * rate) of
+    k more reviews approved."""
+    import numpy as np
+    from scipy.stats import beta
+
+    for start in range(0, limit, 500):
+        extra = np.arange(start, start + 500)
+        approved = successes + (successes * extra // trials if trials else extra)
+        bound = beta.ppf(0.05, np.maximum(approved, 1), trials + extra - approved + 1)
+        bound[approved == 0] = 0.0
+        hits = np.nonzero(bound >= target)[0]
+        if hits.size:
+            return start + int(hits[0])
+    return None
+
+
+def test_reviews_needed_equals_a_brute_force_minimum_over_a_grid():
+    limit = 40_000
+    checked = 0
+    for trials in (0, 1, 2, 3, 5, 8, 13, 20, 30, 45, 59, 80, 100, 150, 200, 313):
+        for successes in range(trials + 1):
+            for target in (0.5, 0.8, 0.9, 0.95, 0.99):
+                if trials and successes <= target * trials:
+                    assert reviews_needed(successes, trials, target) is None
+                    continue
+                expected = _least_by_brute_force(successes, trials, target, limit)
+                found = reviews_needed(successes, trials, target)
+                if expected is None:
+                    assert found is None or found >= limit, (successes, trials, target)
+                else:
+                    assert found == expected, (successes, trials, target)
+                    checked += 1
+    assert checked > 800

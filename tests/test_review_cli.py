@@ -136,3 +136,20 @@ def test_stats_report_classes_with_bounds_and_export_appends_cases(project, queu
     code, out, _ = review(capsys, project, "export", "email-triage")
     assert code == 0 and out.startswith("3 cases added")
     assert review(capsys, project, "export", "email-triage")[1].startswith("0 cases added")
+
+
+def test_stats_after_a_prompt_edit_show_the_earlier_versions_reviews(project, queued, capsys):
+    """After a prompt edit nothing counts yet: stats say how many reviews the earlier prompt
+    versions have, and that graduation restarts with each version."""
+    for run in queued[:3]:
+        review(capsys, project, "approve", run)
+    prompt = project / "workflows" / "email_triage.prompt"
+    prompt.write_text(prompt.read_text() + "\nAnswer briefly.\n")
+    code, out, _ = review(capsys, project, "stats", "--json")
+    billing = next(row for row in json.loads(out) if row["class_key"] == "category=billing")
+    assert code == 0 and billing["reviews"] == 0
+    assert list(billing["earlier_reviews"].values()) == [3]
+    code, out, _ = review(capsys, project, "stats")
+    assert code == 0
+    assert "graduation restarts with each prompt version" in " ".join(out.split())
+    assert f"{next(iter(billing['earlier_reviews']))}: 3 reviews" in out

@@ -20,9 +20,9 @@ from smallops.cli.logs import short_id
 from smallops.errors import ConfigError, InputError
 from smallops.project import Project
 from smallops.review.desk import ReviewDesk
+from smallops.review.evidence import earlier_versions, workflow_stats
 from smallops.review.export import export_reviewed
-from smallops.review.graduation import class_stats, graduation_history
-from smallops.review.policy import until_graduated
+from smallops.review.graduation import graduation_history
 from smallops.review.queue import Decision
 
 app = typer.Typer(
@@ -258,65 +258,72 @@ def stats_command(
 ) -> None:
     """Per workflow and output class: reviews, approvals, the 95% lower bound, a recommendation.
 
-    Counts reviews of outputs made with each workflow's current prompt version and model. The
-    bound is the one-sided 95% Clopper-Pearson lower bound on approvals without edits.
+    Counts what routing counts: reviews of outputs made with each workflow's current prompt
+    version, per served model, since the class's latest demotion. Graduation restarts with each
+    prompt version: reviews of earlier versions are listed, and do not count. The bound is the
+    one-sided 95% Clopper-Pearson lower bound on approvals without edits.
     """
     project, desk = _desk(ctx)
     chosen = [project.workflow(workflow)] if workflow else list(project.workflows.values())
-    rows, history = [], []
+    rows, history, earlier = [], [], {}
     for wf in chosen:
-        policy = wf.review if wf.review.kind in ("until_graduated", "always") else until_graduated()
-        for row in class_stats(
-            desk.engine,
-            wf.name,
-            policy,
-            prompt_version=wf.version.id,
-            model=wf.model.model,
-            fields=wf.plan().class_fields,
-        ):
-            rows.append({**row.__dict__, "policy": str(wf.review), "target": policy.target})
+        earlier[wf.name] = earlier_versions(desk.engine, wf.name, wf.version.id)
+        for row in workflow_stats(desk.engine, wf):
+            rows.append(
+                {**row.__dict__, "policy": str(wf.review), "earlier_reviews": earlier[wf.name]}
+            )
         history += graduation_history(desk.engine, wf.name)
     if as_json:
         _common.print_json(rows)
         return
-    _print_stats(rows, history)
+    _print_stats(rows, history, earlier)
 
 
-def _print_stats(rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
+def _print_stats(
+    rows: list[dict[str, Any]], history: list[dict[str, Any]], earlier: dict[str, dict[str, int]]
+) -> None:
+    """One table per workflow, prompt version and served model: the evidence each counts."""
     if not rows:
         _common.out.print(
             "no output classes: the workflows have no enum or Literal fields", markup=False
         )
-    table = Table(box=None, pad_edge=False)
-    for column in (
-        "workflow",
-        "class",
-        "reviews",
-        "approved",
-        "lower bound",
-        "days",
-        "status",
-        "recommendation",
-    ):
-        table.add_column(column, no_wrap=column != "recommendation")
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        table.add_row(
-            row["workflow"],
-            row["class_key"],
-            str(row["reviews"]),
-            str(row["approvals"]),
-            f"{row['lower_bound']:.3f}",
-            f"{row['days']:g}",
-            "auto" if row["graduated"] else "review",
-            row["recommendation"],
+        groups.setdefault((row["workflow"], row["prompt_version"], row["model"]), []).append(row)
+    for (workflow, version, model), group in groups.items():
+        _common.out.print(
+            f"\n{workflow}, prompt version {version}, served by {model}", markup=False
         )
-    _common.out.print(table)
+        table = Table(box=None, pad_edge=False)
+        for column in ("class", "reviews", "approved", "lower bound", "days", "status"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("recommendation")
+        for row in group:
+            table.add_row(
+                row["class_key"],
+                str(row["reviews"]),
+                str(row["approvals"]),
+                f"{row['lower_bound']:.3f}",
+                f"{row['days']:g}",
+                "auto" if row["graduated"] else "review",
+                row["recommendation"],
+            )
+        _common.out.print(table)
+    for name, versions in earlier.items():
+        if versions:
+            counts = ", ".join(f"{version}: {n} reviews" for version, n in versions.items())
+            _common.out.print(
+                f"\n{name}: graduation restarts with each prompt version; reviews of earlier "
+                f"versions do not count ({counts})",
+                markup=False,
+            )
     if history:
         _common.out.print("\n[bold]promotions and demotions[/bold]")
         for event in history[-20:]:
+            model = f" on {event['model']}" if event["model"] else ""
             _common.out.print(
                 f"  {_common.when(event['at'])}  {event['workflow']}  {event['action']:<7} "
-                f"{event['class_key']}: {event['reason']}",
+                f"{event['class_key']}{model}: {event['reason']}",
                 markup=False,
             )
 

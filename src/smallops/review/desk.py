@@ -19,11 +19,10 @@ from sqlalchemy import Connection, Engine
 
 from smallops.errors import InputError, describe_problems
 from smallops.jsonl import check_depth, parse
-from smallops.review import webhooks
-from smallops.review.graduation import class_fields, event_row
+from smallops.review import evidence, webhooks
+from smallops.review.graduation import class_fields
 from smallops.review.queue import DEFAULT_LEASE, Decision, ReviewQueue
 from smallops.storage.health import first_line
-from smallops.storage.schema import graduation_events
 from smallops.workflow import Workflow
 
 log = logging.getLogger("smallops")
@@ -141,21 +140,15 @@ class ReviewDesk:
         if workflow is not None and workflow.webhook:
             webhooks.enqueue(connection, workflow.webhook, decision)
         if item["route"] == "audit" and decision["action"] != "approve" and item["classes"]:
-            events = [
-                event_row(
-                    item["workflow"],
-                    key,
-                    "demote",
-                    f"failed audit of run {item['run_id']}: {decision['status']} by "
-                    f"{decision['reviewer']}",
-                    item["prompt_version"],
-                    item["model_served"],
-                )
-                for key in item["classes"]
-            ]
-            connection.execute(graduation_events.insert(), events)
-            if workflow is not None and workflow.plan().graduation is not None:
-                workflow.plan().graduation.forget(item["classes"])  # type: ignore[union-attr]
+            demoted = evidence.demote_for_audit(
+                connection,
+                item,
+                f"failed audit of run {item['run_id']}: {decision['status']} by "
+                f"{decision['reviewer']}",
+            )
+            graduation = workflow.plan().graduation if workflow is not None else None
+            if graduation is not None:
+                graduation.forget(demoted)
 
     def _run_hook(self, workflow: Workflow[Any], decision: Decision) -> None:
         if workflow.on_decision is None:

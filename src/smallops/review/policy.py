@@ -50,6 +50,8 @@ class ReviewPolicy:
 
 
 REVIEWED_ROUTES = frozenset({"required", "sampled", "not_graduated", "audit", "fallback"})
+#: The routes `until_graduated` gives: the outputs whose served model graduation is about.
+GRADUATION_ROUTES = frozenset({"not_graduated", "audit", "graduated"})
 
 
 def needs_review(route: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 
 def clopper_pearson_lower(successes: int, trials: int, confidence: float = 0.95) -> float:
@@ -28,7 +29,7 @@ def clopper_pearson_lower(successes: int, trials: int, confidence: float = 0.95)
     return low
 
 
-def _upper_tail(successes: int, trials: int, p: float) -> float:
+def _upper_tail(successes: float, trials: float, p: float) -> float:
     """P(X >= successes) for X ~ Binomial(trials, p) = I_p(successes, trials - successes + 1)."""
     return _regularized_beta(p, successes, trials - successes + 1)
 
@@ -67,33 +68,68 @@ def _beta_fraction(x: float, a: float, b: float) -> float:
     return result
 
 
+def clears(successes: float, trials: float, target: float, confidence: float = 0.95) -> bool:
+    """Whether the lower bound of `successes` in `trials` is at least `target`, by one tail
+    evaluation rather than a search (successes may be fractional: see `reviews_needed`)."""
+    if successes <= 0:
+        return target <= 0
+    return _upper_tail(successes, trials, target) <= 1 - confidence
+
+
+NEEDED_LIMIT = 1_000_000  # beyond this many more reviews, "more than a million" is answer enough
+
+
 def reviews_needed(
     successes: int, trials: int, target: float, confidence: float = 0.95
 ) -> int | None:
-    """About how many more reviews, approved at the rate seen so far, lift the bound to `target`.
+    """The fewest more reviews, approved at the rate seen so far, that lift the bound to `target`.
 
-    None when the rate seen so far is not above the target: more reviews at that rate never will.
-    With no reviews yet, the answer assumes every review is approved.
+    After k more reviews, floor(k * successes / trials) of them are approved (every one while
+    there are no reviews yet). The bound is not monotone in k: it rises with each approval and
+    drops with each rejection. So the search first finds where a smooth upper envelope (the same
+    rate without rounding, which only grows with k) reaches the target, since no k before that
+    can, then walks on one run of approvals at a time: within a run the bound only rises.
+
+    None when the rate so far is not above the target (more reviews at that rate never will), or
+    when more than NEEDED_LIMIT reviews would be needed.
     """
-    if clopper_pearson_lower(successes, trials, confidence) >= target:
+    if clears(successes, trials, target, confidence):
         return 0
-    rate = successes / trials if trials else 1.0
-    if rate <= target:
+    if trials and successes <= target * trials:
         return None
-    low, high = 0, 1
-    while _bound_after(successes, trials, rate, high, confidence) < target:
-        high *= 2
-        if high > 10_000_000:
-            return None
-    while low + 1 < high:
+    rejected = trials - successes
+
+    def enough(extra: int) -> bool:
+        approved = successes + (successes * extra // trials if trials else extra)
+        return clears(approved, trials + extra, target, confidence)
+
+    def envelope(extra: int) -> bool:
+        rate = successes / trials if trials else 1.0
+        return clears(rate * (trials + extra), trials + extra, target, confidence)
+
+    if not envelope(NEEDED_LIMIT):
+        return None
+    extra = _first(envelope, 1, NEEDED_LIMIT)
+    while extra <= NEEDED_LIMIT:
+        # the run of approvals that `extra` is in ends before the next rejection
+        if rejected == 0:
+            end = NEEDED_LIMIT
+        else:
+            rejections = -(-rejected * extra // trials)
+            end = min(rejections * trials // rejected, NEEDED_LIMIT)
+        if enough(end):
+            return _first(enough, extra, end)
+        extra = end + 1
+    return None
+
+
+def _first(holds: Callable[[int], bool], low: int, high: int) -> int:
+    """The least n in [low, high] for which `holds(n)`, given that it holds at high and, once it
+    holds, holds for every larger n up to high."""
+    while low < high:
         mid = (low + high) // 2
-        if _bound_after(successes, trials, rate, mid, confidence) >= target:
+        if holds(mid):
             high = mid
         else:
-            low = mid
-    return high
-
-
-def _bound_after(successes: int, trials: int, rate: float, extra: int, confidence: float) -> float:
-    more = successes + math.floor(rate * extra + 1e-9)
-    return clopper_pearson_lower(min(more, trials + extra), trials + extra, confidence)
+            low = mid + 1
+    return low
