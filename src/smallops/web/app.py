@@ -74,6 +74,7 @@ def create_app(
         Route("/", queue.queue_page),
         Route("/next", queue.next_item, methods=["POST"]),
         Route("/items/{run_id}", item.item_page),
+        Route("/items/{run_id}/claim", item.claim, methods=["POST"]),
         Route("/items/{run_id}/{action}", item.act, methods=["POST"]),
         Route("/login", login.login_page, methods=["GET", "POST"]),
         Route("/logout", login.logout, methods=["POST"]),
