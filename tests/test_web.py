@@ -63,6 +63,7 @@ def serve(
     reviewer: str = "ann",
     reviewers: dict[str, str] | None = None,
     token: str | None = None,
+    token_name: str | None = None,
 ) -> tuple[TestClient, ReviewDesk]:
     """A client for the app over these workflows' database, as tests/test_review.py builds it."""
     engine = workflows[0].plan().writer.store.engine
@@ -78,7 +79,10 @@ def serve(
         require_login=require_login,
         reviewer=reviewer,
         secret_key=b"test-secret-key",
-        env={auth.TOKEN_ENV: token} if token else {},
+        env={
+            **({auth.TOKEN_ENV: token} if token else {}),
+            **({auth.TOKEN_NAME_ENV: token_name} if token_name else {}),
+        },
     )
     return TestClient(app, base_url="http://127.0.0.1"), desk
 
@@ -210,24 +214,59 @@ def test_approve_correct_reject_and_skip_by_form_go_to_the_next_item_and_record_
     assert desk.item(c)["state"] == "pending"
 
 
-def test_json_clients_decide_with_a_bearer_token_and_their_x_reviewer_name(tmp_path, database_url):
+def test_json_clients_decide_with_the_review_token_under_its_own_name(tmp_path, database_url):
     wf = make(tmp_path, database_url)
     a, b, c = runs(wf, 3)
-    client, desk = serve([wf], require_login=True, token=TOKEN)
-    headers = {"Authorization": f"Bearer {TOKEN}", "X-Reviewer": "bot-1"}
-    assert client.get("/", headers=headers).json()["total"] == 3
+    client, desk = serve([wf], require_login=True, token=TOKEN, token_name="ci-bot")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/", headers=headers).json()["reviewer"] == "token:ci-bot"
     answer = client.post(f"/items/{a}/approve", headers=headers, json={})
-    assert answer.status_code == 200 and answer.json()["decision"]["reviewer"] == "bot-1"
+    assert answer.status_code == 200 and answer.json()["decision"]["reviewer"] == "token:ci-bot"
     fixed = {**GOOD, "category": "sales"}
-    answer = client.post(f"/items/{b}/correct", headers=headers, json={"output": fixed})
+    named = {**headers, "X-Reviewer": "token:ci-bot"}  # its own name may be sent
+    answer = client.post(f"/items/{b}/correct", headers=named, json={"output": fixed})
     assert answer.json()["decision"]["output"] == fixed
     answer = client.post(f"/items/{c}/reject", headers=headers, json={"reason": "duplicate"})
     assert answer.json()["decision"]["status"] == "rejected" and answer.json()["next"] is None
-    assert {r.reviewer for r in decisions(desk)} == {"bot-1"}
-    no_name = client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert no_name.status_code == 401 and "X-Reviewer" in no_name.json()["error"]
-    wrong = client.get("/", headers={"Authorization": "Bearer nope", "X-Reviewer": "x"})
+    assert {r.reviewer for r in decisions(desk)} == {"token:ci-bot"}
+    wrong = client.get("/", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
+
+
+def test_the_review_token_never_acts_as_a_password_reviewer(tmp_path, database_url):
+    """X-Reviewer: ann with the token is refused; the token cannot decide the item ann holds;
+    the login form does not let the token in under ann's name."""
+    wf = make(tmp_path, database_url)
+    mine, free = runs(wf, 2)
+    reviewers = {"ann": auth.hash_password(PASSWORD)}
+    client, desk = serve([wf], require_login=True, reviewers=reviewers, token=TOKEN)
+    desk.claim(mine, "ann")
+    as_ann = {"Authorization": f"Bearer {TOKEN}", "X-Reviewer": "ann"}
+    refused = client.post(f"/items/{mine}/approve", headers=as_ann, json={})
+    assert refused.status_code == 401 and "cannot name another reviewer" in refused.json()["error"]
+    assert client.get("/", headers=as_ann).status_code == 401
+    token_only = {"Authorization": f"Bearer {TOKEN}"}
+    held = client.post(f"/items/{mine}/approve", headers=token_only, json={})
+    assert held.status_code == 409 and "held by ann" in held.json()["error"]
+    assert decisions(desk) == [] and desk.item(mine)["claimed_by"] == "ann"
+    form = {"csrf": csrf(client, "/login"), "name": "ann", "password": TOKEN}
+    assert client.post("/login", data=form).status_code == 401
+    form = {"csrf": csrf(client, "/login"), "name": "token", "password": TOKEN}
+    assert client.post("/login", data=form).url.path == "/"
+    assert client.get("/", headers=JSON_HEADERS).json()["reviewer"] == "token"
+    client.post(f"/items/{free}/approve", data={"csrf": csrf(client)})
+    assert [(r.run_id, r.reviewer) for r in decisions(desk)] == [(free, "token")]
+
+
+def test_a_review_token_named_like_a_reviewer_is_refused_at_start(tmp_path):
+    settings = Settings(root=tmp_path, reviewers={"Token": auth.hash_password(PASSWORD)})
+    desk = ReviewDesk(None, {})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="also a reviewer") as caught:
+        create_app(desk, settings, require_login=True, env={auth.TOKEN_ENV: TOKEN})
+    assert auth.TOKEN_NAME_ENV in str(caught.value)
+    named = {auth.TOKEN_ENV: TOKEN, auth.TOKEN_NAME_ENV: "ops"}
+    ready = auth.Auth.for_server(settings.reviewers, require_login=True, env=named)
+    assert ready.token_name == "token:ops"  # free: no reviewer has that name
 
 
 @pytest.mark.parametrize("how", ["form", "json"])
@@ -464,14 +503,16 @@ def test_login_is_required_when_asked_for_and_checks_the_password(tmp_path, data
     assert client.get("/", follow_redirects=False).status_code == 303
 
 
-def test_the_login_form_needs_its_csrf_token_and_accepts_the_review_token(tmp_path):
+def test_the_login_form_needs_its_csrf_token_and_accepts_the_review_token_as_itself(tmp_path):
     wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
-    client, _ = serve([wf], require_login=True, token=TOKEN)
+    client, _ = serve([wf], require_login=True, token=TOKEN, token_name="ops-bot")
     forged = client.post("/login", data={"name": "eve", "password": TOKEN, "csrf": "x"})
     assert forged.status_code == 403
-    form = {"csrf": csrf(client, "/login"), "name": "ops-bot", "password": TOKEN}
+    form = {"csrf": csrf(client, "/login"), "name": "eve", "password": TOKEN}
+    assert client.post("/login", data=form).status_code == 401
+    form = {"csrf": csrf(client, "/login"), "name": "token:ops-bot", "password": TOKEN}
     assert client.post("/login", data=form).url.path == "/"
-    assert client.get("/", headers=JSON_HEADERS).json()["reviewer"] == "ops-bot"
+    assert client.get("/", headers=JSON_HEADERS).json()["reviewer"] == "token:ops-bot"
 
 
 def test_a_login_nobody_could_pass_is_refused_at_start(tmp_path):
