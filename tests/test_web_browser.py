@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import select
@@ -201,7 +202,9 @@ def test_a_link_from_another_site_opens_an_item_without_claiming_it(served):
     base, (a, b, _c) = served["base"], served["ids"]
     queue = ReviewQueue(served["engine"])
     with logged_in(base) as page:
-        page.set_content(f'<a id="lure" href="{base}/items/{a}">a prize</a>')  # not this site
+        lure = f'<a id="lure" href="{base}/items/{a}">a prize</a>'
+        page.goto(f"data:text/html,{quote(lure)}")  # a page of another origin
+        assert page.evaluate("window.origin") == "null"
         page.click("#lure")
         _on_item(page, base, a, "email number 0")
         assert "Nobody holds this item" in page.inner_text("main")
