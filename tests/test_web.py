@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import stat
 import sys
 import time
 from datetime import datetime, timezone
+from html import unescape as html_unescape
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,7 @@ def serve(
     reviewer: str = "ann",
     reviewers: dict[str, str] | None = None,
     token: str | None = None,
+    token_name: str | None = None,
 ) -> tuple[TestClient, ReviewDesk]:
     """A client for the app over these workflows' database, as tests/test_review.py builds it."""
     engine = workflows[0].plan().writer.store.engine
@@ -76,7 +79,10 @@ def serve(
         require_login=require_login,
         reviewer=reviewer,
         secret_key=b"test-secret-key",
-        env={auth.TOKEN_ENV: token} if token else {},
+        env={
+            **({auth.TOKEN_ENV: token} if token else {}),
+            **({auth.TOKEN_NAME_ENV: token_name} if token_name else {}),
+        },
     )
     return TestClient(app, base_url="http://127.0.0.1"), desk
 
@@ -111,23 +117,69 @@ def test_the_queue_lists_pending_items_per_workflow_in_html_and_the_same_data_as
     assert client.get("/?format=json").json()["counts"] == {"triage": 2}
 
 
-def test_the_item_page_claims_it_and_renders_choices_as_radio_buttons_with_the_value_checked(
-    tmp_path, database_url
-):
+def claimed(desk: ReviewDesk) -> dict[str, str]:
+    """Who holds which pending item now (run id -> reviewer)."""
+    now = datetime.now(timezone.utc)
+    return {
+        i["run_id"]: i["claimed_by"]
+        for i in desk.items(limit=1000)
+        if i["claimed_until"] is not None and i["claimed_until"] > now
+    }
+
+
+def test_reading_an_item_claims_nothing_and_a_posted_claim_shows_its_form(tmp_path, database_url):
+    """A GET (a link from any site) only reads; the claim is a CSRF-checked POST, after which
+    the page shows the output as a form with the choices as radio buttons."""
     wf = make(tmp_path, database_url)
     [run_id] = runs(wf, 1)
     client, desk = serve([wf])
     html = client.get(f"/items/{run_id}").text
+    assert "email 0" in html and "Asks for the May invoice." in html
+    assert 'id="claim"' in html and "Nobody holds this item" in html
+    data = client.get(f"/items/{run_id}", headers=JSON_HEADERS).json()
+    assert data["held_by"] is None and data["yours"] is False and data["read_only"] is False
+    assert claimed(desk) == {}
+    token = csrf(client, f"/items/{run_id}")
+    page = client.post(f"/items/{run_id}/claim", data={"csrf": token})
+    assert page.url.path == f"/items/{run_id}" and claimed(desk) == {run_id: "ann"}
+    html = page.text
     billing = re.search(r'<input type="radio" name="out.category" value="billing"[^>]*>', html)
     assert billing and "checked" in billing.group(0)
     assert 'value="support">' in html  # the others are not checked
     assert re.search(r'<input type="radio" name="out.urgency" value="normal" checked>', html)
-    assert 'name="out.summary"' in html and "Asks for the May invoice." in html
-    assert "email 0" in html and "Approve" in html and "<kbd>a</kbd>" in html
-    assert desk.item(run_id)["claimed_by"] == "ann"
+    assert 'name="out.summary"' in html and "Approve" in html and "<kbd>a</kbd>" in html
+    assert 'id="claim"' not in html
     data = client.get(f"/items/{run_id}", headers=JSON_HEADERS).json()
-    assert data["read_only"] is False and data["item"]["output"] == GOOD
+    assert data["yours"] is True and data["held_by"] == "ann" and data["item"]["output"] == GOOD
+    assert data["cannot_approve"] is None
     assert [f["type"] for f in data["item"]["fields"]] == ["choice", "choice", "string"]
+
+
+def test_a_reviewer_holds_one_item_at_a_time_claiming_the_next_gives_back_the_one_before(
+    tmp_path, database_url
+):
+    """Opening 20 items holds none; claiming, moving on with /next and deciding leave the
+    reviewer holding exactly the item in front of them."""
+    wf = make(tmp_path, database_url)
+    ids = runs(wf, 22)
+    client, desk = serve([wf])
+    for run_id in ids[:20]:
+        assert client.get(f"/items/{run_id}").status_code == 200
+    assert claimed(desk) == {}
+    token = csrf(client)
+    for run_id in ids[5:10]:
+        client.post(f"/items/{run_id}/claim", data={"csrf": token})
+        assert claimed(desk) == {run_id: "ann"}
+    assert client.post("/next", data={"csrf": token}).url.path == f"/items/{ids[0]}"
+    assert claimed(desk) == {ids[0]: "ann"}
+    answer = client.post(f"/items/{ids[3]}/claim", json={})
+    assert answer.json()["yours"] is True and claimed(desk) == {ids[3]: "ann"}
+    page = client.post(f"/items/{ids[3]}/approve", data={"csrf": token})
+    assert page.url.path == f"/items/{ids[0]}" and claimed(desk) == {ids[0]: "ann"}
+    desk.claim(ids[21], "bob")  # another reviewer's hold is not this reviewer's to give back
+    client.post(f"/items/{ids[1]}/claim", data={"csrf": token})
+    assert claimed(desk) == {ids[1]: "ann", ids[21]: "bob"}
+    assert [h["action"] for h in desk.item(ids[0])["history"]] == []  # not recorded as a skip
 
 
 def test_approve_correct_reject_and_skip_by_form_go_to_the_next_item_and_record_the_reviewer(
@@ -162,24 +214,59 @@ def test_approve_correct_reject_and_skip_by_form_go_to_the_next_item_and_record_
     assert desk.item(c)["state"] == "pending"
 
 
-def test_json_clients_decide_with_a_bearer_token_and_their_x_reviewer_name(tmp_path, database_url):
+def test_json_clients_decide_with_the_review_token_under_its_own_name(tmp_path, database_url):
     wf = make(tmp_path, database_url)
     a, b, c = runs(wf, 3)
-    client, desk = serve([wf], require_login=True, token=TOKEN)
-    headers = {"Authorization": f"Bearer {TOKEN}", "X-Reviewer": "bot-1"}
-    assert client.get("/", headers=headers).json()["total"] == 3
+    client, desk = serve([wf], require_login=True, token=TOKEN, token_name="ci-bot")
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/", headers=headers).json()["reviewer"] == "token:ci-bot"
     answer = client.post(f"/items/{a}/approve", headers=headers, json={})
-    assert answer.status_code == 200 and answer.json()["decision"]["reviewer"] == "bot-1"
+    assert answer.status_code == 200 and answer.json()["decision"]["reviewer"] == "token:ci-bot"
     fixed = {**GOOD, "category": "sales"}
-    answer = client.post(f"/items/{b}/correct", headers=headers, json={"output": fixed})
+    named = {**headers, "X-Reviewer": "token:ci-bot"}  # its own name may be sent
+    answer = client.post(f"/items/{b}/correct", headers=named, json={"output": fixed})
     assert answer.json()["decision"]["output"] == fixed
     answer = client.post(f"/items/{c}/reject", headers=headers, json={"reason": "duplicate"})
     assert answer.json()["decision"]["status"] == "rejected" and answer.json()["next"] is None
-    assert {r.reviewer for r in decisions(desk)} == {"bot-1"}
-    no_name = client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert no_name.status_code == 401 and "X-Reviewer" in no_name.json()["error"]
-    wrong = client.get("/", headers={"Authorization": "Bearer nope", "X-Reviewer": "x"})
+    assert {r.reviewer for r in decisions(desk)} == {"token:ci-bot"}
+    wrong = client.get("/", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
+
+
+def test_the_review_token_never_acts_as_a_password_reviewer(tmp_path, database_url):
+    """X-Reviewer: ann with the token is refused; the token cannot decide the item ann holds;
+    the login form does not let the token in under ann's name."""
+    wf = make(tmp_path, database_url)
+    mine, free = runs(wf, 2)
+    reviewers = {"ann": auth.hash_password(PASSWORD)}
+    client, desk = serve([wf], require_login=True, reviewers=reviewers, token=TOKEN)
+    desk.claim(mine, "ann")
+    as_ann = {"Authorization": f"Bearer {TOKEN}", "X-Reviewer": "ann"}
+    refused = client.post(f"/items/{mine}/approve", headers=as_ann, json={})
+    assert refused.status_code == 401 and "cannot name another reviewer" in refused.json()["error"]
+    assert client.get("/", headers=as_ann).status_code == 401
+    token_only = {"Authorization": f"Bearer {TOKEN}"}
+    held = client.post(f"/items/{mine}/approve", headers=token_only, json={})
+    assert held.status_code == 409 and "held by ann" in held.json()["error"]
+    assert decisions(desk) == [] and desk.item(mine)["claimed_by"] == "ann"
+    form = {"csrf": csrf(client, "/login"), "name": "ann", "password": TOKEN}
+    assert client.post("/login", data=form).status_code == 401
+    form = {"csrf": csrf(client, "/login"), "name": "token", "password": TOKEN}
+    assert client.post("/login", data=form).url.path == "/"
+    assert client.get("/", headers=JSON_HEADERS).json()["reviewer"] == "token"
+    client.post(f"/items/{free}/approve", data={"csrf": csrf(client)})
+    assert [(r.run_id, r.reviewer) for r in decisions(desk)] == [(free, "token")]
+
+
+def test_a_review_token_named_like_a_reviewer_is_refused_at_start(tmp_path):
+    settings = Settings(root=tmp_path, reviewers={"Token": auth.hash_password(PASSWORD)})
+    desk = ReviewDesk(None, {})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="also a reviewer") as caught:
+        create_app(desk, settings, require_login=True, env={auth.TOKEN_ENV: TOKEN})
+    assert auth.TOKEN_NAME_ENV in str(caught.value)
+    named = {auth.TOKEN_ENV: TOKEN, auth.TOKEN_NAME_ENV: "ops"}
+    ready = auth.Auth.for_server(settings.reviewers, require_login=True, env=named)
+    assert ready.token_name == "token:ops"  # free: no reviewer has that name
 
 
 @pytest.mark.parametrize("how", ["form", "json"])
@@ -271,10 +358,13 @@ def test_a_form_post_without_the_right_csrf_token_is_a_403(tmp_path, database_ur
     data = {"csrf": token} if token else {}
     assert client.post(f"/items/{run_id}/approve", data=data).status_code == 403
     assert client.post("/next", data=data).status_code == 403
+    assert client.post(f"/items/{run_id}/claim", data=data).status_code == 403
     other, _ = serve([wf], reviewer="mallory")
     stolen = csrf(other)  # a real token, for another session
     assert client.post(f"/items/{run_id}/approve", data={"csrf": stolen}).status_code == 403
+    assert client.post(f"/items/{run_id}/claim", data={"csrf": stolen}).status_code == 403
     assert desk.item(run_id)["state"] == "pending" and decisions(desk) == []
+    assert desk.item(run_id)["claimed_by"] is None
 
 
 def test_an_item_held_by_another_reviewer_is_read_only_and_a_409(tmp_path, database_url):
@@ -283,10 +373,12 @@ def test_an_item_held_by_another_reviewer_is_read_only_and_a_409(tmp_path, datab
     client, desk = serve([wf], reviewer="bob")
     desk.claim(run_id, "ann")
     page = client.get(f"/items/{run_id}")
-    assert page.status_code == 409 and "Held by <strong>ann</strong>" in page.text
-    assert 'action="/items/' not in page.text  # no decision forms
+    assert page.status_code == 200 and "Held by <strong>ann</strong>" in page.text
+    assert 'action="/items/' not in page.text  # no decision forms, no claim
     data = client.get(f"/items/{run_id}", headers=JSON_HEADERS).json()
-    assert data["read_only"] is True and "held by ann" in data["error"]
+    assert data["read_only"] is True and data["held_by"] == "ann" and data["yours"] is False
+    page = client.post(f"/items/{run_id}/claim", data={"csrf": csrf(client)})
+    assert page.status_code == 409 and "held by ann" in page.text
     page = client.post(f"/items/{run_id}/approve", data={"csrf": csrf(client)})
     assert page.status_code == 409 and "held by ann" in page.text
     answer = client.post(f"/items/{run_id}/approve", json={})
@@ -308,17 +400,71 @@ def test_a_decided_item_shows_its_history_and_refuses_a_second_decision(tmp_path
     assert missing.status_code == 404 and "no review item" in missing.json()["error"]
 
 
-def test_a_fallback_item_shows_the_error_and_can_only_be_corrected_or_rejected(tmp_path):
-    wf = make(
-        tmp_path, f"sqlite:///{tmp_path / 'log.db'}", FakeProvider.queue([FakeReply(refusal="no")])
-    )
+def _broken(kind: str) -> Any:
+    """A provider whose answer fails as `kind`, leaving something behind for the reviewer."""
+    cut = json.dumps(GOOD)
+    answers = {
+        "refused": FakeReply(refusal="no"),
+        "truncated": FakeReply(text=cut[:30], finish="length"),
+        "truncated_but_parses": FakeReply(text=cut, finish="length"),
+        "invalid_json": FakeReply(text="Category: billing, urgency: normal"),
+        "schema_mismatch": {"category": "billing", "urgency": "whenever"},
+    }
+    return FakeProvider(lambda _: answers[kind])
+
+
+BROKEN = ["refused", "truncated", "truncated_but_parses", "invalid_json", "schema_mismatch"]
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_an_output_that_failed_the_schema_can_only_be_corrected_or_rejected(
+    tmp_path, database_url, kind
+):
+    """Approve is off and says why; a posted approve is a 400 that changes nothing, by form
+    and by JSON; a correction that fits goes through."""
+    wf = make(tmp_path, database_url, _broken(kind))
     [run_id] = runs(wf, 1)
-    client, _ = serve([wf])
-    html = client.get(f"/items/{run_id}").text
-    assert "The model failed: refused" in html
-    assert re.search(r'id="approve" disabled', html)
+    client, desk = serve([wf])
+    token = csrf(client)
+    page = client.post(f"/items/{run_id}/claim", data={"csrf": token})
+    assert f"The model failed: {kind.removesuffix('_but_parses')}" in page.text
+    assert re.search(r'id="approve" disabled aria-describedby="approve-why"', page.text)
+    assert 'id="approve-why"' in page.text and "Approve is off" in page.text
+    why = client.get(f"/items/{run_id}", headers=JSON_HEADERS).json()["cannot_approve"]
+    assert why and why in html_unescape(page.text)
     answer = client.post(f"/items/{run_id}/approve", json={})
-    assert answer.status_code == 400 and "no output to approve" in answer.json()["error"]
+    assert answer.status_code == 400 and "cannot be approved" in answer.json()["error"]
+    assert (
+        answer.json()["hint"]
+        == "correct it with output that fits, or reject it; nothing was changed"
+    )
+    page = client.post(f"/items/{run_id}/approve", data={"csrf": token})
+    assert page.status_code == 400 and "cannot be approved" in page.text
+    item = desk.item(run_id)
+    assert item["state"] == "pending" and item["history"] == [] and decisions(desk) == []
+    answer = client.post(f"/items/{run_id}/correct", json={"output": GOOD})
+    assert answer.status_code == 200 and desk.item(run_id)["final_output"] == GOOD
+
+
+def test_an_output_the_schema_no_longer_accepts_cannot_be_approved(tmp_path, database_url):
+    """A clean run queued for review by policy, whose workflow's schema changed since: its
+    output does not fit any more, so it is corrected or rejected, never approved."""
+    from pydantic import BaseModel
+
+    class Stricter(BaseModel):
+        category: str
+        urgency: str
+        summary: str
+        owner: str
+
+    wf = make(tmp_path, database_url)
+    [run_id] = runs(wf, 1)
+    stricter = make(tmp_path, database_url, output=Stricter)
+    client, desk = serve([stricter])
+    data = client.post(f"/items/{run_id}/claim", json={}).json()
+    assert data["cannot_approve"] == "the output does not fit Stricter: owner: Field required"
+    assert client.post(f"/items/{run_id}/approve", json={}).status_code == 400
+    assert desk.item(run_id)["state"] == "pending"
 
 
 def test_a_free_text_workflow_is_corrected_in_one_textarea(tmp_path):
@@ -357,14 +503,16 @@ def test_login_is_required_when_asked_for_and_checks_the_password(tmp_path, data
     assert client.get("/", follow_redirects=False).status_code == 303
 
 
-def test_the_login_form_needs_its_csrf_token_and_accepts_the_review_token(tmp_path):
+def test_the_login_form_needs_its_csrf_token_and_accepts_the_review_token_as_itself(tmp_path):
     wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
-    client, _ = serve([wf], require_login=True, token=TOKEN)
+    client, _ = serve([wf], require_login=True, token=TOKEN, token_name="ops-bot")
     forged = client.post("/login", data={"name": "eve", "password": TOKEN, "csrf": "x"})
     assert forged.status_code == 403
-    form = {"csrf": csrf(client, "/login"), "name": "ops-bot", "password": TOKEN}
+    form = {"csrf": csrf(client, "/login"), "name": "eve", "password": TOKEN}
+    assert client.post("/login", data=form).status_code == 401
+    form = {"csrf": csrf(client, "/login"), "name": "token:ops-bot", "password": TOKEN}
     assert client.post("/login", data=form).url.path == "/"
-    assert client.get("/", headers=JSON_HEADERS).json()["reviewer"] == "ops-bot"
+    assert client.get("/", headers=JSON_HEADERS).json()["reviewer"] == "token:ops-bot"
 
 
 def test_a_login_nobody_could_pass_is_refused_at_start(tmp_path):

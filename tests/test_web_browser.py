@@ -1,13 +1,16 @@
-"""The review UI in a real headless Chromium: log in, approve, correct, reject by keyboard."""
+"""The review UI in a real headless Chromium: log in, approve, correct, reject by keyboard; Approve
+is off on an output that failed the schema; a link opens an item without claiming it."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import select
@@ -43,9 +46,9 @@ ARGS = [
 PASSWORD = "a long browser password"
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Three queued items, and the app under uvicorn on 127.0.0.1 with login required."""
+@contextlib.contextmanager
+def serving(tmp_path: Path, answers: list[Any]) -> Iterator[dict[str, Any]]:
+    """One queued item per answer, and the app under uvicorn on 127.0.0.1 with login required."""
     (tmp_path / "triage.prompt").write_text("[user]\n{{ text }}")
     settings = Settings(
         root=tmp_path,
@@ -57,13 +60,13 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
         model="fake:rules",
         prompt="triage.prompt",
         output=Triage,
-        provider=FakeProvider(lambda _: GOOD),
+        provider=FakeProvider(_answering(answers)),
         base_dir=tmp_path,
         retries=0,
         fallback="review",
         settings=settings,
     )
-    ids = [wf.run(text=f"email number {i}").run_id for i in range(3)]
+    ids = [wf.run(text=f"email number {i}").run_id for i in range(len(answers))]
     wf.plan().writer.flush()
     engine = wf.plan().writer.store.engine
     app = create_app(ReviewDesk(engine, {wf.name: wf}), settings, require_login=True, env={})
@@ -89,13 +92,21 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
         listener.close()
 
 
-def _on_item(page: Page, base: str, run_id: str, text: str) -> None:
-    page.wait_for_url(lambda url: url.split("?")[0] == f"{base}/items/{run_id}")
-    assert page.locator(".inputs").inner_text().find(text) >= 0
+def _answering(answers: list[Any]) -> Any:
+    """Email number i gets answers[i], every time it is asked (a repair gets the same)."""
+    return lambda request: answers[int(request.messages[0]["content"].rsplit(" ", 1)[1])]
 
 
-def test_a_reviewer_logs_in_and_approves_corrects_and_rejects_in_a_real_browser(served):
-    base, (a, b, c) = served["base"], served["ids"]
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Three queued items with good outputs."""
+    with serving(tmp_path, [GOOD] * 3) as details:
+        yield details
+
+
+@contextlib.contextmanager
+def logged_in(base: str) -> Iterator[Page]:
+    """A Chromium page logged in as dana, on the queue."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
@@ -107,26 +118,37 @@ def test_a_reviewer_logs_in_and_approves_corrects_and_rejects_in_a_real_browser(
             page.fill("#password", PASSWORD)
             page.click("button:has-text('Log in')")
             page.wait_for_url(f"{base}/")
-            page.click("button:has-text('Start reviewing')")
-            _on_item(page, base, a, "email number 0")
-
-            page.click("#approve")
-            _on_item(page, base, b, "email number 1")
-
-            category = page.locator("fieldset[data-keys]")
-            category.locator("label.choice", has_text="support").click()
-            assert category.locator("input[value=support]").is_checked()
-            page.fill("#f-summary", "Asks where the billing page went.")
-            page.click("#correct")
-            _on_item(page, base, c, "email number 2")
-
-            page.keyboard.press("r")  # focus the reason; the r itself is not typed
-            page.keyboard.type("Not a customer email")
-            page.keyboard.press("Enter")
-            page.wait_for_url(lambda url: url.startswith(f"{base}/?"))
-            assert "The queue is empty" in page.inner_text("main")
+            yield page
         finally:
             browser.close()
+
+
+def _on_item(page: Page, base: str, run_id: str, text: str) -> None:
+    page.wait_for_url(lambda url: url.split("?")[0] == f"{base}/items/{run_id}")
+    assert page.locator(".inputs").inner_text().find(text) >= 0
+
+
+def test_a_reviewer_logs_in_and_approves_corrects_and_rejects_in_a_real_browser(served):
+    base, (a, b, c) = served["base"], served["ids"]
+    with logged_in(base) as page:
+        page.click("button:has-text('Start reviewing')")
+        _on_item(page, base, a, "email number 0")
+
+        page.click("#approve")
+        _on_item(page, base, b, "email number 1")
+
+        category = page.locator("fieldset[data-keys]")
+        category.locator("label.choice", has_text="support").click()
+        assert category.locator("input[value=support]").is_checked()
+        page.fill("#f-summary", "Asks where the billing page went.")
+        page.click("#correct")
+        _on_item(page, base, c, "email number 2")
+
+        page.keyboard.press("r")  # focus the reason; the r itself is not typed
+        page.keyboard.type("Not a customer email")
+        page.keyboard.press("Enter")
+        page.wait_for_url(lambda url: url.startswith(f"{base}/?"))
+        assert "The queue is empty" in page.inner_text("main")
 
     queue = ReviewQueue(served["engine"])
     assert [queue.item(run)["state"] for run in (a, b, c)] == ["approved", "corrected", "rejected"]
@@ -143,3 +165,56 @@ def test_a_reviewer_logs_in_and_approves_corrects_and_rejects_in_a_real_browser(
         (b, "correct", "dana"),
         (c, "reject", "dana"),
     ]
+
+
+def test_approve_is_disabled_on_an_output_that_failed_the_schema_and_says_why(tmp_path):
+    """The key does nothing either; the reviewer corrects it instead."""
+    mismatch = {"category": "billing", "urgency": "whenever", "summary": "Asks for an invoice."}
+    with serving(tmp_path, [mismatch, GOOD]) as details:
+        base, (bad, good) = details["base"], details["ids"]
+        with logged_in(base) as page:
+            page.click("button:has-text('Start reviewing')")
+            _on_item(page, base, bad, "email number 0")
+            assert page.locator("#approve").is_disabled()
+            why = page.locator("#approve-why")
+            assert why.is_visible() and "Approve is off" in why.inner_text()
+            assert "schema_mismatch" in why.inner_text() and "urgency" in why.inner_text()
+            page.keyboard.press("a")
+            page.wait_for_timeout(500)  # a submitted form would have left the page by now
+            assert page.url.split("?")[0] == f"{base}/items/{bad}"
+            page.locator("fieldset", has_text="Urgency").locator(
+                "label.choice", has_text="high"
+            ).click()
+            page.click("#correct")
+            _on_item(page, base, good, "email number 1")
+            assert page.locator("#approve").is_enabled()
+    queue = ReviewQueue(details["engine"])
+    assert queue.item(bad)["state"] == "corrected"
+    assert queue.item(bad)["final_output"] == {**mismatch, "urgency": "high"}
+    with details["engine"].connect() as connection:
+        rows = connection.execute(select(review_decisions)).all()
+    assert [(r.run_id, r.action) for r in rows] == [(bad, "correct")]
+
+
+def test_a_link_from_another_site_opens_an_item_without_claiming_it(served):
+    """A cross-site GET only reads; "Review this item" (a POST with the CSRF token) claims it,
+    and claiming another gives the first one back."""
+    base, (a, b, _c) = served["base"], served["ids"]
+    queue = ReviewQueue(served["engine"])
+    with logged_in(base) as page:
+        lure = f'<a id="lure" href="{base}/items/{a}">a prize</a>'
+        page.goto(f"data:text/html,{quote(lure)}")  # a page of another origin
+        assert page.evaluate("window.origin") == "null"
+        page.click("#lure")
+        _on_item(page, base, a, "email number 0")
+        assert "Nobody holds this item" in page.inner_text("main")
+        assert queue.item(a)["claimed_by"] is None
+        page.click("#claim")
+        _on_item(page, base, a, "email number 0")
+        assert page.locator("#claim").count() == 0
+        assert queue.item(a)["claimed_by"] == "dana"
+        page.goto(f"{base}/items/{b}")
+        assert queue.item(a)["claimed_by"] == "dana" and queue.item(b)["claimed_by"] is None
+        page.click("#claim")
+        _on_item(page, base, b, "email number 1")
+        assert queue.item(b)["claimed_by"] == "dana" and queue.item(a)["claimed_by"] is None

@@ -1,33 +1,67 @@
-"""Logging in to the review UI: failed tries are throttled per name and per address before any
-password is checked, and a session ends when the credential it was made with changes."""
+"""Logging in to the review UI: tries are counted per name and per address before any password
+is checked, so even a burst gets no more checks than the limit; X-Forwarded-For counts only from
+a proxy the operator named; the checks hold a bounded amount of memory; and a session ends when
+the credential it was made with changes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+from smallops import Settings
+from smallops.review.desk import ReviewDesk
+from smallops.storage.db import ensure_schema
+
 pytest.importorskip("starlette", reason="the web extra is not installed")
+import httpx
+import uvicorn
 
 from smallops.web import auth
+from smallops.web.app import create_app
 from smallops.web.auth import LoginThrottle, TooManyFailures
 from test_web import JSON_HEADERS, PASSWORD, TOKEN, csrf, make, serve
 
 
-def test_the_throttle_counts_failures_over_a_sliding_window():
+def test_the_throttle_counts_tries_over_a_sliding_window_and_a_right_one_takes_its_own_back():
     throttle = LoginThrottle(per_name=3, per_address=5, window=60)
     for second in range(3):
-        throttle.check("dana", "10.0.0.1", now=second)
-        throttle.failed("dana", "10.0.0.1", now=second)
+        throttle.attempt("dana", "10.0.0.1", now=second)
     with pytest.raises(TooManyFailures) as refused:
-        throttle.check("Dana ", "10.0.0.2", now=10)  # the name, however it is typed
-    assert refused.value.retry_after == pytest.approx(50)  # the first failure ages out at 60
-    throttle.check("dana", None, now=60.5)  # the window moved on
-    throttle.check("ed", "10.0.0.1", now=10)  # another name from the same address: 3 of 5
-    throttle.failed("ed", "10.0.0.1", now=11)
-    throttle.failed("fay", "10.0.0.1", now=12)
+        throttle.attempt("Dana ", "10.0.0.2", now=10)  # the name, however it is typed
+    assert refused.value.retry_after == pytest.approx(50)  # the first try ages out at 60
+    throttle.attempt("ed", "10.0.0.1", now=11)  # another name from the same address: 4 of 5
+    right = throttle.attempt("fay", "10.0.0.1", now=12)  # 5 of 5 ...
+    throttle.succeeded("fay", "10.0.0.1", right)  # ... until it proves right: 4 of 5
+    throttle.attempt("gus", "10.0.0.1", now=13)
     with pytest.raises(TooManyFailures):
-        throttle.check("gus", "10.0.0.1", now=13)  # the address has had 5
-    throttle.succeeded("dana")
-    throttle.check("dana", None, now=14)
+        throttle.attempt("hal", "10.0.0.1", now=14)  # the address has had 5 wrong ones
+    right = throttle.attempt("dana", None, now=60.5)  # the window moved on: 3 of 3
+    throttle.succeeded("dana", None, right)  # a right password clears the name's count
+    for second in (61, 62, 63):
+        throttle.attempt("dana", None, now=second)
+
+
+def test_a_refused_try_is_not_counted():
+    """Tries refused by the limit cost nothing and count nothing: the window frees up on time."""
+    throttle = LoginThrottle(per_name=2, per_address=100, window=60)
+    throttle.attempt("dana", "10.0.0.1", now=0)
+    throttle.attempt("dana", "10.0.0.1", now=1)
+    for second in range(2, 60):
+        with pytest.raises(TooManyFailures):
+            throttle.attempt("dana", "10.0.0.1", now=second)
+    throttle.attempt("dana", "10.0.0.1", now=60.5)
 
 
 def test_a_guessed_password_is_refused_after_five_failures_even_when_right(tmp_path):
@@ -55,10 +89,9 @@ def test_wrong_bearer_tokens_are_throttled_per_address(tmp_path):
     client, _ = serve([wf], require_login=True, token=TOKEN)
 
     def ask(token: str):
-        headers = {"Authorization": f"Bearer {token}", "X-Reviewer": "bot"}
-        return client.get("/", headers=headers)
+        return client.get("/", headers={"Authorization": f"Bearer {token}"})
 
-    assert ask(TOKEN).status_code == 200
+    assert {ask(TOKEN).status_code for _ in range(30)} == {200}  # right ones do not add up
     assert {ask(f"guess-{i}").status_code for i in range(20)} == {401}
     refused = ask(TOKEN)
     assert refused.status_code == 429 and "retry-after" in refused.headers
@@ -71,7 +104,7 @@ def test_a_changed_password_a_removed_reviewer_or_a_new_token_ends_their_session
     reviewers = {"dana": auth.hash_password(PASSWORD), "eli": auth.hash_password(PASSWORD)}
     client, _ = serve([wf], require_login=True, reviewers=reviewers, token=TOKEN)
     cookies = {}
-    for name, password in (("dana", PASSWORD), ("eli", PASSWORD), ("bot", TOKEN)):
+    for name, password in (("dana", PASSWORD), ("eli", PASSWORD), ("token", TOKEN)):
         client.cookies.clear()
         form = {"csrf": csrf(client, "/login"), "name": name, "password": password}
         assert client.post("/login", data=form, follow_redirects=False).status_code == 303
@@ -93,3 +126,180 @@ def test_a_changed_password_a_removed_reviewer_or_a_new_token_ends_their_session
     assert [who(n) for n in cookies] == [401, 401, 401]
     client.app.state.web = state  # nothing changed: the same cookies work again
     assert [who(n) for n in cookies] == [200, 200, 200]
+
+
+# Logins as a real client sends them: a uvicorn server, simultaneous connections.
+
+
+@pytest.fixture
+def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each scrypt the server runs (the real one), as the name of the thread that ran it."""
+    auth._dummy()  # made once per process: not part of what a test counts
+    calls: list[str] = []
+    real = auth._scrypt
+
+    def counted(*args: Any) -> bytes:
+        calls.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(auth, "_scrypt", counted)
+    return calls
+
+
+@contextlib.contextmanager
+def uvicorn_serving(tmp_path: Path) -> Iterator[str]:
+    """The app with login required (dana's password), under uvicorn on 127.0.0.1."""
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    engine = wf.plan().writer.store.engine
+    ensure_schema(engine)
+    settings = Settings(root=tmp_path, reviewers={"dana": auth.hash_password(PASSWORD)})
+    desk = ReviewDesk(engine, {wf.name: wf})
+    app = create_app(desk, settings, require_login=True, secret_key=b"k" * 32, env={})
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
+
+
+def burst(base: str, bodies: list[dict[str, str]]) -> list[int]:
+    """POST /login with each body, all at once on their own connections; the statuses."""
+
+    async def send() -> list[int]:
+        limits = httpx.Limits(max_connections=len(bodies))
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
+            answers = await asyncio.gather(*(client.post("/login", json=b) for b in bodies))
+        return [answer.status_code for answer in answers]
+
+    return asyncio.run(send())
+
+
+PASSWORD_THREADS = {f"smallops-password_{i}" for i in range(auth.PASSWORD_THREADS)}
+
+
+def test_a_burst_of_60_simultaneous_logins_for_one_name_gets_at_most_5_password_checks(
+    tmp_path, scrypt_calls
+):
+    with uvicorn_serving(tmp_path) as base:
+        scrypt_calls.clear()  # dana's hash was made for the server
+        statuses = burst(base, [{"name": "dana", "password": f"guess {i}"} for i in range(60)])
+        assert len(scrypt_calls) <= 5
+        assert statuses.count(401) == len(scrypt_calls) and statuses.count(429) >= 55
+        right = burst(base, [{"name": "dana", "password": PASSWORD}])
+        assert right == [429] and len(scrypt_calls) <= 5  # refused before any check
+    assert set(scrypt_calls) <= PASSWORD_THREADS  # checked on the pool, not any worker thread
+
+
+def test_a_burst_of_200_simultaneous_logins_from_one_address_gets_at_most_20_password_checks(
+    tmp_path, scrypt_calls
+):
+    with uvicorn_serving(tmp_path) as base:
+        scrypt_calls.clear()  # dana's hash was made for the server
+        names = [{"name": f"user{i}", "password": "guess"} for i in range(200)]
+        statuses = burst(base, names)
+    assert len(scrypt_calls) <= 20
+    assert statuses.count(401) == len(scrypt_calls) and statuses.count(429) >= 180
+    assert set(scrypt_calls) <= PASSWORD_THREADS
+
+
+# `smallops serve` as its own process.
+
+
+@contextlib.contextmanager
+def smallops_serve(tmp_path: Path, *options: str) -> Iterator[tuple[str, int]]:
+    """`smallops serve --login` on a project whose reviewers user0..user29 share PASSWORD;
+    (its URL, its process id)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    stored = auth.hash_password(PASSWORD)
+    reviewers = "\n".join(f'user{i} = "{stored}"' for i in range(30))
+    (project / "smallops.toml").write_text(
+        f'[smallops]\ndatabase_url = "sqlite:///.smallops/log.db"\n\n[reviewers]\n{reviewers}\n'
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["-p", str(project), "serve", "--login", "--port", str(port), *options]
+    env = {k: v for k, v in os.environ.items() if k != "SMALLOPS_FORWARDED_ALLOW_IPS"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from smallops.cli import main; main()", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/login", timeout=5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "smallops serve did not start"
+                time.sleep(0.1)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+def log_in(url: str, name: str, password: str, forwarded_for: str | None = None) -> int:
+    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+    body = {"name": name, "password": password}
+    return httpx.post(url + "/login", json=body, headers=headers, timeout=60).status_code
+
+
+def test_x_forwarded_for_is_ignored_unless_the_operator_names_the_proxy(tmp_path):
+    """A client cannot pass for 21 addresses by sending 21 X-Forwarded-For headers."""
+    with smallops_serve(tmp_path) as (url, _):
+        statuses = [log_in(url, f"x{i}", "guess", f"203.0.113.{i}") for i in range(21)]
+    assert statuses == [401] * 20 + [429]
+
+
+def test_x_forwarded_for_names_the_client_when_it_comes_from_the_named_proxy(tmp_path):
+    with smallops_serve(tmp_path, "--forwarded-allow-ips", "127.0.0.1") as (url, _):
+        statuses = [log_in(url, f"x{i}", "guess", "203.0.113.7") for i in range(21)]
+        assert statuses == [401] * 20 + [429]
+        assert log_in(url, "x99", "guess", "203.0.113.8") == 401  # another client, its own count
+        assert log_in(url, "user0", PASSWORD, "203.0.113.7") == 429
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")  # pragma: no cover
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_thirty_logins_leave_the_server_no_more_than_a_few_password_checks_of_memory(tmp_path):
+    """scrypt's 16 MiB stays in the thread that ran it: 30 logins, 10 at a time, must not grow
+    the server by 30 x 16 MiB (it grew by 450 MB when any worker thread could run one)."""
+    with smallops_serve(tmp_path) as (url, pid):
+        assert log_in(url, "user0", PASSWORD) == 200  # everything loaded, one check's memory
+        before = rss_mib(pid)
+        for wave in range(3):
+            names = [f"user{wave * 10 + i}" for i in range(10)]
+            with ThreadPoolExecutor(10) as pool:
+                statuses = list(pool.map(lambda n: log_in(url, n, PASSWORD), names))
+            assert statuses == [200] * 10
+        grown = rss_mib(pid) - before
+    assert grown < 16 * (auth.PASSWORD_THREADS + 2), f"the server grew by {grown:.0f} MiB"

@@ -334,6 +334,16 @@ class Served:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return json.loads(answer.read())
 
+    def post(self, path: str, timeout: float = 30) -> Any:
+        """A JSON POST (a login-free local server needs no CSRF token for one)."""
+        request = urllib.request.Request(
+            self.url + path,
+            data=b"{}",
+            headers={**JSON_HEADERS, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return json.loads(answer.read())
+
     def stop(self, within: float, how: int = signal.SIGTERM) -> tuple[int, float, str]:
         """SIGTERM (or SIGINT: Ctrl-C); (exit code, seconds it took, stderr)."""
         started = time.monotonic()
@@ -391,7 +401,7 @@ def test_serve_gives_back_the_items_its_reviewers_hold_when_it_stops(
 ):
     held, _ = queued(tmp_path, backend.direct_url, 2)
     served = smallops_serve(backend.desk_url)
-    assert served.get(f"/items/{held}")["item"]["claimed_by"] == "ann"
+    assert served.post(f"/items/{held}/claim")["item"]["claimed_by"] == "ann"
     assert item_row(backend, tmp_path, held).claimed_by == "ann"
     code, took, err = served.stop(within=15)
     assert code in STOPPED and took < 15, err
@@ -410,7 +420,7 @@ def test_serve_stops_within_seconds_while_the_database_stalls(
     backend = _proxied(tmp_path, postgres_url)
     [held] = queued(tmp_path, backend.direct_url, 1)
     served = smallops_serve(backend.desk_url)
-    assert served.get(f"/items/{held}")["item"]["claimed_by"] == "ann"
+    assert served.post(f"/items/{held}/claim")["item"]["claimed_by"] == "ann"
     assert backend.proxy is not None
     backend.proxy.stall()
     answers: list[Any] = []

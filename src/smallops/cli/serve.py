@@ -11,6 +11,7 @@ from smallops.errors import MissingExtraError
 
 WEBHOOK_INTERVAL = 5.0  # seconds between rounds of due webhook deliveries
 GRACE = 3  # seconds a stopping server waits for requests in flight before cancelling them
+FORWARDED_ENV = "SMALLOPS_FORWARDED_ALLOW_IPS"
 WEB_PACKAGES = {
     "starlette": "starlette",
     "uvicorn": "uvicorn",
@@ -31,14 +32,23 @@ def serve_command(
         "--login",
         help="Require login even on 127.0.0.1 (always required on any other address).",
     ),
+    forwarded_allow_ips: str | None = typer.Option(
+        None,
+        "--forwarded-allow-ips",
+        envvar=FORWARDED_ENV,
+        help="Comma-separated addresses of the reverse proxies to trust: their X-Forwarded-For "
+        "header names the client. Without it the header is ignored, and a client is the address "
+        "it connects from.",
+    ),
 ) -> None:
     """Serve the review queue in a browser.
 
     Reviewers log in with a [reviewers] password from smallops.toml (`smallops review
-    hash-password`) or the SMALLOPS_REVIEW_TOKEN; on 127.0.0.1 without --login the reviewer is
-    the OS user (or SMALLOPS_REVIEWER). Due decision webhooks are sent while it runs. On SIGTERM
-    or Ctrl-C it stops within seconds, even with the database stalled, and gives back the items
-    its reviewers claimed and did not decide.
+    hash-password`); scripts use the SMALLOPS_REVIEW_TOKEN, which acts as `token` (or
+    `token:NAME` with SMALLOPS_REVIEW_TOKEN_NAME), never as a reviewer. On 127.0.0.1 without
+    --login the reviewer is the OS user (or SMALLOPS_REVIEWER). Due decision webhooks are sent
+    while it runs. On SIGTERM or Ctrl-C it stops within seconds, even with the database
+    stalled, and gives back the items its reviewers claimed and did not decide.
     """
     _require_web_extra()
     import uvicorn
@@ -63,7 +73,17 @@ def serve_command(
     # On SIGTERM or Ctrl-C: requests in flight get GRACE seconds, then the held items are given
     # back (app.GIVE_BACK_WITHIN at most); each database call is bounded, so a stalled database
     # cannot hold the exit up.
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=GRACE)
+    # X-Forwarded-For is believed only from the proxies named: anyone else could send it to
+    # pass for another address and slip past the per-address login limit.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=GRACE,
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or None,
+    )
 
 
 def _require_web_extra() -> None:

@@ -67,6 +67,28 @@ class ReviewDesk:
         """Give back items claimed and not decided (run id -> reviewer); see ReviewQueue."""
         return self.queue.unclaim(claims)
 
+    def approvable(self, item: Mapping[str, Any]) -> str | None:
+        """Why `item` cannot be approved as it stands, or None if it can. An output that does not
+        fit the workflow's schema (none at all, what was left of a failed call, or fields the
+        schema no longer accepts) must never reach the application as approved: it can only be
+        corrected or rejected."""
+        output, failed = item["output"], item["error_type"]
+        if output is None:
+            return f"there is no output to approve (the model failed: {failed})"
+        workflow = self.workflows.get(item["workflow"])
+        misfit = None
+        if workflow is not None and workflow.output is not None and not isinstance(output, dict):
+            misfit = f"the output is not the fields of {workflow.output.__name__}"
+        elif workflow is not None:
+            try:
+                self.validate(item["workflow"], output, what="the output")
+            except InputError as exc:
+                misfit = exc.message
+        if failed:
+            left = f"the output is what a failed call ({failed}) left"
+            return f"{left}; {misfit}" if misfit else left
+        return misfit
+
     def approve(self, run_id: str, reviewer: str) -> Decision:
         item = self.queue.item(run_id)
         if item["output"] is None:
@@ -86,7 +108,7 @@ class ReviewDesk:
             raise InputError("a rejection needs a reason", hint="say why, e.g. 'not a customer'")
         return self._decide(run_id, reviewer, "reject", reason=reason.strip())
 
-    def validate(self, workflow_name: str, output: Any) -> Any:
+    def validate(self, workflow_name: str, output: Any, what: str = "the corrected output") -> Any:
         """A corrected output, checked against the workflow's schema; JSON text is parsed."""
         workflow = self.workflows.get(workflow_name)
         if workflow is None:
@@ -96,17 +118,17 @@ class ReviewDesk:
             )
         if workflow.output is None:
             if not isinstance(output, str) or not output.strip():
-                raise InputError("the corrected output must be non-empty text")
+                raise InputError(f"{what} must be non-empty text")
             return output
         if isinstance(output, str):
-            output = parse(output, "the corrected output")
-        check_depth(output, "the corrected output")
+            output = parse(output, what)
+        check_depth(output, what)
         try:
             return workflow.output.model_validate(output).model_dump(mode="json")
         except ValidationError as exc:
             problems = describe_problems(exc.errors(include_url=False))
             raise InputError(
-                f"the corrected output does not fit {workflow.output.__name__}: {problems}",
+                f"{what} does not fit {workflow.output.__name__}: {problems}",
                 hint="nothing was changed",
             ) from None
 

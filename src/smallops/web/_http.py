@@ -28,6 +28,7 @@ from smallops.web.auth import (
     Auth,
     LoginError,
     LoginThrottle,
+    PasswordChecks,
     Sessions,
     TooManyFailures,
     is_loopback,
@@ -55,6 +56,7 @@ class Web:
     sessions: Sessions
     templates: Jinja2Templates
     throttle: LoginThrottle = dataclasses.field(default_factory=LoginThrottle)
+    passwords: PasswordChecks = dataclasses.field(default_factory=PasswordChecks)
     leases: Leases = dataclasses.field(default_factory=Leases)
 
 
@@ -179,15 +181,13 @@ def guarded(handler: Handler) -> Handler:
         if state.auth.require_login and "authorization" in request.headers:
             address = client_address(request)
             try:
-                state.throttle.check(None, address)
+                tried = state.throttle.attempt(None, address)
                 request.state.reviewer = state.auth.bearer(
                     request.headers["authorization"], request.headers.get("x-reviewer")
                 )
-            except TooManyFailures as exc:
+            except LoginError as exc:  # TooManyFailures too
                 return error(request, exc)
-            except LoginError as exc:
-                state.throttle.failed(None, address)
-                return error(request, exc)
+            state.throttle.succeeded(None, address, tried)
             return await handler(request)
         return await _with_session(request, state, handler)
 
@@ -251,5 +251,7 @@ def _local_host(request: Request) -> bool:
 
 
 def client_address(request: Request) -> str | None:
-    """The peer's address (behind a reverse proxy, the proxy's: every client shares one)."""
+    """The peer's address. Behind a reverse proxy it is the proxy's (every client shares one)
+    unless the server was told to trust that proxy's X-Forwarded-For (`smallops serve
+    --forwarded-allow-ips`); a header from anyone else is never believed."""
     return request.client.host if request.client else None

@@ -62,6 +62,10 @@ def create_app(
     that many seconds while the app runs. On Postgres, a database call that gets no answer
     within `db_timeout` seconds is cut (None: never). Raises ConfigError if login is required
     and no reviewer could log in.
+
+    The login throttle counts per client address as the ASGI server reports it: serve it
+    without trusting X-Forwarded-For (uvicorn's `proxy_headers=False`) unless a named proxy
+    sets it, as `smallops serve` does.
     """
     auth = Auth.for_server(
         settings.reviewers, require_login=require_login, reviewer=reviewer, env=env
@@ -74,6 +78,7 @@ def create_app(
         Route("/", queue.queue_page),
         Route("/next", queue.next_item, methods=["POST"]),
         Route("/items/{run_id}", item.item_page),
+        Route("/items/{run_id}/claim", item.claim, methods=["POST"]),
         Route("/items/{run_id}/{action}", item.act, methods=["POST"]),
         Route("/login", login.login_page, methods=["GET", "POST"]),
         Route("/logout", login.logout, methods=["POST"]),
@@ -96,7 +101,7 @@ def create_app(
 
 def _lifespan(state: Web, webhook_interval: float | None) -> Any:
     """Send due webhooks in the background while the app serves; on the way out, give back
-    the items its reviewers hold."""
+    the items its reviewers hold and stop the password checks' threads."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -111,6 +116,7 @@ def _lifespan(state: Web, webhook_interval: float | None) -> Any:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await give_back(state.desk, state.leases, GIVE_BACK_WITHIN)
+            state.passwords.close()
 
     return lifespan
 

@@ -3,7 +3,11 @@
 Standard library only, so `smallops review hash-password` works without the web extra.
 
 - Passwords are stored as `scrypt$n$r$p$salt_b64$hash_b64` in smallops.toml's [reviewers]; a
-  check always costs one scrypt, known name or not, so timing does not reveal who exists.
+  check always costs one scrypt, known name or not, so timing does not reveal who exists. The
+  checks run on a pool of their own (`PasswordChecks`), which bounds the memory they hold.
+- The review token (SMALLOPS_REVIEW_TOKEN) is an identity of its own, `token` or
+  `token:<SMALLOPS_REVIEW_TOKEN_NAME>`: it never acts under a password reviewer's name, so the
+  audit trail and the holds mean what they say.
 - A session is a cookie `b64(name).expiry.hmac`, signed with HMAC-SHA256 under a key from
   SMALLOPS_SECRET_KEY or a random key kept in `.smallops/secret_key` (mode 0600), so sessions
   survive a restart and no session table is needed. The signature also covers the credential
@@ -11,12 +15,15 @@ Standard library only, so `smallops review hash-password` works without the web 
   ends the sessions made with the old one.
 - The CSRF token is an HMAC of the session cookie: per session, nothing stored, and useless to
   a page that cannot read this site's cookie.
-- Failed logins are counted per name and per client address; past the limit further tries are
-  refused for a while before any password is checked, so guessing one is slow.
+- Logins are counted per name and per client address before any password is checked, in one
+  atomic step, so even a burst of simultaneous tries gets no more checks than the limit; past it
+  further tries are refused for a while, so guessing one is slow. A right password takes its own
+  try back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import getpass
@@ -29,8 +36,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from smallops.errors import ConfigError, SmallopsError
 
@@ -38,12 +47,16 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 SESSION_COOKIE = "smallops_session"
 SESSION_TTL = 12 * 3600  # seconds: a working day
 TOKEN_ENV = "SMALLOPS_REVIEW_TOKEN"
+TOKEN_NAME_ENV = "SMALLOPS_REVIEW_TOKEN_NAME"
+TOKEN_IDENTITY = "token"  # who the review token acts as: `token`, or `token:<name>`
+PASSWORD_THREADS = 2  # threads that check passwords; each keeps scrypt's 16 MiB
 SECRET_ENV = "SMALLOPS_SECRET_KEY"
 REVIEWER_ENV = "SMALLOPS_REVIEWER"
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 MAX_NAME = 200  # the width of the reviewer columns
 _NAME = re.compile(r"[^\x00-\x1f\x7f]+")
 _dummy_hash: list[str] = []
+T = TypeVar("T")
 
 
 class LoginError(SmallopsError):
@@ -65,61 +78,85 @@ class TooManyFailures(LoginError):
 
 @dataclass
 class LoginThrottle:
-    """Failed logins over a sliding window, per reviewer name and per client address.
+    """Login tries over a sliding window, per reviewer name and per client address.
 
-    In memory: one `smallops serve` process holds the review desk, and a restart that forgets
-    the count costs an attacker the restart. The per-name limit protects each account; the
-    per-address limit slows one machine trying many names.
+    A try is counted before its password is checked, in the same locked step that checks the
+    limits, so simultaneous tries cannot all slip under them; a right password then takes its
+    try back. In memory: one `smallops serve` process holds the review desk, and a restart
+    that forgets the count costs an attacker the restart. The per-name limit protects each
+    account; the per-address limit slows one machine trying many names.
     """
 
     per_name: int = 5
     per_address: int = 20
     window: float = 900.0  # seconds
-    _failures: dict[str, deque[float]] = field(default_factory=dict)
+    _tries: dict[str, deque[float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def check(self, name: str | None, address: str | None, now: float | None = None) -> None:
-        """Raise TooManyFailures while `name` or `address` is over its limit."""
+    def attempt(self, name: str | None, address: str | None, now: float | None = None) -> float:
+        """Count one try for `name` and from `address`, or raise TooManyFailures (counting
+        nothing) while either is at its limit. Returns the try's time, for `succeeded`."""
         now = time.monotonic() if now is None else now
-        wait = 0.0
-        if key := _name_key(name):
-            wait = self._wait(key, self.per_name, now)
-        if address:
-            wait = max(wait, self._wait(f"address:{address}", self.per_address, now))
-        if wait > 0:
-            raise TooManyFailures(wait)
-
-    def failed(self, name: str | None, address: str | None, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        keys = [(_name_key(name), self.per_name), (_address_key(address), self.per_address)]
+        keys = [(key, limit) for key, limit in keys if key]
         with self._lock:
-            for key in (_name_key(name), f"address:{address}" if address else ""):
-                if key:
-                    self._failures.setdefault(key, deque()).append(now)
-            if len(self._failures) > 10_000:  # forget quiet keys rather than grow without end
+            wait = max((self._wait(key, limit, now) for key, limit in keys), default=0.0)
+            if wait > 0:
+                raise TooManyFailures(wait)
+            for key, _ in keys:
+                self._tries.setdefault(key, deque()).append(now)
+            if len(self._tries) > 10_000:  # forget quiet keys rather than grow without end
                 quiet = now - self.window
-                for key in [k for k, times in self._failures.items() if times[-1] < quiet]:
-                    del self._failures[key]
+                for key in [k for k, times in self._tries.items() if times[-1] < quiet]:
+                    del self._tries[key]
+        return now
 
-    def succeeded(self, name: str | None) -> None:
-        """A right password clears its name's count (not its address's)."""
+    def succeeded(self, name: str | None, address: str | None, at: float) -> None:
+        """The try counted `at` was right: it clears its name's count, and is taken back from
+        its address's (whose other tries still count)."""
         with self._lock:
-            self._failures.pop(_name_key(name), None)
+            self._tries.pop(_name_key(name), None)
+            times = self._tries.get(_address_key(address))
+            if times is not None and at in times:
+                times.remove(at)
 
     def _wait(self, key: str, limit: int, now: float) -> float:
-        with self._lock:
-            times = self._failures.get(key)
-            if not times:
-                return 0.0
-            while times and times[0] <= now - self.window:
-                times.popleft()
-            if len(times) < limit:
-                return 0.0
-            return times[-limit] + self.window - now
+        """Seconds until `key` is under its limit again (0: it is); called under the lock."""
+        times = self._tries.get(key)
+        if not times:
+            return 0.0
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if len(times) < limit:
+            return 0.0
+        return times[-limit] + self.window - now
 
 
 def _name_key(name: str | None) -> str:
     cleaned = clean_name(name)
     return f"name:{cleaned.casefold()}" if cleaned else ""
+
+
+def _address_key(address: str | None) -> str:
+    return f"address:{address}" if address else ""
+
+
+class PasswordChecks:
+    """Where passwords are checked: a pool of PASSWORD_THREADS threads of its own.
+
+    scrypt takes 16 MiB, and the C allocator keeps that memory in the thread that ran it; run in
+    the server's shared worker threads, every login left 16 MiB in another one. Here the memory
+    the checks hold is bounded by the size of this pool, whatever the traffic.
+    """
+
+    def __init__(self, threads: int = PASSWORD_THREADS) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="smallops-password")
+
+    async def run(self, check: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self._pool.submit(check))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
@@ -227,12 +264,18 @@ class Sessions:
 
 @dataclass(frozen=True)
 class Auth:
-    """How this server knows its reviewers: a fixed name, or passwords and a token."""
+    """How this server knows its reviewers: a fixed name, or passwords and a token.
+
+    The token acts as `token_name` (TOKEN_IDENTITY, or `token:<SMALLOPS_REVIEW_TOKEN_NAME>`),
+    never as anyone in [reviewers]: what it decides is recorded under that name, and it cannot
+    decide an item a password reviewer holds.
+    """
 
     require_login: bool
     reviewer: str = ""  # the reviewer when no login is required
     reviewers: Mapping[str, str] = field(default_factory=dict)  # name -> scrypt hash
     token: str | None = None
+    token_name: str = TOKEN_IDENTITY
 
     @classmethod
     def for_server(
@@ -243,7 +286,8 @@ class Auth:
         reviewer: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Auth:
-        """The server's auth; refuses a login nobody could pass."""
+        """The server's auth; refuses a login nobody could pass, and a token named like a
+        reviewer."""
         env = os.environ if env is None else env
         token = env.get(TOKEN_ENV) or None
         if require_login and not reviewers and not token:
@@ -252,17 +296,25 @@ class Auth:
                 hint="add one to smallops.toml's [reviewers] with `smallops review hash-password`,"
                 f" or export {TOKEN_ENV}=<a long random string>",
             )
+        token_name = _token_name(env.get(TOKEN_NAME_ENV))
+        if token and token_name.casefold() in {name.casefold() for name in reviewers}:
+            raise ConfigError(
+                f"the review token acts as {token_name!r}, which is also a reviewer in [reviewers]",
+                hint=f"rename that reviewer, or set {TOKEN_NAME_ENV} to another name",
+            )
         name = clean_name(reviewer) or clean_name(default_reviewer(env)) or "reviewer"
-        return cls(require_login, name, dict(reviewers), token)
+        return cls(require_login, name, dict(reviewers), token, token_name)
 
     def login(self, name: str | None, password: str | None) -> tuple[str, str] | None:
-        """(reviewer, the credential that let them in) if the password or the review token is
-        right, else None."""
+        """(reviewer, the credential that let them in) if the password is right, else None.
+        The review token logs in only under its own name."""
         name, password = clean_name(name), password or ""
         if name is None or not password:
             return None
-        if self.token and hmac.compare_digest(password.encode(), self.token.encode()):
-            return name, self.token
+        if self.token and name.casefold() == self.token_name.casefold():
+            if hmac.compare_digest(password.encode(), self.token.encode()):
+                return self.token_name, self.token
+            return None
         stored = self.reviewers.get(name)
         if stored is None:
             verify_password(password, _dummy())  # the same cost as a known name
@@ -273,22 +325,38 @@ class Auth:
         """What a session of `name` may have been issued under, as things stand now."""
         if not self.require_login:
             return [""]
-        held = [self.reviewers[name]] if name in self.reviewers else []
-        return held + ([self.token] if self.token else [])
+        if self.token and name == self.token_name:
+            return [self.token]
+        return [self.reviewers[name]] if name in self.reviewers else []
 
     def bearer(self, authorization: str, x_reviewer: str | None) -> str:
-        """The reviewer of a JSON client: the review token, and its name in X-Reviewer."""
+        """The reviewer of a JSON client: the review token's own name. X-Reviewer, if sent, must
+        be that name: the token cannot speak for anyone else."""
         scheme, _, given = authorization.partition(" ")
         if scheme.lower() != "bearer" or not self.token:
             raise LoginError("this server accepts no bearer token", hint=f"set {TOKEN_ENV}")
         if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
             raise LoginError("the bearer token is wrong", hint=f"send {TOKEN_ENV}'s value")
-        name = clean_name(x_reviewer)
-        if name is None:
+        if x_reviewer is not None and x_reviewer.strip() != self.token_name:
             raise LoginError(
-                "a bearer request needs an X-Reviewer header", hint="send X-Reviewer: NAME"
+                f"the review token acts as {self.token_name!r}; X-Reviewer cannot name another"
+                " reviewer",
+                hint=f"drop X-Reviewer, or name the token with {TOKEN_NAME_ENV} on the server",
             )
-        return name
+        return self.token_name
+
+
+def _token_name(name: str | None) -> str:
+    """`token`, or `token:<name>` for a name fit to record."""
+    if not (name or "").strip():
+        return TOKEN_IDENTITY
+    cleaned = clean_name(f"{TOKEN_IDENTITY}:{(name or '').strip()}")
+    if cleaned is None:
+        raise ConfigError(
+            f"{TOKEN_NAME_ENV} must be printable and at most {MAX_NAME - 6} characters",
+            hint="e.g. ci-bot",
+        )
+    return cleaned
 
 
 def _dummy() -> str:

@@ -1,16 +1,22 @@
-"""One item (`GET /items/{run_id}`) and the decisions on it (`POST /items/{run_id}/{action}`).
+"""One item (`GET /items/{run_id}`), claiming it (`POST /items/{run_id}/claim`) and the
+decisions on it (`POST /items/{run_id}/{action}`).
 
-Viewing an item claims it, so two reviewers never work the same one. The output is a form
-built from the workflow's schema; a correction is parsed back from that form (or taken from a
-JSON body) and validated by the desk, which changes nothing when it does not fit. After a
-decision the reviewer goes straight to the next item. A decision that failed with the database
-says it was not saved; one saved when the next item could not be loaded says it was saved.
+Viewing an item only reads it: a link from anywhere changes nothing. Claiming it is a POST,
+CSRF-checked like a decision, and keeps other reviewers off it; "Start reviewing" and every
+decision claim the next item the same way. The output is a form built from the workflow's
+schema; a correction is parsed back from that form (or taken from a JSON body) and validated by
+the desk, which changes nothing when it does not fit. An output that does not fit the schema
+(cut off, unparseable, the wrong fields) cannot be approved, only corrected or rejected. After
+a decision the reviewer goes straight to the next item. A decision that failed with the
+database says it was not saved; one saved when the next item could not be loaded says it was.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,6 +30,7 @@ from smallops.web._http import (
     body,
     error,
     guarded,
+    redirect,
     render,
     reviewer,
     status_of,
@@ -35,6 +42,7 @@ from smallops.web.queue import (
     claim_next,
     done_message,
     done_text,
+    moved_on,
     remember_skip,
     skipped_ids,
     to_next,
@@ -55,19 +63,35 @@ SHORTCUTS = [
 
 @guarded
 async def item_page(request: Request) -> Response:
-    """The item, claimed for this reviewer; read-only if someone else holds it or it is decided."""
-    run_id = request.path_params["run_id"]
+    """The item as it stands; reading it claims nothing."""
     state = web(request)
     try:
-        item = await state.db.call(state.desk.claim, run_id, reviewer(request))
+        item = await state.db.call(state.desk.item, request.path_params["run_id"])
     except NotFoundError as exc:
         return error(request, exc)
-    except (HeldError, DecidedError) as exc:
-        item = await state.db.call(state.desk.item, run_id)
-        held = isinstance(exc, HeldError)
-        return show(request, item, problem=exc if held else None, status=409 if held else 200)
-    state.leases.claimed(run_id, reviewer(request))
     return show(request, item)
+
+
+@guarded
+async def claim(request: Request) -> Response:
+    """Claim the item for this reviewer (giving back the one they held before), then show it;
+    a 409 if someone else holds it or it is decided."""
+    run_id, name = request.path_params["run_id"], reviewer(request)
+    state = web(request)
+    try:
+        form = await body(request)
+        item = await state.db.call(state.desk.claim, run_id, name)
+    except (HeldError, DecidedError) as exc:
+        return show(request, await state.db.call(state.desk.item, run_id), problem=exc, status=409)
+    except SmallopsError as exc:
+        return error(request, exc)
+    await moved_on(state, run_id, name)
+    if wants_json(request):
+        return show(request, item)
+    workflow = str(form.get("workflow") or "")
+    return redirect(
+        f"/items/{run_id}" + ("?" + urlencode({"workflow": workflow}) if workflow else "")
+    )
 
 
 @guarded
@@ -100,7 +124,7 @@ async def act(request: Request) -> Response:
         response = saved_without_next(request, action, run_id, data)
     else:
         if following:
-            state.leases.claimed(following["run_id"], name)
+            await moved_on(state, following["run_id"], name)
         response = to_next(
             request, following["run_id"] if following else None, workflow, done=action, data=data
         )
@@ -129,6 +153,12 @@ def decide(
 ) -> Decision | None:
     """Call the desk for one action; a correction comes from the form or a JSON `output`."""
     if action == "approve":
+        why = desk.approvable(desk.item(run_id))
+        if why is not None:
+            raise InputError(
+                f"run {run_id} cannot be approved: {why}",
+                hint="correct it with output that fits, or reject it; nothing was changed",
+            )
         return desk.approve(run_id, name)
     if action == "reject":
         return desk.reject(run_id, name, str(form.get("reason") or ""))
@@ -147,11 +177,21 @@ def show(
     status: int = 200,
     values: dict[str, Any] | None = None,
 ) -> Response:
-    """The item page; after a refused action, with the error and the reviewer's own input."""
-    held = isinstance(problem, HeldError)
+    """The item page; after a refused action, with the error and the reviewer's own input.
+
+    `held_by` is who holds it now; `yours` whether that is this reviewer (if nobody does, the
+    page offers to claim it); `read_only` whether it cannot be decided (decided, or held by
+    someone else); `cannot_approve` why Approve is off, if it is."""
+    name = reviewer(request)
+    until = item["claimed_until"]
+    held_by = item["claimed_by"] if until is not None and until > _now() else None
+    pending = item["state"] == "pending"
     data = {
         "item": item,
-        "read_only": held or item["state"] != "pending",
+        "held_by": held_by if pending else None,
+        "yours": pending and held_by == name,
+        "read_only": not pending or held_by not in (None, name),
+        "cannot_approve": web(request).desk.approvable(item) if pending else None,
         "error": problem.message if problem else None,
         "hint": problem.hint if problem else None,
         "workflow": request.query_params.get("workflow") or (values or {}).get("workflow"),
@@ -253,6 +293,10 @@ def _free_text(item: dict[str, Any], values: dict[str, Any] | None) -> str:
         return str(values.get("output", ""))
     output = item["output"]
     return output if isinstance(output, str) else _pretty(output)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _pretty(value: Any) -> str:

@@ -1,9 +1,11 @@
-"""The items this server's reviewers hold, given back to the queue when the server stops.
+"""The items this server's reviewers hold: one each, given back when they move on or the
+server stops.
 
-A claimed item is leased for 10 minutes; a reviewer whose server stops mid-review would keep
-everyone else off it until then. So the server remembers what its reviewers claimed and have
-not decided, and on shutdown clears those leases — within a bound: if the database cannot be
-reached in time, it says so in one line and exits, and the leases expire on their own.
+A claimed item is leased for 10 minutes; a reviewer who moved on, or whose server stopped
+mid-review, would keep everyone else off it until then. So the server remembers what its
+reviewers claimed and have not decided: claiming the next item gives back the one before, and
+on shutdown it clears those leases — within a bound: if the database cannot be reached in time,
+it says so in one line and exits, and the leases expire on their own.
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ class Leases:
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def claimed(self, run_id: str, reviewer: str) -> None:
+    def claimed(self, run_id: str, reviewer: str) -> dict[str, str]:
+        """Note that `reviewer` claimed `run_id`. Returns what they held here before (run id ->
+        reviewer), now forgotten: moving on gives it back."""
         with self._lock:
+            before = {r: who for r, who in self._held.items() if who == reviewer and r != run_id}
+            for run in before:
+                del self._held[run]
             self._held[run_id] = reviewer
+        return before
 
     def settled(self, run_id: str) -> None:
         """Decided or skipped: the lease is gone already."""

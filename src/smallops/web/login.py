@@ -7,9 +7,9 @@ a name of its choosing.
 
 from __future__ import annotations
 
+import functools
 import secrets
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -57,21 +57,21 @@ async def _log_in(request: Request) -> Response:
         return _form(request, problem=stale, name=given, target=target, status=403)
     address = client_address(request)
     try:
-        state.throttle.check(given, address)
+        tried = state.throttle.attempt(given, address)  # counted before the check
     except TooManyFailures as exc:
         if wants_json(request):
             return error(request, exc)
         refused = _form(request, problem=exc, name=given, target=target, status=429)
         refused.headers.update(exc.headers)
         return refused
-    session = await run_in_threadpool(state.auth.login, given, str(form.get("password") or ""))
+    password = str(form.get("password") or "")
+    session = await state.passwords.run(functools.partial(state.auth.login, given, password))
     if session is None:
-        state.throttle.failed(given, address)
         wrong = LoginError("wrong name or password", hint="ask whoever runs smallops serve")
         if wants_json(request):
             return error(request, wrong)
         return _form(request, problem=wrong, name=given, target=target, status=401)
-    state.throttle.succeeded(given)
+    state.throttle.succeeded(given, address, tried)
     name, credential = session
     cookie = state.sessions.issue(name, credential=credential)
     if wants_json(request):

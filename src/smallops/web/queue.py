@@ -1,11 +1,13 @@
 """The queue page (`GET /`) and `POST /next`, which claims the next item for the reviewer.
 
 Skipped items are remembered in a cookie for the session, so "next" moves past them instead of
-handing the same oldest item straight back; "Start reviewing" forgets them and starts over.
+handing the same oldest item straight back; "Start reviewing" forgets them and starts over. A
+reviewer holds one item at a time: claiming one gives back the one they held before.
 """
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
@@ -18,6 +20,7 @@ from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, HeldError
 from smallops.web._http import (
     JSON,
+    Web,
     body,
     error,
     guarded,
@@ -27,6 +30,7 @@ from smallops.web._http import (
     wants_json,
     web,
 )
+from smallops.web.outage import DatabaseDown
 
 SKIPPED_COOKIE = "smallops_skipped"
 MAX_SKIPPED = 30
@@ -76,10 +80,19 @@ async def next_item(request: Request) -> Response:
         return error(request, exc)
     run_id = item["run_id"] if item else None
     if run_id:
-        state.leases.claimed(run_id, reviewer(request))
+        await moved_on(state, run_id, reviewer(request))
     response = to_next(request, run_id, workflow)
     response.delete_cookie(SKIPPED_COOKIE)
     return response
+
+
+async def moved_on(state: Web, run_id: str, name: str) -> None:
+    """`name` has just claimed `run_id`: give back the item they held before, if any, so one
+    reviewer never sits on a trail of leases. If the database fails now, those expire."""
+    before = state.leases.claimed(run_id, name)
+    if before:
+        with contextlib.suppress(DatabaseDown):
+            await state.db.call(state.desk.unclaim, before)
 
 
 def claim_next(
