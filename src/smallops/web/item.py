@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from smallops.errors import InputError, NotFoundError, SmallopsError
 from smallops.jsonl import parse
+from smallops.ordering import item_in_order
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, Decision, HeldError
 from smallops.web._http import (
@@ -149,6 +150,7 @@ def show(
 ) -> Response:
     """The item page; after a refused action, with the error and the reviewer's own input."""
     held = isinstance(problem, HeldError)
+    item = item_in_order(item)  # Postgres hands JSON objects back with their keys sorted
     data = {
         "item": item,
         "read_only": held or item["state"] != "pending",
