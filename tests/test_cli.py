@@ -320,7 +320,10 @@ def test_logs_show_and_report(project, emulator, capsys, database_url, monkeypat
     [failed] = [json.loads(line) for line in out.splitlines()]
     assert failed["error_type"] == "bad_request"
     code, out, _ = smallops(capsys, "-p", str(project), "show", failed["id"])
-    assert code == 0 and "HTTP 400" in out and "[system]" in out and "Where is my May" in out
+    assert code == 0 and "HTTP 400" in out and "Where is my May" in out
+    assert "[system]" not in out  # the prompt only with --prompt
+    code, out, _ = smallops(capsys, "-p", str(project), "show", failed["id"], "--prompt")
+    assert code == 0 and "[system]" in out and "message: user" in out
     code, out, _ = smallops(capsys, "-p", str(project), "show", failed["id"], "--json")
     record = json.loads(out)
     assert record["prompt"]["template"].startswith("{#") and len(record["attempts"]) == 1

@@ -29,6 +29,17 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
+#: How many characters of a run id are shown: its random tail, unique in practice, where the
+#: start of an id is its creation time (shared by every id made in the same millisecond).
+SHORT_ID = 12
+
+
+def short_id(run_id: str) -> str:
+    """The id as tables print it: the random tail. `show`, `review approve` and the others take
+    it, any unique start of it (8+ characters), or any unique start of the whole id."""
+    return run_id[-SHORT_ID:]
+
+
 def uuid7_time(run_id: str) -> float:
     """The creation time (epoch seconds) encoded in a UUIDv7."""
     return (uuid.UUID(run_id).int >> 80) / 1000

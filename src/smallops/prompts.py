@@ -112,6 +112,18 @@ def _variables(text: str, source: str) -> frozenset[str]:
         raise TemplateError(f"prompt {source}, line {exc.lineno}: {exc.message}") from None
 
 
+def variables_in_order(text: str) -> list[str]:
+    """The variables a template reads, in the order they first appear (for display: the order
+    its author gave them); none for a template that does not parse."""
+    try:
+        tree = _ENV.parse(_MARKER.sub("", text))
+    except jinja2.TemplateSyntaxError:
+        return []
+    needed = meta.find_undeclared_variables(tree)
+    names = (node.name for node in tree.find_all(jinja2.nodes.Name) if node.name in needed)
+    return list(dict.fromkeys(names))
+
+
 def prompt_version(template: str, schema: dict[str, Any] | None, model: str, params: Any) -> str:
     """A short content hash of everything that shapes the output."""
     payload = json.dumps(

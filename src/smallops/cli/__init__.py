@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from smallops import __version__
 from smallops.cli import check, db, drift, init, logs, prune, report, review, run, serve, status
 from smallops.cli import eval as eval_cli
-from smallops.cli._common import err
+from smallops.cli._common import HELP_WIDTH, err
 from smallops.errors import SmallopsError
 from smallops.redact import Redactor
 from smallops.storage.writer import settle_log
@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    context_settings={"max_content_width": 100, "terminal_width": 100},
+    context_settings=HELP_WIDTH,
 )
 
 

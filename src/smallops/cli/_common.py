@@ -12,12 +12,20 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from smallops.errors import InputError
 from smallops.project import Project
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+#: --help wraps at the terminal's width, and at 100 columns on a wider one (click keeps two
+#: columns spare, hence 102).
+HELP_WIDTH = {"max_content_width": 102}
+
+#: How commands that take a run id describe it (see storage.queries.run_id_matches).
+RUN_ID_HELP = "The run id as printed, the whole id, or a unique start of either (8+)."
 
 _SPAN = re.compile(r"(\d+)\s*(m|h|d|w)")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -78,3 +86,36 @@ def money(value: float | None) -> str:
 
 def when(value: datetime | None) -> str:
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def section(title: str) -> None:
+    """A section's heading in a one-record view (`show`, `review next`)."""
+    out.print(f"\n[bold]── {escape(title)}[/bold]")
+
+
+def print_fields(value: Any, kept: bool = True, indent: int = 2) -> None:
+    """A recorded value for reading: an object as one `name  value` line per field (text as it
+    is, line breaks and all, continued under its first line), other values as text or JSON."""
+    pad = " " * indent
+    if value is None or value == {}:
+        out.print(pad + ("(none)" if kept else "(not kept)"), markup=False)
+        return
+    if not isinstance(value, dict):
+        for line in _readable(value).splitlines() or [""]:
+            out.print(pad + line, markup=False)
+        return
+    width = min(max(len(str(key)) for key in value), 24)
+    for key, field in value.items():
+        first, *rest = _readable(field).splitlines() or [""]
+        out.print(f"{pad}{key!s:<{width}}  {first}".rstrip(), markup=False)
+        for line in rest:
+            out.print(f"{pad}{'':<{width}}  {line}".rstrip(), markup=False)
+
+
+def _readable(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    line = json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, (dict, list)) and len(line) > 60:
+        return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return line

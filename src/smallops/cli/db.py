@@ -12,7 +12,7 @@ from smallops.storage.db import upgrade as run_upgrade
 app = typer.Typer(
     help="The log database: create or migrate its tables.",
     no_args_is_help=True,
-    context_settings={"max_content_width": 100, "terminal_width": 100},
+    context_settings=_common.HELP_WIDTH,
 )
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import typer
 
 from smallops.cli import _common
-from smallops.cli.logs import short_id
 from smallops.cli.report import print_report
 from smallops.cli.run import Batch, print_table, run_all
 from smallops.config import Settings
 from smallops.demo import DemoModel, demo_inputs, load_inbox, scripted_failures
+from smallops.ids import short_id
 from smallops.project import Project
 from smallops.providers.fake import FakeProvider
 from smallops.scaffold import create_project

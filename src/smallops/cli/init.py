@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from smallops.cli import _common
-from smallops.scaffold import TEMPLATE_NAMES, create_project
+from smallops.cli._table import Column, print_fitted
+from smallops.scaffold import TEMPLATE_NAMES, create_project, template_provider
 
 
 def register(app: typer.Typer) -> None:
@@ -32,12 +32,29 @@ def init_command(
         _common.out.print(f"  created {folder / path}", markup=False)
     for path in kept:
         _common.out.print(f"  kept    {folder / path} (already there)", markup=False)
-    key = "ANTHROPIC_API_KEY" if template == "document-extraction" else "OPENAI_API_KEY"
+    provider = template_provider(template)
+    key, extra = PROVIDER_NEEDS[provider]
     evals = f"evals/{template.replace('-', '_')}.jsonl"
-    _common.out.print(
-        f"\nNext: cd {folder}; export {key}=...; smallops run {template} --input {evals}",
-        markup=False,
-    )
+    sdk = f"the smallops[{extra}] extra installs its SDK" if extra else "smallops ships its SDK"
+    steps = [
+        f"cd {folder}",
+        *([f"pip install 'smallops[{extra}]'"] if extra else []),
+        f"export {key}=...",
+        f"smallops run {template} --input {evals}",
+        "smallops serve     # review the outputs in a browser (or: smallops review next)",
+    ]
+    _common.out.print(f"\nNext ({template} calls {provider}; {sdk}):", markup=False)
+    for step in steps:
+        _common.out.print(f"  {step}", markup=False)
+
+
+#: What a template's provider needs beyond `pip install smallops`: the variable holding its key,
+#: and the extra that installs its SDK (None: it ships with smallops). Postgres (`postgres`) and
+#: Redis (`redis`) are extras too, for a shared log database and shared guards.
+PROVIDER_NEEDS = {
+    "openai": ("OPENAI_API_KEY", None),
+    "anthropic": ("ANTHROPIC_API_KEY", "anthropic"),
+}
 
 
 def list_command(
@@ -66,17 +83,30 @@ def list_command(
         for row in rows:
             _common.print_json(row)
         return
-    table = Table()
-    for column in ("name", "model", "prompt version", "output", "review", "fallback", "owner"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["model"],
-            row["prompt_version"],
-            row["output"] or "text",
-            row["review"],
-            row["fallback"],
-            row["owner"] or "-",
-        )
-    _common.out.print(table if rows else "no workflows in workflows/*.py yet")
+    columns = [
+        Column("name"),
+        Column("model"),
+        Column("prompt version", hide=4),
+        Column("output", cut_to=8, hide=3),
+        Column("review", cut_to=8, hide=1),
+        Column("fallback", hide=2),
+        Column("owner", cut_to=8, hide=5),
+    ]
+    if not rows:
+        _common.out.print("no workflows in workflows/*.py yet", markup=False)
+        return
+    print_fitted(
+        columns,
+        [
+            [
+                row["name"],
+                row["model"],
+                row["prompt_version"],
+                row["output"] or "text",
+                row["review"],
+                row["fallback"],
+                row["owner"] or "-",
+            ]
+            for row in rows
+        ],
+    )

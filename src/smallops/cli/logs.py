@@ -1,22 +1,25 @@
-"""`smallops logs` and `smallops show`: the log of calls, and one call's whole audit trail."""
+"""`smallops logs` and `smallops show`: the log of calls, and one call's audit trail."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
 import typer
-from rich import box
 from rich.markup import escape
-from rich.table import Table
+from sqlalchemy import Engine
 
 from smallops.cli import _common
+from smallops.cli._table import Column, print_fitted
 from smallops.errors import NotFoundError
+from smallops.ids import short_id
+from smallops.ordering import in_order, input_names, output_names
+from smallops.project import Project
 from smallops.resilience.guards import REFUSALS
 from smallops.result import STATUSES
+from smallops.review.queue import ReviewQueue
 from smallops.storage.quarantine import Entry
-from smallops.storage.queries import get_run, list_runs
+from smallops.storage.queries import Origin, get_run, list_runs, origin_of
 from smallops.storage.writer import quarantine_for
 
 
@@ -36,49 +39,61 @@ def logs_command(
         "(refused, truncated, invalid_json, schema_mismatch, rate_limited, timeout, ...; "
         f"a guard's: {', '.join(REFUSALS)}).",
     ),
+    origin: Origin = typer.Option(
+        "production",
+        "--origin",
+        help="The application's calls (production), the eval runner's (eval), or all.",
+    ),
     limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many runs."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
 ) -> None:
     """List recorded calls, newest first."""
     project = _common.project(ctx)
     rows = list_runs(
-        project.engine(), workflow=workflow, since=_common.since(since), status=status, limit=limit
+        project.engine(),
+        workflow=workflow,
+        since=_common.since(since),
+        status=status,
+        origin=origin,
+        limit=limit,
     )
     if as_json:
         for row in rows:
             _common.print_json(row)
         return
     if not rows:
+        filtered = workflow or since or status or origin != "production"
         _common.out.print(
-            "no runs recorded yet"
-            + (" for these filters" if (workflow or since or status) else ""),
-            markup=False,
+            "no runs recorded yet" + (" for these filters" if filtered else ""), markup=False
         )
         return
-    workflows = {row["workflow"] for row in rows}
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    columns = ["started", "workflow", "status", "error", "ms", "run id"]
-    if len(workflows) == 1:
-        columns.remove("workflow")
-        table.title, table.title_justify = rows[0]["workflow"], "left"
-    for column in columns:
-        table.add_column(column, no_wrap=True, justify="right" if column == "ms" else "left")
-    for row in rows:
-        values = {
+    columns = [
+        Column("started", hide=2),
+        Column("workflow", cut_to=12, hide=1),
+        Column("status"),
+        Column("origin", hide=3),
+        Column("error", cut_to=9),
+        Column("ms", hide=4, right=True),
+        Column("run id"),
+    ]
+    title = None
+    if len({row["workflow"] for row in rows}) == 1:
+        title = rows[0]["workflow"]
+        columns.pop(1)
+    cells = [
+        {
             "started": row["started_at"].astimezone().strftime("%m-%d %H:%M:%S"),
             "workflow": row["workflow"],
             "status": row["status"],
+            "origin": origin_of(row),
             "error": row["error_type"] or "",
             "ms": f"{row['latency_ms']:.0f}",
             "run id": short_id(row["id"]),
         }
-        table.add_row(*(values[column] for column in columns))
-    _common.out.print(table)
-    _common.out.print(
-        "run ids are shortened: `smallops show ID` takes them as they are",
-        style="dim",
-        markup=False,
-    )
+        for row in rows
+    ]
+    print_fitted(columns, [[c[column.name] for column in columns] for c in cells], title)
+    _common.out.print("`smallops show RUN_ID`: one call's audit trail", style="dim", markup=False)
 
 
 CONTENT_LABELS = {
@@ -89,30 +104,32 @@ CONTENT_LABELS = {
 }
 
 
-def short_id(run_id: str) -> str:
-    """The random tail of a run id: unique in practice, and what `show` accepts."""
-    return run_id[-12:]
-
-
 def show_command(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="A run id, or a unique start or end of one (8+ chars)."),
-    as_json: bool = typer.Option(False, "--json", help="The whole record as JSON."),
+    run_id: str = typer.Argument(..., help=_common.RUN_ID_HELP),
+    prompt: bool = typer.Option(
+        False, "--prompt", help="Also print the prompt template and the rendered messages."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="The whole record as JSON: raw requests and responses included."
+    ),
 ) -> None:
-    """Show one call's whole audit trail: prompt version, messages, raw responses, output."""
+    """Show one call: what it was asked, what it answered, its attempts and its review."""
     project = _common.project(ctx)
+    engine = project.engine()
     try:
-        run = get_run(project.engine(), run_id)
+        run = get_run(engine, run_id)
     except NotFoundError:
         entry = quarantine_for(project.settings).find(run_id)
         if entry is None:
             raise
         _print_set_aside(entry, as_json)
         return
+    review = _review_of(engine, run["id"])
     if as_json:
-        _common.print_json(run)
+        _common.print_json({**run, "review": review})
         return
-    _print_run(run)
+    _print_run(run, review, _output_names(project, run), prompt)
 
 
 def _print_set_aside(entry: Entry, as_json: bool) -> None:
@@ -144,12 +161,46 @@ def _print_set_aside(entry: Entry, as_json: bool) -> None:
 _SET_ASIDE_FIELDS = ("status", "error_type", "model_requested", "model_served", "latency_ms")
 
 
-def _print_run(run: dict[str, Any]) -> None:
+#: What `show` tells of a run's review item (with --json too).
+REVIEW_FIELDS = (
+    "state",
+    "reason",
+    "route",
+    "created_at",
+    "claimed_by",
+    "claimed_until",
+    "decided_by",
+    "decided_at",
+    "final_output",
+    "reject_reason",
+    "history",
+)
+
+
+def _review_of(engine: Engine, run_id: str) -> dict[str, Any] | None:
+    """The run's review item and every action on it, or None if it was never queued."""
+    try:
+        item = ReviewQueue(engine).item(run_id)
+    except NotFoundError:
+        return None
+    return {key: item[key] for key in REVIEW_FIELDS}
+
+
+def _output_names(project: Project, run: dict[str, Any]) -> list[str]:
+    """The output's field order: the workflow's model if it loads, else the recorded schema."""
+    workflows, _ = project.load_workflows()
+    workflow = workflows.get(run["workflow"])
+    schema = (run["prompt"] or {}).get("output_schema")
+    return output_names(workflow.output if workflow else None, schema)
+
+
+def _print_run(
+    run: dict[str, Any], review: dict[str, Any] | None, names: list[str], prompt: bool
+) -> None:
     say = _common.out.print
     say(f"[bold]run {run['id']}[/bold]  {escape(run['workflow'])}  [bold]{run['status']}[/bold]")
     if run["error_type"]:
         say(f"error: {escape(run['error_type'])}: {escape(run['error_message'] or '')}")
-    served = run["model_served"] or "-"
     flag = (
         "  [red](served model differs from the pinned one)[/red]" if run["model_mismatch"] else ""
     )
@@ -158,7 +209,7 @@ def _print_run(run: dict[str, Any]) -> None:
         ("latency", f"{run['latency_ms']:.1f} ms over {run['attempt_count']} attempt(s)"),
         ("provider", run["provider"] + (f" at {run['endpoint']}" if run["endpoint"] else "")),
         ("model asked", run["model_requested"] + (" (unpinned)" if run["allow_unpinned"] else "")),
-        ("model served", served),
+        ("model served", run["model_served"] or "-"),
         ("fingerprint", run["system_fingerprint"] or "-"),
         (
             "tokens",
@@ -169,35 +220,68 @@ def _print_run(run: dict[str, Any]) -> None:
         ("prompt version", run["prompt_version"]),
         ("git commit", run["git_commit"] or "-"),
         ("review / fallback", f"{run['review_policy']} / {run['fallback']}"),
+        ("origin", origin_of(run)),
         ("content", CONTENT_LABELS.get(run["content"] or "full", run["content"])),
     ]
     for label, value in facts:
         say(f"  {label:<18} {escape(str(value))}" + (flag if label == "model served" else ""))
-    _section("inputs", json.dumps(run["inputs"], indent=2, ensure_ascii=False))
-    if run["prompt"]:
-        _section(f"prompt template ({run['prompt_version']})", run["prompt"]["template"])
-    for message in run["messages"] or []:
-        _section(f"message: {message['role']}", message["content"])
+    kept = (run["content"] or "full") in ("full", "redacted")
+    template = (run["prompt"] or {}).get("template")
+    _common.section("inputs")
+    _common.print_fields(in_order(run["inputs"], input_names(template)), kept)
+    _common.section("output")
+    _common.print_fields(in_order(run["output"], names), kept)
+    _common.section("attempts")
     for attempt in run["attempts"]:
-        head = (
-            f"attempt {attempt['n']} ({attempt['purpose']}): "
-            + (
-                f"{attempt.get('error_type')}: {attempt.get('error_message')}"
-                if attempt.get("error_type")
-                else f"HTTP {attempt.get('status_code')}, finish={attempt.get('finish')}"
-            )
-            + f", {attempt.get('latency_ms', 0):.1f} ms"
+        _common.out.print(f"  {_attempt_line(attempt)}", markup=False)
+    _print_review(review, names)
+    if prompt:
+        _common.section(f"prompt template ({run['prompt_version']})")
+        _common.out.print(template or "(not recorded)", markup=False)
+        for message in run["messages"] or []:
+            _common.section(f"message: {message['role']}")
+            _common.out.print(message["content"], markup=False)
+    else:
+        say(
+            "\nthe prompt and rendered messages: --prompt; raw requests and responses: --json",
+            style="dim",
+            markup=False,
         )
-        kept = (run["content"] or "full") in ("full", "redacted")
-        _section(head, attempt.get("response") or ("(no response body)" if kept else "(not kept)"))
-    _section(
-        "output",
-        json.dumps(run["output"], indent=2, ensure_ascii=False)
-        if run["output"] is not None
-        else "(none)",
+
+
+def _attempt_line(attempt: dict[str, Any]) -> str:
+    """One attempt on one line: how it ended, how long it took, and any wait before the next."""
+    if attempt.get("error_type"):
+        message = attempt.get("error_message")
+        outcome = attempt["error_type"] + (f": {message}" if message else "")
+    else:
+        outcome = f"HTTP {attempt.get('status_code')}, finish={attempt.get('finish')}"
+    retry = f", retried after {attempt['retry_in_s']} s" if attempt.get("retry_in_s") else ""
+    return (
+        f"{attempt['n']} {attempt['purpose']}: {outcome}, "
+        f"{attempt.get('latency_ms', 0):.1f} ms{retry}"
     )
 
 
-def _section(title: str, body: str) -> None:
-    _common.out.print(f"\n[bold]── {escape(title)}[/bold]")
-    _common.out.print(body, markup=False)
+def _print_review(review: dict[str, Any] | None, names: list[str]) -> None:
+    """Who did what to the run's review item, and how it stands."""
+    _common.section("review")
+    say = _common.out.print
+    if review is None:
+        say("  not queued for review", markup=False)
+        return
+    say(
+        f"  queued {_common.when(review['created_at'])} ({review['reason']}, route "
+        f"{review['route']}); {review['state']}",
+        markup=False,
+    )
+    for entry in review["history"]:
+        reason = f": {entry['reason']}" if entry.get("reason") else ""
+        say(
+            f"  {_common.when(entry['decided_at'])}  {entry['action']} by {entry['reviewer']}"
+            + reason,
+            markup=False,
+        )
+    if review["state"] == "corrected":
+        say("  corrected output:", markup=False)
+        _common.print_fields(in_order(review["final_output"], names), True, indent=4)

@@ -16,8 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from smallops.cli import _common
-from smallops.cli.logs import short_id
+from smallops.cli._table import Column, print_fitted
 from smallops.errors import ConfigError, InputError
+from smallops.ids import short_id
+from smallops.ordering import in_order, item_in_order, output_names
 from smallops.project import Project
 from smallops.review.desk import ReviewDesk
 from smallops.review.evidence import earlier_versions, workflow_stats
@@ -28,7 +30,7 @@ from smallops.review.queue import Decision
 app = typer.Typer(
     help="The review queue: list, decide, measure, export.",
     no_args_is_help=True,
-    context_settings={"max_content_width": 100, "terminal_width": 100},
+    context_settings=_common.HELP_WIDTH,
 )
 
 REVIEWER = typer.Option(
@@ -71,6 +73,7 @@ def list_command(
             f"no {state if state != 'all' else ''} review items".replace("  ", " "), markup=False
         )
         return
+    order = {name: output_names(wf.output) for name, wf in desk.workflows.items()}
     rows = [
         {
             "run id": short_id(item["run_id"]),
@@ -79,23 +82,22 @@ def list_command(
             "why": ("fallback: " + (item["error_type"] or ""))
             if item["reason"] == "fallback"
             else item["route"],
-            "output": _common.short(_summary(item["output"]), 40),
+            "output": _summary(in_order(item["output"], order.get(item["workflow"], []))),
             "claimed by": item["claimed_by"] or "",
         }
         for item in items
     ]
-    columns = ["run id", "workflow", "why", "output"]
+    columns = [
+        Column("run id"),
+        Column("workflow", cut_to=12, hide=2),
+        Column("why", cut_to=10, hide=1),
+        Column("output", cut_to=10),
+    ]
     if state != "pending":
-        columns.insert(2, "state")
+        columns.insert(2, Column("state"))
     if any(row["claimed by"] for row in rows):
-        columns.append("claimed by")
-    table = Table(box=None, pad_edge=False)
-    for column in columns:
-        width = None if column == "output" else max(len(column), *(len(r[column]) for r in rows))
-        table.add_column(column, no_wrap=True, overflow="ellipsis", min_width=width)
-    for row in rows:
-        table.add_row(*(row[column] for column in columns))
-    _common.out.print(table)
+        columns.append(Column("claimed by", cut_to=10, hide=3))
+    print_fitted(columns, [[row[column.name] for column in columns] for row in rows])
 
 
 @app.command("next")
@@ -104,20 +106,33 @@ def next_command(
     workflow: str | None = typer.Argument(None, help="Only this workflow."),
     reviewer: str | None = REVIEWER,
 ) -> None:
-    """Review items one by one: approve, correct in $EDITOR, reject with a reason, or skip."""
+    """Review items one by one: approve, correct in $EDITOR, reject with a reason, or skip.
+
+    A skipped item waits for the next session: each item comes up once, and when only skipped
+    ones are left the review ends.
+    """
     project, desk = _desk(ctx)
     name = reviewer_name(reviewer)
     only = _workflow_name(project, workflow)
     decided = 0
-    while (item := desk.claim_next(name, only)) is not None:
+    skipped: set[str] = set()
+    while (claimed := desk.claim_next(name, only, exclude=skipped)) is not None:
+        item = item_in_order(claimed)
         _show(item)
         outcome = _ask(desk, item, name)
         if outcome == "quit":
             desk.queue.release(item["run_id"], name, action="release")
             break
+        if outcome == "skipped":
+            skipped.add(item["run_id"])
         decided += outcome == "decided"
     else:
-        _common.out.print("the queue is empty", markup=False)
+        _common.out.print(
+            f"nothing new in the queue ({len(skipped)} skipped, still pending)"
+            if skipped
+            else "the queue is empty",
+            markup=False,
+        )
     _common.out.print(f"{decided} decided as {name}", markup=False)
 
 
@@ -132,18 +147,22 @@ def _show(item: dict[str, Any]) -> None:
         )
         + ")"
     )
-    say("[bold]input[/bold]")
-    say(json.dumps(item["inputs"], indent=2, ensure_ascii=False), markup=False)
-    say("[bold]output[/bold]")
-    say(json.dumps(item["output"], indent=2, ensure_ascii=False), markup=False)
+    _common.section("input")
+    _common.print_fields(item["inputs"])
+    _common.section("output")
+    _common.print_fields(item["output"])
+
+
+KEYS = "[a]pprove [c]orrect [r]eject [s]kip [q]uit"
 
 
 def _ask(desk: ReviewDesk, item: dict[str, Any], name: str) -> str:
-    """One decision from the keyboard: 'decided', 'skipped' or 'quit'."""
+    """One decision from the keyboard: 'decided', 'skipped' or 'quit'. No key is the default
+    (Enter asks again); the end of the input, or Ctrl-C, quits and gives the item back."""
     run_id = item["run_id"]
     while True:
-        key = typer.prompt("[a]pprove [c]orrect [r]eject [s]kip [q]uit", default="s").strip()[:1]
         try:
+            key = typer.prompt(KEYS).strip()[:1].lower()
             if key == "a":
                 _done(desk.approve(run_id, name))
             elif key == "c":
@@ -160,6 +179,9 @@ def _ask(desk: ReviewDesk, item: dict[str, Any], name: str) -> str:
             return "decided"
         except InputError as exc:
             _common.err.print(f"error: {exc}", markup=False)
+        except typer.Abort:
+            _common.out.print("", markup=False)
+            return "quit"
 
 
 def _edit(output: Any) -> Any:
@@ -216,7 +238,7 @@ def _decide(
 @app.command("approve")
 def approve_command(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="A run id, or a unique start or end of one."),
+    run_id: str = typer.Argument(..., help=_common.RUN_ID_HELP),
     reviewer: str | None = REVIEWER,
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
 ) -> None:
@@ -227,7 +249,7 @@ def approve_command(
 @app.command("correct")
 def correct_command(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="A run id, or a unique start or end of one."),
+    run_id: str = typer.Argument(..., help=_common.RUN_ID_HELP),
     output: str | None = typer.Option(
         None, "--output", help="The corrected output as JSON (text for free-text workflows)."
     ),
@@ -241,7 +263,7 @@ def correct_command(
 @app.command("reject")
 def reject_command(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="A run id, or a unique start or end of one."),
+    run_id: str = typer.Argument(..., help=_common.RUN_ID_HELP),
     reason: str | None = typer.Option(None, "--reason", help="Why (required)."),
     reviewer: str | None = REVIEWER,
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),

@@ -13,12 +13,12 @@ from typing import Any
 import typer
 from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from smallops import batches
 from smallops.cli import _common
-from smallops.cli.logs import short_id
+from smallops.cli._table import Column, print_fitted
 from smallops.errors import InputError, WorkflowFailed
+from smallops.ids import short_id
 from smallops.jsonl import objects, parse_object
 from smallops.redact import Redactor
 from smallops.result import Result
@@ -374,11 +374,13 @@ def print_table(
     redact: Redactor | None = None,
 ) -> None:
     """The results as a table (a key a provider echoed into an output or error is masked)."""
-    table = Table(title=f"{wf.name} · prompt {wf.version.id} · {wf.model}", title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("status", no_wrap=True)
-    table.add_column("output / error", no_wrap=True, overflow="ellipsis", ratio=1)
-    table.add_column("run id", no_wrap=True)
+    columns = [
+        Column("#", right=True),
+        Column("status"),
+        Column("output / error", cut_to=12),
+        Column("run id"),
+    ]
+    rows = []
     counts: dict[str, int] = {}
     for line, result in zip(lines, results, strict=True):
         if result is None:
@@ -388,9 +390,9 @@ def print_table(
         else:
             shown = f"{result.error}: {result.error_message}"
         shown = (redact(shown) or shown) if redact else shown
-        table.add_row(str(line), result.status, _common.short(shown, 70), short_id(result.run_id))
+        rows.append([str(line), result.status, shown, short_id(result.run_id)])
         counts[result.status] = counts.get(result.status, 0) + 1
-    _common.out.print(table)
+    print_fitted(columns, rows, title=f"{wf.name} · prompt {wf.version.id} · {wf.model}")
     _common.out.print(", ".join(f"{n} {status}" for status, n in counts.items()), markup=False)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -51,9 +51,14 @@ class ReviewDesk:
         return item
 
     def claim_next(
-        self, reviewer: str, workflow: str | None = None, lease: timedelta = DEFAULT_LEASE
+        self,
+        reviewer: str,
+        workflow: str | None = None,
+        lease: timedelta = DEFAULT_LEASE,
+        *,
+        exclude: Collection[str] = (),
     ) -> dict[str, Any] | None:
-        claimed = self.queue.claim_next(reviewer, workflow, lease)
+        claimed = self.queue.claim_next(reviewer, workflow, lease, exclude=exclude)
         return self.item(claimed["run_id"]) if claimed else None
 
     def claim(self, run_id: str, reviewer: str, lease: timedelta = DEFAULT_LEASE) -> dict[str, Any]:

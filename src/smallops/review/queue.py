@@ -10,7 +10,7 @@ atomically with it (the webhook outbox, a demotion).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 from smallops.errors import InputError, NotFoundError, SmallopsError
 from smallops.ids import uuid7
 from smallops.storage.db import write_transaction
-from smallops.storage.queries import plain_row
+from smallops.storage.queries import plain_row, run_id_matches
 from smallops.storage.schema import prompt_versions, review_decisions, review_items, runs
 
 DEFAULT_LEASE = timedelta(minutes=10)
@@ -60,21 +60,12 @@ class ReviewQueue:
         self.now = now or (lambda: datetime.now(timezone.utc))
 
     def resolve(self, run_id: str) -> str:
-        """The full run id of a queued item from its id or a unique start or end (8+ chars)."""
-        fragment = run_id.strip().lower()
-        if len(fragment) < 8:
-            raise InputError(f"run id {run_id!r} is too short", hint="give at least 8 characters")
+        """The full run id of a queued item from its id, its short id, or a unique start of
+        either (8+ characters)."""
         column = review_items.c.run_id
         with self.engine.connect() as connection:
             found = (
-                connection.execute(
-                    select(column)
-                    .where(
-                        column.startswith(fragment, autoescape=True)
-                        | column.endswith(fragment, autoescape=True)
-                    )
-                    .limit(2)
-                )
+                connection.execute(select(column).where(run_id_matches(column, run_id)).limit(2))
                 .scalars()
                 .all()
             )
@@ -149,9 +140,15 @@ class ReviewQueue:
         return view
 
     def claim_next(
-        self, reviewer: str, workflow: str | None = None, lease: timedelta = DEFAULT_LEASE
+        self,
+        reviewer: str,
+        workflow: str | None = None,
+        lease: timedelta = DEFAULT_LEASE,
+        *,
+        exclude: Collection[str] = (),
     ) -> dict[str, Any] | None:
-        """Claim the oldest free item (unclaimed or lease expired); None when there is none."""
+        """Claim the oldest free item (unclaimed or lease expired) that is not in `exclude` (the
+        ones the reviewer skipped this session); None when there is none."""
         now = self.now()
         query = (
             select(review_items.c.run_id)
@@ -169,6 +166,8 @@ class ReviewQueue:
         )
         if workflow:
             query = query.where(review_items.c.workflow == workflow)
+        if exclude:
+            query = query.where(review_items.c.run_id.not_in(list(exclude)))
         with write_transaction(self.engine) as connection:
             run_id = connection.execute(query).scalar()
             if run_id is None:

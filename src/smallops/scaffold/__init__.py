@@ -8,6 +8,7 @@ evals/<name>.jsonl                real examples to test it on
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -69,6 +70,14 @@ jobs:
           name: eval-results
           path: eval-results.xml
 """
+
+
+def template_provider(template: str) -> str:
+    """The provider a template's workflow calls: its model pin up to the colon."""
+    module = template.replace("-", "_")
+    text = (TEMPLATES / template / "workflows" / f"{module}.py").read_text(encoding="utf-8")
+    match = re.search(r'model="(\w+):', text)
+    return match.group(1) if match else "openai"
 
 
 def create_project(folder: Path, template: str) -> tuple[list[Path], list[Path]]:

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from pydantic_core import from_json, to_json
 
-from smallops.ids import uuid7
+from smallops.ids import short_id, uuid7
 from smallops.storage.schema import RUN_COLUMNS
 from smallops.storage.store import RowBatch
 
@@ -112,10 +112,19 @@ class Quarantine:
                 )
 
     def find(self, run_id: str) -> Entry | None:
-        """The entry of a run whose id is, or starts or ends with, `run_id`."""
+        """The entry of a run whose id (or short id) is, or starts or ends with, `run_id`."""
         wanted = run_id.strip().lower()
         for entry in self.entries():
-            if entry.run_id and (entry.run_id.startswith(wanted) or entry.run_id.endswith(wanted)):
+            found = entry.run_id or ""
+            if (
+                found
+                and wanted
+                and (
+                    found.startswith(wanted)
+                    or found.endswith(wanted)
+                    or short_id(found).startswith(wanted)
+                )
+            ):
                 return entry
         return None
 

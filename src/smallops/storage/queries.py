@@ -5,11 +5,12 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, get_args
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import ColumnElement, Engine, func, or_, select
 
 from smallops.errors import InputError, NotFoundError
+from smallops.ids import SHORT_ID
 from smallops.storage.schema import prompt_versions, runs
 
 SUMMARY = (
@@ -25,6 +26,7 @@ SUMMARY = (
     runs.c.latency_ms,
     runs.c.started_at,
     runs.c.prompt_version,
+    runs.c.origin,
 )
 
 
@@ -34,13 +36,17 @@ def list_runs(
     workflow: str | None = None,
     since: datetime | None = None,
     status: str | None = None,
+    origin: Origin = "production",
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """The most recent runs first; `status` matches a status or an error type.
+    """The most recent runs first; `status` matches a status or an error type; `origin` is one
+    of ORIGINS.
 
     `email_triage` also finds `email-triage`: names are matched with - and _ alike.
     """
     query = select(*SUMMARY).order_by(runs.c.id.desc()).limit(limit)
+    if origin != "all":
+        query = query.where(_ORIGIN_FILTERS[origin])
     if workflow:
         spellings = {workflow, workflow.replace("_", "-"), workflow.replace("-", "_")}
         query = query.where(runs.c.workflow.in_(spellings))
@@ -52,24 +58,34 @@ def list_runs(
         return [plain_row(row._mapping) for row in connection.execute(query)]
 
 
-def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
-    """One run with its prompt version's template.
+#: The fewest characters of a run id that `show` and the review commands take.
+MIN_ID_GIVEN = 8
 
-    `run_id` may be a unique start or end of an id (8+ characters): the start is the time, the
-    end the random part that `smallops logs` shows.
-    """
-    run_id = run_id.strip().lower()
-    if len(run_id) < 8:
-        raise InputError(f"run id {run_id!r} is too short", hint="give at least 8 characters")
+
+def run_id_matches(column: Any, given: str) -> ColumnElement[bool]:
+    """The ids `given` may stand for: a whole id, a start of one, or an end of one, such as the
+    short id tables print (the random tail) and any start of that short id."""
+    fragment = given.strip().lower()
+    if len(fragment) < MIN_ID_GIVEN:
+        raise InputError(
+            f"run id {given.strip()!r} is too short",
+            hint=f"give at least {MIN_ID_GIVEN} characters, e.g. the run id a table prints",
+        )
+    tail = func.substr(column, 37 - SHORT_ID)  # 1-based: the last SHORT_ID of 36 characters
+    return or_(
+        column.startswith(fragment, autoescape=True),
+        column.endswith(fragment, autoescape=True),
+        tail.startswith(fragment, autoescape=True),
+    )
+
+
+def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
+    """One run with its prompt version's template; `run_id` as `run_id_matches` takes it."""
     with engine.connect() as connection:
         rows = connection.execute(
-            select(runs)
-            .where(
-                runs.c.id.startswith(run_id, autoescape=True)
-                | runs.c.id.endswith(run_id, autoescape=True)
-            )
-            .limit(2)
+            select(runs).where(run_id_matches(runs.c.id, run_id)).limit(2)
         ).all()
+        run_id = run_id.strip()
         if not rows:
             raise NotFoundError(
                 f"no run {run_id!r} in the log", hint="`smallops logs` lists recent run ids"
@@ -86,6 +102,16 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
 
 #: Production traffic: the calls applications made (eval runs are reported by `smallops eval`).
 PRODUCTION = or_(runs.c.origin.is_(None), runs.c.origin != "eval")
+#: Where calls came from, as `smallops logs --origin` takes it: `production` (the application's
+#: calls, recorded with origin "app"), `eval` (the eval runner's), or `all`.
+Origin = Literal["production", "eval", "all"]
+ORIGINS: tuple[str, ...] = get_args(Origin)
+_ORIGIN_FILTERS = {"production": PRODUCTION, "eval": runs.c.origin == "eval"}
+
+
+def origin_of(row: dict[str, Any]) -> str:
+    """A run's origin as ORIGINS names it."""
+    return "eval" if row.get("origin") == "eval" else "production"
 
 
 def report(engine: Engine, *, since: datetime | None = None) -> list[dict[str, Any]]:

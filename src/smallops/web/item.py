@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from smallops.errors import InputError, NotFoundError, SmallopsError
 from smallops.jsonl import parse
+from smallops.ordering import item_in_order
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, Decision, HeldError
 from smallops.web._http import (
@@ -182,6 +183,7 @@ def show(
     `held_by` is who holds it now; `yours` whether that is this reviewer (if nobody does, the
     page offers to claim it); `read_only` whether it cannot be decided (decided, or held by
     someone else); `cannot_approve` why Approve is off, if it is."""
+    item = item_in_order(item)  # Postgres hands JSON objects back with their keys sorted
     name = reviewer(request)
     until = item["claimed_until"]
     held_by = item["claimed_by"] if until is not None and until > _now() else None
