@@ -38,7 +38,7 @@ def make(tmp_path: Path, database_url: str, answer: Any = None, **options: Any) 
         options.pop("name", "triage"),
         model="fake:rules",
         prompt="triage.prompt",
-        output=Triage,
+        output=options.pop("output", Triage),
         provider=provider,
         base_dir=tmp_path,
         retries=0,
@@ -144,6 +144,61 @@ def test_bad_decisions_are_clear_errors_and_change_nothing(tmp_path, database_ur
         action(desk, run)
     item = desk.item(run)
     assert item["state"] == "pending" and item["history"] == []
+
+
+FAILED_ANSWERS: dict[str, list[Any]] = {  # what one failed call hears (the repair included)
+    "truncated": [FakeReply(text='{"category": "billing", "urg', finish="length")],
+    "invalid_json": ["It is about billing, I think.", "Billing."],
+    "schema_mismatch": [{"category": "billing", "urgency": "someday"}] * 2,
+}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILED_ANSWERS))
+def test_the_partial_answer_of_a_failed_call_can_only_be_corrected_or_rejected(
+    tmp_path, database_url, failure
+):
+    """Approving it would hand a partial string or a dict with the wrong fields to the app."""
+    wf = make(tmp_path, database_url, FakeProvider.queue(FAILED_ANSWERS[failure] * 2))
+    first, second = (wf.run(text=t).run_id for t in "ab")
+    desk = desk_for(wf)
+    item = desk.item(first)
+    assert item["error_type"] == failure and item["output"] is not None
+    assert failure in (desk.approvable(item) or "")
+    with pytest.raises(InputError, match=r"cannot be approved.*correct it with valid output"):
+        desk.approve(first, "ann")
+    assert desk.item(first)["state"] == "pending" and desk.item(first)["history"] == []
+    assert desk.correct(first, "ann", GOOD).output == GOOD
+    assert desk.reject(second, "ann", "garbled").status == "rejected"
+
+
+def test_a_truncated_free_text_answer_cannot_be_approved(tmp_path, database_url):
+    cut = FakeReply(text="Dear Ann, thank you for", finish="length")
+    wf = make(tmp_path, database_url, FakeProvider.queue([cut]), output=None)
+    run = wf.run(text="x").run_id
+    desk = desk_for(wf)
+    assert desk.item(run)["output"] == "Dear Ann, thank you for"
+    assert "truncated" in (desk.approvable(desk.item(run)) or "")
+    with pytest.raises(InputError, match="cannot be approved"):
+        desk.approve(run, "ann")
+    assert desk.correct(run, "ann", "Dear Ann, thank you for writing.").status == "corrected"
+
+
+def test_an_output_that_no_longer_fits_the_workflows_schema_cannot_be_approved(
+    tmp_path, database_url
+):
+    """An output made before the schema changed would reach today's application wrong."""
+    wf = make(tmp_path, database_url)
+    run = wf.run(text="x").run_id
+    assert desk_for(wf).approvable(desk_for(wf).item(run)) is None
+
+    class TriageWithTeam(Triage):
+        team: str
+
+    desk = desk_for(make(tmp_path, database_url, output=TriageWithTeam))
+    assert "team" in (desk.approvable(desk.item(run)) or "")
+    with pytest.raises(InputError, match="does not fit TriageWithTeam"):
+        desk.approve(run, "ann")
+    assert desk.item(run)["state"] == "pending"
 
 
 def _nested(depth: int) -> list[Any]:
@@ -406,7 +461,7 @@ def test_a_webhook_receiver_that_redirects_has_not_received_it_and_is_retried(
 def test_reviewed_items_become_eval_cases_once(tmp_path):
     import json
 
-    from smallops.review.export import export_reviewed
+    from smallops.review.export import Exported, export_reviewed
 
     wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
     a, b, c = (wf.run(text=t).run_id for t in "abc")
@@ -417,8 +472,8 @@ def test_reviewed_items_become_eval_cases_once(tmp_path):
     target = tmp_path / "evals" / "triage.jsonl"
     target.parent.mkdir()
     target.write_text('{"id": "triage-001", "input": {"text": "x"}, "expected": {}}\n')
-    assert export_reviewed(desk.queue, "triage", target) == (2, 0)
-    assert export_reviewed(desk.queue, "triage", target) == (0, 2)
+    assert export_reviewed(desk.queue, wf, target) == Exported(2, 0)
+    assert export_reviewed(desk.queue, wf, target) == Exported(0, 2)
     cases = [json.loads(line) for line in target.read_text().splitlines()]
     assert [case["id"] for case in cases] == ["triage-001", *sorted(f"review-{r}" for r in (a, b))]
     by_id = {case["id"]: case for case in cases}
@@ -430,7 +485,7 @@ def test_reviewed_items_become_eval_cases_once(tmp_path):
 def test_exported_cases_keep_line_separators_and_read_back(tmp_path):
     """U+2028/U+2029 in a reviewed input survive the export and every later read of the file."""
     from smallops.evals.dataset import load_cases
-    from smallops.review.export import export_reviewed
+    from smallops.review.export import Exported, export_reviewed
 
     wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
     texts = ["first\u2028second", "third\u2029fourth"]
@@ -439,11 +494,56 @@ def test_exported_cases_keep_line_separators_and_read_back(tmp_path):
     for run in runs:
         desk.approve(run, "ann")
     target = tmp_path / "evals" / "triage.jsonl"
-    assert export_reviewed(desk.queue, "triage", target) == (2, 0)
+    assert export_reviewed(desk.queue, wf, target) == Exported(2, 0)
     assert "\u2028" in target.read_text(encoding="utf-8")  # written raw, as JSON allows
-    assert export_reviewed(desk.queue, "triage", target) == (0, 2)  # reads the file back
+    assert export_reviewed(desk.queue, wf, target) == Exported(0, 2)  # reads the file back
     cases = load_cases(target, variables=frozenset({"text"}))
     assert sorted(case.input["text"] for case in cases) == sorted(texts)
+
+
+def test_export_skips_items_whose_output_would_not_be_a_valid_expected_value(
+    tmp_path, database_url
+):
+    """Items approved before approving checked the output are skipped with a reason, and the
+    file stays one that `smallops eval` reads."""
+    from smallops.evals.dataset import load_cases
+    from smallops.review.export import export_reviewed
+
+    answers = [{"category": "billing", "urgency": "someday"}] * 2 + [GOOD, GOOD]
+    wf = make(tmp_path, database_url, FakeProvider.queue(answers))
+    broken, good, old = (wf.run(text=t).run_id for t in "abc")
+    desk = desk_for(wf)
+    desk.queue.decide(broken, "ann", "approve")  # as the desk let it through before
+    desk.approve(good, "ann")
+    target = tmp_path / "evals" / "triage.jsonl"
+    done = export_reviewed(desk.queue, wf, target)
+    assert done.added == 1 and [run for run, _ in done.skipped] == [broken]
+    assert "schema_mismatch" in done.skipped[0][1]
+    fields = set(Triage.model_fields)
+    assert [c.id for c in load_cases(target, fields=fields)] == [f"review-{good}"]
+
+    class TriageWithTeam(Triage):
+        team: str
+
+    desk.approve(old, "ann")
+    newer = make(tmp_path, database_url, output=TriageWithTeam)
+    done = export_reviewed(desk.queue, newer, target)
+    assert done.added == 0 and {run for run, _ in done.skipped} == {broken, old}
+    assert any("does not fit TriageWithTeam" in why for _, why in done.skipped)
+
+
+def test_free_text_outputs_are_exported_as_the_text_field_that_eval_reads(tmp_path):
+    from smallops.evals.dataset import load_cases
+    from smallops.review.export import export_reviewed
+
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}", lambda _: "On it.", output=None)
+    run = wf.run(text="x").run_id
+    desk = desk_for(wf)
+    desk.approve(run, "ann")
+    target = tmp_path / "evals" / "triage.jsonl"
+    assert export_reviewed(desk.queue, wf, target).added == 1
+    [case] = load_cases(target, variables=wf.prompt.variables, fields={"text"})
+    assert case.expected == {"text": "On it."}
 
 
 def test_webhook_signatures_verify_with_the_reference_standard_webhooks_library():

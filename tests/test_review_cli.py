@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EMAIL, GOOD, smallops
-from emulators import ok, refusal
+from emulators import ok, refusal, truncated
 
 
 @pytest.fixture
@@ -136,3 +136,81 @@ def test_stats_report_classes_with_bounds_and_export_appends_cases(project, queu
     code, out, _ = review(capsys, project, "export", "email-triage")
     assert code == 0 and out.startswith("3 cases added")
     assert review(capsys, project, "export", "email-triage")[1].startswith("0 cases added")
+
+
+FAILED_CALLS = {  # what the model answers to one call that fails (the repair included)
+    "truncated": [truncated()],
+    "invalid_json": [ok("It is about billing, I think.")] * 2,
+    "schema_mismatch": [ok({"category": "weather"})] * 2,
+}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILED_CALLS))
+def test_approving_an_output_that_failed_the_schema_is_one_line_and_exit_2(
+    project, emulator, capsys, failure
+):
+    emulator.script(*FAILED_CALLS[failure])
+    [run_id] = _run(capsys, project, EMAIL)
+    code, _, err = review(capsys, project, "approve", run_id)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot be approved" in err and failure in err and "correct it" in err
+    _, out, _ = review(capsys, project, "list", "--json")
+    assert json.loads(out)["state"] == "pending"
+
+
+def test_review_next_refuses_to_approve_a_failed_output_and_takes_a_rejection(
+    project, emulator, capsys
+):
+    emulator.script(truncated())
+    [run_id] = _run(capsys, project, EMAIL)
+    env = {**os.environ, "SMALLOPS_REVIEWER": "dee"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "smallops"), "-p", str(project), "review", "next"],
+        input="a\nr\ncut off\nq\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    refusals = [line for line in done.stderr.splitlines() if "cannot be approved" in line]
+    assert len(refusals) == 1 and "truncated" in refusals[0]
+    assert "1 decided as dee" in done.stdout
+    from smallops.project import Project
+    from smallops.review.queue import ReviewQueue
+
+    assert ReviewQueue(Project(project).engine()).item(run_id)["state"] == "rejected"
+
+
+def test_export_skips_an_invalid_expected_value_and_says_so(project, emulator, capsys):
+    """An item approved before approval checked the output never reaches the eval set."""
+    from smallops.project import Project
+    from smallops.review.queue import ReviewQueue
+
+    emulator.script(ok(GOOD), *FAILED_CALLS["schema_mismatch"])
+    good, broken = _run(capsys, project, EMAIL, {**EMAIL, "subject": "again"})
+    ReviewQueue(Project(project).engine()).decide(broken, "ann", "approve")  # as before
+    assert review(capsys, project, "approve", good)[0] == 0
+    target = project / "evals" / "reviewed.jsonl"
+    code, out, err = review(capsys, project, "export", "email-triage", "--to", str(target))
+    assert code == 0 and out.startswith("1 cases added")
+    assert err.strip() == (
+        f"note: 1 reviewed items skipped: they would not be valid eval cases (run {broken}: "
+        "it was approved as the model's failed answer (schema_mismatch) left it)"
+    )
+    assert [json.loads(line)["id"] for line in target.read_text().splitlines()] == [
+        f"review-{good}"
+    ]
+
+
+def _run(
+    capsys, project: Path, *emails: dict[str, str], workflow: str = "email-triage"
+) -> list[str]:
+    ids = []
+    for email in emails:
+        code, out, err = smallops(
+            capsys, "-p", str(project), "run", workflow, "--json", json.dumps(email), "--json"
+        )
+        assert code == 0, err
+        ids.append(json.loads(out)["run_id"])
+    return ids

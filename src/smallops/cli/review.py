@@ -333,8 +333,17 @@ def export_command(
     project, desk = _desk(ctx)
     wf = project.workflow(workflow)
     target = to or project.root / "evals" / f"{wf.name.replace('-', '_')}.jsonl"
-    added, kept = export_reviewed(desk.queue, wf.name, target)
-    _common.out.print(f"{added} cases added to {target} ({kept} already there)", markup=False)
+    done = export_reviewed(desk.queue, wf, target)
+    _common.out.print(
+        f"{done.added} cases added to {target} ({done.kept} already there)", markup=False
+    )
+    if done.skipped:
+        run_id, why = done.skipped[0]
+        _common.err.print(
+            f"note: {len(done.skipped)} reviewed items skipped: they would not be valid eval "
+            f"cases (run {run_id}: {why})",
+            markup=False,
+        )
 
 
 @app.command("deliver")

@@ -1,13 +1,16 @@
 """The review desk: what a reviewer can do, with the project's workflows at hand.
 
-The CLI and the web UI are skins over this. It validates corrections against the workflow's
-output schema, requires a reason to reject, demotes the classes of a failed audit, writes the
-webhook outbox in the decision's transaction, and runs the workflow's `on_decision` hook after
-the decision is committed (a failing hook is noted on the decision; the decision stands).
+The CLI and the web UI are skins over this. It approves only outputs that validate (anything
+else can be corrected, with valid output, or rejected), validates corrections against the
+workflow's output schema, requires a reason to reject, demotes the classes of a failed audit,
+writes the webhook outbox in the decision's transaction, and runs the workflow's `on_decision`
+hook after the decision is committed (a failing hook is noted on the decision; the decision
+stands).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -68,12 +71,29 @@ class ReviewDesk:
         """Give back items claimed and not decided (run id -> reviewer); see ReviewQueue."""
         return self.queue.unclaim(claims)
 
+    def approvable(self, item: Mapping[str, Any]) -> str | None:
+        """None when an item's output may be approved as it is; otherwise why not.
+
+        Approving hands the output to the application and to the eval set, so only a valid one
+        can be: the partial answer of a failed call (truncated, invalid JSON, a schema mismatch),
+        or an output that no longer fits the workflow's schema, can only be corrected (with valid
+        output) or rejected. A workflow this desk does not define is not checked beyond that.
+        """
+        if item["output"] is None:
+            failed = f" (the model failed: {item['error_type']})" if item["error_type"] else ""
+            return f"there is no output to approve{failed}"
+        if item["reason"] == "fallback":
+            return f"the model's answer failed ({item['error_type']}): this is only what it left"
+        workflow = self.workflows.get(item["workflow"])
+        return output_problem(workflow, item["output"]) if workflow is not None else None
+
     def approve(self, run_id: str, reviewer: str) -> Decision:
         item = self.queue.item(run_id)
-        if item["output"] is None:
+        problem = self.approvable(item) if item["state"] == "pending" else None
+        if problem is not None:
             raise InputError(
-                f"run {run_id} has no output to approve (the model failed: {item['error_type']})",
-                hint="correct it with the output a human wrote, or reject it",
+                f"run {run_id} cannot be approved: {problem}",
+                hint="correct it with valid output, or reject it; nothing was changed",
             )
         return self._decide(run_id, reviewer, "approve")
 
@@ -183,6 +203,19 @@ class ReviewDesk:
                 log.warning("smallops: webhook delivery failed: %s", exc)
 
         threading.Thread(target=send, daemon=True, name="smallops-webhooks").start()
+
+
+def output_problem(workflow: Workflow[Any], output: Any) -> str | None:
+    """Why an output as stored (JSON: an object, or text) is not a valid output of `workflow`
+    today; None when it is."""
+    if workflow.output is None:
+        return None if isinstance(output, str) and output.strip() else "the output is not text"
+    try:
+        workflow.output.model_validate_json(json.dumps(output))
+    except ValidationError as exc:
+        problems = describe_problems(exc.errors(include_url=False))
+        return f"the output does not fit {workflow.output.__name__}: {problems}"
+    return None
 
 
 def form_fields(output: type[BaseModel] | None) -> list[dict[str, Any]]:
