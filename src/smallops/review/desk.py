@@ -3,9 +3,9 @@
 The CLI and the web UI are skins over this. It approves only outputs that validate (anything
 else can be corrected, with valid output, or rejected), validates corrections against the
 workflow's output schema, requires a reason to reject, demotes the classes of a failed audit,
-writes the webhook outbox in the decision's transaction, and runs the workflow's `on_decision`
-hook after the decision is committed (a failing hook is noted on the decision; the decision
-stands).
+writes the webhook outbox in the decision's transaction and sends the decision's webhook right
+after it, and runs the workflow's `on_decision` hook after the decision is committed (a failing
+hook is noted on the decision; the decision stands).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -39,6 +41,8 @@ class ReviewDesk:
         self.engine = engine
         self.workflows = workflows
         self.queue = ReviewQueue(engine)
+        self._sends: list[_Send] = []  # the webhooks of this desk's decisions, for finish_sending
+        self._sends_lock = threading.Lock()
 
     def items(
         self, workflow: str | None = None, state: str | None = "pending", limit: int = 100
@@ -149,9 +153,33 @@ class ReviewDesk:
         workflow = self.workflows.get(decision.workflow)
         if workflow is not None:
             if workflow.webhook:
-                self._send_soon(workflow)
+                self._send_soon(decision)
             self._run_hook(workflow, decision)
         return decision
+
+    def finish_sending(self, within: float) -> list[str]:
+        """Wait up to `within` seconds for the webhooks of this desk's decisions; give back the
+        lease of any still being sent, so that `smallops serve` or `smallops review deliver` can
+        send it at once. A process about to exit calls this. Returns a note for each decision
+        whose webhook was not delivered."""
+        deadline = time.monotonic() + within
+        with self._sends_lock:
+            sends, self._sends = self._sends, []
+        notes, unfinished = [], []
+        for send in sends:
+            send.thread.join(max(0.0, deadline - time.monotonic()))
+            if send.thread.is_alive():
+                send.stop.set()
+                unfinished.append(send.run_id)
+                notes.append(
+                    f"the webhook of run {send.run_id} was not sent within {within:g} s; "
+                    "`smallops serve` or `smallops review deliver` sends it"
+                )
+            elif send.note:
+                notes.append(send.note)
+        if unfinished:
+            webhooks.give_back(self.engine, unfinished)
+        return notes
 
     def _with_decision(
         self, connection: Connection, item: dict[str, Any], decision: dict[str, Any]
@@ -193,16 +221,42 @@ class ReviewDesk:
                     first_line(note_failed),
                 )
 
-    def _send_soon(self, workflow: Workflow[Any]) -> None:
-        secret_env = workflow.webhook_secret_env
+    def _send_soon(self, decision: Decision) -> None:
+        """Send the decision's webhook now, in the background (`finish_sending` waits for it)."""
+        send = _Send(decision.run_id)
+        send.thread = threading.Thread(
+            target=self._send, args=(decision.workflow, send), daemon=True, name="smallops-webhooks"
+        )
+        with self._sends_lock:  # a long-lived process keeps only those with news
+            self._sends = [s for s in self._sends if s.thread.is_alive() or s.note] + [send]
+        send.thread.start()
 
-        def send() -> None:
-            try:
-                webhooks.deliver_due(self.engine, lambda _url: webhooks.secret_from_env(secret_env))
-            except Exception as exc:  # retried by `smallops serve` / `smallops review deliver`
-                log.warning("smallops: webhook delivery failed: %s", exc)
+    def _send(self, workflow: str, send: _Send) -> None:
+        later = "`smallops serve` or `smallops review deliver` retries it"
+        what = None
+        try:
+            secrets, problems = webhooks.signing_secrets([self.workflows[workflow]])
+            if problems:
+                what = f"not sent: {problems[workflow]}"
+            elif webhooks.deliver_due(
+                self.engine, secrets, run_id=send.run_id, limit=1, stop=send.stop
+            )[1]:
+                what = f"not delivered; {later}"
+        except Exception as exc:
+            what = f"not sent ({first_line(exc)}); {later}"
+        if what is not None:
+            send.note = f"the webhook of run {send.run_id} was {what}"
+            log.info("smallops: %s", send.note)  # `finish_sending` reports it; serve retries it
 
-        threading.Thread(target=send, daemon=True, name="smallops-webhooks").start()
+
+@dataclass
+class _Send:
+    """One decision's webhook, sent in a background thread; `note` says if it did not arrive."""
+
+    run_id: str
+    thread: threading.Thread = field(init=False)
+    stop: threading.Event = field(default_factory=threading.Event)  # given up on: send no more
+    note: str | None = None
 
 
 def output_problem(workflow: Workflow[Any], output: Any) -> str | None:
