@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from smallops import ConfigError
 from smallops.content import mask_personal_data
-from smallops.review.export import export_reviewed
+from smallops.review.export import Exported, export_reviewed
 from smallops.review.queue import ReviewQueue
 from smallops.storage.db import get_engine, normalise_url
 from smallops.storage.schema import review_decisions, review_items, runs
@@ -182,7 +182,7 @@ def test_prune_empties_old_runs_and_keeps_their_metadata(logged, capsys):
     code, out, _ = smallops(capsys, "--project", str(project), "prune", "--older-than", "30d")
     assert code == 0 and "pruned 0 runs" in out  # a second prune has nothing left to do
     evals = project / "evals.jsonl"
-    assert export_reviewed(ReviewQueue(engine), "triage", evals) == (0, 2)
+    assert export_reviewed(ReviewQueue(engine), wf, evals) == Exported(0, 2)
     assert not evals.exists()  # pruned decisions have no input to replay
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import EMAIL, GOOD, smallops
-from emulators import ok, refusal
+from emulators import ok, refusal, truncated
 
 
 @pytest.fixture
@@ -153,3 +153,210 @@ def test_stats_after_a_prompt_edit_show_the_earlier_versions_reviews(project, qu
     assert code == 0
     assert "graduation restarts with each prompt version" in " ".join(out.split())
     assert f"{next(iter(billing['earlier_reviews']))}: 3 reviews" in out
+
+
+FAILED_CALLS = {  # what the model answers to one call that fails (the repair included)
+    "truncated": [truncated()],
+    "invalid_json": [ok("It is about billing, I think.")] * 2,
+    "schema_mismatch": [ok({"category": "weather"})] * 2,
+}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILED_CALLS))
+def test_approving_an_output_that_failed_the_schema_is_one_line_and_exit_2(
+    project, emulator, capsys, failure
+):
+    emulator.script(*FAILED_CALLS[failure])
+    [run_id] = _run(capsys, project, EMAIL)
+    code, _, err = review(capsys, project, "approve", run_id)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot be approved" in err and failure in err and "correct it" in err
+    _, out, _ = review(capsys, project, "list", "--json")
+    assert json.loads(out)["state"] == "pending"
+
+
+def test_review_next_refuses_to_approve_a_failed_output_and_takes_a_rejection(
+    project, emulator, capsys
+):
+    emulator.script(truncated())
+    [run_id] = _run(capsys, project, EMAIL)
+    env = {**os.environ, "SMALLOPS_REVIEWER": "dee"}
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "smallops"), "-p", str(project), "review", "next"],
+        input="a\nr\ncut off\nq\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    refusals = [line for line in done.stderr.splitlines() if "cannot be approved" in line]
+    assert len(refusals) == 1 and "truncated" in refusals[0]
+    assert "1 decided as dee" in done.stdout
+    from smallops.project import Project
+    from smallops.review.queue import ReviewQueue
+
+    assert ReviewQueue(Project(project).engine()).item(run_id)["state"] == "rejected"
+
+
+def test_export_skips_an_invalid_expected_value_and_says_so(project, emulator, capsys):
+    """An item approved before approval checked the output never reaches the eval set."""
+    from smallops.project import Project
+    from smallops.review.queue import ReviewQueue
+
+    emulator.script(ok(GOOD), *FAILED_CALLS["schema_mismatch"])
+    good, broken = _run(capsys, project, EMAIL, {**EMAIL, "subject": "again"})
+    ReviewQueue(Project(project).engine()).decide(broken, "ann", "approve")  # as before
+    assert review(capsys, project, "approve", good)[0] == 0
+    target = project / "evals" / "reviewed.jsonl"
+    code, out, err = review(capsys, project, "export", "email-triage", "--to", str(target))
+    assert code == 0 and out.startswith("1 cases added")
+    assert err.strip() == (
+        f"note: 1 reviewed items skipped: they would not be valid eval cases (run {broken}: "
+        "it was approved as the model's failed answer (schema_mismatch) left it)"
+    )
+    assert [json.loads(line)["id"] for line in target.read_text().splitlines()] == [
+        f"review-{good}"
+    ]
+
+
+WHSEC_A = "whsec_" + "YS1zZWNyZXQtb2Ytd29ya2Zsb3ctYS0xMjM0NTY="
+WHSEC_B = "whsec_" + "Yi1zZWNyZXQtb2Ytd29ya2Zsb3ctYi02NTQzMjE="
+
+
+def _with_webhooks(project: Path, url: str) -> None:
+    """email-triage signs with A_SECRET; email-triage-b, the same workflow, with B_SECRET."""
+    module = project / "workflows" / "email_triage.py"
+    text = module.read_text().replace(
+        'owner="ops@example.com",',
+        f'owner="ops@example.com",\n    webhook="{url}",\n    webhook_secret_env="A_SECRET",',
+    )
+    text += (
+        "\nemail_triage_b = email_triage.replace("
+        'name="email-triage-b", webhook_secret_env="B_SECRET")\n'
+    )
+    module.write_text(text)
+
+
+def _run(
+    capsys, project: Path, *emails: dict[str, str], workflow: str = "email-triage"
+) -> list[str]:
+    ids = []
+    for email in emails:
+        code, out, err = smallops(
+            capsys, "-p", str(project), "run", workflow, "--json", json.dumps(email), "--json"
+        )
+        assert code == 0, err
+        ids.append(json.loads(out)["run_id"])
+    return ids
+
+
+def test_a_decision_sends_its_webhook_before_the_command_returns(
+    project, capsys, database_url, monkeypatch
+):
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
+    monkeypatch.setenv("A_SECRET", WHSEC_A)
+    with Receiver() as receiver:
+        _with_webhooks(project, receiver.url)
+        [run_id] = _run(capsys, project, EMAIL)
+        code, _, err = review(capsys, project, "approve", run_id)
+        assert code == 0 and err == ""
+        assert len(receiver.accepted) == 1 and run_id in receiver.accepted[0][0]
+        assert review(capsys, project, "deliver")[1] == "0 delivered, 0 to retry later\n"
+
+
+def test_a_webhook_the_command_could_not_send_is_sent_by_review_deliver_straight_after(
+    project, capsys, database_url, monkeypatch
+):
+    """The command waits a few seconds for its webhook, then gives back the lease: `review
+    deliver` run straight after sends it, rather than a minute later."""
+    from smallops.cli import review as review_cli
+
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
+    monkeypatch.setenv("A_SECRET", WHSEC_A)
+    monkeypatch.setattr(review_cli, "SEND_WITHIN", 2.0)
+    with Receiver(stalls=1) as receiver:
+        _with_webhooks(project, receiver.url)
+        [run_id] = _run(capsys, project, EMAIL)
+        code, _, err = review(capsys, project, "approve", run_id)
+        assert code == 0 and len(receiver.ids) == 1  # sent, and stuck at the receiver
+        assert err == (
+            f"note: the webhook of run {run_id} was not sent within 2 s; "
+            "`smallops serve` or `smallops review deliver` sends it\n"
+        )
+        code, out, _ = review(capsys, project, "deliver")
+        assert code == 0 and out == "1 delivered, 0 to retry later\n"
+        assert len(receiver.accepted) == 1 and run_id in receiver.accepted[0][0]
+
+
+def test_review_deliver_signs_each_workflows_webhooks_with_its_own_secret(
+    project, capsys, database_url, monkeypatch
+):
+    """Two workflows, two secrets, one URL; a missing secret is one line and exit 2, and the
+    other workflow's webhooks still go."""
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
+    monkeypatch.setenv("A_SECRET", WHSEC_A)
+    monkeypatch.delenv("B_SECRET", raising=False)
+    with Receiver(failures=1) as receiver:
+        _with_webhooks(project, receiver.url)
+        [a] = _run(capsys, project, EMAIL)
+        [b] = _run(capsys, project, EMAIL, workflow="email-triage-b")
+        code, _, err = review(capsys, project, "approve", a)  # its first attempt fails (500)
+        assert code == 0 and "was not delivered" in err
+        code, _, err = review(capsys, project, "approve", b)
+        assert (
+            code == 0 and err == f"note: the webhook of run {b} was not sent: B_SECRET is not set\n"
+        )
+        from smallops.project import Project
+
+        engine = Project(project).engine()
+        with engine.begin() as connection:  # due now: retried without the backoff wait
+            connection.exec_driver_sql("UPDATE webhook_deliveries SET next_attempt_at = created_at")
+        code, out, err = review(capsys, project, "deliver")
+        assert (code, out) == (2, "1 delivered, 0 to retry later\n")
+        assert err.strip() == (
+            "error: webhooks not sent: 1 of email-triage-b (B_SECRET is not set); "
+            "set it to whsec_ and the base64 of at least 24 random bytes"
+        )
+        monkeypatch.setenv("B_SECRET", WHSEC_B)
+        assert review(capsys, project, "deliver")[:2] == (0, "1 delivered, 0 to retry later\n")
+    secret_of = {"email-triage": WHSEC_A, "email-triage-b": WHSEC_B}
+    sent = [(json.loads(body)["data"], body, headers) for body, headers in receiver.accepted]
+    assert [data["run_id"] for data, _, _ in sent] == [a, b]
+    for data, body, headers in sent:
+        assert Webhook(secret_of[data["workflow"]]).verify(body, headers)["data"] == data
+        other = WHSEC_B if data["workflow"] == "email-triage" else WHSEC_A
+        with pytest.raises(WebhookVerificationError):
+            Webhook(other).verify(body, headers)
+
+
+def test_review_deliver_says_when_webhooks_wait_for_a_workflow_no_longer_defined(
+    project, capsys, database_url, monkeypatch
+):
+    """Nobody knows its secret any more: they are not sent, and the command says so."""
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
+    monkeypatch.setenv("A_SECRET", WHSEC_A)
+    monkeypatch.delenv("B_SECRET", raising=False)
+    with Receiver() as receiver:
+        _with_webhooks(project, receiver.url)
+        [b] = _run(capsys, project, EMAIL, workflow="email-triage-b")
+        assert "B_SECRET is not set" in review(capsys, project, "approve", b)[2]
+        module = project / "workflows" / "email_triage.py"
+        module.write_text(module.read_text().split("\nemail_triage_b =")[0])
+        code, out, err = review(capsys, project, "deliver")
+        assert (code, out) == (0, "0 delivered, 0 to retry later\n")
+        assert err == (
+            "note: 1 webhooks wait for workflows this project does not define "
+            "(email-triage-b); they are not sent\n"
+        )
+        assert receiver.requests == []

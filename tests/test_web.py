@@ -588,9 +588,6 @@ def test_serve_without_the_web_extra_is_one_line_and_exit_2(monkeypatch, capsys)
 def test_due_webhooks_are_sent_and_those_without_a_secret_are_skipped_with_one_warning(
     tmp_path, monkeypatch, caplog
 ):
-    from smallops.review import webhooks
-    from smallops.storage.db import write_transaction
-
     from webhook_receiver import Receiver
 
     monkeypatch.setenv("SMALLOPS_WEBHOOK_SECRET", "whsec_c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2Nzg=")
@@ -604,13 +601,11 @@ def test_due_webhooks_are_sent_and_those_without_a_secret_are_skipped_with_one_w
             webhook_secret_env="NO_SUCH_SECRET",
         )
         signed = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}", webhook=receiver.url)
-        unsigned.run(text="x")
+        first, second = unsigned.run(text="x").run_id, signed.run(text="y").run_id
         _, desk = serve([unsigned, signed])
-        decided = {"run_id": "r", "workflow": "w", "status": "approved", "output": None}
-        decided.update(reviewer="ann", reason=None, decided_at=datetime.now(timezone.utc))
-        with write_transaction(desk.engine) as connection:
-            webhooks.enqueue(connection, unsigned.webhook, decided)  # first in line
-            webhooks.enqueue(connection, receiver.url, decided)
+        desk._send_soon = lambda _decision: None  # leave the sending to the sender
+        desk.approve(first, "ann")  # first in line
+        desk.approve(second, "ann")
         send = webhook_sender(desk)
         with caplog.at_level(logging.WARNING, logger="smallops"):
             assert send() == 1

@@ -1,4 +1,4 @@
-"""A real HTTP server on 127.0.0.1 that receives webhooks, failing the first N attempts."""
+"""A real HTTP server on 127.0.0.1 that receives webhooks, failing or stalling the first ones."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ from typing import Any
 class Receiver:
     """Collects POSTed bodies and headers; answers 500 to the first `failures` requests.
 
-    With `redirect=(status, location)` it answers every request with that redirect instead.
-    `requests` records every request that reaches it, whatever its method, as (method, headers).
+    The first `stalls` POSTs get no answer until the receiver stops (then a 503): a sender
+    stuck mid-send. With `redirect=(status, location)` it answers every request with that
+    redirect instead. `requests` records every request that reaches it, whatever its method,
+    as (method, headers).
     """
 
-    def __init__(self, failures: int = 0, redirect: tuple[int, str] | None = None) -> None:
+    def __init__(
+        self, failures: int = 0, redirect: tuple[int, str] | None = None, stalls: int = 0
+    ) -> None:
         self.failures = failures
+        self.stalls = stalls
+        self.stopping = threading.Event()
+        lock = threading.Lock()
         self.accepted: list[tuple[str, dict[str, str]]] = []
         self.ids: list[str] = []
         self.requests: list[tuple[str, dict[str, str]]] = []
@@ -29,7 +36,13 @@ class Receiver:
                     self._redirect()
                     return
                 receiver.ids.append(headers.get("webhook-id", ""))
-                if receiver.failures > 0:
+                with lock:
+                    stall = receiver.stalls > 0
+                    receiver.stalls -= stall
+                if stall:
+                    receiver.stopping.wait(60)
+                    self.send_response(503)
+                elif receiver.failures > 0:
                     receiver.failures -= 1
                     self.send_response(500)
                 else:
@@ -70,5 +83,6 @@ class Receiver:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()

@@ -33,6 +33,8 @@ app = typer.Typer(
     context_settings=_common.HELP_WIDTH,
 )
 
+SEND_WITHIN = 5.0  # seconds a command waits for its decisions' webhooks before it exits
+
 REVIEWER = typer.Option(
     None, "--reviewer", help="Who decides (default: $SMALLOPS_REVIEWER, else your user name)."
 )
@@ -44,7 +46,16 @@ def reviewer_name(given: str | None) -> str:
 
 def _desk(ctx: typer.Context) -> tuple[Project, ReviewDesk]:
     project = _common.project(ctx)
-    return project, ReviewDesk(project.engine(), project.workflows)
+    desk = ReviewDesk(project.engine(), project.workflows)
+    ctx.call_on_close(lambda: _finish_sending(desk))
+    return project, desk
+
+
+def _finish_sending(desk: ReviewDesk) -> None:
+    """Before the command exits: its decisions' webhooks get a few seconds, and one not sent by
+    then is given back at once, for `smallops serve` or `smallops review deliver` to send."""
+    for note in desk.finish_sending(SEND_WITHIN):
+        _common.err.print(f"note: {note}", markup=False)
 
 
 def _workflow_name(project: Project, name: str | None) -> str | None:
@@ -362,8 +373,17 @@ def export_command(
     project, desk = _desk(ctx)
     wf = project.workflow(workflow)
     target = to or project.root / "evals" / f"{wf.name.replace('-', '_')}.jsonl"
-    added, kept = export_reviewed(desk.queue, wf.name, target)
-    _common.out.print(f"{added} cases added to {target} ({kept} already there)", markup=False)
+    done = export_reviewed(desk.queue, wf, target)
+    _common.out.print(
+        f"{done.added} cases added to {target} ({done.kept} already there)", markup=False
+    )
+    if done.skipped:
+        run_id, why = done.skipped[0]
+        _common.err.print(
+            f"note: {len(done.skipped)} reviewed items skipped: they would not be valid eval "
+            f"cases (run {run_id}: {why})",
+            markup=False,
+        )
 
 
 @app.command("deliver")
@@ -372,12 +392,22 @@ def deliver_command(ctx: typer.Context) -> None:
     from smallops.review import webhooks
 
     project, desk = _desk(ctx)
-    secrets = {wf.webhook: wf.webhook_secret_env for wf in project.workflows.values() if wf.webhook}
-    delivered, failed = webhooks.deliver_due(
-        desk.engine,
-        lambda url: webhooks.secret_from_env(secrets.get(url, webhooks.DEFAULT_SECRET_ENV)),
-    )
+    secrets, problems = webhooks.signing_secrets(project.workflows.values())
+    delivered, failed = webhooks.deliver_due(desk.engine, secrets)
     _common.out.print(f"{delivered} delivered, {failed} to retry later", markup=False)
+    waiting = webhooks.waiting(desk.engine)
+    unknown = sorted(set(waiting) - set(project.workflows))
+    if unknown:
+        _common.err.print(
+            f"note: {sum(waiting[name] for name in unknown)} webhooks wait for workflows this "
+            f"project does not define ({', '.join(unknown)}); they are not sent",
+            markup=False,
+        )
+    unsigned = [
+        f"{waiting[n]} of {n} ({why})" for n, why in sorted(problems.items()) if n in waiting
+    ]
+    if unsigned:
+        raise ConfigError(f"webhooks not sent: {', '.join(unsigned)}", hint=webhooks.SECRET_HINT)
     if failed:
         raise typer.Exit(1)
 

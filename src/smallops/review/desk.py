@@ -1,16 +1,21 @@
 """The review desk: what a reviewer can do, with the project's workflows at hand.
 
-The CLI and the web UI are skins over this. It validates corrections against the workflow's
-output schema, requires a reason to reject, demotes the classes of a failed audit, writes the
-webhook outbox in the decision's transaction, and runs the workflow's `on_decision` hook after
-the decision is committed (a failing hook is noted on the decision; the decision stands).
+The CLI and the web UI are skins over this. It approves only outputs that validate (anything
+else can be corrected, with valid output, or rejected), validates corrections against the
+workflow's output schema, requires a reason to reject, demotes the classes of a failed audit,
+writes the webhook outbox in the decision's transaction and sends the decision's webhook right
+after it, and runs the workflow's `on_decision` hook after the decision is committed (a failing
+hook is noted on the decision; the decision stands).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +40,8 @@ class ReviewDesk:
         self.engine = engine
         self.workflows = workflows
         self.queue = ReviewQueue(engine)
+        self._sends: list[_Send] = []  # the webhooks of this desk's decisions, for finish_sending
+        self._sends_lock = threading.Lock()
 
     def items(
         self, workflow: str | None = None, state: str | None = "pending", limit: int = 100
@@ -73,33 +80,30 @@ class ReviewDesk:
         return self.queue.unclaim(claims)
 
     def approvable(self, item: Mapping[str, Any]) -> str | None:
-        """Why `item` cannot be approved as it stands, or None if it can. An output that does not
-        fit the workflow's schema (none at all, what was left of a failed call, or fields the
-        schema no longer accepts) must never reach the application as approved: it can only be
-        corrected or rejected."""
-        output, failed = item["output"], item["error_type"]
-        if output is None:
-            return f"there is no output to approve (the model failed: {failed})"
+        """None when an item's output may be approved as it is; otherwise why not.
+
+        Approving hands the output to the application and to the eval set, so only a valid one
+        can be: the partial answer of a failed call (truncated, invalid JSON, a schema mismatch),
+        or an output that no longer fits the workflow's schema, can only be corrected (with valid
+        output) or rejected. A workflow this desk does not define is not checked beyond that.
+        """
+        if item["output"] is None:
+            failed = f" (the model failed: {item['error_type']})" if item["error_type"] else ""
+            return f"there is no output to approve{failed}"
         workflow = self.workflows.get(item["workflow"])
-        misfit = None
-        if workflow is not None and workflow.output is not None and not isinstance(output, dict):
-            misfit = f"the output is not the fields of {workflow.output.__name__}"
-        elif workflow is not None:
-            try:
-                self.validate(item["workflow"], output, what="the output")
-            except InputError as exc:
-                misfit = exc.message
-        if failed:
-            left = f"the output is what a failed call ({failed}) left"
+        misfit = output_problem(workflow, item["output"]) if workflow is not None else None
+        if item["reason"] == "fallback":
+            left = f"the model's answer failed ({item['error_type']}): this is only what it left"
             return f"{left}; {misfit}" if misfit else left
         return misfit
 
     def approve(self, run_id: str, reviewer: str) -> Decision:
         item = self.queue.item(run_id)
-        if item["output"] is None:
+        problem = self.approvable(item) if item["state"] == "pending" else None
+        if problem is not None:
             raise InputError(
-                f"run {run_id} has no output to approve (the model failed: {item['error_type']})",
-                hint="correct it with the output a human wrote, or reject it",
+                f"run {run_id} cannot be approved: {problem}",
+                hint="correct it with valid output, or reject it; nothing was changed",
             )
         return self._decide(run_id, reviewer, "approve")
 
@@ -155,9 +159,33 @@ class ReviewDesk:
         workflow = self.workflows.get(decision.workflow)
         if workflow is not None:
             if workflow.webhook:
-                self._send_soon(workflow)
+                self._send_soon(decision)
             self._run_hook(workflow, decision)
         return decision
+
+    def finish_sending(self, within: float) -> list[str]:
+        """Wait up to `within` seconds for the webhooks of this desk's decisions; give back the
+        lease of any still being sent, so that `smallops serve` or `smallops review deliver` can
+        send it at once. A process about to exit calls this. Returns a note for each decision
+        whose webhook was not delivered."""
+        deadline = time.monotonic() + within
+        with self._sends_lock:
+            sends, self._sends = self._sends, []
+        notes, unfinished = [], []
+        for send in sends:
+            send.thread.join(max(0.0, deadline - time.monotonic()))
+            if send.thread.is_alive():
+                send.stop.set()
+                unfinished.append(send.run_id)
+                notes.append(
+                    f"the webhook of run {send.run_id} was not sent within {within:g} s; "
+                    "`smallops serve` or `smallops review deliver` sends it"
+                )
+            elif send.note:
+                notes.append(send.note)
+        if unfinished:
+            webhooks.give_back(self.engine, unfinished)
+        return notes
 
     def _with_decision(
         self, connection: Connection, item: dict[str, Any], decision: dict[str, Any]
@@ -193,16 +221,55 @@ class ReviewDesk:
                     first_line(note_failed),
                 )
 
-    def _send_soon(self, workflow: Workflow[Any]) -> None:
-        secret_env = workflow.webhook_secret_env
+    def _send_soon(self, decision: Decision) -> None:
+        """Send the decision's webhook now, in the background (`finish_sending` waits for it)."""
+        send = _Send(decision.run_id)
+        send.thread = threading.Thread(
+            target=self._send, args=(decision.workflow, send), daemon=True, name="smallops-webhooks"
+        )
+        with self._sends_lock:  # a long-lived process keeps only those with news
+            self._sends = [s for s in self._sends if s.thread.is_alive() or s.note] + [send]
+        send.thread.start()
 
-        def send() -> None:
-            try:
-                webhooks.deliver_due(self.engine, lambda _url: webhooks.secret_from_env(secret_env))
-            except Exception as exc:  # retried by `smallops serve` / `smallops review deliver`
-                log.warning("smallops: webhook delivery failed: %s", exc)
+    def _send(self, workflow: str, send: _Send) -> None:
+        later = "`smallops serve` or `smallops review deliver` retries it"
+        what = None
+        try:
+            secrets, problems = webhooks.signing_secrets([self.workflows[workflow]])
+            if problems:
+                what = f"not sent: {problems[workflow]}"
+            elif webhooks.deliver_due(
+                self.engine, secrets, run_id=send.run_id, limit=1, stop=send.stop
+            )[1]:
+                what = f"not delivered; {later}"
+        except Exception as exc:
+            what = f"not sent ({first_line(exc)}); {later}"
+        if what is not None:
+            send.note = f"the webhook of run {send.run_id} was {what}"
+            log.info("smallops: %s", send.note)  # `finish_sending` reports it; serve retries it
 
-        threading.Thread(target=send, daemon=True, name="smallops-webhooks").start()
+
+@dataclass
+class _Send:
+    """One decision's webhook, sent in a background thread; `note` says if it did not arrive."""
+
+    run_id: str
+    thread: threading.Thread = field(init=False)
+    stop: threading.Event = field(default_factory=threading.Event)  # given up on: send no more
+    note: str | None = None
+
+
+def output_problem(workflow: Workflow[Any], output: Any) -> str | None:
+    """Why an output as stored (JSON: an object, or text) is not a valid output of `workflow`
+    today; None when it is."""
+    if workflow.output is None:
+        return None if isinstance(output, str) and output.strip() else "the output is not text"
+    try:
+        workflow.output.model_validate_json(json.dumps(output))
+    except ValidationError as exc:
+        problems = describe_problems(exc.errors(include_url=False))
+        return f"the output does not fit {workflow.output.__name__}: {problems}"
+    return None
 
 
 def form_fields(output: type[BaseModel] | None) -> list[dict[str, Any]]:

@@ -7,35 +7,49 @@ is the `webhook-id` of every attempt, so a receiver can drop a retry it already 
 Redirects are never followed: a 3xx is a failed attempt like any other non-2xx answer, since
 following one would count a body-less GET elsewhere as the delivery.
 
+Each delivery is signed with the secret of the workflow whose decision it carries (found through
+its run's review item); `signing_secrets` is the one place a secret is read. A sender claims one
+delivery at a time, and gives back the lease of one it could not finish before its process exits,
+so a short-lived process (the CLI) never holds up a delivery that another sender could send now.
+
 The signature is `v1,` + base64(HMAC-SHA256(key, f"{id}.{timestamp}.{body}")); a `whsec_` secret
 is base64 after the prefix, as in the Standard Webhooks specification.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
+import binascii
 import hashlib
 import hmac
 import json
+import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, or_, select, update
+from sqlalchemy import Connection, Engine, func, or_, select, update
 
-from smallops.errors import ConfigError
 from smallops.ids import uuid7
 from smallops.storage.db import write_transaction
-from smallops.storage.schema import webhook_deliveries
+from smallops.storage.health import first_line
+from smallops.storage.schema import review_items, webhook_deliveries
+
+if TYPE_CHECKING:
+    from smallops.workflow import Workflow
 
 DEFAULT_SECRET_ENV = "SMALLOPS_WEBHOOK_SECRET"
 TOLERANCE = 300  # seconds a receiver accepts between the timestamp and its clock
 LEASE = timedelta(seconds=60)
 MAX_BACKOFF = 3600.0
+SECRET_HINT = "set it to whsec_ and the base64 of at least 24 random bytes"
+log = logging.getLogger("smallops")
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -112,23 +126,63 @@ def enqueue(connection: Connection, url: str, decision: dict[str, Any]) -> str:
     return message_id
 
 
-def secret_from_env(name: str = DEFAULT_SECRET_ENV) -> str:
-    secret = os.environ.get(name)
-    if not secret:
-        raise ConfigError(
-            f"{name} is not set: webhooks are signed",
-            hint=f"export {name}=whsec_... (base64 of at least 24 random bytes)",
-        )
-    return secret
+def signing_secrets(
+    workflows: Iterable[Workflow[Any]],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The secret each workflow that sends webhooks signs them with, by workflow name; and, for
+    each whose secret is missing or malformed, what is wrong (the variable's name, never a value).
+    """
+    secrets: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for workflow in workflows:
+        if not workflow.webhook:
+            continue
+        name = workflow.webhook_secret_env
+        secret = os.environ.get(name, "")
+        if not secret:
+            problems[workflow.name] = f"{name} is not set"
+        elif not _usable(secret):
+            problems[workflow.name] = f"{name} is not a whsec_ secret (base64 after the prefix)"
+        else:
+            secrets[workflow.name] = secret
+    return secrets, problems
+
+
+def _usable(secret: str) -> bool:
+    try:
+        return bool(secret_key(secret))
+    except (binascii.Error, ValueError):
+        return False
 
 
 def deliver_due(
-    engine: Engine, secret_for: Any, *, limit: int = 20, timeout: float = 10.0
+    engine: Engine,
+    secrets: Mapping[str, str],
+    *,
+    limit: int = 20,
+    timeout: float = 10.0,
+    run_id: str | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[int, int]:
-    """Send the deliveries that are due; returns (delivered, failed this round)."""
+    """Send up to `limit` due deliveries, one claim at a time, each signed with the secret of its
+    own workflow (`secrets`: workflow name -> secret, from `signing_secrets`); deliveries of other
+    workflows are left to a sender that has their secret. With `run_id`, only that run's. Once
+    `stop` is set, nothing more is claimed or sent. Returns (delivered, failed this round)."""
     delivered = failed = 0
-    for delivery in _claim_due(engine, limit):
-        error = _post(delivery, secret_for(delivery["url"]), timeout)
+    for _ in range(limit):
+        if stop is not None and stop.is_set():
+            break
+        delivery = _claim_next(engine, secrets, run_id)
+        if delivery is None:
+            break
+        if stop is not None and stop.is_set():  # given up on while claiming it
+            give_back(engine, [delivery["run_id"]])
+            break
+        try:
+            error = _post(delivery, secrets[delivery["workflow"]], timeout)
+        except BaseException:  # interrupted mid-send: another sender may send it now
+            give_back(engine, [delivery["run_id"]])
+            raise
         _settle(engine, delivery, error)
         if error is None:
             delivered += 1
@@ -137,31 +191,97 @@ def deliver_due(
     return delivered, failed
 
 
-def _claim_due(engine: Engine, limit: int) -> list[dict[str, Any]]:
-    now = datetime.now(timezone.utc)
+def waiting(engine: Engine) -> dict[str, int]:
+    """Deliveries not yet delivered, by the workflow whose decision they carry."""
     query = (
-        select(webhook_deliveries)
+        select(review_items.c.workflow, func.count())
+        .select_from(webhook_deliveries)
+        .join(review_items, review_items.c.run_id == webhook_deliveries.c.run_id)
         .where(webhook_deliveries.c.state == "pending")
-        .where(webhook_deliveries.c.next_attempt_at <= now)
-        .where(
-            or_(
-                webhook_deliveries.c.claimed_until.is_(None),
-                webhook_deliveries.c.claimed_until < now,
-            )
-        )
-        .order_by(webhook_deliveries.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        .group_by(review_items.c.workflow)
     )
-    with write_transaction(engine) as connection:
-        rows = [dict(row._mapping) for row in connection.execute(query)]
-        if rows:
-            connection.execute(
+    with engine.connect() as connection:
+        return {workflow: int(count) for workflow, count in connection.execute(query)}
+
+
+class _Claim(NamedTuple):
+    engine: Engine
+    run_id: str
+    until: datetime
+
+
+_held: dict[str, _Claim] = {}  # deliveries this process claimed and has not settled, by id
+_held_lock = threading.Lock()
+
+
+def give_back(engine: Engine | None = None, run_ids: Collection[str] | None = None) -> int:
+    """Clear this process's leases on deliveries it claimed and has not settled (all of them, or
+    those on `engine` of `run_ids`), so that another sender can send them at once. A lease that
+    has since passed to another sender is left alone. Returns how many were given back."""
+    with _held_lock:
+        chosen = {
+            delivery: claim
+            for delivery, claim in _held.items()
+            if (engine is None or claim.engine is engine)
+            and (run_ids is None or claim.run_id in run_ids)
+        }
+        for delivery in chosen:
+            del _held[delivery]
+    given = 0
+    for delivery, claim in chosen.items():
+        with claim.engine.begin() as connection:
+            given += connection.execute(
                 update(webhook_deliveries)
-                .where(webhook_deliveries.c.id.in_([row["id"] for row in rows]))
-                .values(claimed_until=now + LEASE)
-            )
-    return rows
+                .where(webhook_deliveries.c.id == delivery)
+                .where(webhook_deliveries.c.state == "pending")
+                .where(webhook_deliveries.c.claimed_until == claim.until)
+                .values(claimed_until=None)
+            ).rowcount
+    return given
+
+
+@atexit.register
+def _give_back_at_exit() -> None:
+    """A process that exits mid-send (its sending thread dies with it) holds no lease after."""
+    try:
+        give_back()
+    except Exception as exc:  # the lease then expires on its own
+        log.warning("smallops: could not give back the webhook leases: %s", first_line(exc))
+
+
+def _claim_next(
+    engine: Engine, workflows: Collection[str], run_id: str | None
+) -> dict[str, Any] | None:
+    """Lease the next due delivery of one of `workflows`, with its workflow's name."""
+    now = datetime.now(timezone.utc)
+    deliveries = webhook_deliveries.c
+    query = (
+        select(webhook_deliveries, review_items.c.workflow)
+        .join(review_items, review_items.c.run_id == deliveries.run_id)
+        .where(deliveries.state == "pending")
+        .where(deliveries.next_attempt_at <= now)
+        .where(or_(deliveries.claimed_until.is_(None), deliveries.claimed_until < now))
+        .where(review_items.c.workflow.in_(list(workflows)))
+        .order_by(deliveries.next_attempt_at, deliveries.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=webhook_deliveries)
+    )
+    if run_id is not None:
+        query = query.where(deliveries.run_id == run_id)
+    until = now + LEASE
+    with write_transaction(engine) as connection:
+        row = connection.execute(query).first()
+        if row is None:
+            return None
+        delivery = dict(row._mapping)
+        connection.execute(
+            update(webhook_deliveries)
+            .where(deliveries.id == delivery["id"])
+            .values(claimed_until=until)
+        )
+    with _held_lock:
+        _held[delivery["id"]] = _Claim(engine, delivery["run_id"], until)
+    return delivery
 
 
 def _post(delivery: dict[str, Any], secret: str, timeout: float) -> str | None:
@@ -187,6 +307,8 @@ def _post(delivery: dict[str, Any], secret: str, timeout: float) -> str | None:
         return _failed_status(exc.code)
     except (urllib.error.URLError, OSError) as exc:
         return f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    except ValueError as exc:  # a URL urllib cannot send to
+        return f"{type(exc).__name__}: {exc}"
     return None if 200 <= status < 300 else _failed_status(status)
 
 
@@ -221,3 +343,5 @@ def _settle(engine: Engine, delivery: dict[str, Any], error: str | None) -> None
             .where(webhook_deliveries.c.state == "pending")
             .values(**values)
         )
+    with _held_lock:
+        _held.pop(delivery["id"], None)

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smallops.config import Settings
-from smallops.errors import ConfigError, SmallopsError
+from smallops.errors import SmallopsError
 from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
 from smallops.storage.health import first_line, unreachable
@@ -186,39 +186,18 @@ class _AnswerWhenCancelled:
             await error(request, stopping)(scope, receive, send)
 
 
-class _NoSecret(Exception):
-    """A delivery whose signing secret is not set: left for later."""
-
-
 def webhook_sender(desk: ReviewDesk, rounds: int = 100) -> Callable[[], int]:
-    """A function that sends what is due, one delivery at a time, and returns how many it sent.
-
-    One at a time so that a delivery without a secret (skipped, with one warning per variable)
-    stays leased and out of the way instead of holding up the deliveries behind it.
-    """
+    """A function that sends up to `rounds` due deliveries, each signed with its own workflow's
+    secret, and returns how many it delivered. Deliveries of a workflow whose secret is not set
+    are left alone (unclaimed, so they hold up nothing), with one warning per workflow."""
     warned: set[str] = set()
 
-    def secret_for(url: str) -> str:
-        names = [w.webhook_secret_env for w in desk.workflows.values() if w.webhook == url]
-        name = names[0] if names else webhooks.DEFAULT_SECRET_ENV
-        try:
-            return webhooks.secret_from_env(name)
-        except ConfigError as exc:
+    def send() -> int:
+        secrets, problems = webhooks.signing_secrets(desk.workflows.values())
+        for name, problem in problems.items():
             if name not in warned:
                 warned.add(name)
-                log.warning("smallops: not sending webhooks to %s: %s", url, exc)
-            raise _NoSecret(name) from None
-
-    def send() -> int:
-        sent = 0
-        for _ in range(rounds):
-            try:
-                delivered, failed = webhooks.deliver_due(desk.engine, secret_for, limit=1)
-            except _NoSecret:
-                continue
-            if delivered + failed == 0:
-                break
-            sent += delivered
-        return sent
+                log.warning("smallops: not sending the webhooks of %s: %s", name, problem)
+        return webhooks.deliver_due(desk.engine, secrets, limit=rounds)[0]
 
     return send
