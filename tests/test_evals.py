@@ -482,6 +482,40 @@ def test_report_shows_served_model_changes_and_weekly_distribution_shifts(tmp_pa
     assert "model changed" in out and "rules-v1 -> rules-v2" in out and "shifted" in out
 
 
+def test_report_shows_a_secondary_model_fallback_as_fallback_not_as_a_model_change(
+    tmp_path, capsys, make_workflow, settings, emulator, database_url
+):
+    """The primary route decides model changes and drift; the secondary's calls are fallback."""
+    from dataclasses import replace
+
+    from smallops import secondary
+
+    from conftest import EMAIL
+    from emulators import ok, status
+
+    (tmp_path / "smallops.toml").write_text(f'[smallops]\ndatabase_url = "{database_url}"\n')
+    wf = make_workflow(
+        fallback=secondary("anthropic:claude-sonnet-4-6"),
+        retries=0,
+        settings=replace(settings, database_url=database_url),
+    )
+    wf.run(**EMAIL)
+    emulator.script(status(500), ok(), status(500), ok())  # OpenAI fails twice; Anthropic answers
+    fell_back = [wf.run(**EMAIL), wf.run(**EMAIL)]
+    assert {r.model for r in fell_back} == {"claude-sonnet-4-6"}
+    wf.run(**EMAIL)
+    wf.plan().writer.flush()
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "report", "--json")
+    [row] = json.loads(out)
+    assert code == 0 and row["statuses"]["fallback_secondary"] == 2
+    assert [m["model"] for m in row["model_changes"]] == ["gpt-4o-mini-2024-07-18"]
+    assert row["models_served"] == {"gpt-4o-mini-2024-07-18": 2}  # the failed calls served none
+    assert row["fallback"] == {"calls": 2, "models_served": {"claude-sonnet-4-6": 2}}
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "report")
+    assert "model changed" not in out
+    assert "fallback  2 calls went to the secondary model (claude-sonnet-4-6 x2)" in out
+
+
 def test_every_template_evaluates_with_a_fake_model(tmp_path, capsys):
     """The scaffolded eval sets load and score through the runner (a fake stands in)."""
     import asyncio
