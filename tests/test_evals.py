@@ -353,6 +353,13 @@ def test_check_catches_an_edited_prompt_until_the_evals_run_again(evals_project,
     assert check()[0] == 0
 
 
+def test_check_does_not_count_an_eval_run_that_got_no_answers(evals_project, capsys):
+    control(evals_project, down=True)
+    assert evaluate(capsys, evals_project)[0] == 2
+    code, out, _ = smallops(capsys, "-p", str(evals_project), "check")
+    assert code == 1 and "no eval run or baseline" in out
+
+
 def test_check_lists_unpinned_models_missing_fallbacks_and_small_eval_sets(evals_project, capsys):
     module = evals_project / "workflows" / "triage.py"
     module.write_text(
