@@ -25,9 +25,9 @@ def report_command(
     """Production calls per workflow: statuses, tokens, cost, p50/p95 latency, models served.
 
     Also when the served model changed, and week-over-week shifts in each enum field of the
-    output (chi-square test, p-value), both on the pinned model's route: calls a secondary model
-    answered are reported as fallback, not as a model change. Eval runs are left out: `smallops
-    eval` reports them.
+    output (chi-square test, p-value), both on the pinned model's route: calls that went to a
+    secondary model are reported as fallback, not as a model change. Eval runs are left out:
+    `smallops eval` reports them.
     """
     engine = _common.project(ctx).engine()
     rows = report(engine, since=_common.since(since))
