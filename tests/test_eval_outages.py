@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,14 +55,17 @@ def answer(body: dict[str, Any], _headers: dict[str, str]) -> Behaviour:
 
 
 @pytest.fixture
-def gate_project(tmp_path: Path, emulator: Any, capsys: Any) -> Path:
+def gate_project(tmp_path: Path, emulator: Any, capsys: Any, request: Any) -> Path:
     """A 40-case project on the emulator, case e01 critical, its baseline written while the
-    provider answered every case."""
+    provider answered every case; its log on `database_url` when the test asks for one."""
     root = tmp_path / "ops"
     (root / "workflows").mkdir(parents=True)
     (root / "evals").mkdir()
+    database = ""
+    if "database_url" in request.fixturenames:
+        database = f'database_url = "{request.getfixturevalue("database_url")}"\n'
     (root / "smallops.toml").write_text(
-        f'[smallops]\n\n[providers.openai]\nbase_url = "{emulator.openai_base_url}"\n'
+        f'[smallops]\n{database}\n[providers.openai]\nbase_url = "{emulator.openai_base_url}"\n'
     )
     workflow(root)
     (root / "workflows" / "triage.prompt").write_text("[user]\n{{ text }}")
@@ -91,7 +97,7 @@ def gate(capsys: Any, root: Path, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture
-def shared_breaker(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def shared_breaker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Breakers and rate limits shared through a Redis database of this module's own."""
     redis = pytest.importorskip("redis")
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
@@ -100,7 +106,7 @@ def shared_breaker(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     except redis.RedisError:
         pytest.skip("no Redis at 127.0.0.1:6379")
     monkeypatch.setenv("SMALLOPS_REDIS_URL", REDIS_URL)
-    yield REDIS_URL
+    yield client
     client.flushdb()
     client.close()
 
@@ -138,22 +144,42 @@ def test_an_unreachable_provider_is_exit_2_at_any_concurrency_with_or_without_ca
     assert set(kinds) <= {"server_error", "breaker_open"} and "breaker_open" in kinds
 
 
+def test_a_provider_nobody_listens_for_is_exit_2_at_the_default_concurrency(gate_project, capsys):
+    """Connection refused on every attempt, default retries and breaker: no verdict."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # nothing listens here once the socket is closed
+    toml = gate_project / "smallops.toml"
+    toml.write_text(re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{closed}", toml.read_text()))
+    kinds = assert_unjudged(*gate(capsys, gate_project, "--ci", "--no-cache"))
+    assert set(kinds) <= {"connection_error", "breaker_open"}
+
+
 @pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
 @pytest.mark.parametrize("concurrency", [1, 4, 16])
 def test_a_breaker_shared_through_redis_is_no_answer_on_the_rerun_after_an_outage(
-    gate_project, emulator, capsys, shared_breaker, concurrency, cache
+    shared_breaker, gate_project, emulator, capsys, concurrency, cache
 ):
-    """The outage opens the shared breaker; the rerun is refused on every case: exit 2 both."""
+    """The outage opens the breaker in Redis; the rerun, a new process, is refused on every
+    case before any request is made: exit 2 both times."""
     if cache:
         prompt = gate_project / "workflows" / "triage.prompt"
         prompt.write_text("[user]\nTriage: {{ text }}")
-    emulator.default = disconnect()
+    emulator.default = status(503, retry_after=0)
     args = ["--ci", "-c", str(concurrency)] + ([] if cache else ["--no-cache"])
     kinds = assert_unjudged(*gate(capsys, gate_project, *args))
-    assert set(kinds) <= {"connection_error", "breaker_open"}
+    assert set(kinds) <= {"server_error", "breaker_open"}
+    assert shared_breaker.keys("*")  # the breaker's state is in Redis, not in this process
     emulator.clear()
-    assert assert_unjudged(*gate(capsys, gate_project, *args)) == {"breaker_open": CASES}
-    assert not emulator.requests  # refused before any request was made
+    cli = [sys.executable, "-c", "from smallops.cli import main; main()"]
+    rerun = subprocess.run(
+        [*cli, "-p", str(gate_project), "eval", "triage", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert assert_unjudged(rerun.returncode, rerun.stdout, rerun.stderr) == {"breaker_open": 40}
+    assert not emulator.requests
 
 
 def test_an_eval_throttled_by_the_workflows_rate_limit_is_exit_2(gate_project, emulator, capsys):
@@ -163,7 +189,7 @@ def test_an_eval_throttled_by_the_workflows_rate_limit_is_exit_2(gate_project, e
 
 
 def test_an_eval_throttled_by_a_rate_limit_shared_through_redis_is_exit_2(
-    gate_project, emulator, capsys, shared_breaker
+    shared_breaker, gate_project, emulator, capsys
 ):
     workflow(gate_project, 'rate_limit="5/minute", rate_wait=0.2')
     kinds = assert_unjudged(
@@ -201,7 +227,7 @@ def test_every_kind_of_provider_failure_is_no_answer(gate_project, emulator, cap
 
 
 def test_a_partial_outage_is_exit_2_and_the_rerun_asks_only_the_unanswered_cases(
-    gate_project, emulator, capsys
+    database_url, gate_project, emulator, capsys
 ):
     """The answers that came are cached: completing the run costs only the missing ones."""
     (gate_project / "workflows" / "triage.prompt").write_text("[user]\nTriage: {{ text }}")
@@ -230,7 +256,9 @@ def drift(capsys: Any, root: Path, *args: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("side", ["pinned", "candidate"])
-def test_drift_with_a_model_that_does_not_answer_is_exit_2(gate_project, emulator, capsys, side):
+def test_drift_with_a_model_that_does_not_answer_is_exit_2(
+    database_url, gate_project, emulator, capsys, side
+):
     down = MODEL if side == "pinned" else CANDIDATE
 
     def by_model(body: dict[str, Any], headers: dict[str, str]) -> Behaviour:
