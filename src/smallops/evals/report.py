@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.etree import ElementTree as ET
 
-from smallops.evals.runner import EvalRun
+from smallops.evals.runner import UNJUDGED, EvalRun
 from smallops.evals.stats import GateResult
 
 ICONS = {"pass": "✅", "inconclusive": "⚠️", "regression": "❌"}
@@ -74,7 +74,7 @@ def junit(run: EvalRun, gate: GateResult | None = None) -> str:
     for name, value in (
         ("prompt_version", run.workflow.version.id),
         ("model", str(run.workflow.model)),
-        ("verdict", gate.verdict if gate else ("no answer" if run.unanswered() else "none")),
+        ("verdict", gate.verdict if gate else (UNJUDGED if run.unanswered() else "none")),
     ):
         ET.SubElement(properties, "property", {"name": name, "value": value})
     for result in run.results:
