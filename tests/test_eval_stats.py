@@ -246,6 +246,24 @@ def test_missing_cases_count_as_failures() -> None:
     assert critical.verdict == "regression"
 
 
+def test_a_critical_case_of_the_baseline_that_is_missing_is_a_regression_by_name() -> None:
+    """Even one that failed in the baseline: dropping a critical case takes a new baseline."""
+    for before in (1.0, 0.0):
+        result = gate([*same(30), outcome("must", before, None, critical=True)])
+        assert result.verdict == "regression"
+        assert result.reasons[0].startswith("critical case must of the baseline is missing now")
+
+
+def test_a_critical_case_passes_only_on_every_repeat() -> None:
+    """1.0 -> 0.5 with --repeat 2 is a critical case failing; for another case it still passes."""
+    critical = gate([*same(30), outcome("must", 1.0, 0.5, critical=True)])
+    assert critical.verdict == "regression" and critical.worse == 1
+    assert "critical case must went from pass to fail" in critical.reasons
+    assert critical.rate_current[0] == pytest.approx(30 / 31)
+    other = gate([*same(30), outcome("other", 1.0, 0.5)])
+    assert other.verdict == "pass" and other.worse == 0
+
+
 def test_new_cases_are_listed_but_not_compared() -> None:
     outcomes = same(30) + [outcome(f"new-{i}", None, 0.0, critical=True) for i in range(8)]
     result = gate(outcomes)

@@ -7,6 +7,7 @@ the provider is down, and what a candidate model gets wrong.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -25,6 +26,7 @@ WORKFLOW = '''
 """Triage for the eval tests: answers come from a fake that obeys control.json."""
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -47,12 +49,18 @@ class Grade(BaseModel):
     reason: str
 
 
+CALLS = {}
+
+
 def answer(request):
     control = json.loads((HERE / "control.json").read_text())
     if control.get("down"):
         return ProviderError("connection_error", "connection refused")
     case, category = request.user.split()[1], request.user.split()[-1]
     broken = control.get("broken", []) + control.get("broken_on", {}).get(request.model, [])
+    if case in control.get("flaky", []):  # every other call of the case is wrong
+        CALLS[case] = CALLS.get(case, 0) + 1
+        broken = broken + [case] * (CALLS[case] % 2)
     if case in control.get("invalid", []):
         return {"category": "weather"}
     if case in broken:
@@ -64,9 +72,15 @@ def short_summary(actual, expected, case):
     return len(actual) <= expected, f"{len(actual)} characters"
 
 
+def grade(request):
+    if json.loads((HERE / "control.json").read_text()).get("judge_down"):
+        return ProviderError("auth_error", "HTTP 401: invalid key")
+    return {"passed": "about" in request.user, "reason": "checked"}
+
+
 judge = Workflow(
     "judge", model="fake:judge", prompt="judge.prompt", output=Grade, fallback="raise",
-    provider=FakeProvider(lambda r: {"passed": "about" in r.user, "reason": "checked"}),
+    provider=FakeProvider(grade),
 )
 
 triage = Workflow(
@@ -222,8 +236,81 @@ def test_a_provider_that_is_down_is_exit_2_not_a_pass_and_not_a_regression(evals
     evaluate(capsys, evals_project, "--update-baseline")
     control(evals_project, down=True)
     code, summary, err = evaluate(capsys, evals_project, "--ci", "--no-cache")
-    assert code == 2 and summary is None
-    assert "no answer from the provider" in err and "connection_error" in err
+    assert code == 2 and summary["verdict"] is None and summary["gate"] is None
+    assert (
+        summary["unanswered"]["cases"] == 24
+        and "connection_error" in summary["unanswered"]["kinds"]
+    )
+    assert "24 of 24 cases got no answer from the model" in err and "cannot judge" in err
+    with Project(evals_project).engine().connect() as connection:
+        verdicts = connection.execute(select(eval_runs.c.verdict)).scalars().all()
+    assert sorted(verdicts, key=str) == [None, "unjudged"]
+
+
+def test_a_grader_that_gets_no_answer_leaves_its_case_unjudged(evals_project, capsys, tmp_path):
+    """The judge's own outage says nothing about the output it was asked to grade."""
+    evaluate(capsys, evals_project, "--update-baseline")
+    control(evals_project, judge_down=True)
+    junit = tmp_path / "junit.xml"
+    code, summary, err = evaluate(
+        capsys, evals_project, "--ci", "--no-cache", "--junit", str(junit)
+    )
+    assert code == 2 and summary["verdict"] is None, err
+    assert summary["unanswered"] == {
+        "cases": 1,
+        "of": 24,
+        "calls": 1,
+        "of_calls": 24,
+        "kinds": {"auth_error": 1},
+    }
+    assert "1 of 24 cases got no answer from the model (auth_error 1)" in err
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("errors") == "1" and suite.get("failures") == "0"
+    [error] = suite.findall("testcase/error")
+    assert error.get("message").startswith("no answer from the model: judge: auth_error")
+
+
+def test_an_update_of_the_baseline_is_refused_while_cases_are_unanswered(evals_project, capsys):
+    evaluate(capsys, evals_project, "--update-baseline")
+    baseline = evals_project / "evals" / "triage.baseline.json"
+    before = baseline.read_text()
+    control(evals_project, down=True)
+    code, _, err = evaluate(capsys, evals_project, "--update-baseline", "--no-cache")
+    assert code == 2 and "the baseline was not written" in err
+    assert baseline.read_text() == before
+
+
+def test_a_deleted_critical_case_is_a_regression_until_the_baseline_drops_it(evals_project, capsys):
+    """The critical flags come from the baseline: removing the case (or its tag) is no way out."""
+    evaluate(capsys, evals_project, "--update-baseline")
+    evals = evals_project / "evals" / "triage.jsonl"
+    lines = evals.read_text().splitlines()
+    evals.write_text("\n".join(lines[1:]) + "\n")  # e01, the critical case, is gone
+    code, summary, _ = evaluate(capsys, evals_project, "--ci")
+    assert code == 1 and summary["verdict"] == "regression"
+    assert "critical case e01 of the baseline is missing now" in summary["gate"]["reasons"][0]
+    evaluate(capsys, evals_project, "--update-baseline")  # on purpose, in a reviewed commit
+    code, summary, _ = evaluate(capsys, evals_project, "--ci")
+    assert code == 0 and summary["verdict"] == "pass"
+
+
+def test_a_critical_case_that_lost_its_tag_is_still_critical(evals_project, capsys):
+    evaluate(capsys, evals_project, "--update-baseline")
+    evals = evals_project / "evals" / "triage.jsonl"
+    evals.write_text(evals.read_text().replace('"tags": ["critical"]', '"tags": []'))
+    control(evals_project, broken=["e01"])
+    code, summary, _ = evaluate(capsys, evals_project, "--ci", "--no-cache")
+    assert code == 1 and "critical case e01 went from pass to fail" in summary["gate"]["reasons"]
+
+
+def test_a_critical_case_must_pass_every_repeat(evals_project, capsys):
+    """With --repeat 2, a critical case that drops from 1.0 to 0.5 fails; another case does not."""
+    evaluate(capsys, evals_project, "--update-baseline", "--repeat", "2")
+    control(evals_project, flaky=["e01", "e07"])  # each fails one of its two repeats
+    code, summary, _ = evaluate(capsys, evals_project, "--ci", "--no-cache", "--repeat", "2")
+    assert code == 1 and summary["verdict"] == "regression"
+    assert summary["gate"]["reasons"][0] == "critical case e01 went from pass to fail"
+    assert summary["gate"]["worse"] == 1 and summary["passed"] == 23
 
 
 def test_ci_without_a_baseline_says_how_to_make_one(evals_project, capsys):
@@ -264,6 +351,13 @@ def test_check_catches_an_edited_prompt_until_the_evals_run_again(evals_project,
     assert code == 1 and "triage: prompt version" in out and "--update-baseline" in out
     evaluate(capsys, evals_project, "--update-baseline")
     assert check()[0] == 0
+
+
+def test_check_does_not_count_an_eval_run_that_got_no_answers(evals_project, capsys):
+    control(evals_project, down=True)
+    assert evaluate(capsys, evals_project)[0] == 2
+    code, out, _ = smallops(capsys, "-p", str(evals_project), "check")
+    assert code == 1 and "no eval run or baseline" in out
 
 
 def test_check_lists_unpinned_models_missing_fallbacks_and_small_eval_sets(evals_project, capsys):
@@ -319,6 +413,32 @@ def test_drift_compares_a_candidate_model_case_by_case(evals_project, capsys):
     assert code == 0 and json.loads(out)["verdict"] == "pass"
 
 
+def test_drift_measures_both_models_the_same_way_in_one_run(evals_project, capsys):
+    """Answers come from the cache only where both models have one; cost and latency only from
+    calls made now, never from the cache as if measured."""
+
+    def drift(*args: str) -> tuple[int, dict[str, Any]]:
+        argv = ["-p", str(evals_project), "drift", "triage", "--candidate", "fake:rules-v2"]
+        code, out, _ = smallops(capsys, *argv, "--json", *args)
+        return code, json.loads(out)
+
+    evaluate(capsys, evals_project)  # the pinned model's answers are all in the cache
+    code, first = drift()
+    assert code == 0 and first["measured_calls"] == {"pinned": 24, "candidate": 24}
+    assert None not in first["median_latency_ms"].values()
+    code, again = drift()  # now both models have every answer cached
+    assert again["measured_calls"] == {"pinned": 0, "candidate": 0}
+    assert again["cost_usd"] == again["median_latency_ms"] == {"pinned": None, "candidate": None}
+    code, out, _ = smallops(
+        capsys, "-p", str(evals_project), "drift", "triage", "--candidate", "fake:rules-v2"
+    )
+    assert re.search(r"cost\s+not measured\s+not measured", out)
+    assert "--no-cache measures cost and latency" in out and "$0.0000" not in out
+    code, fresh = drift("--no-cache")
+    assert fresh["measured_calls"] == {"pinned": 24, "candidate": 24}
+    assert None not in fresh["median_latency_ms"].values()
+
+
 def test_report_shows_served_model_changes_and_weekly_distribution_shifts(tmp_path, capsys):
     """Production only: a silent upgrade and a shift in `category` show; eval runs do not."""
     from datetime import datetime, timedelta, timezone
@@ -367,6 +487,40 @@ def test_report_shows_served_model_changes_and_weekly_distribution_shifts(tmp_pa
     assert category["this_week"] == {"spam": 30, "billing": 10}
     code, out, _ = smallops(capsys, "-p", str(tmp_path), "report", "--since", "30d")
     assert "model changed" in out and "rules-v1 -> rules-v2" in out and "shifted" in out
+
+
+def test_report_shows_a_secondary_model_fallback_as_fallback_not_as_a_model_change(
+    tmp_path, capsys, make_workflow, settings, emulator, database_url
+):
+    """The primary route decides model changes and drift; the secondary's calls are fallback."""
+    from dataclasses import replace
+
+    from smallops import secondary
+
+    from conftest import EMAIL
+    from emulators import ok, status
+
+    (tmp_path / "smallops.toml").write_text(f'[smallops]\ndatabase_url = "{database_url}"\n')
+    wf = make_workflow(
+        fallback=secondary("anthropic:claude-sonnet-4-6"),
+        retries=0,
+        settings=replace(settings, database_url=database_url),
+    )
+    wf.run(**EMAIL)
+    emulator.script(status(500), ok(), status(500), ok())  # OpenAI fails twice; Anthropic answers
+    fell_back = [wf.run(**EMAIL), wf.run(**EMAIL)]
+    assert {r.model for r in fell_back} == {"claude-sonnet-4-6"}
+    wf.run(**EMAIL)
+    wf.plan().writer.flush()
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "report", "--json")
+    [row] = json.loads(out)
+    assert code == 0 and row["statuses"]["fallback_secondary"] == 2
+    assert [m["model"] for m in row["model_changes"]] == ["gpt-4o-mini-2024-07-18"]
+    assert row["models_served"] == {"gpt-4o-mini-2024-07-18": 2}  # the failed calls served none
+    assert row["fallback"] == {"calls": 2, "models_served": {"claude-sonnet-4-6": 2}}
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "report")
+    assert "model changed" not in out
+    assert "fallback  2 calls went to the secondary model (claude-sonnet-4-6 x2)" in out
 
 
 def test_every_template_evaluates_with_a_fake_model(tmp_path, capsys):

@@ -101,7 +101,8 @@ class Workflow(Generic[T]):
         self.on_decision = on_decision
         self.webhook = webhook
         self.webhook_secret_env = webhook_secret_env
-        self.origin = origin  # "app", or "eval" for the eval runner's calls
+        # "app"; "eval" for the eval runner's calls; "fallback" for the secondary model's calls
+        self.origin = origin
         self.checks = dict(checks or {})  # field -> check, for `smallops eval`
         self.rate_limit = parse_limits(rate_limit, "rate_limit", name)
         self.token_limit = parse_limits(token_limit, "token_limit", name)
@@ -129,7 +130,12 @@ class Workflow(Generic[T]):
         self.secondary: Workflow[T] | None = None  # the model to try when this one fails
         if self.fallback.kind == "secondary":
             model_id, then = self.fallback.value
-            self.secondary = self.replace(model=model_id, fallback=then, provider=None)
+            self.secondary = self.replace(
+                model=model_id,
+                fallback=then,
+                provider=None,
+                origin="fallback" if origin == "app" else origin,  # fallback traffic is no drift
+            )
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, model='{self.model}', prompt_version={self.version.id!r})"

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from smallops.cli import _common
 from smallops.errors import SmallopsError
 from smallops.evals.baseline import baseline_path, read_baseline
 from smallops.evals.dataset import load_cases
+from smallops.evals.runner import UNJUDGED
 from smallops.project import Project
 from smallops.storage.schema import eval_runs
 from smallops.workflow import Workflow
@@ -101,10 +102,15 @@ def _problems(
 
 
 def _evaluated_versions(project: Project) -> set[tuple[str, str]]:
-    """(workflow, prompt version) pairs with an eval run in the log, if the log is reachable."""
+    """(workflow, prompt version) pairs with an eval run in the log, if the log is reachable
+    (a run the model left cases unanswered in evaluated nothing)."""
     try:
         with project.engine().connect() as connection:
-            rows = connection.execute(select(eval_runs.c.workflow, eval_runs.c.prompt_version))
+            rows = connection.execute(
+                select(eval_runs.c.workflow, eval_runs.c.prompt_version).where(
+                    or_(eval_runs.c.verdict.is_(None), eval_runs.c.verdict != UNJUDGED)
+                )
+            )
             return {(name, version) for name, version in rows}
     except SmallopsError:
         return set()

@@ -1,4 +1,9 @@
-"""`smallops drift`: test a model upgrade like a dependency upgrade, on the eval set."""
+"""`smallops drift`: test a model upgrade like a dependency upgrade, on the eval set.
+
+Both models are measured the same way in one run: an answer comes from the eval cache only
+where both models have one cached, so the calls made are the same cases on both sides, and cost
+and latency are compared over those calls only (answers from the cache were not measured now).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,12 @@ from sqlalchemy import select
 
 from smallops.cli import _common
 from smallops.evals.dataset import load_cases
-from smallops.evals.runner import EvalRun, run_eval
+from smallops.evals.runner import EvalRun, cached_answers, run_eval
 from smallops.evals.stats import CaseOutcome, GateResult, gate
 from smallops.storage.schema import runs
 from smallops.workflow import Workflow
+
+SIDES = ("pinned", "candidate")
 
 
 def register(app: typer.Typer) -> None:
@@ -28,12 +35,15 @@ def drift_command(
     candidate: str = typer.Option(..., "--candidate", help="The model to compare, provider:id."),
     repeat: int = typer.Option(1, "--repeat", "-r", min=1, max=20),
     concurrency: int = typer.Option(4, "--concurrency", "-c", min=1, max=64),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Call both models for every case."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Run the eval set on the pinned model and a candidate; compare case by case.
 
     Reports paired differences per case and per field, cost and latency, and a recommendation.
-    Exit 1 when the candidate is a regression.
+    A cached answer is used only where both models have one, and cost and latency only over the
+    calls made in this run (--no-cache measures every case). Exit 1 when the candidate is a
+    regression, 2 when either model left a case unanswered (no verdict).
     """
     pinned = _common.project(ctx).workflow(workflow)
     other = pinned.replace(model=candidate)
@@ -41,8 +51,24 @@ def drift_command(
     cases = load_cases(pinned.evals_path, variables=pinned.prompt.variables, fields=fields)
     pinned.provider.check()
     other.provider.check()
-    before = asyncio.run(run_eval(pinned, cases, repeat=repeat, concurrency=concurrency))
-    after = asyncio.run(run_eval(other, cases, repeat=repeat, concurrency=concurrency))
+    reuse = (
+        set()
+        if no_cache
+        else cached_answers(pinned, cases, repeat) & cached_answers(other, cases, repeat)
+    )
+    runs_by_side: list[EvalRun] = []
+    for side, wf in zip(SIDES, (pinned, other), strict=True):
+        run = asyncio.run(run_eval(wf, cases, repeat=repeat, concurrency=concurrency, reuse=reuse))
+        unanswered = run.unanswered()
+        if unanswered is not None:
+            _common.err.print(
+                f"error: {pinned.name}: {side} model {wf.model}: {unanswered}: drift cannot "
+                "compare the models; run it again once both answer",
+                markup=False,
+            )
+            raise typer.Exit(2)
+        runs_by_side.append(run)
+    before, after = runs_by_side
     comparison = compare_models(pinned, before, after)
     if as_json:
         _common.print_json(comparison)
@@ -75,7 +101,6 @@ def compare_models(pinned: Workflow[Any], before: EvalRun, after: EvalRun) -> di
                 tally["worse"] += 1
             elif not passed and theirs.get(name, False):
                 tally["better"] += 1
-    latency_before, latency_after = _latency(pinned, before), _latency(pinned, after)
     return {
         "workflow": pinned.name,
         "pinned": str(before.workflow.model),
@@ -85,8 +110,15 @@ def compare_models(pinned: Workflow[Any], before: EvalRun, after: EvalRun) -> di
         "pass_rate": {"pinned": result.rate_baseline[0], "candidate": result.rate_current[0]},
         "changed_cases": cases,
         "fields": fields,
-        "cost_usd": {"pinned": before.cost_usd, "candidate": after.cost_usd},
-        "median_latency_ms": {"pinned": latency_before, "candidate": latency_after},
+        "measured_calls": {"pinned": _fresh(before), "candidate": _fresh(after)},
+        "cost_usd": {
+            "pinned": before.cost_usd if _fresh(before) else None,
+            "candidate": after.cost_usd if _fresh(after) else None,
+        },
+        "median_latency_ms": {
+            "pinned": _latency(pinned, before),
+            "candidate": _latency(pinned, after),
+        },
         "recommendation": _recommend(result),
     }
 
@@ -111,7 +143,13 @@ def _by_case(run: EvalRun) -> list[dict[str, bool]]:
     return [table.get(case.id, {}) for case in run.cases]
 
 
+def _fresh(run: EvalRun) -> int:
+    """Calls made in this run: only these measured cost and latency."""
+    return sum(1 for r in run.results if not r.cached)
+
+
 def _latency(pinned: Workflow[Any], run: EvalRun) -> float | None:
+    """The median latency of the calls made in this run (None: none was made)."""
     ids = [r.run_id for r in run.results if r.run_id and not r.cached]
     if not ids:
         return None
@@ -120,6 +158,15 @@ def _latency(pinned: Workflow[Any], run: EvalRun) -> float | None:
             connection.execute(select(runs.c.latency_ms).where(runs.c.id.in_(ids))).scalars()
         )
     return round(statistics.median(values), 1) if values else None
+
+
+def _measured(comparison: dict[str, Any], side: str, key: str, show: Any) -> str:
+    """A side's cost or latency, or "not measured" when all its answers came from the cache."""
+    return show(comparison[key][side]) if comparison["measured_calls"][side] else "not measured"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
 
 
 def _print(comparison: dict[str, Any]) -> None:
@@ -138,11 +185,18 @@ def _print(comparison: dict[str, Any]) -> None:
         table.add_column(column)
     rates = comparison["pass_rate"]
     table.add_row("pass rate", f"{rates['pinned']:.1%}", f"{rates['candidate']:.1%}")
-    cost = comparison["cost_usd"]
-    table.add_row("cost", _common.money(cost["pinned"]), _common.money(cost["candidate"]))
-    latency = comparison["median_latency_ms"]
-    table.add_row("median latency ms", str(latency["pinned"]), str(latency["candidate"]))
+    calls = comparison["measured_calls"]
+    table.add_row("calls made now", str(calls["pinned"]), str(calls["candidate"]))
+    for label, key, show in (
+        ("cost", "cost_usd", _common.money),
+        ("median latency ms", "median_latency_ms", _ms),
+    ):
+        table.add_row(label, *(_measured(comparison, side, key, show) for side in SIDES))
     say(table)
+    if not calls["pinned"]:
+        say(
+            "  every answer came from the cache: --no-cache measures cost and latency", markup=False
+        )
     for name, tally in comparison["fields"].items():
         if tally["worse"] or tally["better"]:
             say(

@@ -12,11 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from smallops.cli import _common
-from smallops.errors import ConfigError, SmallopsError
+from smallops.errors import ConfigError
 from smallops.evals import report
 from smallops.evals.baseline import baseline_path, compare, read_baseline, write_baseline
 from smallops.evals.dataset import Case, load_cases
-from smallops.evals.runner import EvalRun, estimate_cost, record_verdict, run_eval
+from smallops.evals.runner import UNJUDGED, EvalRun, estimate_cost, record_verdict, run_eval
 from smallops.evals.stats import GateResult
 from smallops.workflow import Workflow
 
@@ -26,15 +26,10 @@ Every call is logged (as eval traffic); validated outputs are cached by model, p
 input and repeat, so a rerun with nothing changed costs nothing (--no-cache to call anyway).
 --update-baseline writes evals/<workflow>.baseline.json to commit. --ci compares with it case
 by case (exact sign test on the cases that changed, paired bootstrap, Wilson intervals): exit 0
-pass or inconclusive, 1 regression (or a critical case that now fails), 2 configuration or
-infrastructure error (a provider that cannot be reached is never a pass or a regression).
+pass or inconclusive, 1 regression (a critical case of the baseline that fails or is missing is
+one), 2 configuration error or no verdict: a case the model never answered (outage, breaker,
+rate limit, budget) cannot be judged, so the run is neither a pass nor a regression.
 """
-
-
-class InfrastructureError(SmallopsError):
-    """The provider could not answer: the eval says nothing about the prompt."""
-
-    exit_code = 2
 
 
 def register(app: typer.Typer) -> None:
@@ -68,7 +63,10 @@ def eval_command(
         run, gate = _evaluate(wf, repeat, concurrency, not no_cache, ci, update_baseline, as_json)
         markdowns.append(report.markdown(run, gate))
         junits.append(report.junit(run, gate))
-        worst = max(worst, 1 if gate is not None and gate.verdict == "regression" else 0)
+        if run.unanswered() is not None:
+            worst = 2
+        elif gate is not None and gate.verdict == "regression":
+            worst = max(worst, 1)
     _write_outputs(markdowns, junits, markdown_file, junit_file, ci)
     if worst:
         raise typer.Exit(worst)
@@ -103,17 +101,24 @@ def _evaluate(
         markup=False,
     )
     run = _run_with_progress(wf, cases, repeat, concurrency, use_cache)
-    infra = run.infrastructure_errors()
-    if infra:
-        kinds = sorted({r.error_type or "" for r in infra})
-        raise InfrastructureError(
-            f"{wf.name}: {len(infra)} of {len(run.results)} calls got no answer from the provider "
-            f"({', '.join(kinds)}); the eval says nothing about the prompt",
-            hint="check the provider and its key, then run again",
+    engine = wf.plan().writer.store.engine
+    unanswered = run.unanswered()
+    if unanswered is not None:
+        record_verdict(engine, run.id, UNJUDGED)
+        judge = "the gate" if ci else "this eval"
+        _common.err.print(
+            f"error: {wf.name}: {unanswered}: {judge} cannot judge the prompt"
+            + ("; the baseline was not written" if update_baseline else "")
+            + "; run it again once the model answers"
+            + (" (the answers that came are cached)" if use_cache else ""),
+            markup=False,
         )
+        if as_json:
+            _common.print_json(_summary(run, None))
+        return run, None
     gate = compare(baseline, run) if (ci and baseline is not None) else None
     if gate is not None:
-        record_verdict(wf.plan().writer.store.engine, run.id, gate.verdict)
+        record_verdict(engine, run.id, gate.verdict)
     if update_baseline:
         write_baseline(baseline_path(wf.evals_path), run)
         say(f"baseline written to {baseline_path(wf.evals_path)}: commit it", markup=False)
@@ -189,6 +194,7 @@ def _summary(run: EvalRun, gate: GateResult | None) -> dict[str, Any]:
         "cached": sum(r.cached for r in run.results),
         "verdict": gate.verdict if gate else None,
         "gate": gate.__dict__ if gate else None,
+        "unanswered": unanswered.__dict__ if (unanswered := run.unanswered()) else None,
         "results": [
             {
                 "case": r.case.id,
@@ -198,6 +204,7 @@ def _summary(run: EvalRun, gate: GateResult | None) -> dict[str, Any]:
                 "cached": r.cached,
                 "checks": [f.__dict__ for f in r.fields],
                 "error": r.error,
+                "no_answer": r.no_answer,
             }
             for r in run.results
         ],

@@ -25,7 +25,9 @@ def report_command(
     """Production calls per workflow: statuses, tokens, cost, p50/p95 latency, models served.
 
     Also when the served model changed, and week-over-week shifts in each enum field of the
-    output (chi-square test, p-value). Eval runs are left out: `smallops eval` reports them.
+    output (chi-square test, p-value), both on the pinned model's route: calls that went to a
+    secondary model are reported as fallback, not as a model change. Eval runs are left out:
+    `smallops eval` reports them.
     """
     engine = _common.project(ctx).engine()
     rows = report(engine, since=_common.since(since))
@@ -69,6 +71,13 @@ def print_report(rows: list[dict[str, Any]], since: str) -> None:
         ):
             say(f"  {label:<9} {escape(value)}")
         say(f"  {'models':<9} {served}")
+        fallback = row["fallback"]
+        if fallback["calls"]:
+            models = ", ".join(f"{m} x{n}" for m, n in fallback["models_served"].items())
+            say(
+                f"  {'fallback':<9} {fallback['calls']} calls went to the secondary model"
+                + (f" ({escape(models)})" if models else "")
+            )
         _print_drift(row)
 
 

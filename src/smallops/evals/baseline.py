@@ -1,13 +1,15 @@
 """Baselines: the approved per-case results a pull request is compared against.
 
 `evals/<workflow>.baseline.json` is written by `smallops eval --update-baseline` and committed;
-`smallops eval --ci` compares a fresh run with it case by case.
+`smallops eval --ci` compares a fresh run with it case by case. The baseline also records which
+cases are critical, so deleting a critical case (or its tag) from the eval set cannot get past
+the gate: dropping one is a change to the committed baseline, made on purpose and reviewed.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ class Baseline:
     model: str
     date: str
     scores: dict[str, float]
+    critical: frozenset[str] = field(default_factory=frozenset)
 
 
 def baseline_path(evals_path: Path) -> Path:
@@ -70,8 +73,16 @@ def read_baseline(path: Path) -> Baseline | None:
             model=str(data["model"]),
             date=str(data.get("date", "")),
             scores={case: float(v["score"]) for case, v in data["cases"].items()},
+            critical=frozenset(c for c, v in data["cases"].items() if v.get("critical") is True),
         )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
+    except (
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         raise ConfigError(
             f"baseline {path} is not readable: {exc}",
             hint="regenerate it with `smallops eval WORKFLOW --update-baseline`",
@@ -79,9 +90,10 @@ def read_baseline(path: Path) -> Baseline | None:
 
 
 def compare(baseline: Baseline, run: EvalRun, *, seed: int = 0) -> GateResult:
-    """Case-by-case: baseline cases missing now count as failures; new cases are listed."""
+    """Case-by-case: baseline cases missing now count as failures (a critical one is a
+    regression); new cases are listed. A case is critical if the baseline or the run says so."""
     current = run.scores()
-    critical = {case.id for case in run.cases if case.critical}
+    critical = baseline.critical | {case.id for case in run.cases if case.critical}
     ids = list(baseline.scores) + [case for case in current if case not in baseline.scores]
     outcomes = [
         CaseOutcome(

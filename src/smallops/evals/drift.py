@@ -1,5 +1,8 @@
 """Drift in production: when the served model changed, and shifts in what the outputs say.
 
+Both read the pinned model's route only: calls a secondary model answered while the primary was
+down are fallback traffic, reported as such, not a model change.
+
 Week over week, for each enum field of a workflow's output, a chi-square test on the counts of
 each value (this week against the week before) says whether the distribution moved: a silent
 model upgrade or a change in the inputs shows here before anyone complains.
@@ -15,7 +18,7 @@ from sqlalchemy import Engine, func, select
 
 from smallops.evals.stats import chi_square_test
 from smallops.review.graduation import enum_fields
-from smallops.storage.queries import PRODUCTION
+from smallops.storage.queries import PRIMARY
 from smallops.storage.schema import prompt_versions, runs
 
 SHIFT_ALPHA = 0.01  # a distribution "shifted" below this p-value: few false alarms a year
@@ -30,7 +33,7 @@ def model_changes(engine: Engine, workflow: str) -> list[dict[str, Any]]:
             func.max(runs.c.started_at),
             func.count(),
         )
-        .where(runs.c.workflow == workflow, runs.c.model_served.is_not(None), PRODUCTION)
+        .where(runs.c.workflow == workflow, runs.c.model_served.is_not(None), PRIMARY)
         .group_by(runs.c.model_served)
         .order_by(func.min(runs.c.started_at))
     )
@@ -65,7 +68,7 @@ def distribution_shifts(
         rows = connection.execute(
             select(runs.c.started_at, runs.c.output).where(
                 runs.c.workflow == workflow,
-                PRODUCTION,
+                PRIMARY,
                 runs.c.output.is_not(None),
                 runs.c.started_at >= two_weeks_ago,
                 runs.c.started_at < now,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from xml.etree import ElementTree as ET
 
-from smallops.evals.runner import EvalRun
+from smallops.evals.runner import UNJUDGED, EvalRun
 from smallops.evals.stats import GateResult
 
 ICONS = {"pass": "✅", "inconclusive": "⚠️", "regression": "❌"}
@@ -15,6 +15,10 @@ def markdown(run: EvalRun, gate: GateResult | None = None, title: str | None = N
     wf = run.workflow
     scores = run.scores()
     lines = [f"### {title or 'smallops eval'}: `{wf.name}`", ""]
+    unanswered = run.unanswered()
+    if unanswered is not None:
+        lines += [f"**{ICONS['inconclusive']} no verdict**", ""]
+        lines += [f"- {unanswered}: the prompt cannot be judged; run again", ""]
     if gate is not None:
         lines += [f"**{ICONS[gate.verdict]} {gate.verdict}**", ""]
         lines += [f"- {reason}" for reason in gate.reasons] + [""]
@@ -52,8 +56,9 @@ def markdown(run: EvalRun, gate: GateResult | None = None, title: str | None = N
 
 
 def junit(run: EvalRun, gate: GateResult | None = None) -> str:
-    """One testsuite per eval; one testcase per case and repeat; a failure per failed check."""
-    errors = sum(any(f.error for f in r.fields) for r in run.results)
+    """One testsuite per eval; one testcase per case and repeat; a failure per failed check,
+    an error per case that got no answer or whose scorer broke."""
+    errors = sum(bool(r.no_answer) or any(f.error for f in r.fields) for r in run.results)
     failures = sum(not r.passed for r in run.results) - errors
     suite = ET.Element(
         "testsuite",
@@ -69,7 +74,7 @@ def junit(run: EvalRun, gate: GateResult | None = None) -> str:
     for name, value in (
         ("prompt_version", run.workflow.version.id),
         ("model", str(run.workflow.model)),
-        ("verdict", gate.verdict if gate else "none"),
+        ("verdict", gate.verdict if gate else (UNJUDGED if run.unanswered() else "none")),
     ):
         ET.SubElement(properties, "property", {"name": name, "value": value})
     for result in run.results:
@@ -82,7 +87,10 @@ def junit(run: EvalRun, gate: GateResult | None = None) -> str:
             },
         )
         broken = [f for f in result.fields if f.error]
-        if broken:
+        if result.no_answer:
+            why = result.error or "; ".join(f.detail for f in result.fields if f.no_answer)
+            ET.SubElement(case, "error", {"message": f"no answer from the model: {why}"})
+        elif broken:
             ET.SubElement(case, "error", {"message": broken[0].detail})
         elif not result.passed:
             detail = "; ".join(f"{f.field}: {f.detail}" for f in result.fields if not f.passed)

@@ -4,6 +4,9 @@ The workflow runs with review off and fallback "raise" (an eval wants the model'
 not a human's), marked `origin="eval"` so reports can tell eval traffic from production. A cache
 keyed by model, prompt version, input and repeat index keeps validated outputs only, so a rerun
 with nothing changed costs nothing, and repeats are distinct entries.
+
+A case the model never answered (a guard refused it, the provider failed it) says nothing about
+the prompt: `EvalRun.unanswered` counts those, and no verdict is drawn from a run that has any.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -19,9 +23,11 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import Engine, func, select
 
+from smallops.error_types import NO_ANSWER
 from smallops.errors import WorkflowFailed
 from smallops.evals.dataset import Case
 from smallops.evals.scorers import FieldResult, check_case
+from smallops.evals.stats import passes
 from smallops.ids import uuid7
 from smallops.pricing import price_run
 from smallops.providers.base import Usage
@@ -29,10 +35,8 @@ from smallops.storage.db import ensure_schema
 from smallops.storage.schema import eval_cache, eval_results, eval_runs, runs
 from smallops.workflow import Workflow
 
-#: Failures that say nothing about the prompt: the model never answered.
-INFRASTRUCTURE = frozenset(
-    {"rate_limited", "server_error", "timeout", "connection_error", "auth_error", "bad_response"}
-)
+#: The verdict stored for a run with unanswered cases: it cannot judge the prompt.
+UNJUDGED = "unjudged"
 
 
 @dataclass
@@ -54,6 +58,29 @@ class CaseResult:
         if not self.fields:
             return self.output is not None
         return all(f.passed for f in self.fields)
+
+    @property
+    def no_answer(self) -> str | None:
+        """The error type when the model, or a grader's model, gave no answer at all."""
+        if self.error_type in NO_ANSWER:
+            return self.error_type
+        return next((f.no_answer for f in self.fields if f.no_answer), None)
+
+
+@dataclass(frozen=True)
+class Unanswered:
+    """The cases of a run that the model never answered, and why (error type -> calls)."""
+
+    cases: int
+    of: int
+    calls: int
+    of_calls: int
+    kinds: dict[str, int]
+
+    def __str__(self) -> str:
+        calls = f" in {self.calls} of {self.of_calls} calls" if self.of_calls != self.of else ""
+        kinds = ", ".join(f"{kind} {n}" for kind, n in self.kinds.items())
+        return f"{self.cases} of {self.of} cases got no answer from the model{calls} ({kinds})"
 
 
 @dataclass
@@ -79,10 +106,23 @@ class EvalRun:
 
     @property
     def passed(self) -> int:
-        return sum(1 for score in self.scores().values() if score >= 0.5)
+        """Cases that pass: half their repeats, or every repeat for a critical case."""
+        scores = self.scores()
+        return sum(1 for c in self.cases if c.id in scores and passes(scores[c.id], c.critical))
 
-    def infrastructure_errors(self) -> list[CaseResult]:
-        return [r for r in self.results if r.error_type in INFRASTRUCTURE]
+    def unanswered(self) -> Unanswered | None:
+        """The calls that got no answer from the model, if any: then nothing can be judged."""
+        missing = [r for r in self.results if r.no_answer]
+        if not missing:
+            return None
+        kinds = Counter(str(r.no_answer) for r in missing)
+        return Unanswered(
+            cases=len({r.case.id for r in missing}),
+            of=len(self.cases),
+            calls=len(missing),
+            of_calls=len(self.results),
+            kinds=dict(sorted(kinds.items(), key=lambda item: (-item[1], item[0]))),
+        )
 
 
 def cache_key(model: str, prompt_version: str, inputs: dict[str, Any], repeat: int) -> str:
@@ -119,9 +159,13 @@ async def run_eval(
     repeat: int = 1,
     concurrency: int = 4,
     use_cache: bool = True,
+    reuse: Collection[tuple[str, int]] | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> EvalRun:
-    """Run every case `repeat` times, from the cache where possible; score every output."""
+    """Run every case `repeat` times, from the cache where possible; score every output.
+
+    `reuse`, when given, limits the cache to these (case id, repeat index) pairs.
+    """
     evaluated = for_evals(workflow)
     engine = _engine(evaluated)
     cached = _load_cache(engine, evaluated) if use_cache else {}
@@ -133,7 +177,7 @@ async def run_eval(
         key = cache_key(evaluated.model.model, evaluated.version.id, case.input, index)
         async with limit:
             try:
-                if key in cached:
+                if key in cached and (reuse is None or (case.id, index) in reuse):
                     output, run_id = cached[key]
                     return await _scored(case, index, output, run_id, True, evaluated)
                 try:
@@ -180,6 +224,19 @@ async def _scored(
 ) -> CaseResult:
     fields = await check_case(case, output, error, workflow)
     return CaseResult(case, index, output, fields, run_id, cached, error, error_type)
+
+
+def cached_answers(workflow: Workflow[Any], cases: list[Case], repeat: int) -> set[tuple[str, int]]:
+    """The (case id, repeat index) pairs the eval cache holds an answer for."""
+    evaluated = for_evals(workflow)
+    cached = _load_cache(_engine(evaluated), evaluated)
+    model, version = evaluated.model.model, evaluated.version.id
+    return {
+        (case.id, index)
+        for case in cases
+        for index in range(repeat)
+        if cache_key(model, version, case.input, index) in cached
+    }
 
 
 def _plain(output: Any) -> Any:

@@ -2,7 +2,8 @@
 
 A workflow may name a check per field (`Workflow(checks={"total": tolerance(0.01)})`); a case
 may choose one per value (`"expected": {"summary": {"contains": "invoice"}}`); otherwise a
-field is compared exactly. A check that raises is an error, and an error is a failure.
+field is compared exactly. A check that raises is an error, and an error is a failure, except
+when a grader's model gave no answer: that says nothing about the output, like any unanswered call.
 
     exact()               equal (1 == 1.0; text compared as is)
     one_of([...])         the value is one of these
@@ -26,7 +27,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from smallops.errors import ConfigError
+from smallops.error_types import NO_ANSWER
+from smallops.errors import ConfigError, WorkflowFailed
 
 if TYPE_CHECKING:
     from smallops.evals.dataset import Case
@@ -45,6 +47,7 @@ class FieldResult:
     passed: bool
     detail: str
     error: bool = False
+    no_answer: str | None = None  # the error type, when a grader's model gave no answer
 
 
 def exact() -> Check:
@@ -149,6 +152,10 @@ async def check_case(
             if inspect.isawaitable(verdict):
                 verdict = await verdict
             passed, detail = verdict
+        except WorkflowFailed as exc:
+            kind = exc.error_type if exc.error_type in NO_ANSWER else None
+            results.append(FieldResult(name, False, exc.message, error=True, no_answer=kind))
+            continue
         except Exception as exc:  # a scorer error is a failure, never a silent pass
             results.append(FieldResult(name, False, f"{type(exc).__name__}: {exc}", error=True))
             continue

@@ -11,7 +11,8 @@ P(X >= b), X ~ Binomial(b + c, 1/2) is the chance of seeing this many flips to w
 The other numbers are there to be read, not to decide: the mean scores over the paired cases,
 a paired bootstrap interval for the mean change per case, the pass rates with Wilson intervals,
 and `min_detectable`, the fewest pass->fail flips (with nothing improving) that this set could
-ever call a regression. A critical case that flips is a regression whatever the statistics.
+ever call a regression. A critical case that flips is a regression whatever the statistics, and
+it passes only when it passes every repeat.
 """
 
 from __future__ import annotations
@@ -22,15 +23,25 @@ import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from smallops.review.stats import _regularized_beta
+
+Verdict = Literal["pass", "inconclusive", "regression"]
+
+
+def passes(score: float, critical: bool = False, threshold: float = 0.5) -> bool:
+    """Whether a case with this score (its share of repeats passed) passes: at `threshold`,
+    or, for a critical case, on every repeat (1.0 -> 0.5 is a critical case failing)."""
+    return score >= (1.0 if critical else threshold)
 
 
 @dataclass(frozen=True)
 class CaseOutcome:
     """One case's score (in [0, 1], the share of repeats passed) in the baseline and now.
 
-    `baseline` None: a new case, not compared. `current` None: missing now, scored 0.
+    `baseline` None: a new case, not compared. `current` None: missing now, scored 0 (and a
+    regression if the case is critical).
     """
 
     case_id: str
@@ -41,7 +52,7 @@ class CaseOutcome:
 
 @dataclass(frozen=True)
 class GateResult:
-    verdict: str  # "pass" | "inconclusive" | "regression"
+    verdict: Verdict
     reasons: list[str]
     paired: int  # cases in the baseline (a case missing now counts, with score 0)
     worse: int  # b: passed in the baseline, fail now
@@ -61,10 +72,10 @@ class GateResult:
 def gate(
     outcomes: Sequence[CaseOutcome], *, alpha: float = 0.05, threshold: float = 0.5, seed: int = 0
 ) -> GateResult:
-    """Compare the current run with the baseline case by case; passing is score >= threshold.
+    """Compare the current run with the baseline case by case; passing is `passes`.
 
-    "regression": a critical case flipped to fail, or p < alpha with worse > better. "pass":
-    worse <= better. Otherwise "inconclusive", with what this set is able to detect.
+    "regression": a critical case flipped to fail or went missing, or p < alpha with worse >
+    better. "pass": worse <= better. Otherwise "inconclusive", with what this set can detect.
     """
     seen: set[str] = set()
     pairs: list[tuple[CaseOutcome, float, float]] = []
@@ -84,16 +95,30 @@ def gate(
             missing.append(case.case_id)
         pairs.append((case, case.baseline, 0.0 if case.current is None else case.current))
 
+    def passing(case: CaseOutcome, score: float) -> bool:
+        return passes(score, case.critical, threshold)
+
     paired = len(pairs)
-    worse = [c for c, base, now in pairs if base >= threshold > now]
-    better = sum(1 for _, base, now in pairs if now >= threshold > base)
+    worse = [c for c, base, now in pairs if passing(c, base) and not passing(c, now)]
+    better = sum(1 for c, base, now in pairs if passing(c, now) and not passing(c, base))
     b = len(worse)
     p = sign_test_worse(b, better)
     flips = min_detectable_flips(paired, alpha)
 
     counts = f"{_cases(b)} got worse and {better} better (p = {p:.2g})"
     on = f"on {_cases(paired)}"
-    reasons = [f"critical case {c.case_id} went from pass to fail" for c in worse if c.critical]
+    reasons = [
+        f"critical case {c.case_id} of the baseline is missing now (drop it on purpose with "
+        "--update-baseline)"
+        for c, _, _ in pairs
+        if c.critical and c.current is None
+    ]
+    reasons += [
+        f"critical case {c.case_id} went from pass to fail"
+        for c in worse
+        if c.critical and c.current is not None
+    ]
+    verdict: Verdict
     if paired == 0:
         verdict = "inconclusive"
         reasons.append("no case is in both the baseline and the current run: nothing to compare")
@@ -128,8 +153,8 @@ def gate(
         mean_baseline=_mean([base for _, base, _ in pairs]),
         mean_current=_mean([now for _, _, now in pairs]),
         diff_ci=paired_bootstrap([now - base for _, base, now in pairs], seed=seed),
-        rate_baseline=_rate(sum(base >= threshold for _, base, _ in pairs), paired),
-        rate_current=_rate(sum(now >= threshold for _, _, now in pairs), paired),
+        rate_baseline=_rate(sum(passing(c, base) for c, base, _ in pairs), paired),
+        rate_current=_rate(sum(passing(c, now) for c, _, now in pairs), paired),
         min_detectable=flips,
         min_detectable_rate=flips / max(paired, 1),
         new_cases=new_cases,

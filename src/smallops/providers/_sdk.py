@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic_core import from_json
 
+from smallops.error_types import ProviderFailure
 from smallops.errors import ConfigError
 from smallops.providers.base import ProviderError, parse_retry_after
 from smallops.redact import REDACTED
@@ -125,7 +126,7 @@ def to_provider_error(exc: Exception, sdk: ModuleType) -> ProviderError:
     return ProviderError("bad_response", f"{type(exc).__name__}: {exc}")
 
 
-def _status_kind(status: int) -> str:
+def _status_kind(status: int) -> ProviderFailure:
     if status == 429:
         return "rate_limited"
     if status in (401, 403):

@@ -11,14 +11,11 @@ import email.utils
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
-# Kinds of provider failure; the retryable ones are retried under the call's deadline.
-RETRYABLE = frozenset(
-    {"rate_limited", "server_error", "timeout", "connection_error", "bad_response"}
-)
+from smallops.error_types import RETRYABLE, ProviderFailure
 
 
 @dataclass(frozen=True)
@@ -66,11 +63,12 @@ class Reply:
 
 
 class ProviderError(Exception):
-    """A request that produced no usable response."""
+    """A request that produced no usable response; `kind` is one of PROVIDER_FAILURES, or
+    "breaker_open" when the circuit breaker refused to send it."""
 
     def __init__(
         self,
-        kind: str,
+        kind: ProviderFailure | Literal["breaker_open"],
         message: str,
         *,
         status_code: int | None = None,

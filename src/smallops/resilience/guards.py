@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from smallops.error_types import REFUSALS as REFUSALS  # what `smallops logs --status` lists
+from smallops.error_types import RETRYABLE
 from smallops.ids import uuid7
 from smallops.pricing import price_run
 from smallops.providers.base import ProviderError, Usage
@@ -30,9 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smallops")
 #: Provider failures that say the endpoint is unwell (a 429 is judged by `breaker_failure`).
-UNHEALTHY = frozenset({"server_error", "timeout", "connection_error", "bad_response"})
-#: Error types of calls a guard sent to the fallback before any request was made.
-REFUSALS = ("throttled", "breaker_open", "budget_exhausted", "budget_unavailable")
+UNHEALTHY = RETRYABLE - {"rate_limited"}
 
 
 def breaker_failure(error: ProviderError | None, time_left: float) -> bool:

@@ -102,6 +102,10 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
 
 #: Production traffic: the calls applications made (eval runs are reported by `smallops eval`).
 PRODUCTION = or_(runs.c.origin.is_(None), runs.c.origin != "eval")
+#: Production calls to the pinned model; the secondary model's calls (origin "fallback") are
+#: fallback traffic, which is not drift.
+PRIMARY = or_(runs.c.origin.is_(None), runs.c.origin == "app")
+
 #: Where calls came from, as `smallops logs --origin` takes it: `production` (the application's
 #: calls, recorded with origin "app"), `eval` (the eval runner's), or `all`.
 Origin = Literal["production", "eval", "all"]
@@ -115,9 +119,11 @@ def origin_of(row: dict[str, Any]) -> str:
 
 
 def report(engine: Engine, *, since: datetime | None = None) -> list[dict[str, Any]]:
-    """Per workflow, production calls: statuses, errors, tokens, cost, latency, models served."""
+    """Per workflow, production calls: statuses, errors, tokens, cost, latency, models served
+    (the pinned model's route apart from the secondary model's fallback calls)."""
     columns = (
         runs.c.workflow,
+        runs.c.origin,
         runs.c.status,
         runs.c.error_type,
         runs.c.model_served,
@@ -141,6 +147,8 @@ def report(engine: Engine, *, since: datetime | None = None) -> list[dict[str, A
 def _summarise(workflow: str, rows: list[Any]) -> dict[str, Any]:
     latencies = sorted(row.latency_ms for row in rows)
     priced = [row.cost_usd for row in rows if row.cost_usd is not None]
+    primary = [row for row in rows if row.origin != "fallback"]
+    fallback = [row for row in rows if row.origin == "fallback"]
     return {
         "workflow": workflow,
         "calls": len(rows),
@@ -153,11 +161,14 @@ def _summarise(workflow: str, rows: list[Any]) -> dict[str, Any]:
         "unpriced_calls": len(rows) - len(priced),
         "latency_p50_ms": _percentile(latencies, 50),
         "latency_p95_ms": _percentile(latencies, 95),
-        "models_served": dict(
-            Counter(row.model_served for row in rows if row.model_served).most_common()
-        ),
-        "model_mismatches": sum(1 for row in rows if row.model_mismatch),
+        "models_served": _served(primary),
+        "model_mismatches": sum(1 for row in primary if row.model_mismatch),
+        "fallback": {"calls": len(fallback), "models_served": _served(fallback)},
     }
+
+
+def _served(rows: list[Any]) -> dict[str, int]:
+    return dict(Counter(row.model_served for row in rows if row.model_served).most_common())
 
 
 def _percentile(ordered: list[float], pct: int) -> float | None:
