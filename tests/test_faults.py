@@ -264,3 +264,40 @@ def test_a_spool_write_that_fails_half_way_is_taken_back(tmp_path):
     lines = data.splitlines(keepends=True)
     assert len(lines) == kept and all(line.endswith(b"\n") for line in lines)
     assert data == b"".join(frame(RowBatch(runs=[[f"id-{i:04d}", "x" * 900]])) for i in range(kept))
+
+
+def test_hostile_text_from_reviewers_and_in_eval_outputs_is_stored_on_both_engines(
+    project, emulator, database_url, monkeypatch, capsys, tmp_path
+):
+    """Writes outside the log writer (a reviewer's correction and reason, an eval's outputs)
+    make text storable the same way: NUL becomes U+FFFD instead of a database error."""
+    use_database(monkeypatch, database_url)
+    emulator.default = ok({**GOOD, "summary": "nul \u0000 in an eval output"})
+    inputs = write_inputs(tmp_path / "inbox.jsonl", 2, {})
+    code, results, err = run_json(capsys, project, "--input", str(inputs))
+    assert code == 0, err
+    first, second = (r["run_id"] for r in results)
+    correction = json.dumps({**GOOD, "summary": "fixed \u0000 by hand"})
+    code, _, err = smallops(
+        capsys, "-p", str(project), "review", "correct", first, "--output", correction
+    )
+    assert code == 0, err
+    code, _, err = smallops(
+        capsys, "-p", str(project), "review", "reject", second, "--reason", "spam \u0000 bot"
+    )
+    assert code == 0, err
+    code, _, err = smallops(capsys, "-p", str(project), "eval", "email-triage")
+    assert "Traceback" not in err and code in (0, 1), err
+    with engine_of(project, database_url).connect() as connection:
+        fixed = connection.execute(
+            text("SELECT final_output FROM review_items WHERE run_id = :id"), {"id": first}
+        ).scalar_one()
+        reason = connection.execute(
+            text("SELECT reject_reason FROM review_items WHERE run_id = :id"), {"id": second}
+        ).scalar_one()
+        outputs = connection.execute(text("SELECT output FROM eval_results")).scalars().all()
+    fixed = fixed if isinstance(fixed, dict) else json.loads(fixed)
+    assert fixed["summary"] == "fixed \ufffd by hand" and reason == "spam \ufffd bot"
+    assert len(outputs) == 30
+    parsed = [json.loads(o) if isinstance(o, str) else o for o in outputs]
+    assert all(o["summary"] == "nul \ufffd in an eval output" for o in parsed)

@@ -6,24 +6,57 @@ responses included), so one call is one insert; `prompt_versions` keeps each tem
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
     DateTime,
+    Dialect,
     Float,
     Index,
     Integer,
     MetaData,
     String,
     Table,
-    Text,
+    TypeDecorator,
 )
+from sqlalchemy import Text as _Text
 from sqlalchemy.dialects.postgresql import JSONB
+
+from smallops.storage.storable import Flag, clean, text
 
 metadata = MetaData()
 
-Json = JSON().with_variant(JSONB(), "postgresql")
+
+class Json(TypeDecorator[Any]):
+    """JSON (JSONB on Postgres) that stores any value: NUL, lone surrogates and non-finite
+    numbers are made storable the way storable.py documents, on every write that goes through
+    SQLAlchemy (decisions, eval results, events); the log writer does the same on its own."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        flags: set[Flag] = set()
+        return None if value is None else clean(value, flags)
+
+
+class Text(TypeDecorator[str]):
+    """Text without NUL or lone surrogates (Postgres refuses both), e.g. a reviewer's reason."""
+
+    impl = _Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        flags: set[Flag] = set()
+        return text(value, flags)
+
+
 Timestamp = DateTime(timezone=True)
 
 prompt_versions = Table(
@@ -31,10 +64,10 @@ prompt_versions = Table(
     metadata,
     Column("id", String(16), primary_key=True),
     Column("workflow", String(100), nullable=False),
-    Column("template", Text, nullable=False),
-    Column("output_schema", Json),
+    Column("template", Text(), nullable=False),
+    Column("output_schema", Json()),
     Column("model", String(200), nullable=False),
-    Column("params", Json, nullable=False),
+    Column("params", Json(), nullable=False),
     Column("created_at", Timestamp, nullable=False),
 )
 
@@ -54,11 +87,11 @@ runs = Table(
     Column("system_fingerprint", String(100)),
     Column("status", String(30), nullable=False),
     Column("error_type", String(50)),
-    Column("error_message", Text),
+    Column("error_message", Text()),
     Column("review_policy", String(50), nullable=False),
     Column("review_route", String(30)),
     Column("origin", String(20)),
-    Column("guards", Json),
+    Column("guards", Json()),
     Column("fallback", String(20), nullable=False),
     Column("attempt_count", Integer, nullable=False),
     Column("input_tokens", Integer, nullable=False),
@@ -70,12 +103,12 @@ runs = Table(
     Column("latency_ms", Float, nullable=False),
     Column("started_at", Timestamp, nullable=False),
     Column("finished_at", Timestamp, nullable=False),
-    Column("inputs", Json, nullable=False),
-    Column("messages", Json),
-    Column("output", Json),
-    Column("attempts", Json, nullable=False),
+    Column("inputs", Json(), nullable=False),
+    Column("messages", Json()),
+    Column("output", Json()),
+    Column("attempts", Json(), nullable=False),
     Column("content", String(20)),  # full, redacted, metadata, or pruned (NULL: full)
-    Column("flags", Json),  # what was changed to make the record storable (storable.FLAGS)
+    Column("flags", Json()),  # what was changed to make the record storable (storable.FLAGS)
     Column("batch_id", String(60)),  # `smallops run --input`: "<file key>/<invocation id>"
     Column("batch_item", String(40)),  # "<line>:<input hash>", what `run --resume` skips
     Index("ix_runs_workflow_started", "workflow", "started_at"),
@@ -100,16 +133,16 @@ review_items = Table(
     Column("reason", String(20), nullable=False),
     Column("route", String(30), nullable=False),
     Column("error_type", String(50)),
-    Column("output", Json),
-    Column("classes", Json, nullable=False),
+    Column("output", Json()),
+    Column("classes", Json(), nullable=False),
     Column("state", String(20), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("claimed_by", String(200)),
     Column("claimed_until", Timestamp),
     Column("decided_by", String(200)),
     Column("decided_at", Timestamp),
-    Column("final_output", Json),
-    Column("reject_reason", Text),
+    Column("final_output", Json()),
+    Column("reject_reason", Text()),
     Index("ix_review_items_queue", "state", "workflow", "created_at"),
 )
 
@@ -123,11 +156,11 @@ review_decisions = Table(
     Column("action", String(20), nullable=False),
     Column("reviewer", String(200), nullable=False),
     Column("decided_at", Timestamp, nullable=False),
-    Column("output_before", Json),
-    Column("output_after", Json),
-    Column("reason", Text),
+    Column("output_before", Json()),
+    Column("output_after", Json()),
+    Column("reason", Text()),
     Column("route", String(30)),
-    Column("hook_error", Text),
+    Column("hook_error", Text()),
     Index("ix_review_decisions_run", "run_id"),
     Index("ix_review_decisions_workflow", "workflow", "decided_at"),
 )
@@ -140,7 +173,7 @@ graduation_events = Table(
     Column("workflow", String(100), nullable=False),
     Column("class_key", String(200), nullable=False),
     Column("action", String(10), nullable=False),
-    Column("reason", Text, nullable=False),
+    Column("reason", Text(), nullable=False),
     Column("prompt_version", String(16), nullable=False),
     Column("model", String(200)),
     Column("reviews", Integer, nullable=False),
@@ -155,15 +188,15 @@ webhook_deliveries = Table(
     metadata,
     Column("id", String(40), primary_key=True),
     Column("run_id", String(36), nullable=False),
-    Column("url", Text, nullable=False),
-    Column("payload", Text, nullable=False),
+    Column("url", Text(), nullable=False),
+    Column("payload", Text(), nullable=False),
     Column("state", String(20), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("next_attempt_at", Timestamp, nullable=False),
     Column("claimed_until", Timestamp),
     Column("delivered_at", Timestamp),
-    Column("last_error", Text),
+    Column("last_error", Text()),
     Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
 )
 
@@ -177,7 +210,7 @@ eval_runs = Table(
     Column("workflow", String(100), nullable=False),
     Column("prompt_version", String(16), nullable=False),
     Column("model", String(200), nullable=False),
-    Column("dataset", Text, nullable=False),
+    Column("dataset", Text(), nullable=False),
     Column("cases", Integer, nullable=False),
     Column("repeat", Integer, nullable=False),
     Column("passed", Integer, nullable=False),
@@ -186,7 +219,7 @@ eval_runs = Table(
     Column("git_commit", String(64)),
     Column("started_at", Timestamp, nullable=False),
     Column("finished_at", Timestamp, nullable=False),
-    Column("summary", Json, nullable=False),
+    Column("summary", Json(), nullable=False),
     Index("ix_eval_runs_workflow", "workflow", "prompt_version"),
 )
 
@@ -199,9 +232,9 @@ eval_results = Table(
     Column("run_id", String(36)),
     Column("passed", Boolean, nullable=False),
     Column("cached", Boolean, nullable=False),
-    Column("checks", Json, nullable=False),
-    Column("output", Json),
-    Column("error", Text),
+    Column("checks", Json(), nullable=False),
+    Column("output", Json()),
+    Column("error", Text()),
 )
 
 # Validated outputs only, keyed by model, prompt version, input and repeat: a rerun is free.
@@ -213,7 +246,7 @@ eval_cache = Table(
     Column("prompt_version", String(16), nullable=False),
     Column("model", String(200), nullable=False),
     Column("repeat", Integer, nullable=False),
-    Column("output", Json, nullable=False),
+    Column("output", Json(), nullable=False),
     Column("run_id", String(36), nullable=False),
     Column("created_at", Timestamp, nullable=False),
 )
@@ -228,7 +261,7 @@ guard_events = Table(
     Column("key", String(300), nullable=False),
     Column("before", String(20)),
     Column("after", String(20), nullable=False),
-    Column("reason", Text, nullable=False),
+    Column("reason", Text(), nullable=False),
     Column("at", Timestamp, nullable=False),
     Index("ix_guard_events_workflow", "workflow", "at"),
 )
