@@ -74,12 +74,6 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-def short(text: Any, width: int = 60) -> str:
-    """One line of at most `width` characters."""
-    line = " ".join(str(text).split()) if text is not None else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
 def money(value: float | None) -> str:
     return "unpriced" if value is None else f"${value:,.4f}"
 

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import typer
 
 from smallops.cli import _common
-from smallops.errors import MissingExtraError
 
 WEBHOOK_INTERVAL = 5.0  # seconds between rounds of due webhook deliveries
 GRACE = 3  # seconds a stopping server waits for requests in flight before cancelling them
 FORWARDED_ENV = "SMALLOPS_FORWARDED_ALLOW_IPS"
-WEB_PACKAGES = {
-    "starlette": "starlette",
-    "uvicorn": "uvicorn",
-    "python_multipart": "python-multipart",
-}
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +42,6 @@ def serve_command(
     while it runs. On SIGTERM or Ctrl-C it stops within seconds, even with the database
     stalled, and gives back the items its reviewers claimed and did not decide.
     """
-    _require_web_extra()
     import uvicorn
 
     from smallops.review.desk import ReviewDesk
@@ -84,14 +75,3 @@ def serve_command(
         proxy_headers=bool(forwarded_allow_ips),
         forwarded_allow_ips=forwarded_allow_ips or None,
     )
-
-
-def _require_web_extra() -> None:
-    """`smallops serve` needs the web extra; without it, one line saying how to install it."""
-    for module, package in WEB_PACKAGES.items():
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            raise MissingExtraError(package, "web", "smallops serve")
