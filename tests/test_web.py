@@ -574,17 +574,6 @@ def test_the_secret_key_is_made_once_with_mode_0600(tmp_path):
     assert auth.load_secret_key(tmp_path, env={auth.SECRET_ENV: "from-env"}) == b"from-env"
 
 
-def test_serve_without_the_web_extra_is_one_line_and_exit_2(monkeypatch, capsys):
-    from smallops.cli import main
-
-    monkeypatch.setitem(sys.modules, "starlette", None)
-    with pytest.raises(SystemExit) as caught:
-        main(["serve"])
-    assert caught.value.code == 2
-    message = capsys.readouterr().err.strip()
-    assert message.count("\n") == 0 and "pip install 'smallops[web]'" in message
-
-
 def test_due_webhooks_are_sent_and_those_without_a_secret_are_skipped_with_one_warning(
     tmp_path, monkeypatch, caplog
 ):
