@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import stat
-import sys
 import time
 from datetime import datetime, timezone
 from html import unescape as html_unescape
