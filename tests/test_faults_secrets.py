@@ -96,6 +96,21 @@ def test_an_echoed_key_reaches_no_record_spool_quarantine_output_or_webhook(
             ["review", "export", "email-triage", "--to", str(tmp_path / "export.jsonl")],
         ):
             assert cli(*args)[0] == 0, args
+        cases = [
+            {
+                "id": f"echo-{i}",
+                "input": {"sender": "a@x.example", "subject": "s", "body": f"#echo {i}"},
+                "expected": {"summary": "nope"},
+            }
+            for i in range(3)
+        ]
+        (project / "evals" / "email_triage.jsonl").write_text(
+            "\n".join(json.dumps(case) for case in cases) + "\n"
+        )
+        junit, markdown = tmp_path / "results.xml", tmp_path / "summary.md"
+        for args in (["--json"], ["--junit", str(junit), "--markdown", str(markdown)]):
+            code, _ = cli("eval", "email-triage", "--no-cache", *args)
+            assert code in (0, 1), code
         refuse_poison(engine_of(database_url, project))
         cli("run", "email-triage", "-i", str(_inputs(tmp_path / "p.jsonl", "#echo poison")))
         with monkeypatch.context() as patch:  # the database goes down: the spool keeps runs
@@ -108,6 +123,7 @@ def test_an_echoed_key_reaches_no_record_spool_quarantine_output_or_webhook(
     quarantined = b"".join(p.read_bytes() for p in project.rglob("quarantine/*/*.jsonl"))
     assert quarantined
     exported = (tmp_path / "export.jsonl").read_text()
+    reports = junit.read_text() + markdown.read_text()
     places = {
         "the database": _database_text(database_url, project),
         "the spool": spooled.decode(),
@@ -115,6 +131,7 @@ def test_an_echoed_key_reaches_no_record_spool_quarantine_output_or_webhook(
         "command output": "\n".join(seen),
         "the exported eval set": exported,
         "webhook payloads": json.dumps(deliveries),
+        "eval reports": reports,
     }
     if database_url.startswith("sqlite"):
         db_file = Path(database_url.removeprefix("sqlite:///"))
@@ -124,3 +141,32 @@ def test_an_echoed_key_reaches_no_record_spool_quarantine_output_or_webhook(
     leaks = [where for where, found in places.items() if CANARY in found]
     assert not leaks, f"the key leaked into {', '.join(leaks)}"
     assert "[REDACTED]" in places["the database"]
+
+
+def test_the_key_of_a_provider_built_in_code_is_masked_too(tmp_path, emulator, monkeypatch):
+    """No smallops.toml names the variable: the provider registers the key it sends."""
+    from smallops import Settings, Workflow
+    from smallops.providers.openai import OpenAIProvider
+    from smallops.testing import recorded_runs
+
+    from models import Triage
+
+    monkeypatch.setenv("ACME_LIB_CRED", CANARY)
+    emulator.default = respond(echoing_model)
+    (tmp_path / "p.prompt").write_text("[user]\n{{ text }}")
+    wf = Workflow(
+        "in-code",
+        model="openai:gpt-4o-mini-2024-07-18",
+        prompt="p.prompt",
+        output=Triage,
+        fallback="review",
+        provider=OpenAIProvider(
+            "acme", base_url=emulator.openai_base_url, api_key_env="ACME_LIB_CRED"
+        ),
+        settings=Settings(root=tmp_path, database_url=f"sqlite:///{tmp_path / 'log.db'}"),
+        base_dir=tmp_path,
+    )
+    wf.run(text="#echo")
+    wf.run(text="#auth")
+    recorded = json.dumps(recorded_runs(wf), default=str)
+    assert CANARY not in recorded and "[REDACTED]" in recorded

@@ -193,7 +193,7 @@ async def run_eval(
                         error=exc.message,
                         error_type=exc.error_type,
                     )
-                output = _plain(result.output)
+                output = evaluated.plan().writer.redact.value(_plain(result.output))
                 fresh.append(
                     {"key": key, "output": output, "run_id": result.run_id, "repeat": index}
                 )
@@ -222,6 +222,8 @@ async def _scored(
     error: str | None = None,
     error_type: str | None = None,
 ) -> CaseResult:
+    redact = workflow.plan().writer.redact  # an output may echo a key: it goes to CI logs
+    output, error = redact.value(output), redact(error)
     fields = await check_case(case, output, error, workflow)
     return CaseResult(case, index, output, fields, run_id, cached, error, error_type)
 

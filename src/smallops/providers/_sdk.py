@@ -16,7 +16,7 @@ from pydantic_core import from_json
 from smallops.error_types import ProviderFailure
 from smallops.errors import ConfigError
 from smallops.providers.base import ProviderError, parse_retry_after
-from smallops.redact import REDACTED
+from smallops.redact import REDACTED, register
 
 # Per wire format: the variable its SDK reads the base URL from, and the SDK's default.
 BASE_URLS = {
@@ -53,6 +53,7 @@ class SdkClients:
     def _api_key(self) -> str:
         key = os.environ.get(self.api_key_env)
         if key:
+            register(key)  # whatever the variable is called, the key is redacted everywhere
             return key
         if self.keyless:
             return "unused"

@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy import Text as _Text
 from sqlalchemy.dialects.postgresql import JSONB
 
+from smallops.redact import Redactor
 from smallops.storage.storable import Flag, clean, text
 
 metadata = MetaData()
@@ -32,8 +33,9 @@ metadata = MetaData()
 
 class Json(TypeDecorator[Any]):
     """JSON (JSONB on Postgres) that stores any value: NUL, lone surrogates and non-finite
-    numbers are made storable the way storable.py documents, on every write that goes through
-    SQLAlchemy (decisions, eval results, events); the log writer does the same on its own."""
+    numbers are made storable the way storable.py documents, and secrets are redacted, on every
+    write that goes through SQLAlchemy (decisions, eval results, events); the log writer does
+    the same on its own."""
 
     impl = JSON
     cache_ok = True
@@ -43,18 +45,24 @@ class Json(TypeDecorator[Any]):
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         flags: set[Flag] = set()
-        return None if value is None else clean(value, flags)
+        return None if value is None else Redactor.from_environment().value(clean(value, flags))
 
 
 class Text(TypeDecorator[str]):
-    """Text without NUL or lone surrogates (Postgres refuses both), e.g. a reviewer's reason."""
+    """Text without NUL or lone surrogates (Postgres refuses both), e.g. a reviewer's reason,
+    and without secrets; `redact=False` for text that must stay as written (a URL, a template)."""
 
     impl = _Text
     cache_ok = True
 
+    def __init__(self, *, redact: bool = True) -> None:
+        super().__init__()
+        self.redact = redact
+
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         flags: set[Flag] = set()
-        return text(value, flags)
+        cleaned = text(value, flags)
+        return Redactor.from_environment()(cleaned) if self.redact else cleaned
 
 
 Timestamp = DateTime(timezone=True)
@@ -64,7 +72,7 @@ prompt_versions = Table(
     metadata,
     Column("id", String(16), primary_key=True),
     Column("workflow", String(100), nullable=False),
-    Column("template", Text(), nullable=False),
+    Column("template", Text(redact=False), nullable=False),
     Column("output_schema", Json()),
     Column("model", String(200), nullable=False),
     Column("params", Json(), nullable=False),
@@ -188,7 +196,7 @@ webhook_deliveries = Table(
     metadata,
     Column("id", String(40), primary_key=True),
     Column("run_id", String(36), nullable=False),
-    Column("url", Text(), nullable=False),
+    Column("url", Text(redact=False), nullable=False),
     Column("payload", Text(), nullable=False),
     Column("state", String(20), nullable=False),
     Column("attempts", Integer, nullable=False),
@@ -210,7 +218,7 @@ eval_runs = Table(
     Column("workflow", String(100), nullable=False),
     Column("prompt_version", String(16), nullable=False),
     Column("model", String(200), nullable=False),
-    Column("dataset", Text(), nullable=False),
+    Column("dataset", Text(redact=False), nullable=False),
     Column("cases", Integer, nullable=False),
     Column("repeat", Integer, nullable=False),
     Column("passed", Integer, nullable=False),
