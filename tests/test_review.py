@@ -548,6 +548,60 @@ def test_the_application_gets_the_human_decision_by_wait_hook_and_webhook(
     assert wf.decision(result.run_id).status == "corrected"
 
 
+def test_a_receiver_that_does_not_speak_http_is_a_failed_attempt_and_blocks_no_other(
+    tmp_path, database_url, monkeypatch
+):
+    """An answer that is not HTTP at all is one failed attempt, retried with backoff; the
+    deliveries of other workflows still go out in the same round."""
+    import socket
+    import threading
+
+    from smallops.review import webhooks
+    from smallops.storage.schema import webhook_deliveries
+
+    from webhook_receiver import Receiver
+
+    monkeypatch.setenv(
+        "SMALLOPS_WEBHOOK_SECRET", "whsec_" + "c2VjcmV0LWtleS1mb3ItdGVzdHMtMTIzNDU2Nzg="
+    )
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_garbage() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    garbage_url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    with Receiver() as healthy:
+        broken = make(tmp_path, database_url, name="broken", webhook=garbage_url)
+        fine = make(tmp_path, database_url, name="fine", webhook=healthy.url)
+        runs = [broken.run(text="x").run_id, fine.run(text="y").run_id]
+        engine = broken.plan().writer.store.engine
+        secrets, _ = webhooks.signing_secrets([broken, fine])
+        desk = desk_for(broken, fine)
+        for run_id in runs:
+            desk.queue.decide(run_id, "ann", "approve", extra=desk._with_decision)
+        assert webhooks.deliver_due(engine, secrets) == (1, 1)
+        with engine.connect() as connection:
+            rows = {
+                row.url: row
+                for row in connection.execute(select(webhook_deliveries)).mappings().all()
+            }
+    listener.close()
+    assert rows[healthy.url]["state"] == "delivered" and len(healthy.accepted) == 1
+    failed = rows[garbage_url]
+    assert failed["state"] == "pending" and failed["attempts"] == 1
+    assert (
+        "BadStatusLine" in failed["last_error"] and failed["next_attempt_at"] > failed["created_at"]
+    )
+
+
 @pytest.mark.parametrize("code", [301, 302, 307, 308])
 def test_a_webhook_receiver_that_redirects_has_not_received_it_and_is_retried(
     tmp_path, database_url, monkeypatch, code

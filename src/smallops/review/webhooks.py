@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import os
@@ -307,8 +308,8 @@ def _post(delivery: dict[str, Any], secret: str, timeout: float) -> str | None:
         return _failed_status(exc.code)
     except (urllib.error.URLError, OSError) as exc:
         return f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-    except ValueError as exc:  # a URL urllib cannot send to
-        return f"{type(exc).__name__}: {exc}"
+    except (ValueError, http.client.HTTPException) as exc:  # a URL it cannot send to, or
+        return f"{type(exc).__name__}: {exc}"  # an answer that is not HTTP: a failed attempt
     return None if 200 <= status < 300 else _failed_status(status)
 
 
