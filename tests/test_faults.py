@@ -301,3 +301,21 @@ def test_hostile_text_from_reviewers_and_in_eval_outputs_is_stored_on_both_engin
     assert len(outputs) == 30
     parsed = [json.loads(o) if isinstance(o, str) else o for o in outputs]
     assert all(o["summary"] == "nul \ufffd in an eval output" for o in parsed)
+
+
+def test_an_unexpected_error_in_the_writer_counts_its_records_as_lost_never_silently(
+    project, emulator, database_url, monkeypatch, capsys, tmp_path
+):
+    """Whatever breaks inside the writer, every record is written, spooled, set aside or
+    counted as lost, and the command says so with a non-zero exit."""
+    use_database(monkeypatch, database_url)
+    database_down(monkeypatch)
+
+    def broken(self: Any, batch: Any) -> None:
+        raise RuntimeError("a bug in the spool")
+
+    monkeypatch.setattr(Spool, "append", broken)
+    inputs = write_inputs(tmp_path / "inbox.jsonl", 3, {})
+    code, results, err = run_json(capsys, project, "--input", str(inputs))
+    assert code == 1 and len(results) == 3
+    assert "3 run records could not be kept" in err

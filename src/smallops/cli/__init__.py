@@ -92,6 +92,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted; completed calls are recorded", markup=False)
         code = 130
+    except BaseException:  # a bug: still say what became of the log before the traceback
+        _report_lost()
+        raise
+    if _report_lost():
+        code = code or 1
+    sys.exit(code)
+
+
+def _report_lost() -> int:
+    """Drain the log; one line if any run record could not be kept. Returns how many."""
     lost = settle_log()
     if lost:
         err.print(
@@ -99,5 +109,4 @@ def main(argv: list[str] | None = None) -> None:
             "its spool (see the messages above)",
             markup=False,
         )
-        code = code or 1
-    sys.exit(code)
+    return lost
