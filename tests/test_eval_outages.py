@@ -269,3 +269,23 @@ def test_drift_with_a_model_that_does_not_answer_is_exit_2(
     assert code == 2, out + err
     assert f"{side} model openai:{down}: 40 of 40 cases got no answer from the model (" in err
     assert "drift cannot compare the models" in err and "regression" not in out + err
+
+
+def test_a_case_that_hits_a_bug_is_no_verdict_never_a_regression(
+    gate_project, emulator, capsys, monkeypatch
+):
+    """A call that never finished (a bug in smallops or an SDK) says nothing about the prompt:
+    exit 2 naming internal_error, never "regression", and the other cases still run."""
+    from smallops import calls
+
+    interpret = calls._interpret
+
+    def buggy(output: Any, reply: Any) -> Any:
+        if reply.text and "billing" in reply.text:
+            raise RuntimeError("a bug while reading the answer")
+        return interpret(output, reply)
+
+    monkeypatch.setattr(calls, "_interpret", buggy)
+    code, out, err = gate(capsys, gate_project, "--ci", "--no-cache")
+    assert code == 2, out + err
+    assert "internal_error 8" in out + err and "regression" not in out + err

@@ -9,7 +9,9 @@ A run that did not end with a usable output records why in `error_type`:
 - the call never finished: cancelled, or the inputs or the configuration were wrong.
 
 NO_ANSWER, the first two groups, is what says nothing about a prompt: the model never saw it or
-never replied. The eval gate cannot judge a prompt from such a case, whatever the reason.
+never replied. NO_VERDICT adds the calls that never finished (a bug, a bad input): the eval gate
+cannot judge a prompt from such a case, whatever the reason. Only the model's own answer
+problems (the third group) count against a prompt.
 """
 
 from __future__ import annotations
@@ -41,3 +43,7 @@ RETRYABLE: frozenset[str] = frozenset(
 #: The model gave no answer: a guard refused the call, or the provider failed it.
 NO_ANSWER: frozenset[str] = frozenset(REFUSALS + PROVIDER_FAILURES)
 ERROR_TYPES: tuple[ErrorType, ...] = get_args(ErrorType)
+#: Calls that never finished: nothing was learnt about the model or the prompt.
+UNFINISHED: tuple[Unfinished, ...] = get_args(Unfinished)
+#: Cases the eval gate cannot judge: no answer, or a call that never finished.
+NO_VERDICT: frozenset[str] = NO_ANSWER | frozenset(UNFINISHED)

@@ -23,8 +23,8 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import Engine, func, select
 
-from smallops.error_types import NO_ANSWER
-from smallops.errors import WorkflowFailed
+from smallops.error_types import NO_VERDICT
+from smallops.errors import SmallopsError, WorkflowFailed
 from smallops.evals.dataset import Case
 from smallops.evals.scorers import FieldResult, check_case
 from smallops.evals.stats import passes
@@ -62,7 +62,7 @@ class CaseResult:
     @property
     def no_answer(self) -> str | None:
         """The error type when the model, or a grader's model, gave no answer at all."""
-        if self.error_type in NO_ANSWER:
+        if self.error_type in NO_VERDICT:
             return self.error_type
         return next((f.no_answer for f in self.fields if f.no_answer), None)
 
@@ -192,6 +192,21 @@ async def run_eval(
                         evaluated,
                         error=exc.message,
                         error_type=exc.error_type,
+                    )
+                except SmallopsError:
+                    raise  # the set-up is wrong (a missing input): one line for the whole run
+                except (
+                    Exception
+                ) as exc:  # a bug, here or in an SDK: recorded on the run, no verdict
+                    return await _scored(
+                        case,
+                        index,
+                        None,
+                        None,
+                        False,
+                        evaluated,
+                        error=f"{type(exc).__name__}: {exc}",
+                        error_type="internal_error",
                     )
                 output = evaluated.plan().writer.redact.value(_plain(result.output))
                 fresh.append(

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from smallops.error_types import NO_ANSWER
+from smallops.error_types import NO_VERDICT
 from smallops.errors import ConfigError, WorkflowFailed
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ async def check_case(
                 verdict = await verdict
             passed, detail = verdict
         except WorkflowFailed as exc:
-            kind = exc.error_type if exc.error_type in NO_ANSWER else None
+            kind = exc.error_type if exc.error_type in NO_VERDICT else None
             results.append(FieldResult(name, False, exc.message, error=True, no_answer=kind))
             continue
         except Exception as exc:  # a scorer error is a failure, never a silent pass
