@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -54,6 +55,7 @@ import smallops
 from smallops import Settings, Workflow
 from smallops.config import ProviderConfig
 from smallops.ids import uuid7
+from smallops.records import RunRecord
 from smallops.redact import Redactor
 from smallops.storage import writer as writer_module
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
@@ -278,12 +280,12 @@ def timed(name: str, call: Callable[[], Any], n: int) -> list[int]:
     return out
 
 
-def capture_record(wf: Workflow[Triage]) -> dict[str, Any]:
+def capture_record(wf: Workflow[Triage]) -> RunRecord:
     """One real call's record, as the request path hands it to the writer."""
-    writer, seen = wf.plan().writer, list[dict[str, Any]]()
+    writer, seen = wf.plan().writer, list[RunRecord]()
     submit = writer.submit
 
-    def keep(record: dict[str, Any]) -> None:
+    def keep(record: RunRecord) -> None:
         seen.append(record)
         submit(record)
 
@@ -388,19 +390,20 @@ def concurrent(wf: Workflow[Triage], m: int, rounds: int) -> dict[str, Any]:
     return {"rounds": per_round, "ratio": ratio, "rows": rows, "calls": made, "spooled": spooled}
 
 
-def make_spool(record: dict[str, Any], n: int, folder: Path) -> tuple[Path, float]:
+def make_spool(record: RunRecord, n: int, folder: Path) -> tuple[Path, float]:
     """n rows encoded from copies of a real record and spooled in writer-sized batches;
     returns the spool file and the encoding rate (runs/s)."""
     redact = Redactor.from_environment()
     records = [
-        {**record, "id": uuid7(), "started_at": record["started_at"] + i / 1000} for i in range(n)
+        dataclasses.replace(record, id=uuid7(), started_at=record.started_at + i / 1000)
+        for i in range(n)
     ]
     t = time.perf_counter()
     rows = [run_row(r, redact) for r in records]
     encode_rate = n / (time.perf_counter() - t)
     spool, batch = Spool(folder), writer_module.BATCH
     for i in range(0, n, batch):
-        prompts = [prompt_row(record["plan"]["prompt"])] if i == 0 else []
+        prompts = [prompt_row(record.facts.prompt)] if i == 0 else []
         spool.append(RowBatch(runs=list(rows[i : i + batch]), prompts=prompts))
     spool.close()
     return next(folder.glob("*.jsonl")), encode_rate
@@ -452,28 +455,28 @@ PERSONAL_EMAIL = (
 ) * 12  # about 1.5 KB
 
 
-def redacted_encode_rate(record: dict[str, Any], n: int) -> float:
+def redacted_encode_rate(record: RunRecord, n: int) -> float:
     """run_row with content="redacted" (personal data masked) on n records whose texts all
     differ, so the mask cache helps only with what every run repeats (the system prompt)."""
     redact = Redactor.from_environment()
-    plan = {**record["plan"], "content": "redacted"}
+    facts = dataclasses.replace(record.facts, content="redacted")
     records = []
     for i in range(n):
         body = f"{PERSONAL_EMAIL}#{i}"
         user = {"role": "user", "content": f"Subject: {SUBJECT}\n\n{body}"}
-        messages = [*record["messages"][:-1], user]
+        messages = [*(record.messages or [])[:-1], user]
         attempts = [
-            {**a, "request": {**a["request"], "messages": messages}} for a in record["attempts"]
+            {**a, "request": {**a["request"], "messages": messages}} for a in record.attempts
         ]
         records.append(
-            {
-                **record,
-                "plan": plan,
-                "id": uuid7(),
-                "inputs": {"subject": SUBJECT, "body": body},
-                "messages": messages,
-                "attempts": attempts,
-            }
+            dataclasses.replace(
+                record,
+                facts=facts,
+                id=uuid7(),
+                inputs={"subject": SUBJECT, "body": body},
+                messages=messages,
+                attempts=attempts,
+            )
         )
     t = time.perf_counter()
     for r in records:

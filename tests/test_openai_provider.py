@@ -319,6 +319,6 @@ def test_the_default_endpoints_are_recorded_and_the_variable_is_read_when_it_cha
         settings=settings,
         base_dir=tmp_path,
     )
-    assert wf.plan().record_static["endpoint"] == "https://api.openai.com/v1"
+    assert wf.plan().facts.endpoint == "https://api.openai.com/v1"
     monkeypatch.setenv("OPENAI_BASE_URL", emulator.openai_base_url)
     assert resolve_provider("openai", settings).endpoint == emulator.openai_base_url

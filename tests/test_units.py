@@ -12,9 +12,9 @@ from smallops import ConfigError, Settings
 from smallops.config import Price
 from smallops.gitinfo import git_commit
 from smallops.ids import uuid7, uuid7_time
-from smallops.plan import Pricing
 from smallops.pricing import price_run
 from smallops.providers.base import Usage, parse_retry_after
+from smallops.records import Pricing
 from smallops.redact import REDACTED, Redactor
 
 

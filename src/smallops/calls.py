@@ -19,6 +19,7 @@ from pydantic_core import from_json
 
 from smallops import batches
 from smallops.effects import Call, Effect, Send, Sleep
+from smallops.error_types import AnswerProblem, ErrorType, Unfinished
 from smallops.errors import (
     ConfigError,
     InputError,
@@ -27,7 +28,9 @@ from smallops.errors import (
     describe_problems,
 )
 from smallops.ids import uuid7
-from smallops.providers.base import Provider, ProviderError, Reply, Usage
+from smallops.kinds import ReviewRoute, RunStatus
+from smallops.providers.base import Provider, ProviderError, Reply
+from smallops.records import RunRecord, Usage
 from smallops.resilience.guarded import admit, breaker_allow, breaker_record
 from smallops.result import Result
 from smallops.review.graduation import classes_of
@@ -37,7 +40,8 @@ from smallops.storage.storable import Flag, encodable
 if TYPE_CHECKING:
     from smallops.plan import CallPlan
 
-REPAIRABLE = ("invalid_json", "schema_mismatch")
+REPAIRABLE: tuple[AnswerProblem, ...] = ("invalid_json", "schema_mismatch")
+Problem = tuple[AnswerProblem, str]  # what was wrong with an answer, and a message for the model
 
 
 Lifecycle = Generator[Effect, Any, Result[Any]]
@@ -99,7 +103,7 @@ def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
     route = plan.review.route(
         classes, lambda keys: graduation is not None and graduation.graduated(keys, served)
     )
-    status = "pending_review" if needs_review(route) else "auto"
+    status: RunStatus = "pending_review" if needs_review(route) else "auto"
     return _finish(run, status, output, route=route, classes=classes)
 
 
@@ -153,7 +157,7 @@ def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Eff
         return reply
 
 
-def _interpret(output: type[BaseModel] | None, reply: Reply) -> tuple[Any, tuple[str, str] | None]:
+def _interpret(output: type[BaseModel] | None, reply: Reply) -> tuple[Any, Problem | None]:
     """The validated output, or the kind of problem and a message the model can act on."""
     if reply.finish == "refusal" or reply.finish == "content_filter":
         return None, ("refused", reply.refusal or f"the model stopped: {reply.finish}")
@@ -191,7 +195,7 @@ def _repair(reply: str, problem: str) -> list[dict[str, str]]:
     ]
 
 
-def _error_type(exc: BaseException) -> str:
+def _error_type(exc: BaseException) -> Unfinished:
     if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
         return "cancelled"
     if isinstance(exc, InputError):
@@ -207,7 +211,7 @@ def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-def _fallback(run: _Run, kind: str, message: str) -> Result[Any]:
+def _fallback(run: _Run, kind: ErrorType, message: str) -> Result[Any]:
     """Route a failed call to the workflow's fallback, and record it."""
     fallback = run.plan.fallback
     if fallback.kind == "default":
@@ -237,12 +241,12 @@ def _partial(run: _Run) -> Any:
 
 def _finish(
     run: _Run,
-    status: str,
+    status: RunStatus,
     output: Any,
-    error: str | None = None,
+    error: ErrorType | None = None,
     message: str | None = None,
     *,
-    route: str | None = None,
+    route: ReviewRoute | None = None,
     classes: list[str] | None = None,
     partial: Any = None,
 ) -> Result[Any]:
@@ -253,29 +257,29 @@ def _finish(
     served = run.served
     run_id = uuid7()
     plan.writer.submit(
-        {
-            "id": run_id,
-            "plan": plan.record_static,
-            "status": status,
-            "error_type": error,
-            "error_message": message,
-            "model_served": served.model if served else None,
-            "system_fingerprint": served.fingerprint if served else None,
-            "attempt_count": len(run.attempts),
-            "usage": run.usage,
-            "latency_ms": latency,
-            "started_at": run.started_at,
-            "inputs": run.inputs,
-            "messages": run.messages,
-            "output": output,
-            "attempts": run.attempts,
-            "review_route": route,
-            "guards": run.guards,
-            "classes": classes or [],
-            "partial": partial,
-            "flags": run.flags,
-            "batch": run.batch,
-        }
+        RunRecord(
+            id=run_id,
+            facts=plan.facts,
+            status=status,
+            error_type=error,
+            error_message=message,
+            model_served=served.model if served else None,
+            system_fingerprint=served.fingerprint if served else None,
+            attempt_count=len(run.attempts),
+            usage=run.usage,
+            latency_ms=latency,
+            started_at=run.started_at,
+            inputs=run.inputs,
+            messages=run.messages,
+            output=output,
+            attempts=run.attempts,
+            review_route=route,
+            guards=run.guards,
+            classes=classes or [],
+            partial=partial,
+            flags=frozenset(run.flags),
+            batch=run.batch,
+        )
     )
     return Result(
         run_id=run_id,

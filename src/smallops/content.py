@@ -16,10 +16,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from smallops import kinds
 from smallops.errors import ConfigError
+from smallops.kinds import CONTENT_MODES, ContentMode
 
-MODES = ("full", "redacted", "metadata")
-PRUNED = "pruned"  # the mode of a run whose content `smallops prune` removed
+MODES = CONTENT_MODES
+PRUNED = kinds.PRUNED  # the mode of a run whose content `smallops prune` removed
 
 # What an attempt keeps without its content: how it went, not what was said.
 ATTEMPT_METADATA = (
@@ -49,8 +51,8 @@ _PHONE = re.compile(
 )
 
 
-def check_mode(mode: str, workflow: str) -> str:
-    if mode not in MODES:
+def check_mode(mode: str, workflow: str) -> ContentMode:
+    if mode not in CONTENT_MODES:
         raise ConfigError(
             f"workflow {workflow!r}: content={mode!r} is not a content mode",
             hint="use 'full' (the default), 'redacted' or 'metadata'",

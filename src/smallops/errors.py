@@ -17,7 +17,10 @@ Every error carries a `hint`: one sentence telling the user how to fix it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from smallops.error_types import ErrorType
 
 
 class SmallopsError(Exception):
@@ -81,7 +84,7 @@ class NotFoundError(SmallopsError):
 class WorkflowFailed(SmallopsError):
     """A call failed and the workflow's fallback is "raise"; the run is still recorded."""
 
-    def __init__(self, message: str, *, run_id: str, error_type: str) -> None:
+    def __init__(self, message: str, *, run_id: str, error_type: ErrorType) -> None:
         super().__init__(message, hint=f"see `smallops show {run_id}`")
         self.run_id = run_id
         self.error_type = error_type

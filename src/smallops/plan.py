@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from smallops.config import Price
+from smallops.kinds import FallbackKind
 from smallops.prompts import Prompt
 from smallops.providers.base import Provider
+from smallops.records import Pricing, PromptVersion, WorkflowFacts
 from smallops.resilience.retry import RetryPolicy
 from smallops.review.policy import ReviewPolicy
 
@@ -29,7 +30,7 @@ class Fallback:
     """Where a failed call's work goes: a human (`review`), a default value, another model
     (`secondary`), or an exception (`raise`)."""
 
-    kind: str
+    kind: FallbackKind
     value: Any = None
 
 
@@ -41,26 +42,6 @@ def default(value: Any) -> Fallback:
 def secondary(model: str, then: str | Fallback = "review") -> Fallback:
     """A fallback to another model (e.g. Anthropic when OpenAI is down), then to `then`."""
     return Fallback("secondary", (model, then))
-
-
-@dataclass(frozen=True)
-class PromptVersion:
-    """A prompt version: a hash of what shapes the output, kept with the template text."""
-
-    id: str
-    workflow: str
-    template: str
-    output_schema: dict[str, Any] | None
-    model: str
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Pricing:
-    """How the writer prices a run: a price from smallops.toml, or genai-prices for a vendor."""
-
-    vendor: str | None  # genai-prices provider id, or None when it cannot know the endpoint
-    override: Price | None
 
 
 @dataclass(frozen=True)
@@ -77,7 +58,7 @@ class CallPlan:
     retry: RetryPolicy
     version: PromptVersion
     writer: Writer
-    record_static: dict[str, Any]
+    facts: WorkflowFacts
     class_fields: dict[str, list[Any]]
     graduation: Graduation | None
     guards: Guards | None = None
@@ -116,21 +97,21 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
         retry=wf.retry,
         version=wf.version,
         writer=writer_for(settings),
-        record_static={
-            "workflow": wf.name,
-            "prompt": wf.version,
-            "git_commit": git_commit(wf.base_dir),
-            "provider": provider.name,
-            "endpoint": provider.endpoint,
-            "model_requested": model.model,
-            "allow_unpinned": wf.allow_unpinned,
-            "review_policy": str(wf.review),
-            "origin": wf.origin,
-            "content": wf.content,
-            "label_fields": tuple(fields),
-            "fallback": wf.fallback.kind,
-            "pricing": pricing,
-        },
+        facts=WorkflowFacts(
+            workflow=wf.name,
+            prompt=wf.version,
+            git_commit=git_commit(wf.base_dir),
+            provider=provider.name,
+            endpoint=provider.endpoint,
+            model_requested=model.model,
+            allow_unpinned=wf.allow_unpinned,
+            review_policy=str(wf.review),
+            origin=wf.origin,
+            content=wf.content,
+            label_fields=tuple(fields),
+            fallback=wf.fallback.kind,
+            pricing=pricing,
+        ),
         class_fields=fields,
         graduation=graduation,
         guards=_guards(wf, engine, url, pricing),

@@ -12,9 +12,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from smallops.config import Price
-from smallops.plan import Pricing
-from smallops.providers.base import Usage
+from smallops.records import Price, Pricing, Usage
 
 UNPRICED = (None, "unpriced")
 

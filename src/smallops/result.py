@@ -5,19 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from smallops.providers.base import Usage
+from smallops.error_types import ErrorType
+from smallops.kinds import ANSWERED, RunStatus
+from smallops.records import Usage
 
 T = TypeVar("T")
-
-#: The statuses a run can end in.
-STATUSES = (
-    "auto",
-    "pending_review",
-    "queued_for_human",
-    "fallback_default",
-    "fallback_secondary",
-    "failed",
-)
 
 
 @dataclass(frozen=True)
@@ -36,9 +28,9 @@ class Result(Generic[T]):
 
     run_id: str
     workflow: str
-    status: str
+    status: RunStatus
     output: T | None
-    error: str | None
+    error: ErrorType | None
     error_message: str | None
     prompt_version: str
     model: str | None
@@ -49,4 +41,4 @@ class Result(Generic[T]):
     @property
     def ok(self) -> bool:
         """True when the model produced a valid output."""
-        return self.status in ("auto", "pending_review")
+        return self.status in ANSWERED

@@ -18,11 +18,13 @@ from smallops.calls import adrive, drive, lifecycle
 from smallops.config import Settings, find_project_root
 from smallops.content import check_mode
 from smallops.errors import ConfigError, MissingFallbackError
+from smallops.kinds import ORIGINS, ContentMode, Origin
 from smallops.pinning import check_pinned, parse_model
-from smallops.plan import CallPlan, Fallback, PromptVersion, build_plan
+from smallops.plan import CallPlan, Fallback, build_plan
 from smallops.prompts import Prompt, prompt_version
 from smallops.providers import Provider, resolve_provider
 from smallops.providers.base import Params
+from smallops.records import PromptVersion
 from smallops.resilience.breaker import BreakerConfig
 from smallops.resilience.budget import Budget
 from smallops.resilience.ratelimit import parse_limits
@@ -78,7 +80,7 @@ class Workflow(Generic[T]):
         provider: Provider | None = None,
         settings: Settings | None = None,
         base_dir: str | Path | None = None,
-        origin: str = "app",
+        origin: Origin = "app",
     ) -> None:
         self._kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.name = _check_name(name)
@@ -102,7 +104,7 @@ class Workflow(Generic[T]):
         self.webhook = webhook
         self.webhook_secret_env = webhook_secret_env
         # "app"; "eval" for the eval runner's calls; "fallback" for the secondary model's calls
-        self.origin = origin
+        self.origin = _check_origin(name, origin)
         self.checks = dict(checks or {})  # field -> check, for `smallops eval`
         self.rate_limit = parse_limits(rate_limit, "rate_limit", name)
         self.token_limit = parse_limits(token_limit, "token_limit", name)
@@ -245,9 +247,11 @@ def _check_retry(name: str, retries: int, timeout: float, deadline: float) -> Re
         ) from None
 
 
-def _check_content(name: str, mode: str, review: ReviewPolicy, fallback: Fallback) -> str:
+def _check_content(
+    name: str, content: str, review: ReviewPolicy, fallback: Fallback
+) -> ContentMode:
     """A metadata-only workflow keeps no input or output, so nothing can be put before a human."""
-    check_mode(mode, name)
+    mode = check_mode(content, name)
     if mode == "metadata" and (review.kind != "none" or fallback.kind == "review"):
         raise ConfigError(
             f"workflow {name!r}: content='metadata' keeps no inputs or outputs, so a reviewer "
@@ -268,6 +272,15 @@ def _check_retention(name: str, days: int | None) -> int | None:
     return days
 
 
+def _check_origin(name: str, origin: str) -> Origin:
+    if origin not in ORIGINS:
+        raise ConfigError(
+            f"workflow {name!r}: origin={origin!r} is not one of {', '.join(ORIGINS)}",
+            hint='leave it out: "app" is the application\'s own calls',
+        )
+    return origin
+
+
 def _check_fallback(name: str, fallback: str | Fallback | None, output: Any) -> Fallback:
     if fallback is None:
         raise MissingFallbackError(
@@ -278,12 +291,14 @@ def _check_fallback(name: str, fallback: str | Fallback | None, output: Any) -> 
     if isinstance(fallback, Fallback) and fallback.kind == "secondary":
         return fallback
     if isinstance(fallback, str):
-        if fallback not in ("review", "raise"):
-            raise ConfigError(
-                f"workflow {name!r}: unknown fallback {fallback!r}",
-                hint='use "review", "raise" or smallops.default(value)',
-            )
-        return Fallback(fallback)
+        if fallback == "review":
+            return Fallback("review")
+        if fallback == "raise":
+            return Fallback("raise")
+        raise ConfigError(
+            f"workflow {name!r}: unknown fallback {fallback!r}",
+            hint='use "review", "raise" or smallops.default(value)',
+        )
     if not isinstance(fallback, Fallback):
         raise ConfigError(f"workflow {name!r}: fallback must be a string or smallops.default(...)")
     if fallback.kind == "default" and output is not None and not isinstance(fallback.value, output):

@@ -13,10 +13,10 @@ from smallops.cli import _common
 from smallops.cli._table import Column, print_fitted
 from smallops.errors import NotFoundError
 from smallops.ids import short_id
+from smallops.kinds import STATUSES
 from smallops.ordering import in_order, input_names, output_names
 from smallops.project import Project
 from smallops.resilience.guards import REFUSALS
-from smallops.result import STATUSES
 from smallops.review.queue import ReviewQueue
 from smallops.storage.quarantine import Entry
 from smallops.storage.queries import Origin, get_run, list_runs, origin_of

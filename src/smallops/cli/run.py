@@ -335,7 +335,7 @@ def _report(
 
 
 def _failed(wf: Workflow[Any], exc: WorkflowFailed) -> Result[Any]:
-    from smallops.providers.base import Usage
+    from smallops.records import Usage
 
     return Result(
         run_id=exc.run_id,

@@ -30,7 +30,7 @@ from smallops.evals.scorers import FieldResult, check_case
 from smallops.evals.stats import passes
 from smallops.ids import uuid7
 from smallops.pricing import price_run
-from smallops.providers.base import Usage
+from smallops.records import Usage
 from smallops.storage.db import ensure_schema
 from smallops.storage.schema import eval_cache, eval_results, eval_runs, runs
 from smallops.workflow import Workflow
@@ -148,7 +148,7 @@ def estimate_cost(
     output_tokens = workflow.params.max_tokens or 300
     usage = Usage(input_tokens=int(prompt_tokens * calls), output_tokens=output_tokens * calls)
     plan = workflow.plan()
-    cost, _ = price_run(plan.record_static["pricing"], workflow.model.model, usage)
+    cost, _ = price_run(plan.facts.pricing, workflow.model.model, usage)
     return cost, usage.input_tokens + usage.output_tokens
 
 
@@ -330,7 +330,7 @@ def _store(
                 passed=run.passed,
                 cost_usd=run.cost_usd,
                 verdict=None,
-                git_commit=workflow.plan().record_static["git_commit"],
+                git_commit=workflow.plan().facts.git_commit,
                 started_at=run.started_at,
                 finished_at=run.finished_at or now,
                 summary={"scores": run.scores()},

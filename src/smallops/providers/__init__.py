@@ -12,8 +12,9 @@ import threading
 from smallops.config import ProviderConfig, Settings
 from smallops.errors import ConfigError
 from smallops.providers._sdk import BASE_URLS, resolve_base_url
-from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
+from smallops.providers.base import Params, Provider, ProviderError, Reply
 from smallops.providers.fake import FakeProvider, FakeReply, FakeRequest
+from smallops.records import Usage
 
 __all__ = [
     "FakeProvider",

@@ -18,7 +18,8 @@ from smallops.providers._sdk import (
     resolve_base_url,
     sdk_arguments,
 )
-from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
+from smallops.providers.base import Params, Provider, ProviderError, Reply
+from smallops.records import Usage
 
 DEFAULT_MAX_TOKENS = 1024  # the Messages API requires one
 _FINISH = {

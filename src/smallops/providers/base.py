@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from smallops.error_types import RETRYABLE, ProviderFailure
+from smallops.records import Usage
 
 
 @dataclass(frozen=True)
@@ -24,24 +25,6 @@ class Params:
 
     temperature: float | None = None
     max_tokens: int | None = None
-
-
-@dataclass
-class Usage:
-    """Token counts of one response; input includes cached tokens."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    def add(self, other: Usage) -> None:
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-        self.cached_tokens += other.cached_tokens
-        self.cache_write_tokens += other.cache_write_tokens
-        self.reasoning_tokens += other.reasoning_tokens
 
 
 @dataclass

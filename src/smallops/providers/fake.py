@@ -15,7 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
+from smallops.providers.base import Params, Provider, ProviderError, Reply
+from smallops.records import Usage
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from smallops.providers._sdk import (
     public_endpoint,
     resolve_base_url,
 )
-from smallops.providers.base import Params, Provider, ProviderError, Reply, Usage
+from smallops.providers.base import Params, Provider, ProviderError, Reply
+from smallops.records import Usage
 
 
 class OpenAIProvider(SdkClients, Provider):

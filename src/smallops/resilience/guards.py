@@ -21,11 +21,12 @@ from smallops.error_types import REFUSALS as REFUSALS  # what `smallops logs --s
 from smallops.error_types import RETRYABLE
 from smallops.ids import uuid7
 from smallops.pricing import price_run
-from smallops.providers.base import ProviderError, Usage
+from smallops.providers.base import ProviderError
+from smallops.records import Usage
 from smallops.storage.schema import guard_events
 
 if TYPE_CHECKING:
-    from smallops.plan import Pricing
+    from smallops.records import Pricing
     from smallops.resilience.breaker import BreakerConfig, BreakerStore, Transition
     from smallops.resilience.budget import BudgetLedger
     from smallops.resilience.ratelimit import RateLimit

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from smallops.errors import ConfigError
+from smallops.kinds import GRADUATION_ROUTES as GRADUATION_ROUTES
+from smallops.kinds import REVIEWED_ROUTES, ReviewRoute
 
 NAMED = ("all", "none", "always")
 
@@ -36,7 +38,7 @@ class ReviewPolicy:
             return f"until_graduated({self.target:g})"
         return self.kind
 
-    def route(self, classes: list[str], graduated: Callable[[list[str]], bool]) -> str:
+    def route(self, classes: list[str], graduated: Callable[[list[str]], bool]) -> ReviewRoute:
         """Where one valid output goes: a route name; `needs_review(route)` tells which way."""
         if self.kind == "none":
             return "none"
@@ -49,12 +51,7 @@ class ReviewPolicy:
         return "audit" if random.random() < self.audit else "graduated"
 
 
-REVIEWED_ROUTES = frozenset({"required", "sampled", "not_graduated", "audit", "fallback"})
-#: The routes `until_graduated` gives: the outputs whose served model graduation is about.
-GRADUATION_ROUTES = frozenset({"not_graduated", "audit", "graduated"})
-
-
-def needs_review(route: str) -> bool:
+def needs_review(route: ReviewRoute) -> bool:
     return route in REVIEWED_ROUTES
 
 

@@ -12,11 +12,10 @@ import time
 from typing import Any
 
 from smallops.content import attempt_metadata, deep_map, labels, mask_personal_data
-from smallops.plan import PromptVersion
+from smallops.kinds import REVIEWED_ROUTES
 from smallops.pricing import price_run
-from smallops.providers.base import Usage
+from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
-from smallops.review.policy import REVIEWED_ROUTES
 from smallops.storage.schema import runs
 from smallops.storage.storable import Flag, json_text, text
 
@@ -32,55 +31,54 @@ _SERVED_LIMIT = _length(runs.c.model_served)
 _FINGERPRINT_LIMIT = _length(runs.c.system_fingerprint)
 
 
-def encode(record: dict[str, Any], redact: Redactor) -> tuple[Row, Row | None]:
+def encode(record: RunRecord, redact: Redactor) -> tuple[Row, Row | None]:
     """A run's row and, when it needs a human, its review item's row: made together, so a run
     is never written without its item."""
-    flags: set[Flag] = set(record.get("flags") or ())
+    flags: set[Flag] = set(record.flags)  # type: ignore[arg-type]
     review = review_row(record, redact, flags)
     return run_row(record, redact, flags), review
 
 
-def run_row(record: dict[str, Any], redact: Redactor, flags: set[Flag] | None = None) -> Row:
+def run_row(record: RunRecord, redact: Redactor, flags: set[Flag] | None = None) -> Row:
     """A `runs` row, in schema.RUN_COLUMNS order."""
-    flags = set(record.get("flags") or ()) if flags is None else flags
-    static = record["plan"]
-    usage: Usage = record["usage"]
-    served = text(record["model_served"], flags, _SERVED_LIMIT)
-    requested = static["model_requested"]
-    cost, cost_source = price_run(static["pricing"], served or requested, usage)
-    started = record["started_at"]
+    flags = set(record.flags) if flags is None else flags  # type: ignore[arg-type]
+    facts, usage = record.facts, record.usage
+    served = text(record.model_served, flags, _SERVED_LIMIT)
+    requested = facts.model_requested
+    cost, cost_source = price_run(facts.pricing, served or requested, usage)
+    started = record.started_at
     mode, inputs, messages, output, attempts = _content(record)
-    batch = record.get("batch") or (None, None)
+    batch = record.batch or (None, None)
     columns = (
-        record["id"],
-        static["workflow"],
-        static["prompt"].id,
-        static["git_commit"],
-        static["provider"],
-        static["endpoint"],
+        record.id,
+        facts.workflow,
+        facts.prompt.id,
+        facts.git_commit,
+        facts.provider,
+        facts.endpoint,
         requested,
         redact(served),
         served is not None and served != requested,
-        static["allow_unpinned"],
-        redact(text(record["system_fingerprint"], flags, _FINGERPRINT_LIMIT)),
-        record["status"],
-        record["error_type"],
+        facts.allow_unpinned,
+        redact(text(record.system_fingerprint, flags, _FINGERPRINT_LIMIT)),
+        record.status,
+        record.error_type,
         redact(text(_error_message(record), flags)),
-        static["review_policy"],
-        record["review_route"],
-        static["origin"],
-        json_text(record["guards"], flags) if record["guards"] else None,
-        static["fallback"],
-        record["attempt_count"],
+        facts.review_policy,
+        record.review_route,
+        facts.origin,
+        json_text(record.guards, flags) if record.guards else None,
+        facts.fallback,
+        record.attempt_count,
         usage.input_tokens,
         usage.output_tokens,
         usage.cached_tokens,
         usage.reasoning_tokens,
         cost,
         cost_source,
-        record["latency_ms"],
+        record.latency_ms,
         started,
-        started + record["latency_ms"] / 1000,
+        started + record.latency_ms / 1000,
         redact(json_text(inputs, flags)),
         redact(json_text(messages, flags)),
         redact(json_text(output, flags)),
@@ -90,13 +88,13 @@ def run_row(record: dict[str, Any], redact: Redactor, flags: set[Flag] | None = 
     return (*columns, json_text(sorted(flags), set()) if flags else None, *batch)
 
 
-def _content(record: dict[str, Any]) -> tuple[str, Any, Any, Any, Any]:
+def _content(record: RunRecord) -> tuple[str, Any, Any, Any, Any]:
     """The workflow's content mode and the inputs, messages, output and attempts it keeps."""
-    mode = record["plan"]["content"]
-    inputs, messages = record["inputs"], record["messages"]
-    output, attempts = record["output"], record["attempts"]
+    mode = record.facts.content
+    inputs, messages = record.inputs, record.messages
+    output, attempts = record.output, record.attempts
     if mode == "metadata":
-        kept = labels(output, record["plan"]["label_fields"])
+        kept = labels(output, record.facts.label_fields)
         return mode, {}, None, kept, attempt_metadata(attempts)
     if mode == "redacted":
         mask = mask_personal_data
@@ -104,9 +102,9 @@ def _content(record: dict[str, Any]) -> tuple[str, Any, Any, Any, Any]:
     return mode, inputs, messages, output, attempts
 
 
-def _error_message(record: dict[str, Any]) -> str | None:
-    message: str | None = record["error_message"]
-    if message and record["plan"]["content"] != "full":
+def _error_message(record: RunRecord) -> str | None:
+    message = record.error_message
+    if message and record.facts.content != "full":
         return mask_personal_data(message)
     return message
 
@@ -125,29 +123,27 @@ def prompt_row(version: PromptVersion) -> Row:
     )
 
 
-def review_row(
-    record: dict[str, Any], redact: Redactor, flags: set[Flag] | None = None
-) -> Row | None:
+def review_row(record: RunRecord, redact: Redactor, flags: set[Flag] | None = None) -> Row | None:
     """A `review_items` row (schema.REVIEW_COLUMNS order) when the run needs a human."""
-    route = record["review_route"]
-    if route not in REVIEWED_ROUTES:
+    route = record.review_route
+    if route is None or route not in REVIEWED_ROUTES:
         return None
     flags = set() if flags is None else flags
-    output = record["output"] if record["output"] is not None else record["partial"]
-    if record["plan"]["content"] == "redacted":
+    output = record.output if record.output is not None else record.partial
+    if record.facts.content == "redacted":
         output = deep_map(output, mask_personal_data)
     return (
-        record["id"],
-        record["plan"]["workflow"],
-        record["plan"]["prompt"].id,
-        redact(text(record["model_served"], flags, _SERVED_LIMIT)),
+        record.id,
+        record.facts.workflow,
+        record.facts.prompt.id,
+        redact(text(record.model_served, flags, _SERVED_LIMIT)),
         "fallback" if route == "fallback" else "policy",
         route,
-        record["error_type"],
+        record.error_type,
         redact(json_text(output, flags)),
-        json_text(record["classes"], flags),
+        json_text(record.classes, flags),
         "pending",
-        record["started_at"],
+        record.started_at,
         None,
         None,
         None,

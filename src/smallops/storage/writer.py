@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from smallops.config import Settings
-from smallops.plan import PromptVersion
+from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
 from smallops.storage.db import log_database, safe_url
 from smallops.storage.quarantine import Quarantine, quarantine_folder
@@ -96,7 +96,7 @@ class Writer:
     def account(self) -> Account:
         return Account(self.submitted, self.written, self.spooled, self.set_aside, self.lost)
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: RunRecord) -> None:
         """Enqueue one run record; never blocks on the database."""
         if self._thread is None:
             self._start()
@@ -137,7 +137,7 @@ class Writer:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, dict):
+            if isinstance(item, RunRecord):
                 records.append(item)
             elif isinstance(item, threading.Event):
                 item.set()
@@ -174,7 +174,7 @@ class Writer:
             except queue.Empty:
                 self._safely(self._maybe_recover)
                 continue
-            if isinstance(item, dict) and self._queue.qsize() < BATCH:
+            if isinstance(item, RunRecord) and self._queue.qsize() < BATCH:
                 time.sleep(LINGER)
             records, markers, stop = [], [], False
             while True:
@@ -192,7 +192,11 @@ class Writer:
                     break
             if records:
                 self._in_hand = len(records)
-                self._safely(self._write, records)
+                try:
+                    self._write(records)
+                except Exception:
+                    log.exception("smallops: the log writer hit an unexpected error")
+                    self._rescue(records)
                 self._in_hand = 0
             elif self._replay_pending or not self.healthy:
                 self._safely(self._maybe_recover)
@@ -201,6 +205,18 @@ class Writer:
             if stop:
                 return
 
+    def _rescue(self, records: list[RunRecord]) -> None:
+        """After an unexpected error: spool the records to a file of their own, or count them
+        as lost; never drop them without a word."""
+        try:
+            batch, refused = self._encode(records)
+            for record, reason in refused:
+                self._set_aside_record(record, reason)
+            self._to_spool(batch, Spool(self.spool.folder), len(batch.runs))
+        except Exception as exc:
+            self.lost += len(records)
+            log.error("smallops: lost %d run records after an error: %s", len(records), exc)
+
     def _safely(self, work: Any, *args: Any) -> None:
         """Run one step; a bug in it is logged, and never stops the thread."""
         try:
@@ -208,7 +224,7 @@ class Writer:
         except Exception:
             log.exception("smallops: the log writer hit an unexpected error")
 
-    def _write(self, records: list[dict[str, Any]]) -> None:
+    def _write(self, records: list[RunRecord]) -> None:
         batch, refused = self._encode(records)
         for record, reason in refused:
             self._set_aside_record(record, reason)
@@ -221,9 +237,7 @@ class Writer:
                 self._went_down(exc)
         self._to_spool(batch, self.spool, len(batch.runs))
 
-    def _encode(
-        self, records: list[dict[str, Any]]
-    ) -> tuple[RowBatch, list[tuple[dict[str, Any], str]]]:
+    def _encode(self, records: list[RunRecord]) -> tuple[RowBatch, list[tuple[RunRecord, str]]]:
         """Rows for the records, and the records that could not be made into rows (and why)."""
         batch, refused = RowBatch(), []
         yielded = time.perf_counter()
@@ -239,7 +253,7 @@ class Writer:
             batch.runs.append(run)
             if review is not None:
                 batch.reviews.append(review)
-            version: PromptVersion = record["plan"]["prompt"]
+            version: PromptVersion = record.facts.prompt
             if version.id not in self._seen_prompts:
                 self._seen_prompts.add(version.id)
                 batch.prompts.append(prompt_row(version))
@@ -286,9 +300,9 @@ class Writer:
             self.quarantine.folder,
         )
 
-    def _set_aside_record(self, record: dict[str, Any], reason: str) -> None:
+    def _set_aside_record(self, record: RunRecord, reason: str) -> None:
         """A record that could not even be made into a row: kept as a note with its id."""
-        run = (record.get("id"), record.get("plan", {}).get("workflow"))
+        run = (record.id, record.facts.workflow)
         self._set_aside(RowBatch(runs=[run]), reason)
 
     def _went_down(self, exc: Exception) -> None:

@@ -1,0 +1,49 @@
+"""The closed sets a run and a review move through, each defined once as a Literal type.
+
+Error types have a module of their own (smallops.error_types). Everything else that a run
+records or a reviewer does is one of these; mypy holds every use to the set, so a typo is a type
+error rather than a row nobody can find.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+#: How a run ended (Result.status, runs.status).
+RunStatus = Literal[
+    "auto", "pending_review", "queued_for_human", "fallback_default", "fallback_secondary", "failed"
+]
+STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+#: Statuses whose output is valid (Result.ok).
+ANSWERED: frozenset[RunStatus] = frozenset({"auto", "pending_review"})
+
+#: Where a failed call's work goes (Workflow(fallback=...)).
+FallbackKind = Literal["review", "raise", "default", "secondary"]
+FALLBACK_KINDS: tuple[FallbackKind, ...] = get_args(FallbackKind)
+
+#: What the review policy decided for a run (runs.review_route).
+ReviewRoute = Literal[
+    "required", "sampled", "sampled_out", "not_graduated", "graduated", "audit", "fallback", "none"
+]
+REVIEW_ROUTES: tuple[ReviewRoute, ...] = get_args(ReviewRoute)
+#: Routes that put the run before a human.
+REVIEWED_ROUTES: frozenset[ReviewRoute] = frozenset(
+    {"required", "sampled", "not_graduated", "audit", "fallback"}
+)
+#: The routes `until_graduated` gives: the outputs whose served model graduation is about.
+GRADUATION_ROUTES: frozenset[ReviewRoute] = frozenset({"not_graduated", "audit", "graduated"})
+
+#: What a reviewer can do with an item, and the states an item can be in.
+ReviewAction = Literal["approve", "correct", "reject", "skip"]
+REVIEW_ACTIONS: tuple[ReviewAction, ...] = get_args(ReviewAction)
+ReviewState = Literal["pending", "approved", "corrected", "rejected"]
+REVIEW_STATES: tuple[ReviewState, ...] = get_args(ReviewState)
+
+#: How much of a call's content the log keeps; "pruned" is what `smallops prune` leaves.
+ContentMode = Literal["full", "redacted", "metadata"]
+CONTENT_MODES: tuple[ContentMode, ...] = get_args(ContentMode)
+PRUNED = "pruned"
+
+#: Who made a call: the application, the eval runner, or a secondary-model fallback.
+Origin = Literal["app", "eval", "fallback"]
+ORIGINS: tuple[Origin, ...] = get_args(Origin)
