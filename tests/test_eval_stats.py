@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from smallops.evals.stats import (
-    CaseOutcome,
+from smallops.evals.stats import CaseOutcome, gate
+from smallops.stats import (
     chi_square_sf,
     chi_square_test,
-    gate,
     min_detectable_flips,
     paired_bootstrap,
     sign_test_worse,

@@ -23,7 +23,7 @@ from smallops.errors import InputError
 from smallops.review.desk import ReviewDesk
 from smallops.review.evidence import class_stats, earlier_versions, standings, workflow_stats
 from smallops.review.queue import DecidedError, HeldError, ReviewQueue
-from smallops.review.stats import clopper_pearson_lower, reviews_needed
+from smallops.stats import clopper_pearson_lower, reviews_needed
 from smallops.storage.schema import graduation_events, review_decisions
 from smallops.testing import recorded_runs
 

@@ -29,11 +29,11 @@ from smallops.errors import (
 )
 from smallops.ids import uuid7
 from smallops.kinds import ReviewRoute, RunStatus
+from smallops.labels import classes_of
 from smallops.providers.base import Provider, ProviderError, Reply
 from smallops.records import RunRecord, Usage
 from smallops.resilience.guarded import admit, breaker_allow, breaker_record
 from smallops.result import Result
-from smallops.review.graduation import classes_of
 from smallops.review.policy import needs_review
 from smallops.storage.storable import Flag, encodable
 

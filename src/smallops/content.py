@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -103,19 +103,6 @@ def deep_map(value: Any, change: Callable[[str], str]) -> Any:
     if isinstance(value, (list, tuple)):
         return [deep_map(item, change) for item in value]
     return value
-
-
-def labels(output: Any, fields: Iterable[str]) -> dict[str, Any] | None:
-    """The output's labels (its enum and Literal fields, such as a category), without its free
-    text: what drift reports need, kept by `metadata` and by `smallops prune`."""
-    if output is None:
-        return None
-    if isinstance(output, BaseModel):
-        output = output.model_dump(mode="json")
-    if not isinstance(output, dict):
-        return None
-    kept = {name: output[name] for name in fields if name in output}
-    return kept or None
 
 
 def attempt_metadata(attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:

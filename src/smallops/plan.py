@@ -67,7 +67,8 @@ class CallPlan:
 def build_plan(wf: Workflow[Any]) -> CallPlan:
     """Resolve what a workflow needs to be called; done once, on its first call."""
     from smallops.gitinfo import git_commit
-    from smallops.review.graduation import Graduation, class_fields
+    from smallops.labels import class_fields
+    from smallops.review.graduation import Graduation
     from smallops.storage.db import ensure_schema, log_database
     from smallops.storage.writer import writer_for
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from smallops.evals.stats import chi_square_test
-from smallops.review.graduation import enum_fields
+from smallops.labels import enum_fields
+from smallops.stats import chi_square_test
 from smallops.storage.queries import PRIMARY
 from smallops.storage.schema import prompt_versions, runs
 

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlalchemy import Engine, func, select
@@ -33,7 +33,9 @@ from smallops.pricing import price_run
 from smallops.records import Usage
 from smallops.storage.db import ensure_schema
 from smallops.storage.schema import eval_cache, eval_results, eval_runs, runs
-from smallops.workflow import Workflow
+
+if TYPE_CHECKING:  # the workflow is handed in; this layer never imports it
+    from smallops.workflow import Workflow
 
 #: The verdict stored for a run with unanswered cases: it cannot judge the prompt.
 UNJUDGED = "unjudged"

@@ -17,15 +17,12 @@ it passes only when it passes every repeat.
 
 from __future__ import annotations
 
-import functools
 import math
-import random
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from smallops.review.stats import _regularized_beta
+from smallops.stats import min_detectable_flips, paired_bootstrap, sign_test_worse, wilson
 
 Verdict = Literal["pass", "inconclusive", "regression"]
 
@@ -178,123 +175,3 @@ def _mean(values: Sequence[float]) -> float:
 
 def _rate(successes: int, trials: int) -> tuple[float, float, float]:
     return (successes / trials if trials else 0.0, *wilson(successes, trials))
-
-
-def sign_test_worse(worse: int, better: int) -> float:
-    """Exact one-sided sign test: P(X >= worse), X ~ Binomial(worse + better, 1/2)."""
-    if worse < 0 or better < 0:
-        raise ValueError("counts cannot be negative")
-    if worse == 0:
-        return 1.0
-    return min(1.0, max(0.0, _regularized_beta(0.5, worse, better + 1)))
-
-
-def min_detectable_flips(paired: int, alpha: float = 0.05) -> int:
-    """Smallest b with 0.5**b < alpha (b flips to worse, none better); paired + 1 if none fits."""
-    for flips in range(1, paired + 1):
-        if 0.5**flips < alpha:
-            return flips
-    return paired + 1
-
-
-def wilson(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The two-sided Wilson score interval for a rate; (0, 1) with no trials."""
-    if not 0 <= successes <= trials:
-        raise ValueError("need 0 <= successes <= trials")
-    if trials == 0:
-        return (0.0, 1.0)
-    z = statistics.NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    rate, z2 = successes / trials, z * z / trials
-    centre = (rate + z2 / 2) / (1 + z2)
-    half = z / (1 + z2) * math.sqrt(rate * (1 - rate) / trials + z2 / (4 * trials))
-    low = 0.0 if successes == 0 else max(0.0, centre - half)
-    high = 1.0 if successes == trials else min(1.0, centre + half)
-    return (low, high)
-
-
-def paired_bootstrap(
-    diffs: Sequence[float], *, resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval for the mean per-case difference (current - baseline).
-
-    Deterministic for a seed and cached; sorting first makes it independent of case order.
-    """
-    if not diffs:
-        return (0.0, 0.0)
-    return _bootstrap(tuple(sorted(diffs)), resamples, confidence, seed)
-
-
-@functools.lru_cache(maxsize=256)
-def _bootstrap(
-    diffs: tuple[float, ...], resamples: int, confidence: float, seed: int
-) -> tuple[float, float]:
-    rng, n = random.Random(seed), len(diffs)
-    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
-    tail = (1 - confidence) / 2
-    return (_percentile(means, tail), _percentile(means, 1 - tail))
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:  # linear, as numpy's default
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def chi_square_test(table: Sequence[Sequence[int]]) -> tuple[float, int, float]:
-    """Pearson's chi-square test of independence: (statistic, degrees of freedom, p-value).
-
-    All-zero rows and columns are dropped first; p is 1.0 when no degree of freedom is left.
-    """
-    if len({len(row) for row in table}) > 1:
-        raise ValueError("every row needs the same number of columns")
-    if any(count < 0 for row in table for count in row):
-        raise ValueError("counts cannot be negative")
-    rows = [row for row in table if any(row)]
-    keep = [j for j in range(len(rows[0]) if rows else 0) if any(row[j] for row in rows)]
-    cells = [[row[j] for j in keep] for row in rows]
-    df = (len(cells) - 1) * (len(keep) - 1) if cells else 0
-    if df == 0:
-        return (0.0, 0, 1.0)
-    col_sums = [sum(column) for column in zip(*cells, strict=True)]
-    total = sum(col_sums)
-    expected = [[sum(row) * col / total for col in col_sums] for row in cells]
-    statistic = math.fsum(
-        (seen - want) ** 2 / want
-        for row, wants in zip(cells, expected, strict=True)
-        for seen, want in zip(row, wants, strict=True)
-    )
-    return (statistic, df, chi_square_sf(statistic, df))
-
-
-def chi_square_sf(statistic: float, df: int) -> float:
-    """P(chi-square with df degrees of freedom > statistic) = Q(df/2, statistic/2)."""
-    if df < 1:
-        raise ValueError("df must be at least 1")
-    if statistic <= 0:
-        return 1.0
-    a, x = df / 2, statistic / 2
-    front = math.exp(a * math.log(x) - x - math.lgamma(a))
-    if x < a + 1:  # the series for the lower P(a, x) converges fast here
-        term = total = 1 / a
-        for k in range(1, 10_000):
-            term *= x / (a + k)
-            total += term
-            if abs(term) < abs(total) * 1e-17:
-                break
-        return max(0.0, 1.0 - front * total)
-    tiny = 1e-300  # the continued fraction for Q(a, x) by modified Lentz
-    b = x + 1 - a
-    c, d = 1 / tiny, 1 / b
-    result = d
-    for k in range(1, 10_000):
-        numerator = -k * (k - a)
-        b += 2
-        d = numerator * d + b
-        d = 1 / (d if abs(d) > tiny else tiny)
-        c = b + numerator / c
-        c = c if abs(c) > tiny else tiny
-        result *= d * c
-        if abs(d * c - 1) < 1e-16:
-            break
-    return front * result

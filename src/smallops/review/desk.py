@@ -17,18 +17,20 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 
 from smallops.errors import InputError, describe_problems
 from smallops.jsonl import check_depth, parse
+from smallops.labels import class_fields
 from smallops.review import evidence, webhooks
-from smallops.review.graduation import class_fields
 from smallops.review.queue import DEFAULT_LEASE, Decision, ReviewQueue
 from smallops.storage.health import first_line
-from smallops.workflow import Workflow
+
+if TYPE_CHECKING:  # the workflow is handed in; this layer never imports it
+    from smallops.workflow import Workflow
 
 log = logging.getLogger("smallops")
 

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, func, select
 from smallops.ids import uuid7
 from smallops.pinning import parse_model
 from smallops.review.policy import GRADUATION_ROUTES, ReviewPolicy, until_graduated
-from smallops.review.stats import clopper_pearson_lower, reviews_needed
+from smallops.stats import clopper_pearson_lower, reviews_needed
 from smallops.storage.db import write_transaction
 from smallops.storage.queries import PRODUCTION
 from smallops.storage.schema import (

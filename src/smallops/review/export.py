@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smallops.errors import InputError
 from smallops.jsonl import objects
 from smallops.review.desk import output_problem
 from smallops.review.queue import ReviewQueue
-from smallops.workflow import Workflow
+
+if TYPE_CHECKING:  # the workflow is handed in; this layer never imports it
+    from smallops.workflow import Workflow
 
 
 @dataclass

@@ -20,7 +20,6 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import Engine, select
 
 from smallops.review.evidence import Key, changes, class_stats, record
@@ -29,42 +28,6 @@ from smallops.storage.schema import graduation_events
 
 log = logging.getLogger("smallops")
 REFRESH_EVERY = 30.0  # seconds
-
-
-def class_fields(output: type[BaseModel] | None) -> dict[str, list[Any]]:
-    """The top-level enum and Literal fields of an output model, with their values."""
-    if output is None:
-        return {}
-    return enum_fields(output.model_json_schema())
-
-
-def enum_fields(schema: dict[str, Any]) -> dict[str, list[Any]]:
-    """The top-level enum fields of a JSON schema (as stored with each prompt version)."""
-    defs = schema.get("$defs", {})
-    fields = {}
-    for name, prop in schema.get("properties", {}).items():
-        for option in [prop, *prop.get("anyOf", [])]:
-            if "$ref" in option:
-                option = defs.get(option["$ref"].rsplit("/", 1)[-1], {})
-            if "enum" in option:
-                fields[name] = list(option["enum"])
-                break
-            if "const" in option:
-                fields[name] = [option["const"]]
-                break
-    return fields
-
-
-def classes_of(output: Any, fields: dict[str, list[Any]]) -> list[str]:
-    """`field=value` for each class field of an output (a model or a dict)."""
-    if output is None or not fields:
-        return []
-    classes = []
-    for name in fields:
-        value = output.get(name) if isinstance(output, dict) else getattr(output, name, None)
-        if value is not None:
-            classes.append(f"{name}={getattr(value, 'value', value)}")
-    return classes
 
 
 def graduation_history(engine: Engine, workflow: str) -> list[dict[str, Any]]:

@@ -18,8 +18,8 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, null, or_, select, update
 
-from smallops.content import PRUNED, attempt_metadata, labels
-from smallops.review.graduation import enum_fields
+from smallops.content import PRUNED, attempt_metadata
+from smallops.labels import enum_fields, labels
 from smallops.storage.schema import (
     prompt_versions,
     review_decisions,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from smallops.content import attempt_metadata, deep_map, labels, mask_personal_data
+from smallops.content import attempt_metadata, deep_map, mask_personal_data
 from smallops.kinds import REVIEWED_ROUTES
+from smallops.labels import labels
 from smallops.pricing import price_run
 from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
