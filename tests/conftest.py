@@ -23,6 +23,7 @@ from smallops.storage import writer
 from smallops.storage.db import dispose_engines, normalise_url
 
 from emulators import ModelServer, ok
+from models import GOOD as GOOD  # one definition, in models.py; tests import it from either
 
 # Dummy credentials: they only ever reach the local emulator.
 OPENAI_TEST_KEY = "sk-test-openai-0123456789abcdef"
@@ -133,7 +134,6 @@ def settings(tmp_path: Path, emulator: ModelServer) -> Settings:
     )
 
 
-GOOD = {"category": "billing", "urgency": "normal", "summary": "Asks for the May invoice."}
 EMAIL = {"sender": "ann@example.com", "subject": "Invoice", "body": "Where is my May invoice?"}
 
 

@@ -15,9 +15,8 @@ from sqlalchemy.engine import make_url
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
 from smallops.storage.store import RowStore
 
+from models import GOOD as GOOD  # what the emulator answers by default in these tests
 from tcpproxy import TcpProxy
-
-GOOD = {"category": "billing", "urgency": "normal", "summary": "Asks for an invoice."}
 
 
 def cli(project: Path, url: str, *args: str, **env: str) -> subprocess.Popen[str]:

@@ -463,15 +463,3 @@ def test_breaker_store_is_one_per_url(
         breaker_store(f"redis://127.0.0.1:6379/0?client_name={uuid.uuid4().hex}")
     assert "'redis' package" in str(raised.value)
     assert raised.value.hint == "pip install 'smallops[redis]'"
-
-
-def test_cost_per_call(store: BreakerStore, key: str) -> None:
-    """Measured and printed, not asserted: the closed path every guarded call takes."""
-    n = 50_000 if isinstance(store, MemoryBreakerStore) else 2_000
-    config = BreakerConfig()
-    start = time.perf_counter()
-    for _ in range(n):
-        store.allow(key, config)
-        store.record(key, config, ok=True, probe=False)
-    cost = (time.perf_counter() - start) / n * 1e6
-    print(f"\n{type(store).__name__}: {cost:.1f} µs per allow+record pair (closed, {n} pairs)")

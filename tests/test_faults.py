@@ -24,8 +24,7 @@ from smallops.storage.store import RowBatch, RowStore, land
 from conftest import mount_tmpfs, smallops
 from emulators import ok, respond
 from faultkit import database_down, refuse_poison
-
-GOOD = {"category": "billing", "urgency": "normal", "summary": "Asks for an invoice."}
+from models import GOOD
 
 # Inputs and model outputs a stranger's email can carry. Raw JSON Lines text: NaN and Infinity
 # are what Python's json module writes (and reads) for non-finite numbers.

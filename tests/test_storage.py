@@ -26,7 +26,7 @@ from smallops.storage.schema import metadata, runs
 from smallops.storage.store import RowStore
 from smallops.testing import recorded_runs
 
-GOOD = {"category": "billing", "urgency": "normal", "summary": "May invoice."}
+from models import GOOD
 
 
 def _workflow(tmp_path: Path, database_url: str, responder=None) -> Workflow:
