@@ -30,7 +30,7 @@ from smallops.errors import (
 from smallops.ids import uuid7
 from smallops.kinds import ReviewRoute, RunStatus
 from smallops.labels import classes_of
-from smallops.providers.base import Provider, ProviderError, Reply
+from smallops.providers.base import ProviderError, Reply
 from smallops.records import RunRecord, Usage
 from smallops.resilience.guarded import admit, breaker_allow, breaker_record
 from smallops.result import Result
@@ -76,7 +76,7 @@ def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
         if plan.guards is not None and plan.guards.active:
             admitted = yield from admit(plan.guards, run.messages, run.guards)
             if isinstance(admitted, tuple):
-                return _fallback(run, *admitted)
+                return (yield from _fallback(run, *admitted))
             run.reservation = admitted
         request = plan.provider.request(plan.prepared, run.messages)
         reply = yield from _exchange(run, request, "call")
@@ -89,14 +89,14 @@ def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
             reply = yield from _exchange(run, repair, "repair")
             output, problem = _interpret(plan.output, reply)
     except ProviderError as exc:
-        return _fallback(run, exc.kind, exc.message)
+        return (yield from _fallback(run, exc.kind, exc.message))
     except GeneratorExit:
         raise
     except BaseException as exc:  # configuration errors, cancellation and bugs: record, re-raise
         _finish(run, "failed", None, _error_type(exc), _describe(exc))
         raise
     if problem:
-        return _fallback(run, *problem)
+        return (yield from _fallback(run, *problem))
     served = run.served.model if run.served else None
     classes = classes_of(output, plan.class_fields)
     graduation = plan.graduation
@@ -123,7 +123,8 @@ def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Eff
         }
         run.attempts.append(attempt)
         try:
-            reply: Reply = yield Send(request, policy.attempt_timeout(run.elapsed()))
+            timeout = policy.attempt_timeout(run.elapsed())
+            reply: Reply = yield Send(run.plan.provider, request, timeout)
         except ProviderError as exc:
             if guards is not None:
                 time_left = policy.deadline - run.elapsed()
@@ -211,13 +212,15 @@ def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-def _fallback(run: _Run, kind: ErrorType, message: str) -> Result[Any]:
-    """Route a failed call to the workflow's fallback, and record it."""
+def _fallback(run: _Run, kind: ErrorType, message: str) -> Lifecycle:
+    """Route a failed call to the workflow's fallback, and record it. A secondary model is
+    itself a plan: this run is recorded as handed over, and its lifecycle answers the call."""
     fallback = run.plan.fallback
+    if fallback.kind == "secondary" and run.plan.secondary is not None:
+        _finish(run, "fallback_secondary", None, kind, message)
+        return (yield from lifecycle(run.plan.secondary, run.inputs))
     if fallback.kind == "default":
         return _finish(run, "fallback_default", fallback.value, kind, message)
-    if fallback.kind == "secondary":
-        return _finish(run, "fallback_secondary", None, kind, message)
     if fallback.kind == "review":
         return _finish(
             run, "queued_for_human", None, kind, message, route="fallback", partial=_partial(run)
@@ -313,7 +316,7 @@ def _resume(calls: Lifecycle, value: Any, error: BaseException | None) -> Effect
         return result
 
 
-def drive(calls: Lifecycle, provider: Provider) -> Result[Any]:
+def drive(calls: Lifecycle) -> Result[Any]:
     """Carry out a lifecycle's effects with blocking I/O."""
     step = _resume(calls, None, None)
     while not isinstance(step, Result):
@@ -324,14 +327,14 @@ def drive(calls: Lifecycle, provider: Provider) -> Result[Any]:
             elif isinstance(step, Call):
                 value = step.function()
             else:
-                value = provider.send(step.request, step.timeout)
+                value = step.provider.send(step.request, step.timeout)
         except BaseException as exc:
             error = exc
         step = _resume(calls, value, error)
     return step
 
 
-async def adrive(calls: Lifecycle, provider: Provider) -> Result[Any]:
+async def adrive(calls: Lifecycle) -> Result[Any]:
     """Carry out a lifecycle's effects without blocking the event loop."""
     step = _resume(calls, None, None)
     while not isinstance(step, Result):
@@ -342,7 +345,7 @@ async def adrive(calls: Lifecycle, provider: Provider) -> Result[Any]:
             elif isinstance(step, Call):
                 value = await asyncio.to_thread(step.function)
             else:
-                value = await provider.asend(step.request, step.timeout)
+                value = await step.provider.asend(step.request, step.timeout)
         except BaseException as exc:
             error = exc
         step = _resume(calls, value, error)

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+
+class Sender(Protocol):
+    """What a provider is to a driver: a blocking and an awaiting way to send one request."""
+
+    def send(self, request: dict[str, Any], timeout: float) -> Any: ...
+
+    async def asend(self, request: dict[str, Any], timeout: float) -> Any: ...
 
 
 @dataclass(frozen=True)
 class Send:
-    """Send `request` to the provider within `timeout` seconds."""
+    """Send `request` with `provider` within `timeout` seconds (a fallback to a secondary model
+    sends to another provider in the middle of the same lifecycle)."""
 
+    provider: Sender
     request: dict[str, Any]
     timeout: float
 

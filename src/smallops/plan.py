@@ -62,6 +62,7 @@ class CallPlan:
     class_fields: dict[str, list[Any]]
     graduation: Graduation | None
     guards: Guards | None = None
+    secondary: CallPlan | None = None  # the model to try when this one fails
 
 
 def build_plan(wf: Workflow[Any]) -> CallPlan:
@@ -116,6 +117,7 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
         class_fields=fields,
         graduation=graduation,
         guards=_guards(wf, engine, url, pricing),
+        secondary=wf.secondary.plan() if wf.secondary is not None else None,
     )
 
 

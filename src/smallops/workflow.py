@@ -144,18 +144,12 @@ class Workflow(Generic[T]):
 
     def run(self, /, **inputs: Any) -> Result[T]:
         """Call the model with these template inputs; every outcome is recorded."""
-        plan = self.plan()
-        result: Result[T] = drive(lifecycle(plan, inputs), plan.provider)
-        if result.status == "fallback_secondary" and self.secondary is not None:
-            return self.secondary.run(**inputs)
+        result: Result[T] = drive(lifecycle(self.plan(), inputs))
         return result
 
     async def arun(self, /, **inputs: Any) -> Result[T]:
         """`run` for asyncio code: the same lifecycle, awaiting instead of blocking."""
-        plan = self.plan()
-        result: Result[T] = await adrive(lifecycle(plan, inputs), plan.provider)
-        if result.status == "fallback_secondary" and self.secondary is not None:
-            return await self.secondary.arun(**inputs)
+        result: Result[T] = await adrive(lifecycle(self.plan(), inputs))
         return result
 
     def decision(self, run_id: str) -> Decision | None:
