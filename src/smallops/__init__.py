@@ -7,10 +7,13 @@ review policy and a fallback) and is logged in full, in SQLite or Postgres.
 from smallops.config import Settings
 from smallops.errors import (
     ConfigError,
+    DecidedError,
+    HeldError,
     InputError,
     MissingExtraError,
     MissingFallbackError,
     NotFoundError,
+    ProviderError,
     SmallopsError,
     StorageError,
     TemplateError,
@@ -19,7 +22,7 @@ from smallops.errors import (
     WorkflowFailed,
 )
 from smallops.plan import Fallback, default, secondary
-from smallops.providers import FakeProvider, FakeReply, FakeRequest, Provider, ProviderError, Usage
+from smallops.providers import FakeProvider, FakeReply, FakeRequest, Provider, Usage
 from smallops.resilience.breaker import BreakerConfig
 from smallops.resilience.budget import Budget
 from smallops.result import Result
@@ -34,11 +37,13 @@ __all__ = [
     "BreakerConfig",
     "Budget",
     "ConfigError",
+    "DecidedError",
     "Decision",
     "FakeProvider",
     "FakeReply",
     "FakeRequest",
     "Fallback",
+    "HeldError",
     "InputError",
     "MissingExtraError",
     "MissingFallbackError",

@@ -10,17 +10,23 @@
     │   └── MissingExtraError       an optional dependency that is not installed
     ├── StorageError                the log database cannot be used (CLI exit 1)
     ├── NotFoundError               a run id, or other record, that does not exist (CLI exit 1)
-    └── WorkflowFailed              a call failed and the workflow's fallback is "raise"
+    ├── HeldError                   another reviewer holds the review item (a lease)
+    ├── DecidedError                the review item was decided already
+    ├── WorkflowFailed              a call failed and the workflow's fallback is "raise"
+    └── ProviderError               a model API gave no usable answer (providers raise it; the
+                                    call's lifecycle turns it into a retry or the fallback)
 
 Every error carries a `hint`: one sentence telling the user how to fix it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from smallops.error_types import RETRYABLE
 
 if TYPE_CHECKING:
-    from smallops.error_types import ErrorType
+    from smallops.error_types import ErrorType, ProviderFailure
 
 
 class SmallopsError(Exception):
@@ -88,6 +94,38 @@ class WorkflowFailed(SmallopsError):
         super().__init__(message, hint=f"see `smallops show {run_id}`")
         self.run_id = run_id
         self.error_type = error_type
+
+
+class HeldError(SmallopsError):
+    """Another reviewer holds the item under a lease."""
+
+
+class DecidedError(SmallopsError):
+    """The item was already decided."""
+
+
+class ProviderError(SmallopsError):
+    """A request that produced no usable response; `kind` is one of PROVIDER_FAILURES, or
+    "breaker_open" when the circuit breaker refused to send it."""
+
+    def __init__(
+        self,
+        kind: ProviderFailure | Literal["breaker_open"],
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        raw: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.raw = raw
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
 
 
 def describe_problems(errors: list[Any]) -> str:

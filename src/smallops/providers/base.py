@@ -11,11 +11,13 @@ import email.utils
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
-from smallops.error_types import RETRYABLE, ProviderFailure
+from smallops.errors import (
+    ProviderError as ProviderError,  # providers raise it; it lives in errors.py
+)
 from smallops.records import Usage
 
 
@@ -43,31 +45,6 @@ class Reply:
     fingerprint: str | None = None
     status_code: int = 200
     request_id: str | None = None
-
-
-class ProviderError(Exception):
-    """A request that produced no usable response; `kind` is one of PROVIDER_FAILURES, or
-    "breaker_open" when the circuit breaker refused to send it."""
-
-    def __init__(
-        self,
-        kind: ProviderFailure | Literal["breaker_open"],
-        message: str,
-        *,
-        status_code: int | None = None,
-        retry_after: float | None = None,
-        raw: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status_code = status_code
-        self.retry_after = retry_after
-        self.raw = raw
-
-    @property
-    def retryable(self) -> bool:
-        return self.kind in RETRYABLE
 
 
 class Provider(ABC):

@@ -17,7 +17,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 
-from smallops.errors import InputError, NotFoundError, SmallopsError
+from smallops.errors import DecidedError as DecidedError
+from smallops.errors import HeldError as HeldError
+from smallops.errors import InputError, NotFoundError
 from smallops.ids import uuid7
 from smallops.storage.db import write_transaction
 from smallops.storage.queries import plain_row, run_id_matches
@@ -25,14 +27,6 @@ from smallops.storage.schema import prompt_versions, review_decisions, review_it
 
 DEFAULT_LEASE = timedelta(minutes=10)
 STATES = {"approve": "approved", "correct": "corrected", "reject": "rejected"}
-
-
-class HeldError(SmallopsError):
-    """Another reviewer holds the item under a lease."""
-
-
-class DecidedError(SmallopsError):
-    """The item was already decided."""
 
 
 @dataclass(frozen=True)
