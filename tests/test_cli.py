@@ -128,6 +128,26 @@ def test_deeply_nested_json_input_is_one_line_and_exit_2(
     assert smallops(capsys, "-p", str(project), "logs", "--json")[1] == ""
 
 
+@pytest.mark.parametrize("where", ["line", "--json"])
+def test_a_number_too_long_for_python_is_one_line_naming_the_place_and_exit_2(
+    project, emulator, capsys, tmp_path, where
+):
+    """An integer of 5001 digits (more than int() converts) is refused before any call."""
+    huge = json.dumps({**EMAIL, "body": "x"})[:-1] + ', "n": 1' + "0" * 5000 + "}"
+    if where == "line":
+        inputs = tmp_path / "in.jsonl"
+        inputs.write_text(json.dumps(EMAIL) + "\n" + huge + "\n")
+        args = ("-i", str(inputs))
+    else:
+        args = ("--json", huge)
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage", *args)
+    assert code == 2 and "a number has 5001 digits, more than the 4300 allowed" in err, err
+    assert ("line 2" in err) if where == "line" else ("--json" in err)
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert emulator.requests == []
+    assert smallops(capsys, "-p", str(project), "logs", "--json")[1] == ""
+
+
 def test_json_input_nested_100_levels_is_accepted(project, emulator, capsys):
     nested = json.dumps({**EMAIL, "extra": json.loads("[" * 99 + "]" * 99)})
     emulator.default = ok(GOOD)

@@ -69,6 +69,7 @@ def test_scripts_approve_correct_and_reject_by_short_id(project, queued, capsys)
         (("reject", "{id}"), 2, "needs a reason"),
         (("correct", "{id}", "--output", '{"category": "weather"}'), 2, "does not fit Triage"),
         (("correct", "{id}", "--output", "[" * 100_000 + "]" * 100_000), 2, "nest more than"),
+        (("correct", "{id}", "--output", "[1" + "0" * 5000 + "]"), 2, "has 5001 digits"),
         (("approve", "ffffffffffff"), 1, "no review item"),
         (("approve", "{fallback}"), 2, "no output to approve"),
     ],
