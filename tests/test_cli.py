@@ -366,6 +366,45 @@ def test_a_bad_since_is_a_usage_error(project, capsys):
     assert code == 2 and "--since" in err
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("logs", "--since", "99999999d"),
+        ("logs", "--since", "99999999999999w"),
+        ("report", "--since", "99999999d"),
+        ("prune", "--older-than", "99999999d"),
+    ],
+)
+def test_a_span_reaching_before_the_year_1_is_one_line_and_exit_2(project, emulator, capsys, args):
+    """A span no date can be that far back is refused, not an OverflowError; prune prunes
+    nothing."""
+    emulator.script(ok(GOOD))
+    _, out, _ = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL), "--json"
+    )
+    run_id = json.loads(out)["run_id"]
+    code, _, err = smallops(capsys, "-p", str(project), *args)
+    assert code == 2 and f"{args[1]} {args[2]!r} reaches back before the year 1" in err, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    _, out, _ = smallops(capsys, "-p", str(project), "show", run_id, "--json")
+    assert json.loads(out)["inputs"] == EMAIL
+
+
+@pytest.mark.parametrize("command", [("logs",), ("review", "list")])
+@pytest.mark.parametrize("limit", ["99999999999999999999", "1000001", "0"])
+def test_a_limit_out_of_range_is_a_usage_error_on_every_database(
+    project, capsys, database_url, monkeypatch, command, limit
+):
+    """-n is bounded (1 to 1,000,000) before any query: no OverflowError on SQLite, no
+    NumericValueOutOfRange from Postgres."""
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
+    code, _, err = smallops(capsys, "-p", str(project), *command, "-n", limit)
+    errors = [line for line in err.splitlines() if line.lower().startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "Invalid value for '--limit'" in errors[0] and "database" not in err
+    assert smallops(capsys, "-p", str(project), *command, "-n", "1000000")[0] == 0
+
+
 def test_db_upgrade_and_current(project, capsys):
     from smallops.storage.db import head_revision
 

@@ -27,6 +27,10 @@ HELP_WIDTH = {"max_content_width": 102}
 #: How commands that take a run id describe it (see storage.queries.run_id_matches).
 RUN_ID_HELP = "The run id as printed, the whole id, or a unique start of either (8+)."
 
+#: The most rows a --limit may ask for: far more than a terminal shows, far below what a
+#: database's LIMIT (a 64-bit integer) refuses.
+MAX_LIMIT = 1_000_000
+
 _SPAN = re.compile(r"(\d+)\s*(m|h|d|w)")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -43,8 +47,14 @@ def since(value: str | None, option: str = "--since") -> datetime | None:
         return None
     match = _SPAN.fullmatch(value.strip().lower())
     if match:
-        delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return datetime.now(timezone.utc) - delta
+        try:
+            delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+            return datetime.now(timezone.utc) - delta
+        except OverflowError:
+            raise InputError(
+                f"{option} {value!r} reaches back before the year 1",
+                hint="use a shorter span, e.g. 3650d, or a date such as 2020-01-01",
+            ) from None
     try:
         when = datetime.fromisoformat(value)
     except ValueError:

@@ -44,7 +44,9 @@ def logs_command(
         "--origin",
         help="The application's calls (production), the eval runner's (eval), or all.",
     ),
-    limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many runs."),
+    limit: int = typer.Option(
+        50, "--limit", "-n", min=1, max=_common.MAX_LIMIT, help="At most this many runs."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
 ) -> None:
     """List recorded calls, newest first."""

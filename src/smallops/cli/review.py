@@ -69,7 +69,9 @@ def list_command(
     state: str = typer.Option(
         "pending", "--state", help="pending, approved, corrected, rejected, or all."
     ),
-    limit: int = typer.Option(100, "--limit", "-n", min=1),
+    limit: int = typer.Option(
+        100, "--limit", "-n", min=1, max=_common.MAX_LIMIT, help="At most this many items."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per item."),
 ) -> None:
     """List review items, oldest pending first."""
