@@ -199,6 +199,14 @@ def _assert_refused_before_anything(code, err, emulator, *sources):
         ("database_url = 5", "database_url in smallops.toml must be a database URL"),
         ('database_url = "::"', "database_url in smallops.toml is not a valid database URL"),
         (
+            'database_url = "sqlite:///log\\u0000.db"',
+            "database_url in smallops.toml contains a NUL character",
+        ),
+        (
+            'database_url = "postgresql://127.0.0.1/test\\u0000x"',
+            "database_url in smallops.toml contains a NUL character",
+        ),
+        (
             '[providers.local]\nkind = "openai"\nbase_url = 5',
             "[providers.local] base_url in smallops.toml must be an http:// or https:// URL",
         ),

@@ -16,6 +16,7 @@ from smallops.plan import Pricing
 from smallops.pricing import price_run
 from smallops.providers.base import Usage, parse_retry_after
 from smallops.redact import REDACTED, Redactor
+from smallops.storage.db import log_database
 
 
 def test_uuid7_ids_are_version_7_unique_and_time_ordered():
@@ -88,6 +89,15 @@ def test_bad_settings_are_config_errors(tmp_path, toml, message):
     (tmp_path / "smallops.toml").write_text(toml)
     with pytest.raises(ConfigError, match=message):
         Settings.load(tmp_path, env={})
+
+
+@pytest.mark.parametrize("url", ["sqlite:///log\x00.db", "postgresql://127.0.0.1/test\x00x"])
+def test_a_database_url_with_a_nul_character_names_the_variable(tmp_path, url):
+    """A NUL from the environment is a ConfigError naming it, not "embedded null byte"."""
+    settings = Settings.load(tmp_path, env={"SMALLOPS_DATABASE_URL": url})
+    with pytest.raises(ConfigError, match="SMALLOPS_DATABASE_URL contains a NUL character"):
+        log_database(settings)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_git_commit_is_read_from_the_repository(tmp_path):
