@@ -236,6 +236,48 @@ def test_a_setting_of_the_wrong_type_names_its_key_in_smallops_toml(
 
 
 @pytest.mark.parametrize(
+    ("toml", "message", "hint"),
+    [
+        ("[smallops]\nwrite_timout = 3", "[smallops] in smallops.toml has an unknown key "
+         "'write_timout'", "did you mean write_timeout?"),
+        ('[providers.local]\nkind = "openai"\nbase_ur = "http://127.0.0.1:1/v1"',
+         "[providers.local] in smallops.toml has an unknown key 'base_ur'",
+         "did you mean base_url?"),
+        ('[prices."openai:gpt-4o-mini-2024-07-18"]\ninput = 1\noutput = 2\ncache_input = 0.5',
+         "has an unknown key 'cache_input'", "did you mean cached_input?"),
+        ("[smalops]\nredis_url = 1", "smallops.toml has an unknown table [smalops]",
+         "did you mean [smallops]?"),
+        ("[alerts]\nslack = 1", "smallops.toml has an unknown table [alerts]",
+         "known tables: [smallops], [providers], [prices], [reviewers]"),
+    ],
+)  # fmt: skip
+def test_an_unknown_table_or_key_in_smallops_toml_is_refused_with_the_closest_known_one(
+    project, emulator, capsys, toml, message, hint
+):
+    """A typo in smallops.toml is never silently ignored: exit 2 naming it, nothing written."""
+    path = project / "smallops.toml"
+    text = path.read_text()
+    path.write_text(
+        text.replace("[smallops]\n", toml + "\n") if toml.startswith("[smallops]") else
+        f"{text}\n{toml}\n"
+    )  # fmt: skip
+    code, _, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
+    _assert_refused_before_anything(code, err, emulator, message, hint)
+    assert not (project / ".smallops").exists()
+
+
+def test_a_key_of_smallops_above_every_table_says_where_it_belongs(project, emulator, capsys):
+    path = project / "smallops.toml"
+    path.write_text("write_timeout = 3\n" + path.read_text())
+    code, _, err = smallops(capsys, "-p", str(project), "logs")
+    _assert_refused_before_anything(
+        code, err, emulator, "has a key 'write_timeout' outside any table", "under [smallops]"
+    )
+
+
+@pytest.mark.parametrize(
     "price",
     [
         "input = -0.01\noutput = 0.6",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,25 @@ def test_settings_read_smallops_toml_and_the_environment_wins(tmp_path):
 def test_bad_settings_are_config_errors(tmp_path, toml, message):
     (tmp_path / "smallops.toml").write_text(toml)
     with pytest.raises(ConfigError, match=message):
+        Settings.load(tmp_path, env={})
+
+
+def test_every_documented_smallops_toml_is_accepted(tmp_path):
+    """Unknown keys are refused, so each example a user may copy must load: the README's,
+    the config module's, and the scaffold's with its commented-out tables switched on."""
+    import re
+
+    import smallops.config
+    from smallops.scaffold import SMALLOPS_TOML
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    examples = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
+    docstring = smallops.config.__doc__ or ""
+    examples.append("\n".join(line[4:] for line in docstring.splitlines() if line[:4] == "    "))
+    examples.append(re.sub(r"(?m)^# (?=\[|\w+ = )", "", SMALLOPS_TOML))
+    assert len(examples) >= 3 and all("[providers." in example for example in examples)
+    for example in examples:
+        (tmp_path / "smallops.toml").write_text(example)
         Settings.load(tmp_path, env={})
 
 
