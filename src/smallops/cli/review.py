@@ -129,23 +129,35 @@ def next_command(
     only = _workflow_name(project, workflow)
     decided = 0
     skipped: set[str] = set()
-    while (claimed := desk.claim_next(name, only, exclude=skipped)) is not None:
-        item = item_in_order(claimed)
-        _show(item)
-        outcome = _ask(desk, item, name)
-        if outcome == "quit":
-            desk.queue.release(item["run_id"], name, action="release")
-            break
-        if outcome == "skipped":
-            skipped.add(item["run_id"])
-        decided += outcome == "decided"
-    else:
-        _common.out.print(
-            f"nothing new in the queue ({len(skipped)} skipped, still pending)"
-            if skipped
-            else "the queue is empty",
-            markup=False,
-        )
+    held: str | None = None  # the item this session holds, given back however it ends
+    try:
+        with _common.Hangups() as hangups:
+            while True:
+                with hangups.held():
+                    claimed = desk.claim_next(name, only, exclude=skipped)
+                    held = claimed["run_id"] if claimed else None
+                if claimed is None:
+                    _common.out.print(
+                        f"nothing new in the queue ({len(skipped)} skipped, still pending)"
+                        if skipped
+                        else "the queue is empty",
+                        markup=False,
+                    )
+                    break
+                item = item_in_order(claimed)
+                _show(item)
+                outcome = _ask(desk, item, name)
+                if outcome == "quit":
+                    desk.queue.release(item["run_id"], name, action="release")
+                    break
+                held = None
+                if outcome == "skipped":
+                    skipped.add(item["run_id"])
+                decided += outcome == "decided"
+    except (KeyboardInterrupt, _common.Hangup):
+        if held is not None:
+            desk.unclaim({held: name})  # a no-op if it was decided or given back meanwhile
+        raise
     _common.out.print(f"{decided} decided as {name}", markup=False)
 
 
