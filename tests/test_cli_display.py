@@ -181,7 +181,8 @@ def test_fields_keep_their_written_order_on_every_database(
     project, emulator, capsys, database_url, monkeypatch, tmp_path
 ):
     """Postgres (JSONB) sorts object keys: inputs come back in the prompt's order (sender,
-    subject, body) and outputs in the schema's (category, urgency, summary) all the same."""
+    subject, body) and outputs in the schema's (category, urgency, summary) all the same, in
+    the human views and with --json."""
     monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
     emulator.script(ok(GOOD))
     [run_id] = run_all(capsys, project, GOOD)
@@ -203,6 +204,19 @@ def test_fields_keep_their_written_order_on_every_database(
     done = review_next(project, "q\n", env)
     assert done.stdout.index("sender") < done.stdout.index("subject") < done.stdout.index("body")
     assert done.stdout.index("category") < done.stdout.index("urgency")
+
+    # --json too: scripts that print or diff the objects see the same order.
+    inputs, outputs = ["sender", "subject", "body"], ["category", "urgency", "summary"]
+    fixed = json.dumps({**GOOD, "urgency": "high"})
+    smallops(capsys, "-p", str(project), "review", "correct", run_id, "--output", fixed)
+    _, out, _ = smallops(capsys, "-p", str(project), "show", run_id, "--json")
+    record = json.loads(out)
+    assert list(record["inputs"]) == inputs and list(record["output"]) == outputs
+    assert list(record["review"]["final_output"]) == outputs
+    _, out, _ = smallops(capsys, "-p", str(project), "review", "list", "--state", "all", "--json")
+    item = json.loads(out)
+    assert list(item["inputs"]) == inputs and list(item["output"]) == outputs
+    assert list(item["final_output"]) == outputs
 
 
 def test_the_review_page_shows_fields_in_their_written_order(tmp_path, database_url):

@@ -13,7 +13,7 @@ from smallops.cli import _common
 from smallops.cli._table import Column, print_fitted
 from smallops.errors import NotFoundError
 from smallops.ids import short_id
-from smallops.ordering import in_order, input_names, output_names
+from smallops.ordering import in_order, input_names, output_names, record_in_order
 from smallops.project import Project
 from smallops.resilience.guards import REFUSALS
 from smallops.result import STATUSES
@@ -128,10 +128,13 @@ def show_command(
         _print_set_aside(entry, as_json)
         return
     review = _review_of(engine, run["id"])
+    names = _output_names(project, run)
     if as_json:
-        _common.print_json({**run, "review": review})
+        inputs = input_names((run["prompt"] or {}).get("template"))
+        review = record_in_order(review, [], names) if review else None
+        _common.print_json({**record_in_order(run, inputs, names), "review": review})
         return
-    _print_run(run, review, _output_names(project, run), prompt)
+    _print_run(run, review, names, prompt)
 
 
 def _print_set_aside(entry: Entry, as_json: bool) -> None:

@@ -19,7 +19,13 @@ from smallops.cli import _common
 from smallops.cli._table import Column, print_fitted
 from smallops.errors import ConfigError, InputError
 from smallops.ids import short_id
-from smallops.ordering import in_order, item_in_order, output_names
+from smallops.ordering import (
+    in_order,
+    input_names,
+    item_in_order,
+    output_names,
+    record_in_order,
+)
 from smallops.project import Project
 from smallops.review.desk import ReviewDesk
 from smallops.review.evidence import earlier_versions, workflow_stats
@@ -79,7 +85,7 @@ def list_command(
     items = desk.items(_workflow_name(project, workflow), None if state == "all" else state, limit)
     if as_json:
         for item in items:
-            _common.print_json(item)
+            _common.print_json(_json_in_order(desk, item))
         return
     if not items:
         _common.out.print(
@@ -111,6 +117,16 @@ def list_command(
     if any(row["claimed by"] for row in rows):
         columns.append(Column("claimed by", cut_to=10, hide=3))
     print_fitted(columns, [[row[column.name] for column in columns] for row in rows])
+
+
+def _json_in_order(desk: ReviewDesk, item: dict[str, Any]) -> dict[str, Any]:
+    """An item for --json, its fields in the order the human views use (JSONB sorts them)."""
+    workflow = desk.workflows.get(item["workflow"])
+    if workflow is None:
+        return item
+    return record_in_order(
+        item, input_names(workflow.version.template), output_names(workflow.output)
+    )
 
 
 @app.command("next")
