@@ -78,6 +78,15 @@ def test_no_table_cuts_a_run_id_or_a_model_pin_and_none_is_wider_than_the_termin
         assert all(short_id(run_id) in text for run_id in ids), (name, text)
         assert all(len(line) <= columns for line in text.splitlines()), (name, text)
     assert PIN in table  # the title names the pinned model whole
+    code, stats, err = smallops(capsys, "-p", str(project), "review", "stats")
+    assert code == 0 and all(len(line) <= columns for line in stats.splitlines()), (err, stats)
+    lines = [line.split() for line in stats.splitlines()]
+    assert ["class", "reviews"] in [line[:2] for line in lines] and ["status"] in [
+        line[-2:-1] for line in lines
+    ] + [line[-1:] for line in lines], stats  # the header's status is whole
+    classes = [line for line in lines if line and line[0].startswith(("category=", "urgency="))]
+    assert len(classes) == 8 and all("review" in line for line in classes), stats
+    assert "gpt-4o-mini-2024-07-18" in stats  # the model serving the class, whole
     code, listed, _ = smallops(capsys, "-p", str(project), "list")
     assert code == 0 and PIN in listed and "…" not in listed
     assert all(len(line) <= columns for line in listed.splitlines()), listed

@@ -13,10 +13,9 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from smallops.cli import _common
-from smallops.cli._table import Column, print_fitted
+from smallops.cli._table import SEPARATOR, Column, print_fitted
 from smallops.errors import ConfigError, InputError
 from smallops.ids import short_id
 from smallops.ordering import (
@@ -342,6 +341,18 @@ def stats_command(
     _print_stats(rows, history, earlier)
 
 
+#: `review stats` per output class: the status (auto or review) is never cut.
+STATS_COLUMNS = (
+    Column("class", cut_to=16),
+    Column("reviews", right=True),
+    Column("approved", right=True, hide=3),
+    Column("lower bound", right=True, hide=2),
+    Column("days", right=True, hide=4),
+    Column("status"),
+    Column("recommendation", cut_to=12, hide=1),
+)
+
+
 def _print_stats(
     rows: list[dict[str, Any]], history: list[dict[str, Any]], earlier: dict[str, dict[str, int]]
 ) -> None:
@@ -354,15 +365,10 @@ def _print_stats(
     for row in rows:
         groups.setdefault((row["workflow"], row["prompt_version"], row["model"]), []).append(row)
     for (workflow, version, model), group in groups.items():
-        _common.out.print(
-            f"\n{workflow}, prompt version {version}, served by {model}", markup=False
-        )
-        table = Table(box=None, pad_edge=False)
-        for column in ("class", "reviews", "approved", "lower bound", "days", "status"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("recommendation")
-        for row in group:
-            table.add_row(
+        _common.out.print("", markup=False)
+        title = SEPARATOR.join((workflow, f"prompt version {version}", f"served by {model}"))
+        cells = [
+            [
                 row["class_key"],
                 str(row["reviews"]),
                 str(row["approvals"]),
@@ -370,8 +376,10 @@ def _print_stats(
                 f"{row['days']:g}",
                 "auto" if row["graduated"] else "review",
                 row["recommendation"],
-            )
-        _common.out.print(table)
+            ]
+            for row in group
+        ]
+        print_fitted(STATS_COLUMNS, cells, title)
     for name, versions in earlier.items():
         if versions:
             counts = ", ".join(f"{version}: {n} reviews" for version, n in versions.items())
