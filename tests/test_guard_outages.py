@@ -145,8 +145,32 @@ def assert_status_shows_degradation(capsys, project: Path) -> None:
     assert outages["rate_limit"]["reason"].endswith("using this process's limit")
     assert outages["breaker"]["reason"].endswith("using this process's breaker")
     assert outages["rate_limit"]["since"] and outages["breaker"]["since"]
+    # What it shows is this process's fallback, not the shared state (which nobody knows now).
+    assert row["breaker"]["source"] == "fallback" and row["rate_limits_source"] == "fallback"
     code, out, _ = smallops(capsys, "-p", str(project), "status")
     assert code == 0 and "degraded  rate limit: Redis at redis://127.0.0.1:" in out
+    assert "shared (Redis)" not in out
+    assert "breaker   closed (this process's fallback: Redis is unreachable" in out
+    assert "left in this process's fallback (the shared count is unknown)" in out
+
+
+@needs_redis
+def test_status_says_the_breaker_and_limit_shown_are_shared_only_while_redis_answers(
+    batch_project, redis_proxy, capsys
+):
+    """With Redis answering, status shows the shared breaker and limit; once it is cut, the
+    same command says it shows this process's fallback and that the shared state is unknown."""
+    code, out, _ = smallops(capsys, "-p", str(batch_project), "status", "--json")
+    row = json.loads(out)
+    assert code == 0 and row["degraded"] == []
+    assert row["breaker"]["source"] == "shared" and row["rate_limits_source"] == "shared"
+    code, out, _ = smallops(capsys, "-p", str(batch_project), "status")
+    assert "breaker   closed (shared (Redis))" in out and "fallback" not in out
+    redis_proxy.cut()
+    code, out, _ = smallops(capsys, "-p", str(batch_project), "status", "--json")
+    row = json.loads(out)
+    assert code == 0 and {o["guard"] for o in row["degraded"]} == {"rate_limit", "breaker"}
+    assert row["breaker"]["source"] == "fallback" and row["rate_limits_source"] == "fallback"
 
 
 def outage_warnings(caplog: pytest.LogCaptureFixture, guard: str) -> list[str]:

@@ -17,6 +17,15 @@ from smallops.storage.schema import guard_events
 from smallops.storage.writer import quarantine_for
 from smallops.workflow import Workflow
 
+#: Whose state a breaker or rate-limit line shows: the one shared through Redis, this
+#: process's own (no Redis set), or this process's fallback while Redis does not answer (the
+#: shared state is then unknown).
+SOURCES = {
+    "shared": "shared (Redis)",
+    "process": "this process only",
+    "fallback": "this process's fallback: Redis is unreachable, the shared state is unknown",
+}
+
 
 def register(app: typer.Typer) -> None:
     app.command("status")(status_command)
@@ -81,16 +90,22 @@ def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
         ).all()
     rate_limits = guards.rate.headroom() if guards.rate is not None else []
     budget = guards.budget.usage() if guards.budget is not None else []
+    # After the reads above: a shared store that failed them now says it is degraded.
     degraded = [
         {key: value for key, value in found.items() if key != "decision"}
         for guard in (guards.rate, guards.breaker, guards.budget)
         if guard is not None and (found := guard.degraded()) is not None
     ]
+    down = {outage["guard"] for outage in degraded}
+    rate_shared = bool(guards.rate is not None and guards.rate.needs_io)
+    if breaker is not None:
+        breaker["source"] = _source(breaker["shared"], "breaker" in down)
     return {
         "workflow": wf.name,
         "breaker": breaker,
         "rate_limits": rate_limits,
-        "rate_limits_shared": bool(guards.rate is not None and guards.rate.needs_io),
+        "rate_limits_shared": rate_shared,
+        "rate_limits_source": _source(rate_shared, "rate_limit" in down),
         "budget": budget,
         "degraded": degraded,
         "queued_for_review": queued,
@@ -100,6 +115,11 @@ def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
     }
 
 
+def _source(shared: bool, down: bool) -> str:
+    """A key of SOURCES."""
+    return "process" if not shared else "fallback" if down else "shared"
+
+
 def _print(row: dict[str, Any]) -> None:
     say = _common.out.print
     say(f"\n[bold]{escape(row['workflow'])}[/bold]")
@@ -107,13 +127,14 @@ def _print(row: dict[str, Any]) -> None:
     if breaker is None:
         say("  breaker   off")
     else:
-        where = "shared (Redis)" if breaker["shared"] else "this process only"
         say(
-            f"  breaker   {breaker['state']} ({where}); {breaker['failures']} of "
-            f"{breaker['calls']} recent calls failed"
+            f"  breaker   {breaker['state']} ({SOURCES[breaker['source']]}); "
+            f"{breaker['failures']} of {breaker['calls']} recent calls failed"
         )
+    fallback = " in this process's fallback (the shared count is unknown)"
     for limit in row["rate_limits"]:
-        say(f"  limit     {limit['limit']}: {limit['remaining']} left")
+        where = fallback if row["rate_limits_source"] == "fallback" else ""
+        say(f"  limit     {limit['limit']}: {limit['remaining']} left{where}")
     for period in row["budget"]:
         say(
             f"  budget    {period['period']}: ${period['spent_usd']:.4f} of "
