@@ -414,3 +414,69 @@ def test_a_stalled_postgres_holds_a_budgeted_call_for_seconds_not_forever(tmp_pa
             break
         time.sleep(0.1)
     assert held == pytest.approx(spent, abs=1e-9)
+
+
+BUDGETED = textwrap.dedent("""
+    from smallops import Budget, FakeProvider, Workflow
+
+    budgeted = Workflow("budgeted", model="fake:priced", prompt="p.prompt", fallback="review",
+                        review="none", provider=FakeProvider(lambda _: "ok"), max_tokens=100,
+                        budget=Budget(daily=100.0))
+""")
+
+
+def budgeted_project(root: Path, database_url: str) -> Path:
+    """A project whose one workflow has a daily budget far from its cap, and 300 inputs; a log
+    write that takes over a second goes to the spool."""
+    (root / "workflows").mkdir(parents=True)
+    (root / "smallops.toml").write_text(
+        f'[smallops]\ndatabase_url = "{database_url}"\nwrite_timeout = 1\n'
+        '[prices."fake:priced"]\ninput = 1.0\noutput = 10.0\n'
+    )
+    (root / "workflows" / "p.prompt").write_text("[user]\n{{ text }}")
+    (root / "workflows" / "budgeted.py").write_text(BUDGETED)
+    lines = (json.dumps({"text": f"message {i}"}) for i in range(INPUTS))
+    (root / "inputs.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_a_300_input_run_with_the_database_down_for_its_budget_accounts_for_every_input(
+    tmp_path, log_database, capsys
+):
+    """`smallops run --input` of 300 inputs on a budgeted workflow while the log database does
+    not answer: each call goes to the fallback as budget_unavailable, with no traceback; the
+    runs wait in the spool, all 300 are recorded once the database is back, and `smallops
+    status` then shows the outage."""
+    project = budgeted_project(tmp_path / "project", log_database.url)
+    code, out, err = smallops(
+        capsys, "-p", str(project), "run", "budgeted", "--json", '{"text": "before"}', "--json"
+    )
+    assert code == 0 and json.loads(out)["status"] == "auto", err
+    log_database.cut()
+    code, out, err = smallops(
+        capsys, "-p", str(project), "run", "budgeted", "-i", str(project / "inputs.jsonl"),
+        "-c", "20", "--json",
+    )  # fmt: skip
+    assert code == 3 and "Traceback" not in err, err  # 3: the records wait in the spool
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert [p["line"] for p in printed] == list(range(1, INPUTS + 1))
+    assert {(p["status"], p["error"]) for p in printed} == {
+        ("queued_for_human", "budget_unavailable")
+    }
+    log_database.restore()
+
+    code, out, err = smallops(capsys, "-p", str(project), "status", "--json")  # replays
+    assert code == 0 and "Traceback" not in err, err
+    row = json.loads(out)
+    engine = get_engine(normalise_url(log_database.url, project))
+    with engine.connect() as connection:
+        rows = connection.execute(select(runs.c.id, runs.c.error_type, runs.c.guards)).all()
+    refused = [r for r in rows if r.error_type == "budget_unavailable"]
+    assert len(rows) == INPUTS + 1 and len(refused) == INPUTS
+    assert {r.id for r in refused} == {p["run_id"] for p in printed}
+    assert all(r.guards[0]["decision"] == "unavailable" for r in refused)
+    [outage] = row["refusals"]
+    assert outage["error_type"] == "budget_unavailable" and outage["calls"] == INPUTS
+    assert outage["last_at"]
+    code, out, _ = smallops(capsys, "-p", str(project), "status")
+    assert code == 0 and f"refused   {INPUTS} calls budget_unavailable" in out, out
