@@ -128,6 +128,26 @@ def test_deeply_nested_json_input_is_one_line_and_exit_2(
     assert smallops(capsys, "-p", str(project), "logs", "--json")[1] == ""
 
 
+@pytest.mark.parametrize("where", ["line", "--json"])
+def test_a_number_too_long_for_python_is_one_line_naming_the_place_and_exit_2(
+    project, emulator, capsys, tmp_path, where
+):
+    """An integer of 5001 digits (more than int() converts) is refused before any call."""
+    huge = json.dumps({**EMAIL, "body": "x"})[:-1] + ', "n": 1' + "0" * 5000 + "}"
+    if where == "line":
+        inputs = tmp_path / "in.jsonl"
+        inputs.write_text(json.dumps(EMAIL) + "\n" + huge + "\n")
+        args = ("-i", str(inputs))
+    else:
+        args = ("--json", huge)
+    code, _, err = smallops(capsys, "-p", str(project), "run", "email-triage", *args)
+    assert code == 2 and "a number has 5001 digits, more than the 4300 allowed" in err, err
+    assert ("line 2" in err) if where == "line" else ("--json" in err)
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert emulator.requests == []
+    assert smallops(capsys, "-p", str(project), "logs", "--json")[1] == ""
+
+
 def test_json_input_nested_100_levels_is_accepted(project, emulator, capsys):
     nested = json.dumps({**EMAIL, "extra": json.loads("[" * 99 + "]" * 99)})
     emulator.default = ok(GOOD)
@@ -179,6 +199,14 @@ def _assert_refused_before_anything(code, err, emulator, *sources):
         ("database_url = 5", "database_url in smallops.toml must be a database URL"),
         ('database_url = "::"', "database_url in smallops.toml is not a valid database URL"),
         (
+            'database_url = "sqlite:///log\\u0000.db"',
+            "database_url in smallops.toml contains a NUL character",
+        ),
+        (
+            'database_url = "postgresql://127.0.0.1/test\\u0000x"',
+            "database_url in smallops.toml contains a NUL character",
+        ),
+        (
             '[providers.local]\nkind = "openai"\nbase_url = 5',
             "[providers.local] base_url in smallops.toml must be an http:// or https:// URL",
         ),
@@ -205,6 +233,48 @@ def test_a_setting_of_the_wrong_type_names_its_key_in_smallops_toml(
     )
     _assert_refused_before_anything(code, err, emulator, message)
     assert not (project / ".smallops").exists()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message", "hint"),
+    [
+        ("[smallops]\nwrite_timout = 3", "[smallops] in smallops.toml has an unknown key "
+         "'write_timout'", "did you mean write_timeout?"),
+        ('[providers.local]\nkind = "openai"\nbase_ur = "http://127.0.0.1:1/v1"',
+         "[providers.local] in smallops.toml has an unknown key 'base_ur'",
+         "did you mean base_url?"),
+        ('[prices."openai:gpt-4o-mini-2024-07-18"]\ninput = 1\noutput = 2\ncache_input = 0.5',
+         "has an unknown key 'cache_input'", "did you mean cached_input?"),
+        ("[smalops]\nredis_url = 1", "smallops.toml has an unknown table [smalops]",
+         "did you mean [smallops]?"),
+        ("[alerts]\nslack = 1", "smallops.toml has an unknown table [alerts]",
+         "known tables: [smallops], [providers], [prices], [reviewers]"),
+    ],
+)  # fmt: skip
+def test_an_unknown_table_or_key_in_smallops_toml_is_refused_with_the_closest_known_one(
+    project, emulator, capsys, toml, message, hint
+):
+    """A typo in smallops.toml is never silently ignored: exit 2 naming it, nothing written."""
+    path = project / "smallops.toml"
+    text = path.read_text()
+    path.write_text(
+        text.replace("[smallops]\n", toml + "\n") if toml.startswith("[smallops]") else
+        f"{text}\n{toml}\n"
+    )  # fmt: skip
+    code, _, err = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
+    _assert_refused_before_anything(code, err, emulator, message, hint)
+    assert not (project / ".smallops").exists()
+
+
+def test_a_key_of_smallops_above_every_table_says_where_it_belongs(project, emulator, capsys):
+    path = project / "smallops.toml"
+    path.write_text("write_timeout = 3\n" + path.read_text())
+    code, _, err = smallops(capsys, "-p", str(project), "logs")
+    _assert_refused_before_anything(
+        code, err, emulator, "has a key 'write_timeout' outside any table", "under [smallops]"
+    )
 
 
 @pytest.mark.parametrize(
@@ -344,6 +414,45 @@ def test_show_an_unknown_run_is_a_clear_error(project, capsys):
 def test_a_bad_since_is_a_usage_error(project, capsys):
     code, _, err = smallops(capsys, "-p", str(project), "logs", "--since", "last tuesday")
     assert code == 2 and "--since" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("logs", "--since", "99999999d"),
+        ("logs", "--since", "99999999999999w"),
+        ("report", "--since", "99999999d"),
+        ("prune", "--older-than", "99999999d"),
+    ],
+)
+def test_a_span_reaching_before_the_year_1_is_one_line_and_exit_2(project, emulator, capsys, args):
+    """A span no date can be that far back is refused, not an OverflowError; prune prunes
+    nothing."""
+    emulator.script(ok(GOOD))
+    _, out, _ = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL), "--json"
+    )
+    run_id = json.loads(out)["run_id"]
+    code, _, err = smallops(capsys, "-p", str(project), *args)
+    assert code == 2 and f"{args[1]} {args[2]!r} reaches back before the year 1" in err, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    _, out, _ = smallops(capsys, "-p", str(project), "show", run_id, "--json")
+    assert json.loads(out)["inputs"] == EMAIL
+
+
+@pytest.mark.parametrize("command", [("logs",), ("review", "list")])
+@pytest.mark.parametrize("limit", ["99999999999999999999", "1000001", "0"])
+def test_a_limit_out_of_range_is_a_usage_error_on_every_database(
+    project, capsys, database_url, monkeypatch, command, limit
+):
+    """-n is bounded (1 to 1,000,000) before any query: no OverflowError on SQLite, no
+    NumericValueOutOfRange from Postgres."""
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
+    code, _, err = smallops(capsys, "-p", str(project), *command, "-n", limit)
+    errors = [line for line in err.splitlines() if line.lower().startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "Invalid value for '--limit'" in errors[0] and "database" not in err
+    assert smallops(capsys, "-p", str(project), *command, "-n", "1000000")[0] == 0
 
 
 def test_db_upgrade_and_current(project, capsys):

@@ -78,6 +78,15 @@ def test_no_table_cuts_a_run_id_or_a_model_pin_and_none_is_wider_than_the_termin
         assert all(short_id(run_id) in text for run_id in ids), (name, text)
         assert all(len(line) <= columns for line in text.splitlines()), (name, text)
     assert PIN in table  # the title names the pinned model whole
+    code, stats, err = smallops(capsys, "-p", str(project), "review", "stats")
+    assert code == 0 and all(len(line) <= columns for line in stats.splitlines()), (err, stats)
+    lines = [line.split() for line in stats.splitlines()]
+    assert ["class", "reviews"] in [line[:2] for line in lines] and ["status"] in [
+        line[-2:-1] for line in lines
+    ] + [line[-1:] for line in lines], stats  # the header's status is whole
+    classes = [line for line in lines if line and line[0].startswith(("category=", "urgency="))]
+    assert len(classes) == 8 and all("review" in line for line in classes), stats
+    assert "gpt-4o-mini-2024-07-18" in stats  # the model serving the class, whole
     code, listed, _ = smallops(capsys, "-p", str(project), "list")
     assert code == 0 and PIN in listed and "…" not in listed
     assert all(len(line) <= columns for line in listed.splitlines()), listed
@@ -181,7 +190,8 @@ def test_fields_keep_their_written_order_on_every_database(
     project, emulator, capsys, database_url, monkeypatch, tmp_path
 ):
     """Postgres (JSONB) sorts object keys: inputs come back in the prompt's order (sender,
-    subject, body) and outputs in the schema's (category, urgency, summary) all the same."""
+    subject, body) and outputs in the schema's (category, urgency, summary) all the same, in
+    the human views and with --json."""
     monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
     emulator.script(ok(GOOD))
     [run_id] = run_all(capsys, project, GOOD)
@@ -203,6 +213,19 @@ def test_fields_keep_their_written_order_on_every_database(
     done = review_next(project, "q\n", env)
     assert done.stdout.index("sender") < done.stdout.index("subject") < done.stdout.index("body")
     assert done.stdout.index("category") < done.stdout.index("urgency")
+
+    # --json too: scripts that print or diff the objects see the same order.
+    inputs, outputs = ["sender", "subject", "body"], ["category", "urgency", "summary"]
+    fixed = json.dumps({**GOOD, "urgency": "high"})
+    smallops(capsys, "-p", str(project), "review", "correct", run_id, "--output", fixed)
+    _, out, _ = smallops(capsys, "-p", str(project), "show", run_id, "--json")
+    record = json.loads(out)
+    assert list(record["inputs"]) == inputs and list(record["output"]) == outputs
+    assert list(record["review"]["final_output"]) == outputs
+    _, out, _ = smallops(capsys, "-p", str(project), "review", "list", "--state", "all", "--json")
+    item = json.loads(out)
+    assert list(item["inputs"]) == inputs and list(item["output"]) == outputs
+    assert list(item["final_output"]) == outputs
 
 
 def test_the_review_page_shows_fields_in_their_written_order(tmp_path, database_url):

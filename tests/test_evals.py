@@ -325,6 +325,7 @@ def test_ci_without_a_baseline_says_how_to_make_one(evals_project, capsys):
         ('{"id": "x", "input": {"body": "a"}, "expected": {}}', "lacks input 'text'"),
         ('{"id": "e01", "input": {"text": "a"}}', "repeats line 1"),
         ("{broken", "not valid JSON"),
+        ('{"id": "x", "input": {"text": 1' + "0" * 5000 + "}}", "a number has 5001 digits"),
     ],
 )
 def test_eval_file_errors_name_the_file_the_line_and_the_problem(
@@ -334,6 +335,7 @@ def test_eval_file_errors_name_the_file_the_line_and_the_problem(
     path.write_text(path.read_text() + line + "\n")
     code, _, err = evaluate(capsys, evals_project)
     assert code == 2 and "triage.jsonl, line 25" in err and message in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
 
 
 def test_check_catches_an_edited_prompt_until_the_evals_run_again(evals_project, capsys):

@@ -145,8 +145,32 @@ def assert_status_shows_degradation(capsys, project: Path) -> None:
     assert outages["rate_limit"]["reason"].endswith("using this process's limit")
     assert outages["breaker"]["reason"].endswith("using this process's breaker")
     assert outages["rate_limit"]["since"] and outages["breaker"]["since"]
+    # What it shows is this process's fallback, not the shared state (which nobody knows now).
+    assert row["breaker"]["source"] == "fallback" and row["rate_limits_source"] == "fallback"
     code, out, _ = smallops(capsys, "-p", str(project), "status")
     assert code == 0 and "degraded  rate limit: Redis at redis://127.0.0.1:" in out
+    assert "shared (Redis)" not in out
+    assert "breaker   closed (this process's fallback: Redis is unreachable" in out
+    assert "left in this process's fallback (the shared count is unknown)" in out
+
+
+@needs_redis
+def test_status_says_the_breaker_and_limit_shown_are_shared_only_while_redis_answers(
+    batch_project, redis_proxy, capsys
+):
+    """With Redis answering, status shows the shared breaker and limit; once it is cut, the
+    same command says it shows this process's fallback and that the shared state is unknown."""
+    code, out, _ = smallops(capsys, "-p", str(batch_project), "status", "--json")
+    row = json.loads(out)
+    assert code == 0 and row["degraded"] == []
+    assert row["breaker"]["source"] == "shared" and row["rate_limits_source"] == "shared"
+    code, out, _ = smallops(capsys, "-p", str(batch_project), "status")
+    assert "breaker   closed (shared (Redis))" in out and "fallback" not in out
+    redis_proxy.cut()
+    code, out, _ = smallops(capsys, "-p", str(batch_project), "status", "--json")
+    row = json.loads(out)
+    assert code == 0 and {o["guard"] for o in row["degraded"]} == {"rate_limit", "breaker"}
+    assert row["breaker"]["source"] == "fallback" and row["rate_limits_source"] == "fallback"
 
 
 def outage_warnings(caplog: pytest.LogCaptureFixture, guard: str) -> list[str]:
@@ -390,3 +414,69 @@ def test_a_stalled_postgres_holds_a_budgeted_call_for_seconds_not_forever(tmp_pa
             break
         time.sleep(0.1)
     assert held == pytest.approx(spent, abs=1e-9)
+
+
+BUDGETED = textwrap.dedent("""
+    from smallops import Budget, FakeProvider, Workflow
+
+    budgeted = Workflow("budgeted", model="fake:priced", prompt="p.prompt", fallback="review",
+                        review="none", provider=FakeProvider(lambda _: "ok"), max_tokens=100,
+                        budget=Budget(daily=100.0))
+""")
+
+
+def budgeted_project(root: Path, database_url: str) -> Path:
+    """A project whose one workflow has a daily budget far from its cap, and 300 inputs; a log
+    write that takes over a second goes to the spool."""
+    (root / "workflows").mkdir(parents=True)
+    (root / "smallops.toml").write_text(
+        f'[smallops]\ndatabase_url = "{database_url}"\nwrite_timeout = 1\n'
+        '[prices."fake:priced"]\ninput = 1.0\noutput = 10.0\n'
+    )
+    (root / "workflows" / "p.prompt").write_text("[user]\n{{ text }}")
+    (root / "workflows" / "budgeted.py").write_text(BUDGETED)
+    lines = (json.dumps({"text": f"message {i}"}) for i in range(INPUTS))
+    (root / "inputs.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_a_300_input_run_with_the_database_down_for_its_budget_accounts_for_every_input(
+    tmp_path, log_database, capsys
+):
+    """`smallops run --input` of 300 inputs on a budgeted workflow while the log database does
+    not answer: each call goes to the fallback as budget_unavailable, with no traceback; the
+    runs wait in the spool, all 300 are recorded once the database is back, and `smallops
+    status` then shows the outage."""
+    project = budgeted_project(tmp_path / "project", log_database.url)
+    code, out, err = smallops(
+        capsys, "-p", str(project), "run", "budgeted", "--json", '{"text": "before"}', "--json"
+    )
+    assert code == 0 and json.loads(out)["status"] == "auto", err
+    log_database.cut()
+    code, out, err = smallops(
+        capsys, "-p", str(project), "run", "budgeted", "-i", str(project / "inputs.jsonl"),
+        "-c", "20", "--json",
+    )  # fmt: skip
+    assert code == 3 and "Traceback" not in err, err  # 3: the records wait in the spool
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert [p["line"] for p in printed] == list(range(1, INPUTS + 1))
+    assert {(p["status"], p["error"]) for p in printed} == {
+        ("queued_for_human", "budget_unavailable")
+    }
+    log_database.restore()
+
+    code, out, err = smallops(capsys, "-p", str(project), "status", "--json")  # replays
+    assert code == 0 and "Traceback" not in err, err
+    row = json.loads(out)
+    engine = get_engine(normalise_url(log_database.url, project))
+    with engine.connect() as connection:
+        rows = connection.execute(select(runs.c.id, runs.c.error_type, runs.c.guards)).all()
+    refused = [r for r in rows if r.error_type == "budget_unavailable"]
+    assert len(rows) == INPUTS + 1 and len(refused) == INPUTS
+    assert {r.id for r in refused} == {p["run_id"] for p in printed}
+    assert all(r.guards[0]["decision"] == "unavailable" for r in refused)
+    [outage] = row["refusals"]
+    assert outage["error_type"] == "budget_unavailable" and outage["calls"] == INPUTS
+    assert outage["last_at"]
+    code, out, _ = smallops(capsys, "-p", str(project), "status")
+    assert code == 0 and f"refused   {INPUTS} calls budget_unavailable" in out, out

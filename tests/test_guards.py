@@ -446,6 +446,7 @@ def test_status_shows_breaker_limits_budget_and_queue(tmp_path, capsys):
     row = json.loads(out)
     assert code == 0 and row["workflow"] == "guarded"
     assert row["breaker"]["state"] == "closed" and row["breaker"]["shared"] is False
+    assert row["breaker"]["source"] == "process" and row["rate_limits_source"] == "process"
     assert row["rate_limits"][0] == {"limit": "30 requests/minute", "remaining": 29}
     assert row["budget"][0]["cap_usd"] == 2.0 and row["budget"][0]["period"].startswith("day:")
     assert row["queued_for_review"] == 1 and row["degraded"] == []

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +72,7 @@ def test_scripts_approve_correct_and_reject_by_short_id(project, queued, capsys)
         (("reject", "{id}"), 2, "needs a reason"),
         (("correct", "{id}", "--output", '{"category": "weather"}'), 2, "does not fit Triage"),
         (("correct", "{id}", "--output", "[" * 100_000 + "]" * 100_000), 2, "nest more than"),
+        (("correct", "{id}", "--output", "[1" + "0" * 5000 + "]"), 2, "has 5001 digits"),
         (("approve", "ffffffffffff"), 1, "no review item"),
         (("approve", "{fallback}"), 2, "no output to approve"),
     ],
@@ -360,3 +364,50 @@ def test_review_deliver_says_when_webhooks_wait_for_a_workflow_no_longer_defined
             "(email-triage-b); they are not sent\n"
         )
         assert receiver.requests == []
+
+
+def _read_until(process: subprocess.Popen[bytes], wanted: bytes, timeout: float) -> bytes:
+    """What the process has printed on stdout once `wanted` is among it (a prompt ends with no
+    line break, so lines would never come)."""
+    assert process.stdout is not None
+    seen, deadline = b"", time.monotonic() + timeout
+    while wanted not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, seen
+        if select.select([process.stdout], [], [], left)[0]:
+            chunk = os.read(process.stdout.fileno(), 4096)
+            assert chunk, seen  # the process ended before it asked
+            seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_review_next_stopped_by_sigterm_or_sighup_gives_its_item_back(
+    project, emulator, capsys, database_url, monkeypatch, signum
+):
+    """Closing the terminal (SIGHUP) or stopping the process (SIGTERM) while an item is on
+    screen gives it back at once, as Ctrl-C does (not after the 10-minute lease), and exits
+    with 128 + the signal, on SQLite and Postgres."""
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", database_url)
+    emulator.script(ok(GOOD))
+    [run_id] = _run(capsys, project, EMAIL)
+    env = {**os.environ, "SMALLOPS_REVIEWER": "dee", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from smallops.cli import main; main()", "-p", str(project),
+         "review", "next"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert run_id.encode() in _read_until(process, b"[q]uit", 60)
+        _, out, _ = review(capsys, project, "list", "--json")
+        assert json.loads(out)["claimed_by"] == "dee"
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signum, err
+    assert b"Traceback" not in err and f"stopped by {signal.Signals(signum).name}".encode() in err
+    _, out, _ = review(capsys, project, "list", "--json")
+    item = json.loads(out)
+    assert item["state"] == "pending" and item["claimed_by"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from smallops.pricing import price_run
 from smallops.providers.base import Usage, parse_retry_after
 from smallops.records import Pricing
 from smallops.redact import REDACTED, Redactor
+from smallops.storage.db import log_database
 
 
 def test_uuid7_ids_are_version_7_unique_and_time_ordered():
@@ -88,6 +90,34 @@ def test_bad_settings_are_config_errors(tmp_path, toml, message):
     (tmp_path / "smallops.toml").write_text(toml)
     with pytest.raises(ConfigError, match=message):
         Settings.load(tmp_path, env={})
+
+
+def test_every_documented_smallops_toml_is_accepted(tmp_path):
+    """Unknown keys are refused, so each example a user may copy must load: the README's,
+    the config module's, and the scaffold's with its commented-out tables switched on."""
+    import re
+
+    import smallops.config
+    from smallops.scaffold import SMALLOPS_TOML
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    examples = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
+    docstring = smallops.config.__doc__ or ""
+    examples.append("\n".join(line[4:] for line in docstring.splitlines() if line[:4] == "    "))
+    examples.append(re.sub(r"(?m)^# (?=\[|\w+ = )", "", SMALLOPS_TOML))
+    assert len(examples) >= 3 and all("[providers." in example for example in examples)
+    for example in examples:
+        (tmp_path / "smallops.toml").write_text(example)
+        Settings.load(tmp_path, env={})
+
+
+@pytest.mark.parametrize("url", ["sqlite:///log\x00.db", "postgresql://127.0.0.1/test\x00x"])
+def test_a_database_url_with_a_nul_character_names_the_variable(tmp_path, url):
+    """A NUL from the environment is a ConfigError naming it, not "embedded null byte"."""
+    settings = Settings.load(tmp_path, env={"SMALLOPS_DATABASE_URL": url})
+    with pytest.raises(ConfigError, match="SMALLOPS_DATABASE_URL contains a NUL character"):
+        log_database(settings)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_git_commit_is_read_from_the_repository(tmp_path):

@@ -18,10 +18,13 @@
     ann = "scrypt$..."                                  # from `smallops review hash-password`
 
 Secrets never live in this file: a provider names the environment variable holding its key.
+A table or key smallops does not know is refused (naming the closest known one), so that a typo
+is never silently ignored.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import sys
@@ -42,6 +45,12 @@ CONFIG_FILE = "smallops.toml"
 STATE_DIR = ".smallops"
 DEFAULT_DATABASE_URL = f"sqlite:///{STATE_DIR}/smallops.db"
 PROVIDER_KINDS = ("openai", "anthropic", "fake")
+#: What smallops.toml may hold: its tables, and the keys of [smallops], of each
+#: [providers.NAME] and of each [prices."MODEL"] ([reviewers] maps any name to a hash).
+TABLES = ("smallops", "providers", "prices", "reviewers")
+SMALLOPS_KEYS = ("database_url", "redis_url", "write_timeout")
+PROVIDER_KEYS = ("kind", "base_url", "api_key_env")
+PRICE_KEYS = ("input", "output", "cached_input")
 REDIS_SCHEMES = ("redis", "rediss")  # what both redis-py and the `limits` library accept
 
 
@@ -104,7 +113,9 @@ class Settings:
         env = dict(os.environ if env is None else env)
         root = (root or find_project_root() or Path.cwd()).resolve()
         data = _read_toml(root / CONFIG_FILE)
+        _check_tables(data)
         section = _table(data, "smallops", CONFIG_FILE)
+        _check_keys(section, SMALLOPS_KEYS, "[smallops]")
         sources: dict[str, str] = {}
 
         def setting(key: str, variable: str, default: str | None) -> Any:
@@ -192,6 +203,42 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def _check_tables(data: dict[str, Any]) -> None:
+    """ConfigError for a table (or a key outside any table) smallops.toml may not hold."""
+    tables = tuple(f"[{name}]" for name in TABLES)
+    for name, value in data.items():
+        if name in TABLES:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"{CONFIG_FILE} has a key {name!r} outside any table",
+                hint="put it under [smallops]"
+                if name in SMALLOPS_KEYS
+                else _known(f"[{name}]", tables, "tables"),
+            )
+        raise ConfigError(
+            f"{CONFIG_FILE} has an unknown table [{name}]",
+            hint=_known(f"[{name}]", tables, "tables"),
+        )
+
+
+def _check_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    """ConfigError naming the first key of `table` that is not one of `known`."""
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"{where} in {CONFIG_FILE} has an unknown key {key!r}",
+                hint=_known(key, known, "keys"),
+            )
+
+
+def _known(given: str, known: tuple[str, ...], what: str) -> str:
+    """The hint for an unknown name: the closest known one, and all of them."""
+    close = difflib.get_close_matches(given, known, n=1)
+    every = f"known {what}: {', '.join(known)}"
+    return f"did you mean {close[0]}? ({every})" if close else every
+
+
 def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, dict):
@@ -210,6 +257,7 @@ def _providers(table: dict[str, Any]) -> dict[str, ProviderConfig]:
                 hint='name the environment variable instead: api_key_env = "MY_KEY"',
             )
         where = f"[providers.{name}]"
+        _check_keys(spec, PROVIDER_KEYS, where)
         kind = spec.get("kind", name)
         if not isinstance(kind, str) or kind not in PROVIDER_KINDS:
             raise ConfigError(
@@ -261,6 +309,7 @@ def _prices(table: dict[str, Any]) -> dict[str, Price]:
     prices = {}
     for model, spec in table.items():
         given = spec if isinstance(spec, dict) else {}
+        _check_keys(given, PRICE_KEYS, f'[prices."{model}"]')
         wanted = ("input", "output", *(("cached_input",) if "cached_input" in given else ()))
         if not all(_is_price(given.get(key)) for key in wanted):
             raise ConfigError(

@@ -2,12 +2,14 @@
 
 Lines end at "\n" (or "\r\n") only: U+2028 and U+2029 are valid inside a JSON string, and
 str.splitlines() would cut the line there. Values may nest at most MAX_DEPTH levels, far below
-where parsing, serialising or storing them would fail.
+where parsing, serialising or storing them would fail, and integers may have as many digits as
+Python converts (sys.get_int_max_str_digits(), 4300 by default).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,15 +21,38 @@ MAX_DEPTH = 100
 def parse(text: str | bytes, where: str) -> Any:
     """One JSON value; InputError naming `where` when it is not valid JSON or nests too deep."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_int=_integer)
     except json.JSONDecodeError as exc:
         raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
     except UnicodeDecodeError:
         raise InputError(f"{where}: not valid JSON (not UTF-8 text)") from None
+    except _TooLong as exc:
+        raise InputError(
+            f"{where}: a number has {exc.digits} digits, more than the {exc.limit} allowed",
+            hint="send very long numbers as strings",
+        ) from None
+    except ValueError as exc:
+        raise InputError(f"{where}: not valid JSON ({exc})") from None
     except RecursionError:
         raise _too_deep(where) from None
     check_depth(value, where)
     return value
+
+
+class _TooLong(ValueError):
+    def __init__(self, digits: int, limit: int) -> None:
+        super().__init__(f"{digits} digits")
+        self.digits, self.limit = digits, limit
+
+
+def _integer(text: str) -> int:
+    """An integer of the JSON text, or _TooLong where int() would refuse it (its ValueError
+    names no place and suggests a Python call)."""
+    limit: int = getattr(sys, "get_int_max_str_digits", lambda: 0)()  # none before 3.10.7
+    digits = len(text.lstrip("-"))
+    if limit and digits > limit:
+        raise _TooLong(digits, limit)
+    return int(text)
 
 
 def check_depth(value: Any, where: str) -> None:

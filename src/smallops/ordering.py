@@ -51,3 +51,15 @@ def item_in_order(item: dict[str, Any]) -> dict[str, Any]:
         "output": in_order(item.get("output"), names),
         "final_output": in_order(item.get("final_output"), names),
     }
+
+
+def record_in_order(
+    record: dict[str, Any], inputs: Iterable[str], outputs: Iterable[str]
+) -> dict[str, Any]:
+    """A run or review item (for --json) with the inputs, output and final output it has in
+    reading order: `inputs` and `outputs` are the names, as input_names and output_names give."""
+    names = {"inputs": list(inputs), "output": list(outputs)}
+    names["final_output"] = names["output"]
+    return {
+        key: in_order(value, names[key]) if key in names else value for key, value in record.items()
+    }

@@ -6,6 +6,7 @@ Every error a user can cause is one line on stderr with a hint, and an exit code
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from smallops import __version__
 from smallops.cli import check, db, drift, init, logs, prune, report, review, run, serve, status
 from smallops.cli import eval as eval_cli
-from smallops.cli._common import HELP_WIDTH, err
+from smallops.cli._common import HELP_WIDTH, Hangup, err
 from smallops.errors import SmallopsError
 from smallops.redact import Redactor
 from smallops.storage.writer import settle_log
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted; completed calls are recorded", markup=False)
         code = 130
+    except Hangup as exc:
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            err.print(f"stopped by {exc}; completed work is recorded", markup=False)
+        code = 128 + exc.signum
     except BaseException:  # a bug: still say what became of the log before the traceback
         _report_lost()
         raise

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import typer
@@ -27,6 +31,10 @@ HELP_WIDTH = {"max_content_width": 102}
 #: How commands that take a run id describe it (see storage.queries.run_id_matches).
 RUN_ID_HELP = "The run id as printed, the whole id, or a unique start of either (8+)."
 
+#: The most rows a --limit may ask for: far more than a terminal shows, far below what a
+#: database's LIMIT (a 64-bit integer) refuses.
+MAX_LIMIT = 1_000_000
+
 _SPAN = re.compile(r"(\d+)\s*(m|h|d|w)")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -43,8 +51,14 @@ def since(value: str | None, option: str = "--since") -> datetime | None:
         return None
     match = _SPAN.fullmatch(value.strip().lower())
     if match:
-        delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return datetime.now(timezone.utc) - delta
+        try:
+            delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+            return datetime.now(timezone.utc) - delta
+        except OverflowError:
+            raise InputError(
+                f"{option} {value!r} reaches back before the year 1",
+                hint="use a shorter span, e.g. 3650d, or a date such as 2020-01-01",
+            ) from None
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
@@ -53,6 +67,64 @@ def since(value: str | None, option: str = "--since") -> datetime | None:
             hint="use e.g. 30m, 24h, 7d, 2w or 2026-11-01",
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+class Hangup(BaseException):
+    """SIGTERM, or SIGHUP (the terminal closed, the SSH session dropped), raised in the main
+    thread as Ctrl-C raises KeyboardInterrupt, so that a command can tidy up before it exits
+    (with 128 + the signal's number). Not an Exception: nothing on the way may swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: The signals Hangups turns into Hangup (Windows has no SIGHUP).
+HANGUP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class Hangups:
+    """While entered (in the main thread): HANGUP_SIGNALS raise Hangup; the handlers before
+    are put back on the way out. Inside `held()` a signal waits for its end, so that two steps
+    that belong together (a claim, and noting what was claimed) are never cut apart."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._holding = False
+        self._pending: int | None = None
+
+    def __enter__(self) -> Hangups:
+        if threading.current_thread() is threading.main_thread():
+            for signum in HANGUP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._pending is not None:
+            raise Hangup(self._pending)
+
+    def _raise(self, signum: int, _frame: FrameType | None) -> None:
+        if self._holding:
+            self._pending = signum
+            return
+        raise Hangup(signum)
 
 
 def print_json(value: Any, redact: Callable[[str], str | None] | None = None) -> None:

@@ -14,7 +14,7 @@ from smallops.cli._table import Column, print_fitted
 from smallops.errors import NotFoundError
 from smallops.ids import short_id
 from smallops.kinds import STATUSES
-from smallops.ordering import in_order, input_names, output_names
+from smallops.ordering import in_order, input_names, output_names, record_in_order
 from smallops.project import Project
 from smallops.resilience.guards import REFUSALS
 from smallops.review.queue import ReviewQueue
@@ -44,7 +44,9 @@ def logs_command(
         "--origin",
         help="The application's calls (production), the eval runner's (eval), or all.",
     ),
-    limit: int = typer.Option(50, "--limit", "-n", min=1, help="At most this many runs."),
+    limit: int = typer.Option(
+        50, "--limit", "-n", min=1, max=_common.MAX_LIMIT, help="At most this many runs."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
 ) -> None:
     """List recorded calls, newest first."""
@@ -126,10 +128,13 @@ def show_command(
         _print_set_aside(entry, as_json)
         return
     review = _review_of(engine, run["id"])
+    names = _output_names(project, run)
     if as_json:
-        _common.print_json({**run, "review": review})
+        inputs = input_names((run["prompt"] or {}).get("template"))
+        review = record_in_order(review, [], names) if review else None
+        _common.print_json({**record_in_order(run, inputs, names), "review": review})
         return
-    _print_run(run, review, _output_names(project, run), prompt)
+    _print_run(run, review, names, prompt)
 
 
 def _print_set_aside(entry: Entry, as_json: bool) -> None:

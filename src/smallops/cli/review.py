@@ -13,13 +13,18 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from smallops.cli import _common
-from smallops.cli._table import Column, print_fitted
+from smallops.cli._table import SEPARATOR, Column, print_fitted
 from smallops.errors import ConfigError, InputError
 from smallops.ids import short_id
-from smallops.ordering import in_order, item_in_order, output_names
+from smallops.ordering import (
+    in_order,
+    input_names,
+    item_in_order,
+    output_names,
+    record_in_order,
+)
 from smallops.project import Project
 from smallops.review.desk import ReviewDesk
 from smallops.review.evidence import earlier_versions, workflow_stats
@@ -69,7 +74,9 @@ def list_command(
     state: str = typer.Option(
         "pending", "--state", help="pending, approved, corrected, rejected, or all."
     ),
-    limit: int = typer.Option(100, "--limit", "-n", min=1),
+    limit: int = typer.Option(
+        100, "--limit", "-n", min=1, max=_common.MAX_LIMIT, help="At most this many items."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per item."),
 ) -> None:
     """List review items, oldest pending first."""
@@ -77,7 +84,7 @@ def list_command(
     items = desk.items(_workflow_name(project, workflow), None if state == "all" else state, limit)
     if as_json:
         for item in items:
-            _common.print_json(item)
+            _common.print_json(_json_in_order(desk, item))
         return
     if not items:
         _common.out.print(
@@ -111,6 +118,16 @@ def list_command(
     print_fitted(columns, [[row[column.name] for column in columns] for row in rows])
 
 
+def _json_in_order(desk: ReviewDesk, item: dict[str, Any]) -> dict[str, Any]:
+    """An item for --json, its fields in the order the human views use (JSONB sorts them)."""
+    workflow = desk.workflows.get(item["workflow"])
+    if workflow is None:
+        return item
+    return record_in_order(
+        item, input_names(workflow.version.template), output_names(workflow.output)
+    )
+
+
 @app.command("next")
 def next_command(
     ctx: typer.Context,
@@ -127,23 +144,35 @@ def next_command(
     only = _workflow_name(project, workflow)
     decided = 0
     skipped: set[str] = set()
-    while (claimed := desk.claim_next(name, only, exclude=skipped)) is not None:
-        item = item_in_order(claimed)
-        _show(item)
-        outcome = _ask(desk, item, name)
-        if outcome == "quit":
-            desk.queue.release(item["run_id"], name, action="release")
-            break
-        if outcome == "skipped":
-            skipped.add(item["run_id"])
-        decided += outcome == "decided"
-    else:
-        _common.out.print(
-            f"nothing new in the queue ({len(skipped)} skipped, still pending)"
-            if skipped
-            else "the queue is empty",
-            markup=False,
-        )
+    held: str | None = None  # the item this session holds, given back however it ends
+    try:
+        with _common.Hangups() as hangups:
+            while True:
+                with hangups.held():
+                    claimed = desk.claim_next(name, only, exclude=skipped)
+                    held = claimed["run_id"] if claimed else None
+                if claimed is None:
+                    _common.out.print(
+                        f"nothing new in the queue ({len(skipped)} skipped, still pending)"
+                        if skipped
+                        else "the queue is empty",
+                        markup=False,
+                    )
+                    break
+                item = item_in_order(claimed)
+                _show(item)
+                outcome = _ask(desk, item, name)
+                if outcome == "quit":
+                    desk.queue.release(item["run_id"], name, action="release")
+                    break
+                held = None
+                if outcome == "skipped":
+                    skipped.add(item["run_id"])
+                decided += outcome == "decided"
+    except (KeyboardInterrupt, _common.Hangup):
+        if held is not None:
+            desk.unclaim({held: name})  # a no-op if it was decided or given back meanwhile
+        raise
     _common.out.print(f"{decided} decided as {name}", markup=False)
 
 
@@ -312,6 +341,18 @@ def stats_command(
     _print_stats(rows, history, earlier)
 
 
+#: `review stats` per output class: the status (auto or review) is never cut.
+STATS_COLUMNS = (
+    Column("class", cut_to=16),
+    Column("reviews", right=True),
+    Column("approved", right=True, hide=3),
+    Column("lower bound", right=True, hide=2),
+    Column("days", right=True, hide=4),
+    Column("status"),
+    Column("recommendation", cut_to=12, hide=1),
+)
+
+
 def _print_stats(
     rows: list[dict[str, Any]], history: list[dict[str, Any]], earlier: dict[str, dict[str, int]]
 ) -> None:
@@ -324,15 +365,10 @@ def _print_stats(
     for row in rows:
         groups.setdefault((row["workflow"], row["prompt_version"], row["model"]), []).append(row)
     for (workflow, version, model), group in groups.items():
-        _common.out.print(
-            f"\n{workflow}, prompt version {version}, served by {model}", markup=False
-        )
-        table = Table(box=None, pad_edge=False)
-        for column in ("class", "reviews", "approved", "lower bound", "days", "status"):
-            table.add_column(column, no_wrap=True)
-        table.add_column("recommendation")
-        for row in group:
-            table.add_row(
+        _common.out.print("", markup=False)
+        title = SEPARATOR.join((workflow, f"prompt version {version}", f"served by {model}"))
+        cells = [
+            [
                 row["class_key"],
                 str(row["reviews"]),
                 str(row["approvals"]),
@@ -340,8 +376,10 @@ def _print_stats(
                 f"{row['days']:g}",
                 "auto" if row["graduated"] else "review",
                 row["recommendation"],
-            )
-        _common.out.print(table)
+            ]
+            for row in group
+        ]
+        print_fitted(STATS_COLUMNS, cells, title)
     for name, versions in earlier.items():
         if versions:
             counts = ", ".join(f"{version}: {n} reviews" for version, n in versions.items())

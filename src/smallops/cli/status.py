@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import typer
@@ -13,9 +13,23 @@ from smallops.cli import _common
 from smallops.project import Project
 from smallops.review.queue import ReviewQueue
 from smallops.storage.quarantine import Quarantine
+from smallops.storage.queries import guard_refusals
 from smallops.storage.schema import guard_events
 from smallops.storage.writer import quarantine_for
 from smallops.workflow import Workflow
+
+#: Whose state a breaker or rate-limit line shows: the one shared through Redis, this
+#: process's own (no Redis set), or this process's fallback while Redis does not answer (the
+#: shared state is then unknown).
+SOURCES = {
+    "shared": "shared (Redis)",
+    "process": "this process only",
+    "fallback": "this process's fallback: Redis is unreachable, the shared state is unknown",
+}
+
+
+#: How far back `status` counts the calls a guard refused.
+REFUSALS_HOURS = 24
 
 
 def register(app: typer.Typer) -> None:
@@ -31,6 +45,8 @@ def status_command(
     Breakers and limits kept in memory live in each process: set SMALLOPS_REDIS_URL to share
     them (and see them here); budgets and the queue are always read from the log database.
     A guard whose shared store does not answer is shown as degraded, with what it does instead.
+    The calls a guard sent to the fallback in the last 24 hours are counted per reason (as
+    `smallops logs --status` names it), with the last one's time: an outage leaves its mark.
     """
     project = _common.project(ctx)
     queue = ReviewQueue(project.engine()).counts()
@@ -72,7 +88,11 @@ def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
             "shared": guards.breaker.needs_io,
             **guards.breaker.state(guards.breaker_key, guards.breaker_config),
         }
-    with project.engine().connect() as connection:
+    engine = project.engine()
+    refusals = guard_refusals(
+        engine, wf.name, datetime.now(timezone.utc) - timedelta(hours=REFUSALS_HOURS)
+    )
+    with engine.connect() as connection:
         events = connection.execute(
             select(guard_events)
             .where(guard_events.c.workflow == wf.name)
@@ -81,23 +101,35 @@ def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
         ).all()
     rate_limits = guards.rate.headroom() if guards.rate is not None else []
     budget = guards.budget.usage() if guards.budget is not None else []
+    # After the reads above: a shared store that failed them now says it is degraded.
     degraded = [
         {key: value for key, value in found.items() if key != "decision"}
         for guard in (guards.rate, guards.breaker, guards.budget)
         if guard is not None and (found := guard.degraded()) is not None
     ]
+    down = {outage["guard"] for outage in degraded}
+    rate_shared = bool(guards.rate is not None and guards.rate.needs_io)
+    if breaker is not None:
+        breaker["source"] = _source(breaker["shared"], "breaker" in down)
     return {
         "workflow": wf.name,
         "breaker": breaker,
         "rate_limits": rate_limits,
-        "rate_limits_shared": bool(guards.rate is not None and guards.rate.needs_io),
+        "rate_limits_shared": rate_shared,
+        "rate_limits_source": _source(rate_shared, "rate_limit" in down),
         "budget": budget,
         "degraded": degraded,
+        "refusals": refusals,
         "queued_for_review": queued,
         "recent_events": [
             {"guard": e.guard, "after": e.after, "reason": e.reason, "at": e.at} for e in events
         ],
     }
+
+
+def _source(shared: bool, down: bool) -> str:
+    """A key of SOURCES."""
+    return "process" if not shared else "fallback" if down else "shared"
 
 
 def _print(row: dict[str, Any]) -> None:
@@ -107,13 +139,14 @@ def _print(row: dict[str, Any]) -> None:
     if breaker is None:
         say("  breaker   off")
     else:
-        where = "shared (Redis)" if breaker["shared"] else "this process only"
         say(
-            f"  breaker   {breaker['state']} ({where}); {breaker['failures']} of "
-            f"{breaker['calls']} recent calls failed"
+            f"  breaker   {breaker['state']} ({SOURCES[breaker['source']]}); "
+            f"{breaker['failures']} of {breaker['calls']} recent calls failed"
         )
+    fallback = " in this process's fallback (the shared count is unknown)"
     for limit in row["rate_limits"]:
-        say(f"  limit     {limit['limit']}: {limit['remaining']} left")
+        where = fallback if row["rate_limits_source"] == "fallback" else ""
+        say(f"  limit     {limit['limit']}: {limit['remaining']} left{where}")
     for period in row["budget"]:
         say(
             f"  budget    {period['period']}: ${period['spent_usd']:.4f} of "
@@ -122,6 +155,12 @@ def _print(row: dict[str, Any]) -> None:
     for outage in row["degraded"]:
         guard = outage["guard"].replace("_", " ")
         say(f"  degraded  {guard}: {escape(outage['reason'])}")
+    for refused in row["refusals"]:
+        say(
+            f"  refused   {refused['calls']} calls {refused['error_type']} in the last "
+            f"{REFUSALS_HOURS} h, "
+            f"the last at {_common.when(refused['last_at'])}: sent to the fallback"
+        )
     say(f"  queue     {row['queued_for_review']} waiting for review")
     if row["set_aside"]:
         aside, newest = row["set_aside"], row["set_aside"]["newest"]

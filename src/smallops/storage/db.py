@@ -44,6 +44,11 @@ def log_database(settings: Settings) -> tuple[str, Engine]:
 
 def normalise_url(url: str, root: Path, source: str = "the database URL") -> str:
     """Pick psycopg 3 for Postgres; make a relative SQLite path relative to the project."""
+    if "\x00" in url:  # the OS refuses it in a path; libpq would cut the URL short there
+        raise ConfigError(
+            f"{source} contains a NUL character (\\u0000)",
+            hint="remove it: no database URL has one",
+        )
     try:
         parsed = make_url(url)
     except ArgumentError:

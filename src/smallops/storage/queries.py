@@ -9,6 +9,7 @@ from typing import Any, Literal, get_args
 
 from sqlalchemy import ColumnElement, Engine, func, or_, select
 
+from smallops.error_types import REFUSALS
 from smallops.errors import InputError, NotFoundError
 from smallops.ids import SHORT_ID
 from smallops.storage.schema import prompt_versions, runs
@@ -207,3 +208,25 @@ def batch_items_done(engine: Engine, batch_id: str) -> set[str]:
     )
     with engine.connect() as connection:
         return {row.batch_item for row in connection.execute(query) if row.batch_item}
+
+
+def guard_refusals(engine: Engine, workflow: str, since: datetime) -> list[dict[str, Any]]:
+    """The workflow's calls a guard sent to the fallback since `since` (REFUSALS), per error
+    type: how many, and when the last one started. These outlast the outage that caused them
+    (a budget that could not be checked leaves no other trace once the database is back)."""
+    query = (
+        select(
+            runs.c.error_type,
+            func.count().label("calls"),
+            func.max(runs.c.started_at).label("last_at"),
+        )
+        .where(
+            runs.c.workflow == workflow,
+            runs.c.started_at >= since,
+            runs.c.error_type.in_(REFUSALS),
+        )
+        .group_by(runs.c.error_type)
+        .order_by(runs.c.error_type)
+    )
+    with engine.connect() as connection:
+        return [plain_row(row._mapping) for row in connection.execute(query)]
