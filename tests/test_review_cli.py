@@ -374,7 +374,9 @@ def _read_until(process: subprocess.Popen[bytes], wanted: bytes, timeout: float)
     while wanted not in seen:
         left = deadline - time.monotonic()
         assert left > 0, seen
-        if select.select([process.stdout], [], [], left)[0]:
+        poller = select.poll()  # not select(): the test process may hold descriptors past 1024
+        poller.register(process.stdout, select.POLLIN)
+        if poller.poll(left * 1000):
             chunk = os.read(process.stdout.fileno(), 4096)
             assert chunk, seen  # the process ended before it asked
             seen += chunk

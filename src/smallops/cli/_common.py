@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +21,9 @@ from rich.markup import escape
 
 from smallops.errors import InputError
 from smallops.project import Project
+from smallops.providers import close_loop_clients
+
+T = TypeVar("T")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -185,3 +189,16 @@ def _readable(value: Any) -> str:
     if isinstance(value, (dict, list)) and len(line) > 60:
         return json.dumps(value, indent=2, ensure_ascii=False, default=str)
     return line
+
+
+def run_async(work: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, closing the providers' connections of the loop before the loop ends (they
+    belong to it, and would otherwise stay open, half-closed, until the process exits)."""
+
+    async def then_close() -> T:
+        try:
+            return await work
+        finally:
+            await close_loop_clients()
+
+    return asyncio.run(then_close())

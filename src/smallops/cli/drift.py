@@ -7,7 +7,6 @@ and latency are compared over those calls only (answers from the cache were not 
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 from typing import Any
 
@@ -58,7 +57,9 @@ def drift_command(
     )
     runs_by_side: list[EvalRun] = []
     for side, wf in zip(SIDES, (pinned, other), strict=True):
-        run = asyncio.run(run_eval(wf, cases, repeat=repeat, concurrency=concurrency, reuse=reuse))
+        run = _common.run_async(
+            run_eval(wf, cases, repeat=repeat, concurrency=concurrency, reuse=reuse)
+        )
         unanswered = run.unanswered()
         if unanswered is not None:
             _common.err.print(

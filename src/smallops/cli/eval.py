@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -142,7 +141,7 @@ def _run_with_progress(
     )
     with progress:
         task = progress.add_task("eval", total=len(cases) * repeat)
-        return asyncio.run(
+        return _common.run_async(
             run_eval(
                 wf,
                 cases,

@@ -256,7 +256,7 @@ def run_all(wf: Workflow[Any], batch: Batch, concurrency: int, show_progress: bo
     with progress:
         task = progress.add_task("run", total=len(batch.rows))
         limit = asyncio.Semaphore(concurrency)
-        asyncio.run(every())
+        _common.run_async(every())
     return outcome
 
 

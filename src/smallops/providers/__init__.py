@@ -25,6 +25,7 @@ __all__ = [
     "ProviderError",
     "Reply",
     "Usage",
+    "close_loop_clients",
     "resolve_provider",
 ]
 
@@ -35,6 +36,14 @@ _BUILTIN = {
 }
 _instances: dict[tuple[ProviderConfig, str | None], Provider] = {}
 _lock = threading.Lock()
+
+
+async def close_loop_clients(*others: Provider) -> None:
+    """Close the running event loop's connections of every shared provider (and of `others`,
+    providers made in code); call it at the end of a coroutine given to asyncio.run, so that no
+    connection outlives its loop."""
+    for provider in {*_instances.values(), *others}:
+        await provider.aclose()
 
 
 def resolve_provider(name: str, settings: Settings) -> Provider:

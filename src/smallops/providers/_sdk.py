@@ -92,6 +92,13 @@ class SdkClients:
             self._async[loop] = client
         return client
 
+    async def aclose(self) -> None:
+        """Close this event loop's client: its connections belong to the loop, and would
+        otherwise stay open (half-closed) after the loop ends."""
+        client = self._async.pop(asyncio.get_running_loop(), None) if self._async else None
+        if client is not None:
+            await client.close()
+
 
 def sdk_arguments(create: Any, request: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments for an SDK `create` method: fields it does not name (say `temperature`

@@ -62,6 +62,9 @@ class Provider(ABC):
         """The full request body for one call."""
         return {**prepared, "messages": messages}
 
+    async def aclose(self) -> None:  # noqa: B027 - most providers hold no connections
+        """Close what the provider opened for the running event loop (before the loop ends)."""
+
     def check(self) -> None:  # noqa: B027 - most providers need no check
         """Raise ConfigError when the provider cannot be used as configured (a missing key)."""
 

@@ -127,6 +127,8 @@ class Writer:
             self._abandon()
         self.spool.close()
         self.quarantine.close()
+        if not thread.is_alive():  # a stuck thread may still be using it
+            self.store.close()
         self._thread = None
 
     def _abandon(self) -> None:
