@@ -276,7 +276,7 @@ def test_a_case_that_hits_a_bug_is_no_verdict_never_a_regression(
 ):
     """A call that never finished (a bug in smallops or an SDK) says nothing about the prompt:
     exit 2 naming internal_error, never "regression", and the other cases still run."""
-    from smallops import calls
+    from smallops import _lifecycle as calls
 
     interpret = calls._interpret
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp
 
-from smallops.evals.stats import CaseOutcome, gate
+from smallops.evals.verdict import CaseOutcome, gate
 from smallops.stats import (
     chi_square_sf,
     chi_square_test,

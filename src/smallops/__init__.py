@@ -21,7 +21,7 @@ from smallops.errors import (
     UnpinnedModelError,
     WorkflowFailed,
 )
-from smallops.plan import Fallback, default, secondary
+from smallops.fallbacks import Fallback, default, secondary
 from smallops.providers import FakeProvider, FakeReply, FakeRequest, Provider, Usage
 from smallops.resilience.breaker import BreakerConfig
 from smallops.resilience.budget import Budget

@@ -14,13 +14,14 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from smallops.calls import adrive, drive, lifecycle
+from smallops._lifecycle import adrive, drive, lifecycle
+from smallops._plan import CallPlan, build_plan
 from smallops.config import Settings, find_project_root
 from smallops.content import check_mode
 from smallops.errors import ConfigError, MissingFallbackError
+from smallops.fallbacks import Fallback
 from smallops.kinds import ORIGINS, ContentMode, Origin
 from smallops.pinning import check_pinned, parse_model
-from smallops.plan import CallPlan, Fallback, build_plan
 from smallops.prompts import Prompt, prompt_version
 from smallops.providers import Provider, resolve_provider
 from smallops.providers.base import Params

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from smallops.cli import _common
 from smallops.evals.dataset import load_cases
 from smallops.evals.runner import EvalRun, cached_answers, run_eval
-from smallops.evals.stats import CaseOutcome, GateResult, gate
+from smallops.evals.verdict import CaseOutcome, GateResult, gate
 from smallops.storage.schema import runs
 from smallops.workflow import Workflow
 

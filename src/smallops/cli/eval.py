@@ -16,7 +16,7 @@ from smallops.evals import report
 from smallops.evals.baseline import baseline_path, compare, read_baseline, write_baseline
 from smallops.evals.dataset import Case, load_cases
 from smallops.evals.runner import UNJUDGED, EvalRun, estimate_cost, record_verdict, run_eval
-from smallops.evals.stats import GateResult
+from smallops.evals.verdict import GateResult
 from smallops.workflow import Workflow
 
 HELP = """Run WORKFLOW's eval set (every workflow when none is named) through the real path.

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from smallops.cli import _common
-from smallops.evals.drift import distribution_shifts, model_changes
+from smallops.evals.shifts import distribution_shifts, model_changes
 from smallops.storage.queries import report
 
 

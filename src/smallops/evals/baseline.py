@@ -16,7 +16,7 @@ from typing import Any
 
 from smallops.errors import ConfigError
 from smallops.evals.runner import EvalRun
-from smallops.evals.stats import CaseOutcome, GateResult, gate
+from smallops.evals.verdict import CaseOutcome, GateResult, gate
 
 
 @dataclass(frozen=True)

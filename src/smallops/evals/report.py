@@ -5,7 +5,7 @@ from __future__ import annotations
 from xml.etree import ElementTree as ET
 
 from smallops.evals.runner import UNJUDGED, EvalRun
-from smallops.evals.stats import GateResult
+from smallops.evals.verdict import GateResult
 
 ICONS = {"pass": "✅", "inconclusive": "⚠️", "regression": "❌"}
 

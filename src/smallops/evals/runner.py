@@ -27,7 +27,7 @@ from smallops.error_types import NO_VERDICT
 from smallops.errors import SmallopsError, WorkflowFailed
 from smallops.evals.dataset import Case
 from smallops.evals.scorers import FieldResult, check_case
-from smallops.evals.stats import passes
+from smallops.evals.verdict import passes
 from smallops.ids import uuid7
 from smallops.pricing import price_run
 from smallops.records import Usage

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
 from smallops import batches
-from smallops.effects import Call, Effect, Send, Sleep
+from smallops._effects import Call, Effect, Send, Sleep
 from smallops.error_types import AnswerProblem, ErrorType, Unfinished
 from smallops.errors import (
     ConfigError,
@@ -32,13 +32,13 @@ from smallops.kinds import ReviewRoute, RunStatus
 from smallops.labels import classes_of
 from smallops.providers.base import ProviderError, Reply
 from smallops.records import RunRecord, Usage
-from smallops.resilience.guarded import admit, breaker_allow, breaker_record
+from smallops.resilience.steps import admit, breaker_allow, breaker_record
 from smallops.result import Result
 from smallops.review.policy import needs_review
 from smallops.storage.storable import Flag, encodable
 
 if TYPE_CHECKING:
-    from smallops.plan import CallPlan
+    from smallops._plan import CallPlan
 
 REPAIRABLE: tuple[AnswerProblem, ...] = ("invalid_json", "schema_mismatch")
 Problem = tuple[AnswerProblem, str]  # what was wrong with an answer, and a message for the model

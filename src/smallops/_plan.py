@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from smallops.kinds import FallbackKind
+from smallops.fallbacks import Fallback
 from smallops.prompts import Prompt
 from smallops.providers.base import Provider
 from smallops.records import Pricing, PromptVersion, WorkflowFacts
@@ -23,25 +23,6 @@ if TYPE_CHECKING:
     from smallops.review.graduation import Graduation
     from smallops.storage.writer import Writer
     from smallops.workflow import Workflow
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """Where a failed call's work goes: a human (`review`), a default value, another model
-    (`secondary`), or an exception (`raise`)."""
-
-    kind: FallbackKind
-    value: Any = None
-
-
-def default(value: Any) -> Fallback:
-    """A fallback that answers with `value` (validated against the workflow's output)."""
-    return Fallback("default", value)
-
-
-def secondary(model: str, then: str | Fallback = "review") -> Fallback:
-    """A fallback to another model (e.g. Anthropic when OpenAI is down), then to `then`."""
-    return Fallback("secondary", (model, then))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from smallops.effects import Effect, Sleep, io
+from smallops._effects import Effect, Sleep, io
 from smallops.providers.base import ProviderError
 from smallops.resilience.guards import Guards, breaker_failure
 
