@@ -32,7 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from smallops import Budget, Workflow
+from smallops import BreakerConfig, Budget, Workflow
 
 
 class Triage(BaseModel):
@@ -162,6 +162,9 @@ def test_a_breaker_shared_through_redis_is_no_answer_on_the_rerun_after_an_outag
 ):
     """The outage opens the breaker in Redis; the rerun, a new process, is refused on every
     case before any request is made: exit 2 both times."""
+    # Open for 5 minutes: on a slow machine the first run can outlast the default 30 s, and
+    # the rerun would rightly send probes instead of refusing every case.
+    workflow(gate_project, "breaker=BreakerConfig(open_for=300),")
     if cache:
         prompt = gate_project / "workflows" / "triage.prompt"
         prompt.write_text("[user]\nTriage: {{ text }}")
