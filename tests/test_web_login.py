@@ -282,6 +282,48 @@ def test_x_forwarded_for_names_the_client_when_it_comes_from_the_named_proxy(tmp
         assert log_in(url, "user0", PASSWORD, "203.0.113.7") == 429
 
 
+def post_raw(url: str, path: str, mib: int, *, chunked: bool) -> int:
+    """The status of a POST of `mib` MiB, sent with a Content-Length or in chunks without one,
+    on a connection of its own; the body is sent in a thread while the answer is read, since a
+    server may answer before it has read the body."""
+    host, port = url.removeprefix("http://").split(":")
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {mib * 2**20}"
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    piece = b"x" * 2**20
+    with socket.create_connection((host, int(port)), timeout=120) as connection:
+
+        def send_body() -> None:
+            with contextlib.suppress(OSError):
+                for _ in range(mib):
+                    connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                connection.sendall(b"0\r\n\r\n" if chunked else b"")
+
+        connection.sendall(f"{head}{framing}\r\n\r\n".encode())
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        answer = b""
+        while b"\r\n" not in answer:
+            answer += connection.recv(4096) or b"\r\n"
+        status = answer.split(b"\r\n")[0].decode()
+    sender.join(120)
+    return int(status.split()[1]) if status.startswith("HTTP/1.1 ") else 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_150_mb_login_body_is_a_413_and_does_not_grow_the_server(tmp_path):
+    """It took the server from 80 MB to 829 MB: now it is refused before it is read (declared)
+    or as soon as it passes 1 MiB (chunked), and what is not read is not kept."""
+    with smallops_serve(tmp_path) as (url, pid):
+        assert log_in(url, "user0", PASSWORD) == 200  # everything loaded
+        before = rss_mib(pid)
+        declared = post_raw(url, "/login", 150, chunked=False)
+        chunked = post_raw(url, "/login", 150, chunked=True)
+        grown = rss_mib(pid) - before
+        assert log_in(url, "user1", PASSWORD) == 200  # and it still serves
+    assert declared == chunked == 413
+    assert grown < 20, f"the server grew by {grown:.0f} MiB"
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
