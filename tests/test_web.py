@@ -514,6 +514,82 @@ def test_the_login_form_needs_its_csrf_token_and_accepts_the_review_token_as_its
     assert client.get("/", headers=JSON_HEADERS).json()["reviewer"] == "token:ops-bot"
 
 
+def test_the_login_required_answer_tells_a_script_to_send_the_review_token(tmp_path):
+    """The 401 hint names the token, not X-Reviewer (which can only repeat the token's name)."""
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    client, _ = serve([wf], require_login=True, token=TOKEN)
+    answer = client.get("/", headers=JSON_HEADERS)
+    assert answer.status_code == 401 and answer.json()["error"] == "login required"
+    hint = answer.json()["hint"]
+    assert "Authorization: Bearer" in hint and auth.TOKEN_ENV in hint and "X-Reviewer" not in hint
+
+
+UNREADABLE = {
+    "not-json": "{bad",
+    "not-an-object": "[1]",
+    "a-5000-digit-number": '{"name": "ann", "password": ' + "7" * 5000 + "}",
+}
+
+
+@pytest.mark.parametrize("content", UNREADABLE.values(), ids=UNREADABLE.keys())
+def test_a_body_that_cannot_be_read_is_a_400_on_every_post_route_never_a_500(tmp_path, content):
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf], require_login=True, token=TOKEN)
+    as_json = {"Content-Type": "application/json"}
+    bearer = {**as_json, "Authorization": f"Bearer {TOKEN}"}
+    posts = [("/next", bearer), ("/login", as_json)]
+    posts += [(f"/items/{run_id}/{action}", bearer) for action in ("claim", "approve", "correct")]
+    for path, headers in posts:
+        answer = client.post(path, content=content, headers=headers)
+        assert answer.status_code == 400, (path, answer.text)
+        assert set(answer.json()) == {"error", "hint"} and "request body" in answer.json()["error"]
+        assert "JSON object" in answer.json()["hint"]
+    item = desk.item(run_id)
+    assert item["state"] == "pending" and item["claimed_by"] is None and decisions(desk) == []
+
+
+def test_a_malformed_form_is_a_400_page_not_a_500(tmp_path):
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf])
+    client.get("/")  # a session
+    broken = {"Content-Type": "multipart/form-data", "Accept": "text/html"}  # no boundary
+    for path in ("/next", f"/items/{run_id}/approve"):
+        page = client.post(path, content=b"--x\r\n", headers=broken)
+        assert page.status_code == 400 and page.headers["content-type"].startswith("text/html")
+        assert "the request body is not a form" in page.text
+    assert desk.item(run_id)["state"] == "pending" and decisions(desk) == []
+
+
+def test_a_body_over_1_mib_is_a_413_before_anyone_is_asked_who_they_are(tmp_path):
+    """Declared too large: refused before the body is read or the sender is known; sent
+    without a length: refused once the bytes read pass 1 MiB. A body under it is read."""
+    wf = make(tmp_path, f"sqlite:///{tmp_path / 'log.db'}")
+    [run_id] = runs(wf, 1)
+    client, desk = serve([wf], require_login=True, token=TOKEN)
+    as_json = {"Content-Type": "application/json"}
+    big = json.dumps({"name": "token", "password": TOKEN, "pad": "x" * 2**20}).encode()
+    for path in ("/login", "/next", f"/items/{run_id}/approve"):  # nobody logged in
+        answer = client.post(path, content=big, headers=as_json)
+        assert answer.status_code == 413, (path, answer.text)
+        assert answer.json() == {
+            "error": "the request body is larger than this server takes (1 MiB)",
+            "hint": "send less: a login, a decision or a correction fits well within that",
+        }
+    bearer = {**as_json, "Authorization": f"Bearer {TOKEN}"}
+    for path in ("/login", f"/items/{run_id}/approve"):
+        streamed = client.post(path, content=iter([big]), headers=bearer)  # chunked, no length
+        assert "content-length" not in streamed.request.headers
+        assert streamed.status_code == 413 and "1 MiB" in streamed.json()["error"]
+    form = {"name": "token", "password": "x" * 2**20}
+    page = client.post("/login", data=form, headers={"Accept": "text/html"})
+    assert page.status_code == 413 and "larger than this server takes (1 MiB)" in page.text
+    assert desk.item(run_id)["state"] == "pending" and decisions(desk) == []
+    almost = json.dumps({"name": "token", "password": TOKEN, "pad": "x" * (2**20 - 100)})
+    assert client.post("/login", content=almost, headers=as_json).status_code == 200
+
+
 def test_a_login_nobody_could_pass_is_refused_at_start(tmp_path):
     settings = Settings(root=tmp_path)
     desk = ReviewDesk(None, {})  # type: ignore[arg-type]

@@ -220,9 +220,9 @@ def test_a_burst_of_200_simultaneous_logins_from_one_address_gets_at_most_20_pas
 @contextlib.contextmanager
 def smallops_serve(tmp_path: Path, *options: str) -> Iterator[tuple[str, int]]:
     """`smallops serve --login` on a project whose reviewers user0..user29 share PASSWORD;
-    (its URL, its process id)."""
+    (its URL, its process id). What it prints is in tmp_path / "stdout.txt" once it stops."""
     project = tmp_path / "project"
-    project.mkdir()
+    project.mkdir(parents=True)
     stored = auth.hash_password(PASSWORD)
     reviewers = "\n".join(f'user{i} = "{stored}"' for i in range(30))
     (project / "smallops.toml").write_text(
@@ -233,10 +233,11 @@ def smallops_serve(tmp_path: Path, *options: str) -> Iterator[tuple[str, int]]:
         port = probe.getsockname()[1]
     command = ["-p", str(project), "serve", "--login", "--port", str(port), *options]
     env = {k: v for k, v in os.environ.items() if k != "SMALLOPS_FORWARDED_ALLOW_IPS"}
+    stdout = (tmp_path / "stdout.txt").open("w")
     process = subprocess.Popen(
         [sys.executable, "-c", "from smallops.cli import main; main()", *command],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -259,6 +260,7 @@ def smallops_serve(tmp_path: Path, *options: str) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+        stdout.close()
 
 
 def log_in(url: str, name: str, password: str, forwarded_for: str | None = None) -> int:
@@ -280,6 +282,68 @@ def test_x_forwarded_for_names_the_client_when_it_comes_from_the_named_proxy(tmp
         assert statuses == [401] * 20 + [429]
         assert log_in(url, "x99", "guess", "203.0.113.8") == 401  # another client, its own count
         assert log_in(url, "user0", PASSWORD, "203.0.113.7") == 429
+
+
+def test_serve_on_a_public_address_without_a_named_proxy_says_clients_behind_one_share_a_throttle(
+    tmp_path,
+):
+    """One line at start, only when the server can be reached from elsewhere and trusts no
+    proxy's X-Forwarded-For: behind a proxy one client's wrong tries would lock out everyone."""
+    runs = {
+        "public": ("--host", "0.0.0.0"),
+        "proxied": ("--host", "0.0.0.0", "--forwarded-allow-ips", "127.0.0.1"),
+        "local": (),
+    }
+    for name, options in runs.items():
+        with smallops_serve(tmp_path / name, *options) as (url, _):
+            assert log_in(url, "user0", PASSWORD) == 200
+    said = {name: (tmp_path / name / "stdout.txt").read_text().splitlines() for name in runs}
+    assert all(lines[0].startswith("smallops review queue at http://") for lines in said.values())
+    assert len(said["proxied"]) == len(said["local"]) == 1
+    [note] = said["public"][1:]
+    assert "--forwarded-allow-ips" in note and "share" in note and "20 wrong" in note
+
+
+def post_raw(url: str, path: str, mib: int, *, chunked: bool) -> int:
+    """The status of a POST of `mib` MiB, sent with a Content-Length or in chunks without one,
+    on a connection of its own; the body is sent in a thread while the answer is read, since a
+    server may answer before it has read the body."""
+    host, port = url.removeprefix("http://").split(":")
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {mib * 2**20}"
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    piece = b"x" * 2**20
+    with socket.create_connection((host, int(port)), timeout=120) as connection:
+
+        def send_body() -> None:
+            with contextlib.suppress(OSError):
+                for _ in range(mib):
+                    connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                connection.sendall(b"0\r\n\r\n" if chunked else b"")
+
+        connection.sendall(f"{head}{framing}\r\n\r\n".encode())
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        answer = b""
+        while b"\r\n" not in answer:
+            answer += connection.recv(4096) or b"\r\n"
+        status = answer.split(b"\r\n")[0].decode()
+    sender.join(120)
+    return int(status.split()[1]) if status.startswith("HTTP/1.1 ") else 0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_150_mb_login_body_is_a_413_and_does_not_grow_the_server(tmp_path):
+    """It took the server from 80 MB to 829 MB: now it is refused before it is read (declared)
+    or as soon as it passes 1 MiB (chunked), and what is not read is not kept."""
+    with smallops_serve(tmp_path) as (url, pid):
+        assert log_in(url, "user0", PASSWORD) == 200  # everything loaded
+        before = rss_mib(pid)
+        declared = post_raw(url, "/login", 150, chunked=False)
+        chunked = post_raw(url, "/login", 150, chunked=True)
+        grown = rss_mib(pid) - before
+        assert log_in(url, "user1", PASSWORD) == 200  # and it still serves
+    assert declared == chunked == 413
+    assert grown < 20, f"the server grew by {grown:.0f} MiB"
 
 
 def rss_mib(pid: int) -> float:

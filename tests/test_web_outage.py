@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ pytest.importorskip("starlette", reason="the web extra is not installed")
 from starlette.testclient import TestClient
 
 from smallops.web.app import create_app
+from smallops.web.outage import RETRY_EVERY
 
 JSON_HEADERS = {"Accept": "application/json"}
 HTML_HEADERS = {"Accept": "text/html,application/xhtml+xml"}
@@ -133,6 +135,17 @@ def csrf(client: TestClient) -> str:
     return match.group(1)
 
 
+def back_within(client: TestClient, seconds: float) -> float | None:
+    """How long the queue took to answer 200 again (asked every 0.1 s), or None if it did not
+    within `seconds`: a database known to be down is tried again only every few seconds."""
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if client.get("/", headers=JSON_HEADERS).status_code == 200:
+            return time.monotonic() - started
+        time.sleep(0.1)
+    return None
+
+
 def outage_lines(caplog: pytest.LogCaptureFixture) -> tuple[list[str], list[str]]:
     """(the "unreachable" warnings, the "is back" lines) logged so far; no traceback allowed."""
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
@@ -162,7 +175,7 @@ def test_pages_answer_503_in_json_and_html_and_the_outage_is_logged_once(tmp_pat
         down, back = outage_lines(caplog)
         assert len(down) == 1 and not back
         backend.restore()
-        assert client.get("/", headers=JSON_HEADERS).status_code == 200
+        assert back_within(client, 10)
         assert client.get("/", headers=JSON_HEADERS).status_code == 200
         down, back = outage_lines(caplog)
         assert len(down) == 1 and len(back) == 1
@@ -187,6 +200,7 @@ def test_a_decision_saved_before_the_next_item_failed_is_reported_as_saved(tmp_p
     assert body["saved"] is True and body["decision"]["status"] == "approved"
     assert body["next"] is None and "saved" in body["note"] and "unreachable" in body["note"]
     backend.restore()
+    assert back_within(client, 10)
     page = client.post(f"/items/{second}/approve", data={"csrf": token}, headers=HTML_HEADERS)
     assert page.status_code == 200
     assert "Saved." in page.text and "The queue could not be loaded" in page.text
@@ -210,9 +224,13 @@ def test_a_decision_the_database_never_got_is_a_503_that_says_it_was_not_saved(t
 
 
 @pytest.mark.postgres
-def test_a_request_on_a_stalled_database_fails_within_seconds(tmp_path, postgres_url, caplog):
-    """The proxy holds every byte: the page answers 503 after the call bound (plus one
-    connect timeout), not never; the log says what happened once."""
+def test_while_the_database_stalls_pages_answer_503_at_once_and_work_again_soon_after(
+    tmp_path, postgres_url, caplog
+):
+    """The first request waits for the call bound (plus one connect timeout), not forever; while
+    the database is known to be down the next ones are answered at once (30 of them took 155 s
+    when each waited), a decision among them not saved; after it resumes, pages work again within
+    seconds, and the log says each once."""
     backend = _proxied(tmp_path, postgres_url)
     [run_id] = queued(tmp_path, backend.direct_url, 1)
     client, _ = serve(tmp_path, backend, db_timeout=1.0)
@@ -223,13 +241,72 @@ def test_a_request_on_a_stalled_database_fails_within_seconds(tmp_path, postgres
         with caplog.at_level(logging.INFO):
             started = time.monotonic()
             answer = client.get("/", headers=JSON_HEADERS)
-            took = time.monotonic() - started
-            assert answer.status_code == 503 and took < 10
+            assert answer.status_code == 503 and time.monotonic() - started < 10
             down, _ = outage_lines(caplog)
             assert len(down) == 1 and "no answer within 1 s" in down[0]
+            started = time.monotonic()
+            for round_ in range(20):
+                path = "/" if round_ % 2 else f"/items/{run_id}"
+                answer = client.get(path, headers=JSON_HEADERS)
+                assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+                assert time.monotonic() - started < 2, f"request {round_ + 1} waited"
+            decision = client.post(f"/items/{run_id}/approve", json={})
+            assert decision.status_code == 503 and decision.json()["saved"] is False
+            assert time.monotonic() - started < 2
             backend.proxy.resume()
-            assert client.get("/", headers=JSON_HEADERS).status_code == 200
-            assert len(outage_lines(caplog)[1]) == 1
+            took = back_within(client, 15)
+            assert took is not None and took < 10
+            assert len(outage_lines(caplog)[0]) == 1 and len(outage_lines(caplog)[1]) == 1
+        assert item_row(backend, tmp_path, run_id).state == "pending"
+    finally:
+        backend.proxy.close()
+
+
+@pytest.mark.postgres
+def test_a_database_that_stalls_before_the_first_request_still_gets_a_503_within_seconds(
+    tmp_path, postgres_url
+):
+    """The connection the server opened at start is bounded too: its first use (a ping) hung
+    for good when it stalled before any page was asked for."""
+    backend = _proxied(tmp_path, postgres_url)
+    queued(tmp_path, backend.direct_url, 1)
+    client, _ = serve(tmp_path, backend, db_timeout=1.0)  # it opened a connection, to set up
+    assert backend.proxy is not None
+    backend.proxy.stall()
+    try:
+        started = time.monotonic()
+        assert client.get("/", headers=JSON_HEADERS).status_code == 503
+        assert time.monotonic() - started < 10
+    finally:
+        backend.proxy.close()
+
+
+@pytest.mark.postgres
+def test_a_database_known_to_be_down_is_tried_by_one_request_at_a_time(tmp_path, postgres_url):
+    """Once a retry is due, ten requests at once on the stalled database: one of them tries it,
+    the other nine are answered without touching it."""
+    tries: list[str] = []
+
+    class CountingDesk(ReviewDesk):
+        def item(self, run_id: str) -> dict[str, Any]:
+            tries.append(run_id)
+            return super().item(run_id)
+
+    backend = _proxied(tmp_path, postgres_url)
+    [run_id] = queued(tmp_path, backend.direct_url, 1)
+    client, _ = serve(tmp_path, backend, CountingDesk, db_timeout=1.0)
+    assert backend.proxy is not None
+    backend.proxy.stall()
+    try:
+        assert client.get(f"/items/{run_id}", headers=JSON_HEADERS).status_code == 503
+        time.sleep(RETRY_EVERY + 0.2)  # the retry is due
+        tries.clear()
+        with ThreadPoolExecutor(10) as pool:
+            asked = pool.map(
+                lambda _: client.get(f"/items/{run_id}", headers=JSON_HEADERS), range(10)
+            )
+            assert {answer.status_code for answer in asked} == {503}
+        assert len(tries) == 1
     finally:
         backend.proxy.close()
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from smallops.cli import _common
+
+if TYPE_CHECKING:
+    from smallops.web.auth import LoginThrottle
 
 WEBHOOK_INTERVAL = 5.0  # seconds between rounds of due webhook deliveries
 GRACE = 3  # seconds a stopping server waits for requests in flight before cancelling them
@@ -30,7 +35,8 @@ def serve_command(
         envvar=FORWARDED_ENV,
         help="Comma-separated addresses of the reverse proxies to trust: their X-Forwarded-For "
         "header names the client. Without it the header is ignored, and a client is the address "
-        "it connects from.",
+        "it connects from: behind a proxy, every client is the proxy, so 20 wrong logins from "
+        "any one of them lock out every reviewer and script for 15 minutes.",
     ),
 ) -> None:
     """Serve the review queue in a browser.
@@ -61,6 +67,8 @@ def serve_command(
     )
     shown = f"[{host}]" if ":" in host else host
     _common.out.print(f"smallops review queue at http://{shown}:{port}/ ({who})", markup=False)
+    if not is_loopback(host) and not forwarded_allow_ips:
+        _common.out.print(shared_throttle_note(app.state.web.throttle), markup=False)
     # On SIGTERM or Ctrl-C: requests in flight get GRACE seconds, then the held items are given
     # back (app.GIVE_BACK_WITHIN at most); each database call is bounded, so a stalled database
     # cannot hold the exit up.
@@ -74,4 +82,14 @@ def serve_command(
         timeout_graceful_shutdown=GRACE,
         proxy_headers=bool(forwarded_allow_ips),
         forwarded_allow_ips=forwarded_allow_ips or None,
+    )
+
+
+def shared_throttle_note(throttle: LoginThrottle) -> str:
+    """Said at start when clients may come through a proxy that is not trusted to name them."""
+    minutes = round(throttle.window / 60)
+    return (
+        "note: no --forwarded-allow-ips, so clients behind a reverse proxy share its address and "
+        f"one login throttle: {throttle.per_address} wrong logins from any of them lock out every "
+        f"reviewer and script for {minutes} minutes"
     )

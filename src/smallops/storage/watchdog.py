@@ -29,7 +29,8 @@ _lock = threading.Lock()
 def bound_calls(engine: Engine, seconds: float) -> Watchdog | None:
     """Cut any call on `engine` that gets no answer within `seconds` (Postgres; None for SQLite,
     whose waits are bounded by its busy timeout). One watchdog per engine: a second call sets
-    its bound."""
+    its bound. The idle connections the engine made before it was watched are closed: the ping
+    that checks one out comes before the checkout event, so it would go unwatched."""
     if engine.dialect.name != "postgresql":
         return None
     with _lock:
@@ -39,6 +40,7 @@ def bound_calls(engine: Engine, seconds: float) -> Watchdog | None:
             event.listen(engine.pool, "connect", watchdog.watch)
             event.listen(engine.pool, "checkout", watchdog.watch)
             event.listen(engine, "before_cursor_execute", watchdog.statement)
+            engine.pool.dispose()
         watchdog.seconds = seconds
         return watchdog
 

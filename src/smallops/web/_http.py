@@ -15,16 +15,18 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from smallops.errors import ConfigError, NotFoundError, SmallopsError
+from smallops.errors import ConfigError, InputError, NotFoundError, SmallopsError
 from smallops.jsonl import parse
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, HeldError
 from smallops.web.auth import (
     SESSION_COOKIE,
+    TOKEN_ENV,
     Auth,
     LoginError,
     LoginThrottle,
@@ -37,6 +39,8 @@ from smallops.web.leases import Leases
 from smallops.web.outage import Database, DatabaseDown
 
 Handler = Callable[[Request], Awaitable[Response]]
+MAX_BODY = 1024 * 1024  # bytes a request body may hold: a login, a decision or a correction
+BODY_HINT = "send one JSON object (Content-Type: application/json) or a form; nothing was changed"
 HTML_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
     "X-Frame-Options": "DENY",  # one-click decisions must not be clickjacked
@@ -84,14 +88,44 @@ def json_body(request: Request) -> bool:
     return request.headers.get("content-type", "").split(";")[0].strip() == "application/json"
 
 
+class BodyTooLarge(InputError):
+    """A request body over the server's limit (a 413), refused before it is read in full."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the request body is larger than this server takes ({_size(limit)})",
+            hint="send less: a login, a decision or a correction fits well within that",
+        )
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if count >= scale and count % scale == 0:
+            return f"{count // scale} {unit}"
+    return f"{count} bytes"
+
+
 async def body(request: Request) -> dict[str, Any]:
-    """The posted form or JSON object, as one dict (the JSON client's and the form's fields)."""
-    if json_body(request):
-        data = parse(await request.body(), "the request body")
-        if not isinstance(data, dict):
-            raise ConfigError("the request body must be a JSON object")
-        return data
-    form: FormData = await request.form()
+    """The posted form or JSON object, as one dict (the JSON client's and the form's fields).
+
+    InputError (a 400, or BodyTooLarge's 413) when it cannot be read: not JSON, not an
+    object, a number too long to convert, a malformed form, too large."""
+    try:
+        if json_body(request):
+            data = parse(await request.body(), "the request body")
+            if not isinstance(data, dict):
+                raise InputError("the request body must be a JSON object", hint=BODY_HINT)
+            return data
+        form: FormData = await request.form()
+    except InputError as exc:
+        if exc.hint:
+            raise
+        raise InputError(exc.message, hint=BODY_HINT) from None
+    except ValueError as exc:  # e.g. a number of more digits than Python converts
+        reason = str(exc).split(";")[0]
+        raise InputError(f"the request body cannot be read: {reason}", hint=BODY_HINT) from None
+    except HTTPException as exc:  # Starlette's word on a malformed form
+        raise InputError(f"the request body is not a form: {exc.detail}", hint=BODY_HINT) from None
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
@@ -140,6 +174,8 @@ def error(request: Request, exc: SmallopsError, status: int | None = None) -> Re
 def status_of(exc: SmallopsError) -> int:
     if isinstance(exc, NotFoundError):
         return 404
+    if isinstance(exc, BodyTooLarge):
+        return 413
     if isinstance(exc, (HeldError, DecidedError)):
         return 409
     if isinstance(exc, TooManyFailures):
@@ -202,7 +238,7 @@ async def _with_session(request: Request, state: Web, handler: Handler) -> Respo
         name, fresh = state.auth.reviewer, state.sessions.issue(state.auth.reviewer)
     if name is None:
         if wants_json(request):
-            hint = "log in at /login, or send Authorization: Bearer and X-Reviewer"
+            hint = f"log in at /login, or send Authorization: Bearer with {TOKEN_ENV}'s value"
             return error(request, LoginError("login required", hint=hint))
         return redirect("/login?" + urlencode({"next": request.url.path}))
     request.state.reviewer, request.state.session = name, fresh or cookie
@@ -225,10 +261,7 @@ async def _csrf_ok(request: Request, state: Web, cookie: str | None) -> bool:
         if not state.auth.require_login:
             return True
         return state.sessions.check_csrf(cookie, request.headers.get("x-csrf-token"))
-    try:
-        token = (await body(request)).get("csrf")
-    except (ConfigError, ValueError):
-        return False
+    token = (await body(request)).get("csrf")  # an unreadable body: InputError, a 400
     return state.sessions.check_csrf(cookie, token)
 
 

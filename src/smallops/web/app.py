@@ -3,8 +3,9 @@
 It takes the desk and the settings rather than a project folder, so tests (and applications that
 embed the review queue) build it from whatever engine and workflows they already have. While it
 runs it sends due webhooks (if asked); when it stops it gives back the items its reviewers hold.
-A database outage is a 503 in the page's format, logged once; any other failure a 500 in the
-page's format, with its traceback in the server log.
+A request body over `max_body` bytes is a 413 before anything reads it or asks who is sending
+it; one that cannot be read, a 400. A database outage is a 503 in the page's format, logged once;
+any other failure a 500 in the page's format, with its traceback in the server log.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smallops.config import Settings
-from smallops.errors import SmallopsError
+from smallops.errors import InputError, SmallopsError
 from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
 from smallops.storage.health import first_line, unreachable
 from smallops.web import item, login, queue
-from smallops.web._http import Web, error, templates, web
+from smallops.web._http import MAX_BODY, BodyTooLarge, Web, error, templates, web
 from smallops.web.auth import Auth, Sessions, load_secret_key
 from smallops.web.leases import give_back
 from smallops.web.outage import Database, DatabaseDown
@@ -53,6 +54,7 @@ def create_app(
     env: Mapping[str, str] | None = None,
     webhook_interval: float | None = None,
     db_timeout: float | None = DB_TIMEOUT,
+    max_body: int = MAX_BODY,
 ) -> Starlette:
     """The review UI and its JSON API.
 
@@ -60,8 +62,8 @@ def create_app(
     OS user). `secret_key` signs sessions (default: SMALLOPS_SECRET_KEY, or a key kept in the
     project's .smallops folder). With `webhook_interval`, due decision webhooks are sent every
     that many seconds while the app runs. On Postgres, a database call that gets no answer
-    within `db_timeout` seconds is cut (None: never). Raises ConfigError if login is required
-    and no reviewer could log in.
+    within `db_timeout` seconds is cut (None: never). A request body over `max_body` bytes is
+    refused with a 413. Raises ConfigError if login is required and no reviewer could log in.
 
     The login throttle counts per client address as the ASGI server reports it: serve it
     without trusting X-Forwarded-For (uvicorn's `proxy_headers=False`) unless a named proxy
@@ -87,9 +89,10 @@ def create_app(
     state = Web(desk, Database(desk.engine, db_timeout), auth, Sessions(key), templates(jinja))
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(_AnswerWhenCancelled)],
+        middleware=[Middleware(_LimitBody, limit=max_body), Middleware(_AnswerWhenCancelled)],
         lifespan=_lifespan(state, webhook_interval),
         exception_handlers={
+            InputError: _bad_request,
             DatabaseDown: _database_down,
             SQLAlchemyError: _database_error,
             Exception: _server_error,
@@ -134,6 +137,12 @@ async def _send_webhooks(state: Web, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    """A body that could not be read (or is too large) and that no page answered itself."""
+    assert isinstance(exc, InputError)
+    return error(request, exc)
+
+
 async def _database_down(request: Request, exc: Exception) -> Response:
     """A page's `Database.call` found the database unreachable: a 503."""
     return error(request, exc if isinstance(exc, DatabaseDown) else DatabaseDown())
@@ -151,6 +160,43 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     """Anything else: a 500 in the page's format (Starlette still logs the traceback)."""
     failed = SmallopsError("the server failed to answer this request", hint="see the server log")
     return error(request, failed, 500)
+
+
+class _LimitBody:
+    """Refuse a request body over `limit` bytes with a 413: at once when its Content-Length
+    says so, before anything reads it or asks who is sending it; otherwise (a chunked body)
+    as soon as the bytes read pass the limit. What is not read is never held in memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if _content_length(scope) > self.limit:
+            await error(Request(scope), BodyTooLarge(self.limit))(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLarge(self.limit)  # a 413 from the page, or `_bad_request`
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _content_length(scope: Scope) -> int:
+    """The Content-Length the request declares (0 if none or not a number)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 class _AnswerWhenCancelled:

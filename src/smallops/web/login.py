@@ -13,7 +13,7 @@ import secrets
 from starlette.requests import Request
 from starlette.responses import Response
 
-from smallops.errors import ConfigError, SmallopsError
+from smallops.errors import InputError, SmallopsError
 from smallops.web._http import (
     JSON,
     body,
@@ -46,7 +46,7 @@ async def _log_in(request: Request) -> Response:
     state = web(request)
     try:
         form = await body(request)
-    except ConfigError as exc:
+    except InputError as exc:  # unreadable, or too large
         return error(request, exc)
     nonce = request.cookies.get(NONCE_COOKIE)
     given, target = str(form.get("name") or ""), str(form.get("next") or "/")

@@ -4,14 +4,17 @@ Every call a page makes goes through `Database.call` (or `.save` for a decision)
 thread. An outage (down, stalled, locked) becomes `DatabaseDown`, which the app answers with a
 503 and `Retry-After` in the page's format, and the outage is logged once, not per request. On
 Postgres each call is bounded (`smallops.storage.watchdog`), so no request waits on a stalled
-database for longer than that. A failed decision says whether it was saved: not, or not known
-when the database stopped answering during its commit.
+database for longer than that. While the database is known to be down, calls are answered at
+once rather than each waiting out that bound: one call at a time, every RETRY_EVERY seconds, tries
+it again, and the first that gets an answer marks it up. A failed decision says whether it was
+saved: not, or not known when the database stopped answering during its commit.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -25,6 +28,7 @@ from smallops.storage.watchdog import bound_calls
 P = ParamSpec("P")
 T = TypeVar("T")
 RETRY_AFTER = 5  # seconds a client is asked to wait before trying again
+RETRY_EVERY = 2.0  # seconds between tries of a database known to be down
 UNREACHABLE = "the database is unreachable"
 _commit = threading.local()  # whether the current thread's last call reached a COMMIT
 
@@ -71,6 +75,8 @@ class Database:
         self.watchdog = bound_calls(engine, timeout) if timeout else None
         label = engine.url.render_as_string(hide_password=True)
         self.health = Health(label, "review pages answer 503 until it answers again")
+        self._retrying = threading.Lock()  # held by the one call trying a down database again
+        self._next_try = 0.0  # when (time.monotonic) a down database may be tried again
         if not event.contains(engine, "commit", _committing):
             event.listen(engine, "commit", _committing)
 
@@ -83,11 +89,15 @@ class Database:
         return await run_in_threadpool(self._attempt, functools.partial(fn, *args, **kwargs), True)
 
     def failed(self, error: BaseException, cuts_before: int | None = None) -> None:
-        """Note an outage (logged if it is news)."""
+        """Note an outage (logged if it is news); the next try waits RETRY_EVERY seconds."""
+        self._next_try = time.monotonic() + RETRY_EVERY
         cut = self.watchdog is not None and cuts_before not in (None, self.watchdog.cuts)
         self.health.failed(f"no answer within {self.timeout:g} s" if cut else first_line(error))
 
     def _attempt(self, work: Callable[[], T], saving: bool) -> T:
+        retrying = self.health.down
+        if retrying and not self._may_retry():
+            raise not_saved(False) if saving else DatabaseDown()
         cuts = self.watchdog.cuts if self.watchdog else None
         _commit.started = False
         try:
@@ -97,8 +107,22 @@ class Database:
                 raise
             self.failed(exc, cuts)
             raise (not_saved(_commit.started) if saving else DatabaseDown()) from None
+        finally:
+            if retrying:
+                self._next_try = time.monotonic() + RETRY_EVERY
+                self._retrying.release()
         self.health.answered()
         return result
+
+    def _may_retry(self) -> bool:
+        """Whether this call is the one to try the down database again (then it holds
+        `_retrying` until it is done): none is trying now, and the last try is long enough ago."""
+        if not self._retrying.acquire(blocking=False):
+            return False
+        if time.monotonic() < self._next_try:
+            self._retrying.release()
+            return False
+        return True
 
 
 def _committing(_connection: Connection) -> None:

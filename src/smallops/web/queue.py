@@ -71,10 +71,10 @@ async def queue_page(request: Request) -> Response:
 @guarded
 async def next_item(request: Request) -> Response:
     """Claim the next item (optionally of one workflow) and go to it; forget earlier skips."""
-    form = await body(request)
-    workflow = str(form.get("workflow") or "") or None
     state = web(request)
     try:
+        form = await body(request)
+        workflow = str(form.get("workflow") or "") or None
         item = await state.db.call(state.desk.claim_next, reviewer(request), workflow)
     except SmallopsError as exc:
         return error(request, exc)
