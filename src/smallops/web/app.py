@@ -32,7 +32,7 @@ from smallops.errors import InputError, SmallopsError
 from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
 from smallops.storage.health import first_line, unreachable
-from smallops.web import item, login, queue
+from smallops.web import item_page, login, queue_page
 from smallops.web._http import MAX_BODY, BodyTooLarge, Web, error, templates, web
 from smallops.web.auth import Auth, Sessions, load_secret_key
 from smallops.web.leases import give_back
@@ -77,11 +77,11 @@ def create_app(
         loader=FileSystemLoader(HERE / "templates"), autoescape=True, undefined=StrictUndefined
     )
     routes = [
-        Route("/", queue.queue_page),
-        Route("/next", queue.next_item, methods=["POST"]),
-        Route("/items/{run_id}", item.item_page),
-        Route("/items/{run_id}/claim", item.claim, methods=["POST"]),
-        Route("/items/{run_id}/{action}", item.act, methods=["POST"]),
+        Route("/", queue_page.queue_page),
+        Route("/next", queue_page.next_item, methods=["POST"]),
+        Route("/items/{run_id}", item_page.item_page),
+        Route("/items/{run_id}/claim", item_page.claim, methods=["POST"]),
+        Route("/items/{run_id}/{action}", item_page.act, methods=["POST"]),
         Route("/login", login.login_page, methods=["GET", "POST"]),
         Route("/logout", login.logout, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

@@ -39,7 +39,7 @@ from smallops.web._http import (
     web,
 )
 from smallops.web.outage import UNREACHABLE, DatabaseDown
-from smallops.web.queue import (
+from smallops.web.queue_page import (
     claim_next,
     done_message,
     done_text,
