@@ -17,10 +17,8 @@ from sqlalchemy import create_engine
 from smallops import Settings, Workflow
 from smallops.cli import main
 from smallops.config import ProviderConfig
-from smallops.resilience.breaker import _stores as _breaker_stores
-from smallops.resilience.ratelimit import reset_memory
-from smallops.storage import writer
-from smallops.storage.db import dispose_engines, normalise_url
+from smallops.storage.db import normalise_url
+from smallops.testing import reset
 
 from emulators import ModelServer, ok
 from models import GOOD as GOOD  # one definition, in models.py; tests import it from either
@@ -67,10 +65,7 @@ def api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 def fresh_writers() -> Iterator[None]:
     """Each test starts and ends with no log writers or engines left over."""
     yield
-    writer.reset()
-    dispose_engines()
-    reset_memory()
-    _breaker_stores.pop(None, None)  # this process's in-memory breakers
+    reset()
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +93,7 @@ def _postgres_url() -> Iterator[str]:
     try:
         yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
     finally:
-        writer.reset()
-        dispose_engines()
+        reset()
         with admin.begin() as connection:
             connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()

@@ -391,6 +391,12 @@ def breaker_store(redis_url: str | None) -> BreakerStore:
         return _stores[redis_url]
 
 
+def reset_memory() -> None:
+    """Forget this process's in-memory breakers (tests, and apps that reconfigure)."""
+    with _stores_lock:
+        _stores.pop(None, None)
+
+
 def _redis_store(redis_url: str) -> BreakerStore:
     from smallops.storage.db import safe_url
 
