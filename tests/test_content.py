@@ -243,7 +243,7 @@ def test_runs_spooled_before_the_content_column_existed_replay_with_it_empty(
                     row = row[: RUN_COLUMNS.index("content")]
                 lines.append(to_json([kind, row]))
     spool.write_bytes(b"\n".join(lines) + b"\n")
-    assert writer_module.replay_spool(wf.settings) == 1
+    assert writer_module.replay_spool(wf.settings.log) == 1
     replayed = {run["id"]: run for run in recorded_runs(wf)}[spooled]
     assert replayed["content"] is None and replayed["inputs"]["subject"] == PERSONAL["subject"]
 

@@ -173,7 +173,7 @@ def test_a_record_the_database_refuses_is_set_aside_and_never_blocks_the_rest(
 
 def _quarantine(project: Path, url: str) -> Quarantine:
     settings = Settings.load(project, env={"SMALLOPS_DATABASE_URL": url})
-    return writer_module.quarantine_for(settings)
+    return writer_module.quarantine_for(settings.log)
 
 
 def test_a_refused_record_in_the_spool_is_set_aside_and_the_rest_replayed(

@@ -308,8 +308,8 @@ def test_the_default_endpoints_are_recorded_and_the_variable_is_read_when_it_cha
     from smallops.providers import resolve_provider
 
     settings = Settings(root=tmp_path, database_url=f"sqlite:///{tmp_path / 'log.db'}")
-    assert resolve_provider("openai", settings).endpoint == "https://api.openai.com/v1"
-    assert resolve_provider("anthropic", settings).endpoint == "https://api.anthropic.com"
+    assert resolve_provider("openai", settings.providers).endpoint == "https://api.openai.com/v1"
+    assert resolve_provider("anthropic", settings.providers).endpoint == "https://api.anthropic.com"
     (tmp_path / "p.prompt").write_text("[user]\n{{ q }}")
     wf = Workflow(
         "default-endpoint",
@@ -321,4 +321,4 @@ def test_the_default_endpoints_are_recorded_and_the_variable_is_read_when_it_cha
     )
     assert wf.plan().facts.endpoint == "https://api.openai.com/v1"
     monkeypatch.setenv("OPENAI_BASE_URL", emulator.openai_base_url)
-    assert resolve_provider("openai", settings).endpoint == emulator.openai_base_url
+    assert resolve_provider("openai", settings.providers).endpoint == emulator.openai_base_url

@@ -115,7 +115,7 @@ def test_runs_spool_while_the_database_is_down_and_replay_when_it_returns(
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     wf = _workflow(tmp_path, proxied)
     ids = [wf.run(text=f"before {i}").run_id for i in range(50)]
-    writer = writer_module.writer_for(wf.settings)
+    writer = writer_module.writer_for(wf.settings.log)
     assert writer.flush() and writer.written == 50
     proxy.cut()
     ids += [wf.run(text=f"during {i}").run_id for i in range(200)]
@@ -146,7 +146,7 @@ def test_a_spool_left_by_a_process_that_ended_during_an_outage_is_replayed_later
     writer_module.reset()  # the process "exits" with the database still down
     assert len(list((tmp_path / ".smallops" / "spool").rglob("*.jsonl"))) == 1
     proxy.restore()
-    assert writer_module.replay_spool(wf.settings) == 20
+    assert writer_module.replay_spool(wf.settings.log) == 20
     assert sorted(r["id"] for r in recorded_runs(wf)) == sorted(ids)
     assert not list((tmp_path / ".smallops" / "spool").rglob("*.jsonl"))
     proxy.cut()
@@ -276,7 +276,7 @@ def test_several_databases_can_be_set_up_at_once_in_one_process(tmp_path):
         thread.join()
     for wf in workflows:
         assert len(recorded_runs(wf)) == 1
-        assert writer_module.writer_for(wf.settings).spooled == 0
+        assert writer_module.writer_for(wf.settings.log).spooled == 0
 
 
 def test_a_30_second_database_outage_mid_run_loses_no_record(postgres_url, tmp_path, monkeypatch):
@@ -288,7 +288,7 @@ def test_a_30_second_database_outage_mid_run_loses_no_record(postgres_url, tmp_p
     proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     wf = _workflow(tmp_path, proxied)
-    writer = writer_module.writer_for(wf.settings)
+    writer = writer_module.writer_for(wf.settings.log)
     ids: list[str] = []
     start = time.monotonic()
     cut = restored = False

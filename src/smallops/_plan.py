@@ -55,7 +55,7 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
     from smallops.storage.writer import writer_for
 
     settings, model, provider = wf.settings, wf.model, wf.provider
-    url, log = log_database(settings)
+    url, log = log_database(settings.log)
 
     def engine() -> Any:
         ensure_schema(log)
@@ -79,7 +79,7 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
         fallback=wf.fallback,
         retry=wf.retry,
         version=wf.version,
-        writer=writer_for(settings),
+        writer=writer_for(settings.log),
         facts=WorkflowFacts(
             workflow=wf.name,
             prompt=wf.version,

@@ -65,6 +65,24 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True)
+class LogTarget:
+    """Where the log lives, as plain values: all that storage needs from the settings."""
+
+    url: str  # as written; storage makes a relative SQLite path relative to `root`
+    root: Path
+    spool_dir: Path  # where records wait while the database does not answer
+    write_timeout: float
+    key_variables: tuple[str, ...]  # their values are redacted from everything written
+    source: str = "the database URL"  # where the URL was set, for error messages
+
+
+def evals_file(root: Path, workflow: str) -> Path:
+    """A workflow's eval set in a project: evals/<name>.jsonl (the layout `smallops init`
+    writes)."""
+    return root / "evals" / f"{workflow.replace('-', '_')}.jsonl"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything configurable, for one project."""
 
@@ -106,6 +124,18 @@ class Settings:
     @property
     def spool_dir(self) -> Path:
         return self.state_dir / "spool"
+
+    @property
+    def log(self) -> LogTarget:
+        """The log database and its spool, resolved from these settings."""
+        return LogTarget(
+            url=self.database_url,
+            root=self.root,
+            spool_dir=self.spool_dir,
+            write_timeout=self.write_timeout,
+            key_variables=self.key_variables,
+            source=self.source("database_url"),
+        )
 
     @classmethod
     def load(cls, root: Path | None = None, env: dict[str, str] | None = None) -> Settings:

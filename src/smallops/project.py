@@ -93,7 +93,7 @@ class Project:
 
     def engine(self) -> Engine:
         """The log database, with its schema up to date and any spooled runs written."""
-        url, engine = log_database(self.settings)
+        url, engine = log_database(self.settings.log)
         try:
             ensure_schema(engine)
         except SQLAlchemyError as exc:
@@ -103,7 +103,7 @@ class Project:
                 "is right",
             ) from None
         try:
-            replay_spool(self.settings)
+            replay_spool(self.settings.log)
         except Unreachable as exc:  # it answered a moment ago: read what is there, replay later
             log.warning("smallops: the spool could not be replayed now: %s", exc)
         return engine

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from smallops._lifecycle import adrive, drive, lifecycle
 from smallops._plan import CallPlan, build_plan
-from smallops.config import Settings, find_project_root
+from smallops.config import Settings, evals_file, find_project_root
 from smallops.content import check_mode
 from smallops.errors import ConfigError, MissingFallbackError
 from smallops.fallbacks import Fallback
@@ -88,7 +88,7 @@ class Workflow(Generic[T]):
         self.base_dir = Path(base_dir) if base_dir else _caller_dir()
         self.settings = settings or Settings.load(find_project_root(self.base_dir))
         self.model = parse_model(model)
-        self.provider = provider or resolve_provider(self.model.provider, self.settings)
+        self.provider = provider or resolve_provider(self.model.provider, self.settings.providers)
         self.allow_unpinned = allow_unpinned
         if not allow_unpinned:
             check_pinned(self.model, self.provider.kind)
@@ -196,9 +196,8 @@ class Workflow(Generic[T]):
 
 
 def _default_evals(base_dir: Path, name: str) -> Path:
-    """evals/<name>.jsonl beside workflows/ (the layout `smallops init` writes)."""
-    root = base_dir.parent if base_dir.name == "workflows" else base_dir
-    return root / "evals" / f"{name.replace('-', '_')}.jsonl"
+    """evals/<name>.jsonl beside workflows/."""
+    return evals_file(base_dir.parent if base_dir.name == "workflows" else base_dir, name)
 
 
 def _caller_dir() -> Path:

@@ -20,7 +20,7 @@ app = typer.Typer(
 def upgrade(ctx: typer.Context) -> None:
     """Create or migrate the log database's tables to the latest version."""
     project = _common.project(ctx)
-    url, engine = log_database(project.settings)
+    url, engine = log_database(project.settings.log)
     try:
         before = current_revision(engine)
         run_upgrade(engine)
@@ -41,7 +41,7 @@ def upgrade(ctx: typer.Context) -> None:
 def current(ctx: typer.Context) -> None:
     """Print the schema version of the log database, and the latest one."""
     project = _common.project(ctx)
-    url, engine = log_database(project.settings)
+    url, engine = log_database(project.settings.log)
     revision = current_revision(engine)
     _common.out.print(
         f"{safe_url(url)}: at {revision or 'empty'}, latest {head_revision()}", markup=False

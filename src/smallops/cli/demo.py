@@ -51,7 +51,7 @@ def demo_command(
     inputs = demo_inputs(inbox)
     lines = list(range(1, len(inputs) + 1))
     outcome = run_all(wf, Batch(inputs, lines), concurrency, show_progress=True)
-    writer_for(project.settings).flush()
+    writer_for(project.settings.log).flush()
     print_table(wf, outcome.results, lines)
     results = [r for r in outcome.results if r is not None]
     say(

@@ -9,6 +9,7 @@ import typer
 
 from smallops.cli import _common
 from smallops.cli._table import Column, print_fitted
+from smallops.config import evals_file
 from smallops.scaffold import TEMPLATE_NAMES, create_project, template_provider
 
 
@@ -34,7 +35,7 @@ def init_command(
         _common.out.print(f"  kept    {folder / path} (already there)", markup=False)
     provider = template_provider(template)
     key, extra = PROVIDER_NEEDS[provider]
-    evals = f"evals/{template.replace('-', '_')}.jsonl"
+    evals = evals_file(Path(), template).as_posix()
     sdk = f"the smallops[{extra}] extra installs its SDK" if extra else "smallops ships its SDK"
     steps = [
         f"cd {folder}",

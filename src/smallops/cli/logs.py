@@ -122,7 +122,7 @@ def show_command(
     try:
         run = get_run(engine, run_id)
     except NotFoundError:
-        entry = quarantine_for(project.settings).find(run_id)
+        entry = quarantine_for(project.settings.log).find(run_id)
         if entry is None:
             raise
         _print_set_aside(entry, as_json)

@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from smallops.cli import _common
 from smallops.cli._table import SEPARATOR, Column, print_fitted
+from smallops.config import evals_file
 from smallops.errors import ConfigError, InputError
 from smallops.ids import short_id
 from smallops.ordering import (
@@ -410,7 +411,7 @@ def export_command(
     """Append approved and corrected items to the workflow's eval set, without duplicates."""
     project, desk = _desk(ctx)
     wf = project.workflow(workflow)
-    target = to or project.root / "evals" / f"{wf.name.replace('-', '_')}.jsonl"
+    target = to or evals_file(project.root, wf.name)
     done = export_reviewed(desk.queue, wf, target)
     _common.out.print(
         f"{done.added} cases added to {target} ({done.kept} already there)", markup=False

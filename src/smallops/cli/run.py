@@ -120,7 +120,7 @@ def run_command(
         _resume(project.engine(), wf, input_file, batch)
     wf.plan()
     wf.provider.check()
-    writer = writer_for(wf.settings)
+    writer = writer_for(wf.settings.log)
     before = writer.account()
     outcome = run_all(wf, batch, concurrency, show_progress=len(batch.rows) > 1 and not json_output)
     with _finishing():

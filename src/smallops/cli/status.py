@@ -50,7 +50,7 @@ def status_command(
     """
     project = _common.project(ctx)
     queue = ReviewQueue(project.engine()).counts()
-    set_aside = _set_aside(quarantine_for(project.settings))
+    set_aside = _set_aside(quarantine_for(project.settings.log))
     rows = [
         {**_status(project, wf, queue.get(wf.name, 0)), "set_aside": set_aside.get(wf.name)}
         for wf in project.workflows.values()

@@ -8,8 +8,9 @@ ANTHROPIC_BASE_URL) points, so that variable is part of its configuration.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
-from smallops.config import ProviderConfig, Settings
+from smallops.config import ProviderConfig
 from smallops.errors import ConfigError
 from smallops.providers._sdk import BASE_URLS, resolve_base_url
 from smallops.providers.base import Params, Provider, ProviderError, Reply
@@ -46,11 +47,12 @@ async def close_loop_clients(*others: Provider) -> None:
         await provider.aclose()
 
 
-def resolve_provider(name: str, settings: Settings) -> Provider:
-    """The provider called `name` in `provider:model`, configured by smallops.toml."""
-    config = settings.providers.get(name) or _BUILTIN.get(name)
+def resolve_provider(name: str, configured: Mapping[str, ProviderConfig]) -> Provider:
+    """The provider called `name` in `provider:model`: one of smallops.toml's [providers.NAME]
+    tables (`configured`), or a built-in."""
+    config = configured.get(name) or _BUILTIN.get(name)
     if config is None:
-        known = sorted({*_BUILTIN, *settings.providers})
+        known = sorted({*_BUILTIN, *configured})
         raise ConfigError(
             f"unknown provider {name!r}",
             hint=f"use one of {', '.join(known)}, or add [providers.{name}] to smallops.toml",

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import NullPool
 
-from smallops.config import Settings
+from smallops.config import LogTarget
 from smallops.errors import ConfigError, MissingExtraError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -34,12 +34,11 @@ _lock = threading.Lock()
 _migrating = threading.RLock()  # Alembic's context is module-global: one migration at a time
 
 
-def log_database(settings: Settings) -> tuple[str, Engine]:
-    """The settings' log database: its URL (normalised) and engine. A URL that cannot be used is
-    a ConfigError naming where it was set: SMALLOPS_DATABASE_URL or smallops.toml."""
-    source = settings.source("database_url")
-    url = normalise_url(settings.database_url, settings.root, source)
-    return url, get_engine(url, source)
+def log_database(target: LogTarget) -> tuple[str, Engine]:
+    """The log database: its URL (normalised) and engine. A URL that cannot be used is a
+    ConfigError naming where it was set: SMALLOPS_DATABASE_URL or smallops.toml."""
+    url = normalise_url(target.url, target.root, target.source)
+    return url, get_engine(url, target.source)
 
 
 def normalise_url(url: str, root: Path, source: str = "the database URL") -> str:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from smallops.config import Settings
+from smallops.config import LogTarget
 from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
 from smallops.storage.db import log_database, safe_url
@@ -356,32 +356,32 @@ _writers: dict[str, Writer] = {}
 _lock = threading.Lock()
 
 
-def writer_for(settings: Settings) -> Writer:
-    """The writer for the settings' database, shared by every workflow in this process."""
-    url, engine = log_database(settings)
+def writer_for(target: LogTarget) -> Writer:
+    """The writer for the log database, shared by every workflow in this process."""
+    url, engine = log_database(target)
     with _lock:
         if url not in _writers:
-            spool = Spool(spool_folder(settings.spool_dir, url))
+            spool = Spool(spool_folder(target.spool_dir, url))
             _writers[url] = Writer(
-                RowStore(engine, settings.write_timeout),
+                RowStore(engine, target.write_timeout),
                 spool,
                 label=safe_url(url),
-                redact=Redactor.from_environment(names=settings.key_variables),
+                redact=Redactor.from_environment(names=target.key_variables),
             )
             _install_exit_hooks()
         return _writers[url]
 
 
-def replay_spool(settings: Settings) -> int:
+def replay_spool(target: LogTarget) -> int:
     """Write the runs that earlier processes spooled while the database was down; rows the
     database refuses are set aside, never in the way. Raises Unreachable if it is down."""
-    url, engine = log_database(settings)
-    spool = Spool(spool_folder(settings.spool_dir, url))
+    url, engine = log_database(target)
+    spool = Spool(spool_folder(target.spool_dir, url))
     if not spool.pending():
         return 0
     quarantine = Quarantine(quarantine_folder(spool.folder))
-    store = RowStore(engine, settings.write_timeout)
-    redact = Redactor.from_environment(names=settings.key_variables)
+    store = RowStore(engine, target.write_timeout)
+    redact = Redactor.from_environment(names=target.key_variables)
 
     def set_aside(batch: RowBatch, reason: str) -> None:
         quarantine.add(batch, redact(reason) or reason)
@@ -393,10 +393,10 @@ def replay_spool(settings: Settings) -> int:
         quarantine.close()
 
 
-def quarantine_for(settings: Settings) -> Quarantine:
-    """The quarantine of the settings' database (what it refused, with the reasons)."""
-    url, _ = log_database(settings)
-    return Quarantine(quarantine_folder(spool_folder(settings.spool_dir, url)))
+def quarantine_for(target: LogTarget) -> Quarantine:
+    """The quarantine of the log database (what it refused, with the reasons)."""
+    url, _ = log_database(target)
+    return Quarantine(quarantine_folder(spool_folder(target.spool_dir, url)))
 
 
 def flush_all(timeout: float | None = 30.0) -> bool:
