@@ -12,16 +12,22 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from smallops.fallbacks import Fallback
+from smallops.gitinfo import git_commit
+from smallops.labels import class_fields
 from smallops.prompts import Prompt
 from smallops.providers.base import Provider
 from smallops.records import Pricing, PromptVersion, WorkflowFacts
+from smallops.resilience.breaker import breaker_store
+from smallops.resilience.budget import BudgetLedger
+from smallops.resilience.guards import EventLog, Guards
+from smallops.resilience.ratelimit import RateLimit
 from smallops.resilience.retry import RetryPolicy
+from smallops.review.graduation import Graduation
 from smallops.review.policy import ReviewPolicy
+from smallops.storage.db import ensure_schema, log_database
+from smallops.storage.writer import Writer, writer_for
 
 if TYPE_CHECKING:
-    from smallops.resilience.guards import Guards
-    from smallops.review.graduation import Graduation
-    from smallops.storage.writer import Writer
     from smallops.workflow import Workflow
 
 
@@ -48,12 +54,6 @@ class CallPlan:
 
 def build_plan(wf: Workflow[Any]) -> CallPlan:
     """Resolve what a workflow needs to be called; done once, on its first call."""
-    from smallops.gitinfo import git_commit
-    from smallops.labels import class_fields
-    from smallops.review.graduation import Graduation
-    from smallops.storage.db import ensure_schema, log_database
-    from smallops.storage.writer import writer_for
-
     settings, model, provider = wf.settings, wf.model, wf.provider
     url, log = log_database(settings.log)
 
@@ -103,11 +103,6 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
 
 
 def _guards(wf: Workflow[Any], engine: Any, url: str, pricing: Pricing) -> Guards:
-    from smallops.resilience.breaker import breaker_store
-    from smallops.resilience.budget import BudgetLedger
-    from smallops.resilience.guards import EventLog, Guards
-    from smallops.resilience.ratelimit import RateLimit
-
     redis_url = wf.settings.redis_url
     rate = None
     if wf.rate_limit or wf.token_limit:
