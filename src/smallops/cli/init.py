@@ -9,6 +9,7 @@ import typer
 
 from smallops.cli import _common
 from smallops.cli._table import Column, print_fitted
+from smallops.cli.demo import demo_command
 from smallops.config import evals_file
 from smallops.scaffold import TEMPLATE_NAMES, create_project, template_provider
 
@@ -16,8 +17,6 @@ from smallops.scaffold import TEMPLATE_NAMES, create_project, template_provider
 def register(app: typer.Typer) -> None:
     app.command("init")(init_command)
     app.command("list")(list_command)
-    from smallops.cli.demo import demo_command
-
     app.command("demo")(demo_command)
 
 

@@ -27,6 +27,7 @@ from smallops.ordering import (
     record_in_order,
 )
 from smallops.project import Project
+from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
 from smallops.review.evidence import earlier_versions, workflow_stats
 from smallops.review.export import export_reviewed
@@ -428,8 +429,6 @@ def export_command(
 @app.command("deliver")
 def deliver_command(ctx: typer.Context) -> None:
     """Send the decision webhooks that are due (`smallops serve` also does, continuously)."""
-    from smallops.review import webhooks
-
     project, desk = _desk(ctx)
     secrets, problems = webhooks.signing_secrets(project.workflows.values())
     delivered, failed = webhooks.deliver_due(desk.engine, secrets)

@@ -20,6 +20,7 @@ from smallops.cli._table import Column, print_fitted
 from smallops.errors import InputError, WorkflowFailed
 from smallops.ids import short_id
 from smallops.jsonl import objects, parse_object
+from smallops.records import Usage
 from smallops.redact import Redactor
 from smallops.result import Result
 from smallops.storage.queries import batch_items_done, latest_batch
@@ -335,8 +336,6 @@ def _report(
 
 
 def _failed(wf: Workflow[Any], exc: WorkflowFailed) -> Result[Any]:
-    from smallops.records import Usage
-
     return Result(
         run_id=exc.run_id,
         workflow=wf.name,
