@@ -14,15 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from smallops.providers.fake import FakeProvider, FakeReply, FakeRequest, example_answer
 from smallops.resilience import breaker as _breaker
 from smallops.resilience import ratelimit as _ratelimit
 from smallops.storage import writer as _writer
 from smallops.storage.db import dispose_engines, ensure_schema, log_database
-from smallops.storage.queries import plain_row
-from smallops.storage.schema import runs
+from smallops.storage.queries import runs_of
 from smallops.workflow import Workflow
 
 __all__ = ["FakeProvider", "FakeReply", "FakeRequest", "example_answer", "recorded_runs", "reset"]
@@ -44,6 +41,4 @@ def recorded_runs(workflow: Workflow[Any]) -> list[dict[str, Any]]:
     _writer.writer_for(settings.log).flush()
     _, engine = log_database(settings.log)
     ensure_schema(engine)
-    query = select(runs).where(runs.c.workflow == workflow.name).order_by(runs.c.id)
-    with engine.connect() as connection:
-        return [plain_row(row._mapping) for row in connection.execute(query)]
+    return runs_of(engine, workflow.name)

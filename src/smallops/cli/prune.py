@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from smallops.cli import _common
 from smallops.errors import InputError
 from smallops.project import Project
 from smallops.storage import prune as retention
-from smallops.storage.schema import runs
+from smallops.storage.queries import workflows_logged
 
 
 def register(app: typer.Typer) -> None:
@@ -74,18 +74,10 @@ def _cutoffs(
 ) -> dict[str, Any]:
     """Each workflow to prune, with the time before which its runs lose their content."""
     if older_than is not None:
-        if workflow is not None:
-            return {workflow: older_than}
-        with engine.connect() as connection:
-            names = connection.scalars(select(runs.c.workflow).distinct()).all()
-        return dict.fromkeys(sorted(names), older_than)
+        names = [workflow] if workflow is not None else workflows_logged(engine)
+        return dict.fromkeys(names, older_than)
     workflows = [project.workflow(workflow)] if workflow else list(project.workflows.values())
-    now = datetime.now(timezone.utc)
-    cutoffs = {
-        wf.name: now - timedelta(days=wf.retention_days)
-        for wf in workflows
-        if wf.retention_days is not None
-    }
+    cutoffs = retention.retention_cutoffs({wf.name: wf.retention_days for wf in workflows})
     if not cutoffs:
         which = f"workflow {workflow!r} sets no" if workflow else "no workflow sets"
         raise InputError(

@@ -31,8 +31,8 @@ from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
 from smallops.review.evidence import earlier_versions, workflow_stats
 from smallops.review.export import export_reviewed
-from smallops.review.graduation import graduation_history
 from smallops.review.queue import Decision
+from smallops.storage.graduation_log import graduation_history
 
 app = typer.Typer(
     help="The review queue: list, decide, measure, export.",

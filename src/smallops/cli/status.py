@@ -2,34 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import typer
 from rich.markup import escape
-from sqlalchemy import select
 
 from smallops.cli import _common
 from smallops.project import Project
+from smallops.resilience.status import REFUSALS_HOURS, GuardStatus, Source, guard_status
 from smallops.review.queue import ReviewQueue
 from smallops.storage.quarantine import Quarantine
-from smallops.storage.queries import guard_refusals
-from smallops.storage.schema import guard_events
 from smallops.storage.writer import quarantine_for
 from smallops.workflow import Workflow
 
 #: Whose state a breaker or rate-limit line shows: the one shared through Redis, this
 #: process's own (no Redis set), or this process's fallback while Redis does not answer (the
 #: shared state is then unknown).
-SOURCES = {
+SOURCES: dict[Source, str] = {
     "shared": "shared (Redis)",
     "process": "this process only",
     "fallback": "this process's fallback: Redis is unreachable, the shared state is unknown",
 }
-
-
-#: How far back `status` counts the calls a guard refused.
-REFUSALS_HOURS = 24
 
 
 def register(app: typer.Typer) -> None:
@@ -82,54 +76,24 @@ def _set_aside(quarantine: Quarantine) -> dict[str | None, dict[str, Any]]:
 def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
     guards = wf.plan().guards
     assert guards is not None
-    breaker = None
-    if guards.breaker is not None and guards.breaker_config is not None:
-        breaker = {
-            "shared": guards.breaker.needs_io,
-            **guards.breaker.state(guards.breaker_key, guards.breaker_config),
-        }
-    engine = project.engine()
-    refusals = guard_refusals(
-        engine, wf.name, datetime.now(timezone.utc) - timedelta(hours=REFUSALS_HOURS)
-    )
-    with engine.connect() as connection:
-        events = connection.execute(
-            select(guard_events)
-            .where(guard_events.c.workflow == wf.name)
-            .order_by(guard_events.c.at.desc())
-            .limit(5)
-        ).all()
-    rate_limits = guards.rate.headroom() if guards.rate is not None else []
-    budget = guards.budget.usage() if guards.budget is not None else []
-    # After the reads above: a shared store that failed them now says it is degraded.
-    degraded = [
-        {key: value for key, value in found.items() if key != "decision"}
-        for guard in (guards.rate, guards.breaker, guards.budget)
-        if guard is not None and (found := guard.degraded()) is not None
-    ]
-    down = {outage["guard"] for outage in degraded}
-    rate_shared = bool(guards.rate is not None and guards.rate.needs_io)
-    if breaker is not None:
-        breaker["source"] = _source(breaker["shared"], "breaker" in down)
+    found = guard_status(project.engine(), wf.name, guards)
+    return _row(found, queued)
+
+
+def _row(found: GuardStatus, queued: int) -> dict[str, Any]:
+    """What --json prints for a workflow (set_aside is added after), in this key order."""
     return {
-        "workflow": wf.name,
-        "breaker": breaker,
-        "rate_limits": rate_limits,
-        "rate_limits_shared": rate_shared,
-        "rate_limits_source": _source(rate_shared, "rate_limit" in down),
-        "budget": budget,
-        "degraded": degraded,
-        "refusals": refusals,
+        "workflow": found.workflow,
+        "breaker": found.breaker,
+        "rate_limits": found.rate_limits,
+        "rate_limits_shared": found.rate_limits_shared,
+        "rate_limits_source": found.rate_limits_source,
+        "budget": found.budget,
+        "degraded": found.degraded,
+        "refusals": found.refusals,
         "queued_for_review": queued,
-        "recent_events": [
-            {"guard": e.guard, "after": e.after, "reason": e.reason, "at": e.at} for e in events
-        ],
+        "recent_events": found.recent_events,
     }
-
-
-def _source(shared: bool, down: bool) -> str:
-    """A key of SOURCES."""
-    return "process" if not shared else "fallback" if down else "shared"
 
 
 def _print(row: dict[str, Any]) -> None:

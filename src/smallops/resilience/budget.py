@@ -24,15 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from smallops.errors import ConfigError
 from smallops.resilience.shared import SharedStore
+from smallops.storage import guard_log
 from smallops.storage.db import write_transaction
-from smallops.storage.schema import budget_spend, runs
 
 log = logging.getLogger("smallops")
 BUDGET_WAIT = 2.0  # seconds a call waits for its reservation before the budget is unavailable
@@ -138,19 +136,9 @@ class BudgetLedger:
         amount = reservation.amount
         for period, start, cap in self.periods():
             spent = self._row(connection, period, start)
-            held = connection.execute(
-                update(budget_spend)
-                .where(
-                    budget_spend.c.workflow == self.workflow,
-                    budget_spend.c.period == period,
-                    budget_spend.c.spent_usd + amount <= cap,
-                )
-                .values(
-                    spent_usd=budget_spend.c.spent_usd + amount,
-                    updated_at=datetime.now(timezone.utc),
-                )
-            ).rowcount
-            if held != 1:  # the transaction is rolled back: nothing held anywhere
+            now = datetime.now(timezone.utc)
+            held = guard_log.hold_spend(connection, self.workflow, period, amount, cap, now)
+            if not held:  # the transaction is rolled back: nothing held anywhere
                 kind = _KIND[period.split(":")[0]]
                 raise _Refused(
                     f"{kind} budget of ${cap:g} spent (${spent:.4f} used; "
@@ -170,27 +158,16 @@ class BudgetLedger:
             return
         change = actual - reservation.amount
         with self._engine().begin() as connection:
-            connection.execute(
-                update(budget_spend)
-                .where(
-                    budget_spend.c.workflow == self.workflow,
-                    budget_spend.c.period.in_(reservation.periods),
-                )
-                .values(spent_usd=budget_spend.c.spent_usd + change)
-            )
+            guard_log.adjust_spend(connection, self.workflow, reservation.periods, change)
 
     def usage(self) -> list[dict[str, Any]]:
         """Spend per period against its cap (for `smallops status`)."""
         rows = []
         with self._engine().connect() as connection:
             for period, start, cap in self.periods():
-                spent = connection.execute(
-                    select(budget_spend.c.spent_usd).where(
-                        budget_spend.c.workflow == self.workflow, budget_spend.c.period == period
-                    )
-                ).scalar()
+                spent = guard_log.period_spend(connection, self.workflow, period)
                 if spent is None:
-                    spent = _recorded(connection, self.workflow, start)
+                    spent = guard_log.spend_since(connection, self.workflow, start)
                 rows.append(
                     {
                         "period": period,
@@ -203,25 +180,12 @@ class BudgetLedger:
 
     def _row(self, connection: Connection, period: str, start: datetime) -> float:
         """The period's spend, creating its row from the recorded costs the first time."""
-        spent = connection.execute(
-            select(budget_spend.c.spent_usd)
-            .where(budget_spend.c.workflow == self.workflow, budget_spend.c.period == period)
-            .with_for_update()
-        ).scalar()
+        spent = guard_log.period_spend(connection, self.workflow, period, lock=True)
         if spent is not None:
-            return float(spent)
-        recorded = _recorded(connection, self.workflow, start)
-        insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
-        connection.execute(
-            insert(budget_spend)
-            .values(
-                workflow=self.workflow,
-                period=period,
-                spent_usd=recorded,
-                updated_at=datetime.now(timezone.utc),
-            )
-            .on_conflict_do_nothing()
-        )
+            return spent
+        recorded = guard_log.spend_since(connection, self.workflow, start)
+        now = datetime.now(timezone.utc)
+        guard_log.open_period(connection, self.workflow, period, recorded, now)
         return self._row(connection, period, start)
 
 
@@ -258,12 +222,3 @@ def _reserver() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="smallops-reserve")
         return _pool
-
-
-def _recorded(connection: Connection, workflow: str, start: datetime) -> float:
-    total = connection.execute(
-        select(func.coalesce(func.sum(runs.c.cost_usd), 0.0)).where(
-            runs.c.workflow == workflow, runs.c.started_at >= start
-        )
-    ).scalar()
-    return float(total or 0.0)

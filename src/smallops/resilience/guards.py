@@ -23,7 +23,7 @@ from smallops.ids import uuid7
 from smallops.pricing import price_run
 from smallops.providers.base import ProviderError
 from smallops.records import Usage
-from smallops.storage.schema import guard_events
+from smallops.storage.guard_log import record_guard_event
 
 if TYPE_CHECKING:
     from smallops.records import Pricing
@@ -77,8 +77,7 @@ class EventLog:
 
     def _write(self, row: dict[str, Any]) -> None:
         try:
-            with self._engine().begin() as connection:
-                connection.execute(guard_events.insert().values(**row))
+            record_guard_event(self._engine(), row)
         except Exception as exc:  # the database may be down; the warning above was logged
             log.warning("smallops: could not record a guard event: %s", exc)
 

@@ -18,27 +18,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine
 
 from smallops.ids import uuid7
 from smallops.pinning import parse_model
-from smallops.review.policy import GRADUATION_ROUTES, ReviewPolicy, until_graduated
+from smallops.review.policy import ReviewPolicy, until_graduated
 from smallops.stats import clopper_pearson_lower, reviews_needed
+from smallops.storage import graduation_log
 from smallops.storage.db import write_transaction
-from smallops.storage.queries import PRODUCTION
-from smallops.storage.schema import (
-    graduation_events,
-    prompt_versions,
-    review_decisions,
-    review_items,
-    runs,
-)
+from smallops.storage.graduation_log import lock_standings
 
 if TYPE_CHECKING:
     from smallops.workflow import Workflow
-
-FINAL_ACTIONS = ("approve", "correct", "reject")
-GRADUATION_LOCK = 7_465_302  # Postgres advisory lock id: one process changes standings at a time
 
 
 class Key(NamedTuple):
@@ -120,25 +111,11 @@ def review_evidence(
     connection: Connection, workflow: str, pinned: str, prompt_version: str
 ) -> dict[Key, list[tuple[bool, datetime]]]:
     """Per key: (approved without edits, when) for each final decision on a policy review."""
-    query = (
-        select(
-            review_decisions.c.action,
-            review_decisions.c.decided_at,
-            review_items.c.classes,
-            review_items.c.prompt_version,
-            review_items.c.model_served,
-        )
-        .join(review_items, review_items.c.run_id == review_decisions.c.run_id)
-        .where(review_decisions.c.workflow == workflow)
-        .where(review_decisions.c.action.in_(FINAL_ACTIONS))
-        .where(review_items.c.reason == "policy")
-        .where(review_items.c.prompt_version == prompt_version)
-    )
     evidence: dict[Key, list[tuple[bool, datetime]]] = defaultdict(list)
-    for row in connection.execute(query):
-        for class_key in row.classes or []:
+    for row in graduation_log.policy_decisions(connection, workflow, prompt_version):
+        for class_key in row.classes:
             key = Key(class_key, row.prompt_version, row.model_served or pinned)
-            evidence[key].append((row.action == "approve", _aware(row.decided_at)))
+            evidence[key].append((row.action == "approve", row.decided_at))
     return evidence
 
 
@@ -147,19 +124,13 @@ def standings(
 ) -> dict[Key, Standing]:
     """Per key of a prompt version with graduation events: promoted or not, and its latest
     demotion."""
-    query = (
-        select(graduation_events)
-        .where(graduation_events.c.workflow == workflow)
-        .where(graduation_events.c.prompt_version == prompt_version)
-        .order_by(graduation_events.c.at, graduation_events.c.id)
-    )
     found: dict[Key, Standing] = {}
-    for event in connection.execute(query):
-        key = Key(event.class_key, event.prompt_version, event.model or pinned)
-        if event.action == "promote":
+    for event in graduation_log.graduation_events_of(connection, workflow, prompt_version):
+        key = Key(event["class_key"], event["prompt_version"], event["model"] or pinned)
+        if event["action"] == "promote":
             found[key] = Standing(True, found.get(key, Standing()).since)
         else:
-            found[key] = Standing(False, _aware(event.at))
+            found[key] = Standing(False, event["at"])
     return found
 
 
@@ -183,36 +154,13 @@ def workflow_stats(engine: Engine, wf: Workflow[Any]) -> list[ClassStats]:
 def earlier_versions(engine: Engine, workflow: str, prompt_version: str) -> dict[str, int]:
     """Reviews per earlier prompt version of a workflow (final decisions on policy reviews), the
     most recently reviewed first: they no longer count, but they show where graduation stood."""
-    last = func.max(review_decisions.c.decided_at)
-    query = (
-        select(review_items.c.prompt_version, func.count(), last)
-        .join(review_items, review_items.c.run_id == review_decisions.c.run_id)
-        .where(review_decisions.c.workflow == workflow)
-        .where(review_decisions.c.action.in_(FINAL_ACTIONS))
-        .where(review_items.c.reason == "policy")
-        .where(review_items.c.prompt_version != prompt_version)
-        .group_by(review_items.c.prompt_version)
-        .order_by(last.desc())
-    )
-    with engine.connect() as connection:
-        return {version: count for version, count, _ in connection.execute(query)}
+    return graduation_log.reviews_per_earlier_version(engine, workflow, prompt_version)
 
 
 def served_model(engine: Engine, workflow: str, prompt_version: str, pinned: str) -> str:
     """The model that served the latest production output routed by graduation, on this prompt
     version (the pinned model when there is none, or the provider named none)."""
-    query = (
-        select(runs.c.model_served)
-        .where(runs.c.workflow == workflow)
-        .where(runs.c.prompt_version == prompt_version)
-        .where(runs.c.review_route.in_(GRADUATION_ROUTES))
-        .where(PRODUCTION)
-        .order_by(runs.c.started_at.desc())
-        .limit(1)
-    )
-    with engine.connect() as connection:
-        model: str | None = connection.execute(query).scalar()
-    return model or pinned
+    return graduation_log.latest_graduation_model(engine, workflow, prompt_version) or pinned
 
 
 def changes(stats: list[ClassStats], policy: ReviewPolicy) -> list[tuple[ClassStats, str, str]]:
@@ -254,7 +202,7 @@ def record(
             if standing.get(row.key, Standing()) == row.standing
         ]
         if events:
-            connection.execute(graduation_events.insert(), events)
+            graduation_log.add_graduation_events(connection, events)
     for event in events:
         key = Key(event["class_key"], event["prompt_version"], event["model"])
         promoted = event["action"] == "promote"
@@ -266,9 +214,7 @@ def record(
 def demote_for_audit(connection: Connection, item: dict[str, Any], reason: str) -> list[Key]:
     """In a failed audit's decision transaction: demote the keys of the audited output that are
     promoted (its classes, for its prompt version and served model); return them."""
-    pin = connection.execute(
-        select(prompt_versions.c.model).where(prompt_versions.c.id == item["prompt_version"])
-    ).scalar()
+    pin = graduation_log.pinned_model_of(connection, item["prompt_version"])
     pinned = parse_model(pin).model if pin else ""
     lock_standings(connection)
     standing = standings(connection, item["workflow"], pinned, item["prompt_version"])
@@ -276,17 +222,10 @@ def demote_for_audit(connection: Connection, item: dict[str, Any], reason: str) 
     keys = [Key(class_key, item["prompt_version"], model) for class_key in item["classes"]]
     demoted = [key for key in keys if standing.get(key, Standing()).promoted]
     if demoted:
-        connection.execute(
-            graduation_events.insert(),
-            [event_row(item["workflow"], key, "demote", reason) for key in demoted],
+        graduation_log.add_graduation_events(
+            connection, [event_row(item["workflow"], key, "demote", reason) for key in demoted]
         )
     return demoted
-
-
-def lock_standings(connection: Connection) -> None:
-    """Serialise changes of standing: SQLite's write transactions already are serial."""
-    if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({GRADUATION_LOCK})")
 
 
 def event_row(
@@ -360,7 +299,3 @@ def _advice(
     if reviewed and approvals <= policy.target * reviewed:
         return "keep reviewing: the approval rate is below the target"
     return "keep reviewing: the approval rate is too close to the target to prove it"
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

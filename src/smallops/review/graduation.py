@@ -17,28 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any
-
-from sqlalchemy import Engine, select
 
 from smallops.review.evidence import Key, changes, class_stats, record
 from smallops.review.policy import ReviewPolicy
-from smallops.storage.schema import graduation_events
 
 log = logging.getLogger("smallops")
 REFRESH_EVERY = 30.0  # seconds
-
-
-def graduation_history(engine: Engine, workflow: str) -> list[dict[str, Any]]:
-    """Every promotion and demotion of a workflow's classes, oldest first."""
-    query = (
-        select(graduation_events)
-        .where(graduation_events.c.workflow == workflow)
-        .order_by(graduation_events.c.at, graduation_events.c.id)
-    )
-    with engine.connect() as connection:
-        return [{**row._mapping, "at": _aware(row.at)} for row in connection.execute(query)]
 
 
 class Graduation:
@@ -120,7 +105,3 @@ class Graduation:
             log.warning("smallops: graduation refresh for %s failed: %s", self.workflow, exc)
         finally:
             self._refreshing = False
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

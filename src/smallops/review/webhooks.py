@@ -35,12 +35,12 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, func, or_, select, update
+from sqlalchemy import Connection, Engine
 
 from smallops.ids import uuid7
+from smallops.storage import webhook_log
 from smallops.storage.db import write_transaction
 from smallops.storage.health import first_line
-from smallops.storage.schema import review_items, webhook_deliveries
 
 if TYPE_CHECKING:
     from smallops.workflow import Workflow
@@ -112,17 +112,18 @@ def enqueue(connection: Connection, url: str, decision: dict[str, Any]) -> str:
         default=str,
     )
     now = datetime.now(timezone.utc)
-    connection.execute(
-        webhook_deliveries.insert().values(
-            id=message_id,
-            run_id=decision["run_id"],
-            url=url,
-            payload=body,
-            state="pending",
-            attempts=0,
-            created_at=now,
-            next_attempt_at=now,
-        )
+    webhook_log.add_delivery(
+        connection,
+        {
+            "id": message_id,
+            "run_id": decision["run_id"],
+            "url": url,
+            "payload": body,
+            "state": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "next_attempt_at": now,
+        },
     )
     return message_id
 
@@ -194,15 +195,7 @@ def deliver_due(
 
 def waiting(engine: Engine) -> dict[str, int]:
     """Deliveries not yet delivered, by the workflow whose decision they carry."""
-    query = (
-        select(review_items.c.workflow, func.count())
-        .select_from(webhook_deliveries)
-        .join(review_items, review_items.c.run_id == webhook_deliveries.c.run_id)
-        .where(webhook_deliveries.c.state == "pending")
-        .group_by(review_items.c.workflow)
-    )
-    with engine.connect() as connection:
-        return {workflow: int(count) for workflow, count in connection.execute(query)}
+    return webhook_log.waiting_per_workflow(engine)
 
 
 class _Claim(NamedTuple):
@@ -230,14 +223,7 @@ def give_back(engine: Engine | None = None, run_ids: Collection[str] | None = No
             del _held[delivery]
     given = 0
     for delivery, claim in chosen.items():
-        with claim.engine.begin() as connection:
-            given += connection.execute(
-                update(webhook_deliveries)
-                .where(webhook_deliveries.c.id == delivery)
-                .where(webhook_deliveries.c.state == "pending")
-                .where(webhook_deliveries.c.claimed_until == claim.until)
-                .values(claimed_until=None)
-            ).rowcount
+        given += webhook_log.release_lease(claim.engine, delivery, claim.until)
     return given
 
 
@@ -255,31 +241,11 @@ def _claim_next(
 ) -> dict[str, Any] | None:
     """Lease the next due delivery of one of `workflows`, with its workflow's name."""
     now = datetime.now(timezone.utc)
-    deliveries = webhook_deliveries.c
-    query = (
-        select(webhook_deliveries, review_items.c.workflow)
-        .join(review_items, review_items.c.run_id == deliveries.run_id)
-        .where(deliveries.state == "pending")
-        .where(deliveries.next_attempt_at <= now)
-        .where(or_(deliveries.claimed_until.is_(None), deliveries.claimed_until < now))
-        .where(review_items.c.workflow.in_(list(workflows)))
-        .order_by(deliveries.next_attempt_at, deliveries.id)
-        .limit(1)
-        .with_for_update(skip_locked=True, of=webhook_deliveries)
-    )
-    if run_id is not None:
-        query = query.where(deliveries.run_id == run_id)
     until = now + LEASE
     with write_transaction(engine) as connection:
-        row = connection.execute(query).first()
-        if row is None:
+        delivery = webhook_log.claim_due(connection, workflows, run_id, now, until)
+        if delivery is None:
             return None
-        delivery = dict(row._mapping)
-        connection.execute(
-            update(webhook_deliveries)
-            .where(deliveries.id == delivery["id"])
-            .values(claimed_until=until)
-        )
     with _held_lock:
         _held[delivery["id"]] = _Claim(engine, delivery["run_id"], until)
     return delivery
@@ -337,12 +303,6 @@ def _settle(engine: Engine, delivery: dict[str, Any], error: str | None) -> None
             "last_error": error,
             "next_attempt_at": now + timedelta(seconds=backoff),
         }
-    with engine.begin() as connection:
-        connection.execute(
-            update(webhook_deliveries)
-            .where(webhook_deliveries.c.id == delivery["id"])
-            .where(webhook_deliveries.c.state == "pending")
-            .values(**values)
-        )
+    webhook_log.settle_delivery(engine, delivery["id"], values)
     with _held_lock:
         _held.pop(delivery["id"], None)

@@ -11,9 +11,9 @@ finished by running it again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, null, or_, select, update
@@ -39,6 +39,19 @@ class PruneCount:
     before: datetime
     runs: int = 0
     kept_for_review: int = 0
+
+
+def retention_cutoffs(
+    retention_days: Mapping[str, int | None], now: datetime | None = None
+) -> dict[str, datetime]:
+    """Each workflow that sets a retention, with the time before which its runs lose their
+    content; workflows whose retention is None are left out."""
+    now = now or datetime.now(timezone.utc)
+    return {
+        workflow: now - timedelta(days=days)
+        for workflow, days in retention_days.items()
+        if days is not None
+    }
 
 
 def prunable(workflow: str, before: datetime) -> Any:

@@ -189,6 +189,19 @@ def plain_row(mapping: Any) -> dict[str, Any]:
     return out
 
 
+def workflows_logged(engine: Engine) -> list[str]:
+    """The name of every workflow with runs in the log, sorted."""
+    with engine.connect() as connection:
+        return sorted(connection.scalars(select(runs.c.workflow).distinct()).all())
+
+
+def runs_of(engine: Engine, workflow: str) -> list[dict[str, Any]]:
+    """Every run of a workflow, whole, oldest first."""
+    query = select(runs).where(runs.c.workflow == workflow).order_by(runs.c.id)
+    with engine.connect() as connection:
+        return [plain_row(row._mapping) for row in connection.execute(query)]
+
+
 def latest_batch(engine: Engine, file_key: str) -> str | None:
     """The newest batch id of a file (ids are `<file key>/<time-ordered id>`), if any."""
     query = select(func.max(runs.c.batch_id)).where(

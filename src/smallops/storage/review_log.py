@@ -1,0 +1,227 @@
+"""The review queue's rows: items waiting for a human, their leases, and the decisions taken.
+
+Functions that are one step of a caller's transaction (a claim, a decision) take its
+`Connection`; the caller decides where the transaction begins and ends. `lock_item` and
+`next_free_item` lock what they read (`FOR UPDATE`, and `SKIP LOCKED` for a claim, on Postgres;
+SQLite's write lock serialises them otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, or_, select, update
+
+from smallops.ids import uuid7
+from smallops.storage.queries import plain_row, run_id_matches
+from smallops.storage.schema import prompt_versions, review_decisions, review_items, runs
+
+
+def item_ids_matching(connection: Connection, given: str) -> list[str]:
+    """Up to two run ids of queued items that `given` may stand for (`run_id_matches`)."""
+    column = review_items.c.run_id
+    query = select(column).where(run_id_matches(column, given)).limit(2)
+    return [str(found) for found in connection.execute(query).scalars().all()]
+
+
+def list_items(
+    connection: Connection, workflow: str | None, state: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Items with their runs' inputs and content mode: pending ones oldest first, others newest
+    first; every state when `state` is None, every workflow when `workflow` is None."""
+    query = (
+        select(review_items, runs.c.inputs, runs.c.content)
+        .join(runs, runs.c.id == review_items.c.run_id, isouter=True)
+        .limit(limit)
+    )
+    if state:
+        query = query.where(review_items.c.state == state)
+    if workflow:
+        query = query.where(review_items.c.workflow == workflow)
+    order = review_items.c.created_at
+    query = query.order_by(order if state == "pending" else order.desc())
+    return [plain_row(row._mapping) for row in connection.execute(query)]
+
+
+def pending_counts(connection: Connection) -> dict[str, int]:
+    """Pending items per workflow."""
+    query = (
+        select(review_items.c.workflow, func.count())
+        .where(review_items.c.state == "pending")
+        .group_by(review_items.c.workflow)
+    )
+    return {name: int(count) for name, count in connection.execute(query)}
+
+
+def item_with_run(connection: Connection, run_id: str) -> dict[str, Any] | None:
+    """One item with its run's inputs, messages, status and error, and its prompt template."""
+    row = connection.execute(
+        select(
+            review_items,
+            runs.c.inputs,
+            runs.c.messages,
+            runs.c.status,
+            runs.c.error_message,
+            prompt_versions.c.template,
+        )
+        .join(runs, runs.c.id == review_items.c.run_id, isouter=True)
+        .join(
+            prompt_versions,
+            prompt_versions.c.id == review_items.c.prompt_version,
+            isouter=True,
+        )
+        .where(review_items.c.run_id == run_id)
+    ).first()
+    return plain_row(row._mapping) if row is not None else None
+
+
+def decision_history(connection: Connection, run_id: str) -> list[dict[str, Any]]:
+    """Every decision row of a run (skips and releases too), oldest first."""
+    history = connection.execute(
+        select(review_decisions)
+        .where(review_decisions.c.run_id == run_id)
+        .order_by(review_decisions.c.id)
+    ).all()
+    return [plain_row(row._mapping) for row in history]
+
+
+def item_row(connection: Connection, run_id: str) -> dict[str, Any] | None:
+    """One item's own row, unlocked."""
+    row = connection.execute(select(review_items).where(review_items.c.run_id == run_id)).first()
+    return plain_row(row._mapping) if row is not None else None
+
+
+def lock_item(connection: Connection, run_id: str) -> dict[str, Any] | None:
+    """One item's own row, locked until the caller's transaction ends."""
+    row = connection.execute(
+        select(review_items).where(review_items.c.run_id == run_id).with_for_update()
+    ).first()
+    return plain_row(row._mapping) if row is not None else None
+
+
+def next_free_item(
+    connection: Connection,
+    reviewer: str,
+    now: datetime,
+    workflow: str | None,
+    exclude: Collection[str],
+) -> str | None:
+    """The run id of the oldest pending item that is free (unclaimed, its lease expired, or
+    held by `reviewer`) and not in `exclude`, locked; rows other claims lock are skipped."""
+    query = (
+        select(review_items.c.run_id)
+        .where(review_items.c.state == "pending")
+        .where(
+            or_(
+                review_items.c.claimed_until.is_(None),
+                review_items.c.claimed_until < now,
+                review_items.c.claimed_by == reviewer,
+            )
+        )
+        .order_by(review_items.c.created_at, review_items.c.run_id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if workflow:
+        query = query.where(review_items.c.workflow == workflow)
+    if exclude:
+        query = query.where(review_items.c.run_id.not_in(list(exclude)))
+    found: str | None = connection.execute(query).scalar()
+    return found
+
+
+def set_claim(connection: Connection, run_id: str, reviewer: str, until: datetime) -> None:
+    """Lease an item to `reviewer` until `until`."""
+    connection.execute(
+        update(review_items)
+        .where(review_items.c.run_id == run_id)
+        .values(claimed_by=reviewer, claimed_until=until)
+    )
+
+
+def clear_claim(connection: Connection, run_id: str) -> None:
+    """Give an item's lease back, whoever holds it."""
+    connection.execute(
+        update(review_items)
+        .where(review_items.c.run_id == run_id)
+        .values(claimed_by=None, claimed_until=None)
+    )
+
+
+def clear_claim_of(connection: Connection, run_id: str, reviewer: str) -> int:
+    """Give back the lease `reviewer` holds on a pending item; how many rows changed (0 or 1)."""
+    return connection.execute(
+        update(review_items)
+        .where(review_items.c.run_id == run_id)
+        .where(review_items.c.claimed_by == reviewer)
+        .where(review_items.c.state == "pending")
+        .values(claimed_by=None, claimed_until=None)
+    ).rowcount
+
+
+def mark_decided(
+    connection: Connection,
+    run_id: str,
+    *,
+    state: str,
+    reviewer: str,
+    at: datetime,
+    final_output: Any,
+    reason: str | None,
+) -> int:
+    """Mark a pending item decided and free its lease; how many rows changed (0 or 1)."""
+    return connection.execute(
+        update(review_items)
+        .where(and_(review_items.c.run_id == run_id, review_items.c.state == "pending"))
+        .values(
+            state=state,
+            decided_by=reviewer,
+            decided_at=at,
+            final_output=final_output,
+            reject_reason=reason,
+            claimed_by=None,
+            claimed_until=None,
+        )
+    ).rowcount
+
+
+def append_decision(
+    connection: Connection,
+    item: dict[str, Any],
+    action: str,
+    reviewer: str,
+    at: datetime,
+    before: Any,
+    after: Any,
+    reason: str | None,
+) -> None:
+    """Append one decision row (who did what to `item`, when, the output before and after)."""
+    connection.execute(
+        review_decisions.insert().values(
+            id=uuid7(),
+            run_id=item["run_id"],
+            workflow=item["workflow"],
+            action=action,
+            reviewer=reviewer,
+            decided_at=at,
+            output_before=before,
+            output_after=after,
+            reason=reason,
+            route=item["route"],
+        )
+    )
+
+
+def note_hook_error(connection: Connection, run_id: str, error: str) -> None:
+    """Write `error` on the latest decision row of a run."""
+    latest = connection.execute(
+        select(review_decisions.c.id)
+        .where(review_decisions.c.run_id == run_id)
+        .order_by(review_decisions.c.id.desc())
+        .limit(1)
+    ).scalar()
+    connection.execute(
+        update(review_decisions).where(review_decisions.c.id == latest).values(hook_error=error)
+    )
