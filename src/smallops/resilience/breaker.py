@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from smallops.config import check_redis_url
 from smallops.errors import MissingExtraError
 from smallops.resilience.shared import SharedStore, redis_errors, redis_timeouts
+from smallops.storage.db import safe_url
 
 if TYPE_CHECKING:
     import redis
@@ -398,8 +399,6 @@ def reset_memory() -> None:
 
 
 def _redis_store(redis_url: str) -> BreakerStore:
-    from smallops.storage.db import safe_url
-
     shared = RedisBreakerStore(redis_url)
     where = f"Redis at {safe_url(redis_url)}"
     return FallbackBreakerStore(

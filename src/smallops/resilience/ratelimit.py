@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from smallops.config import check_redis_url
 from smallops.errors import ConfigError, MissingExtraError
 from smallops.resilience.shared import SharedStore, redis_errors, redis_timeouts
+from smallops.storage.db import safe_url
 
 T = TypeVar("T")
 _storages: dict[str, Any] = {}
@@ -46,8 +47,6 @@ def _storage(redis_url: str | None) -> Any:
 
 def _shared_store(redis_url: str) -> SharedStore:
     """One per Redis URL per process, so an outage is noticed (and logged) once."""
-    from smallops.storage.db import safe_url
-
     with _lock:
         if redis_url not in _shared_stores:
             _shared_stores[redis_url] = SharedStore(
