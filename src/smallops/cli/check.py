@@ -11,7 +11,7 @@ from smallops.cli import _common
 from smallops.errors import SmallopsError
 from smallops.evals.baseline import baseline_path, read_baseline
 from smallops.evals.dataset import load_cases
-from smallops.evals.runner import UNJUDGED
+from smallops.kinds import UNJUDGED
 from smallops.project import Project
 from smallops.storage.schema import eval_runs
 from smallops.workflow import Workflow
