@@ -150,23 +150,24 @@ def save_eval_run(
                 summary=run.summary,
             )
         )
-        connection.execute(
-            eval_results.insert(),
-            [
-                {
-                    "eval_run_id": run.id,
-                    "case_id": result.case_id,
-                    "repeat": result.repeat,
-                    "run_id": result.run_id,
-                    "passed": result.passed,
-                    "cached": result.cached,
-                    "output": result.output,
-                    "error": result.error,
-                    "checks": result.checks,
-                }
-                for result in results
-            ],
-        )
+        if results:  # (an empty list would insert one row of defaults)
+            connection.execute(
+                eval_results.insert(),
+                [
+                    {
+                        "eval_run_id": run.id,
+                        "case_id": result.case_id,
+                        "repeat": result.repeat,
+                        "run_id": result.run_id,
+                        "passed": result.passed,
+                        "cached": result.cached,
+                        "output": result.output,
+                        "error": result.error,
+                        "checks": result.checks,
+                    }
+                    for result in results
+                ],
+            )
     return cost
 
 
