@@ -47,3 +47,6 @@ PRUNED = "pruned"
 #: Who made a call: the application, the eval runner, or a secondary-model fallback.
 Origin = Literal["app", "eval", "fallback"]
 ORIGINS: tuple[Origin, ...] = get_args(Origin)
+
+#: The verdict an eval run records when the model left cases unanswered: it judged nothing.
+UNJUDGED = "unjudged"

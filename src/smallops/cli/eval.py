@@ -13,11 +13,9 @@ from rich.table import Table
 from smallops.cli import _common
 from smallops.errors import ConfigError
 from smallops.evals import report
-from smallops.evals.baseline import baseline_path, compare, read_baseline, write_baseline
-from smallops.evals.dataset import Case, load_cases
-from smallops.evals.runner import UNJUDGED, EvalRun, estimate_cost, record_verdict, run_eval
+from smallops.evals.gate import GateOutcome, PreparedEval, prepare_eval, run_gate
+from smallops.evals.runner import EvalRun
 from smallops.evals.verdict import GateResult
-from smallops.workflow import Workflow
 
 HELP = """Run WORKFLOW's eval set (every workflow when none is named) through the real path.
 
@@ -59,80 +57,38 @@ def eval_command(
     for wf in chosen:
         if model:
             wf = wf.replace(model=model)
-        run, gate = _evaluate(wf, repeat, concurrency, not no_cache, ci, update_baseline, as_json)
-        markdowns.append(report.markdown(run, gate))
-        junits.append(report.junit(run, gate))
-        if run.unanswered() is not None:
+        prepared = prepare_eval(wf, repeat=repeat, ci=ci)
+        _print_estimate(prepared)
+        outcome = _run_with_progress(prepared, concurrency, not no_cache, update_baseline)
+        _print_outcome(outcome, ci, not no_cache, update_baseline, as_json)
+        markdowns.append(report.markdown(outcome.run, outcome.gate))
+        junits.append(report.junit(outcome.run, outcome.gate))
+        if outcome.unanswered is not None:
             worst = 2
-        elif gate is not None and gate.verdict == "regression":
+        elif outcome.gate is not None and outcome.gate.verdict == "regression":
             worst = max(worst, 1)
     _write_outputs(markdowns, junits, markdown_file, junit_file, ci)
     if worst:
         raise typer.Exit(worst)
 
 
-def _evaluate(
-    wf: Workflow[Any],
-    repeat: int,
-    concurrency: int,
-    use_cache: bool,
-    ci: bool,
-    update_baseline: bool,
-    as_json: bool,
-) -> tuple[EvalRun, GateResult | None]:
-    fields = set(wf.output.model_fields) if wf.output is not None else {"text"}
-    cases = load_cases(wf.evals_path, variables=wf.prompt.variables, fields=fields)
-    wf.provider.check()
-    baseline = read_baseline(baseline_path(wf.evals_path))
-    if ci and baseline is None:
-        raise ConfigError(
-            f"{wf.name} has no baseline at {baseline_path(wf.evals_path)}",
-            hint=f"run `smallops eval {wf.name} --update-baseline` and commit the file",
-        )
-    calls = len(cases) * repeat
-    estimate, tokens = estimate_cost(wf, cases, calls)
-    say = _common.err.print
-    say(
-        f"{wf.name}: {len(cases)} cases x {repeat} on {wf.model}, prompt {wf.version.id}; "
-        f"at most {calls} calls, about {tokens:,} tokens, "
+def _print_estimate(prepared: PreparedEval) -> None:
+    wf, estimate = prepared.workflow, prepared.estimate_usd
+    _common.err.print(
+        f"{wf.name}: {len(prepared.cases)} cases x {prepared.repeat} on {wf.model}, "
+        f"prompt {wf.version.id}; at most {prepared.calls} calls, about {prepared.tokens:,} "
+        "tokens, "
         + ("unpriced" if estimate is None else f"up to ${estimate:.4f}")
         + " (cached answers cost nothing)",
         markup=False,
     )
-    run = _run_with_progress(wf, cases, repeat, concurrency, use_cache)
-    engine = wf.plan().writer.store.engine
-    unanswered = run.unanswered()
-    if unanswered is not None:
-        record_verdict(engine, run.id, UNJUDGED)
-        judge = "the gate" if ci else "this eval"
-        _common.err.print(
-            f"error: {wf.name}: {unanswered}: {judge} cannot judge the prompt"
-            + ("; the baseline was not written" if update_baseline else "")
-            + "; run it again once the model answers"
-            + (" (the answers that came are cached)" if use_cache else ""),
-            markup=False,
-        )
-        if as_json:
-            _common.print_json(_summary(run, None))
-        return run, None
-    gate = compare(baseline, run) if (ci and baseline is not None) else None
-    if gate is not None:
-        record_verdict(engine, run.id, gate.verdict)
-    if update_baseline:
-        write_baseline(baseline_path(wf.evals_path), run)
-        say(f"baseline written to {baseline_path(wf.evals_path)}: commit it", markup=False)
-    if as_json:
-        _common.print_json(_summary(run, gate))
-    else:
-        _print_run(run, gate)
-    return run, gate
 
 
 def _run_with_progress(
-    wf: Workflow[Any], cases: list[Case], repeat: int, concurrency: int, use_cache: bool
-) -> EvalRun:
+    prepared: PreparedEval, concurrency: int, use_cache: bool, update_baseline: bool
+) -> GateOutcome:
     progress = Progress(
-        TextColumn(wf.name),
+        TextColumn(prepared.workflow.name),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -140,17 +96,42 @@ def _run_with_progress(
         transient=True,
     )
     with progress:
-        task = progress.add_task("eval", total=len(cases) * repeat)
+        task = progress.add_task("eval", total=prepared.calls)
         return _common.run_async(
-            run_eval(
-                wf,
-                cases,
-                repeat=repeat,
+            run_gate(
+                prepared,
                 concurrency=concurrency,
                 use_cache=use_cache,
+                update_baseline=update_baseline,
                 on_done=lambda: progress.advance(task),
             )
         )
+
+
+def _print_outcome(
+    outcome: GateOutcome, ci: bool, use_cache: bool, update_baseline: bool, as_json: bool
+) -> None:
+    run, gate = outcome.run, outcome.gate
+    if outcome.unanswered is not None:
+        judge = "the gate" if ci else "this eval"
+        _common.err.print(
+            f"error: {run.workflow.name}: {outcome.unanswered}: {judge} cannot judge the prompt"
+            + ("; the baseline was not written" if update_baseline else "")
+            + "; run it again once the model answers"
+            + (" (the answers that came are cached)" if use_cache else ""),
+            markup=False,
+        )
+        if as_json:
+            _common.print_json(_summary(run, None))
+        return
+    if outcome.baseline_written is not None:
+        _common.err.print(
+            f"baseline written to {outcome.baseline_written}: commit it", markup=False
+        )
+    if as_json:
+        _common.print_json(_summary(run, gate))
+    else:
+        _print_run(run, gate)
 
 
 def _print_run(run: EvalRun, gate: GateResult | None) -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smallops.errors import InputError
 from smallops.jsonl import objects
+
+if TYPE_CHECKING:  # the workflow is handed in; this layer never imports it
+    from smallops.workflow import Workflow
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,12 @@ def load_cases(
     if not cases:
         raise InputError(f"eval set {path} has no cases")
     return cases
+
+
+def workflow_cases(workflow: Workflow[Any]) -> list[Case]:
+    """The workflow's eval set, checked against its prompt's variables and output fields."""
+    fields = set(workflow.output.model_fields) if workflow.output is not None else {"text"}
+    return load_cases(workflow.evals_path, variables=workflow.prompt.variables, fields=fields)
 
 
 def _case(

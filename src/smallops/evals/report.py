@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from xml.etree import ElementTree as ET
 
-from smallops.evals.runner import UNJUDGED, EvalRun
+from smallops.evals.runner import EvalRun
 from smallops.evals.verdict import GateResult
+from smallops.kinds import UNJUDGED
 
 ICONS = {"pass": "✅", "inconclusive": "⚠️", "regression": "❌"}
 

@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, func, select
 
 from smallops.error_types import NO_VERDICT
 from smallops.errors import SmallopsError, WorkflowFailed
@@ -32,13 +31,19 @@ from smallops.ids import uuid7
 from smallops.pricing import price_run
 from smallops.records import Usage
 from smallops.storage.db import ensure_schema
-from smallops.storage.schema import eval_cache, eval_results, eval_runs, runs
+from smallops.storage.eval_log import (
+    CacheEntry,
+    CacheScope,
+    EvalResultRow,
+    EvalRunRow,
+    cached_outputs,
+    save_eval_run,
+)
 
 if TYPE_CHECKING:  # the workflow is handed in; this layer never imports it
-    from smallops.workflow import Workflow
+    from sqlalchemy import Engine
 
-#: The verdict stored for a run with unanswered cases: it cannot judge the prompt.
-UNJUDGED = "unjudged"
+    from smallops.workflow import Workflow
 
 
 @dataclass
@@ -170,10 +175,10 @@ async def run_eval(
     """
     evaluated = for_evals(workflow)
     engine = _engine(evaluated)
-    cached = _load_cache(engine, evaluated) if use_cache else {}
+    cached = cached_outputs(engine, _scope(evaluated)) if use_cache else {}
     run = EvalRun(id=uuid7(), workflow=evaluated, cases=cases, repeat=repeat)
     limit = asyncio.Semaphore(concurrency)
-    fresh: list[dict[str, Any]] = []
+    fresh: list[CacheEntry] = []
 
     async def one(case: Case, index: int) -> CaseResult:
         key = cache_key(evaluated.model.model, evaluated.version.id, case.input, index)
@@ -211,9 +216,7 @@ async def run_eval(
                         error_type="internal_error",
                     )
                 output = evaluated.plan().writer.redact.value(_plain(result.output))
-                fresh.append(
-                    {"key": key, "output": output, "run_id": result.run_id, "repeat": index}
-                )
+                fresh.append(CacheEntry(key, output, result.run_id, index))
                 return await _scored(case, index, output, result.run_id, False, evaluated)
             finally:
                 if on_done is not None:
@@ -248,7 +251,7 @@ async def _scored(
 def cached_answers(workflow: Workflow[Any], cases: list[Case], repeat: int) -> set[tuple[str, int]]:
     """The (case id, repeat index) pairs the eval cache holds an answer for."""
     evaluated = for_evals(workflow)
-    cached = _load_cache(_engine(evaluated), evaluated)
+    cached = cached_outputs(_engine(evaluated), _scope(evaluated))
     model, version = evaluated.model.model, evaluated.version.id
     return {
         (case.id, index)
@@ -268,99 +271,44 @@ def _engine(workflow: Workflow[Any]) -> Engine:
     return engine
 
 
-def _load_cache(engine: Engine, workflow: Workflow[Any]) -> dict[str, tuple[Any, str]]:
-    query = select(eval_cache.c.key, eval_cache.c.output, eval_cache.c.run_id).where(
-        eval_cache.c.workflow == workflow.name,
-        eval_cache.c.prompt_version == workflow.version.id,
-        eval_cache.c.model == workflow.model.model,
+def _scope(workflow: Workflow[Any]) -> CacheScope:
+    return CacheScope(workflow.name, workflow.version.id, workflow.model.model)
+
+
+def _store(engine: Engine, workflow: Workflow[Any], run: EvalRun, fresh: list[CacheEntry]) -> None:
+    """The eval run, its results, and the new validated outputs for the cache: one transaction
+    (which also sums what the calls made now cost, onto `run`)."""
+    cost = save_eval_run(
+        engine,
+        EvalRunRow(
+            id=run.id,
+            workflow=workflow.name,
+            prompt_version=workflow.version.id,
+            model=str(workflow.model),
+            dataset=str(workflow.evals_path),
+            cases=len(run.cases),
+            repeat=run.repeat,
+            passed=run.passed,
+            git_commit=workflow.plan().facts.git_commit,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            summary={"scores": run.scores()},
+        ),
+        [
+            EvalResultRow(
+                case_id=r.case.id,
+                repeat=r.repeat,
+                run_id=r.run_id,
+                passed=r.passed,
+                cached=r.cached,
+                output=r.output,
+                error=r.error,
+                checks=[f.__dict__ for f in r.fields],
+            )
+            for r in run.results
+        ],
+        measured=[r.run_id for r in run.results if r.run_id and not r.cached],
+        scope=_scope(workflow),
+        fresh=fresh,
     )
-    with engine.connect() as connection:
-        return {key: (output, run_id) for key, output, run_id in connection.execute(query)}
-
-
-def _store(
-    engine: Engine, workflow: Workflow[Any], run: EvalRun, fresh: list[dict[str, Any]]
-) -> None:
-    """The eval run, its results, and the new validated outputs for the cache: one transaction."""
-    run_ids = [r.run_id for r in run.results if r.run_id and not r.cached]
-    with engine.begin() as connection:
-        if run_ids:
-            costs = connection.execute(
-                select(func.sum(runs.c.cost_usd), func.count(), func.count(runs.c.cost_usd)).where(
-                    runs.c.id.in_(run_ids)
-                )
-            ).one()
-            run.cost_usd = float(costs[0] or 0.0) if costs[2] else None
-            run.unpriced = int(costs[1] - costs[2])
-        else:
-            run.cost_usd = 0.0
-        now = datetime.now(timezone.utc)
-        existing = (
-            {
-                row.key
-                for row in connection.execute(
-                    select(eval_cache.c.key).where(eval_cache.c.key.in_([f["key"] for f in fresh]))
-                )
-            }
-            if fresh
-            else set()
-        )
-        new = [f for f in fresh if f["key"] not in existing]
-        if new:
-            connection.execute(
-                eval_cache.insert(),
-                [
-                    {
-                        **entry,
-                        "workflow": workflow.name,
-                        "prompt_version": workflow.version.id,
-                        "model": workflow.model.model,
-                        "created_at": now,
-                    }
-                    for entry in new
-                ],
-            )
-        connection.execute(
-            eval_runs.insert().values(
-                id=run.id,
-                workflow=workflow.name,
-                prompt_version=workflow.version.id,
-                model=str(workflow.model),
-                dataset=str(workflow.evals_path),
-                cases=len(run.cases),
-                repeat=run.repeat,
-                passed=run.passed,
-                cost_usd=run.cost_usd,
-                verdict=None,
-                git_commit=workflow.plan().facts.git_commit,
-                started_at=run.started_at,
-                finished_at=run.finished_at or now,
-                summary={"scores": run.scores()},
-            )
-        )
-        connection.execute(
-            eval_results.insert(),
-            [
-                {
-                    "eval_run_id": run.id,
-                    "case_id": r.case.id,
-                    "repeat": r.repeat,
-                    "run_id": r.run_id,
-                    "passed": r.passed,
-                    "cached": r.cached,
-                    "output": r.output,
-                    "error": r.error,
-                    "checks": [f.__dict__ for f in r.fields],
-                }
-                for r in run.results
-            ],
-        )
-
-
-def record_verdict(engine: Engine, eval_run_id: str, verdict: str) -> None:
-    from sqlalchemy import update
-
-    with engine.begin() as connection:
-        connection.execute(
-            update(eval_runs).where(eval_runs.c.id == eval_run_id).values(verdict=verdict)
-        )
+    run.cost_usd, run.unpriced = cost.cost_usd, cost.unpriced

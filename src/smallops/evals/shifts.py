@@ -12,41 +12,21 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
-from typing import Any
-
-from sqlalchemy import Engine, func, select
+from typing import TYPE_CHECKING, Any
 
 from smallops.labels import enum_fields
 from smallops.stats import chi_square_test
-from smallops.storage.queries import PRIMARY
-from smallops.storage.schema import prompt_versions, runs
+from smallops.storage.eval_log import output_history, served_models
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 SHIFT_ALPHA = 0.01  # a distribution "shifted" below this p-value: few false alarms a year
 
 
 def model_changes(engine: Engine, workflow: str) -> list[dict[str, Any]]:
     """Each served model with its first and last time seen, in order: a change is a new row."""
-    query = (
-        select(
-            runs.c.model_served,
-            func.min(runs.c.started_at),
-            func.max(runs.c.started_at),
-            func.count(),
-        )
-        .where(runs.c.workflow == workflow, runs.c.model_served.is_not(None), PRIMARY)
-        .group_by(runs.c.model_served)
-        .order_by(func.min(runs.c.started_at))
-    )
-    with engine.connect() as connection:
-        return [
-            {
-                "model": model,
-                "first_seen": _aware(first),
-                "last_seen": _aware(last),
-                "calls": int(calls),
-            }
-            for model, first, last, calls in connection.execute(query)
-        ]
+    return served_models(engine, workflow)
 
 
 def distribution_shifts(
@@ -55,36 +35,18 @@ def distribution_shifts(
     """Per enum field: value counts this week and last week, and the chi-square test."""
     now = now or datetime.now(timezone.utc)
     week_ago, two_weeks_ago = now - timedelta(days=7), now - timedelta(days=14)
-    with engine.connect() as connection:
-        schemas = (
-            connection.execute(
-                select(prompt_versions.c.output_schema).where(
-                    prompt_versions.c.workflow == workflow
-                )
-            )
-            .scalars()
-            .all()
-        )
-        rows = connection.execute(
-            select(runs.c.started_at, runs.c.output).where(
-                runs.c.workflow == workflow,
-                PRIMARY,
-                runs.c.output.is_not(None),
-                runs.c.started_at >= two_weeks_ago,
-                runs.c.started_at < now,
-            )
-        ).all()
+    history = output_history(engine, workflow, since=two_weeks_ago, until=now)
     fields: dict[str, list[Any]] = {}
-    for schema in schemas:
+    for schema in history.schemas:
         for name, values in enum_fields(schema or {}).items():
             fields.setdefault(name, []).extend(v for v in values if v not in fields.get(name, []))
     counts: dict[str, dict[str, Counter[Any]]] = defaultdict(
         lambda: {"this_week": Counter(), "last_week": Counter()}
     )
-    for started_at, output in rows:
+    for started_at, output in history.outputs:
         if not isinstance(output, dict):
             continue
-        week = "this_week" if _aware(started_at) >= week_ago else "last_week"
+        week = "this_week" if started_at >= week_ago else "last_week"
         for name in fields:
             if name in output:
                 counts[name][week][output[name]] += 1
@@ -108,7 +70,3 @@ def distribution_shifts(
             }
         )
     return shifts
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

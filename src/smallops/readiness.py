@@ -1,0 +1,108 @@
+"""Is a project ready to ship? What CI should refuse before a workflow change lands.
+
+Each workflow needs a pinned model, an eval set of MIN_CASES or more, and evals run on its
+current prompt version (a committed baseline of that version, or an eval run in the log that
+judged something). A grader, a workflow other workflows' evals use, needs only the pinned model.
+A workflow module that does not load is a problem too. Each problem comes with its fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from smallops.errors import SmallopsError
+from smallops.evals.baseline import baseline_path, read_baseline
+from smallops.evals.dataset import workflow_cases
+from smallops.project import Project
+from smallops.storage.eval_log import evaluated_versions
+from smallops.workflow import Workflow
+
+MIN_CASES = 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing to fix before shipping; `workflow` is None for a module that did not load."""
+
+    workflow: str | None
+    problem: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The workflows that loaded, and every problem found."""
+
+    workflows: int
+    problems: list[Problem]
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems
+
+
+def check_readiness(project: Project) -> Readiness:
+    """Every workflow of the project against the rules above."""
+    workflows, broken = project.load_workflows()
+    problems = [Problem(None, exc.message, exc.hint or "") for exc in broken]
+    evaluated = _evaluated_versions(project)
+    graders = {getattr(c, "grader", None) for wf in workflows.values() for c in wf.checks.values()}
+    for wf in workflows.values():
+        problems += workflow_problems(wf, evaluated, grader=wf.name in graders)
+    return Readiness(len(workflows), problems)
+
+
+def workflow_problems(
+    wf: Workflow[Any], evaluated: set[tuple[str, str]], *, grader: bool = False
+) -> list[Problem]:
+    """One workflow's problems; `evaluated` holds the (workflow, prompt version) pairs with an
+    eval run in the log."""
+    found = []
+    if wf.allow_unpinned:
+        found.append(
+            Problem(
+                wf.name,
+                f"model {wf.model} is not pinned (allow_unpinned=True)",
+                "pin a dated snapshot in the workflow's model=",
+            )
+        )
+    if grader:
+        return found
+    try:
+        cases = workflow_cases(wf)
+    except SmallopsError as exc:
+        return [
+            *found,
+            Problem(wf.name, exc.message, exc.hint or f"write real examples to {wf.evals_path}"),
+        ]
+    if len(cases) < MIN_CASES:
+        found.append(
+            Problem(
+                wf.name,
+                f"its eval set has {len(cases)} cases, fewer than {MIN_CASES}",
+                f"add real examples to {wf.evals_path} (`smallops review export {wf.name}` "
+                "turns reviewed outputs into cases)",
+            )
+        )
+    baseline = read_baseline(baseline_path(wf.evals_path))
+    current = baseline is not None and baseline.prompt_version == wf.version.id
+    if not current and (wf.name, wf.version.id) not in evaluated:
+        found.append(
+            Problem(
+                wf.name,
+                f"prompt version {wf.version.id} has no eval run or baseline "
+                "(the prompt, schema, model or parameters changed and nobody ran the evals)",
+                f"smallops eval {wf.name} --update-baseline, then commit "
+                f"{baseline_path(wf.evals_path).name}",
+            )
+        )
+    return found
+
+
+def _evaluated_versions(project: Project) -> set[tuple[str, str]]:
+    """What the log says was evaluated, if the log is reachable (nothing, if it is not)."""
+    try:
+        return evaluated_versions(project.engine())
+    except SmallopsError:
+        return set()
