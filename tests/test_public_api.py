@@ -8,6 +8,7 @@ import inspect
 
 import smallops
 import smallops.errors
+import smallops.evals
 import smallops.review
 from smallops import SmallopsError, Workflow
 from smallops.project import Project
@@ -25,10 +26,11 @@ def test_every_error_a_user_can_meet_is_exported_from_the_package():
 
 
 def test_each_documented_place_exports_what_it_names():
-    for module in (smallops, smallops.review, importlib.import_module("smallops.testing")):
+    for module in (smallops, smallops.evals, smallops.review, importlib.import_module("smallops.testing")):
         missing = [name for name in module.__all__ if not hasattr(module, name)]
         assert missing == [], f"{module.__name__} names {missing} in __all__"
     assert {"reset", "recorded_runs", "FakeProvider"} <= set(smallops.testing.__all__)
+    assert {"tolerance", "graded_by", "one_of"} <= set(smallops.evals.__all__)
 
 
 def test_the_lifecycle_and_the_plan_are_private_by_name():
