@@ -26,10 +26,11 @@ def test_every_error_a_user_can_meet_is_exported_from_the_package():
 
 
 def test_each_documented_place_exports_what_it_names():
-    for module in (smallops, smallops.evals, smallops.review, importlib.import_module("smallops.testing")):
+    testing = importlib.import_module("smallops.testing")
+    for module in (smallops, smallops.evals, smallops.review, testing):
         missing = [name for name in module.__all__ if not hasattr(module, name)]
         assert missing == [], f"{module.__name__} names {missing} in __all__"
-    assert {"reset", "recorded_runs", "FakeProvider"} <= set(smallops.testing.__all__)
+    assert {"reset", "recorded_runs", "FakeProvider"} <= set(testing.__all__)
     assert {"tolerance", "graded_by", "one_of"} <= set(smallops.evals.__all__)
 
 
