@@ -87,3 +87,34 @@ def test_every_public_name_resolves_and_is_listed():
     assert smallops.flush is importlib.import_module("smallops.storage.writer").flush_all
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         _ = smallops.nothing_here  # type: ignore[attr-defined]
+
+
+def test_a_database_error_is_still_one_line_and_exit_1(project, capsys, monkeypatch):
+    """main() names SQLAlchemy's errors without importing SQLAlchemy at start-up."""
+    from sqlalchemy.exc import OperationalError
+
+    import smallops.storage.queries
+
+    from conftest import smallops as run_cli
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused\nmore"))
+
+    monkeypatch.setattr(smallops.storage.queries, "list_runs", refused)
+    code, out, err = run_cli(capsys, "--project", str(project), "logs")
+    assert code == 1 and out == ""
+    assert err.startswith("error: database: (builtins.Exception) connection refused")
+    assert len(err.splitlines()) == 1
+
+
+def test_a_bug_still_raises_with_its_traceback(project, capsys, monkeypatch):
+    import smallops.storage.queries
+
+    from conftest import smallops as run_cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(smallops.storage.queries, "list_runs", broken)
+    with pytest.raises(ZeroDivisionError):
+        run_cli(capsys, "--project", str(project), "logs")
