@@ -17,6 +17,7 @@ from smallops.cli import check, db, drift, init, logs, prune, report, review, ru
 from smallops.cli import eval as eval_cli
 from smallops.cli._common import HELP_WIDTH, Hangup, err
 from smallops.errors import SmallopsError
+from smallops.redact import Redactor
 
 app = typer.Typer(
     name="smallops",
@@ -87,8 +88,6 @@ def main(argv: list[str] | None = None) -> None:
         if not _is_database_error(exc):
             _report_lost()
             raise
-        from smallops.redact import Redactor
-
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         err.print(f"error: database: {Redactor.from_environment()(first)}", markup=False)
         code = 1
