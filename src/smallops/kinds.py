@@ -48,5 +48,9 @@ PRUNED = "pruned"
 Origin = Literal["app", "eval", "fallback"]
 ORIGINS: tuple[Origin, ...] = get_args(Origin)
 
+#: Which calls a log query covers, as `smallops logs --origin` takes it: `production` (the
+#: application's calls, recorded with origin "app"), `eval` (the eval runner's), or `all`.
+OriginFilter = Literal["production", "eval", "all"]
+
 #: The verdict an eval run records when the model left cases unanswered: it judged nothing.
 UNJUDGED = "unjudged"

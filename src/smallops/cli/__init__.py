@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
 from smallops import __version__
 from smallops.cli import check, db, drift, init, logs, prune, report, review, run, serve, status
@@ -19,7 +18,6 @@ from smallops.cli import eval as eval_cli
 from smallops.cli._common import HELP_WIDTH, Hangup, err
 from smallops.errors import SmallopsError
 from smallops.redact import Redactor
-from smallops.storage.writer import settle_log
 
 app = typer.Typer(
     name="smallops",
@@ -86,7 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     except SmallopsError as exc:
         err.print(f"error: {exc}", markup=False)
         code = exc.exit_code
-    except SQLAlchemyError as exc:
+    except Exception as exc:
+        if not _is_database_error(exc):
+            _report_lost()
+            raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         err.print(f"error: database: {Redactor.from_environment()(first)}", markup=False)
         code = 1
@@ -105,8 +106,19 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code)
 
 
+def _is_database_error(exc: BaseException) -> bool:
+    """An SQLAlchemy error: SQLAlchemy is loaded only by the commands that use the database,
+    so an error can only be one of its own once it is."""
+    loaded = sys.modules.get("sqlalchemy.exc")
+    return loaded is not None and isinstance(exc, loaded.SQLAlchemyError)
+
+
 def _report_lost() -> int:
     """Drain the log; one line if any run record could not be kept. Returns how many."""
+    if "smallops.storage.writer" not in sys.modules:
+        return 0  # no command of this process wrote to the log
+    from smallops.storage.writer import settle_log
+
     lost = settle_log()
     if lost:
         err.print(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import signal
@@ -13,15 +12,16 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from smallops.errors import InputError
-from smallops.project import Project
-from smallops.providers import close_loop_clients
+
+if TYPE_CHECKING:
+    from smallops.project import Project
 
 T = TypeVar("T")
 
@@ -45,6 +45,8 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 def project(ctx: typer.Context) -> Project:
     """The project given by --project, or found from the current folder upward."""
+    from smallops.project import Project
+
     given: Path | None = (ctx.find_root().obj or {}).get("project")
     return Project.find(given)
 
@@ -194,6 +196,9 @@ def _readable(value: Any) -> str:
 def run_async(work: Coroutine[Any, Any, T]) -> T:
     """asyncio.run, closing the providers' connections of the loop before the loop ends (they
     belong to it, and would otherwise stay open, half-closed, until the process exits)."""
+    import asyncio
+
+    from smallops.providers import close_loop_clients
 
     async def then_close() -> T:
         try:

@@ -7,7 +7,6 @@ import dataclasses
 import typer
 
 from smallops.cli import _common
-from smallops.readiness import check_readiness
 
 
 def register(app: typer.Typer) -> None:
@@ -22,6 +21,8 @@ def check_command(
 
     Exit 0 when all is well, 1 listing each problem with its fix.
     """
+    from smallops.readiness import check_readiness
+
     readiness = check_readiness(_common.project(ctx))
     if as_json:
         for problem in readiness.problems:

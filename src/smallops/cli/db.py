@@ -6,8 +6,6 @@ import typer
 
 from smallops.cli import _common
 from smallops.errors import StorageError
-from smallops.storage.db import current_revision, head_revision, log_database, safe_url
-from smallops.storage.db import upgrade as run_upgrade
 
 app = typer.Typer(
     help="The log database: create or migrate its tables.",
@@ -19,6 +17,9 @@ app = typer.Typer(
 @app.command("upgrade")
 def upgrade(ctx: typer.Context) -> None:
     """Create or migrate the log database's tables to the latest version."""
+    from smallops.storage.db import current_revision, head_revision, log_database, safe_url
+    from smallops.storage.db import upgrade as run_upgrade
+
     project = _common.project(ctx)
     url, engine = log_database(project.settings.log)
     try:
@@ -40,6 +41,8 @@ def upgrade(ctx: typer.Context) -> None:
 @app.command("current")
 def current(ctx: typer.Context) -> None:
     """Print the schema version of the log database, and the latest one."""
+    from smallops.storage.db import current_revision, head_revision, log_database, safe_url
+
     project = _common.project(ctx)
     url, engine = log_database(project.settings.log)
     revision = current_revision(engine)

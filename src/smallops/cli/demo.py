@@ -12,13 +12,8 @@ from smallops.cli import _common
 from smallops.cli.report import print_report
 from smallops.cli.run import Batch, print_table, run_all
 from smallops.config import Settings
-from smallops.demo import DemoModel, demo_inputs, load_inbox, scripted_failures
 from smallops.ids import short_id
-from smallops.project import Project
-from smallops.providers.fake import FakeProvider
 from smallops.scaffold import create_project
-from smallops.storage.queries import report
-from smallops.storage.writer import writer_for
 
 
 def demo_command(
@@ -26,6 +21,12 @@ def demo_command(
     concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, max=64),
 ) -> None:
     """Scaffold a demo project and triage a sample inbox with a fake (rule-based) model."""
+    from smallops.demo import DemoModel, demo_inputs, load_inbox, scripted_failures
+    from smallops.project import Project
+    from smallops.providers.fake import FakeProvider
+    from smallops.storage.queries import report
+    from smallops.storage.writer import writer_for
+
     written, _ = create_project(folder, "email-triage")
     say = _common.out.print
     say(

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from smallops.cli import _common
-from smallops.evals.compare import SIDES, ModelComparison, NotCompared, Sides, compare_models
+
+if TYPE_CHECKING:
+    from smallops.evals.compare import ModelComparison, Sides
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +38,8 @@ def drift_command(
     calls made in this run (--no-cache measures every case). Exit 1 when the candidate is a
     regression, 2 when either model left a case unanswered (no verdict).
     """
+    from smallops.evals.compare import NotCompared, compare_models
+
     pinned = _common.project(ctx).workflow(workflow)
     comparison = _common.run_async(
         compare_models(
@@ -63,6 +67,8 @@ def _measured(
 ) -> list[str]:
     """Both sides' cost or latency, or "not measured" on a side whose answers all came from
     the cache."""
+    from smallops.evals.compare import SIDES
+
     return [
         show(values.of(side)) if comparison.measured_calls.of(side) else "not measured"
         for side in SIDES

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from smallops.cli import _common
 from smallops.errors import ConfigError
-from smallops.evals import report
-from smallops.evals.gate import GateOutcome, PreparedEval, prepare_eval, run_gate
-from smallops.evals.runner import EvalRun
-from smallops.evals.verdict import GateResult
+
+if TYPE_CHECKING:
+    from smallops.evals.gate import GateOutcome, PreparedEval
+    from smallops.evals.runner import EvalRun
+    from smallops.evals.verdict import GateResult
 
 HELP = """Run WORKFLOW's eval set (every workflow when none is named) through the real path.
 
@@ -48,6 +48,9 @@ def eval_command(
     markdown_file: Path | None = typer.Option(None, "--markdown", help="Write a Markdown summary."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary per workflow."),
 ) -> None:
+    from smallops.evals import report
+    from smallops.evals.gate import prepare_eval
+
     project = _common.project(ctx)
     chosen = [project.workflow(workflow)] if workflow else list(project.workflows.values())
     if not chosen:
@@ -87,6 +90,16 @@ def _print_estimate(prepared: PreparedEval) -> None:
 def _run_with_progress(
     prepared: PreparedEval, concurrency: int, use_cache: bool, update_baseline: bool
 ) -> GateOutcome:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from smallops.evals.gate import run_gate
+
     progress = Progress(
         TextColumn(prepared.workflow.name),
         BarColumn(),

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
-from sqlalchemy import Engine
 
 from smallops.cli import _common
 from smallops.cli._table import Column, print_fitted
+from smallops.error_types import REFUSALS
 from smallops.errors import NotFoundError
 from smallops.ids import short_id
 from smallops.kinds import STATUSES
-from smallops.ordering import in_order, input_names, output_names, record_in_order
-from smallops.project import Project
-from smallops.resilience.guards import REFUSALS
-from smallops.review.queue import ReviewQueue
-from smallops.storage.quarantine import Entry
-from smallops.storage.queries import Origin, get_run, list_runs, origin_of
-from smallops.storage.writer import quarantine_for
+from smallops.kinds import OriginFilter as Origin
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from smallops.project import Project
+    from smallops.storage.quarantine import Entry
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +50,8 @@ def logs_command(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run."),
 ) -> None:
     """List recorded calls, newest first."""
+    from smallops.storage.queries import list_runs, origin_of
+
     project = _common.project(ctx)
     rows = list_runs(
         project.engine(),
@@ -117,6 +119,10 @@ def show_command(
     ),
 ) -> None:
     """Show one call: what it was asked, what it answered, its attempts and its review."""
+    from smallops.ordering import input_names, record_in_order
+    from smallops.storage.queries import get_run
+    from smallops.storage.writer import quarantine_for
+
     project = _common.project(ctx)
     engine = project.engine()
     try:
@@ -184,6 +190,8 @@ REVIEW_FIELDS = (
 
 def _review_of(engine: Engine, run_id: str) -> dict[str, Any] | None:
     """The run's review item and every action on it, or None if it was never queued."""
+    from smallops.review.queue import ReviewQueue
+
     try:
         item = ReviewQueue(engine).item(run_id)
     except NotFoundError:
@@ -193,6 +201,8 @@ def _review_of(engine: Engine, run_id: str) -> dict[str, Any] | None:
 
 def _output_names(project: Project, run: dict[str, Any]) -> list[str]:
     """The output's field order: the workflow's model if it loads, else the recorded schema."""
+    from smallops.ordering import output_names
+
     workflows, _ = project.load_workflows()
     workflow = workflows.get(run["workflow"])
     schema = (run["prompt"] or {}).get("output_schema")
@@ -202,6 +212,9 @@ def _output_names(project: Project, run: dict[str, Any]) -> list[str]:
 def _print_run(
     run: dict[str, Any], review: dict[str, Any] | None, names: list[str], prompt: bool
 ) -> None:
+    from smallops.ordering import in_order, input_names
+    from smallops.storage.queries import origin_of
+
     say = _common.out.print
     say(f"[bold]run {run['id']}[/bold]  {escape(run['workflow'])}  [bold]{run['status']}[/bold]")
     if run["error_type"]:
@@ -270,6 +283,8 @@ def _attempt_line(attempt: dict[str, Any]) -> str:
 
 def _print_review(review: dict[str, Any] | None, names: list[str]) -> None:
     """Who did what to the run's review item, and how it stands."""
+    from smallops.ordering import in_order
+
     _common.section("review")
     say = _common.out.print
     if review is None:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from sqlalchemy import Engine
 
 from smallops.cli import _common
 from smallops.errors import InputError
-from smallops.project import Project
-from smallops.storage import prune as retention
-from smallops.storage.queries import workflows_logged
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+    from sqlalchemy import Engine
+
+    from smallops.project import Project
 
 
 def register(app: typer.Typer) -> None:
@@ -43,6 +44,8 @@ def prune_command(
     and workflows without one are left alone. Safe to interrupt: running it again finishes the
     work.
     """
+    from smallops.storage import prune as retention
+
     project = _common.project(ctx)
     engine = project.engine()
     cutoffs = _cutoffs(project, engine, workflow, _common.since(older_than, "--older-than"))
@@ -73,6 +76,9 @@ def _cutoffs(
     project: Project, engine: Engine, workflow: str | None, older_than: datetime | None
 ) -> dict[str, Any]:
     """Each workflow to prune, with the time before which its runs lose their content."""
+    from smallops.storage import prune as retention
+    from smallops.storage.queries import workflows_logged
+
     if older_than is not None:
         names = [workflow] if workflow is not None else workflows_logged(engine)
         return dict.fromkeys(names, older_than)
@@ -88,6 +94,8 @@ def _cutoffs(
 
 
 def _progress(name: str, total: int, show: bool) -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     return Progress(
         TextColumn(name),
         BarColumn(),

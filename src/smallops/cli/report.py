@@ -9,8 +9,6 @@ import typer
 from rich.markup import escape
 
 from smallops.cli import _common
-from smallops.evals.shifts import distribution_shifts, model_changes
-from smallops.storage.queries import report
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +27,9 @@ def report_command(
     secondary model are reported as fallback, not as a model change. Eval runs are left out:
     `smallops eval` reports them.
     """
+    from smallops.evals.shifts import distribution_shifts, model_changes
+    from smallops.storage.queries import report
+
     engine = _common.project(ctx).engine()
     rows = report(engine, since=_common.since(since))
     for row in rows:

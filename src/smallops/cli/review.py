@@ -9,7 +9,7 @@ import shlex
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -19,20 +19,11 @@ from smallops.cli._table import SEPARATOR, Column, print_fitted
 from smallops.config import evals_file
 from smallops.errors import ConfigError, InputError
 from smallops.ids import short_id
-from smallops.ordering import (
-    in_order,
-    input_names,
-    item_in_order,
-    output_names,
-    record_in_order,
-)
-from smallops.project import Project
-from smallops.review import webhooks
-from smallops.review.desk import ReviewDesk
-from smallops.review.evidence import earlier_versions, workflow_stats
-from smallops.review.export import export_reviewed
-from smallops.review.queue import Decision
-from smallops.storage.graduation_log import graduation_history
+
+if TYPE_CHECKING:
+    from smallops.project import Project
+    from smallops.review.desk import ReviewDesk
+    from smallops.review.queue import Decision
 
 app = typer.Typer(
     help="The review queue: list, decide, measure, export.",
@@ -52,6 +43,8 @@ def reviewer_name(given: str | None) -> str:
 
 
 def _desk(ctx: typer.Context) -> tuple[Project, ReviewDesk]:
+    from smallops.review.desk import ReviewDesk
+
     project = _common.project(ctx)
     desk = ReviewDesk(project.engine(), project.workflows)
     ctx.call_on_close(lambda: _finish_sending(desk))
@@ -82,6 +75,8 @@ def list_command(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per item."),
 ) -> None:
     """List review items, oldest pending first."""
+    from smallops.ordering import in_order, output_names
+
     project, desk = _desk(ctx)
     items = desk.items(_workflow_name(project, workflow), None if state == "all" else state, limit)
     if as_json:
@@ -122,6 +117,8 @@ def list_command(
 
 def _json_in_order(desk: ReviewDesk, item: dict[str, Any]) -> dict[str, Any]:
     """An item for --json, its fields in the order the human views use (JSONB sorts them)."""
+    from smallops.ordering import input_names, output_names, record_in_order
+
     workflow = desk.workflows.get(item["workflow"])
     if workflow is None:
         return item
@@ -141,6 +138,8 @@ def next_command(
     A skipped item waits for the next session: each item comes up once, and when only skipped
     ones are left the review ends.
     """
+    from smallops.ordering import item_in_order
+
     project, desk = _desk(ctx)
     name = reviewer_name(reviewer)
     only = _workflow_name(project, workflow)
@@ -327,6 +326,9 @@ def stats_command(
     prompt version: reviews of earlier versions are listed, and do not count. The bound is the
     one-sided 95% Clopper-Pearson lower bound on approvals without edits.
     """
+    from smallops.review.evidence import earlier_versions, workflow_stats
+    from smallops.storage.graduation_log import graduation_history
+
     project, desk = _desk(ctx)
     chosen = [project.workflow(workflow)] if workflow else list(project.workflows.values())
     rows, history, earlier = [], [], {}
@@ -410,6 +412,8 @@ def export_command(
     ),
 ) -> None:
     """Append approved and corrected items to the workflow's eval set, without duplicates."""
+    from smallops.review.export import export_reviewed
+
     project, desk = _desk(ctx)
     wf = project.workflow(workflow)
     target = to or evals_file(project.root, wf.name)
@@ -429,6 +433,8 @@ def export_command(
 @app.command("deliver")
 def deliver_command(ctx: typer.Context) -> None:
     """Send the decision webhooks that are due (`smallops serve` also does, continuously)."""
+    from smallops.review import webhooks
+
     project, desk = _desk(ctx)
     secrets, problems = webhooks.signing_secrets(project.workflows.values())
     delivered, failed = webhooks.deliver_due(desk.engine, secrets)

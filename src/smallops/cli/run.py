@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import BaseModel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from smallops import batches
 from smallops.cli import _common
@@ -23,9 +20,12 @@ from smallops.jsonl import objects, parse_object
 from smallops.records import Usage
 from smallops.redact import Redactor
 from smallops.result import Result
-from smallops.storage.queries import batch_items_done, latest_batch
-from smallops.storage.writer import Account, Writer, writer_for
-from smallops.workflow import Workflow
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from smallops.storage.writer import Account, Writer
+    from smallops.workflow import Workflow
 
 HELP = """Call WORKFLOW on inputs and record every call.
 
@@ -113,6 +113,8 @@ def run_command(
 ) -> None:
     if resume and (input_file is None or str(input_file) == "-"):
         raise InputError("--resume needs --input FILE", hint="a file, not stdin or --json")
+    from smallops.storage.writer import writer_for
+
     project = _common.project(ctx)
     wf = project.workflow(workflow)
     batch = _read_batch(wf, input_file, inline)
@@ -173,6 +175,8 @@ def _read_batch(wf: Workflow[Any], path: Path | None, inline: str | None) -> Bat
 
 def _resume(engine: Any, wf: Workflow[Any], path: Path | None, batch: Batch) -> None:
     """Carry on with the file's last batch: its id, and only the inputs it has not recorded."""
+    from smallops.storage.queries import batch_items_done, latest_batch
+
     assert path is not None
     earlier = latest_batch(engine, batches.file_key(wf.name, path))
     if earlier is None:
@@ -216,6 +220,16 @@ def _check_inputs(wf: Workflow[Any], inputs: list[dict[str, Any]]) -> None:
 def run_all(wf: Workflow[Any], batch: Batch, concurrency: int, show_progress: bool) -> Outcome:
     """Every input through the workflow, `concurrency` at a time. SIGINT and SIGTERM stop new
     calls and cancel those in flight (each is recorded as cancelled); what finished stands."""
+    import asyncio
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     outcome = Outcome([None] * len(batch.rows))
 
     async def one(index: int, row: dict[str, Any]) -> None:
@@ -352,6 +366,8 @@ def _failed(wf: Workflow[Any], exc: WorkflowFailed) -> Result[Any]:
 
 
 def _as_dict(result: Result[Any]) -> dict[str, Any]:
+    from pydantic import BaseModel
+
     output = result.output
     if isinstance(output, BaseModel):
         output = output.model_dump(mode="json")
@@ -396,6 +412,8 @@ def print_table(
 
 
 def _summary(output: Any) -> str:
+    from pydantic import BaseModel
+
     if isinstance(output, BaseModel):
         return " ".join(f"{k}={v}" for k, v in output.model_dump(mode="json").items())
     return str(output)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
 from smallops.cli import _common
-from smallops.project import Project
-from smallops.resilience.status import REFUSALS_HOURS, GuardStatus, Source, guard_status
-from smallops.review.queue import ReviewQueue
-from smallops.storage.quarantine import Quarantine
-from smallops.storage.writer import quarantine_for
-from smallops.workflow import Workflow
+
+if TYPE_CHECKING:
+    from smallops.project import Project
+    from smallops.resilience.status import GuardStatus, Source
+    from smallops.storage.quarantine import Quarantine
+    from smallops.workflow import Workflow
 
 #: Whose state a breaker or rate-limit line shows: the one shared through Redis, this
 #: process's own (no Redis set), or this process's fallback while Redis does not answer (the
@@ -42,6 +42,9 @@ def status_command(
     The calls a guard sent to the fallback in the last 24 hours are counted per reason (as
     `smallops logs --status` names it), with the last one's time: an outage leaves its mark.
     """
+    from smallops.review.queue import ReviewQueue
+    from smallops.storage.writer import quarantine_for
+
     project = _common.project(ctx)
     queue = ReviewQueue(project.engine()).counts()
     set_aside = _set_aside(quarantine_for(project.settings.log))
@@ -74,6 +77,8 @@ def _set_aside(quarantine: Quarantine) -> dict[str | None, dict[str, Any]]:
 
 
 def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
+    from smallops.resilience.status import guard_status
+
     guards = wf.plan().guards
     assert guards is not None
     found = guard_status(project.engine(), wf.name, guards)
@@ -97,6 +102,8 @@ def _row(found: GuardStatus, queued: int) -> dict[str, Any]:
 
 
 def _print(row: dict[str, Any]) -> None:
+    from smallops.resilience.status import REFUSALS_HOURS
+
     say = _common.out.print
     say(f"\n[bold]{escape(row['workflow'])}[/bold]")
     breaker = row["breaker"]

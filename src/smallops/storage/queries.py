@@ -5,13 +5,14 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from sqlalchemy import ColumnElement, Engine, func, or_, select
 
 from smallops.error_types import REFUSALS
 from smallops.errors import InputError, NotFoundError
 from smallops.ids import SHORT_ID
+from smallops.kinds import OriginFilter
 from smallops.storage.schema import prompt_versions, runs
 
 SUMMARY = (
@@ -107,9 +108,9 @@ PRODUCTION = or_(runs.c.origin.is_(None), runs.c.origin != "eval")
 #: fallback traffic, which is not drift.
 PRIMARY = or_(runs.c.origin.is_(None), runs.c.origin == "app")
 
-#: Where calls came from, as `smallops logs --origin` takes it: `production` (the application's
-#: calls, recorded with origin "app"), `eval` (the eval runner's), or `all`.
-Origin = Literal["production", "eval", "all"]
+#: Where calls came from, as `smallops logs --origin` takes it (named in kinds.py, so that the
+#: command line can name it without loading SQLAlchemy).
+Origin = OriginFilter
 ORIGINS: tuple[str, ...] = get_args(Origin)
 _ORIGIN_FILTERS = {"production": PRODUCTION, "eval": runs.c.origin == "eval"}
 
