@@ -264,6 +264,27 @@ def test_rollups_written_with_the_runs_equal_the_runs_aggregated(engine, seed):
     now = datetime.now(timezone.utc)
     for since in (now - timedelta(days=30), now - timedelta(days=2, minutes=17), now):
         assert_report_matches_runs(engine, since)
+    for workflow in WORKFLOWS:
+        assert_served_models_match_runs(engine, workflow)
+
+
+def assert_served_models_match_runs(engine: Engine, workflow: str) -> None:
+    """The model changes `report` shows: from the rollups and the runs of two hours, the same
+    as from every run."""
+    seen: dict[str, list[Any]] = {}
+    with engine.connect() as connection:
+        for run in connection.execute(select(runs).where(runs.c.workflow == workflow)):
+            if run.model_served and run.origin in (None, "app"):
+                seen.setdefault(run.model_served, []).append(_utc(run.started_at))
+        got = rollups.served_models(connection, workflow)
+    want = sorted(
+        (
+            {"model": m, "first_seen": min(t), "last_seen": max(t), "calls": len(t)}
+            for m, t in seen.items()
+        ),
+        key=lambda row: row["first_seen"],
+    )
+    assert got == want
 
 
 def test_rebuild_gives_the_rollups_the_writer_keeps(engine):

@@ -62,11 +62,13 @@ def rebuild_rollups(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from smallops.storage import rollups
+    from smallops.storage.db import ensure_schema
 
     project = _common.project(ctx)
     url, engine = log_database(project.settings.log)
     show = not as_json and _common.err.is_terminal
     try:
+        ensure_schema(engine)
         total = rollups.count_runs(engine) if show else 0
         with Progress(
             TextColumn("rebuild-rollups"),

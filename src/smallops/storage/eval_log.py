@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, or_, select, update
 
 from smallops.kinds import UNJUDGED
+from smallops.storage import rollups
 from smallops.storage.queries import PRIMARY
 from smallops.storage.schema import eval_cache, eval_results, eval_runs, prompt_versions, runs
 
@@ -211,7 +212,12 @@ def latencies(engine: Engine, run_ids: Collection[str]) -> list[float]:
 
 def served_models(engine: Engine, workflow: str) -> list[dict[str, Any]]:
     """Each model that served the workflow's pinned route (fallback traffic aside), with its
-    first and last time seen and its calls, in order of first seen: a change is a new row."""
+    first and last time seen and its calls, in order of first seen: a change is a new row.
+    Read from the rollups (a few rows per hour) and the runs of the first and last hours."""
+    with engine.connect() as connection:
+        from_rollups = rollups.served_models(connection, workflow)
+    if from_rollups is not None:
+        return from_rollups
     query = (
         select(
             runs.c.model_served,

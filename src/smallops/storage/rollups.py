@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
@@ -87,7 +88,10 @@ FACT_COLUMNS = (
     "cost_usd",
     "latency_ms",
 )
-_FACT_INDEXES = tuple(RUN_COLUMNS.index(name) for name in FACT_COLUMNS)
+_KEY_OF_ROW = itemgetter(*(RUN_COLUMNS.index(name) for name in FACT_COLUMNS[1:8]))
+_STARTED, _MISMATCH, _INPUT, _OUTPUT, _CACHED, _COST, _LATENCY = (
+    RUN_COLUMNS.index(name) for name in (FACT_COLUMNS[0], *FACT_COLUMNS[8:])
+)
 
 Key = tuple[int, str, str, str, str, str, str, str]  # the hour as epoch seconds, then the rest
 
@@ -216,10 +220,44 @@ class Rollups(dict[Key, Totals]):
 
     @classmethod
     def of_run_rows(cls, rows: Iterable[Sequence[Any]]) -> Rollups:
-        """Rollups of `runs` rows in RUN_COLUMNS order with epoch-second times (the writer's)."""
-        rollups = cls()
+        """Rollups of `runs` rows in RUN_COLUMNS order with epoch-second times (the writer's):
+        rows grouped by key first, then each group summed by builtins, which keeps the log
+        writer's cost per run to a few microseconds."""
+        groups: dict[Key, list[Sequence[Any]]] = {}
         for row in rows:
-            rollups.add_fact([row[i] for i in _FACT_INDEXES])
+            workflow, origin, status, error, requested, served, prompt = _KEY_OF_ROW(row)
+            key = (
+                int(row[_STARTED] // 3600 * 3600),
+                workflow,
+                origin or "",
+                status,
+                error or "",
+                requested,
+                served or "",
+                prompt,
+            )
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [row]
+            else:
+                group.append(row)
+        rollups = cls()
+        for key, group in groups.items():
+            latencies = [row[_LATENCY] for row in group]
+            costs = [row[_COST] for row in group if row[_COST] is not None]
+            rollups[key] = Totals(
+                calls=len(group),
+                priced_calls=len(costs),
+                cost_usd=sum(costs, 0.0),
+                input_tokens=sum(row[_INPUT] or 0 for row in group),
+                output_tokens=sum(row[_OUTPUT] or 0 for row in group),
+                cached_tokens=sum(row[_CACHED] or 0 for row in group),
+                model_mismatches=sum(1 for row in group if row[_MISMATCH]),
+                latency_sum_ms=sum(latencies, 0.0),
+                latency_min_ms=min(latencies),
+                latency_max_ms=max(latencies),
+                histogram=Counter(map(bucket_of, latencies)),
+            )
         return rollups
 
 
@@ -410,7 +448,7 @@ def production(engine: Engine, since: datetime | None = None) -> dict[str, Produ
         ):
             out.setdefault(workflow, Production()).add(origin, status, error, served, totals)
         for workflow, histogram in _histograms(connection, whole_hours).items():
-            out[workflow].totals.histogram.update(histogram)
+            out.setdefault(workflow, Production()).totals.histogram.update(histogram)
         if since is not None and whole_hours is not None and since < whole_hours:
             for key, totals in _part_hour(connection, since, whole_hours).items():
                 workflow, origin, status, error, _, served = key[1:7]
@@ -493,3 +531,42 @@ def _part_hour(connection: Connection, since: datetime, until: datetime) -> Roll
         fact[0] = _epoch(fact[0])
         rollups.add_fact(fact)
     return rollups
+
+
+def served_models(connection: Connection, workflow: str) -> list[dict[str, Any]] | None:
+    """Each model that served the workflow's pinned route (origin app or unset), with its calls
+    and its first and last start to the microsecond: the hours from the rollups, the moments
+    from the runs of those hours only. None when the rollups and the runs disagree (runs edited
+    by hand since the last rebuild): the caller then reads the runs."""
+    r = run_rollups.c
+    query = (
+        select(r.model_served, func.min(r.hour), func.max(r.hour), func.sum(r.calls))
+        .where(r.workflow == workflow, r.model_served != "", r.origin.in_(("", "app")))
+        .group_by(r.model_served)
+    )
+    out = []
+    for model, first_hour, last_hour, calls in connection.execute(query).all():
+        first = _moment(connection, workflow, model, _utc(first_hour), func.min)
+        last = _moment(connection, workflow, model, _utc(last_hour), func.max)
+        if first is None or last is None:
+            return None
+        out.append({"model": model, "first_seen": first, "last_seen": last, "calls": int(calls)})
+    return sorted(out, key=lambda row: row["first_seen"])
+
+
+def _moment(
+    connection: Connection, workflow: str, model: str, hour: datetime, pick: Any
+) -> datetime | None:
+    query = select(pick(runs.c.started_at)).where(
+        runs.c.workflow == workflow,
+        runs.c.started_at >= hour,
+        runs.c.started_at < hour + timedelta(hours=1),
+        runs.c.model_served == model,
+        (runs.c.origin.is_(None)) | (runs.c.origin == "app"),
+    )
+    found = connection.execute(query).scalar()
+    return None if found is None else _utc(found)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
