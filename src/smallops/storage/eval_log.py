@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, func, or_, select, update
 
 from smallops.kinds import UNJUDGED
 from smallops.storage import rollups
+from smallops.storage.db import write_transaction
 from smallops.storage.queries import PRIMARY
 from smallops.storage.schema import eval_cache, eval_results, eval_runs, prompt_versions, runs
 
@@ -100,8 +101,10 @@ def save_eval_run(
     fresh: Sequence[CacheEntry],
 ) -> MeasuredCost:
     """The eval run with its cost (summed over `measured`, the runs made now), its results, and
-    the new validated outputs for the cache: one transaction. Returns the cost it stored."""
-    with engine.begin() as connection:
+    the new validated outputs for the cache: one transaction, which reads then writes, so on
+    SQLite it takes the write lock first (a plain BEGIN fails at once with "database is locked"
+    when the log writer commits between its read and its write). Returns the cost it stored."""
+    with write_transaction(engine) as connection:
         cost = _measured_cost(connection, measured)
         now = datetime.now(timezone.utc)
         keys = [entry.key for entry in fresh]
