@@ -15,7 +15,7 @@
    the web dashboards, in `dashboard_pages` below.
 
 Run: python bench/dashboard.py [--runs 1000000] [--engine sqlite|postgres] [--pg-url URL]
-     [--payload-bytes 2000] [--repeat 5] [--keep DIR]
+     [--payload-bytes 2000] [--repeat 5] [--keep DIR [--reuse]] [--json]
 The machine is shared and noisy: quote medians and the conditions.
 """
 
@@ -297,15 +297,18 @@ def main() -> None:
     p.add_argument("--payload-bytes", type=int, default=2000, help="inputs + attempts per run")
     p.add_argument("--repeat", type=int, default=5, help="report runs to take the median of")
     p.add_argument("--keep", type=Path, help="keep the project (and database) in this folder")
+    p.add_argument("--reuse", action="store_true", help="time the log already in --keep")
     p.add_argument("--json", action="store_true", help="the results as JSON on stdout")
     args = p.parse_args()
+    if args.reuse and not (args.keep and (args.keep / "smallops.toml").is_file()):
+        p.error("--reuse needs --keep naming a folder this script seeded (SQLite)")
 
     project = args.keep or Path(tempfile.mkdtemp(prefix="smallops-dashboard-"))
     project.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"engine": args.engine, "runs": args.runs}
     try:
         with contextlib.ExitStack() as stack:
-            if args.engine == "sqlite":
+            if args.engine == "sqlite" or args.reuse:
                 url = f"sqlite:///{project / 'log.db'}"
             else:
                 url = stack.enter_context(pg_schema(args.pg_url, keep=args.keep is not None))
@@ -314,7 +317,9 @@ def main() -> None:
             ensure_schema(get_engine(url))
             print(f"1. Seeding {args.runs:,} runs over {DAYS} days ({args.engine})", flush=True)
             started = time.perf_counter()
-            if args.engine == "sqlite":
+            if args.reuse:
+                print("   skipped: --reuse")
+            elif args.engine == "sqlite":
                 seed_sqlite(project / "log.db", args.runs, args.payload_bytes)
                 size = (project / "log.db").stat().st_size
                 results["database_bytes"] = size
