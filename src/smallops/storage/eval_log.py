@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, or_, select, update
 
 from smallops.kinds import UNJUDGED
+from smallops.storage import rollups
+from smallops.storage.db import write_transaction
 from smallops.storage.queries import PRIMARY
 from smallops.storage.schema import eval_cache, eval_results, eval_runs, prompt_versions, runs
 
@@ -99,8 +101,10 @@ def save_eval_run(
     fresh: Sequence[CacheEntry],
 ) -> MeasuredCost:
     """The eval run with its cost (summed over `measured`, the runs made now), its results, and
-    the new validated outputs for the cache: one transaction. Returns the cost it stored."""
-    with engine.begin() as connection:
+    the new validated outputs for the cache: one transaction, which reads then writes, so on
+    SQLite it takes the write lock first (a plain BEGIN fails at once with "database is locked"
+    when the log writer commits between its read and its write). Returns the cost it stored."""
+    with write_transaction(engine) as connection:
         cost = _measured_cost(connection, measured)
         now = datetime.now(timezone.utc)
         keys = [entry.key for entry in fresh]
@@ -211,7 +215,12 @@ def latencies(engine: Engine, run_ids: Collection[str]) -> list[float]:
 
 def served_models(engine: Engine, workflow: str) -> list[dict[str, Any]]:
     """Each model that served the workflow's pinned route (fallback traffic aside), with its
-    first and last time seen and its calls, in order of first seen: a change is a new row."""
+    first and last time seen and its calls, in order of first seen: a change is a new row.
+    Read from the rollups (a few rows per hour) and the runs of the first and last hours."""
+    with engine.connect() as connection:
+        from_rollups = rollups.served_models(connection, workflow)
+    if from_rollups is not None:
+        return from_rollups
     query = (
         select(
             runs.c.model_served,

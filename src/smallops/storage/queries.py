@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import statistics
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, get_args
 
@@ -13,6 +12,7 @@ from smallops.error_types import REFUSALS
 from smallops.errors import InputError, NotFoundError
 from smallops.ids import SHORT_ID
 from smallops.kinds import OriginFilter
+from smallops.storage import rollups
 from smallops.storage.schema import prompt_versions, runs
 
 SUMMARY = (
@@ -122,63 +122,44 @@ def origin_of(row: dict[str, Any]) -> str:
 
 def report(engine: Engine, *, since: datetime | None = None) -> list[dict[str, Any]]:
     """Per workflow, production calls: statuses, errors, tokens, cost, latency, models served
-    (the pinned model's route apart from the secondary model's fallback calls)."""
-    columns = (
-        runs.c.workflow,
-        runs.c.origin,
-        runs.c.status,
-        runs.c.error_type,
-        runs.c.model_served,
-        runs.c.model_mismatch,
-        runs.c.input_tokens,
-        runs.c.output_tokens,
-        runs.c.cached_tokens,
-        runs.c.cost_usd,
-        runs.c.latency_ms,
-    )
-    query = select(*columns).where(PRODUCTION)
-    if since:
-        query = query.where(runs.c.started_at >= since)
-    groups: dict[str, list[Any]] = defaultdict(list)
-    with engine.connect() as connection:
-        for row in connection.execute(query):
-            groups[row.workflow].append(row)
-    return [_summarise(name, rows) for name, rows in sorted(groups.items())]
+    (the pinned model's route apart from the secondary model's fallback calls). Read from the
+    rollups (rollups.py), never the runs one by one: latency percentiles come from their
+    histogram, within rollups.QUANTILE_ERROR of the exact ones."""
+    summaries = rollups.production(engine, since)
+    return [_summarise(name, summaries[name]) for name in sorted(summaries)]
 
 
-def _summarise(workflow: str, rows: list[Any]) -> dict[str, Any]:
-    latencies = sorted(row.latency_ms for row in rows)
-    priced = [row.cost_usd for row in rows if row.cost_usd is not None]
-    primary = [row for row in rows if row.origin != "fallback"]
-    fallback = [row for row in rows if row.origin == "fallback"]
+def _summarise(workflow: str, calls: rollups.Production) -> dict[str, Any]:
+    totals = calls.totals
     return {
         "workflow": workflow,
-        "calls": len(rows),
-        "statuses": dict(Counter(row.status for row in rows).most_common()),
-        "errors": dict(Counter(row.error_type for row in rows if row.error_type).most_common()),
-        "input_tokens": sum(row.input_tokens for row in rows),
-        "output_tokens": sum(row.output_tokens for row in rows),
-        "cached_tokens": sum(row.cached_tokens for row in rows),
-        "cost_usd": round(sum(priced), 6) if priced else None,
-        "unpriced_calls": len(rows) - len(priced),
-        "latency_p50_ms": _percentile(latencies, 50),
-        "latency_p95_ms": _percentile(latencies, 95),
-        "models_served": _served(primary),
-        "model_mismatches": sum(1 for row in primary if row.model_mismatch),
-        "fallback": {"calls": len(fallback), "models_served": _served(fallback)},
+        "calls": totals.calls,
+        "statuses": _most_common(calls.statuses),
+        "errors": _most_common(calls.errors),
+        "input_tokens": totals.input_tokens,
+        "output_tokens": totals.output_tokens,
+        "cached_tokens": totals.cached_tokens,
+        "cost_usd": round(totals.cost_usd, 6) if totals.priced_calls else None,
+        "unpriced_calls": totals.calls - totals.priced_calls,
+        "latency_p50_ms": _rounded(totals.percentile(50)),
+        "latency_p95_ms": _rounded(totals.percentile(95)),
+        "models_served": _most_common(calls.served),
+        "model_mismatches": calls.mismatches,
+        "fallback": {
+            "calls": calls.fallback_calls,
+            "models_served": _most_common(calls.fallback_served),
+        },
     }
 
 
-def _served(rows: list[Any]) -> dict[str, int]:
-    return dict(Counter(row.model_served for row in rows if row.model_served).most_common())
+def _most_common(counts: Counter[str]) -> dict[str, int]:
+    """Most first; ties by name, so the order does not depend on the database's."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return {name: n for name, n in ordered if n}
 
 
-def _percentile(ordered: list[float], pct: int) -> float | None:
-    if not ordered:
-        return None
-    if len(ordered) == 1:
-        return round(ordered[0], 2)
-    return round(statistics.quantiles(ordered, n=100, method="inclusive")[pct - 1], 2)
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def plain_row(mapping: Any) -> dict[str, Any]:

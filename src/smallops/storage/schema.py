@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     TypeDecorator,
@@ -283,4 +285,51 @@ budget_spend = Table(
     Column("period", String(20), primary_key=True),
     Column("spent_usd", Float, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+)
+
+
+def _key(name: str, length: int) -> Column[str]:
+    return Column(name, String(length), nullable=False, server_default="")
+
+
+def _total(name: str, kind: Any) -> Column[Any]:
+    return Column(name, kind, nullable=False, server_default="0")
+
+
+# Per hour and key, what production and eval runs did: written with the runs (rollups.py),
+# read by `smallops report` and the dashboards instead of the runs. '' stands for NULL in keys.
+run_rollups = Table(
+    "run_rollups",
+    metadata,
+    Column("hour", Timestamp, nullable=False),
+    _key("workflow", 100),
+    _key("origin", 20),
+    _key("status", 30),
+    _key("error_type", 50),
+    _key("model_requested", 200),
+    _key("model_served", 200),
+    _key("prompt_version", 16),
+    _total("calls", BigInteger()),
+    _total("priced_calls", BigInteger()),
+    _total("cost_usd", Float()),
+    _total("input_tokens", BigInteger()),
+    _total("output_tokens", BigInteger()),
+    _total("cached_tokens", BigInteger()),
+    _total("model_mismatches", BigInteger()),
+    _total("latency_sum_ms", Float()),
+    Column("latency_min_ms", Float),
+    Column("latency_max_ms", Float),
+    Column("latency_histogram", JSON().with_variant(JSONB(), "postgresql"), nullable=False),
+    PrimaryKeyConstraint(
+        "hour",
+        "workflow",
+        "origin",
+        "status",
+        "error_type",
+        "model_requested",
+        "model_served",
+        "prompt_version",
+        name="pk_run_rollups",
+    ),
+    Index("ix_run_rollups_workflow_hour", "workflow", "hour"),
 )

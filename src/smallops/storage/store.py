@@ -3,6 +3,9 @@
 Idempotent (a run id already present is skipped) so a batch replayed from the spool after an
 uncertain commit never duplicates a run. SQLite gets `executemany`; Postgres gets COPY into a
 temporary table and one `INSERT ... ON CONFLICT DO NOTHING`, about twice as fast as executemany.
+The same transaction adds the runs it actually inserted (ids read first on SQLite, RETURNING on
+Postgres) to the rollups (rollups.py), so a replayed run is counted once and a refused batch
+leaves them untouched.
 
 Every write has a bounded time: a watchdog breaks the connection when the time is up (Postgres:
 its socket is shut down; SQLite: the statement is interrupted), so a database that stops
@@ -23,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from smallops.storage import rollups
 from smallops.storage.db import direct_engine, ensure_schema
 from smallops.storage.health import refused
 from smallops.storage.schema import PROMPT_COLUMNS, REVIEW_COLUMNS, RUN_COLUMNS
@@ -248,8 +252,31 @@ _PG_STAGE = (
 _PG_COPY = f"COPY smallops_runs_stage ({', '.join(RUN_COLUMNS)}) FROM STDIN"
 _PG_MERGE = (
     f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) "
-    f"SELECT {', '.join(RUN_COLUMNS)} FROM smallops_runs_stage ON CONFLICT (id) DO NOTHING"
+    f"SELECT {', '.join(RUN_COLUMNS)} FROM smallops_runs_stage ON CONFLICT (id) DO NOTHING "
+    "RETURNING id"
 )
+_SQLITE_ID_CHUNK = 500  # ids per `IN (...)`: far below SQLite's limit on parameters
+
+
+def _first_of_each(runs: Sequence[Row], wanted: Callable[[Any], bool]) -> list[Row]:
+    """The runs whose id is `wanted`, each id once (a batch may repeat a run)."""
+    seen: set[Any] = set()
+    out = []
+    for row in runs:
+        if row[0] not in seen and wanted(row[0]):
+            seen.add(row[0])
+            out.append(row)
+    return out
+
+
+def _sqlite_logged(connection: Any, ids: list[Any]) -> set[Any]:
+    """Which of `ids` the runs table already holds (inside the write lock, so it stays true)."""
+    found: set[Any] = set()
+    for start in range(0, len(ids), _SQLITE_ID_CHUNK):
+        chunk = ids[start : start + _SQLITE_ID_CHUNK]
+        sql = f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(chunk))})"
+        found.update(row[0] for row in connection.execute(sql, chunk))
+    return found
 
 
 def _write_sqlite(
@@ -261,7 +288,10 @@ def _write_sqlite(
             connection.executemany(
                 _SQLITE_PROMPTS, _with_times(prompts, _PROMPT_TIMES, _sqlite_time)
             )
+        logged = _sqlite_logged(connection, [row[0] for row in runs])
         connection.executemany(_SQLITE_RUNS, _with_times(runs, _RUN_TIMES, _sqlite_time))
+        inserted = _first_of_each(runs, lambda run_id: run_id not in logged)
+        rollups.merge(connection.executemany, "sqlite", rollups.Rollups.of_run_rows(inserted))
         if reviews:
             connection.executemany(
                 _SQLITE_REVIEWS, _with_times(reviews, _REVIEW_TIMES, _sqlite_time)
@@ -284,6 +314,10 @@ def _write_postgres(
                 for row in _with_times(runs, _RUN_TIMES, _pg_time):
                     copy.write_row(row)
             cursor.execute(_PG_MERGE)
+            new = {row[0] for row in cursor.fetchall()}
+            inserted = _first_of_each(runs, new.__contains__)
+            merged = rollups.Rollups.of_run_rows(inserted)
+            rollups.merge(cursor.executemany, "postgresql", merged)
             if reviews:
                 cursor.executemany(_PG_REVIEWS, _with_times(reviews, _REVIEW_TIMES, _pg_time))
     except BaseException:

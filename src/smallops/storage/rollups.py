@@ -1,0 +1,572 @@
+"""Run rollups: per hour and key, what the runs did and cost, so reports never read every run.
+
+A rollup row is keyed by the hour a run started (UTC) and its workflow, origin, status, error
+type, requested and served model and prompt version ('' stands for NULL, so the key is a plain
+unique key on both engines). It holds calls, priced calls and their cost (unpriced calls are
+counted in `calls` only, never as $0), token sums, model mismatches, latency sum, minimum and
+maximum, and a latency histogram.
+
+The histogram has log buckets, BUCKETS_PER_DOUBLING to a doubling (growth factor 2^(1/8)); a
+quantile is reported at its bucket's geometric midpoint, so it is within 2^(1/16) - 1 (4.4%) of
+the exact one (and exact when it is the minimum or the maximum). Only buckets that hold runs
+are stored, as a JSON object {bucket: runs}: a few dozen entries per row whatever the spread,
+where fixed columns would need ~200 (1 µs to 10 minutes). The JSON is merged inside the upsert
+itself (`ON CONFLICT ... DO UPDATE`, summing both objects with json_each / jsonb_each_text), so
+a merge is one atomic statement on both engines: no read-modify-write, no lock to take first,
+and writers in other processes cannot lose each other's counts. Keys are merged in sorted
+order, so two Postgres writers never wait on each other's rows in opposite orders.
+
+The log writer adds a batch's rollups in the transaction that inserts its runs (store.py), and
+only for the runs that transaction actually inserted: a replayed or repeated run counts once, a
+late run lands in the hour it started, and a refused batch leaves the rollups as they were. No
+database trigger is involved: a failing trigger would roll back the log write. `rebuild`
+recomputes them all from the runs (logs written before rollups existed, imports, edits).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select
+
+from smallops.storage.db import write_transaction
+from smallops.storage.schema import RUN_COLUMNS, run_rollups, runs
+
+#: Buckets per doubling of latency: a bucket spans a factor of 2^(1/8), about 9%.
+BUCKETS_PER_DOUBLING = 8
+#: The most a quantile from the histogram is off from the exact one, relatively.
+QUANTILE_ERROR = 2 ** (1 / (2 * BUCKETS_PER_DOUBLING)) - 1
+#: The bucket of latencies of 0 ms (or less), reported as 0.
+ZERO_BUCKET = -1000
+_LOWEST, _HIGHEST = -999, 999  # 2^(±125) ms: no latency is outside
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DateTime format
+
+#: The key columns, in order: the hour, then what a run is grouped by.
+KEY_COLUMNS = (
+    "hour",
+    "workflow",
+    "origin",
+    "status",
+    "error_type",
+    "model_requested",
+    "model_served",
+    "prompt_version",
+)
+_TOTAL_COLUMNS = (
+    "calls",
+    "priced_calls",
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "model_mismatches",
+    "latency_sum_ms",
+)
+COLUMNS = (*KEY_COLUMNS, *_TOTAL_COLUMNS, "latency_min_ms", "latency_max_ms", "latency_histogram")
+#: What a run contributes, as rollups read it from a run (writer rows and rebuild alike).
+FACT_COLUMNS = (
+    "started_at",
+    "workflow",
+    "origin",
+    "status",
+    "error_type",
+    "model_requested",
+    "model_served",
+    "prompt_version",
+    "model_mismatch",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "latency_ms",
+)
+_KEY_OF_ROW = itemgetter(*(RUN_COLUMNS.index(name) for name in FACT_COLUMNS[1:8]))
+_STARTED, _MISMATCH, _INPUT, _OUTPUT, _CACHED, _COST, _LATENCY = (
+    RUN_COLUMNS.index(name) for name in (FACT_COLUMNS[0], *FACT_COLUMNS[8:])
+)
+
+Key = tuple[int, str, str, str, str, str, str, str]  # the hour as epoch seconds, then the rest
+
+
+def bucket_of(latency_ms: float) -> int:
+    """The histogram bucket of a latency."""
+    if not latency_ms > 0:  # 0, negative or NaN
+        return ZERO_BUCKET
+    if math.isinf(latency_ms):
+        return _HIGHEST
+    index = math.floor(math.log2(latency_ms) * BUCKETS_PER_DOUBLING)
+    return min(max(index, _LOWEST), _HIGHEST)
+
+
+def bucket_value(bucket: int) -> float:
+    """The latency a bucket stands for: its geometric midpoint (0 for the zero bucket)."""
+    if bucket == ZERO_BUCKET:
+        return 0.0
+    return float(2 ** ((bucket + 0.5) / BUCKETS_PER_DOUBLING))
+
+
+def quantile(
+    histogram: Mapping[int, int],
+    pct: float,
+    low: float | None = None,
+    high: float | None = None,
+) -> float | None:
+    """The pct-th percentile of a histogram, interpolated between closest ranks as
+    `statistics.quantiles(method="inclusive")` does, kept within the known `low`..`high`."""
+    n = sum(histogram.values())
+    if n == 0:
+        return None
+    rank = pct / 100 * (n - 1)
+    below = math.floor(rank)
+    ordered = sorted(histogram.items())
+    lower, upper = _value_at(ordered, below), _value_at(ordered, min(below + 1, n - 1))
+    value = lower + (rank - below) * (upper - lower)
+    if low is not None:
+        value = max(value, low)
+    if high is not None:
+        value = min(value, high)
+    return value
+
+
+def _value_at(ordered: Sequence[tuple[int, int]], rank: int) -> float:
+    seen = 0
+    for bucket, count in ordered:
+        seen += count
+        if seen > rank:
+            return bucket_value(bucket)
+    return bucket_value(ordered[-1][0])
+
+
+@dataclass
+class Totals:
+    """What the runs of one key (or of any set of keys) add up to."""
+
+    calls: int = 0
+    priced_calls: int = 0
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    model_mismatches: int = 0
+    latency_sum_ms: float = 0.0
+    latency_min_ms: float | None = None
+    latency_max_ms: float | None = None
+    histogram: Counter[int] = field(default_factory=Counter)
+
+    def add_run(
+        self,
+        mismatch: Any,
+        input_tokens: int,
+        output_tokens: int,
+        cached_tokens: int,
+        cost_usd: float | None,
+        latency_ms: float,
+    ) -> None:
+        self.calls += 1
+        if cost_usd is not None:
+            self.priced_calls += 1
+            self.cost_usd += cost_usd
+        self.input_tokens += input_tokens or 0
+        self.output_tokens += output_tokens or 0
+        self.cached_tokens += cached_tokens or 0
+        self.model_mismatches += 1 if mismatch else 0
+        self.latency_sum_ms += latency_ms
+        self._latency_range(latency_ms, latency_ms)
+        self.histogram[bucket_of(latency_ms)] += 1
+
+    def add(self, other: Totals) -> None:
+        self.calls += other.calls
+        self.priced_calls += other.priced_calls
+        self.cost_usd += other.cost_usd
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_tokens += other.cached_tokens
+        self.model_mismatches += other.model_mismatches
+        self.latency_sum_ms += other.latency_sum_ms
+        if other.latency_min_ms is not None and other.latency_max_ms is not None:
+            self._latency_range(other.latency_min_ms, other.latency_max_ms)
+        self.histogram.update(other.histogram)
+
+    def _latency_range(self, low: float, high: float) -> None:
+        self.latency_min_ms = low if self.latency_min_ms is None else min(self.latency_min_ms, low)
+        self.latency_max_ms = (
+            high if self.latency_max_ms is None else max(self.latency_max_ms, high)
+        )
+
+    def percentile(self, pct: float) -> float | None:
+        return quantile(self.histogram, pct, self.latency_min_ms, self.latency_max_ms)
+
+
+class Rollups(dict[Key, Totals]):
+    """Rollups being gathered in memory, by key, before they are merged into the table."""
+
+    def add_fact(self, fact: Sequence[Any]) -> None:
+        """Add one run given as FACT_COLUMNS, its start as epoch seconds."""
+        (started, workflow, origin, status, error, requested, served, prompt) = fact[:8]
+        hour = int(started // 3600 * 3600)
+        key = (hour, workflow, origin or "", status, error or "", requested, served or "", prompt)
+        totals = self.get(key)
+        if totals is None:
+            totals = self[key] = Totals()
+        totals.add_run(*fact[8:])
+
+    @classmethod
+    def of_run_rows(cls, rows: Iterable[Sequence[Any]]) -> Rollups:
+        """Rollups of `runs` rows in RUN_COLUMNS order with epoch-second times (the writer's):
+        rows grouped by key first, then each group summed by builtins, which keeps the log
+        writer's cost per run to a few microseconds."""
+        groups: dict[Key, list[Sequence[Any]]] = {}
+        for row in rows:
+            workflow, origin, status, error, requested, served, prompt = _KEY_OF_ROW(row)
+            key = (
+                int(row[_STARTED] // 3600 * 3600),
+                workflow,
+                origin or "",
+                status,
+                error or "",
+                requested,
+                served or "",
+                prompt,
+            )
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [row]
+            else:
+                group.append(row)
+        rollups = cls()
+        for key, group in groups.items():
+            latencies = [row[_LATENCY] for row in group]
+            costs = [row[_COST] for row in group if row[_COST] is not None]
+            rollups[key] = Totals(
+                calls=len(group),
+                priced_calls=len(costs),
+                cost_usd=sum(costs, 0.0),
+                input_tokens=sum(row[_INPUT] or 0 for row in group),
+                output_tokens=sum(row[_OUTPUT] or 0 for row in group),
+                cached_tokens=sum(row[_CACHED] or 0 for row in group),
+                model_mismatches=sum(1 for row in group if row[_MISMATCH]),
+                latency_sum_ms=sum(latencies, 0.0),
+                latency_min_ms=min(latencies),
+                latency_max_ms=max(latencies),
+                histogram=Counter(map(bucket_of, latencies)),
+            )
+        return rollups
+
+
+ExecuteMany = Callable[[str, list[tuple[Any, ...]]], Any]
+
+
+def merge(execute_many: ExecuteMany, dialect: str, rollups: Mapping[Key, Totals]) -> None:
+    """Add `rollups` to the table in the caller's transaction, with one upsert per key:
+    `execute_many(sql, rows)` is a DB-API `executemany` (sqlite3 or psycopg)."""
+    if not rollups:
+        return
+    postgres = dialect == "postgresql"
+    rows = [_params(key, rollups[key], postgres) for key in sorted(rollups)]
+    execute_many(_UPSERT_PG if postgres else _UPSERT_SQLITE, rows)
+
+
+def _params(key: Key, totals: Totals, postgres: bool) -> tuple[Any, ...]:
+    started = datetime.fromtimestamp(key[0], timezone.utc)
+    hour = started if postgres else started.strftime(_SQLITE_TIME)
+    histogram = json.dumps({str(b): n for b, n in sorted(totals.histogram.items())})
+    return (
+        hour,
+        *key[1:],
+        totals.calls,
+        totals.priced_calls,
+        totals.cost_usd,
+        totals.input_tokens,
+        totals.output_tokens,
+        totals.cached_tokens,
+        totals.model_mismatches,
+        totals.latency_sum_ms,
+        totals.latency_min_ms,
+        totals.latency_max_ms,
+        histogram,
+    )
+
+
+def _upsert(marker: str, json_marker: str, least: str, greatest: str, merged: str) -> str:
+    values = ", ".join([marker] * (len(COLUMNS) - 1) + [json_marker])
+    sums = ", ".join(f"{c} = run_rollups.{c} + excluded.{c}" for c in _TOTAL_COLUMNS)
+    return (
+        f"INSERT INTO run_rollups ({', '.join(COLUMNS)}) VALUES ({values}) "
+        f"ON CONFLICT ({', '.join(KEY_COLUMNS)}) DO UPDATE SET {sums}, "
+        f"latency_min_ms = {least}(run_rollups.latency_min_ms, excluded.latency_min_ms), "
+        f"latency_max_ms = {greatest}(run_rollups.latency_max_ms, excluded.latency_max_ms), "
+        f"latency_histogram = {merged}"
+    )
+
+
+_UPSERT_SQLITE = _upsert(
+    "?",
+    "?",
+    "min",
+    "max",
+    "(SELECT json_group_object(key, n) FROM (SELECT key, sum(value) AS n FROM ("
+    "SELECT key, value FROM json_each(run_rollups.latency_histogram) UNION ALL "
+    "SELECT key, value FROM json_each(excluded.latency_histogram)) GROUP BY key))",
+)
+_UPSERT_PG = _upsert(
+    "%s",
+    "CAST(%s AS jsonb)",
+    "LEAST",
+    "GREATEST",
+    "(SELECT jsonb_object_agg(key, n) FROM (SELECT key, sum(value::bigint) AS n FROM ("
+    "SELECT key, value FROM jsonb_each_text(run_rollups.latency_histogram) UNION ALL "
+    "SELECT key, value FROM jsonb_each_text(excluded.latency_histogram)) AS both_sides "
+    "GROUP BY key) AS merged)",
+)
+
+
+# --- rebuild ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Rebuilt:
+    """What a rebuild did."""
+
+    runs: int
+    rollup_rows: int
+    seconds: float
+
+
+#: Keys gathered in memory before they are merged into the table: bounds a rebuild's memory
+#: whatever the number of runs.
+REBUILD_FLUSH_KEYS = 50_000
+_REBUILD_CHUNK = 5_000
+
+
+def rebuild(engine: Engine, progress: Callable[[int], None] | None = None) -> Rebuilt:
+    """Recompute every rollup from the runs, in one transaction: the table is cleared and
+    refilled, runs streamed, so memory stays bounded however many runs there are. Log writes
+    wait meanwhile (SQLite: the write lock; Postgres: the table lock), so no run is missed or
+    counted twice; `progress(runs)` is called as runs are read."""
+    started = time.monotonic()
+    dialect = engine.dialect.name
+    columns = [runs.c[name] for name in FACT_COLUMNS]
+    counted = 0
+    with write_transaction(engine) as connection:
+        if dialect == "postgresql":
+            connection.exec_driver_sql("LOCK TABLE run_rollups IN EXCLUSIVE MODE")
+        connection.execute(run_rollups.delete())
+        raw: Any = connection.connection.driver_connection
+        cursor = raw.cursor() if dialect == "sqlite" else None
+        execute_many = cursor.executemany if cursor is not None else _pg_execute_many(raw)
+        pending = Rollups()
+        result = connection.execution_options(stream_results=True, yield_per=_REBUILD_CHUNK)
+        for chunk in result.execute(select(*columns)).partitions(_REBUILD_CHUNK):
+            for row in chunk:
+                fact = list(row)
+                fact[0] = _epoch(fact[0])
+                pending.add_fact(fact)
+            counted += len(chunk)
+            if len(pending) >= REBUILD_FLUSH_KEYS:
+                merge(execute_many, dialect, pending)
+                pending = Rollups()
+            if progress is not None:
+                progress(len(chunk))
+        merge(execute_many, dialect, pending)
+        if cursor is not None:
+            cursor.close()
+        rows = connection.execute(select(func.count()).select_from(run_rollups)).scalar_one()
+    return Rebuilt(counted, rows, time.monotonic() - started)
+
+
+def _pg_execute_many(raw: Any) -> ExecuteMany:
+    def execute_many(sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with raw.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+    return execute_many
+
+
+def _epoch(value: datetime | str) -> float:
+    if isinstance(value, str):  # SQLite, read without SQLAlchemy's type
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+def count_runs(engine: Engine) -> int:
+    """How many runs a rebuild will read."""
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(runs)).scalar_one())
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Production:
+    """A workflow's production calls (eval traffic left out) over a time range."""
+
+    totals: Totals = field(default_factory=Totals)
+    statuses: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    #: The pinned model's route (origin app or unset): models served and mismatches.
+    served: Counter[str] = field(default_factory=Counter)
+    mismatches: int = 0
+    #: The secondary model's calls (origin "fallback").
+    fallback_calls: int = 0
+    fallback_served: Counter[str] = field(default_factory=Counter)
+
+    def add(self, origin: str, status: str, error: str, served: str, totals: Totals) -> None:
+        self.totals.add(totals)
+        self.statuses[status] += totals.calls
+        if error:
+            self.errors[error] += totals.calls
+        if origin == "fallback":
+            self.fallback_calls += totals.calls
+            if served:
+                self.fallback_served[served] += totals.calls
+        else:
+            self.mismatches += totals.model_mismatches
+            if served:
+                self.served[served] += totals.calls
+
+
+def production(engine: Engine, since: datetime | None = None) -> dict[str, Production]:
+    """Per workflow, its production calls that started at or after `since`: whole hours from
+    the rollups, and the part hour at the start of the range from the runs themselves, so the
+    figures are those of the runs in the range exactly."""
+    whole_hours = _next_hour(since) if since is not None else None
+    out: dict[str, Production] = {}
+    with engine.connect() as connection:
+        for workflow, origin, status, error, served, totals in _rollup_groups(
+            connection, whole_hours
+        ):
+            out.setdefault(workflow, Production()).add(origin, status, error, served, totals)
+        for workflow, histogram in _histograms(connection, whole_hours).items():
+            out.setdefault(workflow, Production()).totals.histogram.update(histogram)
+        if since is not None and whole_hours is not None and since < whole_hours:
+            for key, totals in _part_hour(connection, since, whole_hours).items():
+                workflow, origin, status, error, _, served = key[1:7]
+                out.setdefault(workflow, Production()).add(origin, status, error, served, totals)
+    return out
+
+
+def _next_hour(moment: datetime) -> datetime:
+    moment = moment.astimezone(timezone.utc) if moment.tzinfo else moment
+    start = moment.replace(minute=0, second=0, microsecond=0)
+    return start if start == moment else start + timedelta(hours=1)
+
+
+_NOT_EVAL = run_rollups.c.origin != "eval"
+
+
+def _rollup_groups(
+    connection: Connection, since: datetime | None
+) -> Iterator[tuple[str, str, str, str, str, Totals]]:
+    r = run_rollups.c
+    groups = (r.workflow, r.origin, r.status, r.error_type, r.model_served)
+    query = select(
+        *groups,
+        *(func.sum(r[name]).label(name) for name in _TOTAL_COLUMNS),
+        func.min(r.latency_min_ms).label("low"),
+        func.max(r.latency_max_ms).label("high"),
+    ).where(_NOT_EVAL)
+    if since is not None:
+        query = query.where(r.hour >= since)
+    for row in connection.execute(query.group_by(*groups)):
+        totals = Totals(
+            calls=int(row.calls),
+            priced_calls=int(row.priced_calls),
+            cost_usd=float(row.cost_usd),
+            input_tokens=int(row.input_tokens),
+            output_tokens=int(row.output_tokens),
+            cached_tokens=int(row.cached_tokens),
+            model_mismatches=int(row.model_mismatches),
+            latency_sum_ms=float(row.latency_sum_ms),
+            latency_min_ms=row.low,
+            latency_max_ms=row.high,
+        )
+        yield row.workflow, row.origin, row.status, row.error_type, row.model_served, totals
+
+
+def _histograms(connection: Connection, since: datetime | None) -> dict[str, Counter[int]]:
+    """Per workflow, the production latency histogram, summed by the database."""
+    postgres = connection.dialect.name == "postgresql"
+    each = "jsonb_each_text" if postgres else "json_each"
+    count = "b.value::bigint" if postgres else "b.value"
+    where = "r.origin != 'eval'" + (" AND r.hour >= :since" if since is not None else "")
+    sql = (
+        f"SELECT r.workflow, b.key, sum({count}) FROM run_rollups AS r, "
+        f"{each}(r.latency_histogram) AS b WHERE {where} GROUP BY r.workflow, b.key"
+    )
+    params: dict[str, Any] = {}
+    if since is not None:
+        params["since"] = since if postgres else since.strftime(_SQLITE_TIME)
+    out: dict[str, Counter[int]] = {}
+    for workflow, bucket, n in connection.exec_driver_sql(_named(sql, postgres), params):
+        out.setdefault(workflow, Counter())[int(bucket)] += int(n)
+    return out
+
+
+def _named(sql: str, postgres: bool) -> str:
+    """A :name parameter in the driver's own style."""
+    return sql.replace(":since", "%(since)s") if postgres else sql
+
+
+def _part_hour(connection: Connection, since: datetime, until: datetime) -> Rollups:
+    columns = [runs.c[name] for name in FACT_COLUMNS]
+    query = select(*columns).where(
+        runs.c.started_at >= since,
+        runs.c.started_at < until,
+        (runs.c.origin.is_(None)) | (runs.c.origin != "eval"),
+    )
+    rollups = Rollups()
+    for row in connection.execute(query):
+        fact = list(row)
+        fact[0] = _epoch(fact[0])
+        rollups.add_fact(fact)
+    return rollups
+
+
+def served_models(connection: Connection, workflow: str) -> list[dict[str, Any]] | None:
+    """Each model that served the workflow's pinned route (origin app or unset), with its calls
+    and its first and last start to the microsecond: the hours from the rollups, the moments
+    from the runs of those hours only. None when the rollups and the runs disagree (runs edited
+    by hand since the last rebuild): the caller then reads the runs."""
+    r = run_rollups.c
+    query = (
+        select(r.model_served, func.min(r.hour), func.max(r.hour), func.sum(r.calls))
+        .where(r.workflow == workflow, r.model_served != "", r.origin.in_(("", "app")))
+        .group_by(r.model_served)
+    )
+    out = []
+    for model, first_hour, last_hour, calls in connection.execute(query).all():
+        first = _moment(connection, workflow, model, _utc(first_hour), func.min)
+        last = _moment(connection, workflow, model, _utc(last_hour), func.max)
+        if first is None or last is None:
+            return None
+        out.append({"model": model, "first_seen": first, "last_seen": last, "calls": int(calls)})
+    return sorted(out, key=lambda row: row["first_seen"])
+
+
+def _moment(
+    connection: Connection, workflow: str, model: str, hour: datetime, pick: Any
+) -> datetime | None:
+    query = select(pick(runs.c.started_at)).where(
+        runs.c.workflow == workflow,
+        runs.c.started_at >= hour,
+        runs.c.started_at < hour + timedelta(hours=1),
+        runs.c.model_served == model,
+        (runs.c.origin.is_(None)) | (runs.c.origin == "app"),
+    )
+    found = connection.execute(query).scalar()
+    return None if found is None else _utc(found)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
