@@ -5,7 +5,7 @@
    with 30 reviewers in smallops.toml's [reviewers], and drives them with httpx as a browser
    would: GET /login, POST /login with the form's CSRF token, GET /, POST /next, then GET the
    item page and POST approve with the form's CSRF token, again and again (the approve answers
-   with a redirect to the next item); every 5th decision a reviewer also reloads the queue page.
+   with a redirect to the next item); every 10th decision a reviewer also reloads the queue page.
    It prints decisions/s, decision p50/p95, item page p50/p95 and queue page p50/p95, then checks
    that every decision was recorded exactly once. Targets: >= 100 decisions/s, decision p95 <
    200 ms, queue page p95 < 100 ms.
@@ -18,6 +18,7 @@ The machine is shared and noisy: quote medians and the conditions.
 
 Run: python bench/desk_load.py [--database-url URL] [--items 20000] [--reviewers 30]
      [--seconds 30] [--stats-runs 200000] [--json]
+(--seconds 0 skips the load test, to time the stats alone.)
 The URL defaults to SMALLOPS_TEST_DATABASE_URL. Everything is made in a fresh schema that is
 dropped afterwards.
 """
@@ -39,18 +40,29 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    Engine,
+    MetaData,
+    Table,
+    TypeDecorator,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 
 from smallops.ids import uuid7
 from smallops.storage.db import ensure_schema, normalise_url
-from smallops.storage.schema import prompt_versions, review_decisions, review_items, runs
+from smallops.storage.schema import Json, prompt_versions, review_decisions, review_items, runs
 from smallops.web.auth import hash_password
 
 WORKFLOW = "email-triage"
@@ -78,10 +90,25 @@ def pg_schema(pg_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def plain(table: Table) -> Table:
+    """`table` without the redaction and cleaning of its Json and Text columns: the seeded values
+    are clean, and the bench need not wait for them to be checked."""
+    columns = []
+    for column in table.columns:
+        kind: Any = column.type
+        if isinstance(kind, Json):
+            kind = JSON().with_variant(JSONB(), "postgresql")
+        elif isinstance(kind, TypeDecorator):
+            kind = kind.impl
+        columns.append(Column(column.name, kind, primary_key=column.primary_key))
+    return Table(table.name, MetaData(), *columns)
+
+
 def seed(
     engine: Engine,
     items: int,
     version: str,
+    folder: Path,
     *,
     decided: bool = False,
     start: datetime | None = None,
@@ -91,6 +118,7 @@ def seed(
     random (seeded) from the Triage classes."""
     rng = random.Random(11)
     start = start or datetime.now(timezone.utc) - timedelta(seconds=items + 60)
+    schema = output_schema(folder)
     with engine.begin() as c:
         if not c.execute(
             text("SELECT 1 FROM prompt_versions WHERE id = :id"), {"id": version}
@@ -101,7 +129,7 @@ def seed(
                     "id": version,
                     "workflow": WORKFLOW,
                     "template": "[system]\nSort the email.\n[user]\nSubject: {{ subject }}\n",
-                    "output_schema": None,
+                    "output_schema": schema,
                     "model": "gpt-4o-mini-2024-07-18",
                     "params": {},
                     "created_at": start,
@@ -115,6 +143,7 @@ def seed(
         for n in range(first, min(items, first + batch)):
             at = start + timedelta(seconds=n)
             run_id = uuid7()
+            failed = rng.random() < 0.02
             output = {
                 "category": rng.choice(CATEGORIES),
                 "urgency": rng.choice(URGENCIES),
@@ -135,7 +164,8 @@ def seed(
                     "model_served": "gpt-4o-mini-2024-07-18",
                     "model_mismatch": False,
                     "allow_unpinned": False,
-                    "status": "ok",
+                    "status": "error" if failed else "ok",
+                    "error_type": "rate_limited" if failed else None,
                     "review_policy": "all",
                     "review_route": "review",
                     "origin": "app",
@@ -190,10 +220,10 @@ def seed(
                     }
                 )
         with engine.begin() as c:
-            c.execute(runs.insert(), run_rows)
-            c.execute(review_items.insert(), item_rows)
+            c.execute(plain(runs).insert(), run_rows)
+            c.execute(plain(review_items).insert(), item_rows)
             if decision_rows:
-                c.execute(review_decisions.insert(), decision_rows)
+                c.execute(plain(review_decisions).insert(), decision_rows)
     if engine.dialect.name == "postgresql":
         with engine.begin() as c:
             c.exec_driver_sql("ANALYZE")
@@ -220,7 +250,16 @@ def prompt_version(folder: Path) -> str:
     """The id of the workflow's current prompt version, as the server will compute it."""
     from smallops.project import Project
 
-    return Project(folder).workflows[WORKFLOW].version.id
+    return str(Project(folder).workflows[WORKFLOW].version.id)
+
+
+def output_schema(folder: Path) -> dict[str, Any]:
+    """The JSON schema of the workflow's output, as its prompt version records it."""
+    from smallops.project import Project
+
+    output = Project(folder).workflows[WORKFLOW].output
+    assert output is not None
+    return output.model_json_schema()
 
 
 def free_port() -> int:
@@ -273,7 +312,7 @@ async def log_in(client: httpx.AsyncClient, name: str) -> None:
 
 async def review(client: httpx.AsyncClient, stop_at: float, t: Timings) -> None:
     """One reviewer: open the queue, start reviewing, approve each item until the time is up;
-    every 5th decision, reload the queue page."""
+    every 10th decision, reload the queue page."""
     began = time.perf_counter()
     queue = await client.get("/")
     t.queue.append(time.perf_counter() - began)
@@ -300,7 +339,7 @@ async def review(client: httpx.AsyncClient, stop_at: float, t: Timings) -> None:
         t.decided.append(run_id)
         location = answer.headers.get("location", "")
         n += 1
-        if n % 5 == 0:
+        if n % 10 == 0:
             began = time.perf_counter()
             await client.get("/")
             t.queue.append(time.perf_counter() - began)
@@ -422,6 +461,7 @@ def time_stats(url: str, folder: Path, runs_count: int, rounds: int = 3) -> dict
         engine,
         runs_count,
         workflow.version.id,
+        folder,
         decided=True,
         start=datetime.now(timezone.utc) - timedelta(days=10),
     )
@@ -441,6 +481,65 @@ def time_stats(url: str, folder: Path, runs_count: int, rounds: int = 3) -> dict
     }
 
 
+def explain(engine: Engine, what: str, read: Callable[[Engine], Any]) -> dict[str, str]:
+    """EXPLAIN ANALYZE of the statement `read` executes: the indexes its plan names, and the
+    time Postgres reports."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        read(engine)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    statement, parameters = next((s, p) for s, p in seen if s.lstrip().startswith("SELECT"))
+    with engine.connect() as connection:
+        plan = "\n".join(
+            row[0] for row in connection.exec_driver_sql("EXPLAIN ANALYZE " + statement, parameters)
+        )
+    indexes = sorted(set(re.findall(r"(?:Index|Index Only) Scan(?: Backward)? using (\w+)", plan)))
+    bitmap = sorted(set(re.findall(r"Bitmap Index Scan on (\w+)", plan)))
+    took = re.search(r"Execution Time: ([\d.]+) ms", plan)
+    return {
+        f"{what}_plan": ", ".join(indexes + bitmap) or "no index",
+        f"{what}_ms": took.group(1) if took else "?",
+    }
+
+
+def queue_reads(engine: Engine) -> dict[str, str]:
+    """The pending queue of every workflow and `claim_next`'s read, under EXPLAIN ANALYZE."""
+    from smallops.storage import review_log
+
+    def queue(e: Engine) -> Any:
+        with e.connect() as connection:
+            return review_log.list_items(connection, None, "pending", 200)
+
+    def claim(e: Engine) -> Any:
+        with e.connect() as connection:
+            now = datetime.now(timezone.utc)
+            return review_log.next_free_item(connection, "r00", now, None, ())
+
+    return {**explain(engine, "queue", queue), **explain(engine, "claim", claim)}
+
+
+def logs_read(engine: Engine) -> dict[str, str]:
+    """`smallops logs --status rate_limited`'s read, under EXPLAIN ANALYZE."""
+    from smallops.storage.queries import list_runs
+
+    return explain(engine, "logs_status", lambda e: list_runs(e, status="rate_limited"))
+
+
+def show(report: dict[str, Any], as_json: bool) -> None:
+    """Print what has been measured since the last call (all of it at the end with --json)."""
+    if as_json:
+        return
+    for key, value in report.items():
+        print(f"{key:22} {value}", flush=True)
+    report.clear()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=os.environ.get("SMALLOPS_TEST_DATABASE_URL"))
@@ -454,43 +553,54 @@ def main() -> None:
         raise SystemExit("give --database-url or set SMALLOPS_TEST_DATABASE_URL (Postgres)")
     folder = Path(tempfile.mkdtemp(prefix="smallops-desk-"))
     report: dict[str, Any] = {"items": args.items, "reviewers": args.reviewers}
+    shown: dict[str, Any] = {}
+
+    def done(found: dict[str, Any]) -> None:
+        report.update(found)
+        shown.update(found)
+        show(shown, args.json)
+
     try:
         names = make_project(folder / "ops", args.reviewers)
         with pg_schema(args.database_url) as url:
             engine = create_engine(url)
             ensure_schema(engine)
             began = time.perf_counter()
-            version = prompt_version(folder / "ops")
-            seed(engine, args.items, version)
-            report["seed_s"] = round(time.perf_counter() - began, 1)
-            port = free_port()
-            with serve(folder / "ops", url, port):
-                t, took = asyncio.run(drive(f"http://127.0.0.1:{port}", list(names), args.seconds))
-            report.update(
-                {
-                    "seconds": round(took, 1),
-                    "decisions_per_s": round(len(t.decided) / took, 1),
-                    "decision_p50_ms": ms(t.decision, 0.5),
-                    "decision_p95_ms": ms(t.decision, 0.95),
-                    "item_page_p50_ms": ms(t.item, 0.5),
-                    "item_page_p95_ms": ms(t.item, 0.95),
-                    "queue_page_p50_ms": ms(t.queue, 0.5),
-                    "queue_page_p95_ms": ms(t.queue, 0.95),
-                    "errors": dict(t.errors),
-                }
-            )
-            report.update(verify(engine, t))
-            report.update(count_statements(url, folder / "ops"))
-            engine.dispose()
+            seed(engine, args.items, prompt_version(folder / "ops"), folder / "ops")
+            done({**report, "seed_s": round(time.perf_counter() - began, 1)})
+            done(queue_reads(engine))
+            if args.seconds > 0:
+                port = free_port()
+                with serve(folder / "ops", url, port):
+                    t, took = asyncio.run(
+                        drive(f"http://127.0.0.1:{port}", list(names), args.seconds)
+                    )
+                done(
+                    {
+                        "seconds": round(took, 1),
+                        "decisions_per_s": round(len(t.decided) / took, 1),
+                        "decision_p50_ms": ms(t.decision, 0.5),
+                        "decision_p95_ms": ms(t.decision, 0.95),
+                        "item_page_p50_ms": ms(t.item, 0.5),
+                        "item_page_p95_ms": ms(t.item, 0.95),
+                        "queue_page_p50_ms": ms(t.queue, 0.5),
+                        "queue_page_p95_ms": ms(t.queue, 0.95),
+                        "errors": dict(t.errors),
+                    }
+                )
+                done(verify(engine, t))
+                done(count_statements(url, folder / "ops"))
             if args.stats_runs:
-                report.update(time_stats(url, folder / "ops", args.stats_runs))
+                done(time_stats(url, folder / "ops", args.stats_runs))
+                done(logs_read(engine))
+            engine.dispose()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if args.json:
         print(json.dumps(report))
         return
-    for key, value in report.items():
-        print(f"{key:22} {value}")
+    if args.seconds <= 0:
+        return
     ok = (
         report["decisions_per_s"] >= 100
         and report["decision_p95_ms"] < 200
