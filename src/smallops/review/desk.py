@@ -126,14 +126,16 @@ class ReviewDesk:
             return f"{left}; {misfit}" if misfit else left
         return misfit
 
-    def approve(self, run_id: str, reviewer: str, *, hint: str = NOT_APPROVABLE) -> Decision:
-        """Approve a pending item's output as it is, if `approvable`; otherwise an InputError
-        with `hint`. The item is read once, locked, in the decision's transaction."""
+    def approve(self, run_id: str, reviewer: str) -> Decision:
+        """Approve a pending item's output as it is, if `approvable` (otherwise `Unapprovable`).
+        The item is read once, locked, in the decision's transaction."""
 
         def check(item: dict[str, Any]) -> None:
             problem = self.approvable(item)
             if problem is not None:
-                raise InputError(f"run {run_id} cannot be approved: {problem}", hint=hint)
+                raise Unapprovable(
+                    f"run {run_id} cannot be approved: {problem}", hint=NOT_APPROVABLE
+                )
 
         return self._decide(run_id, reviewer, "approve", check=check)
 
@@ -284,6 +286,10 @@ class ReviewDesk:
         if what is not None:
             send.note = f"the webhook of run {send.run_id} was {what}"
             log.info("smallops: %s", send.note)  # `finish_sending` reports it; serve retries it
+
+
+class Unapprovable(InputError):
+    """The output cannot be approved as it is (see `ReviewDesk.approvable`); nothing changed."""
 
 
 @dataclass

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from smallops.errors import InputError, NotFoundError, SmallopsError
 from smallops.jsonl import parse
 from smallops.ordering import item_in_order
-from smallops.review.desk import ReviewDesk
+from smallops.review.desk import ReviewDesk, Unapprovable
 from smallops.review.queue import DecidedError, Decision, HeldError
 from smallops.web._http import (
     JSON,
@@ -153,7 +153,10 @@ def decide(
 ) -> Decision | None:
     """Call the desk for one action; a correction comes from the form or a JSON `output`."""
     if action == "approve":
-        return desk.approve(run_id, name, hint=NOT_APPROVABLE)
+        try:
+            return desk.approve(run_id, name)
+        except Unapprovable as exc:  # said the way this page says it
+            raise InputError(exc.message, hint=NOT_APPROVABLE) from None
     if action == "reject":
         return desk.reject(run_id, name, str(form.get("reason") or ""))
     if action == "skip":
