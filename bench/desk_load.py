@@ -144,6 +144,7 @@ def seed(
             at = start + timedelta(seconds=n)
             run_id = uuid7()
             failed = rng.random() < 0.02
+            error_type = "timeout" if rng.random() < 0.05 else "rate_limited"  # 0.1% time out
             output = {
                 "category": rng.choice(CATEGORIES),
                 "urgency": rng.choice(URGENCIES),
@@ -165,7 +166,7 @@ def seed(
                     "model_mismatch": False,
                     "allow_unpinned": False,
                     "status": "error" if failed else "ok",
-                    "error_type": "rate_limited" if failed else None,
+                    "error_type": error_type if failed else None,
                     "review_policy": "all",
                     "review_route": "review",
                     "origin": "app",
@@ -525,10 +526,10 @@ def queue_reads(engine: Engine) -> dict[str, str]:
 
 
 def logs_read(engine: Engine) -> dict[str, str]:
-    """`smallops logs --status rate_limited`'s read, under EXPLAIN ANALYZE."""
+    """`smallops logs --status timeout`'s read (0.1% of the runs), under EXPLAIN ANALYZE."""
     from smallops.storage.queries import list_runs
 
-    return explain(engine, "logs_status", lambda e: list_runs(e, status="rate_limited"))
+    return explain(engine, "logs_status", lambda e: list_runs(e, status="timeout"))
 
 
 def show(report: dict[str, Any], as_json: bool) -> None:
