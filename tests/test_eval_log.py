@@ -24,11 +24,13 @@ from smallops.storage.eval_log import (
     evaluated_versions,
     latencies,
     output_history,
+    output_schemas,
+    output_value_counts,
     record_verdict,
     save_eval_run,
     served_models,
 )
-from smallops.storage.schema import eval_results, eval_runs
+from smallops.storage.schema import eval_results, eval_runs, runs
 
 from models import GOOD, Triage
 
@@ -169,3 +171,41 @@ def test_output_history_holds_the_schemas_and_the_outputs_in_the_window(tmp_path
     assert output == GOOD and started_at.tzinfo is not None
     later = output_history(engine, "triage", now + timedelta(days=1), now + timedelta(days=2))
     assert later.outputs == []
+
+
+def test_output_value_counts_count_in_the_database_what_the_outputs_say(tmp_path, database_url):
+    wf, engine = _setup(tmp_path, database_url)
+    ids = [wf.run(text=str(i)).run_id for i in range(9)]
+    wf.plan().writer.flush()
+    now = datetime.now(timezone.utc)
+    odd: list[Any] = [
+        "plain text",
+        [1, 2],
+        {"urgency": "high"},
+        {"category": None},
+        {"category": True},
+        {"category": 3},
+        {"category": "billing"},
+    ]
+    with engine.begin() as connection:
+        for run_id, output in zip(ids, odd, strict=False):
+            connection.execute(runs.update().where(runs.c.id == run_id).values(output=output))
+        for run_id in ids[::2]:
+            earlier = now - timedelta(days=10)
+            connection.execute(runs.update().where(runs.c.id == run_id).values(started_at=earlier))
+    since, split, until = now - timedelta(days=14), now - timedelta(days=7), now + timedelta(1)
+    counted = output_value_counts(
+        engine, "triage", ["category", "urgency"], since=since, split=split, until=until
+    )
+    expected: dict[str, tuple[dict[Any, int], dict[Any, int]]] = {}
+    for name in ("category", "urgency"):
+        after: dict[Any, int] = {}
+        before: dict[Any, int] = {}
+        for started_at, output in output_history(engine, "triage", since, until).outputs:
+            if isinstance(output, dict) and name in output:
+                week = after if started_at >= split else before
+                week[output[name]] = week.get(output[name], 0) + 1
+        expected[name] = (after, before)
+    assert counted == expected
+    assert counted["category"][0][None] == 1 and counted["category"][1][True] == 1
+    assert len(output_schemas(engine, "triage")) == 1

@@ -255,6 +255,28 @@ def test_evidence_is_the_final_decisions_on_policy_reviews_of_one_prompt_version
     assert graduation_log.reviews_per_earlier_version(engine, "triage", "v1") == {"v0": 2}
 
 
+def test_evidence_is_tallied_in_the_database_and_split_at_each_demotion(engine):
+    items = [add_item(engine) for _ in range(4)] + [add_item(engine, reason="fallback")]
+    decide(engine, items[0], "approve", T0)
+    decide(engine, items[1], "approve", T0 + timedelta(hours=2))
+    decide(engine, items[2], "reject", T0 + timedelta(hours=2))
+    decide(engine, items[3], "approve", T0 + timedelta(hours=4))
+    decide(engine, items[4], "approve", T0 + timedelta(hours=4))  # not a policy review
+    demotions = [T0 + timedelta(hours=1), T0 + timedelta(hours=3)]
+    with engine.connect() as connection:
+        tallies = graduation_log.policy_decision_tallies(connection, "triage", "v1", demotions)
+        none = graduation_log.policy_decision_tallies(connection, "triage", "v9", demotions)
+    found = sorted((t.epoch, t.approved, t.decisions, t.first) for t in tallies)
+    assert found == [
+        (0, True, 1, T0),
+        (1, False, 1, T0 + timedelta(hours=2)),
+        (1, True, 1, T0 + timedelta(hours=2)),
+        (2, True, 1, T0 + timedelta(hours=4)),
+    ]
+    assert {tuple(t.classes) for t in tallies} == {("category=billing",)} and none == []
+    assert all(t.first.tzinfo is not None for t in tallies)
+
+
 def test_graduation_events_are_read_oldest_first_and_written_under_the_lock(engine):
     def event(action: str, at: datetime, version: str = "v1") -> dict[str, Any]:
         return {

@@ -10,13 +10,13 @@ model upgrade or a change in the inputs shows here before anyone complains.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from smallops.labels import enum_fields
 from smallops.stats import chi_square_test
-from smallops.storage.eval_log import output_history, served_models
+from smallops.storage.eval_log import output_schemas, output_value_counts, served_models
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -35,21 +35,17 @@ def distribution_shifts(
     """Per enum field: value counts this week and last week, and the chi-square test."""
     now = now or datetime.now(timezone.utc)
     week_ago, two_weeks_ago = now - timedelta(days=7), now - timedelta(days=14)
-    history = output_history(engine, workflow, since=two_weeks_ago, until=now)
     fields: dict[str, list[Any]] = {}
-    for schema in history.schemas:
+    for schema in output_schemas(engine, workflow):
         for name, values in enum_fields(schema or {}).items():
             fields.setdefault(name, []).extend(v for v in values if v not in fields.get(name, []))
-    counts: dict[str, dict[str, Counter[Any]]] = defaultdict(
-        lambda: {"this_week": Counter(), "last_week": Counter()}
+    counted = output_value_counts(
+        engine, workflow, list(fields), since=two_weeks_ago, split=week_ago, until=now
     )
-    for started_at, output in history.outputs:
-        if not isinstance(output, dict):
-            continue
-        week = "this_week" if started_at >= week_ago else "last_week"
-        for name in fields:
-            if name in output:
-                counts[name][week][output[name]] += 1
+    counts = {
+        name: {"this_week": Counter(this), "last_week": Counter(last)}
+        for name, (this, last) in counted.items()
+    }
     shifts = []
     for name, values in fields.items():
         this, last = counts[name]["this_week"], counts[name]["last_week"]

@@ -26,13 +26,14 @@ from smallops.errors import InputError, describe_problems
 from smallops.jsonl import check_depth, parse
 from smallops.labels import class_fields
 from smallops.review import evidence, webhooks
-from smallops.review.queue import DEFAULT_LEASE, Decision, ReviewQueue
+from smallops.review.queue import DEFAULT_LEASE, Check, Decision, ReviewQueue
 from smallops.storage.health import first_line
 
 if TYPE_CHECKING:  # the workflow is handed in; this layer never imports it
     from smallops.workflow import Workflow
 
 log = logging.getLogger("smallops")
+NOT_APPROVABLE = "correct it with valid output, or reject it; nothing was changed"
 
 
 class ReviewDesk:
@@ -44,6 +45,7 @@ class ReviewDesk:
         self.queue = ReviewQueue(engine)
         self._sends: list[_Send] = []  # the webhooks of this desk's decisions, for finish_sending
         self._sends_lock = threading.Lock()
+        self._forms: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (workflow, version)
 
     def items(
         self, workflow: str | None = None, state: str | None = "pending", limit: int = 100
@@ -54,10 +56,20 @@ class ReviewDesk:
         """An item, with the form its output calls for: field names, types and choices."""
         item = self.queue.item(run_id)
         workflow = self.workflows.get(item["workflow"])
-        output = workflow.output if workflow else None
-        item["fields"] = form_fields(output)
-        item["free_text"] = workflow is not None and output is None
+        item["fields"] = self.form(workflow)
+        item["free_text"] = workflow is not None and workflow.output is None
         return item
+
+    def form(self, workflow: Workflow[Any] | None) -> list[dict[str, Any]]:
+        """`form_fields` of a workflow's output, made once per workflow and prompt version (its
+        JSON schema is costly to generate); each call gets its own copy."""
+        if workflow is None:
+            return []
+        key = (workflow.name, workflow.version.id)
+        fields = self._forms.get(key)
+        if fields is None:
+            fields = self._forms[key] = form_fields(workflow.output)
+        return [dict(field, choices=list(field["choices"])) for field in fields]
 
     def claim_next(
         self,
@@ -67,12 +79,27 @@ class ReviewDesk:
         *,
         exclude: Collection[str] = (),
     ) -> dict[str, Any] | None:
-        claimed = self.queue.claim_next(reviewer, workflow, lease, exclude=exclude)
-        return self.item(claimed["run_id"]) if claimed else None
+        run_id = self.queue.lease_next(reviewer, workflow, lease, exclude=exclude)
+        return self.item(run_id) if run_id is not None else None
+
+    def claim_next_id(
+        self,
+        reviewer: str,
+        workflow: str | None = None,
+        lease: timedelta = DEFAULT_LEASE,
+        *,
+        exclude: Collection[str] = (),
+    ) -> str | None:
+        """`claim_next` for a caller that shows the item later: only the run id claimed."""
+        return self.queue.lease_next(reviewer, workflow, lease, exclude=exclude)
 
     def claim(self, run_id: str, reviewer: str, lease: timedelta = DEFAULT_LEASE) -> dict[str, Any]:
-        self.queue.claim(run_id, reviewer, lease)
+        self.queue.lease(run_id, reviewer, lease)
         return self.item(run_id)
+
+    def claim_id(self, run_id: str, reviewer: str, lease: timedelta = DEFAULT_LEASE) -> None:
+        """`claim` without reading the item back."""
+        self.queue.lease(run_id, reviewer, lease)
 
     def skip(self, run_id: str, reviewer: str) -> None:
         self.queue.release(run_id, reviewer)
@@ -100,14 +127,17 @@ class ReviewDesk:
         return misfit
 
     def approve(self, run_id: str, reviewer: str) -> Decision:
-        item = self.queue.item(run_id)
-        problem = self.approvable(item) if item["state"] == "pending" else None
-        if problem is not None:
-            raise InputError(
-                f"run {run_id} cannot be approved: {problem}",
-                hint="correct it with valid output, or reject it; nothing was changed",
-            )
-        return self._decide(run_id, reviewer, "approve")
+        """Approve a pending item's output as it is, if `approvable` (otherwise `Unapprovable`).
+        The item is read once, locked, in the decision's transaction."""
+
+        def check(item: dict[str, Any]) -> None:
+            problem = self.approvable(item)
+            if problem is not None:
+                raise Unapprovable(
+                    f"run {run_id} cannot be approved: {problem}", hint=NOT_APPROVABLE
+                )
+
+        return self._decide(run_id, reviewer, "approve", check=check)
 
     def correct(self, run_id: str, reviewer: str, output: Any) -> Decision:
         item = self.queue.item(run_id)
@@ -151,12 +181,19 @@ class ReviewDesk:
         *,
         output: Any = None,
         reason: str | None = None,
+        check: Check | None = None,
     ) -> Decision:
         reviewer = reviewer.strip()
         if not reviewer:
             raise InputError("a decision needs a reviewer name", hint="--reviewer NAME")
         decision = self.queue.decide(
-            run_id, reviewer, action, output=output, reason=reason, extra=self._with_decision
+            run_id,
+            reviewer,
+            action,
+            output=output,
+            reason=reason,
+            extra=self._with_decision,
+            check=check,
         )
         workflow = self.workflows.get(decision.workflow)
         if workflow is not None:
@@ -249,6 +286,10 @@ class ReviewDesk:
         if what is not None:
             send.note = f"the webhook of run {send.run_id} was {what}"
             log.info("smallops: %s", send.note)  # `finish_sending` reports it; serve retries it
+
+
+class Unapprovable(InputError):
+    """The output cannot be approved as it is (see `ReviewDesk.approvable`); nothing changed."""
 
 
 @dataclass

@@ -93,29 +93,37 @@ def class_stats(
     model) also gets a row for each value of each class field, reviewed or not.
     """
     with engine.connect() as connection:
-        evidence = review_evidence(connection, workflow, pinned, prompt_version)
         standing = standings(connection, workflow, pinned, prompt_version)
+        demotions = sorted({s.since for s in standing.values() if s.since is not None})
+        evidence = tallied_evidence(connection, workflow, pinned, prompt_version, demotions)
     current = now or datetime.now(timezone.utc)
     keys = set(evidence) | set(standing)
     for name, values in (fields or {}).items():
         keys |= {Key(f"{name}={value}", prompt_version, served or pinned) for value in values}
-    return [
-        _summarise(
-            workflow, key, evidence.get(key, []), standing.get(key, Standing()), policy, current
-        )
-        for key in sorted(keys, key=lambda key: (key.model, key.class_key))
-    ]
+    summaries = []
+    for key in sorted(keys, key=lambda key: (key.model, key.class_key)):
+        held = standing.get(key, Standing())
+        after = demotions.index(held.since) + 1 if held.since is not None else 0
+        counted = [t for t in evidence.get(key, []) if t.epoch >= after]
+        summaries.append(_summarise(workflow, key, counted, held, policy, current))
+    return summaries
 
 
-def review_evidence(
-    connection: Connection, workflow: str, pinned: str, prompt_version: str
-) -> dict[Key, list[tuple[bool, datetime]]]:
-    """Per key: (approved without edits, when) for each final decision on a policy review."""
-    evidence: dict[Key, list[tuple[bool, datetime]]] = defaultdict(list)
-    for row in graduation_log.policy_decisions(connection, workflow, prompt_version):
-        for class_key in row.classes:
-            key = Key(class_key, row.prompt_version, row.model_served or pinned)
-            evidence[key].append((row.action == "approve", row.decided_at))
+def tallied_evidence(
+    connection: Connection,
+    workflow: str,
+    pinned: str,
+    prompt_version: str,
+    demotions: list[datetime],
+) -> dict[Key, list[graduation_log.Tally]]:
+    """Per key: the final decisions on policy reviews, counted in the database (approved or
+    not, split at each of the demotion times) rather than read one by one."""
+    evidence: dict[Key, list[graduation_log.Tally]] = defaultdict(list)
+    for tally in graduation_log.policy_decision_tallies(
+        connection, workflow, prompt_version, demotions
+    ):
+        for class_key in tally.classes:
+            evidence[Key(class_key, prompt_version, tally.model_served or pinned)].append(tally)
     return evidence
 
 
@@ -253,17 +261,16 @@ def event_row(
 def _summarise(
     workflow: str,
     key: Key,
-    rows: list[tuple[bool, datetime]],
+    tallies: list[graduation_log.Tally],
     standing: Standing,
     policy: ReviewPolicy,
     now: datetime,
 ) -> ClassStats:
-    if standing.since is not None:
-        rows = [(approved, at) for approved, at in rows if at > standing.since]
-    reviewed = len(rows)
-    approvals = sum(1 for approved, _ in rows if approved)
+    """What the decisions since the key's latest demotion (`tallies`) say."""
+    reviewed = sum(t.decisions for t in tallies)
+    approvals = sum(t.decisions for t in tallies if t.approved)
     bound = clopper_pearson_lower(approvals, reviewed)
-    days = (now - min(at for _, at in rows)).total_seconds() / 86400 if rows else 0.0
+    days = (now - min(t.first for t in tallies)).total_seconds() / 86400 if tallies else 0.0
     automate = bound >= policy.target and days >= policy.min_days
     return ClassStats(
         workflow=workflow,

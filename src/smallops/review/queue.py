@@ -42,6 +42,7 @@ class Decision:
 
 
 Extra = Callable[[Connection, dict[str, Any], dict[str, Any]], None]
+Check = Callable[[dict[str, Any]], None]
 
 
 class ReviewQueue:
@@ -98,21 +99,36 @@ class ReviewQueue:
     ) -> dict[str, Any] | None:
         """Claim the oldest free item (unclaimed or lease expired) that is not in `exclude` (the
         ones the reviewer skipped this session); None when there is none."""
+        run_id = self.lease_next(reviewer, workflow, lease, exclude=exclude)
+        return self.item(run_id) if run_id is not None else None
+
+    def lease_next(
+        self,
+        reviewer: str,
+        workflow: str | None = None,
+        lease: timedelta = DEFAULT_LEASE,
+        *,
+        exclude: Collection[str] = (),
+    ) -> str | None:
+        """`claim_next` without reading the item back: the run id claimed, or None."""
         now = self.now()
         with write_transaction(self.engine) as connection:
             run_id = review_log.next_free_item(connection, reviewer, now, workflow, exclude)
-            if run_id is None:
-                return None
-            review_log.set_claim(connection, run_id, reviewer, now + lease)
-        return self.item(run_id)
+            if run_id is not None:
+                review_log.set_claim(connection, run_id, reviewer, now + lease)
+        return run_id
 
     def claim(self, run_id: str, reviewer: str, lease: timedelta = DEFAULT_LEASE) -> dict[str, Any]:
         """Claim one item; HeldError if someone else holds it, DecidedError if it is decided."""
+        self.lease(run_id, reviewer, lease)
+        return self.item(run_id)
+
+    def lease(self, run_id: str, reviewer: str, lease: timedelta = DEFAULT_LEASE) -> None:
+        """`claim` without reading the item back."""
         now = self.now()
         with write_transaction(self.engine) as connection:
             self._lock_pending(connection, run_id, reviewer, now)
             review_log.set_claim(connection, run_id, reviewer, now + lease)
-        return self.item(run_id)
 
     def release(self, run_id: str, reviewer: str, *, action: str = "skip") -> None:
         """Give an item back to the queue (a skip), recording who did."""
@@ -143,13 +159,18 @@ class ReviewQueue:
         output: Any = None,
         reason: str | None = None,
         extra: Extra | None = None,
+        check: Check | None = None,
     ) -> Decision:
-        """Approve, correct (with `output`) or reject (with `reason`), exactly once."""
+        """Approve, correct (with `output`) or reject (with `reason`), exactly once.
+
+        The item is read once, locked: `check` sees it pending (before the lease is checked, as
+        a check made ahead of the decision would) and raises to refuse the decision; `extra`
+        does what must happen in the decision's transaction."""
         if action not in STATES:
             raise InputError(f"unknown review action {action!r}", hint="approve, correct or reject")
         now = self.now()
         with write_transaction(self.engine) as connection:
-            item = self._lock_pending(connection, run_id, reviewer, now)
+            item = self._lock_pending(connection, run_id, reviewer, now, check)
             final = (
                 item["output"] if action == "approve" else output if action == "correct" else None
             )
@@ -205,7 +226,12 @@ class ReviewQueue:
             review_log.note_hook_error(connection, run_id, error)
 
     def _lock_pending(
-        self, connection: Connection, run_id: str, reviewer: str, now: datetime
+        self,
+        connection: Connection,
+        run_id: str,
+        reviewer: str,
+        now: datetime,
+        check: Check | None = None,
     ) -> dict[str, Any]:
         item = review_log.lock_item(connection, run_id)
         if item is None:
@@ -218,6 +244,8 @@ class ReviewQueue:
                 f"at {item['decided_at']:%Y-%m-%d %H:%M}",
                 hint="nothing was changed",
             )
+        if check is not None:
+            check(item)
         holder, until = item["claimed_by"], item["claimed_until"]
         if holder and holder != reviewer and until is not None and until > now:
             raise HeldError(

@@ -102,7 +102,11 @@ def _create(url: str, source: str, pooled: bool = True) -> Engine:
         connect_args = {"connect_timeout": 5, **PG_KEEPALIVES}
         if not pooled:
             return create_engine(url, poolclass=NullPool, connect_args=connect_args)
-        return create_engine(url, pool_pre_ping=True, pool_size=5, connect_args=connect_args)
+        # Enough connections for `smallops serve` under load: past the pool size, a returned
+        # connection is closed, and the next request pays for a new one.
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=20, max_overflow=10, connect_args=connect_args
+        )
     if backend != "sqlite":
         raise ConfigError(
             f"{source}: database {backend!r} is not supported", hint="use SQLite or Postgres"

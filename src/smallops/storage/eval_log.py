@@ -7,12 +7,26 @@ nothing of workflows or eval sets.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    Text,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 
 from smallops.kinds import UNJUDGED
 from smallops.storage import rollups
@@ -277,6 +291,65 @@ def output_history(
         ).all()
     return OutputHistory(
         schemas=list(schemas), outputs=[(_aware(started), output) for started, output in rows]
+    )
+
+
+def output_schemas(engine: Engine, workflow: str) -> list[dict[str, Any] | None]:
+    """The workflow's output schemas, every prompt version's."""
+    with engine.connect() as connection:
+        query = select(prompt_versions.c.output_schema).where(
+            prompt_versions.c.workflow == workflow
+        )
+        return list(connection.execute(query).scalars().all())
+
+
+def output_value_counts(
+    engine: Engine,
+    workflow: str,
+    fields: Collection[str],
+    *,
+    since: datetime,
+    split: datetime,
+    until: datetime,
+) -> dict[str, tuple[dict[Any, int], dict[Any, int]]]:
+    """Per field: how often each value was output by the workflow's pinned route in [split,
+    until) and in [since, split), counted in the database (one GROUP BY per field) rather than
+    read run by run. Outputs that are not objects, or lack the field, are not counted."""
+    counts: dict[str, tuple[dict[Any, int], dict[Any, int]]] = {}
+    with engine.connect() as connection:
+        for name in fields:
+            value = _json_field(connection.dialect.name, name).label("value")
+            later = case((runs.c.started_at >= split, 1), else_=0).label("later")
+            query = (
+                select(later, value, func.count().label("outputs"))
+                .where(
+                    runs.c.workflow == workflow,
+                    PRIMARY,
+                    runs.c.started_at >= since,
+                    runs.c.started_at < until,
+                    value.element.is_not(None),
+                )
+                .group_by(later, value)
+            )
+            after: dict[Any, int] = {}
+            before: dict[Any, int] = {}
+            for row in connection.execute(query):
+                (after if row.later else before)[json.loads(row.value)] = int(row.outputs)
+            counts[name] = (after, before)
+    return counts
+
+
+def _json_field(dialect: str, name: str) -> Any:
+    """An output's field `name` as JSON text; NULL when the output is not an object or lacks
+    the field (a field that holds null is the text 'null')."""
+    if dialect == "postgresql":
+        return cast(runs.c.output.op("->")(literal(name, String())), Text())
+    path = literal(f'$."{name}"', String())
+    kind = func.json_type(runs.c.output, path)
+    return case(
+        (kind.is_(None), null()),
+        (kind.in_(["true", "false", "null"]), kind),  # json_extract would make them 1, 0, NULL
+        else_=func.json_quote(func.json_extract(runs.c.output, path)),
     )
 
 

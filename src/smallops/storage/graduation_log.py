@@ -9,10 +9,10 @@ Evidence is a final decision (approve, correct, reject) on an item queued by the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, case, func, literal, select
 
 from smallops.kinds import GRADUATION_ROUTES
 from smallops.storage.queries import PRODUCTION, plain_row
@@ -60,6 +60,65 @@ def policy_decisions(connection: Connection, workflow: str, prompt_version: str)
         Reviewed(**{**plain_row(row._mapping), "classes": row.classes or []})
         for row in connection.execute(query)
     ]
+
+
+class Tally(NamedTuple):
+    """Final decisions on a prompt version's policy reviews, counted together: those on items
+    with the same classes and served model, approved or not, decided after the same number of
+    the given demotion times."""
+
+    classes: list[str]
+    model_served: str | None
+    approved: bool
+    epoch: int  # how many of the demotion times are before these decisions
+    decisions: int
+    first: datetime  # aware UTC: the earliest of these decisions
+
+
+def policy_decision_tallies(
+    connection: Connection, workflow: str, prompt_version: str, demotions: Sequence[datetime]
+) -> list[Tally]:
+    """`policy_decisions` counted in the database, not read one by one: grouped by the items'
+    classes, served model, approved or not, and `epoch` (how many of `demotions` came strictly
+    before the decision), so a caller can count what was decided after any one of them."""
+    approved = case((review_decisions.c.action == "approve", 1), else_=0).label("approved")
+    epoch: Any = literal(0)
+    for at in sorted(set(demotions)):
+        epoch = epoch + case((review_decisions.c.decided_at > at, 1), else_=0)
+    epoch = epoch.label("epoch")
+    query = (
+        select(
+            review_items.c.classes,
+            review_items.c.model_served,
+            approved,
+            epoch,
+            func.count().label("decisions"),
+            func.min(review_decisions.c.decided_at).label("first"),
+        )
+        .join(review_items, review_items.c.run_id == review_decisions.c.run_id)
+        .where(review_decisions.c.workflow == workflow)
+        .where(review_decisions.c.action.in_(FINAL_ACTIONS))
+        .where(review_items.c.reason == "policy")
+        .where(review_items.c.prompt_version == prompt_version)
+        .group_by(review_items.c.classes, review_items.c.model_served, approved, epoch)
+    )
+    return [
+        Tally(
+            classes=row.classes or [],
+            model_served=row.model_served,
+            approved=bool(row.approved),
+            epoch=int(row.epoch),
+            decisions=int(row.decisions),
+            first=_aware(row.first),
+        )
+        for row in connection.execute(query)
+    ]
+
+
+def _aware(value: Any) -> datetime:
+    """A timestamp read back as aware UTC (SQLite's may come back naive, or as text)."""
+    at: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
 def graduation_events_of(

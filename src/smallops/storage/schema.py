@@ -123,7 +123,8 @@ runs = Table(
     Column("batch_item", String(40)),  # "<line>:<input hash>", what `run --resume` skips
     Index("ix_runs_workflow_started", "workflow", "started_at"),
     Index("ix_runs_started", "started_at"),
-    Index("ix_runs_status", "status"),
+    Index("ix_runs_status_id", "status", "id"),  # `logs --status`: newest first
+    Index("ix_runs_error_type_id", "error_type", "id"),
     Index("ix_runs_batch", "batch_id"),
 )
 
@@ -154,6 +155,8 @@ review_items = Table(
     Column("final_output", Json()),
     Column("reject_reason", Text()),
     Index("ix_review_items_queue", "state", "workflow", "created_at"),
+    # The pending queue of every workflow, oldest first, and `claim_next`: no sort.
+    Index("ix_review_items_pending", "state", "created_at", "run_id"),
 )
 
 # Every reviewer action, append-only: who, when, the output before and after.

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from smallops.errors import InputError, NotFoundError, SmallopsError
 from smallops.jsonl import parse
 from smallops.ordering import item_in_order
-from smallops.review.desk import ReviewDesk
+from smallops.review.desk import ReviewDesk, Unapprovable
 from smallops.review.queue import DecidedError, Decision, HeldError
 from smallops.web._http import (
     JSON,
@@ -51,6 +51,7 @@ from smallops.web.queue_page import (
 
 ACTIONS = ("approve", "correct", "reject", "skip")
 PREFIX = "out."  # form fields of the output, apart from csrf, reason and workflow
+NOT_APPROVABLE = "correct it with output that fits, or reject it; nothing was changed"
 SHORT_TEXT = 120  # longer (or unbounded) strings get a textarea
 SHORTCUTS = [
     ("a", "approve"),
@@ -125,10 +126,8 @@ async def act(request: Request) -> Response:
         response = saved_without_next(request, action, run_id, data)
     else:
         if following:
-            await moved_on(state, following["run_id"], name)
-        response = to_next(
-            request, following["run_id"] if following else None, workflow, done=action, data=data
-        )
+            await moved_on(state, following, name)
+        response = to_next(request, following, workflow, done=action, data=data)
     if action == "skip":
         remember_skip(request, response, run_id)
     return response
@@ -154,13 +153,10 @@ def decide(
 ) -> Decision | None:
     """Call the desk for one action; a correction comes from the form or a JSON `output`."""
     if action == "approve":
-        why = desk.approvable(desk.item(run_id))
-        if why is not None:
-            raise InputError(
-                f"run {run_id} cannot be approved: {why}",
-                hint="correct it with output that fits, or reject it; nothing was changed",
-            )
-        return desk.approve(run_id, name)
+        try:
+            return desk.approve(run_id, name)
+        except Unapprovable as exc:  # said the way this page says it
+            raise InputError(exc.message, hint=NOT_APPROVABLE) from None
     if action == "reject":
         return desk.reject(run_id, name, str(form.get("reason") or ""))
     if action == "skip":

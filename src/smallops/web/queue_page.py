@@ -75,10 +75,9 @@ async def next_item(request: Request) -> Response:
     try:
         form = await body(request)
         workflow = str(form.get("workflow") or "") or None
-        item = await state.db.call(state.desk.claim_next, reviewer(request), workflow)
+        run_id = await state.db.call(state.desk.claim_next_id, reviewer(request), workflow)
     except SmallopsError as exc:
         return error(request, exc)
-    run_id = item["run_id"] if item else None
     if run_id:
         await moved_on(state, run_id, reviewer(request))
     response = to_next(request, run_id, workflow)
@@ -95,12 +94,11 @@ async def moved_on(state: Web, run_id: str, name: str) -> None:
             await state.db.call(state.desk.unclaim, before)
 
 
-def claim_next(
-    desk: ReviewDesk, name: str, workflow: str | None, exclude: set[str]
-) -> dict[str, Any] | None:
-    """The next item for `name`, passing over the ones it skipped this session."""
+def claim_next(desk: ReviewDesk, name: str, workflow: str | None, exclude: set[str]) -> str | None:
+    """Claim the next item for `name`, passing over the ones it skipped this session; its run
+    id (the page that shows it reads it), or None when there is none."""
     if not exclude:
-        return desk.claim_next(name, workflow)
+        return desk.claim_next_id(name, workflow)
     now = datetime.now(timezone.utc)
     for item in desk.items(workflow, "pending", 500):
         until = item["claimed_until"]
@@ -108,9 +106,10 @@ def claim_next(
         if item["run_id"] in exclude or held:
             continue
         try:
-            return desk.claim(item["run_id"], name)
+            desk.claim_id(item["run_id"], name)
         except (HeldError, DecidedError):  # taken a moment ago by someone else
             continue
+        return str(item["run_id"])
     return None
 
 
