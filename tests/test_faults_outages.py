@@ -93,7 +93,10 @@ def test_a_stall_that_never_ends_exits_non_zero_with_every_record_in_the_spool(
     proxy.cut()  # the stalled connections go; the database itself is fine
     proxy.restore()
     in_database = count(url, project, "SELECT count(*) FROM runs")
-    assert in_database + _spool_waiting(project, url) == 500 and in_database < 500
+    # Every record is in the database or the spool. A batch whose COMMIT reached Postgres just
+    # before the stall, with the answer held, is in both: the writer could not know it landed,
+    # so it kept it; the replay skips what is already there (checked below: exactly 500).
+    assert in_database + _spool_waiting(project, url) >= 500 and in_database < 500
     assert waited < 30, f"the command took {waited:.0f} s to give up on a stalled database"
     monkeypatch.setenv("SMALLOPS_DATABASE_URL", url)
     code, _, err = smallops(capsys, "-p", str(project), "logs", "-n", "1")  # replays the spool
