@@ -65,7 +65,7 @@ def rebuild_rollups(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from smallops.storage import rollups
-    from smallops.storage.db import ensure_schema
+    from smallops.storage.db import ensure_schema, log_database, safe_url
 
     project = _common.project(ctx)
     url, engine = log_database(project.settings.log)
