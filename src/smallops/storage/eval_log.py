@@ -334,7 +334,9 @@ def output_value_counts(
             after: dict[Any, int] = {}
             before: dict[Any, int] = {}
             for row in connection.execute(query):
-                (after if row.later else before)[json.loads(row.value)] = int(row.outputs)
+                week = after if row.later else before
+                value = json.loads(row.value)  # 1 and 1.0, true and 1: one value once read
+                week[value] = week.get(value, 0) + int(row.outputs)
             counts[name] = (after, before)
     return counts
 
