@@ -235,3 +235,11 @@ def test_values_that_are_equal_once_read_are_counted_together(tmp_path, database
     engine = _outputs_this_week(tmp_path, database_url, outputs)
     assert sum(_count_this_week(engine, "n").values()) == len(outputs)
     assert _count_this_week(engine, "n")[2] == 1
+
+
+def test_an_object_or_a_list_in_a_field_is_counted_not_a_crash(tmp_path, database_url):
+    """A prompt version whose schema had an object where a later one has an enum."""
+    outputs: list[Any] = [{"n": {"b": 1, "a": [2]}}, {"n": {"a": [2], "b": 1}}, {"n": [1]}]
+    engine = _outputs_this_week(tmp_path, database_url, outputs)
+    counted = _count_this_week(engine, "n")
+    assert counted == {'{"a": [2], "b": 1}': 2, "[1]": 1}

@@ -314,7 +314,8 @@ def output_value_counts(
 ) -> dict[str, tuple[dict[Any, int], dict[Any, int]]]:
     """Per field: how often each value was output by the workflow's pinned route in [split,
     until) and in [since, split), counted in the database (one GROUP BY per field) rather than
-    read run by run. Outputs that are not objects, or lack the field, are not counted."""
+    read run by run. Outputs that are not objects, or lack the field, are not counted; a value
+    that is an object or a list is counted by its JSON text."""
     counts: dict[str, tuple[dict[Any, int], dict[Any, int]]] = {}
     with engine.connect() as connection:
         for name in fields:
@@ -336,6 +337,8 @@ def output_value_counts(
             for row in connection.execute(query):
                 week = after if row.later else before
                 value = json.loads(row.value)  # 1 and 1.0, true and 1: one value once read
+                if isinstance(value, (dict, list)):  # a schema of another version: by its JSON
+                    value = json.dumps(value, sort_keys=True)
                 week[value] = week.get(value, 0) + int(row.outputs)
             counts[name] = (after, before)
     return counts
