@@ -360,13 +360,12 @@ def test_rebuild_rollups_on_an_unreachable_database_is_one_line(project, capsys,
     assert len([line for line in err.splitlines() if line.startswith("error")]) == 1
 
 
-def test_upgrading_a_log_from_before_the_rollups_fills_them(tmp_path):
-    engine = get_engine(f"sqlite:///{tmp_path / 'old.db'}")
+def _log_at_0006_with_runs(engine: Engine, n: int) -> None:
     from smallops.storage.db import upgrade
 
     upgrade(engine, "0006")
     rng = random.Random(3)
-    rows = [random_run(rng, time.time()) for _ in range(40)]
+    rows = [random_run(rng, time.time()) for _ in range(n)]
     with engine.begin() as connection:
         for row in rows:
             values = dict(zip(RUN_COLUMNS, row, strict=True))
@@ -374,5 +373,35 @@ def test_upgrading_a_log_from_before_the_rollups_fills_them(tmp_path):
                 values[name] = datetime.fromtimestamp(values[name], timezone.utc)
             values["inputs"], values["attempts"] = {}, []
             connection.execute(runs.insert().values(**values))
+
+
+def test_upgrading_a_log_from_before_the_rollups_fills_them(tmp_path):
+    engine = get_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    from smallops.storage.db import upgrade
+
+    _log_at_0006_with_runs(engine, 40)
     upgrade(engine)
+    assert_rollups_match_runs(engine)
+
+
+def test_an_upgrade_whose_rollups_rebuild_fails_can_be_run_again(
+    database_url, tmp_path, monkeypatch
+):
+    """The rebuild failing (the database gone, Ctrl-C) leaves the log as it was before the
+    upgrade, not migrated with its rollups missing for good."""
+    engine = get_engine(normalise_url(database_url, tmp_path))
+    from smallops.storage.db import current_revision, head_revision, upgrade
+
+    _log_at_0006_with_runs(engine, 40)
+
+    def gone(*_args: Any) -> None:
+        raise ConnectionError("the database went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rollups, "merge", gone)
+        with pytest.raises(ConnectionError):
+            upgrade(engine)
+    assert current_revision(engine) == "0006"
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
     assert_rollups_match_runs(engine)

@@ -351,34 +351,40 @@ def rebuild(engine: Engine, progress: Callable[[int], None] | None = None) -> Re
     refilled, runs streamed, so memory stays bounded however many runs there are. Log writes
     wait meanwhile (SQLite: the write lock; Postgres: the table lock), so no run is missed or
     counted twice; `progress(runs)` is called as runs are read."""
+    with write_transaction(engine) as connection:
+        return rebuild_in(connection, progress)
+
+
+def rebuild_in(connection: Connection, progress: Callable[[int], None] | None = None) -> Rebuilt:
+    """`rebuild` inside the caller's write transaction (a migration's, so that a log is never
+    left migrated without its rollups)."""
     started = time.monotonic()
-    dialect = engine.dialect.name
+    dialect = connection.dialect.name
     columns = [runs.c[name] for name in FACT_COLUMNS]
     counted = 0
-    with write_transaction(engine) as connection:
-        if dialect == "postgresql":
-            connection.exec_driver_sql("LOCK TABLE run_rollups IN EXCLUSIVE MODE")
-        connection.execute(run_rollups.delete())
-        raw: Any = connection.connection.driver_connection
-        cursor = raw.cursor() if dialect == "sqlite" else None
-        execute_many = cursor.executemany if cursor is not None else _pg_execute_many(raw)
-        pending = Rollups()
-        result = connection.execution_options(stream_results=True, yield_per=_REBUILD_CHUNK)
-        for chunk in result.execute(select(*columns)).partitions(_REBUILD_CHUNK):
-            for row in chunk:
-                fact = list(row)
-                fact[0] = _epoch(fact[0])
-                pending.add_fact(fact)
-            counted += len(chunk)
-            if len(pending) >= REBUILD_FLUSH_KEYS:
-                merge(execute_many, dialect, pending)
-                pending = Rollups()
-            if progress is not None:
-                progress(len(chunk))
-        merge(execute_many, dialect, pending)
-        if cursor is not None:
-            cursor.close()
-        rows = connection.execute(select(func.count()).select_from(run_rollups)).scalar_one()
+    if dialect == "postgresql":
+        connection.exec_driver_sql("LOCK TABLE run_rollups IN EXCLUSIVE MODE")
+    connection.execute(run_rollups.delete())
+    raw: Any = connection.connection.driver_connection
+    cursor = raw.cursor() if dialect == "sqlite" else None
+    execute_many = cursor.executemany if cursor is not None else _pg_execute_many(raw)
+    pending = Rollups()
+    result = connection.execution_options(stream_results=True, yield_per=_REBUILD_CHUNK)
+    for chunk in result.execute(select(*columns)).partitions(_REBUILD_CHUNK):
+        for row in chunk:
+            fact = list(row)
+            fact[0] = _epoch(fact[0])
+            pending.add_fact(fact)
+        counted += len(chunk)
+        if len(pending) >= REBUILD_FLUSH_KEYS:
+            merge(execute_many, dialect, pending)
+            pending = Rollups()
+        if progress is not None:
+            progress(len(chunk))
+    merge(execute_many, dialect, pending)
+    if cursor is not None:
+        cursor.close()
+    rows = connection.execute(select(func.count()).select_from(run_rollups)).scalar_one()
     return Rebuilt(counted, rows, time.monotonic() - started)
 
 
