@@ -316,6 +316,23 @@ def test_a_refused_batch_leaves_the_rollups_untouched(engine):
         assert not connection.execute(select(runs)).all()
 
 
+def test_a_run_stored_in_the_next_hour_is_rolled_up_in_that_hour(engine):
+    """A start a fraction of a microsecond before the hour is stored rounded up to the hour
+    (timestamps keep microseconds): its rollup goes where the stored run is."""
+    hour = (time.time() // HOUR - 2) * HOUR
+    rng = random.Random(13)
+    rows = []
+    for started in (hour - 4e-7, hour - 2e-6, hour):
+        row = list(random_run(rng, time.time()))
+        row[RUN_COLUMNS.index("started_at")] = started
+        row[RUN_COLUMNS.index("finished_at")] = started + 1
+        rows.append(tuple(row))
+    store = RowStore(engine)
+    store.write(rows)
+    store.close()
+    assert_rollups_match_runs(engine)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_quantiles_from_the_histogram_are_within_the_bucket_error(seed):
     rng = random.Random(seed)

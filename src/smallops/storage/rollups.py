@@ -96,6 +96,17 @@ _STARTED, _MISMATCH, _INPUT, _OUTPUT, _CACHED, _COST, _LATENCY = (
 Key = tuple[int, str, str, str, str, str, str, str]  # the hour as epoch seconds, then the rest
 
 
+def hour_of(started: float) -> int:
+    """The hour (epoch seconds) a run started, as its start is stored: to the microsecond,
+    rounded as `datetime.fromtimestamp` rounds, so a start less than half a microsecond before
+    the hour is in the next one, where the stored run is."""
+    hour = int(started // 3600 * 3600)
+    if started - hour >= 3600 - 1e-6:  # within a microsecond of the next hour: rare
+        stored = datetime.fromtimestamp(started, timezone.utc).timestamp()
+        hour = int(stored // 3600 * 3600)
+    return hour
+
+
 def bucket_of(latency_ms: float) -> int:
     """The histogram bucket of a latency."""
     if not latency_ms > 0:  # 0, negative or NaN
@@ -211,8 +222,16 @@ class Rollups(dict[Key, Totals]):
     def add_fact(self, fact: Sequence[Any]) -> None:
         """Add one run given as FACT_COLUMNS, its start as epoch seconds."""
         (started, workflow, origin, status, error, requested, served, prompt) = fact[:8]
-        hour = int(started // 3600 * 3600)
-        key = (hour, workflow, origin or "", status, error or "", requested, served or "", prompt)
+        key = (
+            hour_of(started),
+            workflow,
+            origin or "",
+            status,
+            error or "",
+            requested,
+            served or "",
+            prompt,
+        )
         totals = self.get(key)
         if totals is None:
             totals = self[key] = Totals()
@@ -227,7 +246,7 @@ class Rollups(dict[Key, Totals]):
         for row in rows:
             workflow, origin, status, error, requested, served, prompt = _KEY_OF_ROW(row)
             key = (
-                int(row[_STARTED] // 3600 * 3600),
+                hour_of(row[_STARTED]),
                 workflow,
                 origin or "",
                 status,
