@@ -243,3 +243,12 @@ def test_an_object_or_a_list_in_a_field_is_counted_not_a_crash(tmp_path, databas
     engine = _outputs_this_week(tmp_path, database_url, outputs)
     counted = _count_this_week(engine, "n")
     assert counted == {'{"a": [2], "b": 1}': 2, "[1]": 1}
+
+
+@pytest.mark.parametrize("field", ["catégorie", 'say "hi"', "back\\slash"])
+def test_a_field_whose_name_needs_escaping_is_counted(tmp_path, database_url, field):
+    """Outputs written through SQLAlchemy (as prune rewrites them) have non-ASCII keys escaped
+    (\\u00e9); a name may hold quotes or backslashes (an alias)."""
+    outputs: list[Any] = [{field: "a"}, {field: "a"}, {field: "b"}]
+    engine = _outputs_this_week(tmp_path, database_url, outputs)
+    assert _count_this_week(engine, field) == {"a": 2, "b": 1}
