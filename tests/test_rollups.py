@@ -333,6 +333,15 @@ def test_a_run_stored_in_the_next_hour_is_rolled_up_in_that_hour(engine):
     assert_rollups_match_runs(engine)
 
 
+def test_a_since_in_another_time_zone_reports_the_same_runs(engine):
+    """`report --since 2026-12-01T03:30+02:00`: the part hour is read from the runs too."""
+    write_randomly(engine, random.Random(17), 300)
+    since = datetime.now(timezone.utc) - timedelta(days=2, minutes=30)
+    in_utc = report(engine, since=since)
+    assert in_utc and report(engine, since=since.astimezone(timezone(timedelta(hours=2)))) == in_utc
+    assert report(engine, since=since.astimezone(timezone(timedelta(hours=-7)))) == in_utc
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_quantiles_from_the_histogram_are_within_the_bucket_error(seed):
     rng = random.Random(seed)

@@ -465,6 +465,8 @@ def production(engine: Engine, since: datetime | None = None) -> dict[str, Produ
     """Per workflow, its production calls that started at or after `since`: whole hours from
     the rollups, and the part hour at the start of the range from the runs themselves, so the
     figures are those of the runs in the range exactly."""
+    if since is not None and since.tzinfo is not None:
+        since = since.astimezone(timezone.utc)  # SQLite compares times as UTC text
     whole_hours = _next_hour(since) if since is not None else None
     out: dict[str, Production] = {}
     with engine.connect() as connection:
