@@ -209,3 +209,46 @@ def test_output_value_counts_count_in_the_database_what_the_outputs_say(tmp_path
     assert counted == expected
     assert counted["category"][0][None] == 1 and counted["category"][1][True] == 1
     assert len(output_schemas(engine, "triage")) == 1
+
+
+def _outputs_this_week(tmp_path: Path, database_url: str, outputs: list[Any]) -> Any:
+    """The triage workflow with `outputs` stored as its runs' outputs (as an older prompt
+    version with another schema would have left them)."""
+    wf, engine = _setup(tmp_path, database_url)
+    ids = [wf.run(text=str(i)).run_id for i in range(len(outputs))]
+    wf.plan().writer.flush()
+    with engine.begin() as connection:
+        for run_id, output in zip(ids, outputs, strict=True):
+            connection.execute(runs.update().where(runs.c.id == run_id).values(output=output))
+    return engine
+
+
+def _count_this_week(engine: Any, field: str) -> dict[Any, int]:
+    now = datetime.now(timezone.utc)
+    since, split, until = now - timedelta(days=14), now - timedelta(days=7), now + timedelta(1)
+    counted = output_value_counts(engine, "triage", [field], since=since, split=split, until=until)
+    return counted[field][0]
+
+
+def test_values_that_are_equal_once_read_are_counted_together(tmp_path, database_url):
+    outputs: list[Any] = [{"n": 1}, {"n": 1.0}, {"n": 1}, {"n": True}, {"n": 2}]
+    engine = _outputs_this_week(tmp_path, database_url, outputs)
+    assert sum(_count_this_week(engine, "n").values()) == len(outputs)
+    assert _count_this_week(engine, "n")[2] == 1
+
+
+def test_an_object_or_a_list_in_a_field_is_counted_not_a_crash(tmp_path, database_url):
+    """A prompt version whose schema had an object where a later one has an enum."""
+    outputs: list[Any] = [{"n": {"b": 1, "a": [2]}}, {"n": {"a": [2], "b": 1}}, {"n": [1]}]
+    engine = _outputs_this_week(tmp_path, database_url, outputs)
+    counted = _count_this_week(engine, "n")
+    assert counted == {'{"a": [2], "b": 1}': 2, "[1]": 1}
+
+
+@pytest.mark.parametrize("field", ["catégorie", 'say "hi"', "back\\slash"])
+def test_a_field_whose_name_needs_escaping_is_counted(tmp_path, database_url, field):
+    """Outputs written through SQLAlchemy (as prune rewrites them) have non-ASCII keys escaped
+    (\\u00e9); a name may hold quotes or backslashes (an alias)."""
+    outputs: list[Any] = [{field: "a"}, {field: "a"}, {field: "b"}]
+    engine = _outputs_this_week(tmp_path, database_url, outputs)
+    assert _count_this_week(engine, field) == {"a": 2, "b": 1}

@@ -316,6 +316,32 @@ def test_a_refused_batch_leaves_the_rollups_untouched(engine):
         assert not connection.execute(select(runs)).all()
 
 
+def test_a_run_stored_in_the_next_hour_is_rolled_up_in_that_hour(engine):
+    """A start a fraction of a microsecond before the hour is stored rounded up to the hour
+    (timestamps keep microseconds): its rollup goes where the stored run is."""
+    hour = (time.time() // HOUR - 2) * HOUR
+    rng = random.Random(13)
+    rows = []
+    for started in (hour - 4e-7, hour - 2e-6, hour):
+        row = list(random_run(rng, time.time()))
+        row[RUN_COLUMNS.index("started_at")] = started
+        row[RUN_COLUMNS.index("finished_at")] = started + 1
+        rows.append(tuple(row))
+    store = RowStore(engine)
+    store.write(rows)
+    store.close()
+    assert_rollups_match_runs(engine)
+
+
+def test_a_since_in_another_time_zone_reports_the_same_runs(engine):
+    """`report --since 2026-12-01T03:30+02:00`: the part hour is read from the runs too."""
+    write_randomly(engine, random.Random(17), 300)
+    since = datetime.now(timezone.utc) - timedelta(days=2, minutes=30)
+    in_utc = report(engine, since=since)
+    assert in_utc and report(engine, since=since.astimezone(timezone(timedelta(hours=2)))) == in_utc
+    assert report(engine, since=since.astimezone(timezone(timedelta(hours=-7)))) == in_utc
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_quantiles_from_the_histogram_are_within_the_bucket_error(seed):
     rng = random.Random(seed)
@@ -360,13 +386,12 @@ def test_rebuild_rollups_on_an_unreachable_database_is_one_line(project, capsys,
     assert len([line for line in err.splitlines() if line.startswith("error")]) == 1
 
 
-def test_upgrading_a_log_from_before_the_rollups_fills_them(tmp_path):
-    engine = get_engine(f"sqlite:///{tmp_path / 'old.db'}")
+def _log_at_0006_with_runs(engine: Engine, n: int) -> None:
     from smallops.storage.db import upgrade
 
     upgrade(engine, "0006")
     rng = random.Random(3)
-    rows = [random_run(rng, time.time()) for _ in range(40)]
+    rows = [random_run(rng, time.time()) for _ in range(n)]
     with engine.begin() as connection:
         for row in rows:
             values = dict(zip(RUN_COLUMNS, row, strict=True))
@@ -374,5 +399,35 @@ def test_upgrading_a_log_from_before_the_rollups_fills_them(tmp_path):
                 values[name] = datetime.fromtimestamp(values[name], timezone.utc)
             values["inputs"], values["attempts"] = {}, []
             connection.execute(runs.insert().values(**values))
+
+
+def test_upgrading_a_log_from_before_the_rollups_fills_them(tmp_path):
+    engine = get_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    from smallops.storage.db import upgrade
+
+    _log_at_0006_with_runs(engine, 40)
     upgrade(engine)
+    assert_rollups_match_runs(engine)
+
+
+def test_an_upgrade_whose_rollups_rebuild_fails_can_be_run_again(
+    database_url, tmp_path, monkeypatch
+):
+    """The rebuild failing (the database gone, Ctrl-C) leaves the log as it was before the
+    upgrade, not migrated with its rollups missing for good."""
+    engine = get_engine(normalise_url(database_url, tmp_path))
+    from smallops.storage.db import current_revision, head_revision, upgrade
+
+    _log_at_0006_with_runs(engine, 40)
+
+    def gone(*_args: Any) -> None:
+        raise ConnectionError("the database went away")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rollups, "merge", gone)
+        with pytest.raises(ConnectionError):
+            upgrade(engine)
+    assert current_revision(engine) == "0006"
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
     assert_rollups_match_runs(engine)

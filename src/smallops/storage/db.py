@@ -205,23 +205,14 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
-#: The revision that added the rollups: a log upgraded across it has its rollups rebuilt.
-ROLLUPS_REVISION = "0007"
-
-
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply migrations; on Postgres under an advisory lock, so processes never race. A log
-    that had runs before the rollups existed gets them computed from its runs."""
+    """Apply migrations in one transaction; on Postgres under an advisory lock, so processes
+    never race. A log that had runs before the rollups existed gets them computed from its runs
+    in that transaction (migrations/env.py)."""
     from alembic import command
 
     with _migrating:
-        before = current_revision(engine)
         command.upgrade(alembic_config(engine), revision)
-        after = current_revision(engine)
-        if before is not None and before < ROLLUPS_REVISION <= (after or ""):
-            from smallops.storage.rollups import rebuild
-
-            rebuild(engine)
 
 
 def ensure_schema(engine: Engine) -> None:

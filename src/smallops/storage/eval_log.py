@@ -314,7 +314,8 @@ def output_value_counts(
 ) -> dict[str, tuple[dict[Any, int], dict[Any, int]]]:
     """Per field: how often each value was output by the workflow's pinned route in [split,
     until) and in [since, split), counted in the database (one GROUP BY per field) rather than
-    read run by run. Outputs that are not objects, or lack the field, are not counted."""
+    read run by run. Outputs that are not objects, or lack the field, are not counted; a value
+    that is an object or a list is counted by its JSON text."""
     counts: dict[str, tuple[dict[Any, int], dict[Any, int]]] = {}
     with engine.connect() as connection:
         for name in fields:
@@ -334,7 +335,11 @@ def output_value_counts(
             after: dict[Any, int] = {}
             before: dict[Any, int] = {}
             for row in connection.execute(query):
-                (after if row.later else before)[json.loads(row.value)] = int(row.outputs)
+                week = after if row.later else before
+                value = json.loads(row.value)  # 1 and 1.0, true and 1: one value once read
+                if isinstance(value, (dict, list)):  # a schema of another version: by its JSON
+                    value = json.dumps(value, sort_keys=True)
+                week[value] = week.get(value, 0) + int(row.outputs)
             counts[name] = (after, before)
     return counts
 
@@ -344,12 +349,36 @@ def _json_field(dialect: str, name: str) -> Any:
     the field (a field that holds null is the text 'null')."""
     if dialect == "postgresql":
         return cast(runs.c.output.op("->")(literal(name, String())), Text())
+    if not _plain_key(name):
+        return _json_each_field(name)
     path = literal(f'$."{name}"', String())
     kind = func.json_type(runs.c.output, path)
     return case(
         (kind.is_(None), null()),
         (kind.in_(["true", "false", "null"]), kind),  # json_extract would make them 1, 0, NULL
         else_=func.json_quote(func.json_extract(runs.c.output, path)),
+    )
+
+
+def _plain_key(name: str) -> bool:
+    """Whether SQLite finds `name` by a JSON path: printable ASCII without quotes or
+    backslashes (a path cannot escape them, and it misses a key stored escaped, as \\u00e9)."""
+    return name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
+
+
+def _json_each_field(name: str) -> Any:
+    """`_json_field` on SQLite for any other name: the output's keys as json_each reads them,
+    unescaped (slower than a path, so only for such names)."""
+    each = func.json_each(runs.c.output).table_valued("key", "value", "type").alias("field")
+    return (
+        select(
+            case(
+                (each.c.type.in_(["true", "false", "null"]), each.c.type),
+                else_=func.json_quote(each.c.value),
+            )
+        )
+        .where(each.c.key == literal(name, String()))
+        .scalar_subquery()
     )
 
 

@@ -96,6 +96,17 @@ _STARTED, _MISMATCH, _INPUT, _OUTPUT, _CACHED, _COST, _LATENCY = (
 Key = tuple[int, str, str, str, str, str, str, str]  # the hour as epoch seconds, then the rest
 
 
+def hour_of(started: float) -> int:
+    """The hour (epoch seconds) a run started, as its start is stored: to the microsecond,
+    rounded as `datetime.fromtimestamp` rounds, so a start less than half a microsecond before
+    the hour is in the next one, where the stored run is."""
+    hour = int(started // 3600 * 3600)
+    if started - hour >= 3600 - 1e-6:  # within a microsecond of the next hour: rare
+        stored = datetime.fromtimestamp(started, timezone.utc).timestamp()
+        hour = int(stored // 3600 * 3600)
+    return hour
+
+
 def bucket_of(latency_ms: float) -> int:
     """The histogram bucket of a latency."""
     if not latency_ms > 0:  # 0, negative or NaN
@@ -211,8 +222,16 @@ class Rollups(dict[Key, Totals]):
     def add_fact(self, fact: Sequence[Any]) -> None:
         """Add one run given as FACT_COLUMNS, its start as epoch seconds."""
         (started, workflow, origin, status, error, requested, served, prompt) = fact[:8]
-        hour = int(started // 3600 * 3600)
-        key = (hour, workflow, origin or "", status, error or "", requested, served or "", prompt)
+        key = (
+            hour_of(started),
+            workflow,
+            origin or "",
+            status,
+            error or "",
+            requested,
+            served or "",
+            prompt,
+        )
         totals = self.get(key)
         if totals is None:
             totals = self[key] = Totals()
@@ -227,7 +246,7 @@ class Rollups(dict[Key, Totals]):
         for row in rows:
             workflow, origin, status, error, requested, served, prompt = _KEY_OF_ROW(row)
             key = (
-                int(row[_STARTED] // 3600 * 3600),
+                hour_of(row[_STARTED]),
                 workflow,
                 origin or "",
                 status,
@@ -351,34 +370,40 @@ def rebuild(engine: Engine, progress: Callable[[int], None] | None = None) -> Re
     refilled, runs streamed, so memory stays bounded however many runs there are. Log writes
     wait meanwhile (SQLite: the write lock; Postgres: the table lock), so no run is missed or
     counted twice; `progress(runs)` is called as runs are read."""
+    with write_transaction(engine) as connection:
+        return rebuild_in(connection, progress)
+
+
+def rebuild_in(connection: Connection, progress: Callable[[int], None] | None = None) -> Rebuilt:
+    """`rebuild` inside the caller's write transaction (a migration's, so that a log is never
+    left migrated without its rollups)."""
     started = time.monotonic()
-    dialect = engine.dialect.name
+    dialect = connection.dialect.name
     columns = [runs.c[name] for name in FACT_COLUMNS]
     counted = 0
-    with write_transaction(engine) as connection:
-        if dialect == "postgresql":
-            connection.exec_driver_sql("LOCK TABLE run_rollups IN EXCLUSIVE MODE")
-        connection.execute(run_rollups.delete())
-        raw: Any = connection.connection.driver_connection
-        cursor = raw.cursor() if dialect == "sqlite" else None
-        execute_many = cursor.executemany if cursor is not None else _pg_execute_many(raw)
-        pending = Rollups()
-        result = connection.execution_options(stream_results=True, yield_per=_REBUILD_CHUNK)
-        for chunk in result.execute(select(*columns)).partitions(_REBUILD_CHUNK):
-            for row in chunk:
-                fact = list(row)
-                fact[0] = _epoch(fact[0])
-                pending.add_fact(fact)
-            counted += len(chunk)
-            if len(pending) >= REBUILD_FLUSH_KEYS:
-                merge(execute_many, dialect, pending)
-                pending = Rollups()
-            if progress is not None:
-                progress(len(chunk))
-        merge(execute_many, dialect, pending)
-        if cursor is not None:
-            cursor.close()
-        rows = connection.execute(select(func.count()).select_from(run_rollups)).scalar_one()
+    if dialect == "postgresql":
+        connection.exec_driver_sql("LOCK TABLE run_rollups IN EXCLUSIVE MODE")
+    connection.execute(run_rollups.delete())
+    raw: Any = connection.connection.driver_connection
+    cursor = raw.cursor() if dialect == "sqlite" else None
+    execute_many = cursor.executemany if cursor is not None else _pg_execute_many(raw)
+    pending = Rollups()
+    result = connection.execution_options(stream_results=True, yield_per=_REBUILD_CHUNK)
+    for chunk in result.execute(select(*columns)).partitions(_REBUILD_CHUNK):
+        for row in chunk:
+            fact = list(row)
+            fact[0] = _epoch(fact[0])
+            pending.add_fact(fact)
+        counted += len(chunk)
+        if len(pending) >= REBUILD_FLUSH_KEYS:
+            merge(execute_many, dialect, pending)
+            pending = Rollups()
+        if progress is not None:
+            progress(len(chunk))
+    merge(execute_many, dialect, pending)
+    if cursor is not None:
+        cursor.close()
+    rows = connection.execute(select(func.count()).select_from(run_rollups)).scalar_one()
     return Rebuilt(counted, rows, time.monotonic() - started)
 
 
@@ -440,6 +465,8 @@ def production(engine: Engine, since: datetime | None = None) -> dict[str, Produ
     """Per workflow, its production calls that started at or after `since`: whole hours from
     the rollups, and the part hour at the start of the range from the runs themselves, so the
     figures are those of the runs in the range exactly."""
+    if since is not None and since.tzinfo is not None:
+        since = since.astimezone(timezone.utc)  # SQLite compares times as UTC text
     whole_hours = _next_hour(since) if since is not None else None
     out: dict[str, Production] = {}
     with engine.connect() as connection:

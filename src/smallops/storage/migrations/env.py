@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from alembic import context
 
+from smallops.storage.rollups import rebuild_in
 from smallops.storage.schema import metadata
 
 MIGRATION_LOCK = 7_465_301  # Postgres advisory lock id: one migrating process at a time
+ROLLUPS_REVISION = "0007"  # the revision that added the rollups
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
@@ -24,4 +26,11 @@ with engine.connect() as connection:
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
         )
+        migration = context.get_context()
+        before = migration.get_current_revision()
         context.run_migrations()
+        after = migration.get_current_revision()
+        if before is not None and before < ROLLUPS_REVISION <= (after or ""):
+            # A log that had runs before the rollups existed: computed in this transaction,
+            # so a failed rebuild leaves the log as it was, to be upgraded again.
+            rebuild_in(connection)
