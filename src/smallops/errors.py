@@ -6,6 +6,7 @@
     │   ├── MissingFallbackError    a workflow that declares no fallback
     │   ├── TemplateError           a prompt that cannot be loaded or rendered
     │   ├── InputError              inputs that do not fit the workflow (bad JSONL, bad JSON)
+    │   │   └── Unapprovable        a review output that cannot be approved as it is
     │   ├── UnknownWorkflowError    a workflow name that no module defines
     │   └── MissingExtraError       an optional dependency that is not installed
     ├── StorageError                the log database cannot be used (CLI exit 1)
@@ -63,6 +64,10 @@ class TemplateError(ConfigError):
 
 class InputError(ConfigError):
     """Inputs that do not fit: a missing variable, a bad JSON line."""
+
+
+class Unapprovable(InputError):
+    """The output cannot be approved as it is (see `ReviewDesk.approvable`); nothing changed."""
 
 
 class UnknownWorkflowError(ConfigError):

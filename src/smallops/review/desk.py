@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Connection, Engine
 
-from smallops.errors import InputError, describe_problems
+from smallops.errors import InputError, Unapprovable, describe_problems
 from smallops.jsonl import check_depth, parse
 from smallops.labels import class_fields
 from smallops.review import evidence, webhooks
@@ -286,10 +286,6 @@ class ReviewDesk:
         if what is not None:
             send.note = f"the webhook of run {send.run_id} was {what}"
             log.info("smallops: %s", send.note)  # `finish_sending` reports it; serve retries it
-
-
-class Unapprovable(InputError):
-    """The output cannot be approved as it is (see `ReviewDesk.approvable`); nothing changed."""
 
 
 @dataclass

@@ -21,10 +21,10 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import Response
 
-from smallops.errors import InputError, NotFoundError, SmallopsError
+from smallops.errors import InputError, NotFoundError, SmallopsError, Unapprovable
 from smallops.jsonl import parse
 from smallops.ordering import item_in_order
-from smallops.review.desk import ReviewDesk, Unapprovable
+from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, Decision, HeldError
 from smallops.web._http import (
     JSON,
