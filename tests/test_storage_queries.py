@@ -457,3 +457,18 @@ def test_the_workflows_logged_and_one_workflows_runs(engine):
 
 def test_retention_cutoffs_leave_out_workflows_without_a_retention():
     assert retention_cutoffs({"a": 30, "b": None}, T0) == {"a": T0 - timedelta(days=30)}
+
+
+def test_a_time_given_in_another_zone_is_the_same_moment_on_every_engine(engine):
+    """SQLite keeps times as text: a `--since` with an offset must still mean that moment."""
+    from smallops.storage.queries import list_runs
+
+    early, late = (
+        add_run(engine, started_at=T0),
+        add_run(engine, started_at=T0 + timedelta(hours=2)),
+    )
+    plus_two = timezone(timedelta(hours=2))
+    since = (T0 + timedelta(hours=1)).astimezone(plus_two)  # 12:00+02:00, an hour after T0
+    assert [r["id"] for r in list_runs(engine, since=since)] == [late]
+    before = (T0 - timedelta(minutes=30)).astimezone(plus_two)
+    assert {r["id"] for r in list_runs(engine, since=before)} == {early, late}

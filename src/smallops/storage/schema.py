@@ -6,6 +6,7 @@ responses included), so one call is one insert; `prompt_versions` keeps each tem
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -67,7 +68,18 @@ class Text(TypeDecorator[str]):
         return Redactor.from_environment()(cleaned) if self.redact else cleaned
 
 
-Timestamp = DateTime(timezone=True)
+class Timestamp(TypeDecorator[datetime]):
+    """A moment, bound as UTC: SQLite keeps a time as its wall-clock text, so a time given in
+    another zone (`--since 2026-12-01T03:30+02:00`) is turned to UTC before it is compared with
+    the stored ones, which are all UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            return value.astimezone(timezone.utc)
+        return value
 
 prompt_versions = Table(
     "prompt_versions",
