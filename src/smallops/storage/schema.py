@@ -81,6 +81,7 @@ class Timestamp(TypeDecorator[datetime]):
             return value.astimezone(timezone.utc)
         return value
 
+
 prompt_versions = Table(
     "prompt_versions",
     metadata,
