@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,14 @@ def test_output_history_holds_the_schemas_and_the_outputs_in_the_window(tmp_path
     assert later.outputs == []
 
 
-def test_output_value_counts_count_in_the_database_what_the_outputs_say(tmp_path, database_url):
+@pytest.mark.parametrize("sqlite_version", [None, (3, 37, 2)], ids=["sqlite-now", "sqlite-3.37"])
+def test_output_value_counts_count_in_the_database_what_the_outputs_say(
+    tmp_path, database_url, sqlite_version, monkeypatch
+):
+    """The same counts whether SQLite reads a field with `->` (3.38 on) or, before it, with
+    json_type and json_extract (Postgres has one way)."""
+    if sqlite_version is not None:
+        monkeypatch.setattr(sqlite3, "sqlite_version_info", sqlite_version)
     wf, engine = _setup(tmp_path, database_url)
     ids = [wf.run(text=str(i)).run_id for i in range(9)]
     wf.plan().writer.flush()
