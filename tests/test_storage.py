@@ -309,3 +309,25 @@ def test_a_30_second_database_outage_mid_run_loses_no_record(postgres_url, tmp_p
     stored = [r["id"] for r in recorded_runs(wf)]
     assert sorted(stored) == sorted(ids) and len(ids) > 1000
     proxy.cut()
+
+
+def test_the_fast_schema_check_agrees_with_alembic(database_url, tmp_path):
+    """ensure_schema skips Alembic when the log records the newest migration file's revision:
+    that holds only if every file `NNNN_*.py` is revision "NNNN" and the newest is the head."""
+    import re
+
+    from smallops.storage.db import (
+        MIGRATIONS,
+        ensure_schema,
+        newest_file_revision,
+        recorded_revision,
+    )
+
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        revision = re.search(r'^revision = "(\w+)"', path.read_text(), re.M)
+        assert revision and revision.group(1) == path.name[:4], path.name
+    assert newest_file_revision() == head_revision()
+    engine = _engine(database_url, tmp_path)
+    assert recorded_revision(engine) is None  # no table yet: Alembic's path creates it
+    ensure_schema(engine)
+    assert recorded_revision(engine) == current_revision(engine) == head_revision()

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from smallops.config import LogTarget
@@ -205,6 +205,24 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
 
+def newest_file_revision() -> str | None:
+    """The newest migration's revision as its file name says (`NNNN_what.py` holds revision
+    "NNNN"; a test holds every file to that), read without importing Alembic."""
+    found = sorted(path.name[:4] for path in (MIGRATIONS / "versions").glob("[0-9]" * 4 + "_*.py"))
+    return found[-1] if found else None
+
+
+def recorded_revision(engine: Engine) -> str | None:
+    """The revision the log records, read directly; None if it cannot be read (no table yet, or
+    the database does not answer: then Alembic's own check says why)."""
+    try:
+        with engine.connect() as connection:
+            value = connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except SQLAlchemyError:
+        return None
+    return str(value) if value is not None else None
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations in one transaction; on Postgres under an advisory lock, so processes
     never race. A log that had runs before the rollups existed gets them computed from its runs
@@ -216,7 +234,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Bring the schema to the latest version if it is behind (or absent)."""
+    """Bring the schema to the latest version if it is behind (or absent). A log already at the
+    newest migration file's revision is seen so without importing Alembic (a tenth of a second
+    off every command)."""
+    newest = newest_file_revision()
+    if newest is not None and recorded_revision(engine) == newest:
+        return
     if current_revision(engine) != head_revision():
         with _migrating:
             if current_revision(engine) != head_revision():
