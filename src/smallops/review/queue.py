@@ -10,7 +10,7 @@ atomically with it (the webhook outbox, a demotion).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -66,9 +66,14 @@ class ReviewQueue:
         return found[0]
 
     def items(
-        self, workflow: str | None = None, *, state: str | None = "pending", limit: int = 100
+        self,
+        workflow: str | None = None,
+        *,
+        state: str | Sequence[str] | None = "pending",
+        limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Items, oldest first (for pending) or newest first, with their runs' inputs."""
+        """Items, oldest first (for pending) or newest first, with their runs' inputs; several
+        states (the decided ones) newest decided first."""
         with self.engine.connect() as connection:
             return review_log.list_items(connection, workflow, state, limit)
 

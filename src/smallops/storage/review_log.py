@@ -8,7 +8,7 @@ SQLite's write lock serialises them otherwise).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,21 +27,30 @@ def item_ids_matching(connection: Connection, given: str) -> list[str]:
 
 
 def list_items(
-    connection: Connection, workflow: str | None, state: str | None, limit: int
+    connection: Connection, workflow: str | None, state: str | Sequence[str] | None, limit: int
 ) -> list[dict[str, Any]]:
     """Items with their runs' inputs and content mode: pending ones oldest first, others newest
-    first; every state when `state` is None, every workflow when `workflow` is None."""
+    first; every state when `state` is None, every workflow when `workflow` is None. Several
+    states (the decided ones) come newest decided first."""
     query = (
         select(review_items, runs.c.inputs, runs.c.content)
         .join(runs, runs.c.id == review_items.c.run_id, isouter=True)
         .limit(limit)
     )
-    if state:
-        query = query.where(review_items.c.state == state)
+    states = [state] if isinstance(state, str) else list(state or ())
+    if len(states) == 1:  # `=`: the queue indexes lead with the state
+        query = query.where(review_items.c.state == states[0])
+    elif states:
+        query = query.where(review_items.c.state.in_(states))
     if workflow:
         query = query.where(review_items.c.workflow == workflow)
     order = review_items.c.created_at
-    query = query.order_by(order if state == "pending" else order.desc())
+    if states == ["pending"]:
+        query = query.order_by(order)
+    elif isinstance(state, str) or not states:
+        query = query.order_by(order.desc())
+    else:
+        query = query.order_by(review_items.c.decided_at.desc(), order.desc())
     return [plain_row(row._mapping) for row in connection.execute(query)]
 
 

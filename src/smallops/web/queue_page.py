@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from smallops.errors import SmallopsError
+from smallops.review import triage
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, HeldError
 from smallops.web._http import (
@@ -34,6 +35,7 @@ from smallops.web.outage import DatabaseDown
 
 SKIPPED_COOKIE = "smallops_skipped"
 MAX_SKIPPED = 30
+PAGE = 200  # items a queue page shows; sorting by a field happens over these
 NOTES = {"empty": "The queue is empty: nothing left to review."}
 DONE = {
     "approve": "Approved",
@@ -45,27 +47,59 @@ DONE = {
 
 @guarded
 async def queue_page(request: Request) -> Response:
-    """Pending items per workflow, and the oldest first, with who holds which."""
+    """Items per workflow in a state (pending by default, oldest first), with previews of their
+    input and output, their age and who holds which; sorted by age or an output field."""
     desk, db = web(request).desk, web(request).db
     workflow = request.query_params.get("workflow") or None
+    state = request.query_params.get("state") or "pending"
+    sort = request.query_params.get("sort") or None
+    try:
+        states = triage.states_for(state)
+    except SmallopsError as exc:
+        return error(request, exc)
     counts = await db.call(desk.queue.counts)
-    items = await db.call(desk.items, workflow, "pending", 200)
+    items = await db.call(desk.queue.items, workflow, state=states, limit=PAGE)
     now = datetime.now(timezone.utc)
     for item in items:
         until = item.get("claimed_until")
         item["held_by"] = item["claimed_by"] if until is not None and until > now else None
+        triage.annotate(item, now, output_model(desk, item["workflow"]))
+    items = triage.sort_items(items, sort, lambda name: output_model(desk, name))
     skipped = [i for i in skipped_ids(request) if i in {item["run_id"] for item in items}]
     data = {
         "reviewer": reviewer(request),
         "workflow": workflow,
         "counts": counts,
         "total": sum(counts.values()),
+        "state": state,
+        "states": list(triage.STATE_FILTERS),
+        "sort": sort,
+        "sorts": sort_choices(desk, workflow),
         "items": items,
         "skipped": skipped,
         "note": NOTES.get(request.query_params.get("note", "")),
         "done": done_message(request),
     }
     return render(request, "queue.html", data)
+
+
+def output_model(desk: ReviewDesk, workflow: str) -> Any:
+    """The output model of a workflow the desk knows (None for others and free text)."""
+    known = desk.workflows.get(workflow)
+    return known.output if known is not None else None
+
+
+def sort_choices(desk: ReviewDesk, workflow: str | None) -> list[str]:
+    """The `?sort=` values to offer: by age, then each enum/Literal output field (an
+    ops lead sorts by urgency, not by summary)."""
+    fields: list[str] = []
+    for name, known in desk.workflows.items():
+        if workflow and name != workflow:
+            continue
+        for field in getattr(known.output, "model_fields", {}):
+            if field not in fields and triage.declared_order(known.output, field) is not None:
+                fields.append(field)
+    return [*triage.AGE_SORTS, *(f for field in fields for f in (field, "-" + field))]
 
 
 @guarded
