@@ -4,6 +4,7 @@ is off on an output that failed the schema; a link opens an item without claimin
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -44,6 +45,8 @@ ARGS = [
     "--disable-sync",
 ]
 PASSWORD = "a long browser password"
+# Screenshots land here for a person to look at (kept out of git by the default location).
+ARTIFACTS = Path(os.environ.get("SMALLOPS_TEST_ARTIFACTS", "/tmp/smallops-test-artifacts"))
 
 
 @contextlib.contextmanager
@@ -218,3 +221,26 @@ def test_a_link_from_another_site_opens_an_item_without_claiming_it(served):
         page.click("#claim")
         _on_item(page, base, b, "email number 1")
         assert queue.item(b)["claimed_by"] == "dana" and queue.item(a)["claimed_by"] is None
+
+
+def test_the_queue_shows_previews_and_ages_and_fits_a_phone(tmp_path):
+    """The queue's rows at desktop and phone width: previews truncate, the page never scrolls
+    sideways, each row links to its item; screenshots go to the test artifacts."""
+    long = {**GOOD, "summary": "Asks for the May invoice and a copy of April's, " + "again " * 5}
+    answers = [GOOD, {**GOOD, "urgency": "high"}, long, {**GOOD, "category": "support"}]
+    with serving(tmp_path, answers) as details:
+        base, ids = details["base"], details["ids"]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with logged_in(base) as page:
+            page.goto(f"{base}/?sort=-urgency")
+            assert "category: billing" in page.inner_text(".queue")
+            assert page.locator(".queue-items tbody tr").count() == 4
+            for width in (1280, 390):
+                page.set_viewport_size({"width": width, "height": 800})
+                overflow = page.evaluate(
+                    "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+                )
+                assert overflow <= 0, f"the queue scrolls sideways at {width} px"
+                page.screenshot(path=str(ARTIFACTS / f"queue-{width}.png"), full_page=True)
+            page.click(f"a[href='/items/{ids[1]}']")
+            _on_item(page, base, ids[1], "email number 1")
