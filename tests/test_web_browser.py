@@ -1,5 +1,6 @@
 """The review UI in a real headless Chromium: log in, approve, correct, reject by keyboard; Approve
-is off on an output that failed the schema; a link opens an item without claiming it."""
+is off on an output that failed the schema; a link opens an item without claiming it; the list
+editor and the null box; the item page on a 390 px phone; screenshots into tests/artifacts."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import pytest
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from smallops import FakeProvider, Settings, Workflow
@@ -45,12 +47,14 @@ ARGS = [
     "--disable-sync",
 ]
 PASSWORD = "a long browser password"
-# Screenshots land here for a person to look at (kept out of git by the default location).
-ARTIFACTS = Path(os.environ.get("SMALLOPS_TEST_ARTIFACTS", "/tmp/smallops-test-artifacts"))
+# Screenshots land here for a person to look at (tests/artifacts is kept out of git).
+ARTIFACTS = Path(os.environ.get("SMALLOPS_TEST_ARTIFACTS", Path(__file__).parent / "artifacts"))
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, answers: list[Any]) -> Iterator[dict[str, Any]]:
+def serving(
+    tmp_path: Path, answers: list[Any], output: type[BaseModel] = Triage
+) -> Iterator[dict[str, Any]]:
     """One queued item per answer, and the app under uvicorn on 127.0.0.1 with login required."""
     (tmp_path / "triage.prompt").write_text("[user]\n{{ text }}")
     settings = Settings(
@@ -62,7 +66,7 @@ def serving(tmp_path: Path, answers: list[Any]) -> Iterator[dict[str, Any]]:
         "triage",
         model="fake:rules",
         prompt="triage.prompt",
-        output=Triage,
+        output=output,
         provider=FakeProvider(_answering(answers)),
         base_dir=tmp_path,
         retries=0,
@@ -244,3 +248,63 @@ def test_the_queue_shows_previews_and_ages_and_fits_a_phone(tmp_path):
                 page.screenshot(path=str(ARTIFACTS / f"queue-{width}.png"), full_page=True)
             page.click(f"a[href='/items/{ids[1]}']")
             _on_item(page, base, ids[1], "email number 1")
+
+
+class Lead(BaseModel):
+    company: str = Field(max_length=80)
+    stage: Literal["new", "warm", "hot"]
+    tags: list[str]
+    owner: str | None
+    summary: str
+
+
+LEAD = {
+    "company": "Acme Industrial Supplies and Logistics",
+    "stage": "warm",
+    "tags": ["pricing", "renewal-2027-enterprise-plan-with-a-very-long-tag-that-must-wrap"],
+    "owner": "ann",
+    "summary": "Wants a quote for forty seats before the end of the quarter, and asks about SSO.",
+}
+
+
+def _fits(page: Page) -> bool:
+    """No horizontal scroll: nothing on the page is wider than the window."""
+    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+def test_the_list_editor_and_the_null_box_correct_an_item_and_it_fits_a_phone(tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serving(tmp_path, [LEAD, LEAD], output=Lead) as details:
+        base, (first, second) = details["base"], details["ids"]
+        with logged_in(base) as page:
+            page.click("button:has-text('Start reviewing')")
+            _on_item(page, base, first, "email number 0")
+            grid = page.locator(".item-grid > *")
+            assert grid.nth(0).locator("h2", has_text="Inputs").count() == 1  # input first
+            assert page.locator("#f-company").get_attribute("type") == "text"
+            assert page.locator("#f-tags").is_hidden()  # the editor stands in for it
+            rows = page.locator(".list-rows input")
+            assert rows.count() == 2
+            page.screenshot(path=str(ARTIFACTS / "item-1280.png"), full_page=True)
+
+            page.set_viewport_size({"width": 390, "height": 844})
+            assert _fits(page)
+            assert page.locator("#approve").is_visible() and page.locator("#reject").is_visible()
+            page.screenshot(path=str(ARTIFACTS / "item-390.png"), full_page=True)
+
+            page.locator(".list-rows li").nth(1).locator("button", has_text="Remove").click()
+            page.click("button:has-text('+ Add entry')")
+            page.keyboard.type("q4")
+            page.keyboard.press("Enter")  # a new entry, not a submit
+            page.keyboard.type("sso")
+            page.check("input[name='null.owner']")
+            page.click("#correct")
+            _on_item(page, base, second, "email number 1")
+
+            page.goto(f"{base}/items/no-such-run")
+            assert "404" in page.inner_text(".error-page") and _fits(page)
+            page.screenshot(path=str(ARTIFACTS / "404-390.png"), full_page=True)
+            page.set_viewport_size({"width": 1280, "height": 900})
+            page.screenshot(path=str(ARTIFACTS / "404-1280.png"), full_page=True)
+    saved = ReviewQueue(details["engine"]).item(first)["final_output"]
+    assert saved["tags"] == ["pricing", "q4", "sso"] and saved["owner"] is None

@@ -312,7 +312,9 @@ def output_problem(workflow: Workflow[Any], output: Any) -> str | None:
 
 
 def form_fields(output: type[BaseModel] | None) -> list[dict[str, Any]]:
-    """The fields of an output model as a form: name, type, choices, description, required."""
+    """The fields of an output model as a form: name, type, choices, description, required;
+    `nullable` when null is allowed (Optional, `anyOf` with null) and `items` the type of an
+    array's entries ("string" for a list[str])."""
     if output is None:
         return []
     schema = output.model_json_schema()
@@ -320,9 +322,9 @@ def form_fields(output: type[BaseModel] | None) -> list[dict[str, Any]]:
     required = set(schema.get("required", []))
     fields = []
     for name, prop in schema.get("properties", {}).items():
-        kind = prop.get("type") or next(
-            (o.get("type") for o in prop.get("anyOf", []) if o.get("type") != "null"), "string"
-        )
+        options = prop.get("anyOf", [])
+        shape = next((o for o in options if o.get("type") != "null"), prop) if options else prop
+        kind = prop.get("type") or shape.get("type") or "string"
         fields.append(
             {
                 "name": name,
@@ -331,7 +333,9 @@ def form_fields(output: type[BaseModel] | None) -> list[dict[str, Any]]:
                 "choices": choices.get(name, []),
                 "description": prop.get("description", ""),
                 "required": name in required,
-                "max_length": prop.get("maxLength"),
+                "max_length": prop.get("maxLength", shape.get("maxLength")),
+                "nullable": any(o.get("type") == "null" for o in options),
+                "items": (shape.get("items") or {}).get("type") if kind == "array" else None,
             }
         )
     return fields

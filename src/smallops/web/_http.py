@@ -41,6 +41,18 @@ from smallops.web.outage import Database, DatabaseDown
 Handler = Callable[[Request], Awaitable[Response]]
 MAX_BODY = 1024 * 1024  # bytes a request body may hold: a login, a decision or a correction
 BODY_HINT = "send one JSON object (Content-Type: application/json) or a form; nothing was changed"
+HEADINGS = {  # the error page's heading for each status
+    400: "That could not be done",
+    401: "Log in first",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Not found",
+    409: "Someone else has it",
+    413: "Too large",
+    429: "Too many tries",
+    500: "Something broke",
+    503: "The database is unavailable",
+}
 HTML_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
     "X-Frame-Options": "DENY",  # one-click decisions must not be clickjacked
@@ -166,9 +178,22 @@ def error(request: Request, exc: SmallopsError, status: int | None = None) -> Re
     it; with the error's headers (Retry-After)."""
     status = status or status_of(exc)
     data = {"error": exc.message, "hint": exc.hint, **getattr(exc, "fields", {})}
-    response = render(request, "error.html", data, status)
+    page = {"status_code": status, "heading": HEADINGS.get(status, "Something went wrong")}
+    response = render(request, "error.html", data, status, page)
     response.headers.update(getattr(exc, "headers", {}))
     return response
+
+
+async def no_such_page(request: Request, exc: Exception) -> Response:
+    """Starlette's 404 and 405 (a URL or method no route serves) as the app's error page, or
+    its JSON."""
+    code = exc.status_code if isinstance(exc, HTTPException) else 404
+    hint = "the review queue is at /"
+    if code == 405:
+        what = f"{request.method} is not served at {request.url.path}"
+    else:
+        what = f"there is no page at {request.url.path}"
+    return error(request, NotFoundError(what, hint=hint), code)
 
 
 def status_of(exc: SmallopsError) -> int:

@@ -33,7 +33,15 @@ from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
 from smallops.storage.health import first_line, unreachable
 from smallops.web import item_page, login, queue_page
-from smallops.web._http import MAX_BODY, BodyTooLarge, Web, error, templates, web
+from smallops.web._http import (
+    MAX_BODY,
+    BodyTooLarge,
+    Web,
+    error,
+    no_such_page,
+    templates,
+    web,
+)
 from smallops.web.auth import Auth, Sessions, load_secret_key
 from smallops.web.leases import give_back
 from smallops.web.outage import Database, DatabaseDown
@@ -92,6 +100,8 @@ def create_app(
         middleware=[Middleware(_LimitBody, limit=max_body), Middleware(_AnswerWhenCancelled)],
         lifespan=_lifespan(state, webhook_interval),
         exception_handlers={
+            404: no_such_page,
+            405: no_such_page,
             InputError: _bad_request,
             DatabaseDown: _database_down,
             SQLAlchemyError: _database_error,

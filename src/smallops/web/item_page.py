@@ -51,8 +51,28 @@ from smallops.web.queue_page import (
 
 ACTIONS = ("approve", "correct", "reject", "skip")
 PREFIX = "out."  # form fields of the output, apart from csrf, reason and workflow
+NULL_PREFIX = "null."  # the "null" checkbox beside a nullable field
 NOT_APPROVABLE = "correct it with output that fits, or reject it; nothing was changed"
-SHORT_TEXT = 120  # longer (or unbounded) strings get a textarea
+LONG_TEXT = 200  # a string whose maxLength is over this gets a textarea; shorter, one line
+# A string with no maxLength is one line unless its name says it holds prose.
+PROSE_NAMES = frozenset(
+    {
+        "summary",
+        "description",
+        "body",
+        "text",
+        "content",
+        "notes",
+        "reply",
+        "draft",
+        "message",
+        "explanation",
+        "details",
+        "comment",
+        "answer",
+        "response",
+    }
+)
 SHORTCUTS = [
     ("a", "approve"),
     ("c", "save correction"),
@@ -208,20 +228,27 @@ def show(
 
 
 def form_view(item: dict[str, Any], values: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The schema's fields with the widget each calls for and the text it shows."""
+    """The schema's fields with the widget each calls for, the text it shows and, for a
+    nullable field, whether its "null" box is ticked."""
     output = item["output"] if isinstance(item["output"], dict) else {}
     view = []
     for field in item["fields"]:
-        text = (
-            values.get(PREFIX + field["name"], "") if values else _text(output.get(field["name"]))
-        )
-        widget = _widget(field)
+        name, widget = field["name"], _widget(field)
+        if values:
+            text = str(values.get(PREFIX + name, ""))
+            null = bool(values.get(NULL_PREFIX + name))
+        else:
+            value = output.get(name)
+            text = _lines(value) if widget == "list" else _text(value)
+            null = name in output and value is None
         options = [_text(c) for c in _choices(field)] if widget == "choice" else []
         view.append(
             {
                 **field,
                 "widget": widget,
-                "key": PREFIX + field["name"],
+                "key": PREFIX + name,
+                "null_key": NULL_PREFIX + name,
+                "null": bool(field.get("nullable")) and null,
                 "text": text,
                 "options": options,
             }
@@ -230,16 +257,43 @@ def form_view(item: dict[str, Any], values: dict[str, Any] | None) -> list[dict[
 
 
 def output_from_form(item: dict[str, Any], form: dict[str, Any]) -> Any:
-    """The corrected output from the form's fields: numbers, booleans and JSON parsed."""
+    """The corrected output from the form's fields: numbers, booleans and JSON parsed, a list
+    of strings one entry per line, a ticked "null" box None. The desk validates the result."""
     if not item["fields"]:
         return form.get("output", "")  # free text, or JSON for a workflow not defined here
     output: dict[str, Any] = {}
     for field in item["fields"]:
-        raw = form.get(PREFIX + field["name"])
-        if raw is None or (raw == "" and not field["required"]):
-            continue  # absent or cleared: the schema's default, or its "field required"
-        output[field["name"]] = _parse(field, str(raw))
+        name = field["name"]
+        if field.get("nullable") and form.get(NULL_PREFIX + name):
+            output[name] = None
+            continue
+        raw = form.get(PREFIX + name)
+        if raw is None:
+            continue  # absent: the schema's default, or its "field required"
+        if _widget(field) == "list":
+            entries = _entries(str(raw))
+            if entries or field["required"]:
+                output[name] = entries
+            continue
+        if raw == "" and not field["required"]:
+            continue  # cleared: the schema's default
+        output[name] = _parse(field, str(raw))
     return output
+
+
+def _entries(raw: str) -> Any:
+    """A list editor's text: one entry per line, blank lines dropped; a JSON array as a whole
+    (what a script, or this form before it had a list editor, sends) is taken as it is."""
+    text = raw.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            if isinstance(value, list):
+                return value
+    return [line.strip() for line in raw.splitlines() if line.strip()]
 
 
 def _parse(field: dict[str, Any], raw: str) -> Any:
@@ -264,15 +318,28 @@ def _choices(field: dict[str, Any]) -> list[Any]:
 
 
 def _widget(field: dict[str, Any]) -> str:
+    """choice, number, list (a list of strings), json (other arrays and objects), input (one
+    line) or textarea (a maxLength over LONG_TEXT, or no maxLength and a name of prose)."""
     kind = field["type"]
     if kind in ("choice", "boolean"):
         return "choice"
     if kind in ("integer", "number"):
         return "number"
+    if kind == "array" and field.get("items") == "string":
+        return "list"
     if kind in ("array", "object"):
         return "json"
     limit = field.get("max_length")
-    return "textarea" if limit is None or limit > SHORT_TEXT else "input"
+    if limit is None:
+        return "textarea" if field["name"].lower() in PROSE_NAMES else "input"
+    return "textarea" if limit > LONG_TEXT else "input"
+
+
+def _lines(value: Any) -> str:
+    """A list of strings as the list editor's text: one entry per line."""
+    if isinstance(value, list):
+        return "\n".join(v if isinstance(v, str) else json.dumps(v) for v in value)
+    return _text(value)
 
 
 def _text(value: Any) -> str:
