@@ -5,10 +5,8 @@ corrections still validated against the schema; and the styled 404 and 503 pages
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 import pytest
-from pydantic import BaseModel, Field
 
 pytest.importorskip("starlette", reason="the web extra is not installed")
 
@@ -16,15 +14,7 @@ from smallops.web.item_page import _widget, form_view, output_from_form
 from smallops.web.outage import DatabaseDown
 from test_web import JSON_HEADERS, csrf, decisions, make, runs, serve
 
-
-class Lead(BaseModel):
-    company: str = Field(max_length=80)
-    stage: Literal["new", "warm", "hot"]
-    tags: list[str]
-    owner: str | None
-    summary: str
-    notes: str = Field(default="", max_length=2000)
-
+from models import Lead
 
 LEAD = {
     "company": "Acme",

@@ -11,11 +11,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from smallops import FakeProvider, Settings, Workflow
@@ -23,7 +23,7 @@ from smallops.review.desk import ReviewDesk
 from smallops.review.queue import ReviewQueue
 from smallops.storage.schema import review_decisions
 
-from models import GOOD, Triage
+from models import GOOD, Lead, Triage
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -248,14 +248,6 @@ def test_the_queue_shows_previews_and_ages_and_fits_a_phone(tmp_path):
                 page.screenshot(path=str(ARTIFACTS / f"queue-{width}.png"), full_page=True)
             page.click(f"a[href='/items/{ids[1]}']")
             _on_item(page, base, ids[1], "email number 1")
-
-
-class Lead(BaseModel):
-    company: str = Field(max_length=80)
-    stage: Literal["new", "warm", "hot"]
-    tags: list[str]
-    owner: str | None
-    summary: str
 
 
 LEAD = {
