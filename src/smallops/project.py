@@ -9,17 +9,18 @@ import sys
 import traceback
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Any
 
 from smallops.config import CONFIG_FILE, Settings, find_project_root
 from smallops.errors import ConfigError, SmallopsError, StorageError, UnknownWorkflowError
 from smallops.storage.db import ensure_schema, log_database, safe_url
+from smallops.storage.health import DatabaseError
 from smallops.storage.store import Unreachable
 from smallops.storage.writer import replay_spool
 from smallops.workflow import Workflow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger("smallops")
 
@@ -96,7 +97,7 @@ class Project:
         url, engine = log_database(self.settings.log)
         try:
             ensure_schema(engine)
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             raise StorageError(
                 f"cannot open the log database {safe_url(url)}: {_first_line(exc)}",
                 hint=f"check that it is running and that {self.settings.source('database_url')} "

@@ -22,15 +22,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
-
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Any
 
 from smallops.errors import ConfigError
 from smallops.resilience.shared import SharedStore
 from smallops.storage import guard_log
 from smallops.storage.db import write_transaction
+from smallops.storage.health import DatabaseError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 log = logging.getLogger("smallops")
 BUDGET_WAIT = 2.0  # seconds a call waits for its reservation before the budget is unavailable
@@ -111,7 +112,7 @@ class BudgetLedger:
             return
         try:
             self.settle(late.result(), 0.0)
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             log.warning(
                 "smallops: %s: could not give back a late budget reservation: %s",
                 self.workflow,
@@ -209,7 +210,7 @@ def _database_store(database: str) -> SharedStore:
                 "budget",
                 "the log database",
                 "calls go to the fallback (budget_unavailable)",
-                (SQLAlchemyError, OSError, TimeoutError),
+                (DatabaseError, OSError, TimeoutError),
             )
         return _stores[database]
 

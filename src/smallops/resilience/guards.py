@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
-
 from smallops.error_types import REFUSALS as REFUSALS  # what `smallops logs --status` lists
 from smallops.error_types import RETRYABLE
 from smallops.ids import uuid7
@@ -26,6 +24,8 @@ from smallops.records import Usage
 from smallops.storage.guard_log import record_guard_event
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from smallops.records import Pricing
     from smallops.resilience.breaker import BreakerConfig, BreakerStore, Transition
     from smallops.resilience.budget import BudgetLedger

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any, Literal
 
 from smallops.resilience.guards import Guards
 from smallops.storage.guard_log import recent_guard_events
 from smallops.storage.queries import guard_refusals
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 #: How far back the calls a guard refused are counted.
 REFUSALS_HOURS = 24

@@ -20,7 +20,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, Engine
 
 from smallops.errors import InputError, Unapprovable, describe_problems
 from smallops.jsonl import check_depth, parse
@@ -30,6 +29,8 @@ from smallops.review.queue import DEFAULT_LEASE, Check, Decision, ReviewQueue
 from smallops.storage.health import first_line
 
 if TYPE_CHECKING:  # the workflow is handed in; this layer never imports it
+    from sqlalchemy import Connection, Engine
+
     from smallops.workflow import Workflow
 
 log = logging.getLogger("smallops")

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, Engine
-
 from smallops.ids import uuid7
 from smallops.pinning import parse_model
 from smallops.review.policy import ReviewPolicy, until_graduated
@@ -29,6 +27,8 @@ from smallops.storage.db import write_transaction
 from smallops.storage.graduation_log import lock_standings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
     from smallops.workflow import Workflow
 
 

@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
-
-from sqlalchemy import Connection, Engine
+from typing import TYPE_CHECKING, Any
 
 from smallops.errors import DecidedError as DecidedError
 from smallops.errors import HeldError as HeldError
 from smallops.errors import InputError, NotFoundError
 from smallops.storage import review_log
 from smallops.storage.db import write_transaction
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 DEFAULT_LEASE = timedelta(minutes=10)
 STATES = {"approve": "approved", "correct": "corrected", "reject": "rejected"}
@@ -41,7 +42,7 @@ class Decision:
     decided_at: datetime
 
 
-Extra = Callable[[Connection, dict[str, Any], dict[str, Any]], None]
+Extra = Callable[["Connection", dict[str, Any], dict[str, Any]], None]
 Check = Callable[[dict[str, Any]], None]
 
 

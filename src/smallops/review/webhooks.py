@@ -35,14 +35,14 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Connection, Engine
-
 from smallops.ids import uuid7
 from smallops.storage import webhook_log
 from smallops.storage.db import write_transaction
 from smallops.storage.health import first_line
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
+
     from smallops.workflow import Workflow
 
 DEFAULT_SECRET_ENV = "SMALLOPS_WEBHOOK_SECRET"

@@ -13,9 +13,13 @@ import logging
 import sqlite3
 import threading
 
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy import exc as sa_exc
 
 from smallops.redact import Redactor
+
+#: What the log database raises when a statement fails, for code outside storage to catch.
+DatabaseError = sa_exc.SQLAlchemyError
 
 log = logging.getLogger("smallops")
 
@@ -95,3 +99,22 @@ class Health:
                 return
             self._down = False
         log.warning("smallops: %s is back", self.label)
+
+
+class CommitWatch:
+    """Whether this thread's database work reached a COMMIT: after a failure, a write that did
+    is not known to be lost, and says so (the web's decisions)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._local = threading.local()
+        event.listen(engine, "commit", self._committing)
+
+    def start(self) -> None:
+        self._local.started = False
+
+    @property
+    def reached(self) -> bool:
+        return bool(getattr(self._local, "started", False))
+
+    def _committing(self, _connection: Connection) -> None:
+        self._local.started = True

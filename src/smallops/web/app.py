@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -31,7 +30,7 @@ from smallops.config import Settings
 from smallops.errors import InputError, SmallopsError
 from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
-from smallops.storage.health import first_line, unreachable
+from smallops.storage.health import DatabaseError, first_line, unreachable
 from smallops.web import item_page, login, queue_page
 from smallops.web._http import (
     MAX_BODY,
@@ -104,7 +103,7 @@ def create_app(
             405: no_such_page,
             InputError: _bad_request,
             DatabaseDown: _database_down,
-            SQLAlchemyError: _database_error,
+            DatabaseError: _database_error,
             Exception: _server_error,
         },
     )

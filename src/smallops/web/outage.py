@@ -16,21 +16,22 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, event
 from starlette.concurrency import run_in_threadpool
 
 from smallops.errors import StorageError
-from smallops.storage.health import Health, first_line, unreachable
+from smallops.storage.health import CommitWatch, Health, first_line, unreachable
 from smallops.storage.watchdog import bound_calls
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 P = ParamSpec("P")
 T = TypeVar("T")
 RETRY_AFTER = 5  # seconds a client is asked to wait before trying again
 RETRY_EVERY = 2.0  # seconds between tries of a database known to be down
 UNREACHABLE = "the database is unreachable"
-_commit = threading.local()  # whether the current thread's last call reached a COMMIT
 
 
 class DatabaseDown(StorageError):
@@ -77,8 +78,7 @@ class Database:
         self.health = Health(label, "review pages answer 503 until it answers again")
         self._retrying = threading.Lock()  # held by the one call trying a down database again
         self._next_try = 0.0  # when (time.monotonic) a down database may be tried again
-        if not event.contains(engine, "commit", _committing):
-            event.listen(engine, "commit", _committing)
+        self.commits = CommitWatch(engine)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(...)` in a worker thread; DatabaseDown if the database is unreachable."""
@@ -99,14 +99,14 @@ class Database:
         if retrying and not self._may_retry():
             raise not_saved(False) if saving else DatabaseDown()
         cuts = self.watchdog.cuts if self.watchdog else None
-        _commit.started = False
+        self.commits.start()
         try:
             result = work()
         except Exception as exc:
             if not unreachable(exc):
                 raise
             self.failed(exc, cuts)
-            raise (not_saved(_commit.started) if saving else DatabaseDown()) from None
+            raise (not_saved(self.commits.reached) if saving else DatabaseDown()) from None
         finally:
             if retrying:
                 self._next_try = time.monotonic() + RETRY_EVERY
@@ -123,8 +123,3 @@ class Database:
             self._retrying.release()
             return False
         return True
-
-
-def _committing(_connection: Connection) -> None:
-    """Engine event: this thread is about to COMMIT."""
-    _commit.started = True
