@@ -50,16 +50,7 @@ _LOWEST, _HIGHEST = -999, 999  # 2^(±125) ms: no latency is outside
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DateTime format
 
 #: The key columns, in order: the hour, then what a run is grouped by.
-KEY_COLUMNS = (
-    "hour",
-    "workflow",
-    "origin",
-    "status",
-    "error_type",
-    "model_requested",
-    "model_served",
-    "prompt_version",
-)
+KEY_COLUMNS = tuple(column.name for column in run_rollups.primary_key.columns)
 _TOTAL_COLUMNS = (
     "calls",
     "priced_calls",
