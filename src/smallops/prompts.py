@@ -12,6 +12,7 @@ The marker lines keep the file diffable and readable by someone who does not wri
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -115,13 +116,20 @@ def _variables(text: str, source: str) -> frozenset[str]:
 def variables_in_order(text: str) -> list[str]:
     """The variables a template reads, in the order they first appear (for display: the order
     its author gave them); none for a template that does not parse."""
+    return list(_variables_in_order(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _variables_in_order(text: str) -> tuple[str, ...]:
+    """Cached: every review page shows its inputs in this order, and a project has a handful of
+    templates, so each is parsed once, not once per page."""
     try:
         tree = _ENV.parse(_MARKER.sub("", text))
     except jinja2.TemplateSyntaxError:
-        return []
+        return ()
     needed = meta.find_undeclared_variables(tree)
     names = (node.name for node in tree.find_all(jinja2.nodes.Name) if node.name in needed)
-    return list(dict.fromkeys(names))
+    return tuple(dict.fromkeys(names))
 
 
 def prompt_version(template: str, schema: dict[str, Any] | None, model: str, params: Any) -> str:

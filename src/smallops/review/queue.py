@@ -20,6 +20,7 @@ from smallops.errors import HeldError as HeldError
 from smallops.errors import InputError, NotFoundError
 from smallops.storage import review_log
 from smallops.storage.db import write_transaction
+from smallops.storage.review_log import QueueOrder
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -72,11 +73,16 @@ class ReviewQueue:
         *,
         state: str | Sequence[str] | None = "pending",
         limit: int = 100,
+        order: QueueOrder | None = None,
+        after: Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Items, oldest first (for pending) or newest first, with their runs' inputs; several
-        states (the decided ones) newest decided first."""
+        states (the decided ones) newest decided first; or in `order`. `after` (an item's
+        `sort_key`) pages on from that item."""
         with self.engine.connect() as connection:
-            return review_log.list_items(connection, workflow, state, limit)
+            return review_log.list_items(
+                connection, workflow, state, limit, order=order, after=after
+            )
 
     def counts(self) -> dict[str, int]:
         """Pending items per workflow."""

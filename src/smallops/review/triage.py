@@ -1,20 +1,25 @@
 """Queue triage: which items a queue view shows (`?state=`), in what order (`?sort=`), and the
 short previews and ages that let a reviewer pick one without opening it.
 
-The queue page is bounded (200 items), so sorting by an output field happens here, over the
-page's rows, rather than in SQL: the same code on SQLite and Postgres, and enum/Literal fields
-sort in their declared order, which JSON extraction in SQL cannot know.
+The database sorts and pages the whole queue (storage.review_log.QueueOrder): by age, or by an
+enum/Literal output field in its declared order, which this module reads from the output models
+and hands down as ranks. Pages follow each other by keyset: a cursor holds the last item's sort
+key, so a page deep in a queue of 20,000 costs what the first does.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, get_args, get_origin
 
 from smallops.errors import InputError
 from smallops.kinds import REVIEW_STATES
+from smallops.storage.review_log import QueueOrder
 
 DECIDED: tuple[str, ...] = tuple(s for s in REVIEW_STATES if s != "pending")
 # `?state=` value -> the item states it shows (None: every state).
@@ -112,29 +117,67 @@ def declared_order(model: Any, field: str) -> list[Any] | None:
     return None
 
 
-def sort_items(
-    items: list[dict[str, Any]], sort: str | None, model_of: Callable[[str], Any]
-) -> list[dict[str, Any]]:
-    """Items in the order `?sort=` asks: "oldest"/"newest" by creation, or by an output field
-    ("urgency", "-urgency" reversed): enum/Literal values in their declared order, others
-    alphabetically, oldest first among equals, items without the field last."""
+def queue_order(sort: str | None, models: Mapping[str, Any]) -> QueueOrder | None:
+    """The order `?sort=` asks for: None (the state's own order), "oldest"/"newest", or an
+    enum/Literal output field ("urgency", "-urgency" reversed) of the workflows in `models`
+    (workflow -> output model), ranked in each one's declared order. InputError for a sort
+    that is none of these."""
     if not sort:
-        return items
+        return None
     if sort in AGE_SORTS:
-        return sorted(items, key=lambda i: i["created_at"], reverse=sort == "newest")
-    field, reverse = sort.removeprefix("-"), sort.startswith("-")
+        return QueueOrder(newest=sort == "newest")
+    field = sort.removeprefix("-")
+    ranks = {
+        name: order
+        for name, model in models.items()
+        if (order := declared_order(model, field)) is not None
+    }
+    if not ranks or not field.isidentifier():
+        choices = ", ".join([*AGE_SORTS, *sortable_fields(models.values())]) or "oldest, newest"
+        raise InputError(
+            f"cannot sort the queue by {sort!r}: use one of {choices}",
+            hint="an output field sorts when it is an enum or Literal; -name reverses it",
+        )
+    return QueueOrder(field=field, ranks=ranks, reverse=sort.startswith("-"))
 
-    def value_of(item: dict[str, Any]) -> Any:
-        output = item.get("final_output") or item.get("output")
-        return output.get(field) if isinstance(output, Mapping) else None
 
-    def key(item: dict[str, Any]) -> tuple[int, str]:
-        value, order = value_of(item), declared_order(model_of(item["workflow"]), field)
-        if order is not None and value in order:
-            return (order.index(value), "")
-        return (len(order or ()), str(value))
+def sortable_fields(models: Iterable[Any]) -> list[str]:
+    """The enum/Literal output fields of these models, each once, in their field order."""
+    fields: list[str] = []
+    for model in models:
+        for field in getattr(model, "model_fields", {}):
+            if field not in fields and declared_order(model, field) is not None:
+                fields.append(field)
+    return fields
 
-    oldest = sorted(items, key=lambda i: i["created_at"])
-    present = [i for i in oldest if value_of(i) is not None]
-    missing = [i for i in oldest if value_of(i) is None]
-    return sorted(present, key=key, reverse=reverse) + missing  # stable: oldest first in ties
+
+def cursor_of(sort_key: Sequence[Any]) -> str:
+    """A page cursor for the item with this sort key: URL-safe text."""
+    values = [{"t": v.isoformat()} if isinstance(v, datetime) else v for v in sort_key]
+    raw = json.dumps(values, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def after_cursor(cursor: str | None) -> list[Any] | None:
+    """The sort key a cursor holds; InputError for one this server did not make."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+        if not isinstance(values, list) or not 2 <= len(values) <= 3:
+            raise ValueError
+        return [
+            datetime.fromisoformat(v["t"]) if isinstance(v, dict) else _plain(v) for v in values
+        ]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise InputError(
+            "the page cursor (?after=) is not one this queue made",
+            hint="start from the first page: open the queue without ?after=",
+        ) from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError
+    return value

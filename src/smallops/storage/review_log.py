@@ -8,12 +8,29 @@ SQLite's write lock serialises them otherwise).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import dataclasses
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    Text,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
+from smallops.errors import InputError
 from smallops.ids import uuid7
 from smallops.storage.queries import plain_row, run_id_matches
 from smallops.storage.schema import prompt_versions, review_decisions, review_items, runs
@@ -26,14 +43,38 @@ def item_ids_matching(connection: Connection, given: str) -> list[str]:
     return [str(found) for found in connection.execute(query).scalars().all()]
 
 
+@dataclass(frozen=True)
+class QueueOrder:
+    """The order of a queue view, for SQL to sort and page: by age (`newest` first or oldest),
+    or by an output field's rank in its declared values (`ranks`: per workflow, the values in
+    order; `reverse` turns the ranks round), oldest first among equals, items without a ranked
+    value last. A field is read from the final output once decided, else from the output."""
+
+    field: str | None = None
+    ranks: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+    reverse: bool = False
+    newest: bool = False
+
+
 def list_items(
-    connection: Connection, workflow: str | None, state: str | Sequence[str] | None, limit: int
+    connection: Connection,
+    workflow: str | None,
+    state: str | Sequence[str] | None,
+    limit: int,
+    *,
+    order: QueueOrder | None = None,
+    after: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Items with their runs' inputs and content mode: pending ones oldest first, others newest
     first; every state when `state` is None, every workflow when `workflow` is None. Several
-    states (the decided ones) come newest decided first."""
+    states (the decided ones) come newest decided first. With `order`, in that order instead.
+
+    Each row carries `sort_key`, the values it is ordered by; `after` (a row's sort_key) starts
+    the page after that row: keyset paging, so a page deep in a long queue costs what the first
+    does, and items decided meanwhile shift nothing."""
+    keys, descending = _sort_keys(connection.dialect.name, state, order)
     query = (
-        select(review_items, runs.c.inputs, runs.c.content)
+        select(review_items, runs.c.inputs, runs.c.content, *keys)
         .join(runs, runs.c.id == review_items.c.run_id, isouter=True)
         .limit(limit)
     )
@@ -44,14 +85,82 @@ def list_items(
         query = query.where(review_items.c.state.in_(states))
     if workflow:
         query = query.where(review_items.c.workflow == workflow)
-    order = review_items.c.created_at
+    if after is not None:
+        kinds = (int, datetime, str) if len(keys) == 3 else (datetime, str)  # as _sort_keys
+        if len(after) != len(kinds) or not all(
+            isinstance(value, kind) and not isinstance(value, bool)
+            for value, kind in zip(after, kinds, strict=True)
+        ):
+            raise InputError(
+                "the page cursor (?after=) does not fit this order",
+                hint="start from the first page: open the queue without ?after=",
+            )
+        bound = tuple_(*(literal(value, key.type) for value, key in zip(after, keys, strict=True)))
+        query = query.where(tuple_(*keys) < bound if descending else tuple_(*keys) > bound)
+    query = query.order_by(*(key.desc() if descending else key for key in keys))
+    found = []
+    for row in connection.execute(query):
+        item = plain_row(row._mapping)
+        item["sort_key"] = [item.pop(f"sort_{i}") for i in range(len(keys))]
+        found.append(item)
+    return found
+
+
+def _sort_keys(
+    dialect: str, state: str | Sequence[str] | None, order: QueueOrder | None
+) -> tuple[list[Any], bool]:
+    """The labelled expressions a view is ordered by (the run id last: unique, so a keyset
+    cursor never skips or repeats a row) and whether they run descending."""
+    items = review_items.c
+    if order is not None and order.field is not None:
+        return [
+            _rank(dialect, order).label("sort_0"),
+            *_labelled(items.created_at, items.run_id, start=1),
+        ], False
+    if order is not None:
+        return _labelled(items.created_at, items.run_id), order.newest
+    states = [state] if isinstance(state, str) else list(state or ())
     if states == ["pending"]:
-        query = query.order_by(order)
-    elif isinstance(state, str) or not states:
-        query = query.order_by(order.desc())
-    else:
-        query = query.order_by(review_items.c.decided_at.desc(), order.desc())
-    return [plain_row(row._mapping) for row in connection.execute(query)]
+        return _labelled(items.created_at, items.run_id), False
+    if isinstance(state, str) or not states:
+        return _labelled(items.created_at, items.run_id), True
+    return _labelled(items.decided_at, items.run_id), True
+
+
+def _labelled(*columns: Any, start: int = 0) -> list[Any]:
+    return [column.label(f"sort_{start + i}") for i, column in enumerate(columns)]
+
+
+def _rank(dialect: str, order: QueueOrder) -> Any:
+    """The rank of an item's value of `order.field` among its workflow's declared values: 0, 1,
+    ... (turned round with `reverse`); one past the last for a value not declared; one more for
+    an item without the field. Strings and integers are ranked; other values count as
+    undeclared."""
+    assert order.field is not None
+    value = func.coalesce(
+        _field_text(dialect, review_items.c.final_output, order.field),
+        _field_text(dialect, review_items.c.output, order.field),
+    )
+    longest = max((len(values) for values in order.ranks.values()), default=0)
+    whens = []
+    for workflow, values in sorted(order.ranks.items()):
+        count = len(values)
+        for index, declared in enumerate(values):
+            if isinstance(declared, bool) or not isinstance(declared, (str, int)):
+                continue
+            rank = count - 1 - index if order.reverse else index
+            whens.append((and_(review_items.c.workflow == workflow, value == str(declared)), rank))
+    missing = (value.is_(None), longest + 1)
+    return case(missing, *whens, else_=longest) if whens else case(missing, else_=longest)
+
+
+def _field_text(dialect: str, column: Any, name: str) -> Any:
+    """An object's field `name` as SQL text (a string unquoted, a number in digits); NULL when
+    the value is not an object or lacks the field."""
+    if dialect == "postgresql":
+        return column.op("->>", return_type=Text())(literal(name, String()))
+    path = literal("$." + json.dumps(name), String())
+    return cast(func.json_extract(column, path), Text())
 
 
 def pending_counts(connection: Connection) -> dict[str, int]:

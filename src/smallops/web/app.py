@@ -81,7 +81,10 @@ def create_app(
     )
     key = secret_key or load_secret_key(settings.state_dir, env)
     jinja = Environment(
-        loader=FileSystemLoader(HERE / "templates"), autoescape=True, undefined=StrictUndefined
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        auto_reload=False,  # the templates ship with the package: no stat() per page
     )
     routes = [
         Route("/", queue_page.queue_page),

@@ -35,7 +35,7 @@ from smallops.web.outage import DatabaseDown
 
 SKIPPED_COOKIE = "smallops_skipped"
 MAX_SKIPPED = 30
-PAGE = 200  # items a queue page shows; sorting by a field happens over these
+PAGE = 50  # items a queue page shows; the next page follows by keyset (?after=)
 NOTES = {"empty": "The queue is empty: nothing left to review."}
 DONE = {
     "approve": "Approved",
@@ -48,24 +48,31 @@ DONE = {
 @guarded
 async def queue_page(request: Request) -> Response:
     """Items per workflow in a state (pending by default, oldest first), with previews of their
-    input and output, their age and who holds which; sorted by age or an output field."""
+    input and output, their age and who holds which; sorted by age or an output field over the
+    whole queue, PAGE at a time."""
     desk, db = web(request).desk, web(request).db
     workflow = request.query_params.get("workflow") or None
     state = request.query_params.get("state") or "pending"
     sort = request.query_params.get("sort") or None
+    shown = {n: w for n, w in output_models(desk).items() if workflow in (None, n)}
     try:
         states = triage.states_for(state)
+        order = triage.queue_order(sort, shown)
+        after = triage.after_cursor(request.query_params.get("after"))
     except SmallopsError as exc:
         return error(request, exc)
     counts = await db.call(desk.queue.counts)
-    items = await db.call(desk.queue.items, workflow, state=states, limit=PAGE)
+    items = await db.call(
+        desk.queue.items, workflow, state=states, limit=PAGE + 1, order=order, after=after
+    )
+    more, items = len(items) > PAGE, items[:PAGE]
     now = datetime.now(timezone.utc)
     for item in items:
         until = item.get("claimed_until")
         item["held_by"] = item["claimed_by"] if until is not None and until > now else None
         triage.annotate(item, now, output_model(desk, item["workflow"]))
-    items = triage.sort_items(items, sort, lambda name: output_model(desk, name))
     skipped = [i for i in skipped_ids(request) if i in {item["run_id"] for item in items}]
+    query = {"workflow": workflow, "state": state if state != "pending" else None, "sort": sort}
     data = {
         "reviewer": reviewer(request),
         "workflow": workflow,
@@ -74,13 +81,20 @@ async def queue_page(request: Request) -> Response:
         "state": state,
         "states": list(triage.STATE_FILTERS),
         "sort": sort,
-        "sorts": sort_choices(desk, workflow),
-        "items": items,
+        "sorts": sort_choices(shown),
+        "items": [{k: v for k, v in item.items() if k != "sort_key"} for item in items],
+        "first_page": page_url(query) if after is not None else None,
+        "next_page": page_url(query, triage.cursor_of(items[-1]["sort_key"])) if more else None,
         "skipped": skipped,
         "note": NOTES.get(request.query_params.get("note", "")),
         "done": done_message(request),
     }
     return render(request, "queue.html", data)
+
+
+def output_models(desk: ReviewDesk) -> dict[str, Any]:
+    """Each workflow the desk knows, with its output model (None for free text)."""
+    return {name: known.output for name, known in desk.workflows.items()}
 
 
 def output_model(desk: ReviewDesk, workflow: str) -> Any:
@@ -89,17 +103,17 @@ def output_model(desk: ReviewDesk, workflow: str) -> Any:
     return known.output if known is not None else None
 
 
-def sort_choices(desk: ReviewDesk, workflow: str | None) -> list[str]:
+def sort_choices(models: dict[str, Any]) -> list[str]:
     """The `?sort=` values to offer: by age, then each enum/Literal output field (an
     ops lead sorts by urgency, not by summary)."""
-    fields: list[str] = []
-    for name, known in desk.workflows.items():
-        if workflow and name != workflow:
-            continue
-        for field in getattr(known.output, "model_fields", {}):
-            if field not in fields and triage.declared_order(known.output, field) is not None:
-                fields.append(field)
+    fields = triage.sortable_fields(models.values())
     return [*triage.AGE_SORTS, *(f for field in fields for f in (field, "-" + field))]
+
+
+def page_url(query: dict[str, str | None], after: str | None = None) -> str:
+    """The queue page with these filters, from the start or after a cursor."""
+    kept = {key: value for key, value in {**query, "after": after}.items() if value}
+    return "/" + ("?" + urlencode(kept) if kept else "")
 
 
 @guarded
