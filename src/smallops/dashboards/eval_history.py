@@ -359,7 +359,7 @@ def _shown(
         "output": _output_lines(result["output"], enums if not kept else None, order),
         "labels_only": not kept,
         "expected": [
-            {"field": c.get("field"), "value": _text(c["expected"])}
+            {"field": c.get("field"), "value": _expected_text(c["expected"]), "changed": False}
             for c in checks
             if "expected" in c
         ],
@@ -373,17 +373,29 @@ def _shown(
 
 def _output_lines(
     output: Any, labels_of: Mapping[str, list[Any]] | None, order: Sequence[str]
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """An output as field/value lines in the declared order; with `labels_of`, only those
     fields (the labels a contentless run keeps)."""
     if output is None:
         return []
     if not isinstance(output, dict):
-        return [] if labels_of is not None else [{"field": "", "value": _text(output)}]
+        if labels_of is not None:
+            return []
+        return [{"field": "", "value": _text(output), "changed": False}]
     names = [n for n in order if n in output] + sorted(k for k in output if k not in order)
     if labels_of is not None:
         names = [n for n in names if n in labels_of]
-    return [{"field": name, "value": _text(output[name])} for name in names]
+    return [{"field": name, "value": _text(output[name]), "changed": False} for name in names]
+
+
+def _expected_text(spec: Any) -> str:
+    """An expected value as written, a check object as its operator and value
+    ('contains "invoice"')."""
+    plain, value = _plain_expected(spec)
+    if plain:
+        return _text(value)
+    operator = _operator(spec)
+    return _text(f"{operator} {json.dumps(spec[operator], ensure_ascii=False)}")
 
 
 def _text(value: Any) -> str:
@@ -428,6 +440,7 @@ def compare_page(engine: Engine, a: str | None, b: str | None) -> dict[str, Any]
     rows = []
     for change, key in changes:
         a_shown, b_shown = shown(left[key]), shown(right[key])
+        _mark_changed(a_shown["output"], b_shown["output"])
         rows.append(
             {
                 "case_id": key[0],
@@ -458,6 +471,16 @@ def compare_page(engine: Engine, a: str | None, b: str | None) -> dict[str, Any]
 
 
 CHANGES = ("passed → failed", "failed → passed", "output changed")
+
+
+def _mark_changed(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
+    """Mark the output lines whose value differs between the two runs (or is in one only)."""
+    values_a = {line["field"]: line["value"] for line in a}
+    values_b = {line["field"]: line["value"] for line in b}
+    for line in a:
+        line["changed"] = values_b.get(line["field"]) != line["value"]
+    for line in b:
+        line["changed"] = values_a.get(line["field"]) != line["value"]
 
 
 def _change(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:

@@ -10,18 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-WIDTH, HEIGHT = 600, 230
+WIDTH, HEIGHT = 600, 230  # the desktop chart; a phone gets one NARROW wide, its text as large
+NARROW = 340
 LEFT, RIGHT, TOP, BOTTOM = 52, 16, 26, 50
 TICKS = (0, 25, 50, 75, 100)  # pass rate, %
+LABEL_CHARS, CHAR_WIDTH = 8, 6.8  # a prompt version's label: its first characters, 11px mono
 VERDICT_CLASSES = {"pass": "pass", "regression": "regression", "inconclusive": "inconclusive"}
 
 
-def geometry(series: Mapping[str, Any]) -> dict[str, Any]:
-    """Points, lines and labels of one workflow's pass rates (oldest first) in a WIDTH x HEIGHT
-    box: y is the pass rate in % (0 at the bottom), x the eval runs in order; a dashed line
-    marks each change of prompt version, labelled with the new version."""
+def geometry(series: Mapping[str, Any], width: int = WIDTH) -> dict[str, Any]:
+    """Points, lines and labels of one workflow's pass rates (oldest first) in a `width` x
+    HEIGHT box: y is the pass rate in % (0 at the bottom), x the eval runs in order; a dashed
+    line marks each change of prompt version, labelled with the new version."""
     points: Sequence[Mapping[str, Any]] = series["points"]
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    plot_w, plot_h = width - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = plot_w / max(len(points) - 1, 1)
 
     def x_at(i: int) -> float:
@@ -46,30 +48,34 @@ def geometry(series: Mapping[str, Any]) -> dict[str, Any]:
                 f"{rate:.0%} pass · {point['verdict'] or 'not gated'}",
             }
         )
-    versions = [
-        {
-            "x": round((x_at(i - 1) + x_at(i)) / 2, 1),
-            "label": str(point["prompt_version"])[:8],
-        }
-        for i, point in enumerate(points)
-        if i > 0 and point["prompt_version"] != points[i - 1]["prompt_version"]
-    ]
+    versions = []
+    label_end = LEFT + 4 + LABEL_CHARS * CHAR_WIDTH  # the first version's label, at the left
+    for i, point in enumerate(points):
+        if i == 0 or point["prompt_version"] == points[i - 1]["prompt_version"]:
+            continue
+        x = round((x_at(i - 1) + x_at(i)) / 2, 1)
+        room = x + 3 >= label_end + 6 and x + 3 + LABEL_CHARS * CHAR_WIDTH <= width
+        versions.append(
+            {"x": x, "label": str(point["prompt_version"])[:LABEL_CHARS] if room else ""}
+        )
+        if room:  # a label too close to the one before is left out; its line stays
+            label_end = x + 3 + LABEL_CHARS * CHAR_WIDTH
     dates = []
     if points:
         ends = sorted({0, len(points) - 1})
         dates = [
             {
                 "x": x_at(i),
-                "label": f"{points[i]['started_at']:%b %d}",
+                "label": f"{points[i]['started_at']:%b %d %H:%M}",
                 "anchor": "start" if i == 0 and len(points) > 1 else "end" if i else "middle",
             }
             for i in ends
         ]
     return {
-        "width": WIDTH,
+        "width": width,
         "height": HEIGHT,
         "left": LEFT,
-        "right": WIDTH - RIGHT,
+        "right": width - RIGHT,
         "top": TOP,
         "bottom": HEIGHT - BOTTOM,
         "ticks": [{"y": y_at(t / 100), "label": f"{t}"} for t in TICKS],
@@ -80,5 +86,5 @@ def geometry(series: Mapping[str, Any]) -> dict[str, Any]:
         "x_title_y": HEIGHT - 10,
         "y_title_x": 14,
         "y_title_y": TOP + plot_h / 2,
-        "first_version": str(points[0]["prompt_version"])[:8] if points else "",
+        "first_version": str(points[0]["prompt_version"])[:LABEL_CHARS] if points else "",
     }

@@ -26,7 +26,10 @@ async def evals_page(request: Request) -> Response:
         )
     except SmallopsError as exc:
         return error(request, exc)
-    charts = [eval_chart.geometry(series) for series in data["charts"]]
+    charts = [
+        (eval_chart.geometry(series), eval_chart.geometry(series, eval_chart.NARROW))
+        for series in data["charts"]
+    ]
     return render(request, "evals.html", data, extra={"drawn": charts})
 
 
