@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from smallops import FakeProvider, Settings, Workflow
+from smallops.config import Price
 from smallops.evals.gate import GateOutcome, prepare_eval, run_gate
 from smallops.storage.schema import eval_results
 
@@ -71,25 +72,32 @@ class Model:
 
 
 def workflow(
-    tmp_path: Path, database_url: str, model: Model, prompt: str, **options: Any
+    tmp_path: Path, database_url: str, answers: Model, prompt: str, **options: Any
 ) -> Workflow[Any]:
     (tmp_path / "triage.prompt").write_text(prompt)
+    prices = options.pop("prices", {})
     return Workflow(
         options.pop("name", "triage"),
-        model="fake:rules",
+        model=options.pop("model", "fake:rules"),
         prompt="triage.prompt",
         output=Triage,
-        provider=FakeProvider(model),
+        provider=FakeProvider(answers),
         base_dir=tmp_path,
         retries=0,
         fallback=options.pop("fallback", "review"),
-        settings=Settings(root=tmp_path, database_url=database_url),
+        settings=Settings(root=tmp_path, database_url=database_url, prices=prices),
         **options,
     )
 
 
 def evaluate(
-    wf: Workflow[Any], cases: dict[str, dict[str, Any]], *, ci: bool = False, baseline: bool = False
+    wf: Workflow[Any],
+    cases: dict[str, dict[str, Any]],
+    *,
+    ci: bool = False,
+    baseline: bool = False,
+    repeat: int = 1,
+    cache: bool = False,
 ) -> GateOutcome:
     """The cases written as the workflow's eval set and run through the gate, as `smallops
     eval` does."""
@@ -101,8 +109,8 @@ def evaluate(
             for case, text in ((c, spec.get("text", c)) for c, spec in cases.items())
         )
     )
-    prepared = prepare_eval(wf, ci=ci)
-    return asyncio.run(run_gate(prepared, use_cache=False, update_baseline=baseline))
+    prepared = prepare_eval(wf, ci=ci, repeat=repeat)
+    return asyncio.run(run_gate(prepared, use_cache=cache, update_baseline=baseline))
 
 
 def two_eval_runs(tmp_path: Path, database_url: str) -> tuple[Any, str, str]:
@@ -337,3 +345,44 @@ def test_the_list_pages_through_older_eval_runs_without_offset(tmp_path, databas
         url = data["older"]
     assert seen == ids[::-1]
     assert "Older →" in client.get("/evals").text
+
+
+def test_a_priced_run_shows_its_cost_and_a_cached_rerun_costs_nothing_never_unpriced(
+    tmp_path, database_url
+):
+    wf = workflow(
+        tmp_path,
+        database_url,
+        Model(),
+        "[user]\n{{ text }}",
+        model="fake:priced",
+        prices={"fake:priced": Price(input=1.0, output=10.0)},
+    )
+    paid = evaluate(wf, {"c1": {}, "c2": {}}, cache=True).run
+    cached = evaluate(wf, {"c1": {}, "c2": {}}, cache=True).run
+    client, _ = serve([wf])
+    runs = {r["id"]: r for r in client.get("/evals", headers=JSON_HEADERS).json()["eval_runs"]}
+    assert paid.cost_usd and runs[paid.id]["cost"] == f"${paid.cost_usd:.4f}"
+    assert runs[cached.id]["cost"] == "$0 (every answer cached)"
+    assert runs[paid.id]["unpriced"] == 0
+
+
+def test_repeats_count_every_answer_and_compare_matches_them_by_repeat(tmp_path, database_url):
+    model = Model()
+    wf = workflow(tmp_path, database_url, model, "[user]\n{{ text }}")
+    first = evaluate(wf, {"c1": {}, "c3": {}}, repeat=2).run
+    model.phase = 2
+    second = evaluate(wf, {"c1": {}, "c3": {}}, repeat=2).run
+    client, _ = serve([wf])
+    data = client.get(f"/evals/{first.id}", headers=JSON_HEADERS).json()
+    assert data["answers"] == 4 and data["eval_run"]["repeat"] == 2
+    fields = {f["field"]: f for f in data["fields"]}
+    assert (fields["category"]["matched"], fields["category"]["answers"]) == (2, 4)
+    compared = client.get(f"/evals/compare?a={first.id}&b={second.id}", headers=JSON_HEADERS)
+    assert [(c["case_id"], c["repeat"], c["change"]) for c in compared.json()["changed"]] == [
+        ("c1", 0, "passed → failed"),
+        ("c1", 1, "passed → failed"),
+        ("c3", 0, "failed → passed"),
+        ("c3", 1, "failed → passed"),
+    ]
+    assert "#2" in client.get(f"/evals/compare?a={first.id}&b={second.id}").text
