@@ -14,7 +14,7 @@ WIDTH, HEIGHT = 600, 230  # the desktop chart; a phone gets one NARROW wide, its
 NARROW = 340
 LEFT, RIGHT, TOP, BOTTOM = 52, 16, 26, 50
 TICKS = (0, 25, 50, 75, 100)  # pass rate, %
-LABEL_CHARS, CHAR_WIDTH = 8, 6.8  # a prompt version's label: its first characters, 11px mono
+LABEL_CHARS, CHAR_WIDTH = 8, 7.4  # a prompt version's label: its first characters, 12px mono
 VERDICT_CLASSES = {"pass": "pass", "regression": "regression", "inconclusive": "inconclusive"}
 
 
