@@ -303,7 +303,7 @@ def _store(engine: Engine, workflow: Workflow[Any], run: EvalRun, fresh: list[Ca
                 cached=r.cached,
                 output=r.output,
                 error=r.error,
-                checks=[f.__dict__ for f in r.fields],
+                checks=[_stored_check(f, r.case) for f in r.fields],
             )
             for r in run.results
         ],
@@ -312,3 +312,9 @@ def _store(engine: Engine, workflow: Workflow[Any], run: EvalRun, fresh: list[Ca
         fresh=fresh,
     )
     run.cost_usd, run.unpriced = cost.cost_usd, cost.unpriced
+
+
+def _stored_check(result: FieldResult, case: Case) -> dict[str, Any]:
+    """A check as the eval log keeps it: with the case's expected value (or check object), so
+    eval history can count per-field accuracy and confusions without the eval file."""
+    return {**result.__dict__, "expected": case.expected.get(result.field)}

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Engine,
     String,
     Text,
+    and_,
     case,
     cast,
     func,
@@ -169,7 +170,8 @@ def save_eval_run(
                 git_commit=run.git_commit,
                 started_at=run.started_at,
                 finished_at=run.finished_at or now,
-                summary=run.summary,
+                # with the calls made now and how many were unpriced, so a cost is never read as $0
+                summary={**run.summary, "calls_made": len(measured), "unpriced": cost.unpriced},
             )
         )
         if results:  # (an empty list would insert one row of defaults)
@@ -398,3 +400,165 @@ def _json_each_field(name: str) -> Any:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+# What eval history reads: eval runs newest first a page at a time, one run with its results,
+# and the contents of the runs that answered its cases.
+
+#: The columns a list of eval runs shows (not the summary's per-case scores).
+_LISTED = (
+    eval_runs.c.id,
+    eval_runs.c.workflow,
+    eval_runs.c.prompt_version,
+    eval_runs.c.model,
+    eval_runs.c.dataset,
+    eval_runs.c.cases,
+    eval_runs.c.repeat,
+    eval_runs.c.passed,
+    eval_runs.c.cost_usd,
+    eval_runs.c.verdict,
+    eval_runs.c.git_commit,
+    eval_runs.c.started_at,
+    eval_runs.c.finished_at,
+)
+
+
+def list_eval_runs(
+    engine: Engine,
+    *,
+    workflow: str | None = None,
+    before: tuple[datetime, str] | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Eval runs newest first (by started_at, then id), of one workflow or all; `before` is the
+    (started_at, id) of the last row of the previous page: keyset pagination, never OFFSET."""
+    query = select(
+        *_LISTED,
+        eval_runs.c.summary["unpriced"].label("unpriced"),
+        eval_runs.c.summary["calls_made"].label("calls_made"),
+    ).order_by(eval_runs.c.started_at.desc(), eval_runs.c.id.desc())
+    if workflow is not None:
+        query = query.where(eval_runs.c.workflow == workflow)
+    if before is not None:
+        started, run_id = before
+        query = query.where(
+            or_(
+                eval_runs.c.started_at < started,
+                and_(eval_runs.c.started_at == started, eval_runs.c.id < run_id),
+            )
+        )
+    with engine.connect() as connection:
+        return [_plain(row._mapping) for row in connection.execute(query.limit(limit))]
+
+
+def eval_run(engine: Engine, eval_run_id: str) -> dict[str, Any] | None:
+    """One eval run with its summary (None if there is no such run)."""
+    query = select(*_LISTED, eval_runs.c.summary).where(eval_runs.c.id == eval_run_id)
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
+    return None if row is None else _plain(row._mapping)
+
+
+def eval_run_with_results(engine: Engine, eval_run_id: str) -> dict[str, Any] | None:
+    """One eval run, its results (by case and repeat) under "results", and its prompt version's
+    output schema under "output_schema" (None if not recorded); None if there is no such run."""
+    run = eval_run(engine, eval_run_id)
+    if run is None:
+        return None
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                eval_results.c.case_id,
+                eval_results.c.repeat,
+                eval_results.c.run_id,
+                eval_results.c.passed,
+                eval_results.c.cached,
+                eval_results.c.checks,
+                eval_results.c.output,
+                eval_results.c.error,
+            )
+            .where(eval_results.c.eval_run_id == eval_run_id)
+            .order_by(eval_results.c.case_id, eval_results.c.repeat)
+        ).all()
+        schema = connection.execute(
+            select(prompt_versions.c.output_schema).where(
+                prompt_versions.c.id == run["prompt_version"]
+            )
+        ).scalar()
+    run["results"] = [dict(row._mapping) for row in rows]
+    run["output_schema"] = schema
+    return run
+
+
+def previous_eval_run(engine: Engine, run: dict[str, Any]) -> str | None:
+    """The id of the eval run of the same workflow just before `run` (None for its first)."""
+    started, run_id = run["started_at"], run["id"]
+    query = (
+        select(eval_runs.c.id)
+        .where(
+            eval_runs.c.workflow == run["workflow"],
+            or_(
+                eval_runs.c.started_at < started,
+                and_(eval_runs.c.started_at == started, eval_runs.c.id < run_id),
+            ),
+        )
+        .order_by(eval_runs.c.started_at.desc(), eval_runs.c.id.desc())
+        .limit(1)
+    )
+    with engine.connect() as connection:
+        found: str | None = connection.execute(query).scalar()
+    return found
+
+
+def eval_workflows(engine: Engine) -> dict[str, int]:
+    """Each workflow with eval runs in the log, and how many."""
+    query = (
+        select(eval_runs.c.workflow, func.count())
+        .group_by(eval_runs.c.workflow)
+        .order_by(eval_runs.c.workflow)
+    )
+    with engine.connect() as connection:
+        return {name: int(count) for name, count in connection.execute(query)}
+
+
+def eval_versions(engine: Engine, workflow: str | None, limit: int = 30) -> list[dict[str, Any]]:
+    """Per workflow and prompt version: its eval runs, when first and last evaluated, and the
+    best and worst pass rates; the most recently evaluated first."""
+    rate = eval_runs.c.passed * 1.0 / func.nullif(eval_runs.c.cases, 0)
+    query = (
+        select(
+            eval_runs.c.workflow,
+            eval_runs.c.prompt_version,
+            func.count().label("eval_runs"),
+            func.min(eval_runs.c.started_at).label("first"),
+            func.max(eval_runs.c.started_at).label("last"),
+            func.min(rate).label("worst"),
+            func.max(rate).label("best"),
+        )
+        .group_by(eval_runs.c.workflow, eval_runs.c.prompt_version)
+        .order_by(func.max(eval_runs.c.started_at).desc())
+        .limit(limit)
+    )
+    if workflow is not None:
+        query = query.where(eval_runs.c.workflow == workflow)
+    with engine.connect() as connection:
+        return [_plain(row._mapping) for row in connection.execute(query)]
+
+
+def run_contents(engine: Engine, run_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """The inputs of these runs and how much of their content the log kept (`content`: None
+    for full), by run id: what eval history shows of the cases' inputs."""
+    ids = sorted(set(run_ids))
+    found: dict[str, dict[str, Any]] = {}
+    with engine.connect() as connection:
+        for start in range(0, len(ids), 500):
+            query = select(runs.c.id, runs.c.content, runs.c.inputs).where(
+                runs.c.id.in_(ids[start : start + 500])
+            )
+            for run_id, content, inputs in connection.execute(query):
+                found[run_id] = {"content": content, "inputs": inputs}
+    return found
+
+
+def _plain(mapping: Any) -> dict[str, Any]:
+    return {k: _aware(v) if isinstance(v, datetime) else v for k, v in dict(mapping).items()}
