@@ -16,6 +16,7 @@ back the last run it examined as the cursor to search on from. Matching is case-
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -224,15 +225,12 @@ def _matches(connection: Connection, q: str) -> ColumnElement[bool]:
     # SQLite folds case for ASCII only: fold both sides in Python, then look for the text.
     _register_fold(connection)
     folded = needle.casefold()
-    return or_(
-        and_(runs.c.inputs.isnot(None), _instr(runs.c.inputs, folded)),
-        and_(runs.c.output.isnot(None), _instr(runs.c.output, folded)),
-    )
+    return or_(_instr(runs.c.inputs, folded), _instr(runs.c.output, folded))
 
 
 def _instr(column: Any, folded: str) -> ColumnElement[bool]:
     text = func.smallops_casefold(cast(column, SqlText))
-    return func.instr(text, folded) > 0
+    return func.coalesce(func.instr(text, folded), 0) > 0
 
 
 def _register_fold(connection: Connection) -> None:
@@ -242,7 +240,24 @@ def _register_fold(connection: Connection) -> None:
 
 
 def _casefold(value: Any) -> str | None:
-    return value.casefold() if isinstance(value, str) else None
+    """JSON text folded for a case-insensitive match, with any \\u escapes of non-ASCII
+    characters (JSON written with ensure_ascii, as SQLAlchemy's is) read as the characters."""
+    if not isinstance(value, str):
+        return None
+    if "\\u" in value:
+        value = _ESCAPED.sub(_unescape, value)
+    return value.casefold()
+
+
+_ESCAPED = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|\\u([0-9a-f]{4})", re.I)
+
+
+def _unescape(match: re.Match[str]) -> str:
+    if match.group(3) is None:  # a surrogate pair: one character beyond the BMP
+        high, low = int(match.group(1), 16), int(match.group(2), 16)
+        return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+    point = int(match.group(3), 16)
+    return chr(point) if point >= 0x80 and not 0xD800 <= point < 0xE000 else match.group(0)
 
 
 def _escape_like(text: str) -> str:
