@@ -244,9 +244,8 @@ def _casefold(value: Any) -> str | None:
     characters (JSON written with ensure_ascii, as SQLAlchemy's is) read as the characters."""
     if not isinstance(value, str):
         return None
-    if "\\u" in value:
-        value = _ESCAPED.sub(_unescape, value)
-    return value.casefold()
+    text: str = _ESCAPED.sub(_unescape, value) if "\\u" in value else value
+    return text.casefold()
 
 
 _ESCAPED = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})|\\u([0-9a-f]{4})", re.I)
