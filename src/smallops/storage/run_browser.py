@@ -33,8 +33,8 @@ from smallops.storage.schema import runs
 PAGE = 50
 #: The most runs one page examines for the filters no index serves (status, error type, origin,
 #: prompt version), and with a text search: bounds on a page's work, not on what it finds.
-SCAN = 20_000
-SEARCH_SCAN = 5_000
+SCAN = 10_000
+SEARCH_SCAN = 2_500
 #: Runs a page may be asked to show.
 MAX_PAGE = 200
 
