@@ -152,6 +152,42 @@ def test_a_bounded_search_says_how_far_it_got_and_its_cursor_goes_on(engine):
     assert rest.next_after is None and rest.searched_to is None
 
 
+def test_a_metadata_only_run_has_nothing_to_search_and_previews_say_not_kept(engine, tmp_path):
+    from smallops.dashboards.runs import browse, parse_query
+
+    add_run(engine, content="metadata", inputs={}, output={"category": "billing"})
+    assert ids(engine, q="hi") == set()
+    data = browse(engine, parse_query({}), lambda _: None, [])
+    (row,) = data["runs"]
+    assert row["content"] == "metadata" and row["input_preview"] == ""
+
+
+def test_until_a_bare_date_takes_in_that_whole_day():
+    from smallops.dashboards.runs import moment
+
+    assert moment("2026-11-30", "until", end_of_day=True) == datetime(
+        2026, 12, 1, tzinfo=timezone.utc
+    )
+    assert moment("2026-11-30", "since") == datetime(2026, 11, 30, tzinfo=timezone.utc)
+    assert moment("2026-11-30T12:00+02:00", "since") == datetime(
+        2026, 11, 30, 10, tzinfo=timezone.utc
+    )
+
+
+def test_next_urls_walk_a_filtered_log_through_the_web(client):
+    http, wf = client
+    for i in range(6):
+        wf.run(text=f"more mail {i}")
+    wf.plan().writer.flush()
+    seen: list[str] = []
+    url: str | None = "/runs?workflow=triage&limit=4&q=mail"
+    while url:
+        data = http.get(url, headers=JSON).json()
+        seen += [run["id"] for run in data["runs"]]
+        url = data["next_url"]
+    assert len(seen) == len(set(seen)) == 6
+
+
 def test_a_cursor_that_names_no_run_is_refused(engine):
     from smallops.errors import InputError
 

@@ -51,7 +51,6 @@ async def run_page(request: Request) -> Response:
     extra = {
         "run": record,
         "content_labels": runs.CONTENT_LABELS,
-        "attempt_line": runs.attempt_line,
         "pretty": pretty,
     }
     return render(request, "run.html", record, extra=extra)
