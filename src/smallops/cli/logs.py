@@ -17,8 +17,6 @@ from smallops.kinds import STATUSES
 from smallops.kinds import OriginFilter as Origin
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from smallops.project import Project
     from smallops.storage.quarantine import Entry
 
@@ -100,14 +98,6 @@ def logs_command(
     _common.out.print("`smallops show RUN_ID`: one call's audit trail", style="dim", markup=False)
 
 
-CONTENT_LABELS = {
-    "full": "full",
-    "redacted": "redacted (personal data masked before it was written)",
-    "metadata": "metadata only (inputs, messages and outputs were not kept)",
-    "pruned": "pruned (content removed by `smallops prune`)",
-}
-
-
 def show_command(
     ctx: typer.Context,
     run_id: str = typer.Argument(..., help=_common.RUN_ID_HELP),
@@ -119,28 +109,22 @@ def show_command(
     ),
 ) -> None:
     """Show one call: what it was asked, what it answered, its attempts and its review."""
-    from smallops.ordering import input_names, record_in_order
-    from smallops.storage.queries import get_run
+    from smallops.dashboards.runs import run_record
     from smallops.storage.writer import quarantine_for
 
     project = _common.project(ctx)
-    engine = project.engine()
     try:
-        run = get_run(engine, run_id)
+        record = run_record(project.engine(), run_id, lambda name: _output_model(project, name))
     except NotFoundError:
         entry = quarantine_for(project.settings.log).find(run_id)
         if entry is None:
             raise
         _print_set_aside(entry, as_json)
         return
-    review = _review_of(engine, run["id"])
-    names = _output_names(project, run)
     if as_json:
-        inputs = input_names((run["prompt"] or {}).get("template"))
-        review = record_in_order(review, [], names) if review else None
-        _common.print_json({**record_in_order(run, inputs, names), "review": review})
+        _common.print_json(record)
         return
-    _print_run(run, review, names, prompt)
+    _print_run(record, record["review"], prompt)
 
 
 def _print_set_aside(entry: Entry, as_json: bool) -> None:
@@ -172,47 +156,16 @@ def _print_set_aside(entry: Entry, as_json: bool) -> None:
 _SET_ASIDE_FIELDS = ("status", "error_type", "model_requested", "model_served", "latency_ms")
 
 
-#: What `show` tells of a run's review item (with --json too).
-REVIEW_FIELDS = (
-    "state",
-    "reason",
-    "route",
-    "created_at",
-    "claimed_by",
-    "claimed_until",
-    "decided_by",
-    "decided_at",
-    "final_output",
-    "reject_reason",
-    "history",
-)
-
-
-def _review_of(engine: Engine, run_id: str) -> dict[str, Any] | None:
-    """The run's review item and every action on it, or None if it was never queued."""
-    from smallops.review.queue import ReviewQueue
-
-    try:
-        item = ReviewQueue(engine).item(run_id)
-    except NotFoundError:
-        return None
-    return {key: item[key] for key in REVIEW_FIELDS}
-
-
-def _output_names(project: Project, run: dict[str, Any]) -> list[str]:
-    """The output's field order: the workflow's model if it loads, else the recorded schema."""
-    from smallops.ordering import output_names
-
+def _output_model(project: Project, workflow: str) -> Any:
+    """The workflow's output model, if it loads (the record then reads in its field order)."""
     workflows, _ = project.load_workflows()
-    workflow = workflows.get(run["workflow"])
-    schema = (run["prompt"] or {}).get("output_schema")
-    return output_names(workflow.output if workflow else None, schema)
+    known = workflows.get(workflow)
+    return known.output if known else None
 
 
-def _print_run(
-    run: dict[str, Any], review: dict[str, Any] | None, names: list[str], prompt: bool
-) -> None:
-    from smallops.ordering import in_order, input_names
+def _print_run(run: dict[str, Any], review: dict[str, Any] | None, prompt: bool) -> None:
+    """The record as `run_record` gives it: inputs and output already in reading order."""
+    from smallops.dashboards.runs import CONTENT_LABELS, attempt_line
     from smallops.storage.queries import origin_of
 
     say = _common.out.print
@@ -246,13 +199,13 @@ def _print_run(
     kept = (run["content"] or "full") in ("full", "redacted")
     template = (run["prompt"] or {}).get("template")
     _common.section("inputs")
-    _common.print_fields(in_order(run["inputs"], input_names(template)), kept)
+    _common.print_fields(run["inputs"], kept)
     _common.section("output")
-    _common.print_fields(in_order(run["output"], names), kept)
+    _common.print_fields(run["output"], kept)
     _common.section("attempts")
     for attempt in run["attempts"]:
-        _common.out.print(f"  {_attempt_line(attempt)}", markup=False)
-    _print_review(review, names)
+        _common.out.print(f"  {attempt_line(attempt)}", markup=False)
+    _print_review(review)
     if prompt:
         _common.section(f"prompt template ({run['prompt_version']})")
         _common.out.print(template or "(not recorded)", markup=False)
@@ -267,24 +220,8 @@ def _print_run(
         )
 
 
-def _attempt_line(attempt: dict[str, Any]) -> str:
-    """One attempt on one line: how it ended, how long it took, and any wait before the next."""
-    if attempt.get("error_type"):
-        message = attempt.get("error_message")
-        outcome = attempt["error_type"] + (f": {message}" if message else "")
-    else:
-        outcome = f"HTTP {attempt.get('status_code')}, finish={attempt.get('finish')}"
-    retry = f", retried after {attempt['retry_in_s']} s" if attempt.get("retry_in_s") else ""
-    return (
-        f"{attempt['n']} {attempt['purpose']}: {outcome}, "
-        f"{attempt.get('latency_ms', 0):.1f} ms{retry}"
-    )
-
-
-def _print_review(review: dict[str, Any] | None, names: list[str]) -> None:
+def _print_review(review: dict[str, Any] | None) -> None:
     """Who did what to the run's review item, and how it stands."""
-    from smallops.ordering import in_order
-
     _common.section("review")
     say = _common.out.print
     if review is None:
@@ -304,4 +241,4 @@ def _print_review(review: dict[str, Any] | None, names: list[str]) -> None:
         )
     if review["state"] == "corrected":
         say("  corrected output:", markup=False)
-        _common.print_fields(in_order(review["final_output"], names), True, indent=4)
+        _common.print_fields(review["final_output"], True, indent=4)

@@ -62,6 +62,8 @@ def list_runs(
 
 #: The fewest characters of a run id that `show` and the review commands take.
 MIN_ID_GIVEN = 8
+#: The characters of a whole run id (a UUID written out).
+FULL_ID = 36
 
 
 def run_id_matches(column: Any, given: str) -> ColumnElement[bool]:
@@ -82,11 +84,15 @@ def run_id_matches(column: Any, given: str) -> ColumnElement[bool]:
 
 
 def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
-    """One run with its prompt version's template; `run_id` as `run_id_matches` takes it."""
+    """One run with its prompt version's template; `run_id` as `run_id_matches` takes it. A
+    whole id is looked up by the primary key; a part of one is searched for among them all."""
+    whole = run_id.strip().lower()
+    if len(whole) == FULL_ID and whole.count("-") == 4:
+        matches: ColumnElement[bool] = runs.c.id == whole
+    else:
+        matches = run_id_matches(runs.c.id, run_id)
     with engine.connect() as connection:
-        rows = connection.execute(
-            select(runs).where(run_id_matches(runs.c.id, run_id)).limit(2)
-        ).all()
+        rows = connection.execute(select(runs).where(matches).limit(2)).all()
         run_id = run_id.strip()
         if not rows:
             raise NotFoundError(

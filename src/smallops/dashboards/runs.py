@@ -1,0 +1,262 @@
+"""The runs browser (`/runs`) and one run (`/runs/{id}`, `smallops show`), as plain dicts.
+
+The browser's query string is parsed here, every value checked against the closed sets it
+names, so a bad address is a clear InputError (a 400) before any SQL runs. The run's record is
+the one `smallops show --json` prints: the run as the log has it, its inputs and output in
+reading order, and its review item with every decision on it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Literal, get_args
+from urllib.parse import urlencode
+
+from smallops.error_types import ERROR_TYPES
+from smallops.errors import InputError, NotFoundError
+from smallops.ids import short_id
+from smallops.kinds import STATUSES, OriginFilter
+from smallops.ordering import input_names, output_names, record_in_order
+from smallops.review.queue import ReviewQueue
+from smallops.review.triage import input_preview, output_preview
+from smallops.storage.queries import MIN_ID_GIVEN, get_run, origin_of
+from smallops.storage.run_browser import MAX_PAGE, PAGE, RunFilters, browse_runs
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+#: The browser's query parameters: its filters, the page cursor and the page size.
+Param = Literal[
+    "workflow",
+    "status",
+    "error_type",
+    "origin",
+    "prompt_version",
+    "since",
+    "until",
+    "q",
+    "after",
+    "limit",
+]
+PARAMS: tuple[Param, ...] = get_args(Param)
+ORIGIN_FILTERS: tuple[OriginFilter, ...] = get_args(OriginFilter)
+#: The longest value a parameter may have (a search text included): far beyond a workflow
+#: name or a phrase to look for, far below what would make a query slow to build.
+MAX_VALUE = 200
+_RUN_ID = re.compile(r"[0-9a-fA-F-]{1,36}")
+_CURSOR = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_SPAN = re.compile(r"(\d{1,7})\s*(m|h|d|w)")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+#: How the run page and `show` name a content mode.
+CONTENT_LABELS = {
+    "full": "full",
+    "redacted": "redacted (personal data masked before it was written)",
+    "metadata": "metadata only (inputs, messages and outputs were not kept)",
+    "pruned": "pruned (content removed by `smallops prune`)",
+}
+
+#: What the run record tells of its review item.
+REVIEW_FIELDS = (
+    "state",
+    "reason",
+    "route",
+    "created_at",
+    "claimed_by",
+    "claimed_until",
+    "decided_by",
+    "decided_at",
+    "final_output",
+    "reject_reason",
+    "history",
+)
+
+NOT_LOGGED_HINT = (
+    "a run made while the database was unreachable waits in the spool and shows here once it "
+    "is written; `smallops show RUN_ID` also finds a run the database refused"
+)
+
+
+def parse_query(params: Mapping[str, str]) -> dict[str, Any]:
+    """The browser's parameters from a query string, checked: the filters, `after` and
+    `limit`. Unknown parameters are ignored (`format=json`, a tracking tag)."""
+    raw = {name: params.get(name, "").strip() for name in PARAMS}
+    for name, value in raw.items():
+        if "\x00" in value:
+            raise InputError(f"{name}: a NUL character is not allowed", hint="remove it")
+        if len(value) > MAX_VALUE:
+            raise InputError(
+                f"{name} is {len(value)} characters long; at most {MAX_VALUE} are taken",
+                hint="search for a shorter phrase",
+            )
+    if raw["status"] and raw["status"] not in STATUSES:
+        raise InputError(f"unknown status {raw['status']!r}", hint="use one of " + _list(STATUSES))
+    if raw["error_type"] and raw["error_type"] not in ERROR_TYPES:
+        raise InputError(
+            f"unknown error type {raw['error_type']!r}", hint="use one of " + _list(ERROR_TYPES)
+        )
+    origin = raw["origin"] or "production"
+    if origin not in ORIGIN_FILTERS:
+        raise InputError(f"unknown origin {origin!r}", hint="use one of " + _list(ORIGIN_FILTERS))
+    if raw["after"] and not _CURSOR.fullmatch(raw["after"]):
+        raise InputError(
+            f"the page cursor {raw['after']!r} is not a run id",
+            hint="start from the first page (drop `after=` from the address)",
+        )
+    filters = RunFilters(
+        workflow=raw["workflow"] or None,
+        status=raw["status"] or None,
+        error_type=raw["error_type"] or None,
+        origin=origin,  # checked against ORIGIN_FILTERS above
+        prompt_version=raw["prompt_version"] or None,
+        since=moment(raw["since"], "since"),
+        until=moment(raw["until"], "until", end_of_day=True),
+        q=raw["q"] or None,
+    )
+    return {
+        "filters": filters,
+        "given": {name: raw[name] for name in PARAMS if raw[name] and name not in ("after",)},
+        "after": raw["after"] or None,
+        "limit": _limit(raw["limit"]),
+    }
+
+
+def moment(value: str, name: str, *, end_of_day: bool = False) -> datetime | None:
+    """`7d`, `24h`, `30m`, `2w` ago, or an ISO date or time (UTC unless it says otherwise);
+    with `end_of_day`, a bare date means the end of that day (`until=2026-11-30` takes in the
+    30th)."""
+    if not value:
+        return None
+    match = _SPAN.fullmatch(value.lower())
+    try:
+        if match:
+            return datetime.now(timezone.utc) - timedelta(
+                **{_UNITS[match.group(2)]: int(match.group(1))}
+            )
+        if end_of_day and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            day = date.fromisoformat(value) + timedelta(days=1)
+            return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        when = datetime.fromisoformat(value)
+    except (ValueError, OverflowError):
+        raise InputError(
+            f"{name}={value!r} is not a duration or a date",
+            hint="use e.g. 30m, 24h, 7d, 2w or 2026-11-01",
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _limit(value: str) -> int:
+    if not value:
+        return PAGE
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+        raise InputError(f"limit={value!r} is not a number from 1 to {MAX_PAGE}", hint="e.g. 50")
+    return int(value)
+
+
+def _list(names: tuple[str, ...]) -> str:
+    return ", ".join(names)
+
+
+def browse(
+    engine: Engine,
+    query: dict[str, Any],
+    output_model: Callable[[str], Any],
+    workflows: list[str],
+) -> dict[str, Any]:
+    """One page of the browser: its runs (with previews), the filters given, the address of
+    the next page, and how far a bounded search got. `output_model` gives a workflow's output
+    model (for the previews' field order); `workflows` are the names to offer."""
+    filters: RunFilters = query["filters"]
+    page = browse_runs(engine, filters, after=query["after"], limit=query["limit"])
+    given: dict[str, str] = query["given"]
+    next_url = None
+    if page.next_after:
+        next_url = "/runs?" + urlencode({**given, "after": page.next_after})
+    return {
+        "filters": given,
+        "runs": [_summary(run, output_model) for run in page.runs],
+        "next_after": page.next_after,
+        "next_url": next_url,
+        "first_url": "/runs?" + urlencode(given) if query["after"] else None,
+        "searched_to": page.searched_to,
+        "examined": page.examined,
+        "choices": {
+            "workflows": workflows,
+            "statuses": list(STATUSES),
+            "error_types": list(ERROR_TYPES),
+            "origins": list(ORIGIN_FILTERS),
+        },
+    }
+
+
+def _summary(run: dict[str, Any], output_model: Callable[[str], Any]) -> dict[str, Any]:
+    """A browser row: the run's figures and short previews, no whole content."""
+    fields = list(getattr(output_model(run["workflow"]), "model_fields", {}))
+    served = run["model_served"]
+    return {
+        "id": run["id"],
+        "short_id": short_id(run["id"]),
+        "started_at": run["started_at"],
+        "workflow": run["workflow"],
+        "status": run["status"],
+        "error_type": run["error_type"],
+        "origin": origin_of(run),
+        "model_requested": run["model_requested"],
+        "model_served": served,
+        "model_mismatch": served is not None and served != run["model_requested"],
+        "prompt_version": run["prompt_version"],
+        "latency_ms": round(run["latency_ms"], 1),
+        "cost_usd": run["cost_usd"],
+        "input_tokens": run["input_tokens"],
+        "output_tokens": run["output_tokens"],
+        "content": run["content"] or "full",
+        "input_preview": input_preview(run["inputs"]),
+        "output_preview": output_preview(run["output"], fields),
+    }
+
+
+def review_of(engine: Engine, run_id: str) -> dict[str, Any] | None:
+    """The run's review item and every action on it, or None if it was never queued."""
+    try:
+        item = ReviewQueue(engine).item(run_id)
+    except NotFoundError:
+        return None
+    return {key: item[key] for key in REVIEW_FIELDS}
+
+
+def run_record(
+    engine: Engine, run_id: str, output_model: Callable[[str], Any] | None = None
+) -> dict[str, Any]:
+    """The whole record of one run, as `smallops show --json` prints it: inputs in the prompt's
+    order, output in the output model's (`output_model` gives a workflow's, by name; the
+    recorded schema's order otherwise), and `review`. NotFoundError (with where else to look)
+    if the log has no such run; InputError if the id is too short or matches several."""
+    given = run_id.strip()
+    if len(given) >= MIN_ID_GIVEN and not _RUN_ID.fullmatch(given):
+        raise NotFoundError(f"no run {run_id!r} in the log", hint="run ids are hex digits and -")
+    try:
+        run = get_run(engine, run_id)
+    except NotFoundError as exc:
+        raise NotFoundError(exc.message, hint=NOT_LOGGED_HINT) from None
+    prompt = run["prompt"] or {}
+    model = output_model(run["workflow"]) if output_model else None
+    names = output_names(model, prompt.get("output_schema"))
+    review = review_of(engine, run["id"])
+    review = record_in_order(review, [], names) if review else None
+    return {**record_in_order(run, input_names(prompt.get("template")), names), "review": review}
+
+
+def attempt_line(attempt: dict[str, Any]) -> str:
+    """One attempt on one line: how it ended, how long it took, and any wait before the next."""
+    if attempt.get("error_type"):
+        message = attempt.get("error_message")
+        outcome = attempt["error_type"] + (f": {message}" if message else "")
+    else:
+        outcome = f"HTTP {attempt.get('status_code')}, finish={attempt.get('finish')}"
+    retry = f", retried after {attempt['retry_in_s']} s" if attempt.get("retry_in_s") else ""
+    return (
+        f"{attempt['n']} {attempt['purpose']}: {outcome}, "
+        f"{attempt.get('latency_ms', 0):.1f} ms{retry}"
+    )
