@@ -9,6 +9,12 @@
    It prints decisions/s, decision p50/p95, item page p50/p95 and queue page p50/p95, then checks
    that every decision was recorded exactly once. Targets: >= 100 decisions/s, decision p95 <
    200 ms, queue page p95 < 100 ms.
+   By default the reviewers never pause (a closed loop): that measures capacity, but with 30
+   clients always waiting every answer queues behind the others' (Little's law: a latency of
+   30 / requests per second), so latency there says little about a desk at a given load. With
+   --rate R the reviewers together start R open-and-approve cycles a second, each on its own
+   schedule (an open loop, as wrk2 or k6's constant arrival rate), and latency is measured at
+   that load; a cycle that starts late is counted, never skipped.
 2. Statements: the SQL statements one open-and-approve cycle (GET the item page, POST approve,
    which claims the next item) issues, counted in-process with a `before_cursor_execute` hook.
 3. Stats (--stats-runs N, default 200,000; 0 skips it): `review stats` and the distribution-shift
@@ -17,7 +23,7 @@
 The machine is shared and noisy: quote medians and the conditions.
 
 Run: python bench/desk_load.py [--database-url URL] [--items 20000] [--reviewers 30]
-     [--seconds 30] [--stats-runs 200000] [--json]
+     [--seconds 30] [--rate R] [--stats-runs 200000] [--json]
 (--seconds 0 skips the load test, to time the stats alone.)
 The URL defaults to SMALLOPS_TEST_DATABASE_URL. Everything is made in a fresh schema that is
 dropped afterwards.
@@ -299,6 +305,7 @@ class Timings:
         self.queue: list[float] = []
         self.decided: list[str] = []
         self.errors: Counter[str] = Counter()
+        self.late = 0  # cycles that started more than one interval behind their schedule
 
 
 async def log_in(client: httpx.AsyncClient, name: str) -> None:
@@ -311,9 +318,14 @@ async def log_in(client: httpx.AsyncClient, name: str) -> None:
     assert answer.status_code == 303, (answer.status_code, answer.text[:300])
 
 
-async def review(client: httpx.AsyncClient, stop_at: float, t: Timings) -> None:
+async def review(
+    client: httpx.AsyncClient, stop_at: float, t: Timings, every: float = 0.0, offset: float = 0.0
+) -> None:
     """One reviewer: open the queue, start reviewing, approve each item until the time is up;
-    every 10th decision, reload the queue page."""
+    every 10th decision, reload the queue page. With `every` (seconds), a cycle starts on that
+    schedule (from `offset`), at once if the last one ran late."""
+    await asyncio.sleep(offset)
+    next_at = time.monotonic()
     began = time.perf_counter()
     queue = await client.get("/")
     t.queue.append(time.perf_counter() - began)
@@ -323,6 +335,13 @@ async def review(client: httpx.AsyncClient, stop_at: float, t: Timings) -> None:
     location = answer.headers.get("location", "")
     n = 0
     while location.startswith("/items/") and time.monotonic() < stop_at:
+        if every:
+            next_at += every
+            wait = next_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -every:
+                t.late += 1
         began = time.perf_counter()
         page = await client.get(location)
         t.item.append(time.perf_counter() - began)
@@ -357,7 +376,9 @@ def ms(values: list[float], q: float) -> float:
     return round(quantile(values, q) * 1000, 1)
 
 
-async def drive(base: str, names: list[str], seconds: float) -> tuple[Timings, float]:
+async def drive(
+    base: str, names: list[str], seconds: float, rate: float = 0.0
+) -> tuple[Timings, float]:
     """Log everyone in (10 at a time: one address may fail 20 logins at once), then review."""
     t = Timings()
     clients = [httpx.AsyncClient(base_url=base, timeout=60) for _ in names]
@@ -370,7 +391,13 @@ async def drive(base: str, names: list[str], seconds: float) -> tuple[Timings, f
 
         await asyncio.gather(*(gated(c, n) for c, n in zip(clients, names, strict=True)))
         began = time.monotonic()
-        await asyncio.gather(*(review(c, began + seconds, t) for c in clients))
+        every = len(clients) / rate if rate else 0.0
+        await asyncio.gather(
+            *(
+                review(c, began + seconds, t, every, every * i / len(clients))
+                for i, c in enumerate(clients)
+            )
+        )
         return t, time.monotonic() - began
     finally:
         for client in clients:
@@ -547,6 +574,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--reviewers", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="open-and-approve cycles a second (0: no pause)"
+    )
     parser.add_argument("--stats-runs", type=int, default=200_000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -574,11 +604,13 @@ def main() -> None:
                 port = free_port()
                 with serve(folder / "ops", url, port):
                     t, took = asyncio.run(
-                        drive(f"http://127.0.0.1:{port}", list(names), args.seconds)
+                        drive(f"http://127.0.0.1:{port}", list(names), args.seconds, args.rate)
                     )
                 done(
                     {
                         "seconds": round(took, 1),
+                        "offered_per_s": args.rate or "as fast as answered",
+                        "late_cycles": t.late,
                         "decisions_per_s": round(len(t.decided) / took, 1),
                         "decision_p50_ms": ms(t.decision, 0.5),
                         "decision_p95_ms": ms(t.decision, 0.95),
