@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,8 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-
-from smallops.errors import InputError
 
 if TYPE_CHECKING:
     from smallops.project import Project
@@ -39,9 +36,6 @@ RUN_ID_HELP = "The run id as printed, the whole id, or a unique start of either 
 #: database's LIMIT (a 64-bit integer) refuses.
 MAX_LIMIT = 1_000_000
 
-_SPAN = re.compile(r"(\d+)\s*(m|h|d|w)")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
 
 def project(ctx: typer.Context) -> Project:
     """The project given by --project, or found from the current folder upward."""
@@ -53,26 +47,9 @@ def project(ctx: typer.Context) -> Project:
 
 def since(value: str | None, option: str = "--since") -> datetime | None:
     """`7d`, `24h`, `30m`, `2w` ago, or an ISO date/time (UTC unless it says otherwise)."""
-    if value is None:
-        return None
-    match = _SPAN.fullmatch(value.strip().lower())
-    if match:
-        try:
-            delta = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-            return datetime.now(timezone.utc) - delta
-        except OverflowError:
-            raise InputError(
-                f"{option} {value!r} reaches back before the year 1",
-                hint="use a shorter span, e.g. 3650d, or a date such as 2020-01-01",
-            ) from None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise InputError(
-            f"{option} {value!r} is not a duration or a date",
-            hint="use e.g. 30m, 24h, 7d, 2w or 2026-11-01",
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    from smallops.timespan import moment
+
+    return None if value is None else moment(value, f"{option} {value!r}")
 
 
 class Hangup(BaseException):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import urlencode
 
+from smallops import timespan
 from smallops.error_types import ERROR_TYPES
 from smallops.errors import InputError, NotFoundError
 from smallops.ids import short_id
@@ -47,8 +48,6 @@ ORIGIN_FILTERS: tuple[OriginFilter, ...] = get_args(OriginFilter)
 MAX_VALUE = 200
 _RUN_ID = re.compile(r"[0-9a-fA-F-]{1,36}")
 _CURSOR = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_SPAN = re.compile(r"(\d{1,7})\s*(m|h|d|w)")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 #: How the run page and `show` name a content mode.
 CONTENT_LABELS = {
@@ -124,27 +123,8 @@ def parse_query(params: Mapping[str, str]) -> dict[str, Any]:
 
 
 def moment(value: str, name: str, *, end_of_day: bool = False) -> datetime | None:
-    """`7d`, `24h`, `30m`, `2w` ago, or an ISO date or time (UTC unless it says otherwise);
-    with `end_of_day`, a bare date means the end of that day (`until=2026-11-30` takes in the
-    30th)."""
-    if not value:
-        return None
-    match = _SPAN.fullmatch(value.lower())
-    try:
-        if match:
-            return datetime.now(timezone.utc) - timedelta(
-                **{_UNITS[match.group(2)]: int(match.group(1))}
-            )
-        if end_of_day and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            day = date.fromisoformat(value) + timedelta(days=1)
-            return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-        when = datetime.fromisoformat(value)
-    except (ValueError, OverflowError):
-        raise InputError(
-            f"{name}={value!r} is not a duration or a date",
-            hint="use e.g. 30m, 24h, 7d, 2w or 2026-11-01",
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    """A `?since=` / `?until=` value as a moment (timespan.moment); None when empty."""
+    return timespan.moment(value, f"{name}={value!r}", end_of_day=end_of_day) if value else None
 
 
 def _limit(value: str) -> int:
