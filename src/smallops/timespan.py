@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from smallops.errors import InputError
 
-_SPAN = re.compile(r"(\d{1,7})\s*(m|h|d|w)")
+_SPAN = re.compile(r"(\d+)\s*(m|h|d|w)")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
