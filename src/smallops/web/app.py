@@ -31,7 +31,7 @@ from smallops.errors import InputError, SmallopsError
 from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
 from smallops.storage.health import DatabaseError, first_line, unreachable
-from smallops.web import item_page, login, queue_page
+from smallops.web import item_page, login, overview_page, queue_page, workflow_page
 from smallops.web._http import (
     MAX_BODY,
     BodyTooLarge,
@@ -89,6 +89,8 @@ def create_app(
         Route("/items/{run_id}", item_page.item_page),
         Route("/items/{run_id}/claim", item_page.claim, methods=["POST"]),
         Route("/items/{run_id}/{action}", item_page.act, methods=["POST"]),
+        Route("/dashboard", overview_page.overview_page),
+        Route("/workflows/{name}", workflow_page.workflow_page),
         Route("/login", login.login_page, methods=["GET", "POST"]),
         Route("/logout", login.logout, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

@@ -1,0 +1,224 @@
+"""What the web dashboards read: the rollups grouped by UTC day, prompt version and model, the
+review backlog and the decisions taken. Small, indexed tables only, never the runs.
+
+Ranges are whole hours (the rollups' grain): callers round theirs to the hour. Eval traffic
+(origin 'eval') is left out of every figure here; '' in a key stands for NULL as in the rollups.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, and_, case, func, literal, select
+
+from smallops.storage.rollups import Totals
+from smallops.storage.schema import review_decisions, review_items, run_rollups
+
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLite stores the rollups' hour
+
+
+@dataclass(frozen=True)
+class Group:
+    """The production calls of one workflow, UTC day and key: `recent` tells whether they
+    started at or after the `split` moment the caller gave (False when none was given)."""
+
+    workflow: str
+    day: str  # YYYY-MM-DD, UTC
+    recent: bool
+    prompt_version: str
+    model_requested: str
+    model_served: str
+    origin: str
+    status: str
+    error_type: str
+    totals: Totals
+
+
+def _day(dialect: str) -> Any:
+    r = run_rollups.c
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", r.hour), "YYYY-MM-DD")
+    return func.substr(r.hour, 1, 10)
+
+
+def groups(
+    engine: Engine,
+    since: datetime,
+    until: datetime,
+    workflow: str | None = None,
+    split: datetime | None = None,
+) -> Iterator[Group]:
+    """Production calls that started in [since, until) (whole hours), per workflow, UTC day
+    and key, summed by the database: a few rows per workflow and day, however many runs."""
+    r = run_rollups.c
+    day = _day(engine.dialect.name).label("day")
+    recent = (case((r.hour >= split, 1), else_=0) if split is not None else literal(0)).label(
+        "recent"
+    )
+    keys = (
+        r.workflow,
+        day,
+        recent,
+        r.prompt_version,
+        r.model_requested,
+        r.model_served,
+        r.origin,
+        r.status,
+        r.error_type,
+    )
+    query = select(
+        *keys,
+        func.sum(r.calls).label("calls"),
+        func.sum(r.priced_calls).label("priced_calls"),
+        func.sum(r.cost_usd).label("cost_usd"),
+        func.sum(r.input_tokens).label("input_tokens"),
+        func.sum(r.output_tokens).label("output_tokens"),
+        func.sum(r.cached_tokens).label("cached_tokens"),
+        func.sum(r.model_mismatches).label("model_mismatches"),
+        func.sum(r.latency_sum_ms).label("latency_sum_ms"),
+        func.min(r.latency_min_ms).label("low"),
+        func.max(r.latency_max_ms).label("high"),
+    ).where(r.origin != "eval", r.hour >= since, r.hour < until)
+    if workflow is not None:
+        query = query.where(r.workflow == workflow)
+    query = query.group_by(*keys)
+    with engine.connect() as connection:
+        for row in connection.execute(query):
+            yield Group(
+                workflow=row.workflow,
+                day=row.day,
+                recent=bool(row.recent),
+                prompt_version=row.prompt_version,
+                model_requested=row.model_requested,
+                model_served=row.model_served,
+                origin=row.origin,
+                status=row.status,
+                error_type=row.error_type,
+                totals=Totals(
+                    calls=int(row.calls),
+                    priced_calls=int(row.priced_calls),
+                    cost_usd=float(row.cost_usd),
+                    input_tokens=int(row.input_tokens),
+                    output_tokens=int(row.output_tokens),
+                    cached_tokens=int(row.cached_tokens),
+                    model_mismatches=int(row.model_mismatches),
+                    latency_sum_ms=float(row.latency_sum_ms),
+                    latency_min_ms=row.low,
+                    latency_max_ms=row.high,
+                ),
+            )
+
+
+#: (workflow, day, prompt version, served model) with a latency histogram: {bucket: runs}.
+HistogramKey = tuple[str, str, str, str]
+
+
+def histograms(
+    engine: Engine,
+    since: datetime,
+    until: datetime,
+    workflow: str | None = None,
+    detail: bool = False,
+) -> dict[HistogramKey, Counter[int]]:
+    """Production latency histograms of the calls in [since, until), summed by the database:
+    per workflow, or with `detail` per workflow, UTC day, prompt version and served model
+    (day, version and model are '' without it)."""
+    postgres = engine.dialect.name == "postgresql"
+    each = "jsonb_each_text" if postgres else "json_each"
+    count = "b.value::bigint" if postgres else "b.value"
+    if detail:
+        day = (
+            "to_char(timezone('UTC', r.hour), 'YYYY-MM-DD')"
+            if postgres
+            else "substr(r.hour, 1, 10)"
+        )
+        keys = f"r.workflow, {day}, r.prompt_version, r.model_served"
+    else:
+        keys = "r.workflow, '', '', ''"
+    where = "r.origin != 'eval' AND r.hour >= :since AND r.hour < :until"
+    params: dict[str, Any] = {"since": _bound(since, postgres), "until": _bound(until, postgres)}
+    if workflow is not None:
+        where += " AND r.workflow = :workflow"
+        params["workflow"] = workflow
+    grouped = "1, 2, 3, 4, 5" if detail else "1, 5"
+    sql = (
+        f"SELECT {keys}, b.key, sum({count}) FROM run_rollups AS r, "
+        f"{each}(r.latency_histogram) AS b WHERE {where} GROUP BY {grouped}"
+    )
+    if postgres:
+        for name in params:
+            sql = sql.replace(f":{name}", f"%({name})s")
+    out: dict[HistogramKey, Counter[int]] = {}
+    with engine.connect() as connection:
+        for name, day, version, model, bucket, n in connection.exec_driver_sql(sql, params):
+            key = (name, day or "", version or "", model or "")
+            out.setdefault(key, Counter())[int(bucket)] += int(n)
+    return out
+
+
+def _bound(moment: datetime, postgres: bool) -> Any:
+    moment = moment.astimezone(timezone.utc) if moment.tzinfo else moment
+    return moment if postgres else moment.strftime(_SQLITE_TIME)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A workflow's pending review items: how many, and when the oldest was queued."""
+
+    pending: int
+    oldest: datetime | None
+
+
+def backlog(engine: Engine) -> dict[str, Backlog]:
+    """Pending items per workflow and the oldest one's time, from the queue's index."""
+    i = review_items.c
+    query = (
+        select(i.workflow, func.count(), func.min(i.created_at))
+        .where(i.state == "pending")
+        .group_by(i.workflow)
+    )
+    with engine.connect() as connection:
+        return {
+            name: Backlog(int(n), _utc(oldest)) for name, n, oldest in connection.execute(query)
+        }
+
+
+def decisions(
+    engine: Engine, since: datetime, until: datetime | None = None, workflow: str | None = None
+) -> dict[str, Counter[str]]:
+    """Per workflow, the reviewers' actions (approve, correct, reject, skip) taken in
+    [since, until)."""
+    d = review_decisions.c
+    conditions = [d.decided_at >= since]
+    if until is not None:
+        conditions.append(d.decided_at < until)
+    if workflow is not None:
+        conditions.append(d.workflow == workflow)
+    query = (
+        select(d.workflow, d.action, func.count())
+        .where(and_(*conditions))
+        .group_by(d.workflow, d.action)
+    )
+    out: dict[str, Counter[str]] = {}
+    with engine.connect() as connection:
+        for name, action, n in connection.execute(query):
+            out.setdefault(name, Counter())[action] += int(n)
+    return out
+
+
+def logged_workflows(engine: Engine) -> list[str]:
+    """Every workflow with production calls in the rollups, sorted (a loose index scan)."""
+    r = run_rollups.c
+    query = select(r.workflow).distinct().order_by(r.workflow)
+    with engine.connect() as connection:
+        return [str(name) for name in connection.scalars(query)]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
