@@ -13,7 +13,8 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 
 def change(value: float | None) -> str:
-    """+12% / -3% (a minus sign) against the weeks before ("no calls before" when there is nothing to compare)."""
+    """+12% / -3% (a true minus sign) against the weeks before, or why there is nothing to
+    compare with."""
     if value is None:
         return "no calls before to compare"
     sign = "+" if value > 0 else "\u2212" if value < 0 else "\u00b1"
