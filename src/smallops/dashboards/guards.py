@@ -23,9 +23,8 @@ if TYPE_CHECKING:
 SOURCES: dict[Source, str] = {
     "shared": "shared through Redis: what every process calling the model sees",
     "process": (
-        "this server's own breaker, which makes no model calls: the processes that call the "
-        "model keep theirs in their own memory (set SMALLOPS_REDIS_URL to share it and see it "
-        "here)"
+        "this server's own breaker, which calls no model: workers keep theirs in memory "
+        "(set SMALLOPS_REDIS_URL to share it and see it here)"
     ),
     "fallback": (
         "Redis does not answer: this is this server's fallback, the shared state is unknown"

@@ -17,8 +17,9 @@ def change(value: float | None) -> str:
     compare with."""
     if value is None:
         return "no calls before to compare"
-    sign = "+" if value > 0 else "\u2212" if value < 0 else "\u00b1"
-    return f"{sign}{abs(value) * 100:.0f}%"
+    shown = round(value * 100)
+    sign = "+" if shown > 0 else "\u2212" if shown < 0 else "\u00b1"
+    return f"{sign}{abs(shown)}%"
 
 
 def trend(value: float | None) -> str:

@@ -90,7 +90,7 @@ def create_app(
         Route("/items/{run_id}/claim", item_page.claim, methods=["POST"]),
         Route("/items/{run_id}/{action}", item_page.act, methods=["POST"]),
         Route("/dashboard", overview_page.overview_page),
-        Route("/workflows/{name}", workflow_page.workflow_page),
+        Route("/workflows/{name:path}", workflow_page.workflow_page),
         Route("/login", login.login_page, methods=["GET", "POST"]),
         Route("/logout", login.logout, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

@@ -17,12 +17,13 @@ from markupsafe import Markup
 
 WIDTH, HEIGHT = 400, 210
 LEFT, RIGHT, TOP, BOTTOM = 46, 10, 26, 40  # the plot's margins, in viewBox units
-MAX_TICKS = 6  # date labels along the x axis
+MAX_TICKS = 5  # date labels along the x axis
 
-Format = Callable[[float], str]
+#: How a chart writes a value: (value, the axis step, 0 for an exact value such as a tooltip).
+Format = Callable[[float, float], str]
 
 
-def count(value: float) -> str:
+def count(value: float, step: float = 0.0) -> str:
     """1234 -> "1.2k": short enough for an axis."""
     for unit, size in (("M", 1e6), ("k", 1e3)):
         if abs(value) >= size:
@@ -30,27 +31,30 @@ def count(value: float) -> str:
     return f"{value:.3g}" if value != int(value) else str(int(value))
 
 
-def dollars(value: float) -> str:
+def dollars(value: float, step: float = 0.0) -> str:
     if value == 0:
         return "$0"
-    if abs(value) >= 100:
-        return f"${value:,.0f}"
-    return f"${value:.3g}" if abs(value) < 1 else f"${value:.2f}"
+    if step:
+        decimals = max(2, -math.floor(math.log10(step))) if step < 1 else 0
+        return f"${value:,.{decimals}f}"
+    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.3g}"
 
 
-def millis(value: float) -> str:
-    return f"{value / 1000:.2g} s" if value >= 1000 else f"{value:.0f}"
+def millis(value: float, step: float = 0.0) -> str:
+    return f"{value:,.0f}"
 
 
-def nice_top(value: float) -> float:
-    """The axis maximum: 1, 2 or 5 times a power of ten, at or above `value`."""
-    if value <= 0:
-        return 1.0
-    power = 10.0 ** math.floor(math.log10(value))
-    for step in (1.0, 2.0, 2.5, 5.0, 10.0):
-        if value <= step * power:
-            return step * power
-    return 10.0 * power
+def axis(largest: float, whole: bool = False) -> tuple[float, float]:
+    """The axis top and its step: the step is 1, 2 or 5 times a power of ten (a whole number
+    for counts), so that at most four steps reach `largest`."""
+    if largest <= 0:
+        return 1.0, 1.0 if whole else 0.25
+    rough = largest / 4
+    power = 10.0 ** math.floor(math.log10(rough))
+    step = next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= rough)
+    if whole:
+        step = max(step, 1.0)
+    return step * max(1, math.ceil(largest / step - 1e-9)), step
 
 
 def _day_label(day: str) -> str:
@@ -58,7 +62,9 @@ def _day_label(day: str) -> str:
     return f"{moment:%b} {moment.day}"
 
 
-def _frame(title: str, unit: str, top: float, fmt: Format, days: Sequence[str]) -> list[str]:
+def _frame(
+    title: str, unit: str, scale: tuple[float, float], fmt: Format, days: Sequence[str]
+) -> list[str]:
     """The chart's box: title, y axis with gridlines and labels, x axis with date ticks."""
     x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM
     parts = [
@@ -66,13 +72,15 @@ def _frame(title: str, unit: str, top: float, fmt: Format, days: Sequence[str]) 
         f'preserveAspectRatio="xMinYMin meet"><title>{escape(title)}</title>',
         f'<text class="chart-unit" x="{x0 - 40}" y="14">{escape(unit)}</text>',
     ]
-    for i in range(5):
-        value = top * i / 4
-        y = y1 - (y1 - y0) * i / 4
+    top, step = scale
+    steps = round(top / step)
+    for i in range(steps + 1):
+        value = step * i
+        y = y1 - (y1 - y0) * i / steps
         parts.append(f'<line class="chart-grid" x1="{x0}" x2="{x1}" y1="{y:.1f}" y2="{y:.1f}"/>')
         parts.append(
             f'<text class="chart-tick" x="{x0 - 5}" y="{y + 4:.1f}" text-anchor="end">'
-            f"{escape(fmt(value))}</text>"
+            f"{escape(fmt(value, step))}</text>"
         )
     parts.append(f'<line class="chart-axis" x1="{x0}" x2="{x1}" y1="{y1}" y2="{y1}"/>')
     n = len(days)
@@ -83,8 +91,9 @@ def _frame(title: str, unit: str, top: float, fmt: Format, days: Sequence[str]) 
         parts.append(
             f'<line class="chart-axis" x1="{x:.1f}" x2="{x:.1f}" y1="{y1}" y2="{y1 + 4}"/>'
         )
+        anchor, at = ("end", x + slot / 2 + 2) if i == n - 1 else ("middle", x)
         parts.append(
-            f'<text class="chart-tick" x="{x:.1f}" y="{y1 + 16}" text-anchor="middle">'
+            f'<text class="chart-tick" x="{at:.1f}" y="{y1 + 16}" text-anchor="{anchor}">'
             f"{escape(_day_label(days[i]))}</text>"
         )
     parts.append(
@@ -94,19 +103,25 @@ def _frame(title: str, unit: str, top: float, fmt: Format, days: Sequence[str]) 
 
 
 def bar_chart(
-    title: str, unit: str, days: Sequence[str], values: Sequence[float | None], fmt: Format
+    title: str,
+    unit: str,
+    days: Sequence[str],
+    values: Sequence[float | None],
+    fmt: Format,
+    partial: str | None = None,
 ) -> Markup:
     """One bar per day. A day whose value is unknown (calls made, none priced) gets a hollow
-    marker on the axis, never a bar of 0."""
+    marker on the axis, never a bar of 0; the `partial` day (today, so far) a lighter bar."""
     known = [v for v in values if v is not None]
-    top = nice_top(max(known, default=0))
-    parts = _frame(title, unit, top, fmt, days)
+    scale = axis(max(known, default=0), whole=fmt is count)
+    top = scale[0]
+    parts = _frame(title, unit, scale, fmt, days)
     x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM
     slot = (x1 - x0) / max(len(days), 1)
     width = max(slot * 0.72, 0.6)
     for i, (day, value) in enumerate(zip(days, values, strict=True)):
         x = x0 + slot * i + (slot - width) / 2
-        label = escape(f"{_day_label(day)}: {'unknown' if value is None else fmt(value)} {unit}")
+        label = escape(f"{_day_label(day)}: {'unknown' if value is None else fmt(value, 0)} {unit}")
         if value is None:
             parts.append(
                 f'<rect class="chart-unknown" x="{x:.1f}" y="{y1 - 3}" width="{width:.1f}" '
@@ -114,8 +129,11 @@ def bar_chart(
             )
             continue
         height = (y1 - y0) * value / top
+        kind = "chart-bar partial" if day == partial else "chart-bar"
+        if day == partial:
+            label = escape(f"{_day_label(day)} so far: {fmt(value, 0)} {unit}")
         parts.append(
-            f'<rect class="chart-bar" x="{x:.1f}" y="{y1 - height:.1f}" width="{width:.1f}" '
+            f'<rect class="{kind}" x="{x:.1f}" y="{y1 - height:.1f}" width="{width:.1f}" '
             f'height="{height:.1f}"><title>{label}</title></rect>'
         )
     parts.append("</svg>")
@@ -132,8 +150,9 @@ def line_chart(
     """One line per series (at most three: their colours are chart-line-0..2), broken where a
     day has no value, with a legend."""
     known = [v for _, values in series for v in values if v is not None]
-    top = nice_top(max(known, default=0))
-    parts = _frame(title, unit, top, fmt, days)
+    scale = axis(max(known, default=0))
+    top = scale[0]
+    parts = _frame(title, unit, scale, fmt, days)
     x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM
     slot = (x1 - x0) / max(len(days), 1)
     for index, (name, values) in enumerate(series):

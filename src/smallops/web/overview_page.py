@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from markupsafe import Markup
@@ -23,8 +24,10 @@ async def overview_page(request: Request) -> Response:
 
 
 def day_charts(workflow: str, days: list[dict[str, Any]]) -> dict[str, Markup]:
-    """Calls per day and cost per day as bar charts."""
+    """Calls per day and cost per day as bar charts; today's bar is lighter (the day is not
+    over)."""
     labels = [row["day"] for row in days]
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     return {
         "calls": charts.bar_chart(
             f"{workflow}: production calls per day",
@@ -32,6 +35,7 @@ def day_charts(workflow: str, days: list[dict[str, Any]]) -> dict[str, Markup]:
             labels,
             [row["calls"] for row in days],
             charts.count,
+            partial=today,
         ),
         "cost": charts.bar_chart(
             f"{workflow}: cost of the priced calls per day",
@@ -39,5 +43,6 @@ def day_charts(workflow: str, days: list[dict[str, Any]]) -> dict[str, Markup]:
             labels,
             [row["cost_usd"] for row in days],
             charts.dollars,
+            partial=today,
         ),
     }

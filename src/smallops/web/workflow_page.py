@@ -38,7 +38,7 @@ async def workflow_page(request: Request) -> Response:
     drawn = day_charts(name, days)
     drawn["latency"] = charts.line_chart(
         f"{name}: latency per day",
-        "ms (p50, p95)",
+        "latency, ms",
         [row["day"] for row in days],
         [
             ("p50", [row["latency_p50_ms"] for row in days]),
