@@ -4,7 +4,9 @@ The guards come from the workflow's call plan (as `smallops status` gets them). 
 plan in the web server makes no call and starts no thread: it resolves the provider's request,
 the log writer (idle until a run is written) and the guards' stores (Redis clients connect on
 first use). A breaker kept in memory is this server's own, which makes no model calls: the page
-says so rather than show it as the workers' state.
+says so rather than show it as the workers' state. The refused calls are counted from the
+rollups, not read here from the runs; a budget reads the runs only for a period nobody has
+spent in yet (its first call writes the period's row).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def guard_figures(engine: Engine, wf: Workflow[Any]) -> dict[str, Any]:
         guards = wf.plan().guards
         if guards is None:
             return {"budget": [], "breaker": None, "degraded": [], "problem": None}
-        found = guard_status(engine, wf.name, guards)
+        found = guard_status(engine, wf.name, guards, refusals=False)
     except SmallopsError as exc:  # e.g. a Redis URL that cannot be used
         return {"budget": [], "breaker": None, "degraded": [], "problem": exc.message}
     breaker = None
