@@ -14,7 +14,7 @@ from typing import Any
 
 from smallops.error_types import REFUSALS
 from smallops.kinds import RunStatus
-from smallops.storage.dashboard_figures import Group
+from smallops.storage.dashboard_figures import DayTotals, Group
 from smallops.storage.rollups import Totals
 
 #: Statuses of a call on the pinned route whose work went to the workflow's fallback: a human,
@@ -58,6 +58,14 @@ class Figures:
             self.guard_refused += calls
         if group.status in FALLBACK_STATUSES:
             self.fallbacks += calls
+
+    def add_day(self, day: DayTotals) -> None:
+        """A day's totals: calls, cost and errors only (what a daily chart shows)."""
+        self.totals.calls += day.calls
+        self.totals.priced_calls += day.priced_calls
+        self.totals.cost_usd += day.cost_usd
+        self.primary += day.primary
+        self.errors += day.errors
 
     @property
     def cost_usd(self) -> float | None:

@@ -41,12 +41,16 @@ def overview(
     week = {name: Figures() for name in names}
     before = {name: Figures() for name in names}
     daily: dict[str, dict[str, Figures]] = {name: {} for name in names}
-    for group in stored.groups(engine, since, end, split=week_start):
-        if group.workflow not in week:  # logged since the list was read
+    for day in stored.day_totals(engine, since, end, split=week_start):
+        if day.workflow not in week:  # logged since the list was read
             continue
-        (week if group.recent else before)[group.workflow].add(group)
-        if group.day >= days[0]:
-            daily[group.workflow].setdefault(group.day, Figures()).add(group)
+        if not day.recent:
+            before[day.workflow].add_day(day)
+        if day.day >= days[0]:
+            daily[day.workflow].setdefault(day.day, Figures()).add_day(day)
+    for group in stored.groups(engine, week_start, end):
+        if group.workflow in week:
+            week[group.workflow].add(group)
     for (name, *_), histogram in stored.histograms(engine, week_start, end).items():
         if name in week:
             week[name].totals.histogram.update(histogram)

@@ -47,9 +47,10 @@ def workflow_figures(
     daily: dict[str, Figures] = {}
     versions: dict[str, Figures] = {}
     models: dict[str, Figures] = {}
-    for group in stored.groups(engine, period.since, period.until, workflow=name):
+    for one_day in stored.day_totals(engine, period.since, period.until, workflow=name):
+        daily.setdefault(one_day.day, Figures()).add_day(one_day)
+    for group in stored.groups(engine, period.since, period.until, workflow=name, by_day=False):
         total.add(group)
-        daily.setdefault(group.day, Figures()).add(group)
         versions.setdefault(group.prompt_version, Figures()).add(group)
         models.setdefault(group.model_served or NO_MODEL, Figures()).add(group)
     found = stored.histograms(engine, period.since, period.until, workflow=name, detail=True)

@@ -51,11 +51,13 @@ def groups(
     until: datetime,
     workflow: str | None = None,
     split: datetime | None = None,
+    by_day: bool = True,
 ) -> Iterator[Group]:
     """Production calls that started in [since, until) (whole hours), per workflow, UTC day
-    and key, summed by the database: a few rows per workflow and day, however many runs."""
+    (unless not `by_day`: day is then '') and key, summed by the database: a few rows per
+    workflow and day, however many runs."""
     r = run_rollups.c
-    day = _day(engine.dialect.name).label("day")
+    day = (_day(engine.dialect.name) if by_day else literal("")).label("day")
     recent = (case((r.hour >= split, 1), else_=0) if split is not None else literal(0)).label(
         "recent"
     )
@@ -110,6 +112,67 @@ def groups(
                     latency_min_ms=row.low,
                     latency_max_ms=row.high,
                 ),
+            )
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    """A workflow's production calls on one UTC day (the part before or after `split`): what a
+    daily chart shows. `primary` and `errors` are the calls to the pinned model's route (origin
+    other than 'fallback') and those of them that ended with an error type."""
+
+    workflow: str
+    day: str
+    recent: bool
+    calls: int
+    priced_calls: int
+    cost_usd: float
+    primary: int
+    errors: int
+
+
+def day_totals(
+    engine: Engine,
+    since: datetime,
+    until: datetime,
+    split: datetime | None = None,
+    workflow: str | None = None,
+) -> Iterator[DayTotals]:
+    """Per workflow and UTC day, the production calls in [since, until): grouped by those two
+    keys only, so many weeks of every workflow cost one short sort."""
+    r = run_rollups.c
+    day = _day(engine.dialect.name).label("day")
+    recent = (case((r.hour >= split, 1), else_=0) if split is not None else literal(0)).label(
+        "recent"
+    )
+    primary = r.origin != "fallback"
+    query = (
+        select(
+            r.workflow,
+            day,
+            recent,
+            func.sum(r.calls).label("calls"),
+            func.sum(r.priced_calls).label("priced_calls"),
+            func.sum(r.cost_usd).label("cost_usd"),
+            func.sum(case((primary, r.calls), else_=0)).label("primary"),
+            func.sum(case((and_(primary, r.error_type != ""), r.calls), else_=0)).label("errors"),
+        )
+        .where(r.origin != "eval", r.hour >= since, r.hour < until)
+        .group_by(r.workflow, day, recent)
+    )
+    if workflow is not None:
+        query = query.where(r.workflow == workflow)
+    with engine.connect() as connection:
+        for row in connection.execute(query):
+            yield DayTotals(
+                workflow=row.workflow,
+                day=row.day,
+                recent=bool(row.recent),
+                calls=int(row.calls),
+                priced_calls=int(row.priced_calls),
+                cost_usd=float(row.cost_usd),
+                primary=int(row.primary),
+                errors=int(row.errors),
             )
 
 
