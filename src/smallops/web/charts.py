@@ -91,9 +91,9 @@ def _frame(
         parts.append(
             f'<line class="chart-axis" x1="{x:.1f}" x2="{x:.1f}" y1="{y1}" y2="{y1 + 4}"/>'
         )
-        anchor, at = ("end", x + slot / 2 + 2) if i == n - 1 else ("middle", x)
+        at = min(x, WIDTH - 20)  # the last label stays inside the box
         parts.append(
-            f'<text class="chart-tick" x="{at:.1f}" y="{y1 + 16}" text-anchor="{anchor}">'
+            f'<text class="chart-tick" x="{at:.1f}" y="{y1 + 16}" text-anchor="middle">'
             f"{escape(_day_label(days[i]))}</text>"
         )
     parts.append(
@@ -118,7 +118,7 @@ def bar_chart(
     parts = _frame(title, unit, scale, fmt, days)
     x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM
     slot = (x1 - x0) / max(len(days), 1)
-    width = max(slot * 0.72, 0.6)
+    width = min(max(slot * 0.72, 0.6), 28.0)
     for i, (day, value) in enumerate(zip(days, values, strict=True)):
         x = x0 + slot * i + (slot - width) / 2
         label = escape(f"{_day_label(day)}: {'unknown' if value is None else fmt(value, 0)} {unit}")
