@@ -177,6 +177,31 @@ def test_workflow_figures_by_day_version_and_model(engine):
         workflow_figures(engine, "tri\x00age", {}, period, now=NOW)
 
 
+def test_the_figures_read_the_rollups_and_never_the_runs(tmp_path, database_url):
+    """What keeps the pages fast over a million runs: no statement reads the runs table."""
+    from sqlalchemy import event
+
+    wf = make(tmp_path, database_url, budget=Budget(daily=5.0, monthly=50.0))
+    wf.run(text="email")  # opens the budget's periods, as any call does
+    client, desk = serve([wf])
+    write(desk.engine, [run_row("triage", NOW - timedelta(days=3))])
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(desk.engine, "before_cursor_execute", seen)
+    try:
+        assert client.get("/dashboard").status_code == 200
+        assert client.get("/workflows/triage?since=90d").status_code == 200
+    finally:
+        event.remove(desk.engine, "before_cursor_execute", seen)
+    assert any("run_rollups" in sql for sql in statements)
+    assert any("budget_spend" in sql for sql in statements)  # the guards were read too
+    reads_runs = [sql for sql in statements if re.search(r"\bFROM runs\b|\bJOIN runs\b", sql)]
+    assert reads_runs == []
+
+
 @pytest.mark.parametrize(
     ("since", "until", "first", "end"),
     [
