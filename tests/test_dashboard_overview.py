@@ -270,6 +270,50 @@ def test_the_pages_answer_html_and_the_same_data_as_json(tmp_path, database_url)
     assert "By prompt version" in html and "latency, ms" in html and wf.version.id in html
 
 
+def redis_workflow(tmp_path: Path, redis_url: str) -> Any:
+    from smallops import FakeProvider, Settings, Workflow
+
+    (tmp_path / "triage.prompt").write_text("[user]\n{{ text }}")
+    settings = Settings(
+        root=tmp_path, database_url=f"sqlite:///{tmp_path / 'log.db'}", redis_url=redis_url
+    )
+    return Workflow(
+        "triage",
+        model="fake:rules",
+        prompt="triage.prompt",
+        provider=FakeProvider(lambda _request: GOOD),
+        base_dir=tmp_path,
+        fallback="review",
+        settings=settings,
+    )
+
+
+def test_a_breaker_shared_through_redis_is_shown_as_shared(tmp_path):
+    redis = pytest.importorskip("redis")
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as error:
+        pytest.skip(f"no Redis server reachable at 127.0.0.1:6379 ({error})")
+    client, _ = serve([redis_workflow(tmp_path, url)])
+    [row] = client.get("/dashboard", headers=JSON_HEADERS).json()["workflows"]
+    breaker = row["guards"]["breaker"]
+    assert breaker["source"] == "shared" and "every process" in breaker["source_text"]
+
+
+def test_a_breaker_whose_redis_is_down_says_the_shared_state_is_unknown(tmp_path):
+    pytest.importorskip("redis")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client, _ = serve([redis_workflow(tmp_path, f"redis://127.0.0.1:{port}/0")])
+    [row] = client.get("/dashboard", headers=JSON_HEADERS).json()["workflows"]
+    breaker = row["guards"]["breaker"]
+    assert breaker["source"] == "fallback" and "unknown" in breaker["source_text"]
+    assert row["guards"]["degraded"]
+    assert "the shared state is unknown" in client.get("/dashboard").text
+
+
 def test_bad_ranges_are_400_pages_and_unknown_workflows_404(tmp_path, database_url):
     wf = make(tmp_path, database_url)
     wf.run(text="email")
