@@ -177,6 +177,27 @@ def test_workflow_figures_by_day_version_and_model(engine):
         workflow_figures(engine, "tri\x00age", {}, period, now=NOW)
 
 
+def test_histograms_add_up_as_the_report_adds_them(engine):
+    """Per workflow and in detail (day, version, model), the same buckets as `report` reads."""
+    from smallops.storage import dashboard_figures
+    from smallops.storage.rollups import production
+
+    seed(engine)
+    since, until = NOW - timedelta(days=20), NOW + timedelta(hours=1)
+    expected = {name: p.totals.histogram for name, p in production(engine, since).items()}
+    found = dashboard_figures.histograms(engine, since, until)
+    assert {key[0]: dict(h) for key, h in found.items()} == {
+        name: dict(h) for name, h in expected.items() if h
+    }
+    detail = dashboard_figures.histograms(engine, since, until, workflow="triage", detail=True)
+    total: dict[int, int] = {}
+    for (name, day, version, _model), histogram in detail.items():
+        assert name == "triage" and day.startswith("2026-1") and version in ("v1", "v2")
+        for bucket, n in histogram.items():
+            total[bucket] = total.get(bucket, 0) + n
+    assert total == dict(expected["triage"])
+
+
 def test_the_figures_read_the_rollups_and_never_the_runs(tmp_path, database_url):
     """What keeps the pages fast over a million runs: no statement reads the runs table."""
     from sqlalchemy import event

@@ -7,13 +7,14 @@ Ranges are whole hours (the rollups' grain): callers round theirs to the hour. E
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, literal, select
+from sqlalchemy import Engine, String, and_, case, func, literal, select, type_coerce
 
 from smallops.storage.rollups import Totals
 from smallops.storage.schema import review_decisions, review_items, run_rollups
@@ -187,10 +188,13 @@ def histograms(
     workflow: str | None = None,
     detail: bool = False,
 ) -> dict[HistogramKey, Counter[int]]:
-    """Production latency histograms of the calls in [since, until), summed by the database:
-    per workflow, or with `detail` per workflow, UTC day, prompt version and served model
-    (day, version and model are '' without it)."""
+    """Production latency histograms of the calls in [since, until): per workflow, or with
+    `detail` per workflow, UTC day, prompt version and served model (day, version and model
+    are '' without it). Postgres sums them itself; SQLite's sort of every bucket of every row
+    (GROUP BY over json_each) takes twice as long as adding up the rows' histograms here."""
     postgres = engine.dialect.name == "postgresql"
+    if not postgres:
+        return _added_up(engine, since, until, workflow, detail)
     each = "jsonb_each_text" if postgres else "json_each"
     count = "b.value::bigint" if postgres else "b.value"
     if detail:
@@ -221,6 +225,35 @@ def histograms(
             key = (name, day or "", version or "", model or "")
             out.setdefault(key, Counter())[int(bucket)] += int(n)
     return out
+
+
+def _added_up(
+    engine: Engine, since: datetime, until: datetime, workflow: str | None, detail: bool
+) -> dict[HistogramKey, Counter[int]]:
+    """`histograms`, each rollup row's histogram read as its JSON text and added up here."""
+    r = run_rollups.c
+    day = func.substr(r.hour, 1, 10) if detail else literal("")
+    version = r.prompt_version if detail else literal("")
+    model = r.model_served if detail else literal("")
+    text = type_coerce(r.latency_histogram, String)  # the JSON text, parsed below
+    query = select(r.workflow, day, version, model, text).where(
+        r.origin != "eval", r.hour >= since, r.hour < until
+    )
+    if workflow is not None:
+        query = query.where(r.workflow == workflow)
+    sums: dict[HistogramKey, dict[str, int]] = {}
+    loads = json.loads
+    with engine.connect() as connection:
+        for name, day_, version_, model_, histogram in connection.execute(query):
+            key = (name, day_, version_, model_)
+            found = sums.get(key)
+            if found is None:
+                found = sums[key] = {}
+            for bucket, n in loads(histogram).items():
+                found[bucket] = found.get(bucket, 0) + n
+    return {
+        key: Counter({int(bucket): n for bucket, n in found.items()}) for key, found in sums.items()
+    }
 
 
 def _bound(moment: datetime, postgres: bool) -> Any:
