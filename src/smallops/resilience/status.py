@@ -44,10 +44,17 @@ class GuardStatus:
 
 
 def guard_status(
-    engine: Engine, workflow: str, guards: Guards, now: datetime | None = None
+    engine: Engine,
+    workflow: str,
+    guards: Guards,
+    now: datetime | None = None,
+    *,
+    refusals: bool = True,
 ) -> GuardStatus:
     """How `workflow`'s guards stand: breaker, rate-limit headroom, budget used, outages of the
-    stores they share, the calls they refused lately, and their latest events."""
+    stores they share, the calls they refused lately, and their latest events. Without
+    `refusals`, the refused calls (a read of the day's runs) are left out: the dashboards count
+    them from the rollups."""
     breaker = None
     if guards.breaker is not None and guards.breaker_config is not None:
         breaker = {
@@ -55,7 +62,7 @@ def guard_status(
             **guards.breaker.state(guards.breaker_key, guards.breaker_config),
         }
     since = (now or datetime.now(timezone.utc)) - timedelta(hours=REFUSALS_HOURS)
-    refusals = guard_refusals(engine, workflow, since)
+    refused = guard_refusals(engine, workflow, since) if refusals else []
     events = recent_guard_events(engine, workflow, RECENT_EVENTS)
     rate_limits = guards.rate.headroom() if guards.rate is not None else []
     budget = guards.budget.usage() if guards.budget is not None else []
@@ -77,7 +84,7 @@ def guard_status(
         rate_limits_source=source(rate_shared, "rate_limit" in down),
         budget=budget,
         degraded=degraded,
-        refusals=refusals,
+        refusals=refused,
         recent_events=[
             {"guard": e["guard"], "after": e["after"], "reason": e["reason"], "at": e["at"]}
             for e in events

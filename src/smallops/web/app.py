@@ -31,7 +31,15 @@ from smallops.errors import InputError, SmallopsError
 from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
 from smallops.storage.health import DatabaseError, first_line, unreachable
-from smallops.web import evals_page, item_page, login, queue_page, runs_page
+from smallops.web import (
+    evals_page,
+    item_page,
+    login,
+    overview_page,
+    queue_page,
+    runs_page,
+    workflow_page,
+)
 from smallops.web._http import (
     MAX_BODY,
     BodyTooLarge,
@@ -97,6 +105,8 @@ def create_app(
         Route("/evals/{eval_run_id}", evals_page.eval_run_page),
         Route("/runs", runs_page.runs_page),
         Route("/runs/{run_id}", runs_page.run_page),
+        Route("/dashboard", overview_page.overview_page),
+        Route("/workflows/{name:path}", workflow_page.workflow_page),
         Route("/login", login.login_page, methods=["GET", "POST"]),
         Route("/logout", login.logout, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
