@@ -7,6 +7,18 @@ text, and the outputs in its review item, decisions and webhook payloads. A run 
 item is still pending is never pruned: a human still needs it. Work goes in small
 transactions, each leaving every run either whole or pruned, so an interrupted prune is
 finished by running it again.
+
+Then the workflow's prompt parts (prompt_parts.py) that no run holding content can refer to
+any more are deleted, so a pruned run's rendered prompt is gone too. Every write that refers to
+a part moves the part's `last_used` on to its own time (at most store.PART_REFRESH behind), in
+the transaction that writes the run; and a run is written after it started. So a part whose
+`last_used` is before the oldest moment a run still holding content can have been written is
+no longer referred to. That moment is taken, before the runs are pruned, as the earliest of the
+cutoff, the oldest run still waiting for a reviewer and the prune's own start (an old run
+replayed from a spool while the prune runs is not pruned, and keeps its parts), less
+PART_MARGIN for the refresh, a write's time bound and clocks that differ between machines.
+No scan of the runs is needed. A part last used within that margin of the cutoff outlives the
+runs that used it until the next prune.
 """
 
 from __future__ import annotations
@@ -16,11 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, null, or_, select, update
+from sqlalchemy import Engine, and_, delete, func, null, or_, select, update
 
 from smallops.content import PRUNED, attempt_metadata
 from smallops.labels import enum_fields, labels
 from smallops.storage.schema import (
+    prompt_parts,
     prompt_versions,
     review_decisions,
     review_items,
@@ -29,6 +42,7 @@ from smallops.storage.schema import (
 )
 
 BATCH = 500
+PART_MARGIN = timedelta(hours=1)  # see the module's docstring
 
 
 @dataclass
@@ -89,7 +103,9 @@ def prune(
     before: datetime,
     progress: Callable[[int], None] = lambda _: None,
 ) -> int:
-    """Empty the content of `workflow`'s runs started before `before`; returns how many."""
+    """Empty the content of `workflow`'s runs started before `before`, then delete the prompt
+    parts no run with content refers to any more; returns how many runs."""
+    parts_before = _parts_unused_before(engine, workflow, before)
     done = 0
     select_batch = (
         select(runs.c.id, runs.c.attempts, runs.c.output, runs.c.prompt_version)
@@ -108,7 +124,37 @@ def prune(
         last = batch[-1].id
         done += len(batch)
         progress(len(batch))
+    forget_parts(engine, workflow, parts_before)
     return done
+
+
+def _parts_unused_before(engine: Engine, workflow: str, before: datetime) -> datetime:
+    """The time before which the workflow's parts will be unused once its runs started before
+    `before` are pruned (the module's docstring says why)."""
+    query = select(func.min(review_items.c.created_at)).where(
+        review_items.c.state == "pending", review_items.c.workflow == workflow
+    )
+    with engine.connect() as connection:
+        waiting = connection.scalar(query)
+    moments = [before, datetime.now(timezone.utc)]
+    if waiting is not None:
+        moments.append(waiting if waiting.tzinfo else waiting.replace(tzinfo=timezone.utc))
+    return min(moments) - PART_MARGIN
+
+
+def forget_parts(engine: Engine, workflow: str, unused_before: datetime) -> int:
+    """Delete the workflow's prompt parts last used before `unused_before`, in small
+    transactions; returns how many."""
+    old = and_(prompt_parts.c.workflow == workflow, prompt_parts.c.last_used < unused_before)
+    done = 0
+    while True:
+        with engine.begin() as connection:
+            ids = connection.scalars(select(prompt_parts.c.id).where(old).limit(BATCH)).all()
+            if not ids:
+                return done
+            # The condition again: a write may have used a part since it was selected.
+            connection.execute(delete(prompt_parts).where(old, prompt_parts.c.id.in_(ids)))
+        done += len(ids)
 
 
 def _label_fields(engine: Engine, workflow: str) -> dict[str, list[str]]:
@@ -138,7 +184,7 @@ def _prune_batch(connection: Any, batch: Sequence[Any], label_fields: dict[str, 
     connection.execute(
         update(runs)
         .where(runs.c.id.in_(ids))
-        .values(inputs={}, messages=null(), error_message=None, content=PRUNED)
+        .values(inputs={}, messages=null(), error_message=None, content=PRUNED, compacted=None)
     )
     connection.execute(
         update(review_items)

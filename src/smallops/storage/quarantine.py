@@ -1,8 +1,9 @@
 """The quarantine: records the database refused, and torn spool tails, set aside with a reason.
 
 A refused record must never block the records behind it, and must never vanish: it is kept
-here, one JSON line per record (its rows exactly as they would have been written, secrets
-already removed), with why it was refused. `smallops status` counts the entries and
+here, one JSON line per record (its rows as they would have been written, secrets already
+removed, with its prompt parts put back inline so it reads whole on its own), with why it was
+refused. `smallops status` counts the entries and
 `smallops show` finds a run that is here rather than in the log.
 
 One folder per database (beside its spool); each process appends to a file of its own.
@@ -21,6 +22,7 @@ from typing import IO, Any
 from pydantic_core import from_json, to_json
 
 from smallops.ids import short_id, uuid7
+from smallops.storage.prompt_parts import inline_row, parts_of
 from smallops.storage.schema import RUN_COLUMNS
 from smallops.storage.store import RowBatch
 
@@ -65,7 +67,7 @@ class Quarantine:
                     "reason": reason,
                     "run_id": run[0],
                     "workflow": run[1],
-                    "run": run,
+                    "run": inline_row(run, parts_of(run, batch.parts)),
                     "review": reviews.get(run[0]),
                 }
             )

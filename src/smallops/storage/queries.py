@@ -13,6 +13,7 @@ from smallops.errors import InputError, NotFoundError
 from smallops.ids import SHORT_ID
 from smallops.kinds import OriginFilter
 from smallops.storage import rollups
+from smallops.storage.prompt_parts import expand_runs
 from smallops.storage.schema import prompt_versions, runs
 
 SUMMARY = (
@@ -101,6 +102,7 @@ def get_run(engine: Engine, run_id: str) -> dict[str, Any]:
         if len(rows) > 1:
             raise InputError(f"run id {run_id!r} matches several runs", hint="give more characters")
         run = plain_row(rows[0]._mapping)
+        expand_runs(connection, [run])
         prompt = connection.execute(
             select(prompt_versions).where(prompt_versions.c.id == run["prompt_version"])
         ).first()
@@ -184,10 +186,12 @@ def workflows_logged(engine: Engine) -> list[str]:
 
 
 def runs_of(engine: Engine, workflow: str) -> list[dict[str, Any]]:
-    """Every run of a workflow, whole, oldest first."""
+    """Every run of a workflow, whole (prompt parts put back), oldest first."""
     query = select(runs).where(runs.c.workflow == workflow).order_by(runs.c.id)
     with engine.connect() as connection:
-        return [plain_row(row._mapping) for row in connection.execute(query)]
+        found = [plain_row(row._mapping) for row in connection.execute(query)]
+        expand_runs(connection, found)
+    return found
 
 
 def latest_batch(engine: Engine, file_key: str) -> str | None:

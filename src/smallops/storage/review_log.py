@@ -32,6 +32,7 @@ from sqlalchemy import (
 
 from smallops.errors import InputError
 from smallops.ids import uuid7
+from smallops.storage.prompt_parts import expand_runs
 from smallops.storage.queries import plain_row, run_id_matches
 from smallops.storage.schema import prompt_versions, review_decisions, review_items, runs
 
@@ -180,6 +181,7 @@ def item_with_run(connection: Connection, run_id: str) -> dict[str, Any] | None:
             review_items,
             runs.c.inputs,
             runs.c.messages,
+            runs.c.compacted,
             runs.c.status,
             runs.c.error_message,
             prompt_versions.c.template,
@@ -192,7 +194,11 @@ def item_with_run(connection: Connection, run_id: str) -> dict[str, Any] | None:
         )
         .where(review_items.c.run_id == run_id)
     ).first()
-    return plain_row(row._mapping) if row is not None else None
+    if row is None:
+        return None
+    item = plain_row(row._mapping)
+    expand_runs(connection, [item])
+    return item
 
 
 def decision_history(connection: Connection, run_id: str) -> list[dict[str, Any]]:

@@ -1,9 +1,11 @@
 """From the request path's record to portable rows: JSON text, epoch seconds, no secrets.
 
 The same rows go to the database or, while it is unreachable, to the spool file, so a replay
-inserts exactly what a direct write would have. Every text is made storable on both engines
-(storable.py) and every field passes the redactor, so a key a provider echoes back (in an
-error, a fingerprint, a header-derived field) is removed wherever it lands.
+inserts exactly what a direct write would have. What every run of a prompt version repeats
+travels beside the runs as prompt part rows (prompt_parts.py), written in the same transaction.
+Every text is made storable on both engines (storable.py) and every field passes the redactor,
+so a key a provider echoes back (in an error, a fingerprint, a header-derived field) is removed
+wherever it lands.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from smallops.labels import labels
 from smallops.pricing import price_run
 from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
+from smallops.storage.prompt_parts import FORMAT, MIN_PART, Keep, compact, part_id
 from smallops.storage.schema import runs
 from smallops.storage.storable import Flag, json_text, text
 
 Row = tuple[Any, ...]
+#: The prompt part rows (schema.PART_COLUMNS order) of a batch, by id: each kept once.
+Parts = dict[str, Row]
 
 
 def _length(column: Any) -> int:
@@ -32,16 +37,23 @@ _SERVED_LIMIT = _length(runs.c.model_served)
 _FINGERPRINT_LIMIT = _length(runs.c.system_fingerprint)
 
 
-def encode(record: RunRecord, redact: Redactor) -> tuple[Row, Row | None]:
+def encode(record: RunRecord, redact: Redactor, parts: Parts) -> tuple[Row, Row | None]:
     """A run's row and, when it needs a human, its review item's row: made together, so a run
-    is never written without its item."""
+    is never written without its item. The prompt parts the run refers to are added to
+    `parts`, which the batch's runs share."""
     flags: set[Flag] = set(record.flags)  # type: ignore[arg-type]
     review = review_row(record, redact, flags)
-    return run_row(record, redact, flags), review
+    return run_row(record, redact, flags, parts), review
 
 
-def run_row(record: RunRecord, redact: Redactor, flags: set[Flag] | None = None) -> Row:
-    """A `runs` row, in schema.RUN_COLUMNS order."""
+def run_row(
+    record: RunRecord,
+    redact: Redactor,
+    flags: set[Flag] | None = None,
+    parts: Parts | None = None,
+) -> Row:
+    """A `runs` row, in schema.RUN_COLUMNS order; with `parts`, what the run repeats of its
+    prompt version is referenced and added there (without, the row holds it all inline)."""
     flags = set(record.flags) if flags is None else flags  # type: ignore[arg-type]
     facts, usage = record.facts, record.usage
     served = text(record.model_served, flags, _SERVED_LIMIT)
@@ -49,6 +61,11 @@ def run_row(record: RunRecord, redact: Redactor, flags: set[Flag] | None = None)
     cost, cost_source = price_run(facts.pricing, served or requested, usage)
     started = record.started_at
     mode, inputs, messages, output, attempts = _content(record)
+    compacted = None
+    if parts is not None and mode != "metadata":
+        keep, used = _keeper(record, redact, flags, parts)
+        messages, attempts = compact(messages, attempts, keep)
+        compacted = FORMAT if used else None
     batch = record.batch or (None, None)
     columns = (
         record.id,
@@ -86,7 +103,29 @@ def run_row(record: RunRecord, redact: Redactor, flags: set[Flag] | None = None)
         redact(json_text(attempts, flags)),
         mode,
     )
-    return (*columns, json_text(sorted(flags), set()) if flags else None, *batch)
+    stored_flags = json_text(sorted(flags), set()) if flags else None
+    return (*columns, stored_flags, *batch, compacted)
+
+
+def _keeper(
+    record: RunRecord, redact: Redactor, flags: set[Flag], parts: Parts
+) -> tuple[Keep, list[str]]:
+    """A `Keep` for one run: each part's text made storable and without secrets exactly as the
+    run's own text is, hashed, and added to `parts`; and the list of ids it handed out."""
+    workflow, version = record.facts.workflow, record.facts.prompt.id
+    used: list[str] = []
+
+    def keep(value: Any, always: bool) -> str | None:
+        stored = redact(json_text(value, flags)) or "null"
+        if not always and len(stored) < MIN_PART:
+            return None
+        found = part_id(workflow, version, stored)
+        if found not in parts:
+            parts[found] = (found, workflow, version, stored, time.time())
+        used.append(found)
+        return found
+
+    return keep, used
 
 
 def _content(record: RunRecord) -> tuple[str, Any, Any, Any, Any]:

@@ -1,7 +1,8 @@
 """The tables, in SQLAlchemy Core. Alembic migrations under migrations/ create and evolve them.
 
 `runs` holds one row per workflow call with its whole audit trail (the attempts' raw requests and
-responses included), so one call is one insert; `prompt_versions` keeps each template text once.
+responses included), so one call is one insert; `prompt_versions` keeps each template text once,
+and `prompt_parts` what every run of a prompt version sends again (prompt_parts.py).
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ runs = Table(
     Column("flags", Json()),  # what was changed to make the record storable (storable.FLAGS)
     Column("batch_id", String(60)),  # `smallops run --input`: "<file key>/<invocation id>"
     Column("batch_item", String(40)),  # "<line>:<input hash>", what `run --resume` skips
+    # 1: messages and attempts may hold references to prompt_parts (prompt_parts.py, format 1);
+    # NULL: everything inline, as every run written before prompt parts existed.
+    Column("compacted", Integer),
     Index("ix_runs_workflow_started", "workflow", "started_at"),
     Index("ix_runs_started", "started_at"),
     Index("ix_runs_status_id", "status", "id"),  # `logs --status`: newest first
@@ -141,10 +145,27 @@ runs = Table(
     Index("ix_runs_batch", "batch_id"),
 )
 
+# What every run of a prompt version repeats (a rendered system prompt, the request's model,
+# schema and parameters), kept once: `id` is a hash of the workflow, prompt version and the
+# part's JSON text. `last_used` is when a write last referenced it, for prune.py.
+prompt_parts = Table(
+    "prompt_parts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("workflow", String(100), nullable=False),
+    Column("prompt_version", String(16), nullable=False),
+    Column("part", Text(redact=False), nullable=False),  # JSON text, as the writer made it
+    Column("created_at", Timestamp, nullable=False),
+    Column("last_used", Timestamp, nullable=False),
+    Index("ix_prompt_parts_workflow_used", "workflow", "last_used"),
+)
+
 #: Column order of the fast insert path (writer) and of the spool. New columns go at the end, so
 #: rows spooled by an older version replay with NULL in them.
 RUN_COLUMNS = tuple(column.name for column in runs.columns)
 PROMPT_COLUMNS = tuple(column.name for column in prompt_versions.columns)
+#: Column order of the prompt part rows that travel with the runs (the writer adds last_used).
+PART_COLUMNS = tuple(column.name for column in prompt_parts.columns if column.name != "last_used")
 
 # The review queue: one item per run a human must see (the review policy, or the review fallback).
 review_items = Table(

@@ -5,10 +5,12 @@ while it is open, so a replaying process takes only files nobody is writing (inc
 processes that died). A file is deleted only after all its rows are committed (or set aside).
 
 Each batch is one line, a frame: `S2 <crc32 of the payload> <payload>`, the payload a JSON
-object of the batch's run, review and prompt rows. A batch is in the spool whole or not at all:
-a write that fails half-way (a full disk) is cut back off the file, and a frame that a crash
-left torn, or that does not match its checksum, is set aside in the quarantine at replay
-instead of being half-applied. Files from before frames (one `["r", row]` per line) still replay.
+object of the batch's run, review, prompt version and prompt part rows (a frame from before
+prompt parts has none, and its runs hold everything inline). A batch is in the spool whole or
+not at all: a write that fails half-way (a full disk) is cut back off the file, and a frame
+that a crash left torn, or that does not match its checksum, is set aside in the quarantine at
+replay instead of being half-applied. Files from before frames (one `["r", row]` per line)
+still replay.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def spool_folder(spool_dir: Path, database_url: str) -> Path:
 
 def frame(batch: RowBatch) -> bytes:
     """One batch as one checksummed line."""
-    payload = to_json({"r": batch.runs, "q": batch.reviews, "p": batch.prompts}, fallback=str)
+    rows = {"r": batch.runs, "q": batch.reviews, "p": batch.prompts, "t": batch.parts}
+    payload = to_json(rows, fallback=str)
     return MAGIC + b"%08x " % zlib.crc32(payload) + payload + b"\n"
 
 
@@ -187,9 +190,8 @@ def _read(line: bytes) -> tuple[RowBatch | None, str | None]:
             data: dict[str, Any] = from_json(payload)
         except ValueError:
             return None, "a damaged spool frame: not readable"
-        return RowBatch(
-            runs=[_padded(r) for r in data["r"]], reviews=data["q"], prompts=data["p"]
-        ), None
+        runs: list[Any] = [_padded(r) for r in data["r"]]
+        return RowBatch(runs, data["q"], data["p"], data.get("t", [])), None
     if not line.strip():
         return None, None
     return _legacy(line)

@@ -5,7 +5,8 @@ uncertain commit never duplicates a run. SQLite gets `executemany`; Postgres get
 temporary table and one `INSERT ... ON CONFLICT DO NOTHING`, about twice as fast as executemany.
 The same transaction adds the runs it actually inserted (ids read first on SQLite, RETURNING on
 Postgres) to the rollups (rollups.py), so a replayed run is counted once and a refused batch
-leaves them untouched.
+leaves them untouched, and writes the prompt parts its runs refer to (prompt_parts.py): a run
+is never committed without them, whatever happened to earlier batches.
 
 Every write has a bounded time: a watchdog breaks the connection when the time is up (Postgres:
 its socket is shut down; SQLite: the statement is interrupted), so a database that stops
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +31,8 @@ from sqlalchemy import Engine
 from smallops.storage import rollups
 from smallops.storage.db import direct_engine, ensure_schema
 from smallops.storage.health import refused
-from smallops.storage.schema import PROMPT_COLUMNS, REVIEW_COLUMNS, RUN_COLUMNS
+from smallops.storage.prompt_parts import parts_of
+from smallops.storage.schema import PART_COLUMNS, PROMPT_COLUMNS, REVIEW_COLUMNS, RUN_COLUMNS
 from smallops.storage.watchdog import shut_down
 
 Row = Sequence[Any]
@@ -37,31 +40,42 @@ DEFAULT_TIMEOUT = 10.0  # seconds one batch may take before the database counts 
 _RUN_TIMES = (RUN_COLUMNS.index("started_at"), RUN_COLUMNS.index("finished_at"))
 _PROMPT_TIMES = (PROMPT_COLUMNS.index("created_at"),)
 _REVIEW_TIMES = (REVIEW_COLUMNS.index("created_at"),)
+_PART_TIMES = (PART_COLUMNS.index("created_at"), len(PART_COLUMNS))  # and last_used, added
+#: Seconds a part's last_used may lag behind the writes that refer to it: a busy workflow
+#: rewrites its part rows once a minute, not in every batch (prune.py allows for it).
+PART_REFRESH = 60.0
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DateTime format
 
 
 @dataclass
 class RowBatch:
-    """Rows written in one transaction: runs, the review items of some of them, prompt versions.
+    """Rows written in one transaction: runs, the review items of some of them, prompt versions,
+    and the prompt parts the runs refer to.
 
-    A run and its review item always travel together: split() never parts them.
+    A run travels with its review item and its prompt parts: split() never parts them. The
+    parts ride along (they are not counted): a batch is as long as its runs and versions.
     """
 
     runs: list[Row] = field(default_factory=list)
     reviews: list[Row] = field(default_factory=list)
     prompts: list[Row] = field(default_factory=list)
+    parts: list[Row] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.runs) + len(self.prompts)
 
     def units(self) -> Iterator[RowBatch]:
-        """One batch per prompt version, and per run with its review item."""
+        """One batch per prompt version, and per run with its review item and prompt parts."""
         reviews = {row[0]: row for row in self.reviews}
         for prompt in self.prompts:
             yield RowBatch(prompts=[prompt])
         for run in self.runs:
             review = reviews.get(run[0])
-            yield RowBatch(runs=[run], reviews=[review] if review is not None else [])
+            yield RowBatch(
+                runs=[run],
+                reviews=[review] if review is not None else [],
+                parts=parts_of(run, self.parts),
+            )
 
     def split(self) -> tuple[RowBatch, RowBatch]:
         units = list(self.units())
@@ -75,6 +89,7 @@ def merge(batches: Sequence[RowBatch]) -> RowBatch:
         merged.runs += batch.runs
         merged.reviews += batch.reviews
         merged.prompts += batch.prompts
+    merged.parts = list({part[0]: part for batch in batches for part in batch.parts}.values())
     return merged
 
 
@@ -94,7 +109,11 @@ class RowStore:
         self._schema_ready = False
 
     def write(
-        self, runs: Sequence[Row], prompts: Sequence[Row] = (), reviews: Sequence[Row] = ()
+        self,
+        runs: Sequence[Row],
+        prompts: Sequence[Row] = (),
+        reviews: Sequence[Row] = (),
+        parts: Sequence[Row] = (),
     ) -> None:
         """Insert in one transaction; on any error nothing is written and the error propagates
         (TimeoutError when the watchdog ended it)."""
@@ -105,9 +124,9 @@ class RowStore:
         try:
             with bounded(connection, self.timeout):
                 if self.dialect == "postgresql":
-                    _write_postgres(connection, runs, prompts, reviews)
+                    _write_postgres(connection, runs, prompts, reviews, parts)
                 else:
-                    _write_sqlite(connection, runs, prompts, reviews)
+                    _write_sqlite(connection, runs, prompts, reviews, parts)
         except BaseException:
             self._drop()
             raise
@@ -161,7 +180,7 @@ def land(store: RowStore, batch: RowBatch, set_aside: Callable[[RowBatch, str], 
     if not len(batch):
         return 0
     try:
-        store.write(batch.runs, batch.prompts, batch.reviews)
+        store.write(batch.runs, batch.prompts, batch.reviews, batch.parts)
         return len(batch.runs)
     except Exception as exc:
         if not refused(exc):
@@ -240,6 +259,21 @@ def _insert_sql(table: str, columns: tuple[str, ...], marker: str) -> str:
     return f"INSERT INTO {table} ({names}) VALUES ({values}) ON CONFLICT ({columns[0]}) DO NOTHING"
 
 
+def _upsert_parts_sql(marker: str) -> str:
+    """A prompt part is inserted, or its last_used moved on when it is over PART_REFRESH old.
+    On Postgres the conflicting row is locked either way until the transaction ends, so a
+    concurrent prune cannot delete a part between this statement and the commit of the runs
+    that refer to it (prune.py)."""
+    names = ", ".join((*PART_COLUMNS, "last_used"))
+    values = ", ".join([marker] * (len(PART_COLUMNS) + 1))
+    return (
+        f"INSERT INTO prompt_parts ({names}) VALUES ({values}) ON CONFLICT (id) DO UPDATE "
+        f"SET last_used = excluded.last_used WHERE prompt_parts.last_used < {marker}"
+    )
+
+
+_SQLITE_PARTS = _upsert_parts_sql("?")
+_PG_PARTS = _upsert_parts_sql("%s")
 _SQLITE_RUNS = _insert_sql("runs", RUN_COLUMNS, "?")
 _SQLITE_PROMPTS = _insert_sql("prompt_versions", PROMPT_COLUMNS, "?")
 _PG_PROMPTS = _insert_sql("prompt_versions", PROMPT_COLUMNS, "%s")
@@ -279,11 +313,27 @@ def _sqlite_logged(connection: Any, ids: list[Any]) -> set[Any]:
     return found
 
 
+def _part_rows(parts: Sequence[Row], convert: Any) -> list[tuple[Any, ...]]:
+    """The rows to upsert: each part once, in id order (two writers lock them in the same
+    order), stamped with now as last_used, and the age past which last_used is moved."""
+    now = time.time()
+    unique = sorted({part[0]: part for part in parts}.values(), key=lambda part: part[0])
+    stamped = [(*part, now) for part in unique]
+    stale = convert(now - PART_REFRESH)
+    return [(*row, stale) for row in _with_times(stamped, _PART_TIMES, convert)]
+
+
 def _write_sqlite(
-    connection: Any, runs: Sequence[Row], prompts: Sequence[Row], reviews: Sequence[Row]
+    connection: Any,
+    runs: Sequence[Row],
+    prompts: Sequence[Row],
+    reviews: Sequence[Row],
+    parts: Sequence[Row] = (),
 ) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
+        if parts:
+            connection.executemany(_SQLITE_PARTS, _part_rows(parts, _sqlite_time))
         if prompts:
             connection.executemany(
                 _SQLITE_PROMPTS, _with_times(prompts, _PROMPT_TIMES, _sqlite_time)
@@ -303,11 +353,17 @@ def _write_sqlite(
 
 
 def _write_postgres(
-    connection: Any, runs: Sequence[Row], prompts: Sequence[Row], reviews: Sequence[Row]
+    connection: Any,
+    runs: Sequence[Row],
+    prompts: Sequence[Row],
+    reviews: Sequence[Row],
+    parts: Sequence[Row] = (),
 ) -> None:
     try:
         with connection.cursor() as cursor:
             cursor.execute(_PG_STAGE)
+            if parts:
+                cursor.executemany(_PG_PARTS, _part_rows(parts, _pg_time))
             if prompts:
                 cursor.executemany(_PG_PROMPTS, _with_times(prompts, _PROMPT_TIMES, _pg_time))
             with cursor.copy(_PG_COPY) as copy:

@@ -28,7 +28,7 @@ from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
 from smallops.storage.db import log_database, safe_url
 from smallops.storage.quarantine import Quarantine, quarantine_folder
-from smallops.storage.rows import encode, prompt_row
+from smallops.storage.rows import Parts, encode, prompt_row
 from smallops.storage.spool import Spool, spool_folder
 from smallops.storage.store import RowBatch, RowStore, Unreachable, land
 
@@ -241,14 +241,14 @@ class Writer:
 
     def _encode(self, records: list[RunRecord]) -> tuple[RowBatch, list[tuple[RunRecord, str]]]:
         """Rows for the records, and the records that could not be made into rows (and why)."""
-        batch, refused = RowBatch(), []
+        batch, refused, parts = RowBatch(), [], Parts()
         yielded = time.perf_counter()
         for record in records:
             if time.perf_counter() - yielded > YIELD_EVERY:
                 time.sleep(0)  # let the calling threads have the GIL: they are latency-bound
                 yielded = time.perf_counter()
             try:
-                run, review = encode(record, self.redact)
+                run, review = encode(record, self.redact, parts)
             except Exception as exc:
                 refused.append((record, f"could not be encoded: {type(exc).__name__}: {exc}"))
                 continue
@@ -259,6 +259,7 @@ class Writer:
             if version.id not in self._seen_prompts:
                 self._seen_prompts.add(version.id)
                 batch.prompts.append(prompt_row(version))
+        batch.parts = list(parts.values())
         return batch, refused
 
     def _to_spool(self, batch: RowBatch, spool: Spool, count: int) -> None:
