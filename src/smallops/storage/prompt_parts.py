@@ -134,19 +134,22 @@ def expand(messages: Any, attempts: Any, texts: Mapping[str, str]) -> tuple[Any,
     return messages, attempts
 
 
+_MISSING = object()
+
+
 def _part(ref: Any, texts: Mapping[str, str]) -> tuple[str, Any]:
-    """The part a reference names: (its id, its value or None if the log lacks it)."""
+    """The part a reference names: (its id, its value, or _MISSING if the log lacks it)."""
     part = ref.get("part") if isinstance(ref, dict) else None
     text = texts.get(part) if isinstance(part, str) else None
     if text is None:
         log.warning("smallops: prompt part %s is not in the log", part)
-        return str(part), None
+        return str(part), _MISSING
     return str(part), from_json(text)
 
 
 def _message_part(ref: Any, texts: Mapping[str, str]) -> Any:
     part, value = _part(ref, texts)
-    if value is None:
+    if value is _MISSING:
         return {"role": "(missing)", "content": f"(prompt part {part} is not in the log)"}
     return value
 
