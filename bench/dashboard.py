@@ -165,6 +165,7 @@ def run_rows(n: int, now: datetime, payload_bytes: int, seed: int = 1) -> Iterat
             "flags": None,
             "batch_id": None,
             "batch_item": None,
+            "compacted": None,
         }
         chunk.append([values[c] for c in RUN_COLUMNS])
         if len(chunk) == CHUNK:

@@ -59,7 +59,7 @@ from smallops.records import RunRecord
 from smallops.redact import Redactor
 from smallops.storage import writer as writer_module
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
-from smallops.storage.rows import prompt_row, run_row
+from smallops.storage.rows import Parts, prompt_row, run_row
 from smallops.storage.spool import Spool
 from smallops.storage.store import RowBatch, RowStore, land
 
@@ -398,13 +398,15 @@ def make_spool(record: RunRecord, n: int, folder: Path) -> tuple[Path, float]:
         dataclasses.replace(record, id=uuid7(), started_at=record.started_at + i / 1000)
         for i in range(n)
     ]
+    parts = Parts()  # what the runs repeat of their prompt version, kept once (prompt_parts.py)
     t = time.perf_counter()
-    rows = [run_row(r, redact) for r in records]
+    rows = [run_row(r, redact, None, parts) for r in records]
     encode_rate = n / (time.perf_counter() - t)
     spool, batch = Spool(folder), writer_module.BATCH
-    for i in range(0, n, batch):
+    for i in range(0, n, batch):  # each batch with its runs' parts, as the writer makes them
         prompts = [prompt_row(record.facts.prompt)] if i == 0 else []
-        spool.append(RowBatch(runs=list(rows[i : i + batch]), prompts=prompts))
+        shared = list(parts.values())
+        spool.append(RowBatch(runs=list(rows[i : i + batch]), prompts=prompts, parts=shared))
     spool.close()
     return next(folder.glob("*.jsonl")), encode_rate
 
@@ -480,7 +482,7 @@ def redacted_encode_rate(record: RunRecord, n: int) -> float:
         )
     t = time.perf_counter()
     for r in records:
-        run_row(r, redact)
+        run_row(r, redact, None, Parts())
     return n / (time.perf_counter() - t)
 
 
