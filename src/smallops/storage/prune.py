@@ -32,6 +32,7 @@ from sqlalchemy import Engine, and_, delete, func, null, or_, select, update
 
 from smallops.content import PRUNED, attempt_metadata
 from smallops.labels import enum_fields, labels
+from smallops.storage.db import write_transaction
 from smallops.storage.schema import (
     prompt_parts,
     prompt_versions,
@@ -148,7 +149,7 @@ def forget_parts(engine: Engine, workflow: str, unused_before: datetime) -> int:
     old = and_(prompt_parts.c.workflow == workflow, prompt_parts.c.last_used < unused_before)
     done = 0
     while True:
-        with engine.begin() as connection:
+        with write_transaction(engine) as connection:  # SQLite: the write lock before the read
             ids = connection.scalars(select(prompt_parts.c.id).where(old).limit(BATCH)).all()
             if not ids:
                 return done
