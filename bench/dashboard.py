@@ -411,9 +411,19 @@ def pg_schema(url: str, keep: bool) -> Iterator[str]:
         admin.dispose()
 
 
+def command_env() -> dict[str, str]:
+    """The environment of the smallops commands timed here: this checkout's code, the log named
+    by the project, and bytecode cached as an installed package has it (a machine that sets
+    PYTHONDONTWRITEBYTECODE would otherwise compile every module on every start)."""
+    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop("SMALLOPS_DATABASE_URL", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def cli(project: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Run the smallops command (this checkout's code) and time it, process start included."""
-    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env = command_env()
     started = time.perf_counter()
     done = subprocess.run(
         [str(SMALLOPS), "-p", str(project), *args],
@@ -454,8 +464,7 @@ def dashboard_pages(project: Path, url: str, requests: int = 20) -> dict[str, An
 
     pages = page_paths(url)
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env.pop("SMALLOPS_DATABASE_URL", None)
+    env = command_env()
     server = subprocess.Popen(
         [str(SMALLOPS), "-p", str(project), "serve", "--port", str(port)],
         env=env,
