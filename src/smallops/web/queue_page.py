@@ -19,6 +19,7 @@ from smallops.errors import SmallopsError
 from smallops.review import triage
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, HeldError
+from smallops.storage.review_log import QueueOrder
 from smallops.web._http import (
     JSON,
     Web,
@@ -61,10 +62,7 @@ async def queue_page(request: Request) -> Response:
         after = triage.after_cursor(request.query_params.get("after"))
     except SmallopsError as exc:
         return error(request, exc)
-    counts = await db.call(desk.queue.counts)
-    items = await db.call(
-        desk.queue.items, workflow, state=states, limit=PAGE + 1, order=order, after=after
-    )
+    counts, items = await db.call(queue_view, desk, workflow, states, order, after)
     more, items = len(items) > PAGE, items[:PAGE]
     now = datetime.now(timezone.utc)
     for item in items:
@@ -90,6 +88,20 @@ async def queue_page(request: Request) -> Response:
         "done": done_message(request),
     }
     return render(request, "queue.html", data)
+
+
+def queue_view(
+    desk: ReviewDesk,
+    workflow: str | None,
+    states: tuple[str, ...] | None,
+    order: QueueOrder | None,
+    after: list[Any] | None,
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """The counts per state and one page of items (PAGE + 1, to tell whether more follow): one
+    trip to a database thread for both."""
+    counts = desk.queue.counts()
+    items = desk.queue.items(workflow, state=states, limit=PAGE + 1, order=order, after=after)
+    return counts, items
 
 
 def output_models(desk: ReviewDesk) -> dict[str, Any]:
