@@ -120,7 +120,7 @@ def moment(value: str, name: str, *, end_of_day: bool = False) -> datetime | Non
 def _limit(value: str) -> int:
     if not value:
         return PAGE
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE:
         raise InputError(f"limit={value!r} is not a number from 1 to {MAX_PAGE}", hint="e.g. 50")
     return int(value)
 
