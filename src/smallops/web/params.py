@@ -5,7 +5,8 @@ A value with a control character (a NUL above all: Postgres refuses one in text,
 deep inside a query as a 500) or longer than MAX_CHARS is no name, id, filter or cursor that any
 page takes. In the query (or a form) it is a 400; in the path it names nothing, a 404. Either
 is said in one line that repeats at most SHOWN characters of it. Parameters a page does not read
-(a tracking tag, `format=json`) are never looked at.
+(a tracking tag, `format=json`) are never looked at. `EscapedQuery` first percent-escapes any
+raw byte past ASCII in the query string, as a browser would have sent it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from smallops.errors import InputError, NotFoundError
 
@@ -24,6 +26,7 @@ MAX_CHARS = 200
 SHOWN = 60
 # C0 controls, DEL, and lone surrogates (which no text encoding can carry to a database).
 _UNFIT = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_RAW = re.compile(rb"[\x80-\xff]")
 
 
 def problem(value: str) -> str | None:
@@ -72,3 +75,19 @@ def path(request: Request, name: str, what: str, hint: str) -> str:
     if problem(value) is not None:
         raise NotFoundError(f"there is no {what} {shown(value)}", hint=hint)
     return value
+
+
+class EscapedQuery:
+    """uvicorn refuses a request whose query holds raw bytes past ASCII, but another server (or
+    a proxy) may pass them on, and Starlette reads the query as strict UTF-8 wherever a page
+    asks for its URL: a 500. Escaped, `%ff` is read as U+FFFD, plain text like any other."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        query: bytes = scope.get("query_string", b"")
+        if scope["type"] == "http" and not query.isascii():
+            escaped = _RAW.sub(lambda byte: b"%%%02X" % byte.group()[0], query)
+            scope = {**scope, "query_string": escaped}
+        await self.app(scope, receive, send)
