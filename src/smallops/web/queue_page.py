@@ -20,6 +20,7 @@ from smallops.review import triage
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, HeldError
 from smallops.storage.review_log import QueueOrder
+from smallops.web import params
 from smallops.web._http import (
     JSON,
     Web,
@@ -52,14 +53,14 @@ async def queue_page(request: Request) -> Response:
     input and output, their age and who holds which; sorted by age or an output field over the
     whole queue, PAGE at a time."""
     desk, db = web(request).desk, web(request).db
-    workflow = request.query_params.get("workflow") or None
-    state = request.query_params.get("state") or "pending"
-    sort = request.query_params.get("sort") or None
-    shown = {n: w for n, w in output_models(desk).items() if workflow in (None, n)}
     try:
+        workflow = params.query(request, "workflow")
+        state = params.query(request, "state") or "pending"
+        sort = params.query(request, "sort")
+        shown = {n: w for n, w in output_models(desk).items() if workflow in (None, n)}
         states = triage.states_for(state)
         order = triage.queue_order(sort, shown)
-        after = triage.after_cursor(request.query_params.get("after"))
+        after = triage.after_cursor(params.query(request, "after", "the page cursor (?after=)"))
     except SmallopsError as exc:
         return error(request, exc)
     counts, items = await db.call(queue_view, desk, workflow, states, order, after)
@@ -134,7 +135,7 @@ async def next_item(request: Request) -> Response:
     state = web(request)
     try:
         form = await body(request)
-        workflow = str(form.get("workflow") or "") or None
+        workflow = params.form_text(form, "workflow")
         run_id = await state.db.call(state.desk.claim_next_id, reviewer(request), workflow)
     except SmallopsError as exc:
         return error(request, exc)
