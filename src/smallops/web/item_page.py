@@ -13,6 +13,7 @@ database says it was not saved; one saved when the next item could not be loaded
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -138,8 +139,12 @@ async def act(request: Request) -> Response:
         workflow = params.form_text(form, "workflow")  # checked before anything is saved
     except SmallopsError as exc:
         return error(request, exc)
+    skipped = set(skipped_ids(request)) | ({run_id} if action == "skip" else set())
     try:
-        decision = await db.save(decide, desk, action, run_id, name, form)
+        decision, following = await db.save_then(
+            functools.partial(decide, desk, action, run_id, name, form),
+            functools.partial(claim_next, desk, name, workflow, skipped),
+        )
     except SmallopsError as exc:
         if wants_json(request) or isinstance(exc, (NotFoundError, DatabaseDown)):
             return error(request, exc)
@@ -148,11 +153,8 @@ async def act(request: Request) -> Response:
         status = status_of(exc)
         return show(request, item, problem=exc, status=status, values=values, workflow=workflow)
     state.leases.settled(run_id)
-    skipped = set(skipped_ids(request)) | ({run_id} if action == "skip" else set())
     data = {"action": action, "run_id": run_id, "decision": decision, "saved": True}
-    try:
-        following = await db.call(claim_next, desk, name, workflow, skipped)
-    except DatabaseDown:
+    if isinstance(following, DatabaseDown):
         response = saved_without_next(request, action, run_id, data)
     else:
         if following:

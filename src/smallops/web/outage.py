@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
+U = TypeVar("U")
 RETRY_AFTER = 5  # seconds a client is asked to wait before trying again
 RETRY_EVERY = 2.0  # seconds between tries of a database known to be down
 #: Threads doing the pages' database work at once. Few on purpose: thirty requests each in a
@@ -112,10 +113,29 @@ class Database:
         """Like `call`, for a decision: its DatabaseDown says whether it was saved."""
         return await self._in_thread(functools.partial(fn, *args, **kwargs), True)
 
+    async def save_then(
+        self, save: Callable[[], T], then: Callable[[], U]
+    ) -> tuple[T, U | DatabaseDown]:
+        """`save()` as `save` runs it, then `then()` as `call` runs it, in one trip to a worker
+        thread (a decision and the claim of the next item). The save's failure raises; the
+        second call's outage is returned in its place: the decision is saved all the same."""
+
+        def both() -> tuple[T, U | DatabaseDown]:
+            saved = self._attempt(save, True)
+            try:
+                return saved, self._attempt(then, False)
+            except DatabaseDown as exc:
+                return saved, exc
+
+        return await self._run(both)
+
     async def _in_thread(self, work: Callable[[], T], saving: bool) -> T:
+        return await self._run(functools.partial(self._attempt, work, saving))
+
+    async def _run(self, work: Callable[[], T]) -> T:
         if self._threads is None:
             self._threads = anyio.CapacityLimiter(self.threads)
-        return await anyio.to_thread.run_sync(self._attempt, work, saving, limiter=self._threads)
+        return await anyio.to_thread.run_sync(work, limiter=self._threads)
 
     def failed(self, error: BaseException, cuts_before: int | None = None) -> None:
         """Note an outage (logged if it is news); the next try waits RETRY_EVERY seconds."""
