@@ -487,6 +487,14 @@ def test_the_overview_and_a_workflow_page_in_chromium_at_desktop_and_phone_width
                     assert overflow <= 0, f"{path} is {overflow} px wider than {width} px"
                     chart = page.locator("svg.chart").first.bounding_box()
                     assert chart is not None and chart["width"] >= min(300, width - 60)
+                    # styled at every width: the figures in a grid, chart text at its own size
+                    assert page.locator("dl.kpis").first.evaluate(
+                        "e => getComputedStyle(e).display"
+                    ) == ("grid")
+                    size_px = page.locator(".chart-tick").first.evaluate(
+                        "e => getComputedStyle(e).fontSize"
+                    )
+                    assert 11 <= float(size_px[:-2]) <= 14, f"chart text is {size_px} at {width}"
                     page.locator("details.numbers summary").first.click()
                     assert page.locator("table.figures").first.is_visible()
                     page.locator("details.numbers summary").first.click()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,11 @@ from smallops.storage.eval_log import (
     evaluated_versions,
     latencies,
     output_history,
-    output_schemas,
-    output_value_counts,
     record_verdict,
     save_eval_run,
     served_models,
 )
-from smallops.storage.schema import eval_results, eval_runs, runs
+from smallops.storage.schema import eval_results, eval_runs
 
 from models import GOOD, Triage
 
@@ -172,91 +169,3 @@ def test_output_history_holds_the_schemas_and_the_outputs_in_the_window(tmp_path
     assert output == GOOD and started_at.tzinfo is not None
     later = output_history(engine, "triage", now + timedelta(days=1), now + timedelta(days=2))
     assert later.outputs == []
-
-
-@pytest.mark.parametrize("sqlite_version", [None, (3, 37, 2)], ids=["sqlite-now", "sqlite-3.37"])
-def test_output_value_counts_count_in_the_database_what_the_outputs_say(
-    tmp_path, database_url, sqlite_version, monkeypatch
-):
-    """The same counts whether SQLite reads a field with `->` (3.38 on) or, before it, with
-    json_type and json_extract (Postgres has one way)."""
-    if sqlite_version is not None:
-        monkeypatch.setattr(sqlite3, "sqlite_version_info", sqlite_version)
-    wf, engine = _setup(tmp_path, database_url)
-    ids = [wf.run(text=str(i)).run_id for i in range(9)]
-    wf.plan().writer.flush()
-    now = datetime.now(timezone.utc)
-    odd: list[Any] = [
-        "plain text",
-        [1, 2],
-        {"urgency": "high"},
-        {"category": None},
-        {"category": True},
-        {"category": 3},
-        {"category": "billing"},
-    ]
-    with engine.begin() as connection:
-        for run_id, output in zip(ids, odd, strict=False):
-            connection.execute(runs.update().where(runs.c.id == run_id).values(output=output))
-        for run_id in ids[::2]:
-            earlier = now - timedelta(days=10)
-            connection.execute(runs.update().where(runs.c.id == run_id).values(started_at=earlier))
-    since, split, until = now - timedelta(days=14), now - timedelta(days=7), now + timedelta(1)
-    counted = output_value_counts(
-        engine, "triage", ["category", "urgency"], since=since, split=split, until=until
-    )
-    expected: dict[str, tuple[dict[Any, int], dict[Any, int]]] = {}
-    for name in ("category", "urgency"):
-        after: dict[Any, int] = {}
-        before: dict[Any, int] = {}
-        for started_at, output in output_history(engine, "triage", since, until).outputs:
-            if isinstance(output, dict) and name in output:
-                week = after if started_at >= split else before
-                week[output[name]] = week.get(output[name], 0) + 1
-        expected[name] = (after, before)
-    assert counted == expected
-    assert counted["category"][0][None] == 1 and counted["category"][1][True] == 1
-    assert len(output_schemas(engine, "triage")) == 1
-
-
-def _outputs_this_week(tmp_path: Path, database_url: str, outputs: list[Any]) -> Any:
-    """The triage workflow with `outputs` stored as its runs' outputs (as an older prompt
-    version with another schema would have left them)."""
-    wf, engine = _setup(tmp_path, database_url)
-    ids = [wf.run(text=str(i)).run_id for i in range(len(outputs))]
-    wf.plan().writer.flush()
-    with engine.begin() as connection:
-        for run_id, output in zip(ids, outputs, strict=True):
-            connection.execute(runs.update().where(runs.c.id == run_id).values(output=output))
-    return engine
-
-
-def _count_this_week(engine: Any, field: str) -> dict[Any, int]:
-    now = datetime.now(timezone.utc)
-    since, split, until = now - timedelta(days=14), now - timedelta(days=7), now + timedelta(1)
-    counted = output_value_counts(engine, "triage", [field], since=since, split=split, until=until)
-    return counted[field][0]
-
-
-def test_values_that_are_equal_once_read_are_counted_together(tmp_path, database_url):
-    outputs: list[Any] = [{"n": 1}, {"n": 1.0}, {"n": 1}, {"n": True}, {"n": 2}]
-    engine = _outputs_this_week(tmp_path, database_url, outputs)
-    assert sum(_count_this_week(engine, "n").values()) == len(outputs)
-    assert _count_this_week(engine, "n")[2] == 1
-
-
-def test_an_object_or_a_list_in_a_field_is_counted_not_a_crash(tmp_path, database_url):
-    """A prompt version whose schema had an object where a later one has an enum."""
-    outputs: list[Any] = [{"n": {"b": 1, "a": [2]}}, {"n": {"a": [2], "b": 1}}, {"n": [1]}]
-    engine = _outputs_this_week(tmp_path, database_url, outputs)
-    counted = _count_this_week(engine, "n")
-    assert counted == {'{"a": [2], "b": 1}': 2, "[1]": 1}
-
-
-@pytest.mark.parametrize("field", ["catégorie", 'say "hi"', "back\\slash"])
-def test_a_field_whose_name_needs_escaping_is_counted(tmp_path, database_url, field):
-    """Outputs written through SQLAlchemy (as prune rewrites them) have non-ASCII keys escaped
-    (\\u00e9); a name may hold quotes or backslashes (an alias)."""
-    outputs: list[Any] = [{field: "a"}, {field: "a"}, {field: "b"}]
-    engine = _outputs_this_week(tmp_path, database_url, outputs)
-    assert _count_this_week(engine, field) == {"a": 2, "b": 1}

@@ -448,6 +448,7 @@ def test_report_shows_served_model_changes_and_weekly_distribution_shifts(tmp_pa
     from sqlalchemy import update
 
     from smallops import FakeProvider, FakeReply, Settings, Workflow
+    from smallops.storage import rollups
 
     (tmp_path / "smallops.toml").write_text('[smallops]\ndatabase_url = "sqlite:///log.db"\n')
     (tmp_path / "p.prompt").write_text("[user]\n{{ text }}")
@@ -480,6 +481,7 @@ def test_report_shows_served_model_changes_and_weekly_distribution_shifts(tmp_pa
     last_week = datetime.now(timezone.utc) - timedelta(days=8)
     with engine.begin() as connection:
         connection.execute(update(runs).where(runs.c.id.in_(old)).values(started_at=last_week))
+    rollups.rebuild(engine)  # the runs were edited: their rollups follow
     code, out, _ = smallops(capsys, "-p", str(tmp_path), "report", "--since", "30d", "--json")
     [row] = json.loads(out)
     assert code == 0 and row["calls"] == 80  # the eval run is not production traffic

@@ -367,10 +367,10 @@ def test_a_part_deleted_behind_the_writers_back_comes_back_with_the_next_batch(t
 
 
 def test_runs_written_before_prompt_parts_read_unchanged(database_url, tmp_path):
-    """A log at 0008 with a run in it (whose messages even look like references) is upgraded;
+    """A log at 0009 with a run in it (whose messages even look like references) is upgraded;
     the run reads as it was written."""
     engine = get_engine(normalise_url(database_url, tmp_path))
-    upgrade(engine, "0008")
+    upgrade(engine, "0009")
     record = _record(
         [{"part": "0123456789abcdef0123456789abcdef"}, {"role": "user", "content": "hi"}],
         [{"n": 1, "request_ref": {"part": "x"}, "request": {"messages": [{"run": 0}]}}],

@@ -398,7 +398,7 @@ def _log_at_0006_with_runs(engine: Engine, n: int) -> None:
             for name in ("started_at", "finished_at"):
                 values[name] = datetime.fromtimestamp(values[name], timezone.utc)
             values["inputs"], values["attempts"] = {}, []
-            del values["compacted"]  # added by 0009
+            del values["compacted"]  # added by 0010
             connection.execute(runs.insert().values(**values))
 
 

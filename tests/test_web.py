@@ -741,3 +741,18 @@ def test_an_open_and_approve_cycle_takes_a_few_statements_and_one_schema(
     assert max(counts) <= limit, (counts, statements)
     assert [d.action for d in decisions(desk)] == ["approve"] * 3
     assert made == [Triage]  # the form of a prompt version is made once
+
+
+def test_every_block_of_the_stylesheet_is_closed():
+    """An unclosed block (a merge that dropped a brace) puts every later rule inside it: the
+    dashboards lost their styles at desktop width that way."""
+    from smallops.web.app import HERE
+
+    depth = 0
+    css = (HERE / "static" / "app.css").read_text()
+    for number, line in enumerate(css.splitlines(), 1):
+        depth += line.count("{") - line.count("}")
+        assert depth >= 0, f"app.css line {number} closes a block that is not open"
+        if line.startswith("/*"):  # a section comment starts at the top level
+            assert depth == 0, f"app.css line {number}: a block above it is not closed"
+    assert depth == 0

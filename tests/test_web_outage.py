@@ -525,3 +525,38 @@ def _answer(served: Served, path: str, answers: list[Any]) -> None:
         answers.append((refused.code, json.loads(refused.read())))
     except (urllib.error.URLError, ConnectionError):
         pass
+
+
+def test_the_pages_database_threads_are_bounded_and_configurable(monkeypatch):
+    """At most SMALLOPS_WEB_DB_THREADS calls run at once (8 by default); a value that is not a
+    number of threads is one readable error, not a traceback when the first page loads."""
+    import asyncio
+
+    from smallops.errors import ConfigError
+    from smallops.web.outage import THREADS, THREADS_ENV, Database
+
+    engine = create_engine("sqlite://")
+    assert Database(engine, None).threads == THREADS == 8
+    monkeypatch.setenv(THREADS_ENV, "3")
+    db = Database(engine, None)
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    async def many() -> None:
+        await asyncio.gather(*(db.call(work) for _ in range(12)))
+
+    asyncio.run(many())
+    assert most == 3
+    for bad in ("0", "abc", "65", "-1"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(ConfigError, match="is not a number of threads"):
+            Database(engine, None)

@@ -13,14 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from smallops.config import CONFIG_FILE, Settings, find_project_root
 from smallops.errors import ConfigError, SmallopsError, StorageError, UnknownWorkflowError
-from smallops.storage.db import ensure_schema, log_database, safe_url
-from smallops.storage.health import DatabaseError
-from smallops.storage.store import Unreachable
-from smallops.storage.writer import replay_spool
-from smallops.workflow import Workflow
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from smallops.workflow import Workflow
 
 log = logging.getLogger("smallops")
 
@@ -60,6 +57,8 @@ class Project:
 
     def load_workflows(self) -> tuple[dict[str, Workflow[Any]], list[SmallopsError]]:
         """Every Workflow that loads, and the errors of the modules that do not."""
+        from smallops.workflow import Workflow  # (commands that only read the log skip it)
+
         folder = self.root / "workflows"
         found: dict[str, Workflow[Any]] = {}
         problems: list[SmallopsError] = []
@@ -94,6 +93,11 @@ class Project:
 
     def engine(self) -> Engine:
         """The log database, with its schema up to date and any spooled runs written."""
+        from smallops.storage.db import ensure_schema, log_database, safe_url
+        from smallops.storage.health import DatabaseError
+        from smallops.storage.store import Unreachable
+        from smallops.storage.writer import replay_spool
+
         url, engine = log_database(self.settings.log)
         try:
             ensure_schema(engine)

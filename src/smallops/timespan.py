@@ -21,7 +21,8 @@ def moment(
 ) -> datetime:
     """The moment `value` names, aware (UTC unless it says otherwise). With `end_of_day`, a bare
     date means the end of that day (an `until` of 2026-11-30 takes in the 30th). InputError
-    names `label` (e.g. "--since '7q'") when it is neither a span nor a date."""
+    names `label` (e.g. "--since '7q'") when it is neither a span nor a date, or names no moment
+    between the years 1 and 9999 in UTC (which is what a database compares it in)."""
     text = value.strip()
     match = _SPAN.fullmatch(text.lower())
     try:
@@ -32,10 +33,12 @@ def moment(
             day = date.fromisoformat(text) + timedelta(days=1)
             return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
         when = datetime.fromisoformat(text)
+        if when.tzinfo:
+            when.astimezone(timezone.utc)  # what the database compares: OverflowError if none
     except OverflowError:
+        where = "reaches back before the year 1" if match else "is outside the years 1 to 9999"
         raise InputError(
-            f"{label} reaches back before the year 1",
-            hint="use a shorter span, e.g. 3650d, or a date such as 2020-01-01",
+            f"{label} {where}", hint="use a shorter span, e.g. 3650d, or a date such as 2020-01-01"
         ) from None
     except ValueError:
         raise InputError(

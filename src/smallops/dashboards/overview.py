@@ -16,6 +16,7 @@ from smallops.dashboards.figures import Figures, change
 from smallops.dashboards.guards import guard_figures
 from smallops.dashboards.ranges import DAY, HOUR, Range, floor_hour, midnight
 from smallops.dashboards.review import backlog_figures, decision_figures
+from smallops.dashboards.together import together
 from smallops.storage import dashboard_figures as stored
 
 if TYPE_CHECKING:
@@ -41,22 +42,27 @@ def overview(
     week = {name: Figures() for name in names}
     before = {name: Figures() for name in names}
     daily: dict[str, dict[str, Figures]] = {name: {} for name in names}
-    for day in stored.day_totals(engine, since, end, split=week_start):
+    day_rows, group_rows, found, backlog, last_week, last_month = together(
+        lambda: list(stored.day_totals(engine, since, end, split=week_start)),
+        lambda: list(stored.groups(engine, week_start, end)),
+        lambda: stored.histograms(engine, week_start, end),
+        lambda: stored.backlog(engine),
+        lambda: stored.decisions(engine, now - WEEK),
+        lambda: stored.decisions(engine, now - timedelta(days=30)),
+    )
+    for day in day_rows:
         if day.workflow not in week:  # logged since the list was read
             continue
         if not day.recent:
             before[day.workflow].add_day(day)
         if day.day >= days[0]:
             daily[day.workflow].setdefault(day.day, Figures()).add_day(day)
-    for group in stored.groups(engine, week_start, end):
+    for group in group_rows:
         if group.workflow in week:
             week[group.workflow].add(group)
-    for (name, *_), histogram in stored.histograms(engine, week_start, end).items():
+    for (name, *_), histogram in found.items():
         if name in week:
             week[name].totals.histogram.update(histogram)
-    backlog = stored.backlog(engine)
-    last_week = stored.decisions(engine, now - WEEK)
-    last_month = stored.decisions(engine, now - timedelta(days=30))
     rows = []
     for name in names:
         wf = workflows.get(name)

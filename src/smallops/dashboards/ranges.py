@@ -38,7 +38,8 @@ class Range:
         first = self.since.replace(hour=0)
         last = (self.until - HOUR).replace(hour=0)
         count = (last - first) // DAY + 1
-        return [(first + i * DAY).strftime("%Y-%m-%d") for i in range(count)]
+        # isoformat, not strftime: "%Y" is not padded to four digits before the year 1000
+        return [(first + i * DAY).date().isoformat() for i in range(count)]
 
     def as_dict(self) -> dict[str, Any]:
         return {"since": self.since, "until": self.until, "days": len(self.days)}

@@ -12,6 +12,7 @@ from smallops.dashboards.guards import guard_figures
 from smallops.dashboards.overview import day_series
 from smallops.dashboards.ranges import Range
 from smallops.dashboards.review import backlog_figures, decision_figures
+from smallops.dashboards.together import together
 from smallops.errors import NotFoundError
 from smallops.storage import dashboard_figures as stored
 
@@ -47,20 +48,27 @@ def workflow_figures(
     daily: dict[str, Figures] = {}
     versions: dict[str, Figures] = {}
     models: dict[str, Figures] = {}
-    for one_day in stored.day_totals(engine, period.since, period.until, workflow=name):
+    day_rows, group_rows, found, decided, backlog = together(
+        lambda: list(stored.day_totals(engine, period.since, period.until, workflow=name)),
+        lambda: list(
+            stored.groups(engine, period.since, period.until, workflow=name, by_day=False)
+        ),
+        lambda: stored.histograms(engine, period.since, period.until, workflow=name, detail=True),
+        lambda: stored.decisions(engine, period.since, period.until, workflow=name).get(name),
+        lambda: stored.backlog(engine).get(name),
+    )
+    for one_day in day_rows:
         daily.setdefault(one_day.day, Figures()).add_day(one_day)
-    for group in stored.groups(engine, period.since, period.until, workflow=name, by_day=False):
+    for group in group_rows:
         total.add(group)
         versions.setdefault(group.prompt_version, Figures()).add(group)
         models.setdefault(group.model_served or NO_MODEL, Figures()).add(group)
-    found = stored.histograms(engine, period.since, period.until, workflow=name, detail=True)
     for (_, day, version, model), histogram in found.items():
         total.totals.histogram.update(histogram)
         for figures in (daily.get(day), versions.get(version), models.get(model or NO_MODEL)):
             if figures is not None:
                 figures.totals.histogram.update(histogram)
     wf = workflows.get(name)
-    decided = stored.decisions(engine, period.since, period.until, workflow=name).get(name)
     return {
         "workflow": name,
         "defined": wf is not None,
@@ -72,7 +80,7 @@ def workflow_figures(
         "prompt_versions": _breakdown(versions, "prompt_version"),
         "models": _breakdown(models, "model"),
         "review": {
-            **backlog_figures(stored.backlog(engine).get(name), now),
+            **backlog_figures(backlog, now),
             "in_range": decision_figures(decided),
         },
         "guards": guard_figures(engine, wf) if wf is not None else None,

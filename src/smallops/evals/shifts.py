@@ -4,8 +4,10 @@ Both read the pinned model's route only: calls a secondary model answered while 
 down are fallback traffic, reported as such, not a model change.
 
 Week over week, for each enum field of a workflow's output, a chi-square test on the counts of
-each value (this week against the week before) says whether the distribution moved: a silent
-model upgrade or a change in the inputs shows here before anyone complains.
+each value (the last 7 x 24 hours, the current one included, against the 7 x 24 before) says
+whether the distribution moved: a silent model upgrade or a change in the inputs shows here
+before anyone complains. The counts come from the label rollups (storage/label_rollups.py), by
+whole hours, not from the runs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from smallops.labels import enum_fields
 from smallops.stats import chi_square_test
-from smallops.storage.eval_log import output_schemas, output_value_counts, served_models
+from smallops.storage.eval_log import output_schemas, served_models
+from smallops.storage.hours import hour_of
+from smallops.storage.label_rollups import value_counts
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -34,13 +38,14 @@ def distribution_shifts(
 ) -> list[dict[str, Any]]:
     """Per enum field: value counts this week and last week, and the chi-square test."""
     now = now or datetime.now(timezone.utc)
-    week_ago, two_weeks_ago = now - timedelta(days=7), now - timedelta(days=14)
+    end = datetime.fromtimestamp(hour_of(now.timestamp()), timezone.utc) + timedelta(hours=1)
+    week_ago, two_weeks_ago = end - timedelta(days=7), end - timedelta(days=14)
     fields: dict[str, list[Any]] = {}
     for schema in output_schemas(engine, workflow):
         for name, values in enum_fields(schema or {}).items():
             fields.setdefault(name, []).extend(v for v in values if v not in fields.get(name, []))
-    counted = output_value_counts(
-        engine, workflow, list(fields), since=two_weeks_ago, split=week_ago, until=now
+    counted = value_counts(
+        engine, workflow, list(fields), since=two_weeks_ago, split=week_ago, until=end
     )
     counts = {
         name: {"this_week": Counter(this), "last_week": Counter(last)}

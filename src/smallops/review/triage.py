@@ -13,8 +13,9 @@ import base64
 import binascii
 import enum
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal, get_args, get_origin
 
 from smallops.errors import InputError
@@ -32,6 +33,8 @@ STATE_FILTERS: dict[str, tuple[str, ...] | None] = {
 AGE_SORTS = ("oldest", "newest")
 PREVIEW_CHARS = 80
 OUTPUT_FIELDS = 3
+MAX_RANK = 2**31 - 1  # a rank is an index into a field's declared values: far below this
+_RUN_ID = re.compile(r"[0-9a-f-]{1,36}")
 
 
 def states_for(value: str | None) -> tuple[str, ...] | None:
@@ -159,7 +162,9 @@ def cursor_of(sort_key: Sequence[Any]) -> str:
 
 
 def after_cursor(cursor: str | None) -> list[Any] | None:
-    """The sort key a cursor holds; InputError for one this server did not make."""
+    """The sort key a cursor holds; InputError for one this server did not make. Only values
+    a sort key can hold get through to the query (a rank, a UTC time, a run id): an edited
+    cursor cannot hand the database a NUL, a number it cannot bind or a time past year 9999."""
     if not cursor:
         return None
     try:
@@ -167,17 +172,25 @@ def after_cursor(cursor: str | None) -> list[Any] | None:
         values = json.loads(raw)
         if not isinstance(values, list) or not 2 <= len(values) <= 3:
             raise ValueError
-        return [
-            datetime.fromisoformat(v["t"]) if isinstance(v, dict) else _plain(v) for v in values
-        ]
-    except (ValueError, TypeError, KeyError, binascii.Error):
+        return [_moment(v["t"]) if isinstance(v, dict) else _plain(v) for v in values]
+    except (ValueError, TypeError, KeyError, OverflowError, binascii.Error):
         raise InputError(
             "the page cursor (?after=) is not one this queue made",
             hint="start from the first page: open the queue without ?after=",
         ) from None
 
 
+def _moment(text: Any) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)  # OverflowError past year 1 or 9999
+
+
 def _plain(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError
-    return value
+    """A rank (a small whole number) or a run id, as cursor_of writes them."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RANK:
+        return value
+    if isinstance(value, str) and _RUN_ID.fullmatch(value):
+        return value
+    raise ValueError

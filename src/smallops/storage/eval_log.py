@@ -7,8 +7,6 @@ nothing of workflows or eval sets.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,14 +15,8 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    String,
-    Text,
     and_,
-    case,
-    cast,
     func,
-    literal,
-    null,
     or_,
     select,
     update,
@@ -35,9 +27,6 @@ from smallops.storage import rollups
 from smallops.storage.db import write_transaction
 from smallops.storage.queries import PRIMARY
 from smallops.storage.schema import eval_cache, eval_results, eval_runs, prompt_versions, runs
-
-#: Enum fields counted in one scan of the outputs: their values' combinations are the groups.
-FIELDS_PER_SCAN = 3
 
 
 @dataclass(frozen=True)
@@ -307,95 +296,6 @@ def output_schemas(engine: Engine, workflow: str) -> list[dict[str, Any] | None]
             prompt_versions.c.workflow == workflow
         )
         return list(connection.execute(query).scalars().all())
-
-
-def output_value_counts(
-    engine: Engine,
-    workflow: str,
-    fields: Collection[str],
-    *,
-    since: datetime,
-    split: datetime,
-    until: datetime,
-) -> dict[str, tuple[dict[Any, int], dict[Any, int]]]:
-    """Per field: how often each value was output by the workflow's pinned route in [split,
-    until) and in [since, split), counted in the database rather than read run by run: one
-    GROUP BY over the fields together (a few at a time), since reading the rows costs more than
-    taking the values out of them. Outputs that are not objects, or lack the field, are not
-    counted; a value that is an object or a list is counted by its JSON text."""
-    names = list(fields)
-    counts: dict[str, tuple[dict[Any, int], dict[Any, int]]] = {n: ({}, {}) for n in names}
-    with engine.connect() as connection:
-        for start in range(0, len(names), FIELDS_PER_SCAN):
-            chunk = names[start : start + FIELDS_PER_SCAN]
-            values = [
-                _json_field(connection.dialect.name, name).label(f"v{i}")
-                for i, name in enumerate(chunk)
-            ]
-            later = case((runs.c.started_at >= split, 1), else_=0).label("later")
-            query = (
-                select(later, *values, func.count().label("outputs"))
-                .where(
-                    runs.c.workflow == workflow,
-                    PRIMARY,
-                    runs.c.started_at >= since,
-                    runs.c.started_at < until,
-                    or_(*(value.element.is_not(None) for value in values)),
-                )
-                .group_by(later, *values)
-            )
-            for row in connection.execute(query):
-                for i, name in enumerate(chunk):
-                    text = row[i + 1]
-                    if text is None:  # this output lacks the field
-                        continue
-                    after, before = counts[name]
-                    week = after if row.later else before
-                    value = json.loads(text)  # 1 and 1.0, true and 1: one value once read
-                    if isinstance(value, (dict, list)):  # a schema of another version's
-                        value = json.dumps(value, sort_keys=True)
-                    week[value] = week.get(value, 0) + int(row.outputs)
-    return counts
-
-
-def _json_field(dialect: str, name: str) -> Any:
-    """An output's field `name` as JSON text; NULL when the output is not an object or lacks
-    the field (a field that holds null is the text 'null')."""
-    if dialect == "postgresql":
-        return cast(runs.c.output.op("->")(literal(name, String())), Text())
-    if not _plain_key(name):
-        return _json_each_field(name)
-    path = literal(f'$."{name}"', String())
-    if sqlite3.sqlite_version_info >= (3, 38):  # `->` gives the JSON text: one parse, not three
-        return runs.c.output.op("->", return_type=Text())(path)
-    kind = func.json_type(runs.c.output, path)
-    return case(
-        (kind.is_(None), null()),
-        (kind.in_(["true", "false", "null"]), kind),  # json_extract would make them 1, 0, NULL
-        else_=func.json_quote(func.json_extract(runs.c.output, path)),
-    )
-
-
-def _plain_key(name: str) -> bool:
-    """Whether SQLite finds `name` by a JSON path: printable ASCII without quotes or
-    backslashes (a path cannot escape them, and it misses a key stored escaped, as \\u00e9)."""
-    return name.isascii() and name.isprintable() and '"' not in name and "\\" not in name
-
-
-def _json_each_field(name: str) -> Any:
-    """`_json_field` on SQLite for any other name: the output's keys as json_each reads them,
-    unescaped (slower than a path, so only for such names)."""
-    each = func.json_each(runs.c.output).table_valued("key", "value", "type").alias("field")
-    return (
-        select(
-            case(
-                (each.c.type.in_(["true", "false", "null"]), each.c.type),
-                else_=func.json_quote(each.c.value),
-            )
-        )
-        .where(each.c.key == literal(name, String()))
-        .scalar_subquery()
-    )
 
 
 def _aware(value: datetime) -> datetime:

@@ -37,7 +37,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
+from smallops.storage import label_rollups
 from smallops.storage.db import write_transaction
+from smallops.storage.hours import epoch, hour_of
 from smallops.storage.schema import RUN_COLUMNS, run_rollups, runs
 
 #: Buckets per doubling of latency: a bucket spans a factor of 2^(1/8), about 9%.
@@ -85,17 +87,6 @@ _STARTED, _MISMATCH, _INPUT, _OUTPUT, _CACHED, _COST, _LATENCY = (
 )
 
 Key = tuple[int, str, str, str, str, str, str, str]  # the hour as epoch seconds, then the rest
-
-
-def hour_of(started: float) -> int:
-    """The hour (epoch seconds) a run started, as its start is stored: to the microsecond,
-    rounded as `datetime.fromtimestamp` rounds, so a start less than half a microsecond before
-    the hour is in the next one, where the stored run is."""
-    hour = int(started // 3600 * 3600)
-    if started - hour >= 3600 - 1e-6:  # within a microsecond of the next hour: rare
-        stored = datetime.fromtimestamp(started, timezone.utc).timestamp()
-        hour = int(stored // 3600 * 3600)
-    return hour
 
 
 def bucket_of(latency_ms: float) -> int:
@@ -348,6 +339,7 @@ class Rebuilt:
     runs: int
     rollup_rows: int
     seconds: float
+    label_rows: int = 0
 
 
 #: Keys gathered in memory before they are merged into the table: bounds a rebuild's memory
@@ -357,10 +349,10 @@ _REBUILD_CHUNK = 5_000
 
 
 def rebuild(engine: Engine, progress: Callable[[int], None] | None = None) -> Rebuilt:
-    """Recompute every rollup from the runs, in one transaction: the table is cleared and
-    refilled, runs streamed, so memory stays bounded however many runs there are. Log writes
-    wait meanwhile (SQLite: the write lock; Postgres: the table lock), so no run is missed or
-    counted twice; `progress(runs)` is called as runs are read."""
+    """Recompute every rollup (label rollups too) from the runs, in one transaction: the tables
+    are cleared and refilled, runs streamed, so memory stays bounded however many runs there
+    are. Log writes wait meanwhile (SQLite: the write lock; Postgres: the table lock), so no run
+    is missed or counted twice; `progress(runs)` is called as runs are read."""
     with write_transaction(engine) as connection:
         return rebuild_in(connection, progress)
 
@@ -379,11 +371,11 @@ def rebuild_in(connection: Connection, progress: Callable[[int], None] | None = 
     cursor = raw.cursor() if dialect == "sqlite" else None
     execute_many = cursor.executemany if cursor is not None else _pg_execute_many(raw)
     pending = Rollups()
-    result = connection.execution_options(stream_results=True, yield_per=_REBUILD_CHUNK)
-    for chunk in result.execute(select(*columns)).partitions(_REBUILD_CHUNK):
+    streamed = select(*columns).execution_options(stream_results=True, yield_per=_REBUILD_CHUNK)
+    for chunk in connection.execute(streamed).partitions(_REBUILD_CHUNK):
         for row in chunk:
             fact = list(row)
-            fact[0] = _epoch(fact[0])
+            fact[0] = epoch(fact[0])
             pending.add_fact(fact)
         counted += len(chunk)
         if len(pending) >= REBUILD_FLUSH_KEYS:
@@ -392,10 +384,11 @@ def rebuild_in(connection: Connection, progress: Callable[[int], None] | None = 
         if progress is not None:
             progress(len(chunk))
     merge(execute_many, dialect, pending)
+    label_rows = label_rollups.rebuild_in(connection, execute_many)
     if cursor is not None:
         cursor.close()
     rows = connection.execute(select(func.count()).select_from(run_rollups)).scalar_one()
-    return Rebuilt(counted, rows, time.monotonic() - started)
+    return Rebuilt(counted, rows, time.monotonic() - started, label_rows)
 
 
 def _pg_execute_many(raw: Any) -> ExecuteMany:
@@ -404,14 +397,6 @@ def _pg_execute_many(raw: Any) -> ExecuteMany:
             cursor.executemany(sql, rows)
 
     return execute_many
-
-
-def _epoch(value: datetime | str) -> float:
-    if isinstance(value, str):  # SQLite, read without SQLAlchemy's type
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.timestamp()
 
 
 def count_runs(engine: Engine) -> int:
@@ -546,7 +531,7 @@ def _part_hour(connection: Connection, since: datetime, until: datetime) -> Roll
     rollups = Rollups()
     for row in connection.execute(query):
         fact = list(row)
-        fact[0] = _epoch(fact[0])
+        fact[0] = epoch(fact[0])
         rollups.add_fact(fact)
     return rollups
 

@@ -370,3 +370,20 @@ run_rollups = Table(
     ),
     Index("ix_run_rollups_workflow_hour", "workflow", "hour"),
 )
+
+# Per hour, workflow and prompt version, how often each label field of the pinned model's
+# production outputs took each value (label_rollups.py): what the drift check reads.
+label_rollups = Table(
+    "label_rollups",
+    metadata,
+    Column("hour", Timestamp, nullable=False),
+    Column("workflow", String(100), nullable=False),
+    Column("prompt_version", String(16), nullable=False),
+    Column("field", String(100), nullable=False),
+    Column("value", String(200), nullable=False),
+    _total("calls", BigInteger()),
+    PrimaryKeyConstraint(
+        "hour", "workflow", "prompt_version", "field", "value", name="pk_label_rollups"
+    ),
+    Index("ix_label_rollups_workflow_hour", "workflow", "hour"),
+)

@@ -4,9 +4,9 @@ Idempotent (a run id already present is skipped) so a batch replayed from the sp
 uncertain commit never duplicates a run. SQLite gets `executemany`; Postgres gets COPY into a
 temporary table and one `INSERT ... ON CONFLICT DO NOTHING`, about twice as fast as executemany.
 The same transaction adds the runs it actually inserted (ids read first on SQLite, RETURNING on
-Postgres) to the rollups (rollups.py), so a replayed run is counted once and a refused batch
-leaves them untouched, and writes the prompt parts its runs refer to (prompt_parts.py): a run
-is never committed without them, whatever happened to earlier batches.
+Postgres) to the rollups (rollups.py, then label_rollups.py), so a replayed run is counted once
+and a refused batch leaves them untouched, and writes the prompt parts its runs refer to
+(prompt_parts.py): a run is never committed without them, whatever happened to earlier batches.
 
 Every write has a bounded time: a watchdog breaks the connection when the time is up (Postgres:
 its socket is shut down; SQLite: the statement is interrupted), so a database that stops
@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from smallops.storage import rollups
+from smallops.storage import label_rollups, rollups
 from smallops.storage.db import direct_engine, ensure_schema
 from smallops.storage.health import refused
 from smallops.storage.prompt_parts import parts_of
@@ -342,6 +342,8 @@ def _write_sqlite(
         connection.executemany(_SQLITE_RUNS, _with_times(runs, _RUN_TIMES, _sqlite_time))
         inserted = _first_of_each(runs, lambda run_id: run_id not in logged)
         rollups.merge(connection.executemany, "sqlite", rollups.Rollups.of_run_rows(inserted))
+        labels = label_rollups.counts_of_run_rows(connection, "sqlite", inserted)
+        label_rollups.merge(connection.executemany, "sqlite", labels)
         if reviews:
             connection.executemany(
                 _SQLITE_REVIEWS, _with_times(reviews, _REVIEW_TIMES, _sqlite_time)
@@ -374,6 +376,8 @@ def _write_postgres(
             inserted = _first_of_each(runs, new.__contains__)
             merged = rollups.Rollups.of_run_rows(inserted)
             rollups.merge(cursor.executemany, "postgresql", merged)
+            labels = label_rollups.counts_of_run_rows(connection, "postgresql", inserted)
+            label_rollups.merge(cursor.executemany, "postgresql", labels)
             if reviews:
                 cursor.executemany(_PG_REVIEWS, _with_times(reviews, _REVIEW_TIMES, _pg_time))
     except BaseException:

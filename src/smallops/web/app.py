@@ -52,6 +52,7 @@ from smallops.web._http import (
 from smallops.web.auth import Auth, Sessions, load_secret_key
 from smallops.web.leases import give_back
 from smallops.web.outage import Database, DatabaseDown
+from smallops.web.params import EscapedQuery
 
 HERE = Path(__file__).parent
 DB_TIMEOUT = 5.0  # seconds a Postgres call may go unanswered before it is cut
@@ -114,7 +115,11 @@ def create_app(
     state = Web(desk, Database(desk.engine, db_timeout), auth, Sessions(key), templates(jinja))
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(_LimitBody, limit=max_body), Middleware(_AnswerWhenCancelled)],
+        middleware=[
+            Middleware(EscapedQuery),
+            Middleware(_LimitBody, limit=max_body),
+            Middleware(_AnswerWhenCancelled),
+        ],
         lifespan=_lifespan(state, webhook_interval),
         exception_handlers={
             404: no_such_page,

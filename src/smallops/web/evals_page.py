@@ -9,20 +9,20 @@ from starlette.responses import Response
 
 from smallops.dashboards import eval_history
 from smallops.errors import SmallopsError
-from smallops.web import eval_chart
+from smallops.web import eval_chart, params
 from smallops.web._http import error, guarded, render, web
 
 
 @guarded
 async def evals_page(request: Request) -> Response:
     """Eval runs a page at a time (`?workflow=`, `?before=<eval run id>` for older ones)."""
-    state, query = web(request), request.query_params
+    state = web(request)
     try:
         data = await state.db.call(
             eval_history.history,
             state.desk.engine,
-            workflow=query.get("workflow"),
-            before=query.get("before"),
+            workflow=params.query(request, "workflow"),
+            before=params.query(request, "before"),
         )
     except SmallopsError as exc:
         return error(request, exc)
@@ -38,9 +38,8 @@ async def eval_run_page(request: Request) -> Response:
     """One eval run: summary, accuracy per field, confusion matrices, results."""
     state = web(request)
     try:
-        data = await state.db.call(
-            eval_history.eval_run_page, state.desk.engine, request.path_params["eval_run_id"]
-        )
+        eval_run_id = params.path(request, "eval_run_id", "eval run", "eval history is at /evals")
+        data = await state.db.call(eval_history.eval_run_page, state.desk.engine, eval_run_id)
     except SmallopsError as exc:
         return error(request, exc)
     return render(request, "eval_run.html", data)
@@ -49,11 +48,10 @@ async def eval_run_page(request: Request) -> Response:
 @guarded
 async def compare_page(request: Request) -> Response:
     """The cases that changed from eval run `a` to eval run `b`, side by side."""
-    state, query = web(request), request.query_params
+    state = web(request)
     try:
-        data = await state.db.call(
-            eval_history.compare_page, state.desk.engine, query.get("a"), query.get("b")
-        )
+        a, b = params.query(request, "a"), params.query(request, "b")
+        data = await state.db.call(eval_history.compare_page, state.desk.engine, a, b)
     except SmallopsError as exc:
         return error(request, exc)
     return render(request, "eval_compare.html", data)

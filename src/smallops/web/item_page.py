@@ -13,6 +13,7 @@ database says it was not saved; one saved when the next item could not be loaded
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +27,7 @@ from smallops.jsonl import parse
 from smallops.ordering import item_in_order
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, Decision, HeldError
+from smallops.web import params
 from smallops.web._http import (
     JSON,
     body,
@@ -88,29 +90,35 @@ async def item_page(request: Request) -> Response:
     """The item as it stands; reading it claims nothing."""
     state = web(request)
     try:
-        item = await state.db.call(state.desk.item, request.path_params["run_id"])
-    except NotFoundError as exc:
+        run_id = item_id(request)
+        workflow = params.query(request, "workflow")  # posted back with a decision, then filters
+        item = await state.db.call(state.desk.item, run_id)
+    except (NotFoundError, InputError) as exc:
         return error(request, exc)
-    return show(request, item)
+    return show(request, item, workflow=workflow)
 
 
 @guarded
 async def claim(request: Request) -> Response:
     """Claim the item for this reviewer (giving back the one they held before), then show it;
     a 409 if someone else holds it or it is decided."""
-    run_id, name = request.path_params["run_id"], reviewer(request)
-    state = web(request)
+    name, state = reviewer(request), web(request)
     try:
+        run_id = item_id(request)
         form = await body(request)
+        workflow = params.form_text(form, "workflow")
+    except SmallopsError as exc:
+        return error(request, exc)
+    try:
         item = await state.db.call(state.desk.claim, run_id, name)
     except (HeldError, DecidedError) as exc:
-        return show(request, await state.db.call(state.desk.item, run_id), problem=exc, status=409)
+        held = await state.db.call(state.desk.item, run_id)
+        return show(request, held, problem=exc, status=409, workflow=workflow)
     except SmallopsError as exc:
         return error(request, exc)
     await moved_on(state, run_id, name)
     if wants_json(request):
-        return show(request, item)
-    workflow = str(form.get("workflow") or "")
+        return show(request, item, workflow=workflow)
     return redirect(
         f"/items/{run_id}" + ("?" + urlencode({"workflow": workflow}) if workflow else "")
     )
@@ -119,30 +127,34 @@ async def claim(request: Request) -> Response:
 @guarded
 async def act(request: Request) -> Response:
     """Approve, correct, reject or skip; then on to the next item. Errors change nothing."""
-    run_id, action = request.path_params["run_id"], request.path_params["action"]
+    action = request.path_params["action"]
     if action not in ACTIONS:
-        return error(request, NotFoundError(f"no action {action!r}", hint=", ".join(ACTIONS)))
+        unknown = NotFoundError(f"no action {params.shown(action)}", hint=", ".join(ACTIONS))
+        return error(request, unknown)
     state, name = web(request), reviewer(request)
     desk, db = state.desk, state.db
     try:
+        run_id = item_id(request)
         form = await body(request)
+        workflow = params.form_text(form, "workflow")  # checked before anything is saved
     except SmallopsError as exc:
         return error(request, exc)
+    skipped = set(skipped_ids(request)) | ({run_id} if action == "skip" else set())
     try:
-        decision = await db.save(decide, desk, action, run_id, name, form)
+        decision, following = await db.save_then(
+            functools.partial(decide, desk, action, run_id, name, form),
+            functools.partial(claim_next, desk, name, workflow, skipped),
+        )
     except SmallopsError as exc:
         if wants_json(request) or isinstance(exc, (NotFoundError, DatabaseDown)):
             return error(request, exc)
         item = await db.call(desk.item, run_id)
         values = form if action == "correct" else None
-        return show(request, item, problem=exc, status=status_of(exc), values=values)
+        status = status_of(exc)
+        return show(request, item, problem=exc, status=status, values=values, workflow=workflow)
     state.leases.settled(run_id)
-    workflow = str(form.get("workflow") or "") or None
-    skipped = set(skipped_ids(request)) | ({run_id} if action == "skip" else set())
     data = {"action": action, "run_id": run_id, "decision": decision, "saved": True}
-    try:
-        following = await db.call(claim_next, desk, name, workflow, skipped)
-    except DatabaseDown:
+    if isinstance(following, DatabaseDown):
         response = saved_without_next(request, action, run_id, data)
     else:
         if following:
@@ -186,6 +198,11 @@ def decide(
     return desk.correct(run_id, name, output)
 
 
+def item_id(request: Request) -> str:
+    """The run id in the path; a 404 for one no run can have."""
+    return params.path(request, "run_id", "review item for run", "the queue at / lists them")
+
+
 def show(
     request: Request,
     item: dict[str, Any],
@@ -193,8 +210,10 @@ def show(
     problem: SmallopsError | None = None,
     status: int = 200,
     values: dict[str, Any] | None = None,
+    workflow: str | None = None,
 ) -> Response:
     """The item page; after a refused action, with the error and the reviewer's own input.
+    `workflow` is the queue filter the reviewer came with (checked: it is posted back).
 
     `held_by` is who holds it now; `yours` whether that is this reviewer (if nobody does, the
     page offers to claim it); `read_only` whether it cannot be decided (decided, or held by
@@ -212,7 +231,7 @@ def show(
         "cannot_approve": web(request).desk.approvable(item) if pending else None,
         "error": problem.message if problem else None,
         "hint": problem.hint if problem else None,
-        "workflow": request.query_params.get("workflow") or (values or {}).get("workflow"),
+        "workflow": workflow,
     }
     form = form_view(item, values)
     extra = {

@@ -13,14 +13,15 @@ saved: not, or not known when the database stopped answering during its commit.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from starlette.concurrency import run_in_threadpool
+import anyio.to_thread
 
-from smallops.errors import StorageError
+from smallops.errors import ConfigError, StorageError
 from smallops.storage.health import CommitWatch, Health, first_line, unreachable
 from smallops.storage.watchdog import bound_calls
 
@@ -29,8 +30,30 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 T = TypeVar("T")
+U = TypeVar("U")
 RETRY_AFTER = 5  # seconds a client is asked to wait before trying again
 RETRY_EVERY = 2.0  # seconds between tries of a database known to be down
+#: Threads doing the pages' database work at once. Few on purpose: thirty requests each in a
+#: thread of their own spend the GIL handing work to each other (bench/desk_load.py: about a
+#: fifth more decisions per second with 8 than with 40, anyio's default); the rest wait their
+#: turn without a thread. SMALLOPS_WEB_DB_THREADS sets another number.
+THREADS = 8
+THREADS_ENV = "SMALLOPS_WEB_DB_THREADS"
+
+
+def thread_count() -> int:
+    """THREADS, or the number SMALLOPS_WEB_DB_THREADS gives (1 to 64)."""
+    given = os.environ.get(THREADS_ENV, "").strip()
+    if not given:
+        return THREADS
+    if not given.isdigit() or not 1 <= int(given) <= 64:
+        raise ConfigError(
+            f"{THREADS_ENV}={given[:20]!r} is not a number of threads",
+            hint=f"give a whole number from 1 to 64, or unset it for {THREADS}",
+        )
+    return int(given)
+
+
 UNREACHABLE = "the database is unreachable"
 
 
@@ -79,14 +102,40 @@ class Database:
         self._retrying = threading.Lock()  # held by the one call trying a down database again
         self._next_try = 0.0  # when (time.monotonic) a down database may be tried again
         self.commits = CommitWatch(engine)
+        self.threads = thread_count()
+        self._threads: anyio.CapacityLimiter | None = None  # made in the server's event loop
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(...)` in a worker thread; DatabaseDown if the database is unreachable."""
-        return await run_in_threadpool(self._attempt, functools.partial(fn, *args, **kwargs), False)
+        return await self._in_thread(functools.partial(fn, *args, **kwargs), False)
 
     async def save(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Like `call`, for a decision: its DatabaseDown says whether it was saved."""
-        return await run_in_threadpool(self._attempt, functools.partial(fn, *args, **kwargs), True)
+        return await self._in_thread(functools.partial(fn, *args, **kwargs), True)
+
+    async def save_then(
+        self, save: Callable[[], T], then: Callable[[], U]
+    ) -> tuple[T, U | DatabaseDown]:
+        """`save()` as `save` runs it, then `then()` as `call` runs it, in one trip to a worker
+        thread (a decision and the claim of the next item). The save's failure raises; the
+        second call's outage is returned in its place: the decision is saved all the same."""
+
+        def both() -> tuple[T, U | DatabaseDown]:
+            saved = self._attempt(save, True)
+            try:
+                return saved, self._attempt(then, False)
+            except DatabaseDown as exc:
+                return saved, exc
+
+        return await self._run(both)
+
+    async def _in_thread(self, work: Callable[[], T], saving: bool) -> T:
+        return await self._run(functools.partial(self._attempt, work, saving))
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(self.threads)
+        return await anyio.to_thread.run_sync(work, limiter=self._threads)
 
     def failed(self, error: BaseException, cuts_before: int | None = None) -> None:
         """Note an outage (logged if it is news); the next try waits RETRY_EVERY seconds."""

@@ -19,6 +19,8 @@ from smallops.errors import SmallopsError
 from smallops.review import triage
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import DecidedError, HeldError
+from smallops.storage.review_log import QueueOrder
+from smallops.web import params
 from smallops.web._http import (
     JSON,
     Web,
@@ -51,20 +53,17 @@ async def queue_page(request: Request) -> Response:
     input and output, their age and who holds which; sorted by age or an output field over the
     whole queue, PAGE at a time."""
     desk, db = web(request).desk, web(request).db
-    workflow = request.query_params.get("workflow") or None
-    state = request.query_params.get("state") or "pending"
-    sort = request.query_params.get("sort") or None
-    shown = {n: w for n, w in output_models(desk).items() if workflow in (None, n)}
     try:
+        workflow = params.query(request, "workflow")
+        state = params.query(request, "state") or "pending"
+        sort = params.query(request, "sort")
+        shown = {n: w for n, w in output_models(desk).items() if workflow in (None, n)}
         states = triage.states_for(state)
         order = triage.queue_order(sort, shown)
-        after = triage.after_cursor(request.query_params.get("after"))
+        after = triage.after_cursor(params.query(request, "after", "the page cursor (?after=)"))
     except SmallopsError as exc:
         return error(request, exc)
-    counts = await db.call(desk.queue.counts)
-    items = await db.call(
-        desk.queue.items, workflow, state=states, limit=PAGE + 1, order=order, after=after
-    )
+    counts, items = await db.call(queue_view, desk, workflow, states, order, after)
     more, items = len(items) > PAGE, items[:PAGE]
     now = datetime.now(timezone.utc)
     for item in items:
@@ -90,6 +89,20 @@ async def queue_page(request: Request) -> Response:
         "done": done_message(request),
     }
     return render(request, "queue.html", data)
+
+
+def queue_view(
+    desk: ReviewDesk,
+    workflow: str | None,
+    states: tuple[str, ...] | None,
+    order: QueueOrder | None,
+    after: list[Any] | None,
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """The counts per state and one page of items (PAGE + 1, to tell whether more follow): one
+    trip to a database thread for both."""
+    counts = desk.queue.counts()
+    items = desk.queue.items(workflow, state=states, limit=PAGE + 1, order=order, after=after)
+    return counts, items
 
 
 def output_models(desk: ReviewDesk) -> dict[str, Any]:
@@ -122,7 +135,7 @@ async def next_item(request: Request) -> Response:
     state = web(request)
     try:
         form = await body(request)
-        workflow = str(form.get("workflow") or "") or None
+        workflow = params.form_text(form, "workflow")
         run_id = await state.db.call(state.desk.claim_next_id, reviewer(request), workflow)
     except SmallopsError as exc:
         return error(request, exc)

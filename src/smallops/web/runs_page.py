@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from smallops.dashboards import runs
 from smallops.errors import SmallopsError
+from smallops.web import params
 from smallops.web._http import error, guarded, render, web
 from smallops.web.queue_page import output_model
 
@@ -21,7 +22,7 @@ async def runs_page(request: Request) -> Response:
     state = web(request)
     desk = state.desk
     try:
-        query = runs.parse_query(request.query_params)
+        query = runs.parse_query({name: params.query(request, name) for name in runs.PARAMS})
         data = await state.db.call(
             runs.browse,
             desk.engine,
@@ -43,7 +44,7 @@ async def run_page(request: Request) -> Response:
         record = await state.db.call(
             runs.run_record,
             desk.engine,
-            request.path_params["run_id"],
+            params.path(request, "run_id", "run", "the runs browser at /runs lists them"),
             lambda name: output_model(desk, name),
         )
     except SmallopsError as exc:

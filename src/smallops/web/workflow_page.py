@@ -11,7 +11,7 @@ from starlette.responses import Response
 from smallops.dashboards.ranges import DEFAULT_SINCE, parse_range
 from smallops.dashboards.workflow import workflow_figures
 from smallops.errors import SmallopsError
-from smallops.web import _format, charts
+from smallops.web import _format, charts, params
 from smallops.web._http import error, guarded, render, web
 from smallops.web.overview_page import day_charts
 
@@ -23,10 +23,10 @@ PRESETS = ("7d", "30d", "90d")
 async def workflow_page(request: Request) -> Response:
     """400 for a range it cannot read, 404 for a workflow nobody knows."""
     state = web(request)
-    name = request.path_params["name"]
-    since = request.query_params.get("since") or None
-    until = request.query_params.get("until") or None
     try:
+        name = params.path(request, "name", "workflow", "the Overview at /dashboard lists them")
+        since = request.query_params.get("since") or None  # parse_range reads any text
+        until = request.query_params.get("until") or None
         period = parse_range(since, until, datetime.now(timezone.utc))
         data = await state.db.call(
             workflow_figures, state.desk.engine, name, state.desk.workflows, period

@@ -8,7 +8,9 @@ from smallops.storage.rollups import rebuild_in
 from smallops.storage.schema import metadata
 
 MIGRATION_LOCK = 7_465_301  # Postgres advisory lock id: one migrating process at a time
-ROLLUPS_REVISION = "0007"  # the revision that added the rollups
+#: The revisions that added rollups (run rollups, label rollups): a log upgraded past one of them
+#: gets them computed from its runs.
+ROLLUP_REVISIONS = ("0007", "0009")
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
@@ -30,7 +32,7 @@ with engine.connect() as connection:
         before = migration.get_current_revision()
         context.run_migrations()
         after = migration.get_current_revision()
-        if before is not None and before < ROLLUPS_REVISION <= (after or ""):
+        if before is not None and any(before < r <= (after or "") for r in ROLLUP_REVISIONS):
             # A log that had runs before the rollups existed: computed in this transaction,
             # so a failed rebuild leaves the log as it was, to be upgraded again.
             rebuild_in(connection)

@@ -6,8 +6,8 @@ holds everything inline, as every run written before this revision does, and is 
 Adding a column with no default leaves existing rows untouched on both engines (no rewrite of
 a large `runs` table).
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
