@@ -290,6 +290,7 @@ def test_upgrading_a_log_from_before_the_label_rollups_fills_them(tmp_path):
             for name in ("started_at", "finished_at"):
                 values[name] = datetime.fromtimestamp(values[name], timezone.utc)
             values["inputs"], values["attempts"] = {}, []
+            values.pop("compacted", None)  # a column of a later revision (0010)
             if values["output"] is not None:
                 values["output"] = json.loads(values["output"])
             connection.execute(runs.insert().values(**values))
