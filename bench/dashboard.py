@@ -42,7 +42,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from scratch import pg_schema
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from smallops.evals.shifts import distribution_shifts, model_changes
@@ -395,23 +396,6 @@ def progress(what: str, done: int, total: int) -> None:
         print(f"  {what} {done:,} / {total:,}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def pg_schema(url: str, keep: bool) -> Iterator[str]:
-    """A fresh schema on the Postgres at `url`, dropped afterwards unless kept."""
-    parsed = make_url(normalise_url(url, Path.cwd()))
-    admin = create_engine(parsed, isolation_level="AUTOCOMMIT")
-    name = f"smallops_dashboard_{os.getpid()}"
-    with admin.connect() as c:
-        c.execute(text(f"CREATE SCHEMA {name}"))
-    try:
-        yield parsed.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(False)
-    finally:
-        if not keep:
-            with admin.connect() as c:
-                c.execute(text(f"DROP SCHEMA {name} CASCADE"))
-        admin.dispose()
-
-
 def command_env() -> dict[str, str]:
     """The environment of the smallops commands timed here: this checkout's code, the log named
     by the project, and bytecode cached as an installed package has it (a machine that sets
@@ -586,7 +570,8 @@ def main() -> None:
             if args.engine == "sqlite" or args.reuse:
                 url = f"sqlite:///{project / 'log.db'}"
             else:
-                url = stack.enter_context(pg_schema(args.pg_url, keep=args.keep is not None))
+                kept = args.keep is not None
+                url = stack.enter_context(pg_schema(args.pg_url, "dashboard", keep=kept))
             write_project(project, url)
             url = normalise_url(url, project)
             ensure_schema(get_engine(url))

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from scratch import pg_schema
 from sqlalchemy import (
     JSON,
     Column,
@@ -64,10 +65,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import make_url
 
 from smallops.ids import uuid7
-from smallops.storage.db import ensure_schema, normalise_url
+from smallops.storage.db import ensure_schema
 from smallops.storage.schema import Json, prompt_versions, review_decisions, review_items, runs
 from smallops.web.auth import hash_password
 
@@ -78,22 +78,6 @@ CATEGORIES = ["billing", "support", "sales", "spam", "other"]
 URGENCIES = ["low", "normal", "high"]
 STATES = {"approve": "approved", "correct": "corrected"}
 CLI = [sys.executable, "-c", "import sys; from smallops.cli import main; main(sys.argv[1:])"]
-
-
-@contextlib.contextmanager
-def pg_schema(pg_url: str) -> Iterator[str]:
-    """A scratch schema, dropped afterwards; yields a URL whose search_path is that schema."""
-    url = make_url(normalise_url(pg_url, Path.cwd()))
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"smallops_desk_{os.getpid()}_{time.monotonic_ns()}"
-    with admin.connect() as c:
-        c.execute(text(f"CREATE SCHEMA {name}"))
-    try:
-        yield url.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(False)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f"DROP SCHEMA {name} CASCADE"))
-        admin.dispose()
 
 
 def plain(table: Table) -> Table:
@@ -593,7 +577,7 @@ def main() -> None:
 
     try:
         names = make_project(folder / "ops", args.reviewers)
-        with pg_schema(args.database_url) as url:
+        with pg_schema(args.database_url, "desk") as url:
             engine = create_engine(url)
             ensure_schema(engine)
             began = time.perf_counter()

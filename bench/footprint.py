@@ -26,11 +26,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
+from scratch import pg_schema
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 import smallops
 from smallops.config import Settings
@@ -93,22 +92,6 @@ def sqlite_figures(path: Path, runs: int) -> dict[str, float]:
     return figures
 
 
-@contextlib.contextmanager
-def pg_schema(pg_url: str) -> Iterator[str]:
-    """A scratch schema, dropped afterwards; yields a URL whose search_path is that schema."""
-    url = make_url(normalise_url(pg_url, Path.cwd()))
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"smallops_footprint_{os.getpid()}_{time.monotonic_ns()}"
-    with admin.connect() as c:
-        c.execute(text(f"CREATE SCHEMA {name}"))
-    try:
-        yield url.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(False)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f"DROP SCHEMA {name} CASCADE"))
-        admin.dispose()
-
-
 def pg_figures(url: str, runs: int) -> dict[str, float]:
     engine = create_engine(normalise_url(url, Path.cwd()), isolation_level="AUTOCOMMIT")
     with engine.connect() as c:
@@ -156,7 +139,7 @@ def main() -> None:
         figures = sqlite_figures(db, args.runs)  # after a checkpoint: the whole file
         show(f"SQLite ({db.stat().st_size / 1e6:.1f} MB file)", figures)
         if args.pg_url:
-            with pg_schema(args.pg_url) as url:
+            with pg_schema(args.pg_url, "footprint") as url:
                 run_demo(Path(scratch) / "postgres", args.runs, url)
                 show("Postgres", pg_figures(url, args.runs))
 

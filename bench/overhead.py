@@ -48,8 +48,8 @@ from typing import Any, Literal
 import openai
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from scratch import pg_schema
+from sqlalchemy import text
 
 import smallops
 from smallops import Settings, Workflow
@@ -435,22 +435,6 @@ def replay_into(url: str, spool_file: Path, scratch: Path) -> tuple[float, int]:
     return rate, rows
 
 
-@contextlib.contextmanager
-def pg_schema(pg_url: str) -> Iterator[str]:
-    """A scratch schema, dropped afterwards; yields a URL whose search_path is that schema."""
-    url = make_url(normalise_url(pg_url, Path.cwd()))
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    name = f"smallops_bench_{os.getpid()}_{time.monotonic_ns()}"
-    with admin.connect() as c:
-        c.execute(text(f"CREATE SCHEMA {name}"))
-    try:
-        yield url.update_query_dict({"options": f"-csearch_path={name}"}).render_as_string(False)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f"DROP SCHEMA {name} CASCADE"))
-        admin.dispose()
-
-
 PERSONAL_EMAIL = (
     "Hello, my card was charged twice for invoice 2025-118. Call me on +44 20 7946 0958 "
     "or write to jane.doe@example.com. "
@@ -498,7 +482,7 @@ def writer_alone(
                 url = (
                     f"sqlite:///{scratch}/replay-{r}.db"
                     if target == "sqlite"
-                    else stack.enter_context(pg_schema(pg_url or ""))
+                    else stack.enter_context(pg_schema(pg_url or "", "bench"))
                 )
                 rate, rows = replay_into(url, spool_file, scratch)
             if rows != n:
