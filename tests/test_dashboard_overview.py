@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,6 +29,7 @@ from models import GOOD
 
 pytest.importorskip("starlette", reason="the web extra is not installed")
 
+from live_server import serving_app
 from test_web import JSON_HEADERS, make, serve
 
 PINNED = "gpt-4o-mini-2024-07-18"
@@ -404,7 +403,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 @contextlib.contextmanager
 def serving_dashboards(tmp_path: Path) -> Iterator[str]:
     """Two workflows with five weeks of calls, one item waiting, under uvicorn."""
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from smallops.review.desk import ReviewDesk
     from smallops.web.app import create_app
 
@@ -442,24 +441,8 @@ def serving_dashboards(tmp_path: Path) -> Iterator[str]:
         secret_key=b"test-secret-key",
         env={},
     )
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
+    with serving_app(app) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
 
 
 def test_the_overview_and_a_workflow_page_in_chromium_at_desktop_and_phone_width(tmp_path):

@@ -5,15 +5,13 @@ box); screenshots into the test artifacts, for a person to look at."""
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from live_server import serving_app
 from smallops import Settings
 from smallops.review.desk import ReviewDesk
 from test_eval_history import Model, evaluate, workflow
@@ -49,24 +47,8 @@ def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
     )
     engine = wf.plan().writer.store.engine
     app = create_app(ReviewDesk(engine, {wf.name: wf}), settings, require_login=True, env={})
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
+    with serving_app(app) as port:
         yield {"base": f"http://127.0.0.1:{port}", "ids": ids}
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
 
 
 def _overflow(page: Any) -> int:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 from sqlalchemy import select
 
+from live_server import serving_app
 from smallops import FakeProvider, Settings, Workflow
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import ReviewQueue
@@ -77,26 +75,8 @@ def serving(
     wf.plan().writer.flush()
     engine = wf.plan().writer.store.engine
     app = create_app(ReviewDesk(engine, {wf.name: wf}), settings, require_login=True, env={})
-    # uvicorn serves on a socket bound here, so no other process can take its port between
-    # finding a free one and binding it.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
+    with serving_app(app) as port:
         yield {"base": f"http://127.0.0.1:{port}", "ids": ids, "engine": engine}
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
 
 
 def _answering(answers: list[Any]) -> Any:

@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -32,9 +31,9 @@ from smallops.storage.schema import RUN_COLUMNS, eval_results, eval_runs, review
 from models import GOOD
 
 pytest.importorskip("starlette", reason="the web extra is not installed")
-import uvicorn
 from starlette.testclient import TestClient
 
+from live_server import serving_app
 from smallops.web import auth
 from test_dashboard_overview import run_row, write
 from test_eval_history import two_eval_runs
@@ -447,25 +446,8 @@ def test_every_page_answers_503_within_seconds_while_the_database_stalls(tmp_pat
 @contextlib.contextmanager
 def uvicorn_serving(client: TestClient, http: str) -> Iterator[int]:
     """The client's app under uvicorn on 127.0.0.1 (its port), with the HTTP parser `http`."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    config = uvicorn.Config(
-        client.app, host="127.0.0.1", port=port, http=http, lifespan="off", log_config=None
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
+    with serving_app(client.app, http=http, log_config=None) as port:
         yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
 
 
 def raw_get(port: int, target: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -26,8 +26,8 @@ from smallops.storage.db import ensure_schema
 
 pytest.importorskip("starlette", reason="the web extra is not installed")
 import httpx
-import uvicorn
 
+from live_server import serving_app
 from smallops.web import auth
 from smallops.web.app import create_app
 from smallops.web.auth import LoginThrottle, TooManyFailures
@@ -155,23 +155,8 @@ def uvicorn_serving(tmp_path: Path) -> Iterator[str]:
     settings = Settings(root=tmp_path, reviewers={"dana": auth.hash_password(PASSWORD)})
     desk = ReviewDesk(engine, {wf.name: wf})
     app = create_app(desk, settings, require_login=True, secret_key=b"k" * 32, env={})
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
+    with serving_app(app) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        listener.close()
 
 
 def burst(base: str, bodies: list[dict[str, str]]) -> list[int]:
