@@ -17,6 +17,7 @@ def hour_of(started: float) -> int:
 
 
 def epoch(value: datetime | str) -> float:
+    """A stored start as epoch seconds: SQLite's text is UTC, and so is a naive datetime."""
     if isinstance(value, str):  # SQLite, read without SQLAlchemy's type
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
