@@ -6,15 +6,16 @@
    would: GET /login, POST /login with the form's CSRF token, GET /, POST /next, then GET the
    item page and POST approve with the form's CSRF token, again and again (the approve answers
    with a redirect to the next item); every 10th decision a reviewer also reloads the queue page.
-   It prints decisions/s, decision p50/p95, item page p50/p95 and queue page p50/p95, then checks
-   that every decision was recorded exactly once. Targets: >= 100 decisions/s, decision p95 <
-   200 ms, queue page p95 < 100 ms.
-   By default the reviewers never pause (a closed loop): that measures capacity, but with 30
-   clients always waiting every answer queues behind the others' (Little's law: a latency of
-   30 / requests per second), so latency there says little about a desk at a given load. With
-   --rate R the reviewers together start R open-and-approve cycles a second, each on its own
-   schedule (an open loop, as wrk2 or k6's constant arrival rate), and latency is measured at
-   that load; a cycle that starts late is counted, never skipped.
+   Two phases, on the same server and queue:
+   - capacity: the reviewers never pause (a closed loop), so decisions/s is what the desk can
+     take. Latency there says little: with 30 clients always waiting, every answer queues
+     behind the others' (Little's law: about 30 / requests per second), whatever the server.
+   - latency at --rate R (default 100): the reviewers together start R open-and-approve cycles
+     a second, each on its own schedule (an open loop, as wrk2 or k6's constant arrival rate),
+     and latency is measured at that load; a cycle that starts late is counted, never skipped.
+   Each phase prints decisions/s and the decision, item page and queue page p50/p95; then every
+   decision of both is checked to be recorded exactly once. Targets: >= 100 decisions/s of
+   capacity; at 100 decisions/s, decision p95 < 200 ms and queue page p95 < 100 ms.
 2. Statements: the SQL statements one open-and-approve cycle (GET the item page, POST approve,
    which claims the next item) issues, counted in-process with a `before_cursor_execute` hook.
 3. Stats (--stats-runs N, default 200,000; 0 skips it): `review stats` and the distribution-shift
@@ -23,8 +24,9 @@
 The machine is shared and noisy: quote medians and the conditions.
 
 Run: python bench/desk_load.py [--database-url URL] [--items 20000] [--reviewers 30]
-     [--seconds 30] [--rate R] [--stats-runs 200000] [--json]
-(--seconds 0 skips the load test, to time the stats alone.)
+     [--seconds 30] [--rate 100] [--stats-runs 200000] [--json]
+(--seconds is per phase; 0 skips the load test, to time the stats alone. --rate 0 skips the
+latency phase.)
 The URL defaults to SMALLOPS_TEST_DATABASE_URL. Everything is made in a fresh schema that is
 dropped afterwards.
 """
@@ -388,7 +390,25 @@ async def drive(
             await client.aclose()
 
 
-def verify(engine: Engine, t: Timings) -> dict[str, Any]:
+def load_figures(phase: str, rate: float, t: Timings, took: float) -> dict[str, Any]:
+    """One phase's figures, each named after the phase."""
+    figures = {
+        "seconds": round(took, 1),
+        "offered_per_s": rate or "as fast as answered",
+        "late_cycles": t.late,
+        "decisions_per_s": round(len(t.decided) / took, 1),
+        "decision_p50_ms": ms(t.decision, 0.5),
+        "decision_p95_ms": ms(t.decision, 0.95),
+        "item_page_p50_ms": ms(t.item, 0.5),
+        "item_page_p95_ms": ms(t.item, 0.95),
+        "queue_page_p50_ms": ms(t.queue, 0.5),
+        "queue_page_p95_ms": ms(t.queue, 0.95),
+        "errors": dict(t.errors),
+    }
+    return {f"{phase}_{name}": value for name, value in figures.items()}
+
+
+def verify(engine: Engine, decided: list[str]) -> dict[str, Any]:
     """Every decision recorded exactly once: one approve row per decision made, none twice."""
     with engine.connect() as c:
         rows = c.execute(
@@ -397,20 +417,20 @@ def verify(engine: Engine, t: Timings) -> dict[str, Any]:
                 "GROUP BY run_id"
             )
         ).all()
-        decided = c.execute(
+        items_decided = c.execute(
             text("SELECT count(*) FROM review_items WHERE state <> 'pending'")
         ).scalar_one()
     recorded: dict[str, int] = {str(run_id): int(count) for run_id, count in rows}
-    made = Counter(t.decided)
+    made = Counter(decided)
     return {
-        "decisions_made": len(t.decided),
+        "decisions_made": len(decided),
         "decision_rows": sum(recorded.values()),
-        "items_decided": decided,
+        "items_decided": items_decided,
         "decided_twice": sum(1 for count in recorded.values() if count > 1),
         "made_twice": sum(1 for count in made.values() if count > 1),
         "missing": sum(1 for run_id in made if run_id not in recorded),
         "exactly_once": (
-            sum(recorded.values()) == len(t.decided) == decided
+            sum(recorded.values()) == len(decided) == items_decided
             and all(count == 1 for count in recorded.values())
             and set(recorded) == set(made)
         ),
@@ -548,7 +568,7 @@ def show(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         return
     for key, value in report.items():
-        print(f"{key:22} {value}", flush=True)
+        print(f"{key:27} {value}", flush=True)
     report.clear()
 
 
@@ -559,7 +579,10 @@ def main() -> None:
     parser.add_argument("--reviewers", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="open-and-approve cycles a second (0: no pause)"
+        "--rate",
+        type=float,
+        default=100.0,
+        help="open-and-approve cycles a second of the latency phase (0: no latency phase)",
     )
     parser.add_argument("--stats-runs", type=int, default=200_000)
     parser.add_argument("--json", action="store_true")
@@ -586,26 +609,17 @@ def main() -> None:
             done(queue_reads(engine))
             if args.seconds > 0:
                 port = free_port()
+                decided: list[str] = []
                 with serve(folder / "ops", url, port):
-                    t, took = asyncio.run(
-                        drive(f"http://127.0.0.1:{port}", list(names), args.seconds, args.rate)
-                    )
-                done(
-                    {
-                        "seconds": round(took, 1),
-                        "offered_per_s": args.rate or "as fast as answered",
-                        "late_cycles": t.late,
-                        "decisions_per_s": round(len(t.decided) / took, 1),
-                        "decision_p50_ms": ms(t.decision, 0.5),
-                        "decision_p95_ms": ms(t.decision, 0.95),
-                        "item_page_p50_ms": ms(t.item, 0.5),
-                        "item_page_p95_ms": ms(t.item, 0.95),
-                        "queue_page_p50_ms": ms(t.queue, 0.5),
-                        "queue_page_p95_ms": ms(t.queue, 0.95),
-                        "errors": dict(t.errors),
-                    }
-                )
-                done(verify(engine, t))
+                    for phase, rate in (("capacity", 0.0), ("at_rate", args.rate)):
+                        if phase == "at_rate" and not rate:
+                            continue
+                        t, took = asyncio.run(
+                            drive(f"http://127.0.0.1:{port}", list(names), args.seconds, rate)
+                        )
+                        done(load_figures(phase, rate, t, took))
+                        decided += t.decided
+                done(verify(engine, decided))
                 done(count_statements(url, folder / "ops"))
             if args.stats_runs:
                 done(time_stats(url, folder / "ops", args.stats_runs))
@@ -618,14 +632,17 @@ def main() -> None:
         return
     if args.seconds <= 0:
         return
+    at_rate = report.get("at_rate_decision_p95_ms", float("nan"))
     ok = (
-        report["decisions_per_s"] >= 100
-        and report["decision_p95_ms"] < 200
-        and report["queue_page_p95_ms"] < 100
+        report["capacity_decisions_per_s"] >= 100
+        and args.rate >= 100
+        and at_rate < 200
+        and report.get("at_rate_queue_page_p95_ms", float("nan")) < 100
         and report["exactly_once"]
     )
     print(
-        "targets (>= 100 decisions/s, decision p95 < 200 ms, queue p95 < 100 ms, exactly once):",
+        "targets (capacity >= 100 decisions/s; at 100/s decision p95 < 200 ms and queue page p95"
+        " < 100 ms; exactly once):",
         "met" if ok else "NOT met",
     )
 

@@ -116,6 +116,59 @@ def test_the_queue_lists_pending_items_per_workflow_in_html_and_the_same_data_as
     assert client.get("/?format=json").json()["counts"] == {"triage": 2}
 
 
+def test_a_long_queue_is_counted_once_every_few_seconds_and_a_short_one_from_the_page(
+    tmp_path, database_url, monkeypatch
+):
+    from sqlalchemy import event
+
+    from smallops.web import queue_page
+
+    monkeypatch.setattr(queue_page, "PAGE", 2)  # a queue of 3 is longer than a page
+    wf = make(tmp_path, database_url)
+    ids = runs(wf, 3)
+    client, desk = serve([wf])
+    statements: list[str] = []
+    event.listen(desk.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    counted = lambda: sum("count(" in s.lower() for s in statements)  # noqa: E731
+    assert client.get("/", headers=JSON_HEADERS).json()["counts"] == {"triage": 3}
+    assert client.get("/", headers=JSON_HEADERS).json()["counts"] == {"triage": 3}
+    assert counted() == 1  # the second page showed the count the first one read
+    runs(wf, 1)  # queued by another process: counted once the count is FRESH seconds old
+    wf.plan().writer.flush()
+    assert client.get("/", headers=JSON_HEADERS).json()["counts"] == {"triage": 3}
+    client.app.state.web.pending.fresh = 0  # type: ignore[attr-defined]
+    assert client.get("/", headers=JSON_HEADERS).json()["counts"] == {"triage": 4}
+    assert counted() == 2
+    client.app.state.web.pending.fresh = 60  # type: ignore[attr-defined]
+    for run_id in ids[:2]:
+        assert client.post(f"/items/{run_id}/approve", data={"csrf": csrf(client)}).is_success
+    data = client.get("/", headers=JSON_HEADERS).json()  # 2 left: the page holds them all
+    assert data["counts"] == {"triage": 2} and len(data["items"]) == 2 and counted() == 2
+    assert client.get("/?workflow=triage", headers=JSON_HEADERS).json()["counts"] == {"triage": 2}
+
+
+def test_pending_counts_are_kept_while_fresh_and_a_page_that_shows_a_queue_whole_is_exact():
+    import time
+
+    from smallops.web.pending import PendingCounts, counted_from_page
+
+    pending = PendingCounts(fresh=60)
+    assert pending.recent() is None
+    pending.keep({"triage": 2}, time.monotonic())
+    assert pending.recent() == {"triage": 2}
+    pending.keep({"triage": 9}, time.monotonic() - 30)  # a read that began before the last
+    assert pending.recent() == {"triage": 2}
+    pending.keep({}, time.monotonic())
+    assert pending.recent() == {}  # an empty queue is a count too
+    pending.fresh = 0
+    assert pending.recent() is None
+    page = [{"workflow": "triage"}, {"workflow": "triage"}, {"workflow": "leads"}]
+    assert counted_from_page({"triage": 5, "spam": 1}, page, None) == {"triage": 2, "leads": 1}
+    kept = {"triage": 5, "leads": 4}
+    assert counted_from_page(kept, page[:2], "triage") == {"triage": 2, "leads": 4}
+    assert counted_from_page(kept, [], "triage") == {"leads": 4}
+
+
 def claimed(desk: ReviewDesk) -> dict[str, str]:
     """Who holds which pending item now (run id -> reviewer)."""
     now = datetime.now(timezone.utc)

@@ -89,6 +89,25 @@ class ReviewQueue:
         with self.engine.connect() as connection:
             return review_log.pending_counts(connection)
 
+    def page(
+        self,
+        workflow: str | None,
+        *,
+        state: str | Sequence[str] | None,
+        limit: int,
+        order: QueueOrder | None = None,
+        after: Sequence[Any] | None = None,
+        counts: bool = True,
+    ) -> tuple[dict[str, int] | None, list[dict[str, Any]]]:
+        """What the queue page shows: the pending counts per workflow (None unless `counts`)
+        and `items(...)`, over one connection."""
+        with self.engine.connect() as connection:
+            pending = review_log.pending_counts(connection) if counts else None
+            found = review_log.list_items(
+                connection, workflow, state, limit, order=order, after=after
+            )
+        return pending, found
+
     def item(self, run_id: str) -> dict[str, Any]:
         """One item with its run (inputs, messages, prompt template) and its decisions."""
         with self.engine.connect() as connection:

@@ -37,6 +37,7 @@ from smallops.web.auth import (
 )
 from smallops.web.leases import Leases
 from smallops.web.outage import Database, DatabaseDown
+from smallops.web.pending import PendingCounts
 
 Handler = Callable[[Request], Awaitable[Response]]
 MAX_BODY = 1024 * 1024  # bytes a request body may hold: a login, a decision or a correction
@@ -63,8 +64,8 @@ HTML_HEADERS = {
 
 @dataclasses.dataclass(frozen=True)
 class Web:
-    """The app's state: the desk and its database, how reviewers are known, the templates, and
-    the items this server's reviewers hold."""
+    """The app's state: the desk and its database, how reviewers are known, the templates, the
+    items this server's reviewers hold, and the pending counts it last read."""
 
     desk: ReviewDesk
     db: Database
@@ -74,6 +75,7 @@ class Web:
     throttle: LoginThrottle = dataclasses.field(default_factory=LoginThrottle)
     passwords: PasswordChecks = dataclasses.field(default_factory=PasswordChecks)
     leases: Leases = dataclasses.field(default_factory=Leases)
+    pending: PendingCounts = dataclasses.field(default_factory=PendingCounts)
 
 
 def web(request: Request) -> Web:

@@ -8,6 +8,7 @@ reviewer holds one item at a time: claiming one gives back the one they held bef
 from __future__ import annotations
 
 import contextlib
+import time
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
@@ -34,6 +35,7 @@ from smallops.web._http import (
     web,
 )
 from smallops.web.outage import DatabaseDown
+from smallops.web.pending import PendingCounts, counted_from_page
 
 SKIPPED_COOKIE = "smallops_skipped"
 MAX_SKIPPED = 30
@@ -63,7 +65,9 @@ async def queue_page(request: Request) -> Response:
         after = triage.after_cursor(params.query(request, "after", "the page cursor (?after=)"))
     except SmallopsError as exc:
         return error(request, exc)
-    counts, items = await db.call(queue_view, desk, workflow, states, order, after)
+    counts, items = await db.call(
+        queue_view, desk, web(request).pending, workflow, states, order, after
+    )
     more, items = len(items) > PAGE, items[:PAGE]
     now = datetime.now(timezone.utc)
     for item in items:
@@ -93,15 +97,26 @@ async def queue_page(request: Request) -> Response:
 
 def queue_view(
     desk: ReviewDesk,
+    pending: PendingCounts,
     workflow: str | None,
     states: tuple[str, ...] | None,
     order: QueueOrder | None,
     after: list[Any] | None,
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """The counts per state and one page of items (PAGE + 1, to tell whether more follow): one
-    trip to a database thread for both."""
-    counts = desk.queue.counts()
-    items = desk.queue.items(workflow, state=states, limit=PAGE + 1, order=order, after=after)
+    """The pending counts per workflow and one page of items (PAGE + 1, to tell whether more
+    follow), in one trip to a database thread over one connection. The counts are the ones this
+    server read in the last few seconds, or read now; those of a pending queue the page shows
+    whole come from the page."""
+    kept = pending.recent()
+    read_at = time.monotonic()
+    counts, items = desk.queue.page(
+        workflow, state=states, limit=PAGE + 1, order=order, after=after, counts=kept is None
+    )
+    if counts is not None:
+        pending.keep(counts, read_at)
+    counts = counts if counts is not None else kept or {}
+    if states == ("pending",) and after is None and len(items) <= PAGE:
+        counts = counted_from_page(counts, items, workflow)
     return counts, items
 
 
