@@ -17,6 +17,8 @@
     [reviewers]                                         # who may log in to `smallops serve`
     ann = "scrypt$..."                                  # from `smallops review hash-password`
 
+    [alerts]                                            # see smallops/alerts/settings.py
+
 Secrets never live in this file: a provider names the environment variable holding its key.
 A table or key smallops does not know is refused (naming the closest known one), so that a typo
 is never silently ignored.
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from smallops.alerts.settings import AlertSettings, parse_alerts
 from smallops.errors import ConfigError
 from smallops.records import Price
 
@@ -47,7 +50,7 @@ DEFAULT_DATABASE_URL = f"sqlite:///{STATE_DIR}/smallops.db"
 PROVIDER_KINDS = ("openai", "anthropic", "fake")
 #: What smallops.toml may hold: its tables, and the keys of [smallops], of each
 #: [providers.NAME] and of each [prices."MODEL"] ([reviewers] maps any name to a hash).
-TABLES = ("smallops", "providers", "prices", "reviewers")
+TABLES = ("smallops", "providers", "prices", "reviewers", "alerts")
 SMALLOPS_KEYS = ("database_url", "redis_url", "write_timeout")
 PROVIDER_KEYS = ("kind", "base_url", "api_key_env")
 PRICE_KEYS = ("input", "output", "cached_input")
@@ -93,6 +96,7 @@ class Settings:
     reviewers: dict[str, str] = field(default_factory=dict)  # name -> password hash
     redis_url: str | None = None  # shared rate limits and breakers across processes
     write_timeout: float = 10.0  # seconds a log write may take before the spool takes over
+    alerts: AlertSettings = field(default_factory=AlertSettings)  # the [alerts] table
     # where each setting was read (an environment variable, or a key of smallops.toml), so that
     # an error names the place to fix it
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -167,6 +171,7 @@ class Settings:
             write_timeout=_seconds(
                 setting("write_timeout", "SMALLOPS_WRITE_TIMEOUT", None), sources, 10.0
             ),
+            alerts=parse_alerts(_table(data, "alerts", CONFIG_FILE)),
             sources=sources,
         )
 

@@ -1,0 +1,88 @@
+"""One HTTP POST to a channel's service, its answer sorted into Sent, Retry or Refused.
+
+2xx is sent. 429 and 5xx are worth retrying, with the Retry-After the service gave (seconds or
+an HTTP date). Any other 4xx is refused for good: the request will not get better by being sent
+again. A 3xx is refused too: the configured URL is not the service's, and following a redirect
+would send the alert somewhere nobody named. No answer (refused, timed out) is retried.
+The detail never repeats the URL: a Slack webhook URL is itself a secret.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from smallops.alerts.model import Outcome, Refused, Retry, Sent
+
+TIMEOUT = 10.0  # seconds an attempt may take
+MAX_DETAIL = 300  # characters of a service's answer kept
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_RefuseRedirects)
+
+
+def post(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    timeout: float = TIMEOUT,
+    accepted: Callable[[int, str], Outcome | None] | None = None,
+) -> Outcome:
+    """POST `body`; `accepted(status, text)` may look at a 2xx answer and say otherwise (Slack's
+    Web API answers 200 with "ok": false)."""
+    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+    try:
+        with _opener.open(request, timeout=timeout) as answer:
+            status, text = answer.status, _text(answer.read())
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, _text(exc.read() if exc.fp else b"")
+        detail = f"HTTP {status}: {text}".rstrip(": ")
+        if status == 429 or status >= 500:
+            return Retry(detail, retry_after(exc.headers.get("Retry-After")))
+        return Refused(detail)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Retry(f"no answer: {reason}")
+    if accepted is not None:
+        verdict = accepted(status, text)
+        if verdict is not None:
+            return verdict
+    return Sent(f"HTTP {status}: {text}".rstrip(": "))
+
+
+def post_json(url: str, payload: Any, headers: Mapping[str, str] | None = None) -> Outcome:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return post(url, body, {"Content-Type": "application/json", **(headers or {})})
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _text(raw: bytes) -> str:
+    text = " ".join(raw.decode("utf-8", "replace").split())
+    return text[:MAX_DETAIL]

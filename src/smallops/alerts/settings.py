@@ -1,0 +1,335 @@
+"""The [alerts] table of smallops.toml: channels, who gets what, and each rule's thresholds.
+
+    [alerts]
+    dashboard_url = "https://smallops.acme.example"   # links in alerts; none without it
+    interval = "1m"            # between checks inside `smallops serve`
+    repeat_after = "4h"        # a firing alert nobody acknowledged is sent again after this
+    min_firing = "10m"         # an alert fires at least this long before it resolves
+    escalate_after = "15m"     # unacknowledged this long: sent to escalate_to as well
+
+    [alerts.channels.ops-slack]
+    kind = "slack"             # webhook_url_env = "SLACK_WEBHOOK_URL" (the URL is a secret)
+    [alerts.channels.pager]
+    kind = "pagerduty"         # routing_key_env = "PAGERDUTY_ROUTING_KEY"
+
+    [alerts.owners]            # a workflow's owner -> the channels that reach them
+    "ops@acme.example" = ["ops-slack"]
+
+    [alerts.rules.cost_surprise]   # project-wide thresholds
+    floor_usd = 10
+
+    [alerts.workflows.email-triage]
+    channels = ["ops-slack"]
+    escalate_to = ["pager"]
+    [alerts.workflows.email-triage.rules.review_backlog]
+    sla = "2h"
+
+Secrets never live here: a channel names the environment variable that holds its key or URL.
+Every table and key is checked, and an unknown one is refused with the closest known name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from smallops.alerts.kinds import CHANNEL_KINDS, RULES, SEVERITIES, ChannelKind, RuleName, Severity
+from smallops.errors import ConfigError
+
+WHERE = "smallops.toml"
+ALERTS_KEYS = (
+    "dashboard_url",
+    "interval",
+    "repeat_after",
+    "min_firing",
+    "escalate_after",
+    "escalate_to",
+    "channels",
+    "owners",
+    "rules",
+    "workflows",
+)
+WORKFLOW_KEYS = ("channels", "escalate_to", "rules")
+#: Each rule's thresholds and their defaults; every rule also takes `enabled` and `severity`.
+#: Durations are "30s", "15m", "4h", "7d" or seconds.
+RULE_DEFAULTS: dict[RuleName, dict[str, Any]] = {
+    "cost_surprise": {"severity": "warning", "increase": 0.5, "floor_usd": 5.0},
+    "budget": {"severity": "warning", "near": 0.8},  # at 100% it is critical
+    "breaker_open": {"severity": "critical"},
+    "error_spike": {
+        "severity": "error",
+        "window": "1h",
+        "min_calls": 20,
+        "rate": 0.1,
+        "confidence": 0.95,
+    },
+    "refusal_spike": {
+        "severity": "warning",
+        "window": "1h",
+        "min_calls": 20,
+        "rate": 0.05,
+        "confidence": 0.95,
+    },
+    "fallback_spike": {
+        "severity": "error",
+        "window": "1h",
+        "min_calls": 20,
+        "rate": 0.2,
+        "confidence": 0.95,
+    },
+    "review_backlog": {"severity": "warning", "sla": "4h"},
+    "model_mismatch": {"severity": "warning", "window": "24h"},
+    "output_shift": {"severity": "warning", "p_value": 0.001},
+    "eval_regression": {"severity": "error"},
+    "log_backlog": {"severity": "error"},
+}
+DURATION_KEYS = frozenset({"window", "sla"})
+FRACTION_KEYS = frozenset({"increase", "near", "rate", "confidence", "p_value"})
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """A named channel: its kind, and the rest of its table, checked by its kind's module."""
+
+    name: str
+    kind: ChannelKind
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Who hears about a workflow's alerts: `first` at once, `then` if nobody acknowledges
+    within `escalate_after`; `recipients` are the addresses an email channel without its own
+    `to` writes to (the owner, when the owner is an address)."""
+
+    first: tuple[str, ...]
+    then: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkflowAlerts:
+    channels: tuple[str, ...] | None = None
+    escalate_to: tuple[str, ...] | None = None
+    rules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """The [alerts] table, checked; durations in seconds."""
+
+    channels: Mapping[str, ChannelConfig] = field(default_factory=dict)
+    owners: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rules: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    workflows: Mapping[str, WorkflowAlerts] = field(default_factory=dict)
+    dashboard_url: str | None = None
+    interval: float = 60.0
+    repeat_after: float = 4 * 3600.0
+    min_firing: float = 600.0
+    escalate_after: float = 900.0
+    escalate_to: tuple[str, ...] = ()
+
+    def rule(self, rule: RuleName, workflow: str) -> dict[str, Any]:
+        """The rule's thresholds for a workflow: its defaults, the project's, the workflow's;
+        durations in seconds."""
+        merged = {"enabled": True, **RULE_DEFAULTS[rule], **self.rules.get(rule, {})}
+        known = self.workflows.get(workflow)
+        if known is not None:
+            merged.update(known.rules.get(rule, {}))
+        return {
+            key: duration(value, f"{rule}.{key}") if key in DURATION_KEYS else value
+            for key, value in merged.items()
+        }
+
+    def severity(self, rule: RuleName, workflow: str) -> Severity:
+        return cast(Severity, self.rule(rule, workflow)["severity"])
+
+    def route(self, workflow: str, owner: str | None) -> Route:
+        """The workflow's own channels, else its owner's, else (an owner that is an email
+        address) every email channel, written to the owner."""
+        known = self.workflows.get(workflow) or WorkflowAlerts()
+        then = known.escalate_to if known.escalate_to is not None else self.escalate_to
+        recipients = (owner,) if owner and is_address(owner) else ()
+        if known.channels is not None:
+            return Route(known.channels, then, recipients)
+        if owner and owner in self.owners:
+            return Route(self.owners[owner], then, recipients)
+        if recipients:
+            mail = tuple(name for name, c in self.channels.items() if c.kind == "email")
+            return Route(mail, then, recipients)
+        return Route((), then, recipients)
+
+
+def is_address(text: str) -> bool:
+    return bool(re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", text))
+
+
+def duration(value: Any, where: str) -> float:
+    """Seconds from "30s", "15m", "4h", "7d" or a number of seconds (more than 0)."""
+    seconds = float("nan")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(
+            f"{where} in [alerts] of {WHERE} is {value!r}, not a duration",
+            hint='use e.g. "30s", "15m", "4h", "7d" or a number of seconds',
+        )
+    return seconds
+
+
+def parse_alerts(table: Mapping[str, Any]) -> AlertSettings:
+    """The [alerts] table, checked: ConfigError naming the first thing wrong."""
+    _check_keys(table, ALERTS_KEYS, "[alerts]")
+    channels = _channels(_subtable(table, "channels", "[alerts.channels]"))
+    owners = {
+        str(owner): _names(names, f'[alerts.owners] "{owner}"', channels)
+        for owner, names in _subtable(table, "owners", "[alerts.owners]").items()
+    }
+    rules = _rules(_subtable(table, "rules", "[alerts.rules]"), "alerts.rules")
+    workflows = {}
+    for name, spec in _subtable(table, "workflows", "[alerts.workflows]").items():
+        where = f"[alerts.workflows.{name}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where} in {WHERE} must be a table")
+        _check_keys(spec, WORKFLOW_KEYS, where)
+        workflows[str(name)] = WorkflowAlerts(
+            channels=_names(spec["channels"], f"{where} channels", channels)
+            if "channels" in spec
+            else None,
+            escalate_to=_names(spec["escalate_to"], f"{where} escalate_to", channels)
+            if "escalate_to" in spec
+            else None,
+            rules=_rules(
+                _subtable(spec, "rules", f"{where[:-1]}.rules]"), f"alerts.workflows.{name}.rules"
+            ),
+        )
+    dashboard_url = table.get("dashboard_url")
+    if dashboard_url is not None and not (
+        isinstance(dashboard_url, str) and re.match(r"^https?://[^/\s]+", dashboard_url)
+    ):
+        raise ConfigError(
+            f"dashboard_url in [alerts] of {WHERE} must be an http:// or https:// URL",
+            hint='the address reviewers open `smallops serve` at, e.g. "https://ops.acme.example"',
+        )
+    return AlertSettings(
+        channels=channels,
+        owners=owners,
+        rules=rules,
+        workflows=workflows,
+        dashboard_url=dashboard_url.rstrip("/") if dashboard_url else None,
+        interval=duration(table.get("interval", 60), "interval"),
+        repeat_after=duration(table.get("repeat_after", "4h"), "repeat_after"),
+        min_firing=duration(table.get("min_firing", "10m"), "min_firing"),
+        escalate_after=duration(table.get("escalate_after", "15m"), "escalate_after"),
+        escalate_to=_names(table.get("escalate_to", []), "[alerts] escalate_to", channels),
+    )
+
+
+def _channels(table: Mapping[str, Any]) -> dict[str, ChannelConfig]:
+    channels = {}
+    for name, spec in table.items():
+        where = f"[alerts.channels.{name}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where} in {WHERE} must be a table")
+        kind = spec.get("kind")
+        if kind not in CHANNEL_KINDS:
+            raise ConfigError(
+                f"{where} in {WHERE} has kind {kind!r}",
+                hint=f"kind is one of: {', '.join(CHANNEL_KINDS)}",
+            )
+        options = {key: value for key, value in spec.items() if key != "kind"}
+        config = ChannelConfig(str(name), cast(ChannelKind, kind), options)
+        from smallops.alerts.channels import check_channel
+
+        check_channel(config)
+        channels[str(name)] = config
+    return channels
+
+
+def _names(value: Any, where: str, channels: Mapping[str, ChannelConfig]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} in {WHERE} must be a list of channel names")
+    for name in value:
+        if name not in channels:
+            raise ConfigError(
+                f"{where} in {WHERE} names channel {name!r}, which [alerts.channels] lacks",
+                hint=_known(name, tuple(channels), "channels")
+                if channels
+                else f"define it: [alerts.channels.{name}] with a kind",
+            )
+    return tuple(value)
+
+
+def _rules(table: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Rule tables under `where` (a dotted table name, e.g. "alerts.rules")."""
+    rules: dict[str, dict[str, Any]] = {}
+    for rule, spec in table.items():
+        if rule not in RULES:
+            raise ConfigError(
+                f"[{where}] in {WHERE} has an unknown rule {rule!r}",
+                hint=_known(rule, RULES, "rules"),
+            )
+        here = f"[{where}.{rule}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{here} in {WHERE} must be a table")
+        _check_keys(spec, ("enabled", *RULE_DEFAULTS[rule]), here)
+        for key, value in spec.items():
+            _check_value(key, value, here)
+        rules[rule] = dict(spec)
+    return rules
+
+
+def _check_value(key: str, value: Any, where: str) -> None:
+    shown = f"{key} in {where} of {WHERE}"
+    if key == "enabled":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{shown} must be true or false")
+    elif key == "severity":
+        if value not in SEVERITIES:
+            raise ConfigError(f"{shown} is {value!r}", hint=f"use one of: {', '.join(SEVERITIES)}")
+    elif key in DURATION_KEYS:
+        duration(value, key)
+    elif key == "min_calls":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{shown} must be a whole number of calls, 1 or more")
+    else:
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        ok = number is not None and math.isfinite(number) and number >= 0
+        if ok and key in FRACTION_KEYS and key != "increase":
+            ok = 0 < float(cast(float, number)) < 1
+        if not ok:
+            wanted = "a fraction between 0 and 1" if key in FRACTION_KEYS else "a number, 0 or more"
+            if key == "increase":
+                wanted = "a fraction, 0 or more (0.5 is +50%)"
+            raise ConfigError(f"{shown} is {value!r}", hint=f"use {wanted}")
+
+
+def _subtable(table: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = table.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} in {WHERE} must be a table")
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(
+                f"{where} in {WHERE} has an unknown key {key!r}", hint=_known(key, known, "keys")
+            )
+
+
+def _known(given: str, known: tuple[str, ...], what: str) -> str:
+    close = difflib.get_close_matches(given, known, n=1)
+    every = f"known {what}: {', '.join(known)}"
+    return f"did you mean {close[0]}? ({every})" if close else every
