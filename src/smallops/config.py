@@ -17,7 +17,7 @@
     [reviewers]                                         # who may log in to `smallops serve`
     ann = "scrypt$..."                                  # from `smallops review hash-password`
 
-    [alerts]                                            # see smallops/alerts/settings.py
+    [alerts]                                            # see smallops/alert_config.py
 
 Secrets never live in this file: a provider names the environment variable holding its key.
 A table or key smallops does not know is refused (naming the closest known one), so that a typo
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from smallops.alerts.settings import AlertSettings, parse_alerts
+from smallops.alert_config import AlertSettings, parse_alerts
 from smallops.errors import ConfigError
 from smallops.records import Price
 

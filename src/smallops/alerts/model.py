@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from smallops.alerts.kinds import ChannelKind, NotifyEvent, RuleName, Severity
+from smallops.kinds import ChannelKind, NotifyEvent, RuleName, Severity
 
 #: A figure an alert carries: a number, a name or a time as text; never prompt or output text.
 Figure = float | int | str | bool | None

@@ -1,8 +1,8 @@
-"""One module per kind of channel, each with `OPTIONS` (the keys of its table besides `kind`),
-`check(config)` (ConfigError for a table it cannot use, read when smallops.toml is loaded) and
-`build(config, env)` (the Channel, its secrets read from `env` only when it is built).
+"""One module per kind of channel, each with `build(config, env)`: the Channel, its secrets read
+from `env` when it is built (ConfigError naming the variable when one is not set). Its table's
+keys are checked when smallops.toml is loaded (smallops.alert_config.CHANNEL_OPTIONS).
 
-A module is imported only when a channel of its kind is configured.
+A module is imported only when a channel of its kind is used.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import importlib
 from collections.abc import Mapping
 from types import ModuleType
 
-from smallops.alerts.kinds import ChannelKind
+from smallops.alert_config import ChannelConfig
 from smallops.alerts.model import Channel
-from smallops.alerts.settings import ChannelConfig, _check_keys
+from smallops.kinds import ChannelKind
 
 MODULES: dict[ChannelKind, str] = {
     "pagerduty": "smallops.alerts.channels.pagerduty",
@@ -25,13 +25,6 @@ MODULES: dict[ChannelKind, str] = {
 
 def module_of(kind: ChannelKind) -> ModuleType:
     return importlib.import_module(MODULES[kind])
-
-
-def check_channel(config: ChannelConfig) -> None:
-    """ConfigError for a channel table its kind cannot use (unknown keys included)."""
-    module = module_of(config.kind)
-    _check_keys(config.options, tuple(module.OPTIONS), f"[alerts.channels.{config.name}]")
-    module.check(config)
 
 
 def build_channel(config: ChannelConfig, env: Mapping[str, str]) -> Channel:

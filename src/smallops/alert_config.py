@@ -25,7 +25,9 @@
     sla = "2h"
 
 Secrets never live here: a channel names the environment variable that holds its key or URL.
-Every table and key is checked, and an unknown one is refused with the closest known name.
+Every table and key is checked, and an unknown one is refused with the closest known name. A
+channel's secrets are read from the environment only when it sends (smallops.alerts.channels),
+so `smallops check` and CI work without them.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from smallops.alerts.kinds import CHANNEL_KINDS, RULES, SEVERITIES, ChannelKind, RuleName, Severity
 from smallops.errors import ConfigError
+from smallops.kinds import CHANNEL_KINDS, RULES, SEVERITIES, ChannelKind, RuleName, Severity
 
 WHERE = "smallops.toml"
 ALERTS_KEYS = (
@@ -87,6 +89,30 @@ RULE_DEFAULTS: dict[RuleName, dict[str, Any]] = {
     "eval_regression": {"severity": "error"},
     "log_backlog": {"severity": "error"},
 }
+#: Each channel kind's keys besides `kind`: (name, what it must be). "env" is the name of an
+#: environment variable (a secret's, never the secret), "url" an http(s) URL, "text" any text,
+#: "port" a TCP port, "addresses" a list of email addresses, "security" one of SECURITY.
+CHANNEL_OPTIONS: dict[ChannelKind, dict[str, str]] = {
+    "pagerduty": {"routing_key_env": "env", "url": "url", "source": "text"},
+    "slack": {"webhook_url_env": "env", "token_env": "env", "channel": "text", "api_url": "url"},
+    "webhook": {"url": "url", "secret_env": "env"},
+    "email": {
+        "host": "text",
+        "port": "port",
+        "security": "security",
+        "from": "text",
+        "to": "addresses",
+        "username_env": "env",
+        "password_env": "env",
+    },
+}
+REQUIRED_OPTIONS: dict[ChannelKind, tuple[str, ...]] = {
+    "pagerduty": (),
+    "slack": (),
+    "webhook": ("url",),
+    "email": ("host", "from"),
+}
+SECURITY = ("starttls", "tls", "none")  # "none" only to a server on this machine
 DURATION_KEYS = frozenset({"window", "sla"})
 FRACTION_KEYS = frozenset({"increase", "near", "rate", "confidence", "p_value"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -247,11 +273,69 @@ def _channels(table: Mapping[str, Any]) -> dict[str, ChannelConfig]:
             )
         options = {key: value for key, value in spec.items() if key != "kind"}
         config = ChannelConfig(str(name), cast(ChannelKind, kind), options)
-        from smallops.alerts.channels import check_channel
-
-        check_channel(config)
+        _check_channel(config, where)
         channels[str(name)] = config
     return channels
+
+
+def _check_channel(config: ChannelConfig, where: str) -> None:
+    """ConfigError for a channel table its kind cannot use."""
+    known = CHANNEL_OPTIONS[config.kind]
+    _check_keys(config.options, ("kind", *known), where)
+    for key in REQUIRED_OPTIONS[config.kind]:
+        if key not in config.options:
+            hint = _FROM_HINT if key == "from" else _OPTION_HINTS[known[key]]
+            raise ConfigError(f"{where} in {WHERE} needs {key}", hint=hint)
+    for key, value in config.options.items():
+        if not _fits(known[key], value):
+            raise ConfigError(
+                f"{key} in {where} of {WHERE} is not {_OPTION_WHAT[known[key]]}",
+                hint=_OPTION_HINTS[known[key]],
+            )
+    if config.kind == "slack" and ("token_env" in config.options) != ("channel" in config.options):
+        raise ConfigError(
+            f"{where} in {WHERE} needs token_env and channel together",
+            hint="a bot token and a channel post with the Web API (and thread the resolution);"
+            " without them the channel posts to an incoming webhook (webhook_url_env)",
+        )
+
+
+_FROM_HINT = 'the sender, e.g. "smallops <alerts@acme.example>"'
+_OPTION_WHAT = {
+    "env": "the name of an environment variable",
+    "url": "an http:// or https:// URL",
+    "text": "text",
+    "port": "a TCP port",
+    "addresses": "a list of email addresses",
+    "security": f"one of {', '.join(SECURITY)}",
+}
+_OPTION_HINTS = {
+    "env": 'name the variable that holds the secret, e.g. "PAGERDUTY_ROUTING_KEY"; never the '
+    "secret itself",
+    "url": 'e.g. "https://hooks.acme.example/alerts"',
+    "text": 'e.g. "smtp.acme.example"',
+    "port": "e.g. 587 (STARTTLS) or 465 (TLS)",
+    "addresses": 'e.g. ["ops@acme.example"]',
+    "security": '"starttls" (port 587), "tls" (465), or "none" for a relay on this machine',
+}
+
+
+def _fits(what: str, value: Any) -> bool:
+    if what == "env":
+        return isinstance(value, str) and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value))
+    if what == "url":
+        return isinstance(value, str) and bool(re.match(r"^https?://[^/\s]+", value))
+    if what == "text":
+        return isinstance(value, str) and bool(value.strip())
+    if what == "port":
+        return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
+    if what == "addresses":
+        return (
+            isinstance(value, list)
+            and bool(value)
+            and all(isinstance(v, str) and is_address(v) for v in value)
+        )
+    return value in SECURITY
 
 
 def _names(value: Any, where: str, channels: Mapping[str, ChannelConfig]) -> tuple[str, ...]:
