@@ -387,3 +387,57 @@ label_rollups = Table(
     ),
     Index("ix_label_rollups_workflow_hour", "workflow", "hour"),
 )
+
+# Alerts (smallops.alerts): one row per alert instance. `open_key` is its dedup key while it is
+# open and NULL once resolved: the unique index lets one open alert per key exist, however many
+# processes check the rules at once.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("rule", String(30), nullable=False),
+    Column("workflow", String(100), nullable=False),
+    Column("period", String(200), nullable=False),
+    Column("dedup_key", String(400), nullable=False),
+    Column("open_key", String(400)),
+    Column("state", String(20), nullable=False),
+    Column("severity", String(10), nullable=False),
+    Column("summary", Text(), nullable=False),
+    Column("figures", Json(), nullable=False),
+    Column("link", Text(redact=False)),
+    Column("level", Integer, nullable=False),  # 0: its first channels; 1: escalated
+    Column("repeats", Integer, nullable=False),  # reminders sent after the first firing
+    Column("thread", Json(), nullable=False),  # channel name -> what it answered (Slack's ts)
+    Column("fired_at", Timestamp, nullable=False),
+    Column("last_notified_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("acknowledged_at", Timestamp),
+    Column("acknowledged_by", String(200)),
+    Column("resolved_at", Timestamp),
+    Index("ux_alerts_open_key", "open_key", unique=True),
+    Index("ix_alerts_workflow_fired", "workflow", "fired_at"),
+)
+
+# The alerts' outbox: one row per message to one channel, sent until the service takes it or
+# refuses it for good, leased to one sender at a time.
+alert_notifications = Table(
+    "alert_notifications",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("alert_id", String(36), nullable=False),
+    Column("channel", String(100), nullable=False),
+    Column("event", String(20), nullable=False),
+    Column("repeat", Integer, nullable=False),
+    Column("escalated", Boolean, nullable=False),
+    Column("payload", Json(), nullable=False),  # severity, summary, figures and time of the event
+    Column("recipients", Json(), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("next_attempt_at", Timestamp, nullable=False),
+    Column("claimed_until", Timestamp),
+    Column("sent_at", Timestamp),
+    Column("detail", Text()),  # what the service answered last
+    Index("ix_alert_notifications_due", "state", "next_attempt_at"),
+    Index("ix_alert_notifications_alert", "alert_id", "channel"),
+)

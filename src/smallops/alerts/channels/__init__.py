@@ -14,6 +14,7 @@ from types import ModuleType
 from smallops.alert_config import ChannelConfig
 from smallops.alerts.model import Channel
 from smallops.kinds import ChannelKind
+from smallops.redact import register
 
 MODULES: dict[ChannelKind, str] = {
     "pagerduty": "smallops.alerts.channels.pagerduty",
@@ -28,6 +29,11 @@ def module_of(kind: ChannelKind) -> ModuleType:
 
 
 def build_channel(config: ChannelConfig, env: Mapping[str, str]) -> Channel:
-    """The channel, ready to send; ConfigError if a secret it needs is not set."""
+    """The channel, ready to send; ConfigError if a secret it needs is not set. Every secret it
+    reads (each `*_env` option's value, a Slack webhook URL too) is registered with the
+    redactor first, so no log, row or error this process writes can hold it."""
+    for key, variable in config.options.items():
+        if key.endswith("_env") and isinstance(variable, str) and env.get(variable):
+            register(env[variable])
     channel: Channel = module_of(config.kind).build(config, env)
     return channel
