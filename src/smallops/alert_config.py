@@ -106,6 +106,13 @@ CHANNEL_OPTIONS: dict[ChannelKind, dict[str, str]] = {
         "password_env": "env",
     },
 }
+#: The variables a channel reads its secret from when its table names none.
+DEFAULT_SECRET_ENV: dict[ChannelKind, dict[str, str]] = {
+    "pagerduty": {"routing_key_env": "PAGERDUTY_ROUTING_KEY"},
+    "slack": {"webhook_url_env": "SLACK_WEBHOOK_URL"},
+    "webhook": {"secret_env": "SMALLOPS_ALERT_WEBHOOK_SECRET"},
+    "email": {},
+}
 REQUIRED_OPTIONS: dict[ChannelKind, tuple[str, ...]] = {
     "pagerduty": (),
     "slack": (),

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Mapping
 from types import ModuleType
 
-from smallops.alert_config import ChannelConfig
+from smallops.alert_config import DEFAULT_SECRET_ENV, ChannelConfig
 from smallops.alerts.model import Channel
 from smallops.kinds import ChannelKind
 from smallops.redact import register
@@ -32,7 +32,7 @@ def build_channel(config: ChannelConfig, env: Mapping[str, str]) -> Channel:
     """The channel, ready to send; ConfigError if a secret it needs is not set. Every secret it
     reads (each `*_env` option's value, a Slack webhook URL too) is registered with the
     redactor first, so no log, row or error this process writes can hold it."""
-    for key, variable in config.options.items():
+    for key, variable in {**DEFAULT_SECRET_ENV[config.kind], **config.options}.items():
         if key.endswith("_env") and isinstance(variable, str) and env.get(variable):
             register(env[variable])
     channel: Channel = module_of(config.kind).build(config, env)
