@@ -13,7 +13,20 @@ from pathlib import Path
 import typer
 
 from smallops import __version__
-from smallops.cli import check, db, drift, init, logs, prune, report, review, run, serve, status
+from smallops.cli import (
+    alerts,
+    check,
+    db,
+    drift,
+    init,
+    logs,
+    prune,
+    report,
+    review,
+    run,
+    serve,
+    status,
+)
 from smallops.cli import eval as eval_cli
 from smallops.cli._common import HELP_WIDTH, Hangup, err
 from smallops.errors import SmallopsError
@@ -66,6 +79,7 @@ prune.register(app)
 app.add_typer(review.app, name="review")
 serve.register(app)
 app.add_typer(db.app, name="db")
+app.add_typer(alerts.app, name="alerts")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, upda
 from sqlalchemy.orm import aliased
 
 from smallops.kinds import OPEN_STATES
+from smallops.storage.queries import run_id_matches
 from smallops.storage.schema import alert_notifications, alerts
 
 
@@ -46,9 +47,10 @@ def alert_by_id(
     return dict(row._mapping) if row is not None else None
 
 
-def alert_ids_matching(connection: Connection, start: str) -> list[str]:
-    """Ids of alerts that start with `start` (a short id as `alerts list` shows it)."""
-    query = select(alerts.c.id).where(alerts.c.id.startswith(start, autoescape=True)).limit(2)
+def alert_ids_matching(connection: Connection, given: str) -> list[str]:
+    """Up to two alert ids `given` may stand for: the id, its short form as `alerts list`
+    prints it, or a unique start of either (as run ids are matched)."""
+    query = select(alerts.c.id).where(run_id_matches(alerts.c.id, given)).limit(2)
     return [str(value) for value in connection.execute(query).scalars()]
 
 
