@@ -305,37 +305,55 @@ def acknowledge(
             )
         alert = alert_log.alert_by_id(connection, found[0], lock=True)
         assert alert is not None
-        if alert["state"] == "resolved":
-            raise InputError(
-                f"alert {alert['id'][-12:]} is resolved already", hint="nothing to acknowledge"
-            )
-        if alert["state"] == "acknowledged":
-            return alert
-        alert_log.change_alert(
-            connection,
-            alert["id"],
-            state="acknowledged",
-            acknowledged_at=now,
-            acknowledged_by=by,
-            updated_at=now,
+        return _acknowledged(connection, alert, by, now)
+
+
+def acknowledge_key(
+    engine: Engine, dedup_key: str, by: str, now: datetime | None = None
+) -> dict[str, Any] | None:
+    """Acknowledge the open alert of a dedup key (PagerDuty acknowledged its incident); None
+    when no alert of that key is open."""
+    now = now or datetime.now(timezone.utc)
+    with write_transaction(engine) as connection:
+        alert = alert_log.open_alert(connection, dedup_key)
+        return None if alert is None else _acknowledged(connection, alert, by, now)
+
+
+def _acknowledged(
+    connection: Connection, alert: dict[str, Any], by: str, now: datetime
+) -> dict[str, Any]:
+    """Mark a locked alert acknowledged and tell its channels; the same alert if it was."""
+    if alert["state"] == "resolved":
+        raise InputError(
+            f"alert {alert['id'][-12:]} is resolved already", hint="nothing to acknowledge"
         )
-        figures = {
-            "severity": alert["severity"],
-            "summary": f"{alert['summary']} (acknowledged by {by})",
-            "figures": alert["figures"],
-            "link": alert["link"],
-        }
-        told = alert_log.channels_told(connection, alert["id"])
-        _notify(
-            connection,
-            alert["id"],
-            told,
-            "acknowledged",
-            figures,
-            alert_log.first_recipients(connection, alert["id"]),
-            now,
-        )
-        return {**alert, "state": "acknowledged", "acknowledged_at": now, "acknowledged_by": by}
+    if alert["state"] == "acknowledged":
+        return alert
+    alert_log.change_alert(
+        connection,
+        alert["id"],
+        state="acknowledged",
+        acknowledged_at=now,
+        acknowledged_by=by,
+        updated_at=now,
+    )
+    figures = {
+        "severity": alert["severity"],
+        "summary": f"{alert['summary']} (acknowledged by {by})",
+        "figures": alert["figures"],
+        "link": alert["link"],
+    }
+    told = alert_log.channels_told(connection, alert["id"])
+    _notify(
+        connection,
+        alert["id"],
+        told,
+        "acknowledged",
+        figures,
+        alert_log.first_recipients(connection, alert["id"]),
+        now,
+    )
+    return {**alert, "state": "acknowledged", "acknowledged_at": now, "acknowledged_by": by}
 
 
 def _notify(

@@ -58,7 +58,11 @@ def serve_command(
     require_login = login or not is_loopback(host)
     desk = ReviewDesk(project.engine(), project.workflows)
     app = create_app(
-        desk, project.settings, require_login=require_login, webhook_interval=WEBHOOK_INTERVAL
+        desk,
+        project.settings,
+        require_login=require_login,
+        webhook_interval=WEBHOOK_INTERVAL,
+        alert_interval=project.settings.alerts.interval,
     )
     who = (
         "login required"

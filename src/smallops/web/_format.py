@@ -54,3 +54,14 @@ def number(value: float | None) -> str:
 def path(name: str) -> str:
     """A workflow's page, its name quoted whole (a name from the log may hold any text)."""
     return "/workflows/" + quote(name, safe="")
+
+
+def age(seconds: float | None) -> str:
+    """A duration as a person says it: 45 s, 12 min, 3 h, 2 d."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"

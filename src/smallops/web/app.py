@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from smallops.review import webhooks
 from smallops.review.desk import ReviewDesk
 from smallops.storage.health import DatabaseError, first_line, unreachable
 from smallops.web import (
+    alerts_page,
     evals_page,
     item_page,
     login,
@@ -69,6 +71,7 @@ def create_app(
     secret_key: bytes | None = None,
     env: Mapping[str, str] | None = None,
     webhook_interval: float | None = None,
+    alert_interval: float | None = None,
     db_timeout: float | None = DB_TIMEOUT,
     max_body: int = MAX_BODY,
 ) -> Starlette:
@@ -77,8 +80,10 @@ def create_app(
     `reviewer` names who decides when no login is required (default: SMALLOPS_REVIEWER or the
     OS user). `secret_key` signs sessions (default: SMALLOPS_SECRET_KEY, or a key kept in the
     project's .smallops folder). With `webhook_interval`, due decision webhooks are sent every
-    that many seconds while the app runs. On Postgres, a database call that gets no answer
-    within `db_timeout` seconds is cut (None: never). A request body over `max_body` bytes is
+    that many seconds while the app runs; with `alert_interval`, the alert rules are checked
+    and due alert messages sent every that many seconds (`smallops alerts check`). On
+    Postgres, a database call that gets no answer within `db_timeout` seconds is cut (None:
+    never). A request body over `max_body` bytes is
     refused with a 413. Raises ConfigError if login is required and no reviewer could log in.
 
     The login throttle counts per client address as the ASGI server reports it: serve it
@@ -107,6 +112,8 @@ def create_app(
         Route("/runs", runs_page.runs_page),
         Route("/runs/{run_id}", runs_page.run_page),
         Route("/dashboard", overview_page.overview_page),
+        Route("/alerts/pagerduty", alerts_page.pagerduty, methods=["POST"]),
+        Route("/alerts/{alert_id}/ack", alerts_page.ack, methods=["POST"]),
         Route("/workflows/{name:path}", workflow_page.workflow_page),
         Route("/login", login.login_page, methods=["GET", "POST"]),
         Route("/logout", login.logout, methods=["POST"]),
@@ -120,7 +127,7 @@ def create_app(
             Middleware(_LimitBody, limit=max_body),
             Middleware(_AnswerWhenCancelled),
         ],
-        lifespan=_lifespan(state, webhook_interval),
+        lifespan=_lifespan(state, webhook_interval, alert_interval, settings, env),
         exception_handlers={
             404: no_such_page,
             405: no_such_page,
@@ -134,19 +141,29 @@ def create_app(
     return app
 
 
-def _lifespan(state: Web, webhook_interval: float | None) -> Any:
-    """Send due webhooks in the background while the app serves; on the way out, give back
-    the items its reviewers hold and stop the password checks' threads."""
+def _lifespan(
+    state: Web,
+    webhook_interval: float | None,
+    alert_interval: float | None,
+    settings: Settings,
+    env: Mapping[str, str] | None,
+) -> Any:
+    """Send due webhooks and check the alerts in the background while the app serves; on the
+    way out, give back the items its reviewers hold and stop the password checks' threads."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        task = None
+        tasks = []
         if webhook_interval:
-            task = asyncio.create_task(_send_webhooks(state, webhook_interval))
+            tasks.append(asyncio.create_task(_send_webhooks(state, webhook_interval)))
+        if alert_interval:
+            environment = dict(os.environ if env is None else env)
+            work = _check_alerts(state, settings, environment, alert_interval)
+            tasks.append(asyncio.create_task(work))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -166,6 +183,28 @@ async def _send_webhooks(state: Web, interval: float) -> None:
             pass  # logged once by the database's health
         except Exception as exc:  # the network hiccupped: next round
             log.warning("smallops: webhook delivery failed: %s", first_line(exc))
+        await asyncio.sleep(interval)
+
+
+async def _check_alerts(
+    state: Web, settings: Settings, env: Mapping[str, str], interval: float
+) -> None:
+    """Every `interval` seconds, one round of `smallops alerts check`; a failed round is logged
+    (an outage once, by the database's health) and the next one tries again."""
+    from smallops.alerts.check import check_once
+
+    def round_() -> None:
+        done = check_once(state.desk.engine, state.desk.workflows, settings, env)
+        for problem in done.changes.problems:
+            log.warning("smallops: alert rule not checked: %s", problem)
+
+    while True:
+        try:
+            await state.db.call(round_)
+        except DatabaseDown:
+            pass
+        except Exception as exc:
+            log.warning("smallops: alert check failed: %s", first_line(exc))
         await asyncio.sleep(interval)
 
 

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from smallops.dashboards.overview import overview
 from smallops.web import _format, charts
 from smallops.web._http import guarded, render, web
+from smallops.web.alerts_page import open_alerts
 
 
 @guarded
@@ -19,6 +20,7 @@ async def overview_page(request: Request) -> Response:
     """Calls, cost, latency, error rates, review backlog and guards per workflow."""
     state = web(request)
     data = await state.db.call(overview, state.desk.engine, state.desk.workflows)
+    data["alerts"] = await state.db.call(open_alerts, state.desk.engine)
     drawn = {row["workflow"]: day_charts(row["workflow"], row["days"]) for row in data["workflows"]}
     return render(request, "overview.html", data, extra={"charts": drawn, "fmt": _format})
 
