@@ -247,8 +247,13 @@ def test_a_setting_of_the_wrong_type_names_its_key_in_smallops_toml(
          "has an unknown key 'cache_input'", "did you mean cached_input?"),
         ("[smalops]\nredis_url = 1", "smallops.toml has an unknown table [smalops]",
          "did you mean [smallops]?"),
-        ("[alerts]\nslack = 1", "smallops.toml has an unknown table [alerts]",
-         "known tables: [smallops], [providers], [prices], [reviewers]"),
+        ("[alert]\nslack = 1", "smallops.toml has an unknown table [alert]",
+         "did you mean [alerts]?"),
+        ("[alerts]\nslack = 1", "[alerts] in smallops.toml has an unknown key 'slack'",
+         "known keys: dashboard_url"),
+        ('[alerts.channels.pager]\nkind = "pagerduty"\nrouting_key = "k"',
+         "[alerts.channels.pager] in smallops.toml has an unknown key 'routing_key'",
+         "did you mean routing_key_env?"),
     ],
 )  # fmt: skip
 def test_an_unknown_table_or_key_in_smallops_toml_is_refused_with_the_closest_known_one(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,9 +47,33 @@ def write_cases(root: Path, n: int) -> None:
 
 
 def problems_of(root: Path) -> list[Problem]:
+    """The problems, warnings (alerts that reach nobody) left out."""
     readiness = check_readiness(Project(root))
-    assert readiness.workflows == 2 and readiness.ready == (not readiness.problems)
-    return readiness.problems
+    problems = [p for p in readiness.problems if p.level == "problem"]
+    assert readiness.workflows == 2 and readiness.ready == (not problems)
+    return problems
+
+
+def test_a_workflow_whose_alerts_reach_nobody_is_a_warning_not_a_problem(root):
+    warnings = [p for p in check_readiness(Project(root)).problems if p.level == "warning"]
+    assert {p.workflow for p in warnings} == {"ready", "ready-judge"}
+    assert all("has no owner" in p.problem for p in warnings)
+
+
+def test_an_owner_no_channel_reaches_is_a_warning_until_one_does():
+    from types import SimpleNamespace
+
+    from smallops.alert_config import parse_alerts
+    from smallops.readiness import alert_warnings
+
+    wf: Any = SimpleNamespace(name="triage", owner="ann")
+    [warning] = alert_warnings(wf, parse_alerts({}))
+    assert "owner 'ann' has no alert channel" in warning.problem and warning.level == "warning"
+    chat = {"channels": {"chat": {"kind": "slack"}}}
+    assert alert_warnings(wf, parse_alerts({**chat, "owners": {"ann": ["chat"]}})) == []
+    mail = {"channels": {"mail": {"kind": "email", "host": "smtp.example", "from": "a@b.example"}}}
+    addressed: Any = SimpleNamespace(name="triage", owner="ann@example.com")
+    assert alert_warnings(addressed, parse_alerts(mail)) == []  # mail goes to the owner
 
 
 def test_a_workflow_nobody_evaluated_is_not_ready_until_its_evals_run(root):

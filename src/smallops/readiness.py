@@ -3,14 +3,17 @@
 Each workflow needs a pinned model, an eval set of MIN_CASES or more, and evals run on its
 current prompt version (a committed baseline of that version, or an eval run in the log that
 judged something). A grader, a workflow other workflows' evals use, needs only the pinned model.
-A workflow module that does not load is a problem too. Each problem comes with its fix.
+A workflow module that does not load is a problem too. Each problem comes with its fix. A
+workflow whose alerts would reach nobody (no owner, or an owner with no channel) is a warning:
+worth fixing, not a reason to refuse the change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from smallops.alert_config import AlertSettings
 from smallops.errors import SmallopsError
 from smallops.evals.baseline import baseline_path, read_baseline
 from smallops.evals.dataset import workflow_cases
@@ -23,11 +26,13 @@ MIN_CASES = 20
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing to fix before shipping; `workflow` is None for a module that did not load."""
+    """One thing to fix before shipping; `workflow` is None for a module that did not load. A
+    `warning` is worth fixing but does not stop a change from landing."""
 
     workflow: str | None
     problem: str
     fix: str
+    level: Literal["problem", "warning"] = "problem"
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Readiness:
 
     @property
     def ready(self) -> bool:
-        return not self.problems
+        return not any(p.level == "problem" for p in self.problems)
 
 
 def check_readiness(project: Project) -> Readiness:
@@ -50,7 +55,33 @@ def check_readiness(project: Project) -> Readiness:
     graders = {getattr(c, "grader", None) for wf in workflows.values() for c in wf.checks.values()}
     for wf in workflows.values():
         problems += workflow_problems(wf, evaluated, grader=wf.name in graders)
+        problems += alert_warnings(wf, project.settings.alerts)
     return Readiness(len(workflows), problems)
+
+
+def alert_warnings(wf: Workflow[Any], alerts: AlertSettings) -> list[Problem]:
+    """Warnings when nobody would hear about the workflow's alerts: no owner, or an owner no
+    channel reaches."""
+    if not wf.owner:
+        return [
+            Problem(
+                wf.name,
+                "it has no owner: nobody hears about its alerts",
+                'set owner= on the Workflow (e.g. owner="ops@acme.example")',
+                "warning",
+            )
+        ]
+    if not alerts.route(wf.name, wf.owner).first:
+        return [
+            Problem(
+                wf.name,
+                f"its owner {wf.owner!r} has no alert channel: nobody hears about its alerts",
+                f'in smallops.toml, [alerts.owners] "{wf.owner}" = ["a channel"] (or '
+                "[alerts.workflows.NAME] channels = [...]); `smallops alerts test` tries it",
+                "warning",
+            )
+        ]
+    return []
 
 
 def workflow_problems(

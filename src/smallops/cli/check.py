@@ -19,7 +19,8 @@ def check_command(
 ) -> None:
     """Check every workflow: evals ran on its current prompt, pinned model, fallback, 20+ cases.
 
-    Exit 0 when all is well, 1 listing each problem with its fix.
+    Exit 0 when all is well, 1 listing each problem with its fix. Warnings (a workflow whose
+    alerts would reach nobody) are listed with "!" and do not change the exit code.
     """
     from smallops.readiness import check_readiness
 
@@ -27,11 +28,14 @@ def check_command(
     if as_json:
         for problem in readiness.problems:
             _common.print_json(dataclasses.asdict(problem))
-    elif readiness.problems:
+    elif not readiness.ready:
         for p in readiness.problems:
             where = f"{p.workflow}: " if p.workflow else ""
-            _common.out.print(f"✗ {where}{p.problem}\n    fix: {p.fix}", markup=False)
+            mark = "✗" if p.level == "problem" else "!"
+            _common.out.print(f"{mark} {where}{p.problem}\n    fix: {p.fix}", markup=False)
     else:
+        for p in readiness.problems:  # warnings only
+            _common.out.print(f"! {p.workflow}: {p.problem}\n    fix: {p.fix}", markup=False)
         _common.out.print(
             f"✓ {readiness.workflows} workflows checked: evals current, models "
             "pinned, fallbacks declared, eval sets of 20+ cases",

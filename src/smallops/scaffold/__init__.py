@@ -1,6 +1,6 @@
 """`smallops init`: a new project laid out as every smallops project is.
 
-smallops.toml                     database URL, providers, prices
+smallops.toml                     database URL, providers, prices, alerts
 workflows/<name>.py, .prompt      the workflow and its prompt
 evals/<name>.jsonl                real examples to test it on
 .github/workflows/smallops.yml    the checks CI runs on pull requests
@@ -34,6 +34,36 @@ database_url = "sqlite:///.smallops/smallops.db"
 # [prices."ollama:llama3.1:8b"]
 # input = 0.0
 # output = 0.0
+
+# Alerts: a workflow's owner= hears about cost surprises, budgets, an open breaker, error
+# spikes, a review backlog past its service level, a silent model upgrade and eval
+# regressions. `smallops alerts check` from cron (or `smallops serve`) checks the rules;
+# `smallops alerts test ops-slack` sends a test message. Secrets stay in the environment.
+# [alerts]
+# dashboard_url = "https://smallops.acme.example"   # links in the alerts
+# escalate_after = "15m"                              # unacknowledged this long: escalate_to
+#
+# [alerts.channels.ops-slack]
+# kind = "slack"                                      # the URL in $SLACK_WEBHOOK_URL
+# [alerts.channels.pager]
+# kind = "pagerduty"                                  # the key in $PAGERDUTY_ROUTING_KEY
+# [alerts.channels.mail]
+# kind = "email"                                      # to the owner, when it is an address
+# host = "smtp.acme.example"
+# from = "smallops <alerts@acme.example>"
+# username_env = "SMTP_USERNAME"
+# password_env = "SMTP_PASSWORD"
+#
+# [alerts.owners]                                     # owner -> the channels that reach them
+# "ops@acme.example" = ["ops-slack"]
+#
+# [alerts.workflows.email-triage]
+# escalate_to = ["pager"]
+# [alerts.workflows.email-triage.rules.review_backlog]
+# sla = "4h"
+# [alerts.rules.cost_surprise]                        # project-wide thresholds
+# increase = 0.5                                      # +50% on the 4 weeks before ...
+# floor_usd = 5                                       # ... and at least $5 more
 """
 
 GITIGNORE = """\
