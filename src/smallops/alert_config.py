@@ -4,6 +4,7 @@
     dashboard_url = "https://smallops.acme.example"   # links in alerts; none without it
     interval = "1m"            # between checks inside `smallops serve`
     repeat_after = "4h"        # a firing alert nobody acknowledged is sent again after this
+    hold = "0s"                # seen this long before it fires (pending until then)
     min_firing = "10m"         # an alert fires at least this long before it resolves
     escalate_after = "15m"     # unacknowledged this long: sent to escalate_to as well
 
@@ -48,6 +49,7 @@ ALERTS_KEYS = (
     "interval",
     "repeat_after",
     "min_firing",
+    "hold",
     "escalate_after",
     "escalate_to",
     "channels",
@@ -165,6 +167,7 @@ class AlertSettings:
     interval: float = 60.0
     repeat_after: float = 4 * 3600.0
     min_firing: float = 600.0
+    hold: float = 0.0  # seconds a condition must last before its alert fires (pending before)
     escalate_after: float = 900.0
     escalate_to: tuple[str, ...] = ()
 
@@ -261,9 +264,15 @@ def parse_alerts(table: Mapping[str, Any]) -> AlertSettings:
         interval=duration(table.get("interval", 60), "interval"),
         repeat_after=duration(table.get("repeat_after", "4h"), "repeat_after"),
         min_firing=duration(table.get("min_firing", "10m"), "min_firing"),
+        hold=_hold(table.get("hold", 0)),
         escalate_after=duration(table.get("escalate_after", "15m"), "escalate_after"),
         escalate_to=_names(table.get("escalate_to", []), "[alerts] escalate_to", channels),
     )
+
+
+def _hold(value: Any) -> float:
+    """The hold may be 0 (fire at once, the default); otherwise a duration."""
+    return 0.0 if value in (0, "0", "0s") else duration(value, "hold")
 
 
 def _channels(table: Mapping[str, Any]) -> dict[str, ChannelConfig]:

@@ -1,6 +1,8 @@
 """From what the rules find to alert state and outbox rows: each alert fires once, is repeated
 only after `repeat_after` (or when its severity rises), escalates when nobody acknowledges it in
 time, and resolves once, after it has fired for at least `min_firing` (so it does not flap).
+With [alerts] `hold`, a new alert is pending (nobody is told) until its condition has lasted
+that long; one that ends while pending resolves without a word.
 
 Each change is one write transaction that locks the alert it changes, and every message it
 calls for is an outbox row written in that same transaction: a crash leaves either both or
@@ -39,6 +41,7 @@ class Changes:
     """What one check did, by dedup key; `problems` are rules that could not be checked."""
 
     fired: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # seen, held back until `hold` has passed
     repeated: list[str] = field(default_factory=list)
     escalated: list[str] = field(default_factory=list)
     resolved: list[str] = field(default_factory=list)
@@ -49,6 +52,7 @@ class Changes:
     def as_dict(self) -> dict[str, list[str]]:
         return {
             "fired": self.fired,
+            "pending": self.pending,
             "repeated": self.repeated,
             "escalated": self.escalated,
             "resolved": self.resolved,
@@ -121,8 +125,12 @@ def _fire(
             with write_transaction(engine) as connection:
                 alert = alert_log.open_alert(connection, key)
                 if alert is None:
-                    _open(connection, finding, figures, routes.of(finding.workflow), now)
-                    changes.fired.append(key)
+                    held = config.hold > 0
+                    _open(connection, finding, figures, routes.of(finding.workflow), now, held)
+                    (changes.pending if held else changes.fired).append(key)
+                    return
+                if alert["state"] == "pending":
+                    _pending(connection, alert, finding, figures, config, routes, now, changes)
                     return
                 _still_firing(connection, alert, finding, figures, config, now, changes)
                 return
@@ -136,6 +144,7 @@ def _open(
     figures: dict[str, Any],
     route: Route,
     now: datetime,
+    held: bool = False,
 ) -> None:
     alert_id = uuid7()
     alert_log.add_alert(
@@ -147,7 +156,7 @@ def _open(
             "period": finding.period,
             "dedup_key": finding.dedup_key,
             "open_key": finding.dedup_key,
-            "state": "firing",
+            "state": "pending" if held else "firing",
             "severity": finding.severity,
             "summary": finding.summary,
             "figures": figures["figures"],
@@ -160,7 +169,34 @@ def _open(
             "updated_at": now,
         },
     )
-    _notify(connection, alert_id, route.first, "firing", figures, route.recipients, now)
+    if not held:
+        _notify(connection, alert_id, route.first, "firing", figures, route.recipients, now)
+
+
+def _pending(
+    connection: Connection,
+    alert: dict[str, Any],
+    finding: Finding,
+    figures: dict[str, Any],
+    config: AlertSettings,
+    routes: Routes,
+    now: datetime,
+    changes: Changes,
+) -> None:
+    """Still seen: it fires once it has lasted `hold` since it was first seen."""
+    values: dict[str, Any] = {
+        "severity": finding.severity,
+        "summary": finding.summary,
+        "figures": figures["figures"],
+        "link": figures["link"],
+        "updated_at": now,
+    }
+    if now - _utc(alert["fired_at"]) >= timedelta(seconds=config.hold):
+        route = routes.of(alert["workflow"])
+        _notify(connection, alert["id"], route.first, "firing", figures, route.recipients, now)
+        values.update(state="firing", fired_at=now, last_notified_at=now)
+        changes.fired.append(alert["dedup_key"])
+    alert_log.change_alert(connection, alert["id"], **values)
 
 
 def _still_firing(
@@ -222,6 +258,12 @@ def _resolve(
     with write_transaction(engine) as connection:
         alert = alert_log.open_alert(connection, key)
         if alert is None:  # resolved meanwhile by another process
+            return
+        if alert["state"] == "pending":  # over before anyone was told: quietly
+            alert_log.change_alert(
+                connection, alert["id"], state="resolved", open_key=None, resolved_at=now
+            )
+            changes.resolved.append(key)
             return
         if now - _utc(alert["fired_at"]) < timedelta(seconds=config.min_firing):
             changes.held.append(key)
