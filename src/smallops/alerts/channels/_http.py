@@ -40,12 +40,12 @@ def post(
     timeout: float = TIMEOUT,
     accepted: Callable[[int, str], Outcome | None] | None = None,
 ) -> Outcome:
-    """POST `body`; `accepted(status, text)` may look at a 2xx answer and say otherwise (Slack's
-    Web API answers 200 with "ok": false)."""
+    """POST `body`; `accepted(status, text)` may look at a 2xx answer, whole, and say otherwise
+    (Slack's Web API answers 200 with "ok": false, and the message it posted after the ts)."""
     request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
     try:
         with _opener.open(request, timeout=timeout) as answer:
-            status, text = answer.status, _text(answer.read())
+            status, raw = answer.status, answer.read()
     except urllib.error.HTTPError as exc:
         status, text = exc.code, _text(exc.read() if exc.fp else b"")
         detail = f"HTTP {status}: {text}".rstrip(": ")
@@ -56,10 +56,10 @@ def post(
         reason = getattr(exc, "reason", exc)
         return Retry(f"no answer: {reason}")
     if accepted is not None:
-        verdict = accepted(status, text)
+        verdict = accepted(status, raw.decode("utf-8", "replace"))
         if verdict is not None:
             return verdict
-    return Sent(f"HTTP {status}: {text}".rstrip(": "))
+    return Sent(f"HTTP {status}: {_text(raw)}".rstrip(": "))
 
 
 def post_json(url: str, payload: Any, headers: Mapping[str, str] | None = None) -> Outcome:
