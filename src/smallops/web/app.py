@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -189,9 +190,10 @@ async def _send_webhooks(state: Web, interval: float) -> None:
 async def _check_alerts(
     state: Web, settings: Settings, env: Mapping[str, str], interval: float
 ) -> None:
-    """Every `interval` seconds, one round of `smallops alerts check`, in a thread of its own:
-    a channel that stalls (each send waits up to 10 s) never holds up a page's database work.
-    A failed round is logged and the next one tries again."""
+    """Every `interval` seconds, one round of `smallops alerts check`, in a daemon thread of its
+    own: a channel that stalls (each send waits up to 10 s) never holds up a page's database
+    work, nor the server's exit (a message cut short there is sent again by the next sender
+    once its lease ends, with the same id). A failed round is logged; the next one tries again."""
     from smallops.alerts.check import check_once
 
     def round_() -> None:
@@ -201,10 +203,35 @@ async def _check_alerts(
 
     while True:
         try:
-            await asyncio.to_thread(round_)
+            await _in_daemon_thread(round_)
         except Exception as exc:
             log.warning("smallops: alert check failed: %s", first_line(exc))
         await asyncio.sleep(interval)
+
+
+async def _in_daemon_thread(work: Callable[[], None]) -> None:
+    """`work()` in a daemon thread, awaited; the process may exit while it runs."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not finished.done():
+            if error is None:
+                finished.set_result(None)
+            else:
+                finished.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            work()
+        except Exception as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="smallops-alerts", daemon=True).start()
+    await finished
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:
