@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
-from pagerduty_fake import NORMAL, Answer, PagerDutyFake
-from slack_fake import SlackFake, block_problems
 from smallops.alert_config import ChannelConfig, parse_alerts
 from smallops.alerts.channels import build_channel, pagerduty
 from smallops.alerts.model import Notification, Refused, Retry, Sent
 from smallops.errors import ConfigError
 from smallops.kinds import NotifyEvent
+
+from pagerduty_fake import NORMAL, Answer, PagerDutyFake
+from slack_fake import SlackFake, block_problems
 
 FIRED = datetime(2026, 12, 1, 14, 3, 7, tzinfo=timezone.utc)
 FIGURES = {"error_rate": 0.1412345, "errors": 28, "calls": 200, "window": "1h"}

@@ -29,8 +29,8 @@ from smallops.alerts.channels import build_channel
 from smallops.alerts.channels import email as email_channel
 from smallops.alerts.model import Notification, Refused, Retry, Sent
 from smallops.errors import ConfigError
-from smtp_receiver import Certificate, SMTPReceiver, self_signed
 
+from smtp_receiver import Certificate, SMTPReceiver, self_signed
 from webhook_receiver import Receiver
 
 FIRED = datetime(2026, 12, 1, 9, 30, tzinfo=timezone.utc)

@@ -29,8 +29,9 @@ from models import GOOD
 
 pytest.importorskip("starlette", reason="the web extra is not installed")
 
-from live_server import serving_app
 from test_web import JSON_HEADERS, make, serve
+
+from live_server import serving_app
 
 PINNED = "gpt-4o-mini-2024-07-18"
 UPGRADED = "gpt-4o-mini-2024-09-30"

@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from live_server import serving_app
 from smallops import Settings
 from smallops.review.desk import ReviewDesk
 from test_eval_history import Model, evaluate, workflow
 from test_web_browser import ARTIFACTS, PASSWORD, logged_in
+
+from live_server import serving_app
 
 uvicorn = pytest.importorskip("uvicorn", reason="the web extra is not installed")
 

@@ -15,12 +15,12 @@ import pytest
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from live_server import serving_app
 from smallops import FakeProvider, Settings, Workflow
 from smallops.review.desk import ReviewDesk
 from smallops.review.queue import ReviewQueue
 from smallops.storage.schema import review_decisions
 
+from live_server import serving_app
 from models import GOOD, Lead, Triage
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -33,7 +33,6 @@ from models import GOOD
 pytest.importorskip("starlette", reason="the web extra is not installed")
 from starlette.testclient import TestClient
 
-from live_server import serving_app
 from smallops.web import auth
 from test_dashboard_overview import run_row, write
 from test_eval_history import two_eval_runs
@@ -41,6 +40,8 @@ from test_web import JSON_HEADERS, PASSWORD, make, serve
 from test_web_outage import Backend, _proxied, queued
 from test_web_outage import backend as backend  # the fixture: SQLite or Postgres taken away
 from test_web_outage import serve as serve_backend
+
+from live_server import serving_app
 
 HTML_HEADERS = {"Accept": "text/html"}
 T = {"t": "2026-11-01T00:00:00+00:00"}

@@ -27,11 +27,12 @@ from smallops.storage.db import ensure_schema
 pytest.importorskip("starlette", reason="the web extra is not installed")
 import httpx
 
-from live_server import serving_app
 from smallops.web import auth
 from smallops.web.app import create_app
 from smallops.web.auth import LoginThrottle, TooManyFailures
 from test_web import JSON_HEADERS, PASSWORD, TOKEN, csrf, make, serve
+
+from live_server import serving_app
 
 
 def test_the_throttle_counts_tries_over_a_sliding_window_and_a_right_one_takes_its_own_back():
