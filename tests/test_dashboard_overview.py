@@ -434,6 +434,7 @@ def serving_dashboards(tmp_path: Path) -> Iterator[str]:
             if i % 3 == 0:
                 rows.append(run_row("refund-check", started, cost=0.002, latency=800 + 10 * i))
     write(engine, rows)
+    _fire_alert(engine, now)
     app = create_app(
         ReviewDesk(engine, {wf.name: wf}),
         wf.settings,
@@ -444,6 +445,29 @@ def serving_dashboards(tmp_path: Path) -> Iterator[str]:
     )
     with serving_app(app) as port:
         yield f"http://127.0.0.1:{port}"
+
+
+def _fire_alert(engine: Any, now: datetime) -> None:
+    """One open alert, as `smallops alerts check` would leave it, for the overview to list."""
+    from smallops.alert_config import AlertSettings
+    from smallops.alerts.engine import apply
+    from smallops.alerts.model import Finding
+
+    class Found:
+        findings = [
+            Finding(
+                rule="model_mismatch",
+                workflow="email-triage",
+                firing=True,
+                period=UPGRADED,
+                summary=f"email-triage: 31 calls in 24 h answered by {UPGRADED}, not {PINNED}",
+                figures={"calls": 31},
+            )
+        ]
+        checked: set[tuple[str, str]] = set()
+        problems: list[str] = []
+
+    apply(engine, Found(), AlertSettings(), {}, now)  # type: ignore[arg-type]
 
 
 def test_the_overview_and_a_workflow_page_in_chromium_at_desktop_and_phone_width(tmp_path):
@@ -486,6 +510,10 @@ def test_the_overview_and_a_workflow_page_in_chromium_at_desktop_and_phone_width
                     page.close()
             page = browser.new_page(viewport={"width": 390, "height": 900})
             page.goto(base + "/dashboard")
+            assert "answered by" in page.locator("#alerts .alert").first.inner_text()
+            page.click("#alerts button:has-text('Acknowledge')")
+            page.wait_for_url(base + "/dashboard#alerts")
+            assert "acknowledged by dana" in page.locator("#alerts .alert").first.inner_text()
             page.click("a:has-text('email-triage')")
             page.wait_for_url(base + "/workflows/email-triage")
             page.click("a:has-text('90d')")
