@@ -45,15 +45,18 @@ def test_every_documented_smallops_toml_is_accepted(tmp_path):
     the config module's, and the scaffold's with its commented-out tables switched on."""
     import re
 
+    import smallops.alert_config
     import smallops.config
     from smallops.scaffold import SMALLOPS_TOML
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     examples = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
-    docstring = smallops.config.__doc__ or ""
-    examples.append("\n".join(line[4:] for line in docstring.splitlines() if line[:4] == "    "))
+    for module in (smallops.config, smallops.alert_config):
+        docstring = module.__doc__ or ""
+        examples.append("\n".join(line[4:] for line in docstring.splitlines() if line[:4] == "    "))
     examples.append(re.sub(r"(?m)^# (?=\[|\w+ = )", "", SMALLOPS_TOML))
-    assert len(examples) >= 3 and all("[providers." in example for example in examples)
+    assert len(examples) >= 5 and sum("[providers." in example for example in examples) >= 3
+    assert sum("[alerts.channels." in example for example in examples) >= 3
     for example in examples:
         (tmp_path / "smallops.toml").write_text(example)
         Settings.load(tmp_path, env={})
