@@ -53,7 +53,9 @@ def test_every_documented_smallops_toml_is_accepted(tmp_path):
     examples = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
     for module in (smallops.config, smallops.alert_config):
         docstring = module.__doc__ or ""
-        examples.append("\n".join(line[4:] for line in docstring.splitlines() if line[:4] == "    "))
+        examples.append(
+            "\n".join(line[4:] for line in docstring.splitlines() if line[:4] == "    ")
+        )
     examples.append(re.sub(r"(?m)^# (?=\[|\w+ = )", "", SMALLOPS_TOML))
     assert len(examples) >= 5 and sum("[providers." in example for example in examples) >= 3
     assert sum("[alerts.channels." in example for example in examples) >= 3
