@@ -250,3 +250,21 @@ def test_a_channel_without_its_secret_waits_and_one_no_longer_configured_fails(e
     gone = replace(CONFIG, channels={})
     attempts = Outbox(engine, gone, {}).send_due(T0 + 60 * MIN)
     assert [a.outcome for a in attempts] == ["failed"] and "any more" in attempts[0].detail
+
+
+def test_a_rule_with_channels_of_its_own_goes_there_instead_of_the_workflows(engine):
+    from smallops.alert_config import parse_alerts
+
+    config = parse_alerts(
+        {
+            "channels": {"chat": {"kind": "slack"}, "pager": {"kind": "pagerduty"}},
+            "workflows": {"triage": {"channels": ["chat"]}},
+            "rules": {"breaker_open": {"channels": ["pager"]}},
+        }
+    )
+    breaker = Finding(rule="breaker_open", workflow="triage", firing=True, severity="critical")
+    evaluation = Evaluation([breaker, cost()], {("cost_surprise", "triage")})
+    apply(engine, evaluation, config, OWNERS, T0)
+    assert sorted(notes(engine)) == [("chat", "firing", "pending"), ("pager", "firing", "pending")]
+    with pytest.raises(Exception, match="names channel 'phone'"):
+        parse_alerts({"rules": {"budget": {"channels": ["phone"]}}})

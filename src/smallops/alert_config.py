@@ -24,6 +24,8 @@
     escalate_to = ["pager"]
     [alerts.workflows.email-triage.rules.review_backlog]
     sla = "2h"
+    [alerts.rules.breaker_open]   # a rule may have channels of its own
+    channels = ["pager"]
 
 Secrets never live here: a channel names the environment variable that holds its key or URL.
 Every table and key is checked, and an unknown one is refused with the closest known name. A
@@ -58,7 +60,8 @@ ALERTS_KEYS = (
     "workflows",
 )
 WORKFLOW_KEYS = ("channels", "escalate_to", "rules")
-#: Each rule's thresholds and their defaults; every rule also takes `enabled` and `severity`.
+#: Each rule's thresholds and their defaults; every rule also takes `enabled`, `severity` and
+#: `channels` (where its alerts go, instead of the workflow's or owner's channels).
 #: Durations are "30s", "15m", "4h", "7d" or seconds.
 RULE_DEFAULTS: dict[RuleName, dict[str, Any]] = {
     "cost_surprise": {"severity": "warning", "increase": 0.5, "floor_usd": 5.0},
@@ -186,12 +189,15 @@ class AlertSettings:
     def severity(self, rule: RuleName, workflow: str) -> Severity:
         return cast(Severity, self.rule(rule, workflow)["severity"])
 
-    def route(self, workflow: str, owner: str | None) -> Route:
-        """The workflow's own channels, else its owner's, else (an owner that is an email
-        address) every email channel, written to the owner."""
+    def route(self, workflow: str, owner: str | None, rule: RuleName | None = None) -> Route:
+        """The rule's own channels (for this workflow, or the project's), else the workflow's,
+        else its owner's, else (an owner that is an email address) every email channel,
+        written to the owner."""
         known = self.workflows.get(workflow) or WorkflowAlerts()
         then = known.escalate_to if known.escalate_to is not None else self.escalate_to
         recipients = (owner,) if owner and is_address(owner) else ()
+        if rule is not None and "channels" in self.rule(rule, workflow):
+            return Route(tuple(self.rule(rule, workflow)["channels"]), then, recipients)
         if known.channels is not None:
             return Route(known.channels, then, recipients)
         if owner and owner in self.owners:
@@ -229,7 +235,7 @@ def parse_alerts(table: Mapping[str, Any]) -> AlertSettings:
         str(owner): _names(names, f'[alerts.owners] "{owner}"', channels)
         for owner, names in _subtable(table, "owners", "[alerts.owners]").items()
     }
-    rules = _rules(_subtable(table, "rules", "[alerts.rules]"), "alerts.rules")
+    rules = _rules(_subtable(table, "rules", "[alerts.rules]"), "alerts.rules", channels)
     workflows = {}
     for name, spec in _subtable(table, "workflows", "[alerts.workflows]").items():
         where = f"[alerts.workflows.{name}]"
@@ -244,7 +250,9 @@ def parse_alerts(table: Mapping[str, Any]) -> AlertSettings:
             if "escalate_to" in spec
             else None,
             rules=_rules(
-                _subtable(spec, "rules", f"{where[:-1]}.rules]"), f"alerts.workflows.{name}.rules"
+                _subtable(spec, "rules", f"{where[:-1]}.rules]"),
+                f"alerts.workflows.{name}.rules",
+                channels,
             ),
         )
     dashboard_url = table.get("dashboard_url")
@@ -370,8 +378,11 @@ def _names(value: Any, where: str, channels: Mapping[str, ChannelConfig]) -> tup
     return tuple(value)
 
 
-def _rules(table: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
-    """Rule tables under `where` (a dotted table name, e.g. "alerts.rules")."""
+def _rules(
+    table: Mapping[str, Any], where: str, channels: Mapping[str, ChannelConfig]
+) -> dict[str, dict[str, Any]]:
+    """Rule tables under `where` (a dotted table name, e.g. "alerts.rules"); a rule's
+    `channels` must name channels of [alerts.channels]."""
     rules: dict[str, dict[str, Any]] = {}
     for rule, spec in table.items():
         if rule not in RULES:
@@ -382,9 +393,12 @@ def _rules(table: Mapping[str, Any], where: str) -> dict[str, dict[str, Any]]:
         here = f"[{where}.{rule}]"
         if not isinstance(spec, dict):
             raise ConfigError(f"{here} in {WHERE} must be a table")
-        _check_keys(spec, ("enabled", *RULE_DEFAULTS[rule]), here)
+        _check_keys(spec, ("enabled", "channels", *RULE_DEFAULTS[rule]), here)
         for key, value in spec.items():
-            _check_value(key, value, here)
+            if key == "channels":
+                spec = {**spec, "channels": _names(value, f"{here} channels", channels)}
+            else:
+                _check_value(key, value, here)
         rules[rule] = dict(spec)
     return rules
 

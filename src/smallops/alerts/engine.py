@@ -23,7 +23,7 @@ from smallops.alert_config import AlertSettings, Route
 from smallops.alerts.model import Finding
 from smallops.errors import InputError, NotFoundError
 from smallops.ids import uuid7
-from smallops.kinds import NotifyEvent, Severity
+from smallops.kinds import NotifyEvent, RuleName, Severity
 from smallops.storage import alert_log
 from smallops.storage.db import write_transaction
 
@@ -69,13 +69,16 @@ class Routes:
     config: AlertSettings
     owners: Mapping[str, str | None]
 
-    def of(self, workflow: str) -> Route:
+    def of(self, workflow: str, rule: RuleName) -> Route:
         if workflow == PROJECT and workflow not in self.config.workflows:
+            own = self.config.route(workflow, None, rule)
+            if own.first:
+                return own
             first: list[str] = []
             for name, owner in self.owners.items():
                 first += [c for c in self.config.route(name, owner).first if c not in first]
             return Route(tuple(first), self.config.escalate_to)
-        return self.config.route(workflow, self.owners.get(workflow))
+        return self.config.route(workflow, self.owners.get(workflow), rule)
 
 
 def apply(
@@ -126,7 +129,14 @@ def _fire(
                 alert = alert_log.open_alert(connection, key)
                 if alert is None:
                     held = config.hold > 0
-                    _open(connection, finding, figures, routes.of(finding.workflow), now, held)
+                    _open(
+                        connection,
+                        finding,
+                        figures,
+                        routes.of(finding.workflow, finding.rule),
+                        now,
+                        held,
+                    )
                     (changes.pending if held else changes.fired).append(key)
                     return
                 if alert["state"] == "pending":
@@ -192,7 +202,7 @@ def _pending(
         "updated_at": now,
     }
     if now - _utc(alert["fired_at"]) >= timedelta(seconds=config.hold):
-        route = routes.of(alert["workflow"])
+        route = routes.of(alert["workflow"], alert["rule"])
         _notify(connection, alert["id"], route.first, "firing", figures, route.recipients, now)
         values.update(state="firing", fired_at=now, last_notified_at=now)
         changes.fired.append(alert["dedup_key"])
@@ -310,7 +320,7 @@ def _escalate(
             return
         if now - _utc(alert["fired_at"]) < timedelta(seconds=config.escalate_after):
             return
-        route = routes.of(alert["workflow"])
+        route = routes.of(alert["workflow"], alert["rule"])
         told = set(alert_log.channels_told(connection, alert["id"]))
         then = [name for name in route.then if name not in told]
         alert_log.change_alert(connection, alert["id"], level=1, updated_at=now)
