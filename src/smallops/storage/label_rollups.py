@@ -102,6 +102,12 @@ def counts_of_run_rows(
     return counts
 
 
+def forget_versions() -> None:
+    """Forget the label fields learned per prompt version (as `writer.reset` does): a version
+    id names one schema, but tests (and a process that switches databases) may reuse an id."""
+    _fields_of_version.clear()
+
+
 def _learn(connection: Any, dialect: str, versions: Collection[str]) -> None:
     unknown = [v for v in versions if v not in _fields_of_version]
     if not unknown:

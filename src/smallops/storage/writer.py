@@ -26,6 +26,7 @@ from typing import Any
 from smallops.config import LogTarget
 from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
+from smallops.storage import label_rollups
 from smallops.storage.db import log_database, safe_url
 from smallops.storage.quarantine import Quarantine, quarantine_folder
 from smallops.storage.rows import Parts, encode, prompt_row
@@ -455,3 +456,4 @@ def reset() -> None:
     with _lock:
         close_all()
         _writers.clear()
+    label_rollups.forget_versions()
