@@ -26,8 +26,9 @@ from typing import Any
 from smallops.config import LogTarget
 from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
-from smallops.storage import label_rollups
+from smallops.storage import label_rollups, otel_export
 from smallops.storage.db import log_database, safe_url
+from smallops.storage.prompt_parts import parts_of
 from smallops.storage.quarantine import Quarantine, quarantine_folder
 from smallops.storage.rows import Parts, encode, prompt_row
 from smallops.storage.spool import Spool, spool_folder
@@ -233,12 +234,35 @@ class Writer:
             self._set_aside_record(record, reason)
         self._maybe_recover()
         if self.healthy:
+            set_aside: set[Any] = set()
             try:
-                self.written += land(self.store, batch, self._set_aside)
+                self.written += land(self.store, batch, self._noting(set_aside))
+                self._safely(self._export, batch, records, set_aside)
                 return
             except Unreachable as exc:
                 self._went_down(exc)
         self._to_spool(batch, self.spool, len(batch.runs))
+
+    def _noting(self, ids: set[Any]) -> Any:
+        """`_set_aside`, also noting the ids of the runs it set aside."""
+
+        def set_aside(batch: RowBatch, reason: str) -> None:
+            ids.update(row[0] for row in batch.runs)
+            self._set_aside(batch, reason)
+
+        return set_aside
+
+    def _export(self, batch: RowBatch, records: list[RunRecord], set_aside: set[Any]) -> None:
+        """Hand the runs just committed to the span export, if it is on (never waits)."""
+        export = otel_export.live_export()
+        if export is None:
+            return
+        params = {record.id: record.facts.prompt.params for record in records}
+        export.offer(
+            otel_export.item_of(run, parts_of(run, batch.parts), params.get(run[0]))
+            for run in batch.runs
+            if run[0] not in set_aside
+        )
 
     def _encode(self, records: list[RunRecord]) -> tuple[RowBatch, list[tuple[RunRecord, str]]]:
         """Rows for the records, and the records that could not be made into rows (and why)."""
@@ -420,6 +444,7 @@ def settle_log() -> int:
 def close_all(timeout: float | None = None) -> None:
     for writer in list(_writers.values()):
         writer.close(timeout)
+    otel_export.reset()  # after the writers: their last runs are queued for export by now
 
 
 _hooks_installed = False

@@ -1,0 +1,263 @@
+"""Sending logged runs to an OpenTelemetry collector over OTLP/HTTP, off by default.
+
+Export is on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set;
+the SDK's exporter reads those and `OTEL_EXPORTER_OTLP_HEADERS` itself. Message content goes
+only when `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`, and never beyond the run's
+content mode. The SDK is imported only when export is on (`pip install smallops[otel]`).
+
+The log writer hands committed runs to `SpanExport.offer`, which only puts them on a bounded
+queue: a thread of its own batches and sends them. When the collector is slow or down, the
+queue fills and further runs are dropped and counted (`dropped`), so neither the request path
+nor the writer ever waits for telemetry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from typing import Any
+
+from smallops.errors import ConfigError
+from smallops.storage.otel_spans import SpanValue, run_spans
+from smallops.storage.prompt_parts import inline_row
+from smallops.storage.schema import RUN_COLUMNS
+
+log = logging.getLogger("smallops")
+
+QUEUE_RUNS = 2048  # runs waiting to be sent; past that they are dropped and counted
+BATCH_RUNS = 256  # runs per export request
+EXPORT_TIMEOUT = 5.0  # seconds one export request (with the SDK's own retries) may take
+_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_CONTENT_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+_STOP = object()
+
+#: A run ready to export: its row (a dict of columns), its prompt version's parameters, and
+#: the caller's (trace id, span id) if the run joined the application's trace.
+Item = tuple[dict[str, Any], dict[str, Any] | None, tuple[int, int] | None]
+
+
+def export_wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment asks for export (an OTLP endpoint is set)."""
+    env = os.environ if environ is None else environ
+    return any(env.get(name, "").strip() for name in _ENDPOINT_VARIABLES)
+
+
+def content_wanted(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return env.get(_CONTENT_VARIABLE, "").strip().lower() in ("true", "1", "yes")
+
+
+class SpanExport:
+    """A bounded queue of runs and a thread that sends them as spans to the OTLP endpoint."""
+
+    def __init__(
+        self, *, content: bool | None = None, timeout: float = EXPORT_TIMEOUT, capacity: int = 0
+    ) -> None:
+        self.content = content_wanted() if content is None else content
+        self.timeout = timeout
+        self.sent = 0  # spans the collector accepted
+        self.dropped = 0  # spans not delivered: queue full, or the collector failed
+        self._queue: queue.Queue[Any] = queue.Queue(capacity or QUEUE_RUNS)
+        self._sdk = _Sdk(timeout)  # raises ConfigError when the extra is missing
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def offer(self, items: Iterable[Item]) -> None:
+        """Queue runs for export; never blocks: what does not fit is dropped and counted."""
+        self._start()
+        for item in items:
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                self.dropped += 1 + len(item[0].get("attempts") or ())
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every run queued so far was sent (or dropped)."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        thread = self._thread
+        if thread is not None:
+            with contextlib.suppress(queue.Full):
+                self._queue.put(_STOP, timeout=timeout)
+            thread.join(timeout)
+            self._thread = None
+        self._sdk.shutdown()
+
+    def send_now(self, items: Iterable[Item]) -> int:
+        """Export on the calling thread (the backfill command); the spans the collector took."""
+        spans = [span for item in items for span in self._spans(item)]
+        if not spans:
+            return 0
+        if not self._sdk.export(spans):
+            self.dropped += len(spans)
+            return 0
+        self.sent += len(spans)
+        return len(spans)
+
+    def _spans(self, item: Item) -> list[SpanValue]:
+        row, params, parent = item
+        return run_spans(row, params, content=self.content, parent=parent)
+
+    def _start(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._loop, name="smallops-otel", daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            items, markers, stop = [], [], False
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    markers.append(item)
+                else:
+                    items.append(item)
+                if stop or len(items) >= BATCH_RUNS:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if items:
+                try:
+                    self.send_now(items)
+                except Exception:
+                    log.exception("smallops: telemetry export hit an unexpected error")
+                    self.dropped += sum(1 + len(i[0].get("attempts") or ()) for i in items)
+            for marker in markers:
+                marker.set()
+            if stop:
+                return
+
+
+class _Sdk:
+    """The OpenTelemetry SDK's OTLP/HTTP exporter and the span type it sends."""
+
+    def __init__(self, timeout: float) -> None:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import ReadableSpan
+            from opentelemetry.sdk.trace.export import SpanExportResult
+            from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+            from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+        except ImportError as exc:
+            raise ConfigError(
+                "OpenTelemetry export needs the SDK and its OTLP/HTTP exporter",
+                hint="pip install 'smallops[otel]' (or unset OTEL_EXPORTER_OTLP_ENDPOINT)",
+            ) from exc
+        self._exporter = OTLPSpanExporter(timeout=timeout)
+        self._resource = Resource.create({"service.name": "smallops"})
+        self._scope = InstrumentationScope("smallops", _version())
+        self._readable, self._context, self._ok = ReadableSpan, SpanContext, SpanExportResult
+        self._kinds = {"INTERNAL": SpanKind.INTERNAL, "CLIENT": SpanKind.CLIENT}
+        self._status, self._code, self._sampled = Status, StatusCode, TraceFlags(1)
+
+    def export(self, spans: list[SpanValue]) -> bool:
+        readable = [self._span(span) for span in spans]
+        return bool(self._exporter.export(readable) is self._ok.SUCCESS)
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()  # type: ignore[no-untyped-call]
+
+    def _span(self, span: SpanValue) -> Any:
+        context = self._context(span.trace_id, span.span_id, False, self._sampled)
+        parent = (
+            self._context(span.trace_id, span.parent_id, False, self._sampled)
+            if span.parent_id is not None
+            else None
+        )
+        status = (
+            self._status(self._code.ERROR, span.description)
+            if span.error
+            else self._status(self._code.UNSET)
+        )
+        return self._readable(
+            span.name,
+            context=context,
+            parent=parent,
+            resource=self._resource,
+            attributes=span.attributes,
+            kind=self._kinds[span.kind],
+            status=status,
+            start_time=span.start_ns,
+            end_time=span.end_ns,
+            instrumentation_scope=self._scope,
+        )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("smallops")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_export: SpanExport | None = None
+_export_lock = threading.Lock()
+
+
+_unavailable = False  # export was asked for and the SDK is missing: said once
+
+
+def live_export() -> SpanExport | None:
+    """The process's span export when the environment asks for one, else None. A missing SDK
+    is logged once and leaves the log writer as it was: telemetry never costs a record."""
+    global _export, _unavailable
+    if _export is None and not _unavailable and export_wanted():
+        with _export_lock:
+            if _export is None and not _unavailable:
+                try:
+                    _export = SpanExport()
+                except ConfigError as exc:
+                    _unavailable = True
+                    log.error("smallops: no OpenTelemetry export: %s (%s)", exc.message, exc.hint)
+    return _export
+
+
+def dropped_spans() -> int:
+    """Spans this process could not deliver to the collector."""
+    return _export.dropped if _export is not None else 0
+
+
+def reset() -> None:
+    """Send what is queued and forget the export (tests, and apps that change the endpoint)."""
+    global _export, _unavailable
+    with _export_lock:
+        if _export is not None:
+            _export.flush(10.0)
+            _export.close()
+        _export, _unavailable = None, False
+
+
+_JSON_COLUMNS = ("messages", "output", "attempts")
+
+
+def item_of(run: Any, parts: Iterable[Any], params: dict[str, Any] | None) -> Item:
+    """An export item from a `runs` row as the writer commits it (RUN_COLUMNS order, JSON as
+    text, prompt parts by reference): the run reads as it will from the log."""
+    row = dict(zip(RUN_COLUMNS, inline_row(run, parts), strict=False))
+    for name in _JSON_COLUMNS:
+        text = row.get(name)
+        row[name] = json.loads(text) if isinstance(text, str) else text
+    return row, params, None

@@ -1,0 +1,255 @@
+"""OpenTelemetry export: real SDK calls against the emulator, spans decoded by a real OTLP/HTTP
+receiver, and every figure checked against the log."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from smallops import secondary
+from smallops.storage import otel_export
+from smallops.storage.otel_spans import span_id_of, trace_id_of
+from smallops.testing import recorded_runs
+
+from emulators import delay, ok, refusal, status
+from otlp_receiver import OtlpReceiver, Span
+
+pytest.importorskip("opentelemetry.sdk")
+
+CLIENT, INTERNAL, ERROR = 3, 1, 2
+EMAIL = {"subject": "Invoice for ann@example.com", "body": "Call me on +44 20 7946 0958."}
+
+
+@pytest.fixture
+def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
+    """A receiver, and the environment pointing smallops at it (with a header it must send)."""
+    with OtlpReceiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"x-team-key=k{id(receiver)}")
+        monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", raising=False)
+        yield receiver
+
+
+def exported(workflow: Any) -> tuple[list[dict[str, Any]], list[Span]]:
+    """The workflow's runs from the log, and the spans the collector received."""
+    runs = recorded_runs(workflow)
+    export = otel_export.live_export()
+    assert export is not None and export.flush(10)
+    return runs, list(otel_export_receiver_spans())
+
+
+_current: list[OtlpReceiver] = []
+
+
+def otel_export_receiver_spans() -> list[Span]:
+    return _current[0].spans
+
+
+@pytest.fixture(autouse=True)
+def _remember(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "collector" in request.fixturenames:
+        _current.append(request.getfixturevalue("collector"))
+    yield
+    _current.clear()
+
+
+def tree(spans: list[Span], run: dict[str, Any]) -> tuple[Span, list[Span]]:
+    """The run's span and its attempt spans (in order), checked to form one trace."""
+    trace = f"{trace_id_of(run['id']):032x}"
+    mine = [s for s in spans if s.trace_id == trace]
+    roots = [s for s in mine if not s.parent_id]
+    assert len(roots) == 1, mine
+    root = roots[0]
+    children = sorted((s for s in mine if s is not root), key=lambda s: s.start_ns)
+    assert all(s.parent_id == root.span_id for s in children)
+    assert len(children) == run["attempt_count"]
+    return root, children
+
+
+def ns(moment: datetime) -> int:
+    """Epoch nanoseconds of a time from the log (whole microseconds)."""
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (moment.replace(tzinfo=timezone.utc) - epoch) // timedelta(microseconds=1) * 1000
+
+
+def check_run_span(root: Span, run: dict[str, Any]) -> None:
+    a = root.attributes
+    assert root.name == f"workflow {run['workflow']}" and root.kind == INTERNAL
+    assert root.span_id == f"{span_id_of(run['id'], 'run'):016x}"
+    assert a["gen_ai.prompt.name"] == run["workflow"]
+    assert a["gen_ai.prompt.version"] == run["prompt_version"]
+    assert a["smallops.run.id"] == run["id"] and a["smallops.run.status"] == run["status"]
+    assert a.get("smallops.review.route") == run["review_route"]
+    assert a["gen_ai.usage.input_tokens"] == run["input_tokens"]
+    assert a["gen_ai.usage.output_tokens"] == run["output_tokens"]
+    assert a.get("gen_ai.usage.cost") == pytest.approx(run["cost_usd"])
+    assert root.service == "smallops"
+    assert root.start_ns == ns(run["started_at"])
+    assert root.end_ns >= root.start_ns
+    if run["error_type"]:
+        assert root.status_code == ERROR and a["error.type"] == run["error_type"]
+    else:
+        assert root.status_code != ERROR and "error.type" not in a
+
+
+def check_attempt(span: Span, run: dict[str, Any], attempt: dict[str, Any]) -> None:
+    a = span.attributes
+    assert span.name == f"chat {run['model_requested']}" and span.kind == CLIENT
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.provider.name"] == run["provider"]
+    assert a["gen_ai.request.model"] == run["model_requested"]
+    assert a["server.address"] == "127.0.0.1" and isinstance(a["server.port"], int)
+    assert span.start_ns == ns(datetime.fromtimestamp(attempt["started_at"], timezone.utc))
+    usage = attempt.get("usage")
+    if usage:
+        assert a["gen_ai.response.model"] == attempt["model"]
+        assert a["gen_ai.usage.input_tokens"] == usage["input_tokens"]
+        assert a["gen_ai.usage.output_tokens"] == usage["output_tokens"]
+        assert a["gen_ai.usage.cache_read.input_tokens"] == usage["cached_tokens"]
+        assert a["gen_ai.usage.reasoning.output_tokens"] == usage["reasoning_tokens"]
+        assert a["gen_ai.response.finish_reasons"] == [attempt["finish"]]
+    assert "gen_ai.input.messages" not in a and "gen_ai.output.messages" not in a
+
+
+def test_success_is_a_run_span_over_one_chat_client_span(make_workflow, emulator, collector):
+    emulator.script(ok(input_tokens=120, output_tokens=30, cached_tokens=100, reasoning_tokens=7))
+    wf = make_workflow(temperature=0.2, max_tokens=300)
+    assert wf.run(**EMAIL).status == "pending_review"
+    runs, spans = exported(wf)
+    (run,) = runs
+    root, (chat,) = tree(spans, run)
+    check_run_span(root, run)
+    check_attempt(chat, run, run["attempts"][0])
+    assert chat.attributes["gen_ai.request.temperature"] == 0.2
+    assert chat.attributes["gen_ai.request.max_tokens"] == 300
+    assert chat.attributes["gen_ai.response.id"].startswith("chatcmpl")
+    assert chat.attributes["gen_ai.usage.cache_read.input_tokens"] == 100
+    assert chat.status_code != ERROR
+    assert run["cost_usd"] > 0
+    assert {h.get("x-team-key") for h in collector.headers} == {f"k{id(collector)}"}
+
+
+def test_refusal_and_a_retried_429_carry_their_error_types(make_workflow, emulator, collector):
+    emulator.script(status(429, retry_after=0.05), ok(), refusal())
+    wf = make_workflow()
+    wf.run(**EMAIL)
+    wf.run(**EMAIL)
+    runs, spans = exported(wf)
+    retried, refused = runs
+    root, (limited, answered) = tree(spans, retried)
+    check_run_span(root, retried)
+    for span, attempt in zip((limited, answered), retried["attempts"], strict=True):
+        check_attempt(span, retried, attempt)
+    assert limited.status_code == ERROR and limited.attributes["error.type"] == "rate_limited"
+    assert limited.attributes["http.response.status_code"] == 429
+    assert answered.status_code != ERROR
+    root, (chat,) = tree(spans, refused)
+    check_run_span(root, refused)
+    assert refused["error_type"] == "refused" and refused["status"] == "queued_for_human"
+    assert chat.status_code == ERROR and chat.attributes["error.type"] == "refused"
+    assert chat.attributes["gen_ai.response.finish_reasons"] == ["refusal"]
+
+
+def test_timeout_and_secondary_fallback_are_two_traces(make_workflow, emulator, collector):
+    emulator.script(delay(1.0), ok())
+    wf = make_workflow(timeout=0.3, retries=0, fallback=secondary("anthropic:claude-sonnet-4-6"))
+    assert wf.run(**EMAIL).status == "pending_review"
+    runs = recorded_runs(wf)
+    _, spans = exported(wf)
+    handed, answered = sorted(runs, key=lambda r: r["started_at"])
+    root, (timed_out,) = tree(spans, handed)
+    check_run_span(root, handed)
+    assert handed["status"] == "fallback_secondary" and handed["error_type"] == "timeout"
+    assert timed_out.status_code == ERROR and timed_out.attributes["error.type"] == "timeout"
+    root, (chat,) = tree(spans, answered)
+    check_run_span(root, answered)
+    assert chat.name == "chat claude-sonnet-4-6"
+    assert chat.attributes["gen_ai.provider.name"] == "anthropic"
+    check_attempt(chat, answered, answered["attempts"][0])
+
+
+def test_repair_is_a_second_chat_span(make_workflow, emulator, collector):
+    emulator.script(ok({"category": "nonsense"}), ok())
+    wf = make_workflow()
+    wf.run(**EMAIL)
+    runs, spans = exported(wf)
+    (run,) = runs
+    root, (first, repair) = tree(spans, run)
+    assert first.attributes["smallops.attempt.purpose"] == "call"
+    assert repair.attributes["smallops.attempt.purpose"] == "repair"
+    assert first.status_code != ERROR and root.status_code != ERROR
+    total = (
+        first.attributes["gen_ai.usage.input_tokens"]
+        + repair.attributes["gen_ai.usage.input_tokens"]
+    )
+    assert total == run["input_tokens"] == root.attributes["gen_ai.usage.input_tokens"]
+
+
+def messages_of(spans: list[Span]) -> tuple[str | None, str | None]:
+    (chat,) = [s for s in spans if s.kind == CLIENT]
+    return chat.attributes.get("gen_ai.input.messages"), chat.attributes.get(
+        "gen_ai.output.messages"
+    )
+
+
+@pytest.mark.parametrize("mode", ["full", "redacted", "metadata"])
+def test_content_only_when_asked_and_never_beyond_the_mode(
+    make_workflow, emulator, collector, monkeypatch, mode
+):
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    wf = make_workflow(content=mode, review="none", fallback="raise")
+    wf.run(**EMAIL)
+    _, spans = exported(wf)
+    sent, answer = messages_of(spans)
+    if mode == "metadata":
+        assert sent is None and answer is None
+        return
+    import json
+
+    inputs, outputs = json.loads(sent), json.loads(answer)
+    assert [m["role"] for m in inputs] == ["system", "user"]
+    assert inputs[1]["parts"][0]["type"] == "text"
+    assert outputs[0]["role"] == "assistant" and outputs[0]["finish_reason"] == "stop"
+    user = inputs[1]["parts"][0]["content"]
+    if mode == "full":
+        assert "ann@example.com" in user and "7946 0958" in user
+    else:
+        assert "ann@example.com" not in user and "7946" not in user
+        assert "[email]" in user
+
+
+def test_no_content_by_default(make_workflow, emulator, collector):
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    _, spans = exported(wf)
+    assert messages_of(spans) == (None, None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_collector_that_is_down_costs_calls_nothing_and_drops_are_counted(
+    make_workflow, emulator, monkeypatch
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)  # warm up
+    began = time.perf_counter()
+    for _ in range(20):
+        wf.run(**EMAIL)
+    on = time.perf_counter() - began
+    assert len(recorded_runs(wf)) == 21  # the log is whole
+    export = otel_export.live_export()
+    assert export is not None
+    assert export.flush(30)
+    assert export.dropped == 2 * 21 and export.sent == 0
+    assert otel_export.dropped_spans() == 42
+    assert on / 20 < 0.25  # each call stays a local round trip, never an export timeout
