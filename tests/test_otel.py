@@ -253,3 +253,42 @@ def test_a_collector_that_is_down_costs_calls_nothing_and_drops_are_counted(
     assert export.dropped == 2 * 21 and export.sent == 0
     assert otel_export.dropped_spans() == 42
     assert on / 20 < 0.25  # each call stays a local round trip, never an export timeout
+
+
+def test_backfill_twice_sends_the_ids_the_live_export_sent(
+    make_workflow, emulator, collector, capsys, tmp_path
+):
+    """`smallops export otel` reads the log and sends the very spans the writer sent."""
+    from conftest import smallops
+
+    emulator.script(status(429, retry_after=0.05), ok(), refusal(), ok())
+    wf = make_workflow()
+    for _ in range(3):
+        wf.run(**EMAIL)
+    _, live = exported(wf)
+    (tmp_path / "smallops.toml").write_text(
+        f'[smallops]\ndatabase_url = "sqlite:///{tmp_path / "log.db"}"\n'
+    )
+    sent = []
+    for _ in range(2):
+        before = len(collector.spans)
+        code, out, err = smallops(capsys, "--project", str(tmp_path), "export", "otel")
+        assert code == 0, err
+        assert "3 runs since 7d: 7 spans sent" in out
+        sent.append(collector.spans[before:])
+
+    def key(span: Span) -> tuple[Any, ...]:
+        attributes = tuple(sorted((k, repr(v)) for k, v in span.attributes.items()))
+        return (
+            span.trace_id,
+            span.span_id,
+            span.parent_id,
+            span.name,
+            span.start_ns,
+            span.end_ns,
+            span.status_code,
+            attributes,
+        )
+
+    assert sorted(map(key, sent[0])) == sorted(map(key, sent[1])) == sorted(map(key, live))
+    assert len(live) == 7

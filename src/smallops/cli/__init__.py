@@ -18,6 +18,7 @@ from smallops.cli import (
     check,
     db,
     drift,
+    export,
     init,
     logs,
     prune,
@@ -77,6 +78,7 @@ drift.register(app)
 status.register(app)
 prune.register(app)
 app.add_typer(review.app, name="review")
+app.add_typer(export.app, name="export")
 serve.register(app)
 app.add_typer(db.app, name="db")
 app.add_typer(alerts.app, name="alerts")

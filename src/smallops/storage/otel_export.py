@@ -20,8 +20,11 @@ import os
 import queue
 import threading
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from importlib import metadata
 from typing import Any
+
+from sqlalchemy import Engine
 
 from smallops.errors import ConfigError
 from smallops.storage.otel_spans import SpanValue, run_spans
@@ -261,3 +264,47 @@ def item_of(run: Any, parts: Iterable[Any], params: dict[str, Any] | None) -> It
         text = row.get(name)
         row[name] = json.loads(text) if isinstance(text, str) else text
     return row, params, None
+
+
+BACKFILL_CHUNK = 500  # runs read and sent at a time
+
+
+def backfill(engine: Engine, since: datetime, export: SpanExport | None = None) -> tuple[int, int]:
+    """Send the runs logged since `since` as spans, oldest first, with the ids a live export
+    gave them: sending twice sends the same spans. Returns (runs read, spans accepted)."""
+    from sqlalchemy import and_, or_, select
+
+    from smallops.storage.prompt_parts import expand_runs
+    from smallops.storage.queries import plain_row
+    from smallops.storage.schema import prompt_versions, runs
+
+    export = export or SpanExport()
+    params: dict[str, Any] = {}
+    read = accepted = 0
+    after: tuple[Any, Any] | None = None
+    with engine.connect() as connection:
+        while True:
+            query = select(runs).where(runs.c.started_at >= since)
+            if after is not None:
+                query = query.where(
+                    or_(
+                        runs.c.started_at > after[0],
+                        and_(runs.c.started_at == after[0], runs.c.id > after[1]),
+                    )
+                )
+            query = query.order_by(runs.c.started_at, runs.c.id).limit(BACKFILL_CHUNK)
+            rows = [plain_row(row._mapping) for row in connection.execute(query)]
+            if not rows:
+                break
+            expand_runs(connection, rows)
+            wanted = {row["prompt_version"] for row in rows} - params.keys()
+            if wanted:
+                found = select(prompt_versions.c.id, prompt_versions.c.params).where(
+                    prompt_versions.c.id.in_(sorted(wanted))
+                )
+                params.update((row.id, row.params) for row in connection.execute(found))
+            items = [(row, params.get(row["prompt_version"]), None) for row in rows]
+            accepted += export.send_now(items)
+            read += len(rows)
+            after = (rows[-1]["started_at"], rows[-1]["id"])
+    return read, accepted
