@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -454,3 +455,25 @@ def test_the_grafana_queries_are_valid_promql(tmp_path):
         ["promtool", "check", "rules", str(path)], capture_output=True, timeout=60, check=False
     )
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_the_readme_scrape_config_is_one_prometheus_takes(tmp_path):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Prometheus", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    token_file = tmp_path / "token"
+    token_file.write_text(token())
+    config = tmp_path / "prometheus.yml"
+    config.write_text(block.replace("/etc/prometheus/smallops-review-token", str(token_file)))
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(config)], capture_output=True, timeout=60, check=False
+    )
+    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+
+
+def test_the_cli_starts_without_loading_prometheus_client():
+    probe = "import sys, smallops.cli, smallops.web.app; print('prometheus_client' in sys.modules)"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert loaded.stdout.strip() == "False"
