@@ -82,6 +82,8 @@ def serve_command(
         webhook_interval=WEBHOOK_INTERVAL,
         alert_interval=project.settings.alerts.interval,
     )
+    # bound before anything is said: a taken port fails the command, not a server half started
+    metrics_server = serve_metrics(desk, metrics_port) if metrics_port is not None else None
     who = (
         "login required"
         if require_login
@@ -91,9 +93,7 @@ def serve_command(
     _common.out.print(f"smallops review queue at http://{shown}:{port}/ ({who})", markup=False)
     if not is_loopback(host) and not forwarded_allow_ips:
         _common.out.print(shared_throttle_note(app.state.web.throttle), markup=False)
-    metrics_server = None
     if metrics_port is not None:
-        metrics_server = serve_metrics(desk, metrics_port)
         _common.out.print(
             f"metrics at http://127.0.0.1:{metrics_port}/metrics (no login, this machine only)",
             markup=False,
