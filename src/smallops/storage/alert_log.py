@@ -200,3 +200,18 @@ def waiting(engine: Engine) -> int:
     )
     with engine.connect() as connection:
         return int(connection.execute(query).scalar_one())
+
+
+def open_alert_counts(engine: Engine) -> dict[tuple[str, str, str], int]:
+    """Open alerts counted per (workflow, rule, state): what `/metrics` reports as firing."""
+    a = alerts.c
+    query = (
+        select(a.workflow, a.rule, a.state, func.count())
+        .where(a.open_key.is_not(None))
+        .group_by(a.workflow, a.rule, a.state)
+    )
+    with engine.connect() as connection:
+        return {
+            (str(workflow), str(rule), str(state)): int(n)
+            for workflow, rule, state, n in connection.execute(query)
+        }

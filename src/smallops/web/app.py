@@ -38,6 +38,7 @@ from smallops.web import (
     evals_page,
     item_page,
     login,
+    metrics,
     overview_page,
     queue_page,
     runs_page,
@@ -113,6 +114,7 @@ def create_app(
         Route("/runs", runs_page.runs_page),
         Route("/runs/{run_id}", runs_page.run_page),
         Route("/dashboard", overview_page.overview_page),
+        Route("/metrics", metrics.metrics_page),
         Route("/alerts/pagerduty", alerts_page.pagerduty, methods=["POST"]),
         Route("/alerts/{alert_id}/ack", alerts_page.ack, methods=["POST"]),
         Route("/workflows/{name:path}", workflow_page.workflow_page),
@@ -139,6 +141,7 @@ def create_app(
         },
     )
     app.state.web = state
+    app.state.metrics = metrics.Metrics(desk)
     return app
 
 
