@@ -25,7 +25,7 @@ from smallops.web.outage import Database, DatabaseDown
 if TYPE_CHECKING:
     from smallops.review.desk import ReviewDesk
 
-MISSING_HINT = "pip install 'smallops[web]' (it brings prometheus_client)"
+MISSING_HINT = "pip install prometheus_client (smallops depends on it; the install is incomplete)"
 
 
 class Metrics:
