@@ -292,3 +292,87 @@ def test_backfill_twice_sends_the_ids_the_live_export_sent(
 
     assert sorted(map(key, sent[0])) == sorted(map(key, sent[1])) == sorted(map(key, live))
     assert len(live) == 7
+
+
+def test_a_run_under_the_applications_span_joins_its_trace_live_and_in_backfill(
+    make_workflow, emulator, collector, capsys, tmp_path, database_url, settings
+):
+    """The app traces its request with its own TracerProvider; the run's span hangs under the
+    app's span, in the app's trace, with span ids still derived from the run id."""
+    import dataclasses
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from conftest import smallops
+
+    tracer = TracerProvider().get_tracer("shop")
+    emulator.script(status(429, retry_after=0.05), ok(), ok())
+    wf = make_workflow(settings=dataclasses.replace(settings, database_url=database_url))
+    with tracer.start_as_current_span("POST /triage") as request_span:
+        wf.run(**EMAIL)
+        caller = request_span.get_span_context()
+    wf.run(**EMAIL)  # no span of the app's: a trace of its own
+    runs, live = exported(wf)
+    inside, outside = sorted(runs, key=lambda r: r["started_at"])
+    app_trace, app_span = f"{caller.trace_id:032x}", f"{caller.span_id:016x}"
+    assert inside["trace_parent"] == f"{app_trace}-{app_span}"
+    assert outside["trace_parent"] is None
+
+    def joined(spans: list[Span]) -> tuple[Span, list[Span]]:
+        mine = [s for s in spans if s.trace_id == app_trace]
+        (root,) = [s for s in mine if s.parent_id == app_span]
+        children = sorted((s for s in mine if s is not root), key=lambda s: s.start_ns)
+        assert [s.parent_id for s in children] == [root.span_id] * 2
+        return root, children
+
+    root, (limited, answered) = joined(live)
+    check_run_span(root, inside)
+    assert limited.attributes["error.type"] == "rate_limited"
+    assert answered.span_id == f"{span_id_of(inside['id'], 'attempt-2'):016x}"
+    assert not [s for s in live if s.trace_id == f"{trace_id_of(inside['id']):032x}"]
+    tree(live, outside)  # the other run is a trace of its own, as before
+    (tmp_path / "smallops.toml").write_text(f'[smallops]\ndatabase_url = "{database_url}"\n')
+    before = len(collector.spans)
+    code, out, err = smallops(capsys, "--project", str(tmp_path), "export", "otel")
+    assert code == 0 and "2 runs since 7d: 5 spans sent" in out, err
+    sent = collector.spans[before:]
+    again_root, again_children = joined(sent)
+    assert (again_root.span_id, again_root.start_ns) == (root.span_id, root.start_ns)
+    assert [s.span_id for s in again_children] == [limited.span_id, answered.span_id]
+
+
+def test_without_opentelemetry_loaded_a_call_never_imports_it(tmp_path):
+    """The request path looks for the app's span only when the app has loaded OpenTelemetry."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import smallops
+
+    source = str(Path(smallops.__file__).resolve().parents[1])
+    script = (
+        "import sys\n"
+        "from smallops import _lifecycle, trace_context\n"
+        "assert trace_context.caller_span() is None\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported'\n"
+        "print('clean')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": source},
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "clean", done.stderr
+
+
+def test_a_stored_trace_parent_is_read_only_when_well_formed():
+    from smallops.trace_context import parse
+
+    good = f"{'ab' * 16}-{'cd' * 8}"
+    assert parse(good) == (int("ab" * 16, 16), int("cd" * 8, 16))
+    for bad in (None, "", "x", f"{'ab' * 16}-{'zz' * 8}", f"{'0' * 32}-{'cd' * 8}", good + "0"):
+        assert parse(bad) is None

@@ -30,6 +30,7 @@ from smallops.errors import ConfigError
 from smallops.storage.otel_spans import SpanValue, run_spans
 from smallops.storage.prompt_parts import inline_row
 from smallops.storage.schema import RUN_COLUMNS
+from smallops.trace_context import parse as parse_parent
 
 log = logging.getLogger("smallops")
 
@@ -263,7 +264,7 @@ def item_of(run: Any, parts: Iterable[Any], params: dict[str, Any] | None) -> It
     for name in _JSON_COLUMNS:
         text = row.get(name)
         row[name] = json.loads(text) if isinstance(text, str) else text
-    return row, params, None
+    return row, params, parse_parent(row.get("trace_parent"))
 
 
 BACKFILL_CHUNK = 500  # runs read and sent at a time
@@ -303,7 +304,10 @@ def backfill(engine: Engine, since: datetime, export: SpanExport | None = None) 
                     prompt_versions.c.id.in_(sorted(wanted))
                 )
                 params.update((row.id, row.params) for row in connection.execute(found))
-            items = [(row, params.get(row["prompt_version"]), None) for row in rows]
+            items = [
+                (row, params.get(row["prompt_version"]), parse_parent(row.get("trace_parent")))
+                for row in rows
+            ]
             accepted += export.send_now(items)
             read += len(rows)
             after = (rows[-1]["started_at"], rows[-1]["id"])
