@@ -376,3 +376,77 @@ def test_a_stored_trace_parent_is_read_only_when_well_formed():
     assert parse(good) == (int("ab" * 16, 16), int("cd" * 8, 16))
     for bad in (None, "", "x", f"{'ab' * 16}-{'zz' * 8}", f"{'0' * 32}-{'cd' * 8}", good + "0"):
         assert parse(bad) is None
+
+
+def test_status_shows_the_spans_a_process_could_not_deliver(
+    make_workflow, emulator, monkeypatch, capsys, tmp_path
+):
+    """The process that calls models notes its drops in the project's .smallops folder;
+    `smallops status`, another process, reads them per workflow."""
+    import json
+
+    from smallops.storage.telemetry_state import telemetry_folder
+
+    from conftest import smallops
+
+    port = free_port()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://user:pw@127.0.0.1:{port}/otlp?k=1")
+    wf = make_workflow(review="none")
+    for _ in range(3):
+        wf.run(**EMAIL)
+    assert len(recorded_runs(wf)) == 3
+    export = otel_export.live_export()
+    assert export is not None and export.flush(30) and export.dropped == 6
+    (tmp_path / "smallops.toml").write_text(
+        f'[smallops]\ndatabase_url = "sqlite:///{tmp_path / "log.db"}"\n'
+        f'[providers.openai]\nbase_url = "{emulator.openai_base_url}"\n'
+    )
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "triage.py").write_text(
+        "from smallops import Workflow\n"
+        "triage = Workflow('triage', model='openai:gpt-4o-mini-2024-07-18',\n"
+        "                  prompt='../triage.prompt', review='none', fallback='raise')\n"
+        "other = Workflow('other', model='openai:gpt-4o-mini-2024-07-18',\n"
+        "                 prompt='../triage.prompt', review='none', fallback='raise')\n"
+    )
+    assert list(telemetry_folder(tmp_path / ".smallops").glob("otel-*.json"))
+    code, out, err = smallops(capsys, "-p", str(tmp_path), "status", "--json")
+    assert code == 0, err
+    rows = {row["workflow"]: row for row in map(json.loads, out.splitlines())}
+    assert rows["other"]["spans_dropped"] is None
+    lost = rows["triage"]["spans_dropped"]
+    assert lost["spans"] == 6 and lost["processes"] == 1 and lost["last_at"]
+    assert (
+        lost["last_error"] == f"the collector at http://127.0.0.1:{port} did not accept the spans"
+    )
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "status")
+    assert code == 0 and "telemetry 6 spans the OpenTelemetry collector did not get" in out
+    assert "`smallops export otel --since 1d`" in out and "pw" not in out
+
+
+def test_a_healthy_export_writes_no_drop_file_and_old_ones_are_not_shown(
+    make_workflow, emulator, collector, tmp_path
+):
+    import json
+    import os
+
+    from smallops.storage.telemetry_state import read_drops, telemetry_folder, write_drops
+
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    exported(wf)
+    folder = telemetry_folder(tmp_path / ".smallops")
+    assert not folder.exists()
+    assert write_drops(folder, {"triage": 4}, "queue full", 1000.0)
+    assert read_drops(folder)["triage"] == {
+        "spans": 4,
+        "processes": 1,
+        "last_error": "queue full",
+        "last_at": 1000.0,
+    }
+    path = folder / f"otel-{os.getpid()}.json"
+    state = json.loads(path.read_text())
+    state["updated_at"] -= 25 * 3600  # a process that last dropped spans more than a day ago
+    path.write_text(json.dumps(state))
+    (folder / "otel-1.json").write_text("{half")
+    assert read_drops(folder) == {}
