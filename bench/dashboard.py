@@ -217,6 +217,7 @@ def run_rows(n: int, now: datetime, payload_bytes: int, seed: int = 1) -> Iterat
             "batch_id": None,
             "batch_item": None,
             "compacted": None,
+            "trace_parent": None,
         }
         chunk.append([values[c] for c in RUN_COLUMNS])
         if status == "pending_review":

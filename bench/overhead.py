@@ -16,10 +16,13 @@ their order alternating from round to round, and medians are quoted.
    alternating with `Workflow.run` measured in-process the same way; ratios to the peers' `raw`.
 5. Guards: sequential calls with request and token rate limits and the circuit breaker, in
    memory and in Redis, against the raw SDK. Target: in memory, inside the targets of 1.
+6. Export on: sequential calls with the OpenTelemetry export off, sending to a local OTLP/HTTP
+   receiver that answers 200, and pointed at a closed port (a collector that is down), against
+   the raw SDK. Target: each inside the targets of 1. `--export-only` runs this section alone.
 
 Run: .venv/bin/python bench/overhead.py [--calls 1000] [--rounds 5] [--concurrent-calls 3000]
      [--writer-rows 20000] [--pg-url URL] [--skip-pg] [--peers [--peers-python PY]] [--json]
-     [--redis-url URL] [--skip-redis] [--skip-guards]
+     [--redis-url URL] [--skip-redis] [--skip-guards] [--skip-export] [--export-only]
 Needs nginx (apt-get install -y nginx-light), Postgres at --pg-url unless --skip-pg, and Redis
 at --redis-url unless --skip-redis.
 """
@@ -247,6 +250,140 @@ def guards_cost(root: Path, n: int, rounds: int, redis_url: str | None) -> dict[
         f"{memory['p99_overhead_ms']:.3f} ms "
         f"({verdict('p99_overhead_ms', memory['p99_overhead_ms'])})"
     )
+    return out
+
+
+@contextlib.contextmanager
+def otlp_receiver() -> Iterator[str]:
+    """An OTLP/HTTP endpoint on 127.0.0.1 that reads each request and answers 200 (an empty
+    ExportTraceServiceResponse); yields its base URL and counts the requests it took."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            CALLS["otlp requests"] += 1
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
+    """Sequential calls with the span export off, on (a receiver answering 200) and pointed at
+    a closed port, alternating with the raw SDK. Each variant is the process's export in turn
+    (the writer hands committed runs to whichever is current); the writer is flushed between
+    variants, outside the timings."""
+    from smallops.storage import otel_export
+
+    client = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["OPENAI_API_KEY"], max_retries=0)
+    wf = make_workflow(root, "export")
+    exports: dict[str, Any] = {}
+    with otlp_receiver() as receiver:
+        saved = os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        try:
+            for name, url in (
+                ("export on", receiver),
+                ("export, collector down", f"http://127.0.0.1:{closed_port()}"),
+            ):
+                os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
+                exports[name] = otel_export.SpanExport()
+        finally:
+            os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+            if saved is not None:
+                os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = saved
+
+        def variant(export: Any) -> Callable[[], Any]:
+            def call() -> Any:
+                otel_export._export = export
+                return wf.run(subject=SUBJECT, body=BODY)
+
+            return call
+
+        variants: dict[str, Callable[[], Any]] = {
+            "raw": lambda: raw_call(client),
+            "export off": variant(None),
+            **{name: variant(export) for name, export in exports.items()},
+        }
+        try:
+            for name, fn in variants.items():
+                timed(name, fn, max(50, n // 10))
+                writer_module.flush_all()
+            medians: dict[str, list[float]] = {name: [] for name in variants}
+            p99s: dict[str, list[float]] = {name: [] for name in variants}
+            for r in range(rounds):
+                for name in alternate(r, list(variants)):
+                    gc.collect()
+                    got = summary(timed(name, variants[name], n))
+                    writer_module.flush_all()
+                    medians[name].append(got["median_us"])
+                    p99s[name].append(got["p99_us"])
+        finally:
+            otel_export._export = None
+            exports["export on"].flush(30)
+            for export in exports.values():
+                export.close(1.0)
+    raw_med, raw_p99 = statistics.median(medians["raw"]), statistics.median(p99s["raw"])
+    rows, out = [], {}
+    for name in variants:
+        med, p99 = statistics.median(medians[name]), statistics.median(p99s[name])
+        out[name] = {
+            "median_us": med,
+            "p99_us": p99,
+            "overhead_ms": (med - raw_med) / 1000,
+            "p99_overhead_ms": (p99 - raw_p99) / 1000,
+        }
+        rows.append(
+            [
+                name,
+                f"{med:,.0f}",
+                f"{p99:,.0f}",
+                f"{(med - raw_med) / 1000:.3f}",
+                f"{(p99 - raw_p99) / 1000:.3f}",
+            ]
+        )
+    on, down = exports["export on"], exports["export, collector down"]
+    out["spans"] = {
+        "sent": on.sent,
+        "dropped": on.dropped,
+        "down_dropped": down.dropped,
+        "otlp_requests": CALLS["otlp requests"],
+    }
+    print(
+        f"\n6. Export on: {rounds} rounds x {n} sequential calls per path (µs per call; "
+        "overheads are medians over rounds against the raw SDK)"
+    )
+    table(["path", "median µs", "p99 µs", "overhead ms", "p99 ovh ms"], rows)
+    print(
+        f"spans sent {on.sent:,} in {CALLS['otlp requests']:,} requests ({on.dropped:,} dropped); "
+        f"collector down: {down.dropped:,} spans dropped and counted"
+    )
+    for name in exports:
+        got = out[name]
+        print(
+            f"{name}: median overhead {got['overhead_ms']:.3f} ms "
+            f"({verdict('overhead_ms', got['overhead_ms'])}), p99 overhead "
+            f"{got['p99_overhead_ms']:.3f} ms "
+            f"({verdict('p99_overhead_ms', got['p99_overhead_ms'])})"
+        )
     return out
 
 
@@ -605,6 +742,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-guards", action="store_true", help="no guards section")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--skip-redis", action="store_true", help="guards in memory only")
+    p.add_argument("--skip-export", action="store_true", help="no OpenTelemetry export section")
+    p.add_argument("--export-only", action="store_true", help="only the export section (6)")
     return p.parse_args()
 
 
@@ -621,18 +760,25 @@ def main() -> None:
                 f"smallops {smallops.__version__}, openai {openai.__version__}, Python "
                 f"{sys.version.split()[0]}, {os.cpu_count()} CPUs, upstream {BASE_URL}"
             )
-            results = {
-                "sequential": sequential(wf, args.calls, args.rounds),
-                "concurrent": concurrent(wf, args.concurrent_calls, args.rounds),
-            }
-            pg_url = None if args.skip_pg else args.pg_url
-            results["writer"] = writer_alone(record, args.writer_rows, args.rounds, pg_url, scratch)
-            if args.peers:
-                results["peers"] = peers(wf, args)
-            if not args.skip_guards:
-                redis_url = None if args.skip_redis else args.redis_url
-                results["guards"] = guards_cost(scratch, args.calls, args.rounds, redis_url)
-            report(results)
+            if args.export_only:
+                results = {"export": export_cost(scratch, args.calls, args.rounds)}
+            else:
+                results = {
+                    "sequential": sequential(wf, args.calls, args.rounds),
+                    "concurrent": concurrent(wf, args.concurrent_calls, args.rounds),
+                }
+                pg_url = None if args.skip_pg else args.pg_url
+                results["writer"] = writer_alone(
+                    record, args.writer_rows, args.rounds, pg_url, scratch
+                )
+                if args.peers:
+                    results["peers"] = peers(wf, args)
+                if not args.skip_guards:
+                    redis_url = None if args.skip_redis else args.redis_url
+                    results["guards"] = guards_cost(scratch, args.calls, args.rounds, redis_url)
+                if not args.skip_export:
+                    results["export"] = export_cost(scratch, args.calls, args.rounds)
+                report(results)
     finally:
         writer_module.reset()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -292,3 +292,161 @@ def test_backfill_twice_sends_the_ids_the_live_export_sent(
 
     assert sorted(map(key, sent[0])) == sorted(map(key, sent[1])) == sorted(map(key, live))
     assert len(live) == 7
+
+
+def test_a_run_under_the_applications_span_joins_its_trace_live_and_in_backfill(
+    make_workflow, emulator, collector, capsys, tmp_path, database_url, settings
+):
+    """The app traces its request with its own TracerProvider; the run's span hangs under the
+    app's span, in the app's trace, with span ids still derived from the run id."""
+    import dataclasses
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from conftest import smallops
+
+    tracer = TracerProvider().get_tracer("shop")
+    emulator.script(status(429, retry_after=0.05), ok(), ok())
+    wf = make_workflow(settings=dataclasses.replace(settings, database_url=database_url))
+    with tracer.start_as_current_span("POST /triage") as request_span:
+        wf.run(**EMAIL)
+        caller = request_span.get_span_context()
+    wf.run(**EMAIL)  # no span of the app's: a trace of its own
+    runs, live = exported(wf)
+    inside, outside = sorted(runs, key=lambda r: r["started_at"])
+    app_trace, app_span = f"{caller.trace_id:032x}", f"{caller.span_id:016x}"
+    assert inside["trace_parent"] == f"{app_trace}-{app_span}"
+    assert outside["trace_parent"] is None
+
+    def joined(spans: list[Span]) -> tuple[Span, list[Span]]:
+        mine = [s for s in spans if s.trace_id == app_trace]
+        (root,) = [s for s in mine if s.parent_id == app_span]
+        children = sorted((s for s in mine if s is not root), key=lambda s: s.start_ns)
+        assert [s.parent_id for s in children] == [root.span_id] * 2
+        return root, children
+
+    root, (limited, answered) = joined(live)
+    check_run_span(root, inside)
+    assert limited.attributes["error.type"] == "rate_limited"
+    assert answered.span_id == f"{span_id_of(inside['id'], 'attempt-2'):016x}"
+    assert not [s for s in live if s.trace_id == f"{trace_id_of(inside['id']):032x}"]
+    tree(live, outside)  # the other run is a trace of its own, as before
+    (tmp_path / "smallops.toml").write_text(f'[smallops]\ndatabase_url = "{database_url}"\n')
+    before = len(collector.spans)
+    code, out, err = smallops(capsys, "--project", str(tmp_path), "export", "otel")
+    assert code == 0 and "2 runs since 7d: 5 spans sent" in out, err
+    sent = collector.spans[before:]
+    again_root, again_children = joined(sent)
+    assert (again_root.span_id, again_root.start_ns) == (root.span_id, root.start_ns)
+    assert [s.span_id for s in again_children] == [limited.span_id, answered.span_id]
+
+
+def test_without_opentelemetry_loaded_a_call_never_imports_it(tmp_path):
+    """The request path looks for the app's span only when the app has loaded OpenTelemetry."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import smallops
+
+    source = str(Path(smallops.__file__).resolve().parents[1])
+    script = (
+        "import sys\n"
+        "from smallops import _lifecycle, trace_context\n"
+        "assert trace_context.caller_span() is None\n"
+        "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported'\n"
+        "print('clean')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": source},
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "clean", done.stderr
+
+
+def test_a_stored_trace_parent_is_read_only_when_well_formed():
+    from smallops.trace_context import parse
+
+    good = f"{'ab' * 16}-{'cd' * 8}"
+    assert parse(good) == (int("ab" * 16, 16), int("cd" * 8, 16))
+    for bad in (None, "", "x", f"{'ab' * 16}-{'zz' * 8}", f"{'0' * 32}-{'cd' * 8}", good + "0"):
+        assert parse(bad) is None
+
+
+def test_status_shows_the_spans_a_process_could_not_deliver(
+    make_workflow, emulator, monkeypatch, capsys, tmp_path
+):
+    """The process that calls models notes its drops in the project's .smallops folder;
+    `smallops status`, another process, reads them per workflow."""
+    import json
+
+    from smallops.storage.telemetry_state import telemetry_folder
+
+    from conftest import smallops
+
+    port = free_port()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://user:pw@127.0.0.1:{port}/otlp?k=1")
+    wf = make_workflow(review="none")
+    for _ in range(3):
+        wf.run(**EMAIL)
+    assert len(recorded_runs(wf)) == 3
+    export = otel_export.live_export()
+    assert export is not None and export.flush(30) and export.dropped == 6
+    (tmp_path / "smallops.toml").write_text(
+        f'[smallops]\ndatabase_url = "sqlite:///{tmp_path / "log.db"}"\n'
+        f'[providers.openai]\nbase_url = "{emulator.openai_base_url}"\n'
+    )
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "triage.py").write_text(
+        "from smallops import Workflow\n"
+        "triage = Workflow('triage', model='openai:gpt-4o-mini-2024-07-18',\n"
+        "                  prompt='../triage.prompt', review='none', fallback='raise')\n"
+        "other = Workflow('other', model='openai:gpt-4o-mini-2024-07-18',\n"
+        "                 prompt='../triage.prompt', review='none', fallback='raise')\n"
+    )
+    assert list(telemetry_folder(tmp_path / ".smallops").glob("otel-*.json"))
+    code, out, err = smallops(capsys, "-p", str(tmp_path), "status", "--json")
+    assert code == 0, err
+    rows = {row["workflow"]: row for row in map(json.loads, out.splitlines())}
+    assert rows["other"]["spans_dropped"] is None
+    lost = rows["triage"]["spans_dropped"]
+    assert lost["spans"] == 6 and lost["processes"] == 1 and lost["last_at"]
+    assert (
+        lost["last_error"] == f"the collector at http://127.0.0.1:{port} did not accept the spans"
+    )
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "status")
+    assert code == 0 and "telemetry 6 spans the OpenTelemetry collector did not get" in out
+    assert "`smallops export otel --since 1d`" in out and "pw" not in out
+
+
+def test_a_healthy_export_writes_no_drop_file_and_old_ones_are_not_shown(
+    make_workflow, emulator, collector, tmp_path
+):
+    import json
+    import os
+
+    from smallops.storage.telemetry_state import read_drops, telemetry_folder, write_drops
+
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    exported(wf)
+    folder = telemetry_folder(tmp_path / ".smallops")
+    assert not folder.exists()
+    assert write_drops(folder, {"triage": 4}, "queue full", 1000.0)
+    assert read_drops(folder)["triage"] == {
+        "spans": 4,
+        "processes": 1,
+        "last_error": "queue full",
+        "last_at": 1000.0,
+    }
+    path = folder / f"otel-{os.getpid()}.json"
+    state = json.loads(path.read_text())
+    state["updated_at"] -= 25 * 3600  # a process that last dropped spans more than a day ago
+    path.write_text(json.dumps(state))
+    (folder / "otel-1.json").write_text("{half")
+    assert read_drops(folder) == {}

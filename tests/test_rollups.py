@@ -399,6 +399,7 @@ def _log_at_0006_with_runs(engine: Engine, n: int) -> None:
                 values[name] = datetime.fromtimestamp(values[name], timezone.utc)
             values["inputs"], values["attempts"] = {}, []
             del values["compacted"]  # added by 0010
+            del values["trace_parent"]  # added by 0012
             connection.execute(runs.insert().values(**values))
 
 

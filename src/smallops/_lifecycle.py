@@ -36,6 +36,7 @@ from smallops.resilience.steps import admit, breaker_allow, breaker_record
 from smallops.result import Result
 from smallops.review.policy import needs_review
 from smallops.storage.storable import Flag, encodable
+from smallops.trace_context import caller_span
 
 if TYPE_CHECKING:
     from smallops._plan import CallPlan
@@ -63,6 +64,7 @@ class _Run:
     reservation: Any = None
     flags: set[Flag] = field(default_factory=set)
     batch: tuple[str, str] | None = field(default_factory=batches.current.get)
+    trace_parent: str | None = field(default_factory=caller_span)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -282,6 +284,7 @@ def _finish(
             partial=partial,
             flags=frozenset(run.flags),
             batch=run.batch,
+            trace_parent=run.trace_parent,
         )
     )
     return Result(

@@ -105,3 +105,4 @@ class RunRecord:
     partial: Any  # what a failed call left, for the human who takes over
     flags: frozenset[str] = field(default_factory=frozenset)  # storable.FLAGS
     batch: tuple[str, str] | None = None  # (batch id, "<line>:<input hash>") of `run --input`
+    trace_parent: str | None = None  # the application's span at the call's start (trace_context)

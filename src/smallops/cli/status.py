@@ -41,15 +41,22 @@ def status_command(
     A guard whose shared store does not answer is shown as degraded, with what it does instead.
     The calls a guard sent to the fallback in the last 24 hours are counted per reason (as
     `smallops logs --status` names it), with the last one's time: an outage leaves its mark.
+    So do the spans the OpenTelemetry export could not deliver (processes of the last 24 hours).
     """
     from smallops.review.queue import ReviewQueue
+    from smallops.storage.telemetry_state import read_drops, telemetry_folder
     from smallops.storage.writer import quarantine_for
 
     project = _common.project(ctx)
     queue = ReviewQueue(project.engine()).counts()
     set_aside = _set_aside(quarantine_for(project.settings.log))
+    dropped = read_drops(telemetry_folder(project.settings.state_dir))
     rows = [
-        {**_status(project, wf, queue.get(wf.name, 0)), "set_aside": set_aside.get(wf.name)}
+        {
+            **_status(project, wf, queue.get(wf.name, 0)),
+            "set_aside": set_aside.get(wf.name),
+            "spans_dropped": _dropped(dropped.get(wf.name)),
+        }
         for wf in project.workflows.values()
     ]
     if as_json:
@@ -74,6 +81,14 @@ def _set_aside(quarantine: Quarantine) -> dict[str | None, dict[str, Any]]:
             "reason": entry.reason,
         }
     return found
+
+
+def _dropped(found: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The spans not delivered, with the last error's time as a datetime (None: none)."""
+    if not found:
+        return None
+    at = found["last_at"]
+    return {**found, "last_at": datetime.fromtimestamp(at, timezone.utc) if at else None}
 
 
 def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
@@ -139,6 +154,14 @@ def _print(row: dict[str, Any]) -> None:
             f"  [red]set aside[/red] {aside['records']} records the database refused, kept in "
             f"{escape(aside['folder'])}; newest: run {newest['run_id']} "
             f"({escape(newest['reason'])}) — `smallops show ID`"
+        )
+    if row["spans_dropped"]:
+        lost = row["spans_dropped"]
+        say(
+            f"  [red]telemetry[/red] {lost['spans']} spans the OpenTelemetry collector did not get "
+            f"(processes of the last 24 h); last at {_common.when(lost['last_at'])}: "
+            f"{escape(lost['last_error'] or 'unknown')} — `smallops export otel --since 1d` "
+            "sends them again"
         )
     for event in row["recent_events"]:
         say(

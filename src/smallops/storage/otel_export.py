@@ -19,10 +19,14 @@ import logging
 import os
 import queue
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
@@ -30,6 +34,8 @@ from smallops.errors import ConfigError
 from smallops.storage.otel_spans import SpanValue, run_spans
 from smallops.storage.prompt_parts import inline_row
 from smallops.storage.schema import RUN_COLUMNS
+from smallops.storage.telemetry_state import write_drops
+from smallops.trace_context import parse as parse_parent
 
 log = logging.getLogger("smallops")
 
@@ -39,6 +45,7 @@ EXPORT_TIMEOUT = 5.0  # seconds one export request (with the SDK's own retries) 
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _CONTENT_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 _STOP = object()
+REPORT_SECONDS = 1.0  # the drop file (telemetry_state.py) is rewritten at most this often
 
 #: A run ready to export: its row (a dict of columns), its prompt version's parameters, and
 #: the caller's (trace id, span id) if the run joined the application's trace.
@@ -66,19 +73,27 @@ class SpanExport:
         self.timeout = timeout
         self.sent = 0  # spans the collector accepted
         self.dropped = 0  # spans not delivered: queue full, or the collector failed
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
         self._queue: queue.Queue[Any] = queue.Queue(capacity or QUEUE_RUNS)
         self._sdk = _Sdk(timeout)  # raises ConfigError when the extra is missing
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Spans dropped per project state folder and workflow, for `smallops status`.
+        self._drops: dict[Path, Counter[str]] = {}
+        self._drops_lock = threading.Lock()
+        self._unreported = False
+        self._reported_at = 0.0
 
-    def offer(self, items: Iterable[Item]) -> None:
-        """Queue runs for export; never blocks: what does not fit is dropped and counted."""
+    def offer(self, items: Iterable[Item], report_to: Path | None = None) -> None:
+        """Queue runs for export; never blocks: what does not fit is dropped and counted (and,
+        with `report_to`, a project's telemetry folder, noted there for `smallops status`)."""
         self._start()
         for item in items:
             try:
-                self._queue.put_nowait(item)
+                self._queue.put_nowait((item, report_to))
             except queue.Full:
-                self.dropped += 1 + len(item[0].get("attempts") or ())
+                self._drop(item, report_to, "the export queue was full: the collector is slow")
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every run queued so far was sent (or dropped)."""
@@ -102,14 +117,42 @@ class SpanExport:
 
     def send_now(self, items: Iterable[Item]) -> int:
         """Export on the calling thread (the backfill command); the spans the collector took."""
-        spans = [span for item in items for span in self._spans(item)]
+        return self._send([(item, None) for item in items])
+
+    def _send(self, entries: list[tuple[Item, Path | None]]) -> int:
+        built = [(item, folder, self._spans(item)) for item, folder in entries]
+        spans = [span for _, _, group in built for span in group]
         if not spans:
             return 0
         if not self._sdk.export(spans):
-            self.dropped += len(spans)
+            reason = f"the collector at {_endpoint_shown()} did not accept the spans"
+            for item, folder, group in built:
+                self._drop(item, folder, reason, len(group))
             return 0
         self.sent += len(spans)
         return len(spans)
+
+    def _drop(self, item: Item, folder: Path | None, reason: str, spans: int = 0) -> None:
+        count = spans or 1 + len(item[0].get("attempts") or ())
+        with self._drops_lock:
+            self.dropped += count
+            self.last_error, self.last_error_at = reason, time.time()
+            if folder is not None:
+                self._drops.setdefault(folder, Counter())[str(item[0].get("workflow"))] += count
+                self._unreported = True
+
+    def _report(self, force: bool = False) -> None:
+        """Rewrite the drop files of the projects that dropped spans, at most once a second."""
+        now = time.monotonic()
+        if not self._unreported or (not force and now - self._reported_at < REPORT_SECONDS):
+            return
+        with self._drops_lock:
+            drops = {folder: dict(counts) for folder, counts in self._drops.items()}
+            error, at, self._unreported = self.last_error, self.last_error_at, False
+        self._reported_at = now
+        for folder, counts in drops.items():
+            if not write_drops(folder, counts, error, at):
+                log.warning("smallops: could not note dropped spans in %s", folder)
 
     def _spans(self, item: Item) -> list[SpanValue]:
         row, params, parent = item
@@ -126,8 +169,13 @@ class SpanExport:
 
     def _loop(self) -> None:
         while True:
-            item = self._queue.get()
-            items, markers, stop = [], [], False
+            try:
+                item = self._queue.get(timeout=REPORT_SECONDS)
+            except queue.Empty:
+                self._report()  # drops noted less than a second after the last report
+                continue
+            items: list[tuple[Item, Path | None]] = []
+            markers, stop = [], False
             while True:
                 if item is _STOP:
                     stop = True
@@ -143,10 +191,13 @@ class SpanExport:
                     break
             if items:
                 try:
-                    self.send_now(items)
-                except Exception:
+                    self._send(items)
+                except Exception as exc:
                     log.exception("smallops: telemetry export hit an unexpected error")
-                    self.dropped += sum(1 + len(i[0].get("attempts") or ()) for i in items)
+                    reason = f"unexpected error: {type(exc).__name__}"
+                    for entry, folder in items:
+                        self._drop(entry, folder, reason)
+            self._report(force=bool(markers) or stop)
             for marker in markers:
                 marker.set()
             if stop:
@@ -209,6 +260,21 @@ class _Sdk:
         )
 
 
+def _endpoint_shown() -> str:
+    """The endpoint as a message may show it: scheme, host and port (never a user, a password
+    or a query string it might carry)."""
+    for name in _ENDPOINT_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            parts = urlsplit(value)
+            try:
+                port = f":{parts.port}" if parts.port else ""
+            except ValueError:
+                port = ""
+            return f"{parts.scheme}://{parts.hostname}{port}" if parts.hostname else "(unparsed)"
+    return "(none)"
+
+
 def _version() -> str:
     try:
         return metadata.version("smallops")
@@ -263,7 +329,7 @@ def item_of(run: Any, parts: Iterable[Any], params: dict[str, Any] | None) -> It
     for name in _JSON_COLUMNS:
         text = row.get(name)
         row[name] = json.loads(text) if isinstance(text, str) else text
-    return row, params, None
+    return row, params, parse_parent(row.get("trace_parent"))
 
 
 BACKFILL_CHUNK = 500  # runs read and sent at a time
@@ -303,7 +369,10 @@ def backfill(engine: Engine, since: datetime, export: SpanExport | None = None) 
                     prompt_versions.c.id.in_(sorted(wanted))
                 )
                 params.update((row.id, row.params) for row in connection.execute(found))
-            items = [(row, params.get(row["prompt_version"]), None) for row in rows]
+            items = [
+                (row, params.get(row["prompt_version"]), parse_parent(row.get("trace_parent")))
+                for row in rows
+            ]
             accepted += export.send_now(items)
             read += len(rows)
             after = (rows[-1]["started_at"], rows[-1]["id"])

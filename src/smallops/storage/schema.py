@@ -138,6 +138,8 @@ runs = Table(
     # 1: messages and attempts may hold references to prompt_parts (prompt_parts.py, format 1);
     # NULL: everything inline, as every run written before prompt parts existed.
     Column("compacted", Integer),
+    # "<trace id>-<span id>" of the application's span the call ran under (trace_context.py)
+    Column("trace_parent", String(49)),
     Index("ix_runs_workflow_started", "workflow", "started_at"),
     Index("ix_runs_started", "started_at"),
     Index("ix_runs_status_id", "status", "id"),  # `logs --status`: newest first

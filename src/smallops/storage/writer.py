@@ -33,6 +33,7 @@ from smallops.storage.quarantine import Quarantine, quarantine_folder
 from smallops.storage.rows import Parts, encode, prompt_row
 from smallops.storage.spool import Spool, spool_folder
 from smallops.storage.store import RowBatch, RowStore, Unreachable, land
+from smallops.storage.telemetry_state import telemetry_folder
 
 log = logging.getLogger("smallops")
 
@@ -259,9 +260,12 @@ class Writer:
             return
         params = {record.id: record.facts.prompt.params for record in records}
         export.offer(
-            otel_export.item_of(run, parts_of(run, batch.parts), params.get(run[0]))
-            for run in batch.runs
-            if run[0] not in set_aside
+            (
+                otel_export.item_of(run, parts_of(run, batch.parts), params.get(run[0]))
+                for run in batch.runs
+                if run[0] not in set_aside
+            ),
+            report_to=telemetry_folder(self.spool.folder.parent.parent),
         )
 
     def _encode(self, records: list[RunRecord]) -> tuple[RowBatch, list[tuple[RunRecord, str]]]:
