@@ -1,0 +1,98 @@
+"""Faults found by trying the alerts as an attacker and as a tired on-call engineer would: hostile
+values, services that answer badly or slowly, the database going away, the CLI as typed at 3 a.m.,
+secrets a service echoes back, and several checks at once. Each test failed before its fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from slack_fake import SlackFake
+from smallops.alert_config import AlertSettings, ChannelConfig, WorkflowAlerts
+from smallops.alerts.engine import apply
+from smallops.alerts.model import Finding
+from smallops.alerts.outbox import MAX_RETRY_AFTER, Outbox
+from smallops.storage.db import ensure_schema, get_engine, normalise_url
+from smallops.storage.schema import alert_notifications
+
+T0 = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
+MIN = timedelta(minutes=1)
+
+
+@dataclass
+class Evaluation:
+    findings: list[Finding]
+    checked: set[tuple[str, str]] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+
+def finding(workflow: str = "triage", firing: bool = True) -> Finding:
+    return Finding(
+        rule="error_spike",
+        workflow=workflow,
+        firing=firing,
+        severity="error",
+        summary=f"{workflow}: 40 errors in 200 calls over the last 1 h",
+        figures={"calls": 200, "count": 40},
+    )
+
+
+def evaluation(*findings: Finding, workflows: tuple[str, ...] = ("triage",)) -> Evaluation:
+    return Evaluation(list(findings), {("error_spike", name) for name in workflows})
+
+
+def slack_config(*names: str, **workflows: tuple[str, ...]) -> AlertSettings:
+    """Slack channels by name (each its own webhook variable), and each workflow's channels."""
+    return AlertSettings(
+        channels={
+            name: ChannelConfig(name, "slack", {"webhook_url_env": f"HOOK_{i}"})
+            for i, name in enumerate(names)
+        },
+        workflows={wf: WorkflowAlerts(channels=chosen) for wf, chosen in workflows.items()},
+    )
+
+
+@pytest.fixture
+def engine(database_url: str, tmp_path: Path) -> Any:
+    engine = get_engine(normalise_url(database_url, tmp_path))
+    ensure_schema(engine)
+    return engine
+
+
+def outbox_rows(engine: Any) -> list[dict[str, Any]]:
+    n = alert_notifications.c
+    with engine.connect() as connection:
+        query = select(alert_notifications).order_by(n.created_at, n.id)
+        return [dict(row._mapping) for row in connection.execute(query)]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+# --- a 429 storm with a Retry-After nobody can wait for -------------------------------------
+
+
+@pytest.mark.parametrize(
+    "retry_after", ["1e400", "99999999999999", "Fri, 31 Dec 9999 23:59:59 GMT"]
+)
+def test_a_huge_retry_after_neither_crashes_the_round_nor_silences_the_alert(
+    engine: Any, retry_after: str
+) -> None:
+    """Before: the outbox turned Retry-After into a timedelta that overflowed, so the round
+    died with a traceback, the other due messages were not sent, and each round did it again."""
+    config = slack_config("flaky", "fine", triage=("flaky",), billing=("fine",))
+    both = evaluation(finding("triage"), finding("billing"), workflows=("triage", "billing"))
+    apply(engine, both, config, {}, T0)
+    with SlackFake(script=[(429, "rate_limited", retry_after)]) as flaky, SlackFake() as fine:
+        env = {"HOOK_0": flaky.webhook_url, "HOOK_1": fine.webhook_url}
+        attempts = Outbox(engine, config, env).send_due(T0)
+        assert sorted(a.outcome for a in attempts) == ["retry", "sent"]
+        assert len(fine.posts) == 1
+    [waiting] = [row for row in outbox_rows(engine) if row["state"] == "pending"]
+    assert _utc(waiting["next_attempt_at"]) <= T0 + timedelta(seconds=MAX_RETRY_AFTER)
