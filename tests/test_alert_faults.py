@@ -13,10 +13,17 @@ import pytest
 from sqlalchemy import select
 
 from slack_fake import SlackFake
-from smallops.alert_config import AlertSettings, ChannelConfig, WorkflowAlerts
+from smallops.alert_config import (
+    MAX_DURATION,
+    AlertSettings,
+    ChannelConfig,
+    WorkflowAlerts,
+    parse_alerts,
+)
 from smallops.alerts.engine import apply
 from smallops.alerts.model import Finding
 from smallops.alerts.outbox import MAX_RETRY_AFTER, Outbox
+from smallops.errors import ConfigError
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
 from smallops.storage.schema import alert_notifications
 
@@ -96,3 +103,42 @@ def test_a_huge_retry_after_neither_crashes_the_round_nor_silences_the_alert(
         assert len(fine.posts) == 1
     [waiting] = [row for row in outbox_rows(engine) if row["state"] == "pending"]
     assert _utc(waiting["next_attempt_at"]) <= T0 + timedelta(seconds=MAX_RETRY_AFTER)
+
+
+# --- durations too long for a calendar ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("repeat_after", 1e300),
+        ("repeat_after", "99999999999d"),
+        ("min_firing", 9223372036854775807),
+        ("escalate_after", "999999999999h"),
+        ("hold", 1e300),
+        ("interval", 1e300),
+    ],
+)
+def test_a_duration_longer_than_a_calendar_is_a_config_error_not_a_crash_later(
+    engine: Any, key: str, value: Any
+) -> None:
+    """Before: accepted, then every `alerts check` with an alert open died of an OverflowError
+    traceback (timedelta), so no alert fired, repeated or resolved again."""
+    with pytest.raises(ConfigError, match=f"{key} in \\[alerts\\]") as raised:
+        parse_alerts({key: value})
+    assert "at most" in str(raised.value)
+    config = parse_alerts(
+        {key: MAX_DURATION, "channels": {"c": {"kind": "slack"}}, "escalate_to": ["c"]}
+    )
+    apply(engine, evaluation(finding()), config, {}, T0)
+    apply(engine, evaluation(finding()), config, {}, T0 + MIN)
+    apply(engine, evaluation(), config, {}, T0 + 2 * MIN)
+
+
+@pytest.mark.parametrize("rule", ["error_spike", "model_mismatch", "review_backlog"])
+def test_a_rule_window_longer_than_a_calendar_is_a_config_error(rule: str) -> None:
+    """Before: accepted, then the rule failed on every check with "unexpected OverflowError"
+    and a logged traceback."""
+    key = "sla" if rule == "review_backlog" else "window"
+    with pytest.raises(ConfigError, match=f"{key} in \\[alerts.rules.{rule}\\]"):
+        parse_alerts({"rules": {rule: {key: "99999999999d"}}})

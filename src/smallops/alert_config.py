@@ -126,6 +126,7 @@ DURATION_KEYS = frozenset({"window", "sla"})
 FRACTION_KEYS = frozenset({"increase", "near", "rate", "confidence", "p_value"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 3650 * 86400  # ten years, in seconds: longer ones overflow a date
 
 
 @dataclass(frozen=True)
@@ -206,8 +207,9 @@ def is_address(text: str) -> bool:
     return bool(re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", text))
 
 
-def duration(value: Any, where: str) -> float:
-    """Seconds from "30s", "15m", "4h", "7d" or a number of seconds (more than 0)."""
+def duration(value: Any, where: str, table: str = "[alerts]") -> float:
+    """Seconds from "30s", "15m", "4h", "7d" or a number of seconds (more than 0, and at most
+    MAX_DURATION: a time that far ahead is past the calendar's end)."""
     seconds = float("nan")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
@@ -215,8 +217,13 @@ def duration(value: Any, where: str) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(
-            f"{where} in [alerts] of {WHERE} is {value!r}, not a duration",
+            f"{where} in {table} of {WHERE} is {value!r}, not a duration",
             hint='use e.g. "30s", "15m", "4h", "7d" or a number of seconds',
+        )
+    if seconds > MAX_DURATION:
+        raise ConfigError(
+            f"{where} in {table} of {WHERE} is {value!r}, longer than {MAX_DURATION // 86400} days",
+            hint=f'use at most "{MAX_DURATION // 86400}d" (for "never", that is long enough)',
         )
     return seconds
 
@@ -398,7 +405,7 @@ def _check_value(key: str, value: Any, where: str) -> None:
         if value not in SEVERITIES:
             raise ConfigError(f"{shown} is {value!r}", hint=f"use one of: {', '.join(SEVERITIES)}")
     elif key in DURATION_KEYS:
-        duration(value, key)
+        duration(value, key, where)
     elif key == "min_calls":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{shown} must be a whole number of calls, 1 or more")
