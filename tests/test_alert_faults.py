@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from slack_fake import SlackFake
 from smallops.alert_config import (
+    MAX_CHANNEL_NAME,
     MAX_DURATION,
     AlertSettings,
     ChannelConfig,
@@ -142,3 +143,44 @@ def test_a_rule_window_longer_than_a_calendar_is_a_config_error(rule: str) -> No
     key = "sla" if rule == "review_backlog" else "window"
     with pytest.raises(ConfigError, match=f"{key} in \\[alerts.rules.{rule}\\]"):
         parse_alerts({"rules": {rule: {key: "99999999999d"}}})
+
+
+# --- channel tables the database or the mail server cannot take -----------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["x" * (MAX_CHANNEL_NAME + 1), "pager\x00", "ops\nslack", "a\u2028b"]
+)
+def test_a_channel_name_the_outbox_cannot_hold_is_a_config_error(name: str) -> None:
+    """Before: taken, then on Postgres every check with an alert for it died of a DataError
+    (value too long for alert_notifications.channel, or a NUL): no alert fired at all."""
+    with pytest.raises(ConfigError, match="channel name"):
+        parse_alerts({"channels": {name: {"kind": "slack"}}})
+
+
+def test_the_longest_channel_name_taken_fires_on_both_databases(engine: Any) -> None:
+    name = "ops-" + "é" * (MAX_CHANNEL_NAME - 4)
+    config = parse_alerts({"channels": {name: {"kind": "slack"}}, "escalate_to": [name]})
+    config = AlertSettings(
+        channels=config.channels, workflows={"triage": WorkflowAlerts(channels=(name,))}
+    )
+    assert apply(engine, evaluation(finding()), config, {}, T0).fired
+    assert [row["channel"] for row in outbox_rows(engine)] == [name]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("from", "alerts@acme.example\r\nBcc: someone@elsewhere.example"),
+        ("host", "smtp.acme.example\n"),
+        ("from", "smallops <alerts@acme.example>\x00"),
+    ],
+)
+def test_email_text_with_line_breaks_is_a_config_error_not_a_traceback(
+    key: str, value: str
+) -> None:
+    """Before: taken; `alerts test` then died with a ValueError traceback (a header with a line
+    break), and the outbox retried a message that could never be built for a day."""
+    table = {"kind": "email", "host": "smtp.acme.example", "from": "alerts@acme.example"}
+    with pytest.raises(ConfigError, match=f"{key} in \\[alerts.channels.mail\\]"):
+        parse_alerts({"channels": {"mail": {**table, key: value}}})

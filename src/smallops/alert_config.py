@@ -121,6 +121,7 @@ REQUIRED_OPTIONS: dict[ChannelKind, tuple[str, ...]] = {
     "webhook": ("url",),
     "email": ("host", "from"),
 }
+MAX_CHANNEL_NAME = 100  # alert_notifications.channel holds this many characters
 SECURITY = ("starttls", "tls", "none")  # "none" only to a server on this machine
 DURATION_KEYS = frozenset({"window", "sla"})
 FRACTION_KEYS = frozenset({"increase", "near", "rate", "confidence", "p_value"})
@@ -285,6 +286,7 @@ def _hold(value: Any) -> float:
 def _channels(table: Mapping[str, Any]) -> dict[str, ChannelConfig]:
     channels = {}
     for name, spec in table.items():
+        _check_channel_name(name)
         where = f"[alerts.channels.{name}]"
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} in {WHERE} must be a table")
@@ -299,6 +301,16 @@ def _channels(table: Mapping[str, Any]) -> dict[str, ChannelConfig]:
         _check_channel(config, where)
         channels[str(name)] = config
     return channels
+
+
+def _check_channel_name(name: str) -> None:
+    """A name each outbox row can hold (alert_notifications.channel) and a log line can show."""
+    if len(name) > MAX_CHANNEL_NAME or not name.isprintable() or not name.strip():
+        raise ConfigError(
+            f"the channel name {name[:MAX_CHANNEL_NAME]!r} in [alerts.channels] of {WHERE} is"
+            + (" too long" if len(name) > MAX_CHANNEL_NAME else " not one line of text"),
+            hint=f'a short name, at most {MAX_CHANNEL_NAME} characters, e.g. "ops-slack"',
+        )
 
 
 def _check_channel(config: ChannelConfig, where: str) -> None:
@@ -327,7 +339,7 @@ _FROM_HINT = 'the sender, e.g. "smallops <alerts@acme.example>"'
 _OPTION_WHAT = {
     "env": "the name of an environment variable",
     "url": "an http:// or https:// URL",
-    "text": "text",
+    "text": "one line of text",
     "port": "a TCP port",
     "addresses": "a list of email addresses",
     "security": f"one of {', '.join(SECURITY)}",
@@ -348,8 +360,8 @@ def _fits(what: str, value: Any) -> bool:
         return isinstance(value, str) and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value))
     if what == "url":
         return isinstance(value, str) and bool(re.match(r"^https?://[^/\s]+", value))
-    if what == "text":
-        return isinstance(value, str) and bool(value.strip())
+    if what == "text":  # one line: a From or a host with a line break would inject headers
+        return isinstance(value, str) and bool(value.strip()) and value.isprintable()
     if what == "port":
         return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
     if what == "addresses":
