@@ -4,6 +4,10 @@ secrets a service echoes back, and several checks at once. Each test failed befo
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,12 +25,12 @@ from smallops.alert_config import (
     WorkflowAlerts,
     parse_alerts,
 )
-from smallops.alerts.engine import apply
+from smallops.alerts.engine import acknowledge, apply
 from smallops.alerts.model import Finding
 from smallops.alerts.outbox import MAX_RETRY_AFTER, Outbox
 from smallops.errors import ConfigError
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
-from smallops.storage.schema import alert_notifications
+from smallops.storage.schema import alert_notifications, alerts
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)
@@ -184,3 +188,68 @@ def test_email_text_with_line_breaks_is_a_config_error_not_a_traceback(
     table = {"kind": "email", "host": "smtp.acme.example", "from": "alerts@acme.example"}
     with pytest.raises(ConfigError, match=f"{key} in \\[alerts.channels.mail\\]"):
         parse_alerts({"channels": {"mail": {**table, key: value}}})
+
+
+# --- who acknowledged it: whatever a terminal, a form or PagerDuty says ---------------------
+
+
+def open_alert_id(engine: Any) -> str:
+    apply(engine, evaluation(finding()), slack_config("chat", triage=("chat",)), {}, T0)
+    with engine.connect() as connection:
+        return str(connection.execute(select(alerts.c.id)).scalar_one())
+
+
+@pytest.mark.parametrize("by", ["b" * 300, "ann\x00", "jos\udce9"])
+def test_any_acknowledger_name_is_stored_on_both_databases(engine: Any, by: str) -> None:
+    """Before: a name over 200 characters or with a NUL broke the acknowledgement on Postgres
+    (DataError), and a lone surrogate (a non-UTF-8 byte in argv or $USER) on both."""
+    alert = acknowledge(engine, open_alert_id(engine), by, T0 + MIN)
+    assert alert["state"] == "acknowledged"
+    with engine.connect() as connection:
+        stored = connection.execute(select(alerts.c.acknowledged_by)).scalar_one()
+    assert stored == alert["acknowledged_by"] and 0 < len(stored) <= 200
+    stored.encode("utf-8")
+    assert "\x00" not in stored and stored[:3] == by[:3]
+
+
+# --- the CLI as a person types it, in a project `smallops init` made ------------------------
+
+CLI = [sys.executable, "-c", "from smallops.cli import main; main()"]
+
+
+def cli(root: Path, *args: str | bytes, env: dict[str, str] | None = None) -> Any:
+    """`smallops ARGS` as a subprocess in `root`, at 80 columns."""
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=root,
+        env={**os.environ, "COLUMNS": "80", **(env or {})},
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def made(tmp_path: Path) -> Path:
+    """A project as `smallops init` makes it (its log in SQLite)."""
+    done = cli(tmp_path, "init", "ops")
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "ops"
+
+
+def project_engine(root: Path, url: str = "sqlite:///.smallops/smallops.db") -> Any:
+    engine = get_engine(normalise_url(url, root))
+    ensure_schema(engine)
+    return engine
+
+
+def test_ack_by_a_name_that_is_not_utf8_acknowledges_without_a_traceback(made: Path) -> None:
+    """Before: `--by` with a Latin-1 byte (a lone surrogate in Python) died with a
+    UnicodeEncodeError traceback from the database driver."""
+    alert_id = open_alert_id(project_engine(made))
+    done = cli(made, "alerts", "ack", alert_id[-12:], "--by", b"Jos\xe9")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "acknowledged" in done.stdout
+    listed = cli(made, "alerts", "list", "--json")
+    assert json.loads(listed.stdout.splitlines()[0])["acknowledged_by"] == "Jos\ufffd"
