@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +29,9 @@ from smallops.alert_config import (
     WorkflowAlerts,
     parse_alerts,
 )
+from smallops.alerts.channels import _http
 from smallops.alerts.engine import acknowledge, apply
-from smallops.alerts.model import Finding
+from smallops.alerts.model import Finding, Retry
 from smallops.alerts.outbox import MAX_RETRY_AFTER, Outbox
 from smallops.errors import ConfigError
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
@@ -253,3 +258,95 @@ def test_ack_by_a_name_that_is_not_utf8_acknowledges_without_a_traceback(made: P
     assert "Traceback" not in done.stderr and "acknowledged" in done.stdout
     listed = cli(made, "alerts", "list", "--json")
     assert json.loads(listed.stdout.splitlines()[0])["acknowledged_by"] == "Jos\ufffd"
+
+
+# --- a Slack webhook URL (a secret) in what comes back ---------------------------------------
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """A proxy in front of the service that does not know the path: Express's 404 page."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        raw = f"<pre>Cannot POST {self.path}</pre>".encode()
+        self.send_response(404)
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def echo() -> Any:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def secret_path() -> str:
+    return f"/services/TFAKE/BFAKE/{secrets.token_urlsafe(18)}"
+
+
+def test_a_slack_webhook_path_echoed_by_a_proxy_stays_out_of_the_detail(
+    engine: Any, echo: str
+) -> None:
+    """Before: only the whole URL was blotted out, so "Cannot POST /services/T/B/<secret>"
+    was kept in alert_notifications.detail, printed and logged."""
+    path = secret_path()
+    config = slack_config("chat", triage=("chat",))
+    apply(engine, evaluation(finding()), config, {}, T0)
+    [attempt] = Outbox(engine, config, {"HOOK_0": echo + path}).send_due(T0)
+    assert attempt.outcome == "failed" and "Cannot POST" in attempt.detail
+    [row] = outbox_rows(engine)
+    for shown in (attempt.detail, row["detail"]):
+        assert path not in shown and path[-12:] not in shown, shown
+
+
+@pytest.mark.parametrize("junk", [" # ops channel", "\x7f"])
+def test_a_slack_webhook_url_with_a_stray_character_stays_out_of_the_detail(
+    engine: Any, echo: str, junk: str
+) -> None:
+    """Before: http.client's "URL can't contain control characters. '/services/...'" was the
+    detail: the secret path in the outbox row, `alerts list --json`, the terminal and the log.
+    (A Docker env-file keeps `# ops channel` after a value.)"""
+    path = secret_path()
+    config = slack_config("chat", triage=("chat",))
+    apply(engine, evaluation(finding()), config, {}, T0)
+    [attempt] = Outbox(engine, config, {"HOOK_0": echo + path + junk}).send_due(T0)
+    assert attempt.outcome == "retry"
+    [row] = outbox_rows(engine)
+    for shown in (attempt.detail, row["detail"]):
+        assert path not in shown and path[-12:] not in shown, shown
+        assert "the URL or a secret" in shown
+
+
+def raw_server(answer: bytes) -> tuple[socket.socket, str]:
+    """A TCP server on 127.0.0.1 that reads a request and writes `answer`, then closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}/hooks/alerts"
+
+
+def test_a_garbage_status_line_is_one_line_of_detail() -> None:
+    """Before: the detail was the raw line, NUL and line break included."""
+    server, url = raw_server(b"\x00\xffNOT HTTP AT ALL\r\nX: y\r\n\r\n")
+    with server:
+        outcome = _http.post(url, b"{}", {"Content-Type": "application/json"})
+    assert isinstance(outcome, Retry)
+    assert "\x00" not in outcome.detail and "\n" not in outcome.detail
+    assert "NOT HTTP AT ALL" in outcome.detail

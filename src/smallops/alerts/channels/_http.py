@@ -42,8 +42,8 @@ def post(
 ) -> Outcome:
     """POST `body`; `accepted(status, text)` may look at a 2xx answer, whole, and say otherwise
     (Slack's Web API answers 200 with "ok": false, and the message it posted after the ts)."""
-    request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
     try:
+        request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
         with _opener.open(request, timeout=timeout) as answer:
             status, raw = answer.status, answer.read()
     except urllib.error.HTTPError as exc:
@@ -52,9 +52,14 @@ def post(
         if status == 429 or status >= 500:
             return Retry(detail, retry_after(exc.headers.get("Retry-After")))
         return Refused(detail)
+    except (http.client.InvalidURL, ValueError):  # their text quotes the URL or the header
+        return Retry(
+            "the request cannot be made: the URL or a secret holds a space, a control character"
+            " or a bad host"
+        )
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        return Retry(f"no answer: {reason}")
+        return Retry(f"no answer: {_text(str(reason))}".rstrip(": "))
     if accepted is not None:
         verdict = accepted(status, raw.decode("utf-8", "replace"))
         if verdict is not None:
@@ -83,6 +88,8 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _text(raw: bytes) -> str:
-    text = " ".join(raw.decode("utf-8", "replace").split())
+def _text(raw: bytes | str) -> str:
+    """One line (a status line of garbage too), at most MAX_DETAIL characters."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = " ".join(text.replace("\x00", " ").split())
     return text[:MAX_DETAIL]
