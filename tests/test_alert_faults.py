@@ -4,6 +4,7 @@ secrets a service echoes back, and several checks at once. Each test failed befo
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -29,9 +30,9 @@ from smallops.alert_config import (
     WorkflowAlerts,
     parse_alerts,
 )
-from smallops.alerts.channels import _http
+from smallops.alerts.channels import _http, build_channel
 from smallops.alerts.engine import acknowledge, apply
-from smallops.alerts.model import Finding, Retry
+from smallops.alerts.model import Finding, Notification, Retry
 from smallops.alerts.outbox import MAX_RETRY_AFTER, Outbox
 from smallops.errors import ConfigError
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
@@ -350,3 +351,101 @@ def test_a_garbage_status_line_is_one_line_of_detail() -> None:
     assert isinstance(outcome, Retry)
     assert "\x00" not in outcome.detail and "\n" not in outcome.detail
     assert "NOT HTTP AT ALL" in outcome.detail
+
+
+# --- an SMTP server that echoes the login back ----------------------------------------------
+
+
+def echoing_smtp(methods: str) -> tuple[socket.socket, int]:
+    """An SMTP server offering AUTH `methods` that refuses every login with a 535 quoting the
+    client's line, as some relays' diagnostics do."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def session(connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as lines:
+            connection.sendall(b"220 relay.test ESMTP\r\n")
+            login = 0  # lines of an AUTH LOGIN still to come: the user name, the password
+            for line in lines:
+                verb = line.strip().upper()
+                if login == 2:
+                    login = 1
+                    connection.sendall(b"334 UGFzc3dvcmQ6\r\n")
+                elif login == 1 or verb.startswith(b"AUTH PLAIN"):
+                    login = 0
+                    connection.sendall(b"535 5.7.8 rejected: " + line.strip() + b"\r\n")
+                elif verb.startswith((b"EHLO", b"HELO")):
+                    connection.sendall(b"250-relay.test\r\n250 AUTH " + methods.encode() + b"\r\n")
+                elif verb.startswith(b"QUIT"):
+                    connection.sendall(b"221 bye\r\n")
+                    return
+                elif verb == b"AUTH LOGIN":
+                    login = 2
+                    connection.sendall(b"334 VXNlcm5hbWU6\r\n")
+                elif verb.startswith(b"AUTH LOGIN "):  # the user name came with it
+                    login = 1
+                    connection.sendall(b"334 UGFzc3dvcmQ6\r\n")
+                else:
+                    connection.sendall(b"250 ok\r\n")
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=session, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+@pytest.mark.parametrize("methods", ["PLAIN", "LOGIN"])
+def test_a_login_an_smtp_server_echoes_in_base64_stays_out_of_the_detail(methods: str) -> None:
+    """Before: only the plain password was blotted out; "535 rejected: AUTH PLAIN <base64 of
+    user and password>" went whole into the outbox row, `alerts list --json` and the log."""
+    password = f"fake-{secrets.token_urlsafe(18)}"
+    env = {"SMTP_USER": "alerts@acme.example", "SMTP_PASSWORD": password}
+    server, port = echoing_smtp(methods)
+    with server:
+        channel = build_channel(
+            ChannelConfig(
+                "mail",
+                "email",
+                {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "security": "none",
+                    "from": "alerts@acme.example",
+                    "to": ["ops@acme.example"],
+                    "username_env": "SMTP_USER",
+                    "password_env": "SMTP_PASSWORD",
+                },
+            ),
+            env,
+        )
+        outcome = channel.send(sample_notification())
+    assert "535" in outcome.detail and "rejected" in outcome.detail, outcome
+    secret_forms = [
+        password,
+        base64.b64encode(password.encode()).decode(),
+        base64.b64encode(f"\0alerts@acme.example\0{password}".encode()).decode(),
+    ]
+    for form in secret_forms:
+        assert form not in outcome.detail and form[:12] not in outcome.detail, outcome.detail
+
+
+def sample_notification() -> Notification:
+    return Notification(
+        id="ntf-1",
+        alert_id="alr-1",
+        event="firing",
+        rule="error_spike",
+        workflow="triage",
+        dedup_key="smallops:error_spike:triage",
+        severity="error",
+        summary="triage: 40 errors in 200 calls",
+        figures={"calls": 200},
+        link=None,
+        fired_at=T0,
+        at=T0,
+    )

@@ -16,6 +16,7 @@ another attempt; a 5xx (a refused sender, recipient, message or login) is refuse
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import smtplib
 import ssl
@@ -25,6 +26,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from smallops.alert_config import ChannelConfig
+from smallops.alerts.channels._secrets import scrubbed
 from smallops.alerts.model import Figure, Notification, Outcome, Refused, Retry, Sent
 from smallops.errors import ConfigError
 from smallops.kinds import ChannelKind, NotifyEvent
@@ -157,20 +159,16 @@ class Email:
         return _SMTP(self.host, self.port, timeout=TIMEOUT)
 
     def _scrub(self, outcome: Outcome) -> Outcome:
-        """The login never appears in a detail, whatever a server echoes back."""
+        """The login never appears in a detail, whatever a server echoes back: neither as
+        written nor as smtplib sent it (AUTH PLAIN and LOGIN send it in base64), and not its
+        head where the detail was cut short."""
         if self._login is None:
             return outcome
-        detail = outcome.detail
-        for value in self._login:
-            if value:
-                detail = detail.replace(value, "***")
-        if detail == outcome.detail:
-            return outcome
-        if isinstance(outcome, Sent):
-            return Sent(detail, outcome.thread)
-        if isinstance(outcome, Retry):
-            return Retry(detail, outcome.after)
-        return Refused(detail)
+        user, password = self._login
+        plain = _base64(f"\0{user}\0{password}")
+        for form in (plain, password, _base64(password), user, _base64(user)):
+            outcome = scrubbed(outcome, form, "login")
+        return outcome
 
 
 def build(config: ChannelConfig, env: Mapping[str, str]) -> Email:
@@ -329,6 +327,10 @@ def _refusals(refused: Mapping[str, tuple[int, bytes]]) -> str:
 def _text(raw: bytes | str) -> str:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     return " ".join(text.split())[:MAX_DETAIL]
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def _close(smtp: smtplib.SMTP) -> None:
