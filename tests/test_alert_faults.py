@@ -5,6 +5,7 @@ secrets a service echoes back, and several checks at once. Each test failed befo
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +34,7 @@ from smallops.alert_config import (
 )
 from smallops.alerts.channels import _http, build_channel
 from smallops.alerts.engine import acknowledge, apply
-from smallops.alerts.model import Finding, Notification, Retry
+from smallops.alerts.model import Finding, Notification, Retry, Sent
 from smallops.alerts.outbox import MAX_RETRY_AFTER, Outbox
 from smallops.errors import ConfigError
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
@@ -335,7 +337,7 @@ def raw_server(answer: bytes) -> tuple[socket.socket, str]:
                 connection, _ = server.accept()
             except OSError:
                 return
-            with connection:
+            with connection, contextlib.suppress(OSError):
                 connection.recv(65536)
                 connection.sendall(answer)
 
@@ -449,3 +451,51 @@ def sample_notification() -> Notification:
         fired_at=T0,
         at=T0,
     )
+
+
+# --- services that answer with too much, or with something else's page ----------------------
+
+
+def test_an_endless_answer_is_not_read_to_its_end() -> None:
+    """Before: a 2xx answer was read whole, however large: a service (or something in its
+    place) announcing gigabytes held the send until the socket timed out, then called a
+    delivered message undelivered, and a fast one filled the memory."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10000000000\r\n\r\n"
+    held = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection, contextlib.suppress(OSError):  # the client hangs up mid-answer
+            connection.recv(65536)
+            connection.sendall(head + b"g" * (4 << 20))
+            held.wait(30)  # and the rest never comes
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hooks/alerts"
+    started = time.monotonic()
+    with server:
+        outcome = _http.post(url, b"{}", {"Content-Type": "application/json"}, timeout=5)
+        held.set()
+    assert isinstance(outcome, Sent), outcome
+    assert time.monotonic() - started < 4 and len(outcome.detail) <= _http.MAX_DETAIL + 20
+
+
+PROXY_PAGE = b"<html><body>Please sign in to the proxy to continue</body></html>"
+
+
+def test_a_2xx_page_that_is_not_the_service_answer_is_not_taken_for_delivery() -> None:
+    """Before: a proxy's 200 sign-in page counted as sent: `alerts test` said the route worked
+    and the outbox marked the alert delivered, though neither Slack nor PagerDuty saw it."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(PROXY_PAGE), PROXY_PAGE)
+    server, url = raw_server(answer)
+    with server:
+        slack = build_channel(ChannelConfig("chat", "slack"), {"SLACK_WEBHOOK_URL": url})
+        pager = build_channel(
+            ChannelConfig("pager", "pagerduty", {"url": url}),
+            {"PAGERDUTY_ROUTING_KEY": secrets.token_hex(16)},
+        )
+        for channel in (slack, pager):
+            outcome = channel.send(sample_notification())
+            assert isinstance(outcome, Retry), outcome
+            assert "sign in to the proxy" in outcome.detail

@@ -22,6 +22,7 @@ from smallops.alerts.model import Outcome, Refused, Retry, Sent
 
 TIMEOUT = 10.0  # seconds an attempt may take
 MAX_DETAIL = 300  # characters of a service's answer kept
+MAX_ANSWER = 1 << 20  # bytes of an answer read: Slack's longest (the message echoed) fits
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
@@ -40,14 +41,15 @@ def post(
     timeout: float = TIMEOUT,
     accepted: Callable[[int, str], Outcome | None] | None = None,
 ) -> Outcome:
-    """POST `body`; `accepted(status, text)` may look at a 2xx answer, whole, and say otherwise
-    (Slack's Web API answers 200 with "ok": false, and the message it posted after the ts)."""
+    """POST `body`; `accepted(status, text)` may look at a 2xx answer (its first MAX_ANSWER
+    bytes: an endless one is not read to its end) and say otherwise (Slack's Web API answers
+    200 with "ok": false, and the message it posted after the ts)."""
     try:
         request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
         with _opener.open(request, timeout=timeout) as answer:
-            status, raw = answer.status, answer.read()
+            status, raw = answer.status, answer.read(MAX_ANSWER)
     except urllib.error.HTTPError as exc:
-        status, text = exc.code, _text(exc.read() if exc.fp else b"")
+        status, text = exc.code, shown(exc.read(MAX_ANSWER) if exc.fp else b"")
         detail = f"HTTP {status}: {text}".rstrip(": ")
         if status == 429 or status >= 500:
             return Retry(detail, retry_after(exc.headers.get("Retry-After")))
@@ -59,17 +61,24 @@ def post(
         )
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        return Retry(f"no answer: {_text(str(reason))}".rstrip(": "))
+        return Retry(f"no answer: {shown(str(reason))}".rstrip(": "))
     if accepted is not None:
         verdict = accepted(status, raw.decode("utf-8", "replace"))
         if verdict is not None:
             return verdict
-    return Sent(f"HTTP {status}: {_text(raw)}".rstrip(": "))
+    return Sent(f"HTTP {status}: {shown(raw)}".rstrip(": "))
 
 
-def post_json(url: str, payload: Any, headers: Mapping[str, str] | None = None) -> Outcome:
+def post_json(
+    url: str,
+    payload: Any,
+    headers: Mapping[str, str] | None = None,
+    *,
+    accepted: Callable[[int, str], Outcome | None] | None = None,
+) -> Outcome:
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-    return post(url, body, {"Content-Type": "application/json", **(headers or {})})
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return post(url, body, headers, accepted=accepted)
 
 
 def retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -88,7 +97,7 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _text(raw: bytes | str) -> str:
+def shown(raw: bytes | str) -> str:
     """One line (a status line of garbage too), at most MAX_DETAIL characters."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     text = " ".join(text.replace("\x00", " ").split())

@@ -122,7 +122,8 @@ class Slack:
     def send(self, notification: Notification) -> Outcome:
         payload = message(notification)
         if self.channel is None:
-            outcome = scrubbed(_http.post_json(self._url, payload), self._secret, "webhook URL")
+            outcome = _http.post_json(self._url, payload, accepted=_webhook_answer)
+            outcome = scrubbed(outcome, self._secret, "webhook URL")
             return scrubbed(outcome, _path(self._url), "webhook URL")
         return scrubbed(self._post_message(notification, payload), self._secret, "token")
 
@@ -165,6 +166,14 @@ def _parent(notification: Notification, channel: str | None) -> str | None:
     if not ts or notification.event == "test":
         return None
     return ts if notification.thread.get("channel", channel) == channel else None
+
+
+def _webhook_answer(status: int, text: str) -> Outcome | None:
+    """An incoming webhook that took a message answers "ok"; another 2xx (a proxy's sign-in
+    page) means Slack never saw it: tried again, not taken for delivered."""
+    if text.strip() == "ok":
+        return None
+    return Retry(f"HTTP {status}, but not Slack's answer: {_http.shown(text)}")
 
 
 def _api_answer(status: int, text: str) -> Outcome | None:
