@@ -32,7 +32,8 @@ from smallops.alert_config import (
     WorkflowAlerts,
     parse_alerts,
 )
-from smallops.alerts.channels import _http, build_channel
+from smallops.alerts import outbox as outbox_module
+from smallops.alerts.channels import _deadline, _http, build_channel
 from smallops.alerts.engine import acknowledge, apply
 from smallops.alerts.model import Finding, Notification, Retry, Sent
 from smallops.alerts.outbox import MAX_RETRY_AFTER, Outbox
@@ -499,3 +500,87 @@ def test_a_2xx_page_that_is_not_the_service_answer_is_not_taken_for_delivery() -
             outcome = channel.send(sample_notification())
             assert isinstance(outcome, Retry), outcome
             assert "sign in to the proxy" in outcome.detail
+
+
+# --- a service that trickles its answer past the outbox's lease -----------------------------
+
+
+def trickling_server(seconds: float) -> tuple[socket.socket, str, list[float]]:
+    """Reads each request whole (a delivery), then answers one byte every 0.2 s for `seconds`
+    before finishing a 200: each read is quick, the answer slow. Returns the server, its URL,
+    and the times requests reached it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    reached: list[float] = []
+
+    def session(connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.recv(65536)
+            reached.append(time.monotonic())
+            connection.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(int(seconds / 0.2)):
+                time.sleep(0.2)
+                connection.sendall(b"z")
+            connection.sendall(b"\r\nContent-Length: 2\r\n\r\nok")
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=session, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}/services/T/B/fake", reached
+
+
+def test_an_answer_trickled_past_the_lease_is_not_sent_twice(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: each read waited at most 10 s but the attempt had no end, so a service that
+    trickled its answer held the send past the 60 s lease, and the next `alerts check` (or
+    serve's loop) sent the same message again. Here the lease is 3 s and the deadline 1 s."""
+    monkeypatch.setattr(outbox_module, "LEASE", timedelta(seconds=3))
+    monkeypatch.setattr(_deadline, "DEADLINE", 1.0)
+    config = slack_config("chat", triage=("chat",))
+    apply(engine, evaluation(finding()), config, {}, datetime.now(timezone.utc))
+    server, url, reached = trickling_server(8)
+    with server:
+        first = threading.Thread(target=Outbox(engine, config, {"HOOK_0": url}).send_due)
+        first.start()
+        time.sleep(3.5)  # the lease has run out: a second sender comes by
+        later = Outbox(engine, config, {"HOOK_0": url}).send_due()
+        first.join(30)
+    assert later == [] and len(reached) == 1
+    [row] = outbox_rows(engine)
+    assert row["state"] == "pending" and "within 1 s" in row["detail"]
+
+
+def test_an_smtp_server_that_trickles_its_greeting_is_cut_off_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: a tarpit greeting one byte at a time held the mail for as long as it liked."""
+    monkeypatch.setattr(_deadline, "DEADLINE", 1.0)
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def tarpit() -> None:
+        connection, _ = server.accept()
+        with connection, contextlib.suppress(OSError):
+            for byte in b"220 slow.test ESMTP " + b"." * 60:
+                time.sleep(0.2)
+                connection.sendall(bytes([byte]))
+
+    threading.Thread(target=tarpit, daemon=True).start()
+    options = {"host": "127.0.0.1", "port": server.getsockname()[1], "security": "none"}
+    mail = {**options, "from": "alerts@acme.example", "to": ["ops@acme.example"]}
+    started = time.monotonic()
+    with server:
+        outcome = build_channel(ChannelConfig("mail", "email", mail), {}).send(
+            sample_notification()
+        )
+    assert isinstance(outcome, Retry) and "within 1 s" in outcome.detail, outcome
+    assert time.monotonic() - started < 4
+
+
+def test_an_attempt_ends_well_inside_the_lease() -> None:
+    assert timedelta(seconds=_deadline.DEADLINE * 1.25) < outbox_module.LEASE
