@@ -37,9 +37,11 @@ from smallops.alerts.channels import _deadline, _http, build_channel
 from smallops.alerts.engine import acknowledge, apply
 from smallops.alerts.model import Finding, Notification, Retry, Sent
 from smallops.alerts.outbox import MAX_RETRY_AFTER, Outbox
+from smallops.config import Settings
 from smallops.errors import ConfigError
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
 from smallops.storage.schema import alert_notifications, alerts
+from smallops.storage.spool import spool_folder
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)
@@ -584,3 +586,27 @@ def test_an_smtp_server_that_trickles_its_greeting_is_cut_off_at_the_deadline(
 
 def test_an_attempt_ends_well_inside_the_lease() -> None:
     assert timedelta(seconds=_deadline.DEADLINE * 1.25) < outbox_module.LEASE
+
+
+def spool_something(root: Path) -> None:
+    """A spool file waiting for the database: the project-wide log_backlog rule fires."""
+    settings = Settings.load(root)
+    url = project_engine(root).url.render_as_string(hide_password=False)
+    folder = spool_folder(settings.spool_dir, url)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "0001.jsonl").write_text("waiting\n")
+
+
+def test_one_broken_workflow_module_does_not_silence_every_alert(made: Path) -> None:
+    """Before: `alerts check` loaded every workflow or none, so a module that fails to import
+    (a half-written workflow, a missing package) stopped every rule for every workflow, and
+    the outbox too, with exit 2 from cron: nobody heard about anything."""
+    spool_something(made)
+    (made / "workflows" / "drafting.py").write_text("import a_package_nobody_installed\n")
+    done = cli(made, "alerts", "check", "--no-send", "--json")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    changes = json.loads(done.stdout)
+    assert changes["fired"] == ["smallops:log_backlog:*"]
+    [problem] = changes["problems"]
+    assert "drafting.py" in problem and "a_package_nobody_installed" in problem
