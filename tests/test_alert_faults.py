@@ -610,3 +610,22 @@ def test_one_broken_workflow_module_does_not_silence_every_alert(made: Path) -> 
     assert changes["fired"] == ["smallops:log_backlog:*"]
     [problem] = changes["problems"]
     assert "drafting.py" in problem and "a_package_nobody_installed" in problem
+
+
+def test_alert_routing_for_a_workflow_that_does_not_exist_is_a_warning(made: Path) -> None:
+    """Before: `[alerts.workflows.email_triage]` (the module's name, not the workflow's) was
+    taken without a word and applied to nothing: the escalation to PagerDuty it asked for
+    never happened, and `smallops check` said nothing."""
+    toml = made / "smallops.toml"
+    toml.write_text(
+        toml.read_text()
+        + '\n[alerts.channels.pager]\nkind = "pagerduty"\n'
+        + '[alerts.workflows.email_triage]\nescalate_to = ["pager"]\n'
+        + '[alerts.workflows."*"]\nchannels = ["pager"]\n'
+    )
+    done = cli(made, "check", "--json")
+    warnings = [json.loads(line) for line in done.stdout.splitlines()]
+    [typo] = [w for w in warnings if w["workflow"] == "email_triage"]
+    assert typo["level"] == "warning" and "names no workflow" in typo["problem"]
+    assert "email-triage" in typo["fix"]
+    assert not [w for w in warnings if w["workflow"] == "*"]  # the project's own alerts
