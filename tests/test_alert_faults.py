@@ -629,3 +629,15 @@ def test_alert_routing_for_a_workflow_that_does_not_exist_is_a_warning(made: Pat
     assert typo["level"] == "warning" and "names no workflow" in typo["problem"]
     assert "email-triage" in typo["fix"]
     assert not [w for w in warnings if w["workflow"] == "*"]  # the project's own alerts
+
+
+def test_alerts_list_fits_80_columns_whoever_acknowledged(made: Path) -> None:
+    """Before: the state column carried the acknowledger's whole name and was never cut, so a
+    PagerDuty name pushed the table past 80 columns and hid the summary."""
+    engine = project_engine(made)
+    acknowledge(engine, open_alert_id(engine), "PagerDuty: Margaret Hamilton-Featherstonehaugh")
+    done = cli(made, "alerts", "list")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, done.stdout
+    assert "summary" in lines[0] and lines[1].split()[1] == "acknowledged"

@@ -107,7 +107,7 @@ def list_command(
         return
     columns = [
         Column("id"),
-        Column("state"),
+        Column("state", cut_to=16),  # "acknowledged (who)": who, as far as it fits
         Column("severity", hide=3),
         Column("workflow", cut_to=16),
         Column("rule"),
