@@ -641,3 +641,13 @@ def test_alerts_list_fits_80_columns_whoever_acknowledged(made: Path) -> None:
     lines = done.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, done.stdout
     assert "summary" in lines[0] and lines[1].split()[1] == "acknowledged"
+
+
+@pytest.mark.parametrize("given", ["", "abc", "  0c94  "])
+def test_ack_with_too_short_an_id_speaks_of_alerts(made: Path, given: str) -> None:
+    """Before: "run id 'abc' is too short; ... the run id a table prints": the wrong noun, at
+    the wrong table, for someone acknowledging an alert."""
+    done = cli(made, "alerts", "ack", given)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "alert id" in done.stderr and "run id" not in done.stderr
+    assert "smallops alerts list" in done.stderr

@@ -17,8 +17,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
+from smallops.errors import InputError
 from smallops.kinds import OPEN_STATES
-from smallops.storage.queries import run_id_matches
+from smallops.storage.queries import MIN_ID_GIVEN, run_id_matches
 from smallops.storage.schema import alert_notifications, alerts
 
 
@@ -50,6 +51,11 @@ def alert_by_id(
 def alert_ids_matching(connection: Connection, given: str) -> list[str]:
     """Up to two alert ids `given` may stand for: the id, its short form as `alerts list`
     prints it, or a unique start of either (as run ids are matched)."""
+    if len(given.strip()) < MIN_ID_GIVEN:
+        raise InputError(
+            f"alert id {given.strip()!r} is too short",
+            hint=f"give at least {MIN_ID_GIVEN} characters of the id `smallops alerts list` prints",
+        )
     query = select(alerts.c.id).where(run_id_matches(alerts.c.id, given)).limit(2)
     return [str(value) for value in connection.execute(query).scalars()]
 
