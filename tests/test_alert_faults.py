@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,8 +41,11 @@ from smallops.alerts.outbox import MAX_RETRY_AFTER, Outbox
 from smallops.config import Settings
 from smallops.errors import ConfigError
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
+from smallops.storage.quarantine import quarantine_folder
 from smallops.storage.schema import alert_notifications, alerts
 from smallops.storage.spool import spool_folder
+
+from webhook_receiver import Receiver
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)
@@ -588,11 +592,15 @@ def test_an_attempt_ends_well_inside_the_lease() -> None:
     assert timedelta(seconds=_deadline.DEADLINE * 1.25) < outbox_module.LEASE
 
 
-def spool_something(root: Path) -> None:
+def spool_dir_of(root: Path, url: str = "sqlite:///.smallops/smallops.db") -> Path:
+    """The folder of the project's spool (and quarantine) for the database at `url`."""
+    named = project_engine(root, url).url.render_as_string(hide_password=False)
+    return spool_folder(Settings.load(root).spool_dir, named)
+
+
+def spool_something(root: Path, url: str = "sqlite:///.smallops/smallops.db") -> None:
     """A spool file waiting for the database: the project-wide log_backlog rule fires."""
-    settings = Settings.load(root)
-    url = project_engine(root).url.render_as_string(hide_password=False)
-    folder = spool_folder(settings.spool_dir, url)
+    folder = spool_dir_of(root, url)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "0001.jsonl").write_text("waiting\n")
 
@@ -651,3 +659,51 @@ def test_ack_with_too_short_an_id_speaks_of_alerts(made: Path, given: str) -> No
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "alert id" in done.stderr and "run id" not in done.stderr
     assert "smallops alerts list" in done.stderr
+
+
+# --- several `alerts check` processes at once ------------------------------------------------
+
+
+def test_checks_in_several_processes_at_once_fire_and_resolve_once(
+    made: Path, database_url: str
+) -> None:
+    """Three `smallops alerts check` processes started together, on SQLite and on Postgres:
+    one firing message, then (the spool emptied) one resolution, each with its own id."""
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    with Receiver() as receiver:
+        toml = made / "smallops.toml"
+        toml.write_text(
+            toml.read_text()
+            + f'\n[alerts]\nmin_firing = "1s"\n[alerts.channels.hook]\nkind = "webhook"\n'
+            f'url = "{receiver.url}"\nsecret_env = "HOOK_SECRET"\n'
+            '[alerts.workflows."*"]\nchannels = ["hook"]\n'
+        )
+        env = {"HOOK_SECRET": secret, "SMALLOPS_DATABASE_URL": database_url}
+        project_engine(made, database_url)
+        spool_something(made, database_url)
+
+        def together() -> None:
+            processes = [
+                subprocess.Popen(
+                    [*CLI, "alerts", "check"],
+                    cwd=made,
+                    env={**os.environ, **env},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(3)
+            ]
+            for process in processes:
+                _, err = process.communicate(timeout=120)
+                assert process.returncode == 0 and "Traceback" not in err, err
+
+        together()
+        time.sleep(1.5)  # past min_firing
+        spool = spool_dir_of(made, database_url)
+        for folder in (spool, quarantine_folder(spool)):  # a replay may have set it aside
+            shutil.rmtree(folder, ignore_errors=True)
+        together()
+    kinds = [json.loads(body)["type"] for body, _ in receiver.accepted]
+    assert sorted(kinds) == ["alert.firing", "alert.resolved"]
+    assert len(set(receiver.ids)) == 2
