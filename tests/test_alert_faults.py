@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -707,3 +709,60 @@ def test_checks_in_several_processes_at_once_fire_and_resolve_once(
     kinds = [json.loads(body)["type"] for body, _ in receiver.accepted]
     assert sorted(kinds) == ["alert.firing", "alert.resolved"]
     assert len(set(receiver.ids)) == 2
+
+
+# --- PagerDuty's word, late or replayed ------------------------------------------------------
+
+
+@pytest.fixture
+def web(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from starlette.testclient import TestClient
+
+    from smallops.review.desk import ReviewDesk
+    from smallops.web.alerts_page import PAGERDUTY_SECRET_ENV
+    from smallops.web.app import create_app
+
+    engine = get_engine(normalise_url(database_url, tmp_path))
+    ensure_schema(engine)
+    settings = Settings(root=tmp_path, database_url=database_url)
+    app = create_app(
+        ReviewDesk(engine, {}), settings, require_login=False, reviewer="ann", secret_key=b"k" * 32
+    )
+    secret = "pd-webhook-" + secrets.token_hex(10)
+    monkeypatch.setenv(PAGERDUTY_SECRET_ENV, secret)
+    return TestClient(app, base_url="http://127.0.0.1"), engine, secret
+
+
+def pagerduty_ack(client: Any, secret: str, key: str, occurred_at: datetime) -> Any:
+    body = json.dumps(
+        {
+            "event": {
+                "event_type": "incident.acknowledged",
+                "occurred_at": occurred_at.isoformat().replace("+00:00", "Z"),
+                "agent": {"summary": "Bo On-Call"},
+                "data": {"type": "incident", "incident_key": key, "status": "acknowledged"},
+            }
+        }
+    ).encode()
+    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"X-PagerDuty-Signature": f"v1={digest}", "Content-Type": "application/json"}
+    return client.post("/alerts/pagerduty", content=body, headers=headers)
+
+
+def test_a_pagerduty_acknowledgement_from_before_the_alert_fired_acknowledges_nothing(
+    web: Any,
+) -> None:
+    """Before: an acknowledgement was matched by incident key alone, and a rule's key is the
+    same for each new alert of it (the breaker of a workflow, say). A late webhook (PagerDuty
+    retries for hours) or a replayed one about the last incident acknowledged the new alert,
+    and nobody was escalated to."""
+    client, engine, secret = web
+    fired = datetime.now(timezone.utc)
+    apply(engine, evaluation(finding()), slack_config("chat", triage=("chat",)), {}, fired)
+    key = finding().dedup_key
+    stale = pagerduty_ack(client, secret, key, fired - timedelta(hours=2))
+    assert stale.status_code == 202 and stale.json()["acknowledged"] is None
+    with engine.connect() as connection:
+        assert connection.execute(select(alerts.c.state)).scalar_one() == "firing"
+    fresh = pagerduty_ack(client, secret, key, fired + MIN)
+    assert fresh.status_code == 202 and fresh.json()["acknowledged"]

@@ -353,14 +353,23 @@ def acknowledge(
 
 
 def acknowledge_key(
-    engine: Engine, dedup_key: str, by: str, now: datetime | None = None
+    engine: Engine,
+    dedup_key: str,
+    by: str,
+    now: datetime | None = None,
+    *,
+    occurred_at: datetime | None = None,
 ) -> dict[str, Any] | None:
     """Acknowledge the open alert of a dedup key (PagerDuty acknowledged its incident); None
-    when no alert of that key is open."""
+    when no alert of that key is open, or when the acknowledgement `occurred_at` before it
+    fired: a late or replayed word about an earlier alert of the same key (each breaker alert
+    of a workflow has the same one) must not silence this one."""
     now = now or datetime.now(timezone.utc)
     with write_transaction(engine) as connection:
         alert = alert_log.open_alert(connection, dedup_key)
-        return None if alert is None else _acknowledged(connection, alert, by, now)
+        if alert is None or (occurred_at is not None and occurred_at < _utc(alert["fired_at"])):
+            return None
+        return _acknowledged(connection, alert, by, now)
 
 
 def _acknowledged(
