@@ -766,3 +766,42 @@ def test_a_pagerduty_acknowledgement_from_before_the_alert_fired_acknowledges_no
         assert connection.execute(select(alerts.c.state)).scalar_one() == "firing"
     fresh = pagerduty_ack(client, secret, key, fired + MIN)
     assert fresh.status_code == 202 and fresh.json()["acknowledged"]
+
+
+# --- one service down must not hold up the others --------------------------------------------
+
+
+class _Stalls(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        time.sleep(5)  # past the (shortened) deadline: no answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_channel_that_does_not_answer_is_tried_once_a_round_and_holds_up_no_page(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: each of a dead channel's messages waited out its own timeout in turn, and was
+    tried again in the same round once its backoff had passed: with Slack down, a round took
+    minutes per message and the PagerDuty page queued behind them waited as long."""
+    monkeypatch.setattr(_deadline, "DEADLINE", 0.5)
+    stalled = ThreadingHTTPServer(("127.0.0.1", 0), _Stalls)
+    threading.Thread(target=stalled.serve_forever, daemon=True).start()
+    workflows = {f"wf{i}": ("chat",) for i in range(4)}
+    config = slack_config("chat", "pager", **workflows, paged=("pager",))
+    names = (*workflows, "paged")
+    apply(engine, evaluation(*(finding(n) for n in names), workflows=names), config, {}, T0)
+    with SlackFake() as pager:
+        env = {
+            "HOOK_0": f"http://127.0.0.1:{stalled.server_address[1]}/x",
+            "HOOK_1": pager.webhook_url,
+        }
+        attempts = Outbox(engine, config, env).send_due(T0 + MIN)
+    stalled.shutdown()
+    stalled.server_close()
+    assert [(a.channel, a.outcome) for a in attempts if a.channel == "chat"] == [("chat", "retry")]
+    assert len(pager.posts) == 1
+    waiting = [row for row in outbox_rows(engine) if row["channel"] == "chat"]
+    assert [row["state"] for row in waiting] == ["pending"] * 4

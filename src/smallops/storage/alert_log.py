@@ -10,7 +10,7 @@ same alert is still waiting, so a resolution never overtakes its firing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -126,10 +126,12 @@ def notifications_of(engine: Engine, alert_ids: Sequence[str]) -> dict[str, list
     return found
 
 
-def claim_due(connection: Connection, now: datetime, until: datetime) -> dict[str, Any] | None:
+def claim_due(
+    connection: Connection, now: datetime, until: datetime, skip: Collection[str] = ()
+) -> dict[str, Any] | None:
     """Lease until `until` the next pending notification due at `now` and not leased, whose
-    earlier messages to the same channel about the same alert are all done; with its alert's
-    thread. None when there is none."""
+    earlier messages to the same channel about the same alert are all done, to a channel not
+    in `skip`; with its alert's thread. None when there is none."""
     n = alert_notifications.c
     earlier = aliased(alert_notifications)
     waiting_before = exists().where(
@@ -157,6 +159,7 @@ def claim_due(connection: Connection, now: datetime, until: datetime) -> dict[st
         .where(n.next_attempt_at <= now)
         .where(or_(n.claimed_until.is_(None), n.claimed_until < now))
         .where(~waiting_before)
+        .where(n.channel.not_in(list(skip)))
         .order_by(n.next_attempt_at, n.id)
         .limit(1)
         .with_for_update(skip_locked=True, of=alert_notifications)
