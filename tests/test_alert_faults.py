@@ -1,6 +1,7 @@
 """Faults found by trying the alerts as an attacker and as a tired on-call engineer would: hostile
 values, services that answer badly or slowly, the database going away, the CLI as typed at 3 a.m.,
-secrets a service echoes back, and several checks at once. Each test failed before its fix."""
+secrets a service echoes back, and several checks at once. Each test failed before its fix,
+except the test_guard_ ones: what was tried and held, kept so that it keeps holding."""
 
 from __future__ import annotations
 
@@ -666,7 +667,7 @@ def test_ack_with_too_short_an_id_speaks_of_alerts(made: Path, given: str) -> No
 # --- several `alerts check` processes at once ------------------------------------------------
 
 
-def test_checks_in_several_processes_at_once_fire_and_resolve_once(
+def test_guard_checks_in_several_processes_at_once_fire_and_resolve_once(
     made: Path, database_url: str
 ) -> None:
     """Three `smallops alerts check` processes started together, on SQLite and on Postgres:
@@ -805,3 +806,51 @@ def test_a_channel_that_does_not_answer_is_tried_once_a_round_and_holds_up_no_pa
     assert len(pager.posts) == 1
     waiting = [row for row in outbox_rows(engine) if row["channel"] == "chat"]
     assert [row["state"] for row in waiting] == ["pending"] * 4
+
+
+# --- guards: what was tried and held (these passed before any change) --------------------------
+
+
+def test_guard_an_smtp_server_dropping_mid_data_gets_the_same_mail_again() -> None:
+    """The connection dropped in the middle of DATA: a Retry, and the next attempt sends the
+    same mail (the same Message-ID), which the server then takes once."""
+    server = socket.create_server(("127.0.0.1", 0))
+    taken: list[bytes] = []
+
+    def session(connection: socket.socket, drop: bool) -> None:
+        with connection, connection.makefile("rb") as lines, contextlib.suppress(OSError):
+            connection.sendall(b"220 relay.test ESMTP\r\n")
+            for line in lines:
+                verb = line.strip().upper()
+                if verb.startswith(b"EHLO"):
+                    connection.sendall(b"250-relay.test\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    connection.sendall(b"354 go on\r\n")
+                    body = b"".join(iter(lines.readline, b".\r\n"))
+                    if drop:
+                        connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    taken.append(body)
+                    connection.sendall(b"250 2.0.0 queued\r\n")
+                elif verb == b"QUIT":
+                    connection.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    connection.sendall(b"250 ok\r\n")
+
+    def serve() -> None:
+        for drop in (True, False):
+            connection, _ = server.accept()
+            session(connection, drop)
+
+    threading.Thread(target=serve, daemon=True).start()
+    options = {"host": "127.0.0.1", "port": server.getsockname()[1], "security": "none"}
+    mail = {**options, "from": "alerts@acme.example", "to": ["ops@acme.example"]}
+    channel = build_channel(ChannelConfig("mail", "email", mail), {})
+    with server:
+        first = channel.send(sample_notification())
+        second = channel.send(sample_notification())
+    assert isinstance(first, Retry) and "no answer" in first.detail, first
+    assert isinstance(second, Sent), second
+    [body] = taken
+    assert b"Message-ID: <alert-alr-1@acme.example>" in body
