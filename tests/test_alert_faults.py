@@ -854,3 +854,29 @@ def test_guard_an_smtp_server_dropping_mid_data_gets_the_same_mail_again() -> No
     assert isinstance(second, Sent), second
     [body] = taken
     assert b"Message-ID: <alert-alr-1@acme.example>" in body
+
+
+# --- a secret pasted where its variable's name goes ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "key"),
+    [("pagerduty", "routing_key_env"), ("email", "password_env"), ("slack", "token_env")],
+)
+def test_a_secret_pasted_as_a_variable_name_is_refused_without_repeating_it(
+    kind: str, key: str
+) -> None:
+    """Before: routing_key_env = "<the routing key>" (a PagerDuty key is a valid variable name
+    when it starts with a letter) was taken, and "needs the routing key in $<the key>, which is
+    not set" went into alert_notifications.detail, the terminal and the log on every retry."""
+    pasted = "e" + secrets.token_hex(16)[1:]  # the shape of a PagerDuty routing key
+    table: dict[str, Any] = {"kind": kind, key: pasted}
+    if kind == "email":
+        table.update(host="smtp.acme.example", username_env="SMTP_USER")
+        table["from"] = "alerts@acme.example"
+    if kind == "slack":
+        table["channel"] = "#ops"
+    with pytest.raises(ConfigError) as raised:
+        parse_alerts({"channels": {"x": table}})
+    assert pasted not in str(raised.value) and "secret" in str(raised.value)
+    parse_alerts({"channels": {"x": {**table, key: "OPS_SECRET_2"}}})  # a name is fine

@@ -357,7 +357,11 @@ _OPTION_HINTS = {
 
 def _fits(what: str, value: Any) -> bool:
     if what == "env":
-        return isinstance(value, str) and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value))
+        return (
+            isinstance(value, str)
+            and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value))
+            and not _looks_like_a_secret(value)
+        )
     if what == "url":
         return isinstance(value, str) and bool(re.match(r"^https?://[^/\s]+", value))
     if what == "text":  # one line: a From or a host with a line break would inject headers
@@ -371,6 +375,13 @@ def _fits(what: str, value: Any) -> bool:
             and all(isinstance(v, str) and is_address(v) for v in value)
         )
     return value in SECURITY
+
+
+def _looks_like_a_secret(name: str) -> bool:
+    """A long "name" with no underscore that is not in capitals is a key pasted where its
+    variable's name goes (a PagerDuty routing key is 32 letters and digits): refused, or every
+    "$<it> is not set" would carry it into the outbox, the terminal and the log."""
+    return len(name) >= 20 and "_" not in name and not name.isupper()
 
 
 def _names(value: Any, where: str, channels: Mapping[str, ChannelConfig]) -> tuple[str, ...]:
