@@ -124,11 +124,13 @@ REQUIRED_OPTIONS: dict[ChannelKind, tuple[str, ...]] = {
     "webhook": ("url",),
     "email": ("host", "from"),
 }
+MAX_CHANNEL_NAME = 100  # alert_notifications.channel holds this many characters
 SECURITY = ("starttls", "tls", "none")  # "none" only to a server on this machine
 DURATION_KEYS = frozenset({"window", "sla"})
 FRACTION_KEYS = frozenset({"increase", "near", "rate", "confidence", "p_value"})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 3650 * 86400  # ten years, in seconds: longer ones overflow a date
 
 
 @dataclass(frozen=True)
@@ -212,8 +214,9 @@ def is_address(text: str) -> bool:
     return bool(re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", text))
 
 
-def duration(value: Any, where: str) -> float:
-    """Seconds from "30s", "15m", "4h", "7d" or a number of seconds (more than 0)."""
+def duration(value: Any, where: str, table: str = "[alerts]") -> float:
+    """Seconds from "30s", "15m", "4h", "7d" or a number of seconds (more than 0, and at most
+    MAX_DURATION: a time that far ahead is past the calendar's end)."""
     seconds = float("nan")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
@@ -221,8 +224,13 @@ def duration(value: Any, where: str) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(
-            f"{where} in [alerts] of {WHERE} is {value!r}, not a duration",
+            f"{where} in {table} of {WHERE} is {value!r}, not a duration",
             hint='use e.g. "30s", "15m", "4h", "7d" or a number of seconds',
+        )
+    if seconds > MAX_DURATION:
+        raise ConfigError(
+            f"{where} in {table} of {WHERE} is {value!r}, longer than {MAX_DURATION // 86400} days",
+            hint=f'use at most "{MAX_DURATION // 86400}d" (for "never", that is long enough)',
         )
     return seconds
 
@@ -286,6 +294,7 @@ def _hold(value: Any) -> float:
 def _channels(table: Mapping[str, Any]) -> dict[str, ChannelConfig]:
     channels = {}
     for name, spec in table.items():
+        _check_channel_name(name)
         where = f"[alerts.channels.{name}]"
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} in {WHERE} must be a table")
@@ -300,6 +309,16 @@ def _channels(table: Mapping[str, Any]) -> dict[str, ChannelConfig]:
         _check_channel(config, where)
         channels[str(name)] = config
     return channels
+
+
+def _check_channel_name(name: str) -> None:
+    """A name each outbox row can hold (alert_notifications.channel) and a log line can show."""
+    if len(name) > MAX_CHANNEL_NAME or not name.isprintable() or not name.strip():
+        raise ConfigError(
+            f"the channel name {name[:MAX_CHANNEL_NAME]!r} in [alerts.channels] of {WHERE} is"
+            + (" too long" if len(name) > MAX_CHANNEL_NAME else " not one line of text"),
+            hint=f'a short name, at most {MAX_CHANNEL_NAME} characters, e.g. "ops-slack"',
+        )
 
 
 def _check_channel(config: ChannelConfig, where: str) -> None:
@@ -328,7 +347,7 @@ _FROM_HINT = 'the sender, e.g. "smallops <alerts@acme.example>"'
 _OPTION_WHAT = {
     "env": "the name of an environment variable",
     "url": "an http:// or https:// URL",
-    "text": "text",
+    "text": "one line of text",
     "port": "a TCP port",
     "addresses": "a list of email addresses",
     "security": f"one of {', '.join(SECURITY)}",
@@ -346,11 +365,15 @@ _OPTION_HINTS = {
 
 def _fits(what: str, value: Any) -> bool:
     if what == "env":
-        return isinstance(value, str) and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value))
+        return (
+            isinstance(value, str)
+            and bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value))
+            and not _looks_like_a_secret(value)
+        )
     if what == "url":
         return isinstance(value, str) and bool(re.match(r"^https?://[^/\s]+", value))
-    if what == "text":
-        return isinstance(value, str) and bool(value.strip())
+    if what == "text":  # one line: a From or a host with a line break would inject headers
+        return isinstance(value, str) and bool(value.strip()) and value.isprintable()
     if what == "port":
         return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536
     if what == "addresses":
@@ -360,6 +383,13 @@ def _fits(what: str, value: Any) -> bool:
             and all(isinstance(v, str) and is_address(v) for v in value)
         )
     return value in SECURITY
+
+
+def _looks_like_a_secret(name: str) -> bool:
+    """A long "name" with no underscore that is not in capitals is a key pasted where its
+    variable's name goes (a PagerDuty routing key is 32 letters and digits): refused, or every
+    "$<it> is not set" would carry it into the outbox, the terminal and the log."""
+    return len(name) >= 20 and "_" not in name and not name.isupper()
 
 
 def _names(value: Any, where: str, channels: Mapping[str, ChannelConfig]) -> tuple[str, ...]:
@@ -412,7 +442,7 @@ def _check_value(key: str, value: Any, where: str) -> None:
         if value not in SEVERITIES:
             raise ConfigError(f"{shown} is {value!r}", hint=f"use one of: {', '.join(SEVERITIES)}")
     elif key in DURATION_KEYS:
-        duration(value, key)
+        duration(value, key, where)
     elif key == "min_calls":
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{shown} must be a whole number of calls, 1 or more")

@@ -10,10 +10,12 @@ worth fixing, not a reason to refuse the change.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from smallops.alert_config import AlertSettings
+from smallops.alerts.engine import PROJECT
 from smallops.errors import SmallopsError
 from smallops.evals.baseline import baseline_path, read_baseline
 from smallops.evals.dataset import workflow_cases
@@ -56,7 +58,32 @@ def check_readiness(project: Project) -> Readiness:
     for wf in workflows.values():
         problems += workflow_problems(wf, evaluated, grader=wf.name in graders)
         problems += alert_warnings(wf, project.settings.alerts)
+    if not broken:  # a module that did not load may define the workflow a table names
+        problems += alert_table_warnings(project.settings.alerts, tuple(workflows))
     return Readiness(len(workflows), problems)
+
+
+def alert_table_warnings(alerts: AlertSettings, workflows: tuple[str, ...]) -> list[Problem]:
+    """A warning for each [alerts.workflows.NAME] that names no workflow: its channels,
+    escalation and thresholds apply to nothing (e.g. the module's name, email_triage, for the
+    workflow email-triage)."""
+    found = []
+    for name in alerts.workflows:
+        if name == PROJECT or name in workflows:
+            continue
+        close = difflib.get_close_matches(name.replace("_", "-"), workflows, n=1)
+        found.append(
+            Problem(
+                name,
+                f"[alerts.workflows.{name}] in smallops.toml names no workflow: its channels,"
+                " escalation and rules apply to nothing",
+                f"did you mean [alerts.workflows.{close[0]}]?"
+                if close
+                else f"the workflows are: {', '.join(sorted(workflows)) or 'none'}",
+                "warning",
+            )
+        )
+    return found
 
 
 def alert_warnings(wf: Workflow[Any], alerts: AlertSettings) -> list[Problem]:

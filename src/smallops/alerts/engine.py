@@ -26,6 +26,7 @@ from smallops.ids import uuid7
 from smallops.kinds import NotifyEvent, RuleName, Severity
 from smallops.storage import alert_log
 from smallops.storage.db import write_transaction
+from smallops.storage.storable import text
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from smallops.alerts.rules import Evaluation
 
 PROJECT = "*"  # the workflow of a rule about the whole project (the spool, the quarantine)
+ACKNOWLEDGED_BY_CHARS = 200  # alerts.acknowledged_by holds this many
 RANK: dict[Severity, int] = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
 
@@ -361,20 +363,32 @@ def acknowledge(
 
 
 def acknowledge_key(
-    engine: Engine, dedup_key: str, by: str, now: datetime | None = None
+    engine: Engine,
+    dedup_key: str,
+    by: str,
+    now: datetime | None = None,
+    *,
+    occurred_at: datetime | None = None,
 ) -> dict[str, Any] | None:
     """Acknowledge the open alert of a dedup key (PagerDuty acknowledged its incident); None
-    when no alert of that key is open."""
+    when no alert of that key is open, or when the acknowledgement `occurred_at` before it
+    fired: a late or replayed word about an earlier alert of the same key (each breaker alert
+    of a workflow has the same one) must not silence this one."""
     now = now or datetime.now(timezone.utc)
     with write_transaction(engine) as connection:
         alert = alert_log.open_alert(connection, dedup_key)
-        return None if alert is None else _acknowledged(connection, alert, by, now)
+        if alert is None or (occurred_at is not None and occurred_at < _utc(alert["fired_at"])):
+            return None
+        return _acknowledged(connection, alert, by, now)
 
 
 def _acknowledged(
     connection: Connection, alert: dict[str, Any], by: str, now: datetime
 ) -> dict[str, Any]:
-    """Mark a locked alert acknowledged and tell its channels; the same alert if it was."""
+    """Mark a locked alert acknowledged and tell its channels; the same alert if it was. `by`
+    is whatever a terminal, a form or PagerDuty said: made storable (no NUL, no lone surrogate
+    from a non-UTF-8 argv) and cut to the column (alerts.acknowledged_by)."""
+    by = text(by, set(), ACKNOWLEDGED_BY_CHARS) or "someone"
     if alert["state"] == "resolved":
         raise InputError(
             f"alert {alert['id'][-12:]} is resolved already", hint="nothing to acknowledge"

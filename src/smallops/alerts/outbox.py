@@ -3,10 +3,12 @@
 One notification at a time is leased (LEASE), so two senders never send the same one, and a
 sender that dies mid-send leaves it to the next one when the lease runs out. A 429 or 5xx (or
 no answer) is tried again after a backoff, or after the Retry-After the service gave if that is
-longer; another 4xx is recorded and never retried, and so is a notification still failing after
-MAX_ATTEMPTS. A channel whose secret is not set yet waits like a failed send: set the variable
-and the next round sends it. Its id is the same on every attempt (the webhook-id, the mail's
-Message-ID), so a receiver that got a message twice can tell.
+longer (an hour at most: a firing alert is not kept back for longer on a service's word, and a
+Retry-After of years must not stop the round); another 4xx is recorded and never retried, and
+so is a notification still failing after MAX_ATTEMPTS. A channel whose secret is not set yet
+waits like a failed send: set the variable and the next round sends it. Its id is the same on
+every attempt (the webhook-id, the mail's Message-ID), so a receiver that got a message twice
+can tell.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 12  # about a day of backoff
 FIRST_BACKOFF = 30.0  # seconds; doubled each attempt
 MAX_BACKOFF = 3600.0
+MAX_RETRY_AFTER = MAX_BACKOFF  # the longest Retry-After waited out
 log = logging.getLogger("smallops")
 
 
@@ -73,15 +76,22 @@ class Outbox:
         return self._channels[name]
 
     def send_due(self, now: datetime | None = None, limit: int = 200) -> list[Attempt]:
-        """Send what is due now, one at a time, at most `limit`."""
+        """Send what is due now, one at a time, at most `limit`. A channel that did not take a
+        message (no answer, a 429 or 5xx) is not tried again this round: its other messages
+        wait for the next one rather than each waiting out its own timeout here, ahead of the
+        other channels' (a page behind a dozen messages to a Slack that is down)."""
         attempts: list[Attempt] = []
+        resting: set[str] = set()
         for _ in range(limit):
             moment = now or datetime.now(timezone.utc)
             with write_transaction(self.engine) as connection:
-                row = alert_log.claim_due(connection, moment, moment + LEASE)
+                row = alert_log.claim_due(connection, moment, moment + LEASE, resting)
             if row is None:
                 break
-            attempts.append(self._send(row, moment))
+            attempt = self._send(row, moment)
+            if attempt.outcome == "retry":
+                resting.add(attempt.channel)
+            attempts.append(attempt)
         return attempts
 
     def _send(self, row: dict[str, Any], now: datetime) -> Attempt:
@@ -99,7 +109,7 @@ class Outbox:
             values = {"state": "sent", "sent_at": now, "detail": outcome.detail}
             result = "sent"
         elif isinstance(outcome, Retry) and row["attempts"] < MAX_ATTEMPTS:
-            wait = max(backoff(row["attempts"]), outcome.after or 0.0)
+            wait = min(max(backoff(row["attempts"]), outcome.after or 0.0), MAX_RETRY_AFTER)
             values = {"next_attempt_at": now + timedelta(seconds=wait), "detail": outcome.detail}
             result = "retry"
         else:

@@ -42,9 +42,13 @@ def check_command(
     from smallops.alerts.check import check_once
 
     project = _common.project(ctx)
-    done = check_once(
-        project.engine(), project.workflows, project.settings, os.environ, send=not no_send
-    )
+    # A module that does not load is a problem line, not the end of the round: every other
+    # workflow's rules are checked and the outbox is sent; that module's open alerts stay open.
+    workflows, broken = project.load_workflows()
+    done = check_once(project.engine(), workflows, project.settings, os.environ, send=not no_send)
+    done.changes.problems[:0] = [
+        f"a workflow module does not load, so its rules were not checked: {exc}" for exc in broken
+    ]
     if as_json:
         _common.print_json(done.as_dict())
     else:
@@ -103,7 +107,7 @@ def list_command(
         return
     columns = [
         Column("id"),
-        Column("state"),
+        Column("state", cut_to=16),  # "acknowledged (who)": who, as far as it fits
         Column("severity", hide=3),
         Column("workflow", cut_to=16),
         Column("rule"),

@@ -10,15 +10,16 @@ same alert is still waiting, so a resolution never overtakes its firing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
+from smallops.errors import InputError
 from smallops.kinds import OPEN_STATES
-from smallops.storage.queries import run_id_matches
+from smallops.storage.queries import MIN_ID_GIVEN, run_id_matches
 from smallops.storage.schema import alert_notifications, alerts
 
 
@@ -50,6 +51,11 @@ def alert_by_id(
 def alert_ids_matching(connection: Connection, given: str) -> list[str]:
     """Up to two alert ids `given` may stand for: the id, its short form as `alerts list`
     prints it, or a unique start of either (as run ids are matched)."""
+    if len(given.strip()) < MIN_ID_GIVEN:
+        raise InputError(
+            f"alert id {given.strip()!r} is too short",
+            hint=f"give at least {MIN_ID_GIVEN} characters of the id `smallops alerts list` prints",
+        )
     query = select(alerts.c.id).where(run_id_matches(alerts.c.id, given)).limit(2)
     return [str(value) for value in connection.execute(query).scalars()]
 
@@ -120,10 +126,12 @@ def notifications_of(engine: Engine, alert_ids: Sequence[str]) -> dict[str, list
     return found
 
 
-def claim_due(connection: Connection, now: datetime, until: datetime) -> dict[str, Any] | None:
+def claim_due(
+    connection: Connection, now: datetime, until: datetime, skip: Collection[str] = ()
+) -> dict[str, Any] | None:
     """Lease until `until` the next pending notification due at `now` and not leased, whose
-    earlier messages to the same channel about the same alert are all done; with its alert's
-    thread. None when there is none."""
+    earlier messages to the same channel about the same alert are all done, to a channel not
+    in `skip`; with its alert's thread. None when there is none."""
     n = alert_notifications.c
     earlier = aliased(alert_notifications)
     waiting_before = exists().where(
@@ -151,6 +159,7 @@ def claim_due(connection: Connection, now: datetime, until: datetime) -> dict[st
         .where(n.next_attempt_at <= now)
         .where(or_(n.claimed_until.is_(None), n.claimed_until < now))
         .where(~waiting_before)
+        .where(n.channel.not_in(list(skip)))
         .order_by(n.next_attempt_at, n.id)
         .limit(1)
         .with_for_update(skip_locked=True, of=alert_notifications)

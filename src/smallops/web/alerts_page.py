@@ -86,14 +86,26 @@ async def pagerduty(request: Request) -> Response:
         kind = event.get("event_type")
         key = (event.get("data") or {}).get("incident_key")
         agent = ((event.get("agent") or {}).get("summary")) or "someone"
+        occurred_at = _moment(event.get("occurred_at"))
     except (ValueError, AttributeError):
         return error(request, InputError("the body is not a PagerDuty v3 webhook event"))
     if kind != "incident.acknowledged" or not isinstance(key, str):
         return JSONResponse({"ignored": kind}, status_code=202)
     by = f"PagerDuty: {str(agent)[:100]}"
     state = web(request)
-    found = await state.db.save(acknowledge_key, state.desk.engine, key, by)
+    found = await state.db.save(
+        acknowledge_key, state.desk.engine, key, by, occurred_at=occurred_at
+    )
     return JSONResponse({"acknowledged": found["id"] if found else None}, status_code=202)
+
+
+def _moment(value: Any) -> datetime | None:
+    """When PagerDuty says the acknowledgement happened (ISO 8601, "Z" for UTC); None if not
+    given. ValueError for a time that is not one."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _signed(secret: str, body: bytes, header: str) -> bool:

@@ -16,8 +16,10 @@ another attempt; a 5xx (a refused sender, recipient, message or login) is refuse
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import smtplib
+import socket
 import ssl
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -25,11 +27,13 @@ from email.message import EmailMessage
 from typing import Any
 
 from smallops.alert_config import ChannelConfig
+from smallops.alerts.channels._deadline import Deadline
+from smallops.alerts.channels._secrets import scrubbed
 from smallops.alerts.model import Figure, Notification, Outcome, Refused, Retry, Sent
 from smallops.errors import ConfigError
 from smallops.kinds import ChannelKind, NotifyEvent
 
-TIMEOUT = 10.0  # seconds the server may take over any one step
+TIMEOUT = 10.0  # seconds the server may take over any one step; the attempt: _deadline
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 MAX_DETAIL = 300  # characters of a server's answer kept
@@ -49,9 +53,18 @@ AT_LABELS: dict[NotifyEvent, str] = {
 
 
 class _SMTP(smtplib.SMTP):
-    """Keeps the server's answer to the message, which smtplib's sendmail drops."""
+    """Keeps the server's answer to the message, which smtplib's sendmail drops; its socket
+    is shut down at the attempt's deadline (a tarpit greeting a byte at a time, say)."""
 
     reply: tuple[int, bytes] = (0, b"")
+
+    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
+        self.deadline = deadline  # before connecting, which smtplib does at once
+        super().__init__(*args, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's own hook for the socket it opens (typeshed leaves it out)
+        return self.deadline.watch(super()._get_socket(host, port, timeout))  # type: ignore[misc]
 
     def data(self, msg: Any) -> tuple[int, bytes]:
         self.reply = super().data(msg)
@@ -102,11 +115,20 @@ class Email:
         return self._scrub(self._deliver(message, recipients))
 
     def _deliver(self, message: EmailMessage, recipients: tuple[str, ...]) -> Outcome:
+        with Deadline() as deadline:
+            outcome = self._attempt(message, recipients, deadline)
+        if deadline.over and not isinstance(outcome, Sent):  # the server answered too slowly
+            return Retry(f"{self.host}:{self.port}: {deadline.detail()}")
+        return outcome
+
+    def _attempt(
+        self, message: EmailMessage, recipients: tuple[str, ...], deadline: Deadline
+    ) -> Outcome:
         server = f"{self.host}:{self.port}"
         smtp: _SMTP | None = None
         step = "connect"
         try:
-            smtp = self._connect()
+            smtp = self._connect(deadline)
             if self.security == "starttls":
                 step = "STARTTLS"
                 smtp.starttls(context=ssl.create_default_context())
@@ -150,27 +172,25 @@ class Email:
             if smtp is not None:
                 _close(smtp)
 
-    def _connect(self) -> _SMTP:
+    def _connect(self, deadline: Deadline) -> _SMTP:
         if self.security == "tls":
             context = ssl.create_default_context()
-            return _SMTPOverTLS(self.host, self.port, timeout=TIMEOUT, context=context)
-        return _SMTP(self.host, self.port, timeout=TIMEOUT)
+            return _SMTPOverTLS(
+                self.host, self.port, timeout=TIMEOUT, context=context, deadline=deadline
+            )
+        return _SMTP(self.host, self.port, timeout=TIMEOUT, deadline=deadline)
 
     def _scrub(self, outcome: Outcome) -> Outcome:
-        """The login never appears in a detail, whatever a server echoes back."""
+        """The login never appears in a detail, whatever a server echoes back: neither as
+        written nor as smtplib sent it (AUTH PLAIN and LOGIN send it in base64), and not its
+        head where the detail was cut short."""
         if self._login is None:
             return outcome
-        detail = outcome.detail
-        for value in self._login:
-            if value:
-                detail = detail.replace(value, "***")
-        if detail == outcome.detail:
-            return outcome
-        if isinstance(outcome, Sent):
-            return Sent(detail, outcome.thread)
-        if isinstance(outcome, Retry):
-            return Retry(detail, outcome.after)
-        return Refused(detail)
+        user, password = self._login
+        plain = _base64(f"\0{user}\0{password}")
+        for form in (plain, password, _base64(password), user, _base64(user)):
+            outcome = scrubbed(outcome, form, "login")
+        return outcome
 
 
 def build(config: ChannelConfig, env: Mapping[str, str]) -> Email:
@@ -329,6 +349,10 @@ def _refusals(refused: Mapping[str, tuple[int, bytes]]) -> str:
 def _text(raw: bytes | str) -> str:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     return " ".join(text.split())[:MAX_DETAIL]
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def _close(smtp: smtplib.SMTP) -> None:

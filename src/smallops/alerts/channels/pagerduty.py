@@ -170,10 +170,11 @@ def dedup_key(key: str) -> str:
 
 
 def _accepted(status: int, text: str) -> Outcome | None:
-    """A 2xx with PagerDuty's own words ("Event processed") as the detail."""
+    """A 2xx with PagerDuty's own words ("Event processed") as the detail. PagerDuty always
+    answers JSON: another 2xx (a proxy's sign-in page) means it never saw the event."""
     answer = _json(text)
     if answer is None:
-        return None
+        return Retry(f"HTTP {status}, but not PagerDuty's answer: {_http.shown(text)}")
     words = ": ".join(str(answer[k]) for k in ("status", "message") if answer.get(k))
     return Sent(f"HTTP {status}: {words}".rstrip(": "))
 

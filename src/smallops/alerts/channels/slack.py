@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import urllib.parse
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -34,6 +35,7 @@ from smallops.alerts.channels._secrets import scrubbed
 from smallops.alerts.model import Figure, Notification, Outcome, Refused, Retry, Sent
 from smallops.errors import ConfigError
 from smallops.kinds import ChannelKind, NotifyEvent
+from smallops.redact import MIN_SECRET
 
 DEFAULT_WEBHOOK_ENV = "SLACK_WEBHOOK_URL"
 DEFAULT_API_URL = "https://slack.com/api"
@@ -120,8 +122,9 @@ class Slack:
     def send(self, notification: Notification) -> Outcome:
         payload = message(notification)
         if self.channel is None:
-            outcome = _http.post_json(self._url, payload)
-            return scrubbed(outcome, self._secret, "webhook URL")
+            outcome = _http.post_json(self._url, payload, accepted=_webhook_answer)
+            outcome = scrubbed(outcome, self._secret, "webhook URL")
+            return scrubbed(outcome, _path(self._url), "webhook URL")
         return scrubbed(self._post_message(notification, payload), self._secret, "token")
 
     def _post_message(self, notification: Notification, payload: dict[str, Any]) -> Outcome:
@@ -147,12 +150,30 @@ class Slack:
         return Sent(outcome.detail, thread)
 
 
+def _path(url: str) -> str:
+    """The webhook URL's path and query, its secret part: a proxy's "Cannot POST /services/..."
+    shows it without the host. "" when it is too short to tell from ordinary text."""
+    try:
+        path = urllib.parse.urlsplit(url)._replace(scheme="", netloc="").geturl()
+    except ValueError:  # e.g. an unclosed IPv6 bracket: the whole URL is all there is
+        return ""
+    return path if len(path) >= MIN_SECRET else ""
+
+
 def _parent(notification: Notification, channel: str | None) -> str | None:
     """The ts of the message that opened the alert's thread in this channel, if any."""
     ts = notification.thread.get("ts")
     if not ts or notification.event == "test":
         return None
     return ts if notification.thread.get("channel", channel) == channel else None
+
+
+def _webhook_answer(status: int, text: str) -> Outcome | None:
+    """An incoming webhook that took a message answers "ok"; another 2xx (a proxy's sign-in
+    page) means Slack never saw it: tried again, not taken for delivered."""
+    if text.strip() == "ok":
+        return None
+    return Retry(f"HTTP {status}, but not Slack's answer: {_http.shown(text)}")
 
 
 def _api_answer(status: int, text: str) -> Outcome | None:
