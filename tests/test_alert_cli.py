@@ -98,3 +98,26 @@ def test_a_mistake_in_the_alerts_table_is_one_line(folder, capsys):
     configure(folder, '[alerts.workflows.email-triage]\nchannels = ["nope"]\n')
     code, _, err = smallops(capsys, "-p", str(folder), "alerts", "check")
     assert code == 2 and "names channel 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_alert_whose_workflow_is_gone_is_resolved_by_hand(folder, capsys, monkeypatch):
+    with SlackFake() as slack:
+        monkeypatch.setenv("TEST_SLACK_URL", slack.webhook_url)
+        configure(
+            folder,
+            '[alerts.channels.chat]\nkind = "slack"\nwebhook_url_env = "TEST_SLACK_URL"\n'
+            '[alerts.rules.review_backlog]\nsla = "1h"\nchannels = ["chat"]\n',
+        )
+        old_review_item(folder)
+        assert smallops(capsys, "-p", str(folder), "alerts", "check")[0] == 0
+        code, out, _ = smallops(capsys, "-p", str(folder), "alerts", "list", "--json")
+        [alert] = [json.loads(line) for line in out.splitlines()]
+        code, out, err = smallops(
+            capsys, "-p", str(folder), "alerts", "resolve", short_id(alert["id"]), "--by", "bo"
+        )
+        assert code == 0 and "resolved" in out and "sent      resolved to chat" in out, err
+        assert "resolved by hand by bo" in str(slack.posts[-1].payload)
+        code, out, _ = smallops(capsys, "-p", str(folder), "alerts", "list", "--open")
+        assert "no alerts" in out
+        code, _, err = smallops(capsys, "-p", str(folder), "alerts", "resolve", alert["id"])
+        assert code != 0 and "resolved already" in err

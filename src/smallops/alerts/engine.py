@@ -348,18 +348,55 @@ def acknowledge(
     nothing."""
     now = now or datetime.now(timezone.utc)
     with write_transaction(engine) as connection:
-        found = alert_log.alert_ids_matching(connection, alert_id)
-        if not found:
-            raise NotFoundError(
-                f"no alert {alert_id!r}", hint="`smallops alerts list` shows the alerts and ids"
-            )
-        if len(found) > 1:
+        return _acknowledged(connection, _alert_named(connection, alert_id), by, now)
+
+
+def resolve_by_hand(
+    engine: Engine, alert_id: str, by: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """Resolve an open alert whose rule can no longer say it is over (its workflow was
+    deleted or renamed); the channels told of it hear that `by` resolved it. If its condition
+    still holds, the next check fires a new alert."""
+    now = now or datetime.now(timezone.utc)
+    by = text(by, set(), ACKNOWLEDGED_BY_CHARS) or "someone"
+    with write_transaction(engine) as connection:
+        alert = _alert_named(connection, alert_id)
+        if alert["state"] == "resolved":
             raise InputError(
-                f"alert id {alert_id!r} matches several alerts", hint="give more of it"
+                f"alert {alert['id'][-12:]} is resolved already", hint="nothing to resolve"
             )
-        alert = alert_log.alert_by_id(connection, found[0], lock=True)
-        assert alert is not None
-        return _acknowledged(connection, alert, by, now)
+        alert_log.change_alert(
+            connection,
+            alert["id"],
+            state="resolved",
+            open_key=None,
+            resolved_at=now,
+            updated_at=now,
+        )
+        figures = {
+            "severity": alert["severity"],
+            "summary": f"{alert['summary']} (resolved by hand by {by})",
+            "figures": alert["figures"],
+            "link": alert["link"],
+        }
+        told = alert_log.channels_told(connection, alert["id"])
+        recipients = alert_log.first_recipients(connection, alert["id"])
+        _notify(connection, alert["id"], told, "resolved", figures, recipients, now)
+        return {**alert, "state": "resolved", "resolved_at": now}
+
+
+def _alert_named(connection: Connection, alert_id: str) -> dict[str, Any]:
+    """The alert an id (or a unique start of it) names, locked."""
+    found = alert_log.alert_ids_matching(connection, alert_id)
+    if not found:
+        raise NotFoundError(
+            f"no alert {alert_id!r}", hint="`smallops alerts list` shows the alerts and ids"
+        )
+    if len(found) > 1:
+        raise InputError(f"alert id {alert_id!r} matches several alerts", hint="give more of it")
+    alert = alert_log.alert_by_id(connection, found[0], lock=True)
+    assert alert is not None
+    return alert
 
 
 def acknowledge_key(

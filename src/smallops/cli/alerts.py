@@ -16,10 +16,13 @@ from smallops.errors import ConfigError
 from smallops.ids import short_id
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from smallops.alerts.check import Round
+    from smallops.project import Project
 
 app = typer.Typer(
-    help="Alerts: check the rules, list, acknowledge, test a channel.",
+    help="Alerts: check the rules, list, acknowledge, resolve, test a channel.",
     no_args_is_help=True,
     context_settings=_common.HELP_WIDTH,
 )
@@ -141,7 +144,6 @@ def ack_command(
     """Acknowledge an open alert: no more reminders or escalation, and the channels it went to
     hear who has it (PagerDuty's incident is acknowledged too)."""
     from smallops.alerts.engine import acknowledge
-    from smallops.alerts.outbox import Outbox
 
     project = _common.project(ctx)
     engine = project.engine()
@@ -151,11 +153,31 @@ def ack_command(
         f"acknowledged {short_id(alert['id'])} ({alert['rule']}, {alert['workflow']}) as {name}",
         markup=False,
     )
-    for attempt in Outbox(engine, project.settings.alerts, os.environ).send_due():
-        _common.out.print(
-            f"{attempt.outcome:9} {attempt.event} to {attempt.channel}: {attempt.detail}",
-            markup=False,
-        )
+    _send_now(project, engine)
+
+
+@app.command("resolve")
+def resolve_command(
+    ctx: typer.Context,
+    alert_id: str = typer.Argument(..., help="The alert id as listed, or a unique start of it."),
+    by: str | None = typer.Option(
+        None, "--by", help="Who resolves it (default: $SMALLOPS_REVIEWER, else your user name)."
+    ),
+) -> None:
+    """Resolve an open alert by hand, for one its rule can no longer check (its workflow was
+    deleted or renamed). The channels it went to hear it; if the condition still holds, the
+    next check fires a new alert."""
+    from smallops.alerts.engine import resolve_by_hand
+
+    project = _common.project(ctx)
+    engine = project.engine()
+    name = by or os.environ.get("SMALLOPS_REVIEWER") or getpass.getuser()
+    alert = resolve_by_hand(engine, alert_id, name)
+    _common.out.print(
+        f"resolved {short_id(alert['id'])} ({alert['rule']}, {alert['workflow']}) by hand",
+        markup=False,
+    )
+    _send_now(project, engine)
 
 
 @app.command("test")
@@ -198,6 +220,17 @@ def test_command(
     _common.out.print(f"{channel} ({config.kind}): {kind}: {sent.detail}", markup=False)
     if not isinstance(sent, Sent):
         raise typer.Exit(1)
+
+
+def _send_now(project: Project, engine: Engine) -> None:
+    """Send what is due now (the word just queued), saying how each send went."""
+    from smallops.alerts.outbox import Outbox
+
+    for attempt in Outbox(engine, project.settings.alerts, os.environ).send_due():
+        _common.out.print(
+            f"{attempt.outcome:9} {attempt.event} to {attempt.channel}: {attempt.detail}",
+            markup=False,
+        )
 
 
 def _shown(alert: dict[str, Any]) -> dict[str, Any]:
