@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 LEASE = timedelta(seconds=60)
-MAX_ATTEMPTS = 12  # about a day of backoff
+MAX_ATTEMPTS = 12  # about six hours of backoff (30 s doubling, at most an hour apart)
 FIRST_BACKOFF = 30.0  # seconds; doubled each attempt
 MAX_BACKOFF = 3600.0
 MAX_RETRY_AFTER = MAX_BACKOFF  # the longest Retry-After waited out
