@@ -450,3 +450,34 @@ def test_a_healthy_export_writes_no_drop_file_and_old_ones_are_not_shown(
     path.write_text(json.dumps(state))
     (folder / "otel-1.json").write_text("{half")
     assert read_drops(folder) == {}
+
+
+def test_the_sliced_encoding_is_the_request_the_sdk_would_build(make_workflow, emulator):
+    """The export thread encodes a few spans at a time; joined, the pieces are the very
+    ExportTraceServiceRequest the SDK's encoder makes of the whole batch."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from smallops.storage.otel_spans import run_spans
+
+    emulator.script(status(429, retry_after=0.05), ok(), refusal(), ok(), ok(), ok())
+    wf = make_workflow(content="full")
+    for _ in range(5):
+        wf.run(**EMAIL)
+    runs = recorded_runs(wf)
+    spans = [
+        span
+        for index, run in enumerate(runs)
+        for span in run_spans(
+            run, {"temperature": 0.5}, content=True, parent=(7, 9) if index == 1 else None
+        )
+    ]
+    assert len(spans) > otel_export.SLICE_SPANS + 1  # several slices, the last one partial
+    sdk = otel_export._Sdk(5.0)
+    whole = encode_spans([sdk._span(span) for span in spans])
+    sliced = sdk.encode(spans)
+    assert sliced == whole
+    assert len(sliced.resource_spans) == 1 and len(sliced.resource_spans[0].scope_spans) == 1
+    assert sliced.SerializeToString(deterministic=True) == whole.SerializeToString(
+        deterministic=True
+    )
+    sdk.shutdown()

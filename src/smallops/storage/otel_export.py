@@ -9,6 +9,10 @@ The log writer hands committed runs to `SpanExport.offer`, which only puts them 
 queue: a thread of its own batches and sends them. When the collector is slow or down, the
 queue fills and further runs are dropped and counted (`dropped`), so neither the request path
 nor the writer ever waits for telemetry.
+
+The thread builds and encodes a batch a few spans at a time and lets the other threads run in
+between (`_Pace`): Python work that holds the GIL for a whole batch (~70 ms) would keep a call
+thread that returns from its socket waiting up to the interpreter's switch interval (5 ms).
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP
 _CONTENT_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 _STOP = object()
 REPORT_SECONDS = 1.0  # the drop file (telemetry_state.py) is rewritten at most this often
+SLICE_SPANS = 4  # spans encoded at a time between chances for other threads to run
+PACE_SECONDS = 0.0002  # the export thread's longest stretch on the GIL before it steps aside
+STEP_ASIDE_SECONDS = 0.0  # time.sleep(0) releases the GIL: a waiting thread takes it
 
 #: A run ready to export: its row (a dict of columns), its prompt version's parameters, and
 #: the caller's (trace id, span id) if the run joined the application's trace.
@@ -120,11 +127,15 @@ class SpanExport:
         return self._send([(item, None) for item in items])
 
     def _send(self, entries: list[tuple[Item, Path | None]]) -> int:
-        built = [(item, folder, self._spans(item)) for item, folder in entries]
+        pace = _Pace()
+        built = []
+        for item, folder in entries:
+            built.append((item, folder, self._spans(item)))
+            pace()
         spans = [span for _, _, group in built for span in group]
         if not spans:
             return 0
-        if not self._sdk.export(spans):
+        if not self._sdk.export(spans, pace):
             reason = f"the collector at {_endpoint_shown()} did not accept the spans"
             for item, folder, group in built:
                 self._drop(item, folder, reason, len(group))
@@ -204,8 +215,26 @@ class SpanExport:
                 return
 
 
+class _Pace:
+    """Steps aside (sleeps briefly, releasing the GIL) once the export thread has run for
+    `PACE_SECONDS` since it last did, so call threads never wait long for the interpreter."""
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+
+    def __call__(self) -> None:
+        if time.perf_counter() - self._since >= PACE_SECONDS:
+            time.sleep(STEP_ASIDE_SECONDS)
+            self._since = time.perf_counter()
+
+
 class _Sdk:
-    """The OpenTelemetry SDK's OTLP/HTTP exporter and the span type it sends."""
+    """The OpenTelemetry SDK's OTLP/HTTP exporter and the span type it sends.
+
+    The exporter's own `export` encodes a whole batch in one go; here the SDK's encoder runs
+    on a few spans at a time (`SLICE_SPANS`), the pieces are joined into the one request the
+    exporter would have built, and the exporter's HTTP client sends it (same endpoint, headers,
+    compression, timeout and retries)."""
 
     def __init__(self, timeout: float) -> None:
         try:
@@ -220,16 +249,60 @@ class _Sdk:
                 "OpenTelemetry export needs the SDK and its OTLP/HTTP exporter",
                 hint="pip install 'smallops[otel]' (or unset OTEL_EXPORTER_OTLP_ENDPOINT)",
             ) from exc
+        try:
+            from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+        except ImportError:  # older releases
+            from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import (
+                encode_spans,
+            )
         self._exporter = OTLPSpanExporter(timeout=timeout)
+        self._encode = encode_spans
+        # The exporter's HTTP client and size limit; without them (another SDK release), the
+        # exporter's own export sends the batch encoded in one go.
+        self._client = getattr(self._exporter, "_client", None)
+        self._max_bytes = getattr(self._exporter, "_max_request_size", 0) or 0
         self._resource = Resource.create({"service.name": "smallops"})
         self._scope = InstrumentationScope("smallops", _version())
         self._readable, self._context, self._ok = ReadableSpan, SpanContext, SpanExportResult
         self._kinds = {"INTERNAL": SpanKind.INTERNAL, "CLIENT": SpanKind.CLIENT}
         self._status, self._code, self._sampled = Status, StatusCode, TraceFlags(1)
 
-    def export(self, spans: list[SpanValue]) -> bool:
-        readable = [self._span(span) for span in spans]
-        return bool(self._exporter.export(readable) is self._ok.SUCCESS)
+    def export(self, spans: list[SpanValue], pace: _Pace | None = None) -> bool:
+        pace = pace or _Pace()
+        if getattr(self._exporter, "_shutdown", False):
+            return False  # closed: what is left is dropped and counted, as the SDK would
+        if self._client is None or not callable(getattr(self._client, "export", None)):
+            readable = [self._span(span) for span in spans]
+            return bool(self._exporter.export(readable) is self._ok.SUCCESS)
+        try:
+            data = self.encode(spans, pace).SerializePartialToString()
+        except Exception:
+            log.exception("smallops: could not encode a span batch")
+            return False
+        if 0 < self._max_bytes < len(data):
+            log.warning(
+                "smallops: dropped a span batch of %d bytes (the exporter's limit is %d)",
+                len(data),
+                self._max_bytes,
+            )
+            return False
+        pace()
+        return bool(self._client.export(data).success)
+
+    def encode(self, spans: list[SpanValue], pace: _Pace | None = None) -> Any:
+        """The ExportTraceServiceRequest the SDK's encoder makes of `spans`, built a slice at a
+        time: every span shares one resource and one scope, so each slice's spans join the
+        first slice's list."""
+        pace = pace or _Pace()
+        request: Any = None
+        for start in range(0, len(spans), SLICE_SPANS):
+            part = self._encode([self._span(span) for span in spans[start : start + SLICE_SPANS]])
+            if request is None:
+                request = part
+            else:
+                _join(request, part)
+            pace()
+        return request
 
     def shutdown(self) -> None:
         self._exporter.shutdown()  # type: ignore[no-untyped-call]
@@ -258,6 +331,37 @@ class _Sdk:
             end_time=span.end_ns,
             instrumentation_scope=self._scope,
         )
+
+
+def _join(request: Any, part: Any) -> None:
+    """Add `part`'s spans to `request`, under the same resource and scope when `request` has
+    them (always, for smallops' spans), else as resource spans of their own."""
+    for resource_spans in part.resource_spans:
+        target = next(
+            (
+                held
+                for held in request.resource_spans
+                if held.resource == resource_spans.resource
+                and held.schema_url == resource_spans.schema_url
+            ),
+            None,
+        )
+        if target is None:
+            request.resource_spans.append(resource_spans)
+            continue
+        for scope_spans in resource_spans.scope_spans:
+            scope = next(
+                (
+                    held
+                    for held in target.scope_spans
+                    if held.scope == scope_spans.scope and held.schema_url == scope_spans.schema_url
+                ),
+                None,
+            )
+            if scope is None:
+                target.scope_spans.append(scope_spans)
+            else:
+                scope.spans.extend(scope_spans.spans)
 
 
 def _endpoint_shown() -> str:
