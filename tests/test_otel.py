@@ -452,12 +452,12 @@ def test_a_healthy_export_writes_no_drop_file_and_old_ones_are_not_shown(
     assert read_drops(folder) == {}
 
 
-def test_the_sliced_encoding_is_the_request_the_sdk_would_build(make_workflow, emulator):
-    """The export thread encodes a few spans at a time; joined, the pieces are the very
-    ExportTraceServiceRequest the SDK's encoder makes of the whole batch."""
+def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emulator):
+    """The export thread writes the protobuf bytes itself, a few spans at a time: they are
+    the very ExportTraceServiceRequest the SDK's encoder makes of the whole batch."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-    from smallops.storage.otel_spans import run_spans
+    from smallops.storage.otel_spans import SpanValue, run_spans
 
     emulator.script(status(429, retry_after=0.05), ok(), refusal(), ok(), ok(), ok())
     wf = make_workflow(content="full")
@@ -471,10 +471,12 @@ def test_the_sliced_encoding_is_the_request_the_sdk_would_build(make_workflow, e
             run, {"temperature": 0.5}, content=True, parent=(7, 9) if index == 1 else None
         )
     ]
+    odd = {"neg": -3, "zero": 0, "no": False, "empty": "", "pi": 3.25, "list": ["a", 1, None]}
+    spans.append(SpanValue("odd", 5, 6, 7, "CLIENT", 1, 2, {**odd, "map": {"k": -0.0}}, True, "x"))
     assert len(spans) > otel_export.SLICE_SPANS + 1  # several slices, the last one partial
     sdk = otel_export._Sdk(5.0)
     whole = encode_spans([sdk._span(span) for span in spans])
-    sliced = sdk.encode(spans)
+    sliced = type(whole).FromString(sdk.encode(spans))
     assert sliced == whole
     assert len(sliced.resource_spans) == 1 and len(sliced.resource_spans[0].scope_spans) == 1
     assert sliced.SerializeToString(deterministic=True) == whole.SerializeToString(

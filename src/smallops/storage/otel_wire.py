@@ -1,0 +1,97 @@
+"""Spans written straight into OTLP protobuf bytes, the message the SDK's encoder would build.
+
+The SDK's encoder costs about 0.1 ms of Python per span (an SDK span, then a protobuf object per
+span, attribute and value); the export thread holds the GIL meanwhile, and the call threads
+pay for it. Writing the wire format from `SpanValue` directly costs a fraction of that. Only
+what smallops' spans use is written: no events, links or trace state, the remote flag unset;
+field numbers are those of opentelemetry/proto/trace/v1/trace.proto and common.proto. A test
+checks the result against the SDK's encoder, message for message.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from smallops.storage.otel_spans import SpanValue
+
+_KINDS = {"INTERNAL": 1, "CLIENT": 3}  # Span.SpanKind
+_ERROR = 2  # Status.StatusCode.STATUS_CODE_ERROR
+_FLAGS = b"\x85\x01" + struct.pack("<I", 0x100)  # field 16, fixed32: HAS_IS_REMOTE, not remote
+_UNSET_STATUS = b"\x7a\x00"  # field 15: an empty Status (code UNSET), as the SDK sends it
+
+
+def _varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64  # int64: two's complement, ten bytes
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (strings, bytes, messages)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _value(value: Any) -> bytes:
+    """An AnyValue, the way the SDK's encoder maps Python values (its fields are a oneof: a
+    zero or empty value is still written)."""
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"\x10\x01" if value else b"\x10\x00"
+    if isinstance(value, str):
+        return _field(1, value.encode())
+    if isinstance(value, int):
+        return b"\x18" + _varint(value)
+    if isinstance(value, float):
+        return b"\x21" + struct.pack("<d", value)
+    if isinstance(value, bytes):
+        return _field(7, value)
+    if isinstance(value, Sequence):
+        return _field(5, b"".join(_field(1, _value(item)) for item in value))
+    if isinstance(value, Mapping):
+        return _field(6, b"".join(_field(1, _key_value(str(k), v)) for k, v in value.items()))
+    raise TypeError(f"a span attribute of type {type(value).__name__} has no OTLP encoding")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    return (_field(1, key.encode()) if key else b"") + _field(2, _value(value))
+
+
+def span_bytes(span: SpanValue) -> bytes:
+    """One Span message."""
+    parts = [
+        _field(1, span.trace_id.to_bytes(16, "big")),
+        _field(2, span.span_id.to_bytes(8, "big")),
+    ]
+    if span.parent_id is not None:
+        parts.append(_field(4, span.parent_id.to_bytes(8, "big")))
+    if span.name:
+        parts.append(_field(5, span.name.encode()))
+    parts.append(b"\x30" + _varint(_KINDS[span.kind]))
+    if span.start_ns:
+        parts.append(b"\x39" + struct.pack("<Q", span.start_ns))
+    if span.end_ns:
+        parts.append(b"\x41" + struct.pack("<Q", span.end_ns))
+    parts.extend(_field(9, _key_value(k, v)) for k, v in span.attributes.items())
+    if span.error:
+        message = span.description if isinstance(span.description, str) else ""
+        parts.append(_field(15, (_field(2, message.encode()) if message else b"") + b"\x18\x02"))
+    else:
+        parts.append(_UNSET_STATUS)
+    parts.append(_FLAGS)
+    return b"".join(parts)
+
+
+def request_bytes(resource: bytes, scope: bytes, spans: Iterable[bytes]) -> bytes:
+    """An ExportTraceServiceRequest: one resource, one scope, the spans (each a Span message,
+    from `span_bytes`). `resource` and `scope` are serialized Resource and InstrumentationScope
+    messages."""
+    scope_spans = _field(1, scope) + b"".join(_field(2, span) for span in spans)
+    return _field(1, _field(1, resource) + _field(2, scope_spans))
