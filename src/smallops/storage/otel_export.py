@@ -97,11 +97,13 @@ class SpanExport:
         """Queue runs for export; never blocks: what does not fit is dropped and counted (and,
         with `report_to`, a project's telemetry folder, noted there for `smallops status`)."""
         self._start()
+        pace = _Pace()  # `items` may be built as they come (the writer decodes each run)
         for item in items:
             try:
                 self._queue.put_nowait((item, report_to))
             except queue.Full:
                 self._drop(item, report_to, "the export queue was full: the collector is slow")
+            pace()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every run queued so far was sent (or dropped)."""
