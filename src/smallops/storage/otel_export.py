@@ -130,6 +130,10 @@ class SpanExport:
         return self._send([(item, None) for item in items])
 
     def _send(self, entries: list[tuple[Item, Path | None]]) -> int:
+        if self._sdk.closed:  # closing: drop (and count) what is left without building it
+            for item, folder in entries:
+                self._drop(item, folder, "the export was closed before these were sent")
+            return 0
         pace = _Pace()
         built = []
         for item, folder in entries:
@@ -264,9 +268,13 @@ class _Sdk:
         self._max_bytes = getattr(self._exporter, "_max_request_size", 0) or 0
         self._framing = self._resource_and_scope()
 
+    @property
+    def closed(self) -> bool:
+        return bool(getattr(self._exporter, "_shutdown", False))
+
     def export(self, spans: list[SpanValue], pace: _Pace | None = None) -> bool:
-        if getattr(self._exporter, "_shutdown", False):
-            return False  # closed: what is left is dropped and counted, as the SDK would
+        if self.closed:
+            return False  # what is left is dropped and counted, as with the SDK's own export
         if self._framing is None or not callable(getattr(self._client, "export", None)):
             readable = [self._span(span) for span in spans]
             return bool(self._exporter.export(readable) is self._ok.SUCCESS)
