@@ -51,6 +51,7 @@ _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP
 _CONTENT_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 _STOP = object()
 REPORT_SECONDS = 1.0  # the drop file (telemetry_state.py) is rewritten at most this often
+LINGER_SECONDS = 0.2  # a batch waits this long for more runs: each request costs the GIL too
 SLICE_SPANS = 4  # spans encoded at a time between chances for other threads to run
 PACE_SECONDS = 0.0002  # the export thread's longest stretch on the GIL before it steps aside
 STEP_ASIDE_SECONDS = 0.0  # time.sleep(0) releases the GIL: a waiting thread takes it
@@ -194,6 +195,7 @@ class SpanExport:
                 continue
             items: list[tuple[Item, Path | None]] = []
             markers, stop = [], False
+            began = time.monotonic()
             while True:
                 if item is _STOP:
                     stop = True
@@ -201,10 +203,11 @@ class SpanExport:
                     markers.append(item)
                 else:
                     items.append(item)
-                if stop or len(items) >= BATCH_RUNS:
+                if stop or markers or len(items) >= BATCH_RUNS:
                     break
+                wait = LINGER_SECONDS - (time.monotonic() - began)
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
             if items:
