@@ -280,30 +280,7 @@ def _resolve(
         if now - _utc(alert["fired_at"]) < timedelta(seconds=config.min_firing):
             changes.held.append(key)
             return
-        alert_log.change_alert(
-            connection,
-            alert["id"],
-            state="resolved",
-            open_key=None,
-            resolved_at=now,
-            updated_at=now,
-        )
-        figures = {
-            "severity": alert["severity"],
-            "summary": alert["summary"],
-            "figures": alert["figures"],
-            "link": alert["link"],
-        }
-        told = alert_log.channels_told(connection, alert["id"])
-        _notify(
-            connection,
-            alert["id"],
-            told,
-            "resolved",
-            figures,
-            alert_log.first_recipients(connection, alert["id"]),
-            now,
-        )
+        _close(connection, alert, _as_told(alert), now)
         changes.resolved.append(key)
 
 
@@ -328,12 +305,7 @@ def _escalate(
         alert_log.change_alert(connection, alert["id"], level=1, updated_at=now)
         if not then:
             return
-        figures = {
-            "severity": alert["severity"],
-            "summary": alert["summary"],
-            "figures": alert["figures"],
-            "link": alert["link"],
-        }
+        figures = _as_told(alert)
         _notify(
             connection, alert["id"], then, "firing", figures, route.recipients, now, escalated=True
         )
@@ -365,24 +337,31 @@ def resolve_by_hand(
             raise InputError(
                 f"alert {alert['id'][-12:]} is resolved already", hint="nothing to resolve"
             )
-        alert_log.change_alert(
-            connection,
-            alert["id"],
-            state="resolved",
-            open_key=None,
-            resolved_at=now,
-            updated_at=now,
-        )
-        figures = {
-            "severity": alert["severity"],
-            "summary": f"{alert['summary']} (resolved by hand by {by})",
-            "figures": alert["figures"],
-            "link": alert["link"],
-        }
-        told = alert_log.channels_told(connection, alert["id"])
-        recipients = alert_log.first_recipients(connection, alert["id"])
-        _notify(connection, alert["id"], told, "resolved", figures, recipients, now)
+        _close(connection, alert, _as_told(alert, f"(resolved by hand by {by})"), now)
         return {**alert, "state": "resolved", "resolved_at": now}
+
+
+def _close(
+    connection: Connection, alert: dict[str, Any], figures: dict[str, Any], now: datetime
+) -> None:
+    """Resolve a locked open alert and tell the channels told of it."""
+    alert_log.change_alert(
+        connection, alert["id"], state="resolved", open_key=None, resolved_at=now, updated_at=now
+    )
+    told = alert_log.channels_told(connection, alert["id"])
+    recipients = alert_log.first_recipients(connection, alert["id"])
+    _notify(connection, alert["id"], told, "resolved", figures, recipients, now)
+
+
+def _as_told(alert: dict[str, Any], note: str = "") -> dict[str, Any]:
+    """What a later message about an alert carries: its figures as they stand, and a note
+    after its summary (who acknowledged or resolved it)."""
+    return {
+        "severity": alert["severity"],
+        "summary": f"{alert['summary']} {note}".rstrip(),
+        "figures": alert["figures"],
+        "link": alert["link"],
+    }
 
 
 def _alert_named(connection: Connection, alert_id: str) -> dict[str, Any]:
@@ -440,12 +419,7 @@ def _acknowledged(
         acknowledged_by=by,
         updated_at=now,
     )
-    figures = {
-        "severity": alert["severity"],
-        "summary": f"{alert['summary']} (acknowledged by {by})",
-        "figures": alert["figures"],
-        "link": alert["link"],
-    }
+    figures = _as_told(alert, f"(acknowledged by {by})")
     told = alert_log.channels_told(connection, alert["id"])
     _notify(
         connection,
