@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import IntegrityError
-
 from smallops.alert_config import AlertSettings, Route
 from smallops.alerts.model import Finding
 from smallops.errors import InputError, NotFoundError
@@ -146,7 +144,7 @@ def _fire(
                     return
                 _still_firing(connection, alert, finding, figures, config, now, changes)
                 return
-        except IntegrityError:
+        except alert_log.OpenedElsewhere:
             continue
 
 
@@ -230,35 +228,15 @@ def _still_firing(
         "link": figures["link"],
         "updated_at": now,
     }
-    if alert["state"] == "firing" and (worse or due):
+    # A firing alert is reminded after repeat_after, or at once when it got worse; one
+    # acknowledged at a lower severity is news again when it gets worse.
+    if (alert["state"] == "firing" and (worse or due)) or (
+        alert["state"] == "acknowledged" and worse
+    ):
         repeat = alert["repeats"] + 1
         told = alert_log.channels_told(connection, alert["id"])
-        _notify(
-            connection,
-            alert["id"],
-            told,
-            "firing",
-            figures,
-            alert_log.first_recipients(connection, alert["id"]),
-            now,
-            repeat,
-        )
-        values.update(repeats=repeat, last_notified_at=now)
-        changes.repeated.append(alert["dedup_key"])
-    elif alert["state"] == "acknowledged" and worse:
-        # acknowledged at a lower severity: it is news again
-        told = alert_log.channels_told(connection, alert["id"])
-        repeat = alert["repeats"] + 1
-        _notify(
-            connection,
-            alert["id"],
-            told,
-            "firing",
-            figures,
-            alert_log.first_recipients(connection, alert["id"]),
-            now,
-            repeat,
-        )
+        recipients = alert_log.first_recipients(connection, alert["id"])
+        _notify(connection, alert["id"], told, "firing", figures, recipients, now, repeat)
         values.update(state="firing", repeats=repeat, last_notified_at=now)
         changes.repeated.append(alert["dedup_key"])
     alert_log.change_alert(connection, alert["id"], **values)

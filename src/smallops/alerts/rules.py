@@ -16,7 +16,6 @@ from the queue's index. A finding carries figures and names only, never prompt o
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -25,9 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
+from smallops.alerts.cost_surprise import cost_surprise, iso_week
 from smallops.alerts.model import Figure, Finding
+from smallops.alerts.wording import link, money
 from smallops.dashboards.figures import FALLBACK_STATUSES, MODEL_REFUSAL
-from smallops.dashboards.ranges import HOUR, ceil_hour, floor_hour
+from smallops.dashboards.ranges import HOUR, floor_hour
 from smallops.errors import SmallopsError
 from smallops.evals.shifts import distribution_shifts
 from smallops.kinds import RULES, RuleName, Severity
@@ -54,8 +55,6 @@ T = TypeVar("T")
 PROJECT = "*"
 #: Rules about the project, not one workflow.
 PROJECT_RULES: frozenset[RuleName] = frozenset({"log_backlog"})
-WEEK = timedelta(days=7)
-WEEKS_BEFORE = 4
 #: The longest served model name a finding's period (its dedup key) holds.
 PERIOD_CHARS = 100
 #: What a rule may fail with and still be reported as a problem in one line.
@@ -164,107 +163,6 @@ def _targets(workflows: list[str]) -> str:
     return ", ".join("the project" if name == PROJECT else name for name in workflows)
 
 
-def _link(workflow: str) -> str:
-    return "/workflows/" + quote(workflow, safe="")
-
-
-def _money(value: float) -> str:
-    return f"${value:,.2f}"
-
-
-# --- cost_surprise -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CostWeeks:
-    """This ISO week up to now and the same stretch of the four weeks before: window 0 is this
-    week's, window k the one k weeks earlier. To the hour (the rollups' grain): the current
-    hour counts whole in every week, so at the week's end each window is the full week."""
-
-    monday: datetime
-    windows: list[tuple[datetime, datetime]]
-    costs: dict[tuple[str, int], alert_figures.WindowCost]
-
-    @property
-    def period(self) -> str:
-        return iso_week(self.monday)
-
-
-def iso_week(moment: datetime) -> str:
-    """ "2026-W49": the ISO week of a moment (UTC)."""
-    year, week, _ = moment.astimezone(timezone.utc).isocalendar()
-    return f"{year}-W{week:02d}"
-
-
-def cost_weeks(engine: Engine, now: datetime) -> CostWeeks:
-    today = floor_hour(now).replace(hour=0)
-    monday = today - timedelta(days=today.weekday())
-    elapsed = ceil_hour(now) - monday
-    windows = [(monday - k * WEEK, monday - k * WEEK + elapsed) for k in range(WEEKS_BEFORE + 1)]
-    return CostWeeks(monday, windows, alert_figures.window_costs(engine, windows))
-
-
-def comparable_weeks(
-    earlier: list[alert_figures.WindowCost],
-) -> list[alert_figures.WindowCost]:
-    """The earlier weeks a mean is taken over (`earlier[0]` is last week): from the oldest
-    with calls to last week, a week without calls counting $0. Weeks before the workflow's first
-    calls are not $0 weeks, and a week whose calls were all unpriced has no known cost."""
-    with_calls = [k for k, week in enumerate(earlier) if week.calls]
-    if not with_calls:
-        return []
-    return [
-        week
-        for week in earlier[: max(with_calls) + 1]
-        if not (week.calls and not week.priced_calls)
-    ]
-
-
-def cost_surprise(reads: Reads, workflow: str, t: Mapping[str, Any]) -> list[Finding]:
-    """This week's production cost so far against the mean of the same point of the weeks
-    before: fires when it is both `increase` (a fraction) and `floor_usd` above that mean."""
-    weeks = reads.once("cost_weeks", lambda: cost_weeks(reads.engine, reads.now))
-    empty = alert_figures.WindowCost()
-    this = weeks.costs.get((workflow, 0), empty)
-    if not this.priced_calls:  # no known cost this week: unpriced calls are never $0
-        return []
-    compared = comparable_weeks(
-        [weeks.costs.get((workflow, k), empty) for k in range(1, WEEKS_BEFORE + 1)]
-    )
-    if not compared:
-        return []
-    mean = math.fsum(week.cost_usd for week in compared) / len(compared)
-    cost = this.cost_usd
-    if cost < mean * (1 + float(t["increase"])) or cost < mean + float(t["floor_usd"]):
-        return []
-    change = round((cost - mean) / mean, 4) if mean > 0 else None
-    shown = f"{change:+.0%}" if change is not None else "up from $0"
-    unpriced = this.calls - this.priced_calls
-    return [
-        Finding(
-            rule="cost_surprise",
-            workflow=workflow,
-            firing=True,
-            severity=t["severity"],
-            period=weeks.period,
-            summary=(
-                f"{workflow}: {_money(cost)} of production calls this week ({weeks.period}, to "
-                f"{reads.now:%a %H:%M} UTC), {shown} on the {_money(mean)} mean of the same "
-                f"point of the {len(compared)} weeks before"
-                + (f"; {unpriced} calls unpriced" if unpriced else "")
-            ),
-            figures={
-                "cost_usd": round(cost, 6),
-                "mean_usd": round(mean, 6),
-                "change": change,
-                "weeks_compared": len(compared),
-                "unpriced_calls": unpriced,
-            },
-            link=_link(workflow),
-        )
-    ]
-
-
 # --- budget --------------------------------------------------------------------------------
 
 
@@ -297,15 +195,15 @@ def budget(reads: Reads, workflow: str, t: Mapping[str, Any]) -> list[Finding]:
                     severity=severity,
                     period=period,
                     summary=(
-                        f"{workflow}: {kind} budget {used:.0%} used ({_money(spent)} of "
-                        f"{_money(cap)}, {period})" + ("; calls go to the fallback" if over else "")
+                        f"{workflow}: {kind} budget {used:.0%} used ({money(spent)} of "
+                        f"{money(cap)}, {period})" + ("; calls go to the fallback" if over else "")
                     ),
                     figures={
                         "spent_usd": round(spent, 6),
                         "cap_usd": cap,
                         "used": round(used, 4),
                     },
-                    link=_link(workflow),
+                    link=link(workflow),
                 )
             )
     return found
@@ -364,7 +262,7 @@ def breaker_open(reads: Reads, workflow: str, t: Mapping[str, Any]) -> list[Find
                 + "; calls go to the fallback"
             ),
             figures=figures,
-            link=_link(workflow),
+            link=link(workflow),
         )
     ]
 
@@ -425,7 +323,7 @@ def spike_check(rule: RuleName) -> Check:
                     "threshold": threshold,
                     "window_s": window,
                 },
-                link=_link(workflow),
+                link=link(workflow),
             )
         ]
 
@@ -506,7 +404,7 @@ def model_mismatch(reads: Reads, workflow: str, t: Mapping[str, Any]) -> list[Fi
                     f"the last {_duration(window)}"
                 ),
                 figures={"calls": n, "pinned": pinned, "served": served, "window_s": window},
-                link=_link(workflow),
+                link=link(workflow),
             )
         )
     return found
@@ -545,7 +443,7 @@ def output_shift(reads: Reads, workflow: str, t: Mapping[str, Any]) -> list[Find
                 f"(p = {float(shifted[0]['p_value']):.2g}, below {threshold:g})"
             ),
             figures=figures,
-            link=_link(workflow),
+            link=link(workflow),
         )
     ]
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from smallops.errors import InputError
@@ -60,8 +61,17 @@ def alert_ids_matching(connection: Connection, given: str) -> list[str]:
     return [str(value) for value in connection.execute(query).scalars()]
 
 
+class OpenedElsewhere(Exception):
+    """Another process opened an alert of the same dedup key first (the unique `open_key`):
+    the caller's transaction is spoiled; try again, and find that alert open."""
+
+
 def add_alert(connection: Connection, alert: Mapping[str, Any]) -> None:
-    connection.execute(alerts.insert().values(**alert))
+    """Open an alert; OpenedElsewhere when one of its dedup key is open already."""
+    try:
+        connection.execute(alerts.insert().values(**alert))
+    except IntegrityError as exc:
+        raise OpenedElsewhere(alert.get("dedup_key")) from exc
 
 
 def change_alert(connection: Connection, alert_id: str, **values: Any) -> None:
