@@ -1,0 +1,1 @@
+"""One module per secret store, each imported only when a reference names its scheme."""
