@@ -8,7 +8,11 @@
     [providers.ollama]                                  # a named OpenAI-compatible endpoint
     kind = "openai"
     base_url = "http://localhost:11434/v1"
-    api_key_env = "OLLAMA_API_KEY"                      # the variable's name, never the key
+    api_key = "env:OLLAMA_API_KEY"                      # where the key lives, never the key
+                                                        # (vault:, aws-sm:, op://, command:...)
+    [secrets]                                           # caching of keys from a secret store
+    cache_ttl = 300                                     # seconds a fetched key is used as is
+    max_stale = 3600                                    # seconds more it serves, store down
 
     [prices."ollama:llama3.1:8b-instruct-q4_K_M"]       # USD per million tokens
     input = 0.0
@@ -19,7 +23,7 @@
 
     [alerts]                                            # see smallops/alert_config.py
 
-Secrets never live in this file: a provider names the environment variable holding its key.
+Secrets never live in this file: a provider names where its key lives (smallops.secret_refs).
 A table or key smallops does not know is refused (naming the closest known one), so that a typo
 is never silently ignored.
 """
@@ -38,6 +42,7 @@ from urllib.parse import urlsplit
 from smallops.alert_config import AlertSettings, parse_alerts
 from smallops.errors import ConfigError
 from smallops.records import Price
+from smallops.secret_refs import SecretRef
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -50,21 +55,40 @@ DEFAULT_DATABASE_URL = f"sqlite:///{STATE_DIR}/smallops.db"
 PROVIDER_KINDS = ("openai", "anthropic", "fake")
 #: What smallops.toml may hold: its tables, and the keys of [smallops], of each
 #: [providers.NAME] and of each [prices."MODEL"] ([reviewers] maps any name to a hash).
-TABLES = ("smallops", "providers", "prices", "reviewers", "alerts")
+TABLES = ("smallops", "providers", "prices", "reviewers", "alerts", "secrets")
 SMALLOPS_KEYS = ("database_url", "redis_url", "write_timeout")
-PROVIDER_KEYS = ("kind", "base_url", "api_key_env")
+PROVIDER_KEYS = ("kind", "base_url", "api_key", "api_key_env")
+SECRETS_KEYS = ("cache_ttl", "max_stale", "fetch_timeout")
 PRICE_KEYS = ("input", "output", "cached_input")
 REDIS_SCHEMES = ("redis", "rediss")  # what both redis-py and the `limits` library accept
 
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    """A named endpoint: its wire format, base URL and the variable that holds its key."""
+    """A named endpoint: its wire format, base URL and where its key lives.
+
+    `api_key_env = "NAME"` is the older spelling of `api_key = "env:NAME"`; both end up here as
+    `api_key`, which is None for the SDK's own variable (OPENAI_API_KEY, ANTHROPIC_API_KEY).
+    """
 
     name: str
     kind: str
     base_url: str | None = None
-    api_key_env: str | None = None
+    api_key: SecretRef | None = None
+
+    @property
+    def api_key_env(self) -> str | None:
+        """The environment variable holding the key, when the key lives in one."""
+        return self.api_key.path if self.api_key and self.api_key.scheme == "env" else None
+
+
+@dataclass(frozen=True)
+class SecretSettings:
+    """How keys fetched from a secret store are cached: the [secrets] table."""
+
+    cache_ttl: float = 300.0  # seconds a fetched key is used without asking the store again
+    max_stale: float = 3600.0  # seconds past that it still serves while the store is down
+    fetch_timeout: float = 5.0  # seconds one fetch may take
 
 
 @dataclass(frozen=True)
@@ -97,6 +121,7 @@ class Settings:
     redis_url: str | None = None  # shared rate limits and breakers across processes
     write_timeout: float = 10.0  # seconds a log write may take before the spool takes over
     alerts: AlertSettings = field(default_factory=AlertSettings)  # the [alerts] table
+    secrets: SecretSettings = field(default_factory=SecretSettings)  # the [secrets] table
     # where each setting was read (an environment variable, or a key of smallops.toml), so that
     # an error names the place to fix it
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -172,6 +197,7 @@ class Settings:
                 setting("write_timeout", "SMALLOPS_WRITE_TIMEOUT", None), sources, 10.0
             ),
             alerts=parse_alerts(_table(data, "alerts", CONFIG_FILE)),
+            secrets=_secrets(_table(data, "secrets", CONFIG_FILE)),
             sources=sources,
         )
 
@@ -286,11 +312,6 @@ def _providers(table: dict[str, Any]) -> dict[str, ProviderConfig]:
     for name, spec in table.items():
         if not isinstance(spec, dict):
             raise ConfigError(f"[providers.{name}] in {CONFIG_FILE} must be a table")
-        if "api_key" in spec:
-            raise ConfigError(
-                f"[providers.{name}] holds an api_key: keys never go in {CONFIG_FILE}",
-                hint='name the environment variable instead: api_key_env = "MY_KEY"',
-            )
         where = f"[providers.{name}]"
         _check_keys(spec, PROVIDER_KEYS, where)
         kind = spec.get("kind", name)
@@ -305,16 +326,58 @@ def _providers(table: dict[str, Any]) -> dict[str, ProviderConfig]:
                 f"{where} base_url in {CONFIG_FILE} must be an http:// or https:// URL",
                 hint='e.g. base_url = "http://localhost:11434/v1"',
             )
-        api_key_env = spec.get("api_key_env")
-        if api_key_env is not None and (not isinstance(api_key_env, str) or not api_key_env):
+        providers[name] = ProviderConfig(
+            name=name, kind=kind, base_url=base_url, api_key=_api_key(spec, where)
+        )
+    return providers
+
+
+def _api_key(spec: dict[str, Any], where: str) -> SecretRef | None:
+    """Where a provider's key lives: `api_key` (a reference) or `api_key_env` (a variable)."""
+    if "api_key" in spec and "api_key_env" in spec:
+        raise ConfigError(
+            f"{where} in {CONFIG_FILE} has both api_key and api_key_env",
+            hint='keep one: api_key = "env:NAME" says the same as api_key_env = "NAME"',
+        )
+    api_key_env = spec.get("api_key_env")
+    if api_key_env is not None:
+        if not isinstance(api_key_env, str) or not api_key_env.strip():
             raise ConfigError(
                 f"{where} api_key_env in {CONFIG_FILE} must name an environment variable",
                 hint='e.g. api_key_env = "OLLAMA_API_KEY" (its name, never the key)',
             )
-        providers[name] = ProviderConfig(
-            name=name, kind=kind, base_url=base_url, api_key_env=api_key_env
+        return SecretRef("env", api_key_env.strip())
+    reference = spec.get("api_key")
+    if reference is None:
+        return None
+    if not isinstance(reference, str):
+        raise ConfigError(
+            f"{where} api_key in {CONFIG_FILE} must be a secret reference string",
+            hint='e.g. api_key = "env:OPENAI_API_KEY" or "vault:secret/openai#api_key"',
         )
-    return providers
+    return SecretRef.parse(reference, f"{where} api_key in {CONFIG_FILE}")
+
+
+def _secrets(table: dict[str, Any]) -> SecretSettings:
+    _check_keys(table, SECRETS_KEYS, "[secrets]")
+    given = {}
+    for key in SECRETS_KEYS:
+        value = table.get(key)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+            or (key == "fetch_timeout" and value == 0)
+        ):
+            raise ConfigError(
+                f"[secrets] {key} in {CONFIG_FILE} must be a number of seconds",
+                hint="e.g. cache_ttl = 300, max_stale = 3600, fetch_timeout = 5",
+            )
+        given[key] = float(value)
+    return SecretSettings(**given)
 
 
 def _is_http_url(value: Any) -> bool:
