@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from smallops.error_types import RETRYABLE
 
 if TYPE_CHECKING:
-    from smallops.error_types import ErrorType, ProviderFailure
+    from smallops.error_types import ErrorType, ProviderFailure, Unsendable
 
 
 class SmallopsError(Exception):
@@ -110,12 +110,13 @@ class DecidedError(SmallopsError):
 
 
 class ProviderError(SmallopsError):
-    """A request that produced no usable response; `kind` is one of PROVIDER_FAILURES, or
-    "breaker_open" when the circuit breaker refused to send it."""
+    """A request that produced no usable response; `kind` is one of PROVIDER_FAILURES,
+    "breaker_open" when the circuit breaker refused to send it, or "secret_unavailable" when
+    its key could not be had from the provider's secret store."""
 
     def __init__(
         self,
-        kind: ProviderFailure | Literal["breaker_open"],
+        kind: ProviderFailure | Literal["breaker_open"] | Unsendable,
         message: str,
         *,
         status_code: int | None = None,

@@ -35,7 +35,7 @@ def logs_command(
         "--status",
         help=f"A status ({', '.join(STATUSES)}) or an error type "
         "(refused, truncated, invalid_json, schema_mismatch, rate_limited, timeout, ...; "
-        f"a guard's: {', '.join(REFUSALS)}).",
+        f"a guard's: {', '.join(REFUSALS)}; no key: secret_unavailable).",
     ),
     origin: Origin = typer.Option(
         "production",

@@ -8,7 +8,7 @@ from typing import Any, get_args
 
 from sqlalchemy import ColumnElement, Engine, func, or_, select
 
-from smallops.error_types import REFUSALS
+from smallops.error_types import NOT_SENT
 from smallops.errors import InputError, NotFoundError
 from smallops.ids import SHORT_ID
 from smallops.kinds import OriginFilter
@@ -216,8 +216,9 @@ def batch_items_done(engine: Engine, batch_id: str) -> set[str]:
 
 
 def guard_refusals(engine: Engine, workflow: str, since: datetime) -> list[dict[str, Any]]:
-    """The workflow's calls a guard sent to the fallback since `since` (REFUSALS), per error
-    type: how many, and when the last one started. These outlast the outage that caused them
+    """The workflow's calls sent to the fallback before any request since `since` (NOT_SENT: a
+    guard refused them, or their key could not be had), per error type: how many, and when the
+    last one started. These outlast the outage that caused them
     (a budget that could not be checked leaves no other trace once the database is back)."""
     query = (
         select(
@@ -228,7 +229,7 @@ def guard_refusals(engine: Engine, workflow: str, since: datetime) -> list[dict[
         .where(
             runs.c.workflow == workflow,
             runs.c.started_at >= since,
-            runs.c.error_type.in_(REFUSALS),
+            runs.c.error_type.in_(NOT_SENT),
         )
         .group_by(runs.c.error_type)
         .order_by(runs.c.error_type)
