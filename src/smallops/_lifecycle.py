@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 
 from smallops import batches
-from smallops._effects import Call, Effect, Send, Sleep
+from smallops._effects import Call, Effect, Send, Sleep, io
 from smallops.error_types import AnswerProblem, ErrorType, Unfinished
 from smallops.errors import (
     ConfigError,
@@ -111,10 +111,12 @@ def lifecycle(plan: CallPlan, inputs: dict[str, Any]) -> Lifecycle:
 
 def _exchange(run: _Run, request: dict[str, Any], purpose: str) -> Generator[Effect, Any, Reply]:
     """Send one request, retrying retryable failures under the policy and the deadline."""
-    policy, guards = run.plan.retry, run.plan.guards
+    policy, guards, provider = run.plan.retry, run.plan.guards, run.plan.provider
     tries = 0
     while True:
         tries += 1
+        if not provider.key_ready():  # from a secret store: fetched in a blocking Call
+            yield from io(True, provider.fetch_key)
         probe = (yield from breaker_allow(guards, run.guards)) if guards is not None else False
         began, began_at = time.perf_counter(), time.time()
         attempt: dict[str, Any] = {

@@ -17,6 +17,7 @@ from typing import Any
 from smallops.providers.fake import FakeProvider, FakeReply, FakeRequest, example_answer
 from smallops.resilience import breaker as _breaker
 from smallops.resilience import ratelimit as _ratelimit
+from smallops.secrets.cache import cache as _secrets
 from smallops.storage import writer as _writer
 from smallops.storage.db import dispose_engines, ensure_schema, log_database
 from smallops.storage.queries import runs_of
@@ -27,12 +28,14 @@ __all__ = ["FakeProvider", "FakeReply", "FakeRequest", "example_answer", "record
 
 def reset() -> None:
     """Forget this process's smallops state, as between two tests: drain and drop the log
-    writers, close the database connections, and clear the in-memory rate limits and circuit
-    breakers. State shared through Redis or the database is left alone."""
+    writers, close the database connections, clear the in-memory rate limits and circuit
+    breakers, and forget the keys fetched from secret stores. State shared through Redis or the
+    database is left alone."""
     _writer.reset()
     dispose_engines()
     _ratelimit.reset_memory()
     _breaker.reset_memory()
+    _secrets.reset()
 
 
 def recorded_runs(workflow: Workflow[Any]) -> list[dict[str, Any]]:

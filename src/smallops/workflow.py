@@ -88,7 +88,12 @@ class Workflow(Generic[T]):
         self.base_dir = Path(base_dir) if base_dir else _caller_dir()
         self.settings = settings or Settings.load(find_project_root(self.base_dir))
         self.model = parse_model(model)
-        self.provider = provider or resolve_provider(self.model.provider, self.settings.providers)
+        self.provider = provider or resolve_provider(
+            self.model.provider,
+            self.settings.providers,
+            self.settings.secrets,
+            self.settings.state_dir,
+        )
         self.allow_unpinned = allow_unpinned
         if not allow_unpinned:
             check_pinned(self.model, self.provider.kind)

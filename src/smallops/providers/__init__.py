@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
-from smallops.config import ProviderConfig
+from smallops.config import ProviderConfig, SecretSettings
 from smallops.errors import ConfigError
 from smallops.providers._sdk import BASE_URLS, resolve_base_url
 from smallops.providers.base import Params, Provider, ProviderError, Reply
@@ -35,7 +36,7 @@ _BUILTIN = {
     "anthropic": ProviderConfig("anthropic", "anthropic"),
     "fake": ProviderConfig("fake", "fake"),
 }
-_instances: dict[tuple[ProviderConfig, str | None], Provider] = {}
+_instances: dict[tuple[ProviderConfig, str | None, SecretSettings, Path | None], Provider] = {}
 _lock = threading.Lock()
 
 
@@ -47,9 +48,15 @@ async def close_loop_clients(*others: Provider) -> None:
         await provider.aclose()
 
 
-def resolve_provider(name: str, configured: Mapping[str, ProviderConfig]) -> Provider:
+def resolve_provider(
+    name: str,
+    configured: Mapping[str, ProviderConfig],
+    secrets: SecretSettings | None = None,
+    state_dir: Path | None = None,
+) -> Provider:
     """The provider called `name` in `provider:model`: one of smallops.toml's [providers.NAME]
-    tables (`configured`), or a built-in."""
+    tables (`configured`), or a built-in. `secrets` is how keys from a store are cached, and
+    `state_dir` where `smallops status` reads how their fetches fare."""
     config = configured.get(name) or _BUILTIN.get(name)
     if config is None:
         known = sorted({*_BUILTIN, *configured})
@@ -58,22 +65,26 @@ def resolve_provider(name: str, configured: Mapping[str, ProviderConfig]) -> Pro
             hint=f"use one of {', '.join(known)}, or add [providers.{name}] to smallops.toml",
         )
     base_url = resolve_base_url(config.kind, config.base_url) if config.kind in BASE_URLS else None
-    key = (config, base_url)
+    secrets = secrets or SecretSettings()
+    key = (config, base_url, secrets, state_dir)
     with _lock:
         if key not in _instances:
-            _instances[key] = _build(config)
+            _instances[key] = _build(config, secrets, state_dir)
         return _instances[key]
 
 
-def _build(config: ProviderConfig) -> Provider:
+def _build(config: ProviderConfig, secrets: SecretSettings, state_dir: Path | None) -> Provider:
+    """The provider; its key is not looked at until its first request."""
     if config.kind == "openai":
         from smallops.providers.openai import OpenAIProvider
 
         return OpenAIProvider(
             config.name,
             base_url=config.base_url,
-            api_key_env=config.api_key_env or "OPENAI_API_KEY",
+            api_key=config.api_key,
             compatible=config.name != "openai",
+            secrets=secrets,
+            state_dir=state_dir,
         )
     if config.kind == "anthropic":
         from smallops.providers.anthropic import AnthropicProvider
@@ -81,6 +92,8 @@ def _build(config: ProviderConfig) -> Provider:
         return AnthropicProvider(
             config.name,
             base_url=config.base_url,
-            api_key_env=config.api_key_env or "ANTHROPIC_API_KEY",
+            api_key=config.api_key,
+            secrets=secrets,
+            state_dir=state_dir,
         )
     return FakeProvider(name=config.name)

@@ -6,17 +6,24 @@ import asyncio
 import inspect
 import os
 import weakref
+from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic_core import from_json
 
+from smallops.config import SecretSettings
 from smallops.error_types import ProviderFailure
 from smallops.errors import ConfigError
 from smallops.providers.base import ProviderError, parse_retry_after
-from smallops.redact import REDACTED, register
+from smallops.redact import Redactor
+from smallops.secret_refs import SecretRef
+from smallops.secrets.base import SecretStoreError
+from smallops.secrets.health import health_folder
+from smallops.secrets.keys import KeySource
 
 # Per wire format: the variable its SDK reads the base URL from, and the SDK's default.
 BASE_URLS = {
@@ -34,70 +41,166 @@ def resolve_base_url(kind: str, configured: str | None) -> str:
 
 
 class SdkClients:
-    """Sync and async SDK clients made on first use, with the key read from the environment.
+    """Sync and async SDK clients made on first use, with the key from the provider's source.
 
-    The key is never stored anywhere but in the SDK client; `keyless` servers (a local Ollama)
-    get a placeholder, since the SDKs insist on one.
+    The key lives only in the SDK clients and the secret cache. A client is made again when
+    the key changes (a refresh, a rotation), lazily: the sync one, and each event loop's own.
+    A 401 fetches the key once more; if it changed, the request is sent again with the new
+    one within the same attempt, so a rotation is never an error nor a breaker failure.
     """
 
     name: str
     base_url: str
-    api_key_env: str
-    keyless: bool = False
-    _sync: Any = None
-    _async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] | None = None
+    keys: KeySource
+    _sync: tuple[str, Any] | None = None
+    _async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, Any]] | None = None
+
+    @property
+    def api_key_env(self) -> str | None:
+        """The environment variable holding the key, when the key lives in one."""
+        return self.keys.ref.path if self.keys.ref.scheme == "env" else None
 
     def check(self) -> None:
-        self._api_key()
+        self.keys.check()
 
-    def _api_key(self) -> str:
-        key = os.environ.get(self.api_key_env)
-        if key:
-            register(key)  # whatever the variable is called, the key is redacted everywhere
+    def key_ready(self) -> bool:
+        return self.keys.cached() is not None
+
+    def fetch_key(self) -> None:
+        self._key()
+
+    def _key(self) -> str:
+        """The key (blocking while it is fetched); ProviderError("secret_unavailable")."""
+        key = self.keys.cached()
+        if key is not None:
             return key
-        if self.keyless:
-            return "unused"
-        raise ConfigError(
-            f"{self.api_key_env} is not set",
-            hint=f"export {self.api_key_env}=... (or set api_key_env for provider "
-            f"'{self.name}' in smallops.toml)",
-        )
+        try:
+            return self.keys.get()
+        except SecretStoreError as exc:
+            raise unavailable(self.name, exc) from None
 
-    def error(self, exc: Exception, sdk: ModuleType) -> ProviderError:
-        """The SDK's exception as a ProviderError, with our own key masked: some servers repeat
-        the key they were sent in a 401's message, and the message reaches the application."""
+    async def _akey(self) -> str:
+        key = self.keys.cached()
+        return key if key is not None else await asyncio.to_thread(self._key)
+
+    def _rotated(self, rejected: str) -> str | None:
+        try:
+            return self.keys.refetch(rejected)
+        except (SecretStoreError, ConfigError):
+            return None
+
+    def call(self, cls: Any, sdk: ModuleType, request: Callable[[Any], Any]) -> Any:
+        """`request(client)` with the current key; after a 401, once more with a new key."""
+        key = self._key()
+        try:
+            return request(self.sync_client(cls, key))
+        except sdk.AuthenticationError as exc:
+            fresh = self._rotated(key)
+            if fresh is None:
+                raise self.error(exc, sdk, refused=True) from None
+        except sdk_errors(sdk) as exc:
+            raise self.error(exc, sdk) from None
+        try:
+            return request(self.sync_client(cls, fresh))
+        except sdk_errors(sdk) as exc:
+            raise self.error(exc, sdk) from None
+
+    async def acall(self, cls: Any, sdk: ModuleType, request: Callable[[Any], Any]) -> Any:
+        """`call` for asyncio: waits for a fetch in a worker thread, never in the loop."""
+        key = await self._akey()
+        try:
+            return await request(self.async_client(cls, key))
+        except sdk.AuthenticationError as exc:
+            fresh = await asyncio.to_thread(self._rotated, key)
+            if fresh is None:
+                raise self.error(exc, sdk, refused=True) from None
+        except sdk_errors(sdk) as exc:
+            raise self.error(exc, sdk) from None
+        try:
+            return await request(self.async_client(cls, fresh))
+        except sdk_errors(sdk) as exc:
+            raise self.error(exc, sdk) from None
+
+    def error(self, exc: Exception, sdk: ModuleType, *, refused: bool = False) -> ProviderError:
+        """The SDK's exception as a ProviderError, with every key masked (this one, the one
+        before a rotation, any other registered): some servers repeat the key they were sent
+        in a 401's message, and the message reaches the application."""
         error = to_provider_error(exc, sdk)
-        key = os.environ.get(self.api_key_env)
-        if key and len(key) >= 8:
-            error.message = error.message.replace(key, REDACTED)
-            error.args = (error.message,)
-            if error.raw:
-                error.raw = error.raw.replace(key, REDACTED)
+        if refused and self.keys.ref.scheme != "env":
+            error.message += f" (the key from {self.keys.ref} was fetched again: unchanged)"
+        redact = Redactor()
+        error.message = redact(error.message) or error.message
+        error.args = (error.message,)
+        if error.raw:
+            error.raw = redact(error.raw)
         return error
 
-    def sync_client(self, cls: Any) -> Any:
-        if self._sync is None:
-            self._sync = cls(api_key=self._api_key(), base_url=self.base_url, max_retries=0)
-        return self._sync
+    def sync_client(self, cls: Any, key: str) -> Any:
+        current = self._sync
+        if current is None or current[0] != key:
+            current = self._sync = (key, self._client(cls, key))
+        return current[1]
 
-    def async_client(self, cls: Any) -> Any:
+    def async_client(self, cls: Any, key: str) -> Any:
         """One async client per event loop: a client's connections belong to the loop they were
         opened on, and scripts often call asyncio.run more than once."""
         loop = asyncio.get_running_loop()
         if self._async is None:
             self._async = weakref.WeakKeyDictionary()
-        client = self._async.get(loop)
-        if client is None:
-            client = cls(api_key=self._api_key(), base_url=self.base_url, max_retries=0)
-            self._async[loop] = client
-        return client
+        current = self._async.get(loop)
+        if current is None or current[0] != key:
+            current = self._async[loop] = (key, self._client(cls, key))
+        return current[1]
+
+    def _client(self, cls: Any, key: str) -> Any:
+        return cls(api_key=key, base_url=self.base_url, max_retries=0)
 
     async def aclose(self) -> None:
         """Close this event loop's client: its connections belong to the loop, and would
         otherwise stay open (half-closed) after the loop ends."""
-        client = self._async.pop(asyncio.get_running_loop(), None) if self._async else None
-        if client is not None:
-            await client.close()
+        current = self._async.pop(asyncio.get_running_loop(), None) if self._async else None
+        if current is not None:
+            await current[1].close()
+
+
+def key_source(
+    provider: str,
+    api_key: SecretRef | str | None,
+    api_key_env: str | None,
+    default_env: str,
+    secrets: SecretSettings | None,
+    state_dir: Path | None,
+    *,
+    keyless: bool,
+) -> KeySource:
+    """Where a provider's key lives, from its constructor's arguments: a reference (or its
+    text), the name of an environment variable, or the SDK's own variable."""
+    if api_key is not None and api_key_env is not None:
+        raise ConfigError(
+            f"provider '{provider}' has both api_key and api_key_env",
+            hint='keep one: api_key = "env:NAME" says the same as api_key_env = "NAME"',
+        )
+    if isinstance(api_key, str):
+        api_key = SecretRef.parse(api_key, f"the api_key of provider '{provider}'")
+    ref = api_key or SecretRef("env", api_key_env or default_env)
+    return KeySource(
+        ref,
+        secrets or SecretSettings(),
+        provider=provider,
+        keyless=keyless,
+        report_to=health_folder(state_dir) if state_dir is not None else None,
+    )
+
+
+def unavailable(provider: str, exc: SecretStoreError) -> ProviderError:
+    """A key that could not be had, as the error a call goes to its fallback with."""
+    return ProviderError("secret_unavailable", f"no key for provider '{provider}': {exc.message}")
+
+
+def sdk_errors(sdk: ModuleType) -> type[Exception]:
+    """The base class of an SDK's exceptions."""
+    base: type[Exception] = getattr(sdk, "OpenAIError", None) or sdk.AnthropicError
+    return base
 
 
 def sdk_arguments(create: Any, request: dict[str, Any]) -> dict[str, Any]:

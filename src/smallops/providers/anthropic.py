@@ -5,14 +5,17 @@ Structured output uses the API's native `output_config.format` JSON schema.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel
 
+from smallops.config import SecretSettings
 from smallops.errors import MissingExtraError
 from smallops.providers._sdk import (
     SdkClients,
+    key_source,
     parse_body,
     public_endpoint,
     resolve_base_url,
@@ -20,6 +23,7 @@ from smallops.providers._sdk import (
 )
 from smallops.providers.base import Params, Provider, ProviderError, Reply
 from smallops.records import Usage
+from smallops.secret_refs import SecretRef
 
 DEFAULT_MAX_TOKENS = 1024  # the Messages API requires one
 _FINISH = {
@@ -49,12 +53,18 @@ class AnthropicProvider(SdkClients, Provider):
         name: str = "anthropic",
         *,
         base_url: str | None = None,
-        api_key_env: str = "ANTHROPIC_API_KEY",
+        api_key: SecretRef | str | None = None,
+        api_key_env: str | None = None,
+        secrets: SecretSettings | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        """As OpenAIProvider's; the key is ANTHROPIC_API_KEY by default."""
         self.name = name
         self.base_url = resolve_base_url(self.kind, base_url)
         self.endpoint = public_endpoint(self.base_url)
-        self.api_key_env = api_key_env
+        self.keys = key_source(
+            name, api_key, api_key_env, "ANTHROPIC_API_KEY", secrets, state_dir, keyless=False
+        )
 
     def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:
         _sdk()
@@ -81,25 +91,21 @@ class AnthropicProvider(SdkClients, Provider):
 
     def send(self, request: dict[str, Any], timeout: float) -> Reply:
         sdk = _sdk()
-        client = self.sync_client(sdk.Anthropic)
-        try:
-            create = client.messages.with_raw_response.create
-            response = create(**sdk_arguments(client.messages.create, request), timeout=timeout)
-        except sdk.AnthropicError as exc:
-            raise self.error(exc, sdk) from None
+        response = self.call(sdk.Anthropic, sdk, lambda client: _create(client, request, timeout))
         return _reply(response.http_response)
 
     async def asend(self, request: dict[str, Any], timeout: float) -> Reply:
         sdk = _sdk()
-        client = self.async_client(sdk.AsyncAnthropic)
-        try:
-            create = client.messages.with_raw_response.create
-            response = await create(
-                **sdk_arguments(client.messages.create, request), timeout=timeout
-            )
-        except sdk.AnthropicError as exc:
-            raise self.error(exc, sdk) from None
+        response = await self.acall(
+            sdk.AsyncAnthropic, sdk, lambda client: _create(client, request, timeout)
+        )
         return _reply(response.http_response)
+
+
+def _create(client: Any, request: dict[str, Any], timeout: float) -> Any:
+    """Send the request (the raw response; awaitable from the async client)."""
+    arguments = sdk_arguments(client.messages.create, request)
+    return client.messages.with_raw_response.create(**arguments, timeout=timeout)
 
 
 def _reply(http_response: Any) -> Reply:

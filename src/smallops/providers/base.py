@@ -66,7 +66,17 @@ class Provider(ABC):
         """Close what the provider opened for the running event loop (before the loop ends)."""
 
     def check(self) -> None:  # noqa: B027 - most providers need no check
-        """Raise ConfigError when the provider cannot be used as configured (a missing key)."""
+        """Raise ConfigError when the provider cannot be used as configured (a missing key).
+        Never asks a secret store: that waits for the first request."""
+
+    def key_ready(self) -> bool:
+        """Whether a request can be sent without first fetching the key from a store."""
+        return True
+
+    def fetch_key(self) -> None:  # noqa: B027 - most providers need no key
+        """Fetch the key (blocking, up to the store's fetch_timeout); ProviderError
+        ("secret_unavailable") when it cannot be had. The call's lifecycle runs it in a worker
+        thread for asyncio callers, before each attempt whose key is not at hand."""
 
     @abstractmethod
     def send(self, request: dict[str, Any], timeout: float) -> Reply:

@@ -5,18 +5,22 @@ Structured output uses strict `json_schema`; the SDK's own retries are off (ours
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from smallops.config import SecretSettings
 from smallops.providers._sdk import (
     SdkClients,
+    key_source,
     parse_body,
     public_endpoint,
     resolve_base_url,
 )
 from smallops.providers.base import Params, Provider, ProviderError, Reply
 from smallops.records import Usage
+from smallops.secret_refs import SecretRef
 
 
 class OpenAIProvider(SdkClients, Provider):
@@ -33,15 +37,22 @@ class OpenAIProvider(SdkClients, Provider):
         name: str = "openai",
         *,
         base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key: SecretRef | str | None = None,
+        api_key_env: str | None = None,
         compatible: bool = False,
+        secrets: SecretSettings | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        """`api_key` says where the key lives (a reference, as in smallops.toml); the older
+        `api_key_env` names an environment variable; by default OPENAI_API_KEY. `secrets` is
+        how keys from a store are cached, `state_dir` where `status` reads how they fare."""
         self.name = name
         self.base_url = resolve_base_url(self.kind, base_url)
         self.endpoint = public_endpoint(self.base_url)
-        self.api_key_env = api_key_env
         self.compatible = compatible
-        self.keyless = compatible
+        self.keys = key_source(
+            name, api_key, api_key_env, "OPENAI_API_KEY", secrets, state_dir, keyless=compatible
+        )
 
     def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:
         prepared: dict[str, Any] = {"model": model}
@@ -66,25 +77,27 @@ class OpenAIProvider(SdkClients, Provider):
     def send(self, request: dict[str, Any], timeout: float) -> Reply:
         import openai
 
-        client = self.sync_client(openai.OpenAI)
-        try:
-            response = client.chat.completions.with_raw_response.create(
-                **_arguments(request), timeout=timeout
-            )
-        except openai.OpenAIError as exc:
-            raise self.error(exc, openai) from None
+        arguments = _arguments(request)
+        response = self.call(
+            openai.OpenAI,
+            openai,
+            lambda client: client.chat.completions.with_raw_response.create(
+                **arguments, timeout=timeout
+            ),
+        )
         return _reply(response.http_response)
 
     async def asend(self, request: dict[str, Any], timeout: float) -> Reply:
         import openai
 
-        client = self.async_client(openai.AsyncOpenAI)
-        try:
-            response = await client.chat.completions.with_raw_response.create(
-                **_arguments(request), timeout=timeout
-            )
-        except openai.OpenAIError as exc:
-            raise self.error(exc, openai) from None
+        arguments = _arguments(request)
+        response = await self.acall(
+            openai.AsyncOpenAI,
+            openai,
+            lambda client: client.chat.completions.with_raw_response.create(
+                **arguments, timeout=timeout
+            ),
+        )
         return _reply(response.http_response)
 
 

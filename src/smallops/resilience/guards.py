@@ -43,7 +43,8 @@ def breaker_failure(error: ProviderError | None, time_left: float) -> bool:
     unwell. A 429 whose Retry-After the call can wait out within its deadline is the server
     managing its load, not an outage: like a bad request, it shows the endpoint is up. A 429
     with no Retry-After, or one past the deadline, counts as a failure. Guard refusals
-    (REFUSALS) never reach the endpoint and are not counted at all.
+    (REFUSALS) and calls without a key (UNSENDABLE) never reach the endpoint and are not
+    counted at all; a 401 that a rotated key answers is retried within its attempt, unseen.
     """
     if error is None:
         return False

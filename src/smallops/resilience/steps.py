@@ -6,6 +6,7 @@ from collections.abc import Generator
 from typing import Any
 
 from smallops._effects import Effect, Sleep, io
+from smallops.error_types import UNSENDABLE
 from smallops.providers.base import ProviderError
 from smallops.resilience.guards import Guards, breaker_failure
 
@@ -78,9 +79,10 @@ def breaker_record(
     time_left: float,
     decisions: list[dict[str, Any]],
 ) -> Generator[Effect, Any, None]:
-    """After each attempt: count its outcome, as `breaker_failure` judges it."""
+    """After each attempt: count its outcome, as `breaker_failure` judges it. An attempt
+    that could not be sent (its key unavailable) says nothing of the endpoint: not counted."""
     store, config = guards.breaker, guards.breaker_config
-    if store is None or config is None:
+    if store is None or config is None or (error is not None and error.kind in UNSENDABLE):
         return
     ok = not breaker_failure(error, time_left)
     change = yield from io(

@@ -7,11 +7,17 @@ optional extra that only its users install.
 from __future__ import annotations
 
 import importlib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from smallops.secret_refs import STORES, SecretRef
+
+#: Seconds the fetch under way may take ([secrets] fetch_timeout): a store gives its client
+#: library connect and read timeouts of about this much. The cache gives up waiting after it
+#: whatever the store does, so this only keeps a slow store from holding a thread for long.
+FETCH_TIMEOUT: ContextVar[float] = ContextVar("smallops_fetch_timeout", default=5.0)
 
 
 @dataclass(frozen=True)

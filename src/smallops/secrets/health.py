@@ -1,0 +1,97 @@
+"""How each secret reference fared in the processes that fetch keys, where `status` can read it.
+
+The processes that call models fetch keys; `smallops status` runs in another. Each process
+keeps one small JSON file, `.smallops/secrets/keys-<pid>.json`: per reference, its last good
+fetch, whether a cached key is being served stale (since when, and until when), and the last
+problem. Never a value, nor anything derived from one. It is rewritten only when a fetch ends
+(once per cache_ttl, or per retry while a store is down), never on the request path.
+`status` reads the files written in the last day, the newest report per reference winning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+FOLDER = "secrets"
+RECENT_HOURS = 24  # a process's file counts in `status` this long after it last changed
+#: What a report may hold: nothing else is written, so no value can slip in by a new field.
+FIELDS = (
+    "reference",
+    "store",
+    "fetches",
+    "last_ok_at",
+    "version",
+    "stale_since",
+    "serving_until",
+    "problem",
+    "problem_at",
+    "unavailable",
+)
+
+
+def health_folder(state_dir: Path) -> Path:
+    return state_dir / FOLDER
+
+
+def write_health(folder: Path, reports: dict[str, dict[str, Any]]) -> bool:
+    """Replace this process's file (whole, never half written); False if the disk refused."""
+    state = {
+        "pid": os.getpid(),
+        "updated_at": time.time(),
+        "references": {
+            name: {key: report.get(key) for key in FIELDS} for name, report in reports.items()
+        },
+    }
+    path = folder / f"keys-{os.getpid()}.json"
+    partial = path.with_suffix(".json.tmp")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
+        partial.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        return False
+    return True
+
+
+def read_health(folder: Path, now: float | None = None) -> dict[str, dict[str, Any]]:
+    """Per reference, the newest report of the processes of the last day (epoch seconds), with
+    `processes`: how many of them reported on it, and `last_ok_at` the newest good fetch of any."""
+    since = (time.time() if now is None else now) - RECENT_HOURS * 3600
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("keys-*.json")) if folder.is_dir() else ():
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            updated = float(state["updated_at"])
+            references = dict(state["references"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a file being replaced, or not one of ours
+        if updated < since:
+            continue
+        for name, report in references.items():
+            if not isinstance(report, dict):
+                continue
+            report = {key: report.get(key) for key in FIELDS}
+            report["as_of"] = _as_of(report)
+            seen = found.get(str(name))
+            if seen is None:
+                found[str(name)] = {**report, "processes": 1}
+                continue
+            last_ok = max(
+                (t for t in (seen["last_ok_at"], report["last_ok_at"]) if t), default=None
+            )
+            newest = report if report["as_of"] > seen["as_of"] else seen
+            found[str(name)] = {**newest, "processes": seen["processes"] + 1, "last_ok_at": last_ok}
+    return found
+
+
+def _as_of(report: dict[str, Any]) -> float:
+    """When a report last learnt something: its last good fetch or its last problem."""
+    times = [t for t in (report.get("last_ok_at"), report.get("problem_at")) if t]
+    return max((float(t) for t in times if isinstance(t, int | float)), default=0.0)

@@ -1,0 +1,85 @@
+"""A provider's key: where it lives, and how to get it now, fetch it, or fetch it again.
+
+`env:` keys are read from the environment on every request (it costs nothing, and a changed
+variable is used at once); keys in a store come from the process-wide cache. Nothing is
+fetched until a request needs it, so defining a workflow, `smallops check` and CI need no
+credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smallops.config import SecretSettings
+from smallops.errors import ConfigError
+from smallops.redact import register
+from smallops.secret_refs import SecretRef
+from smallops.secrets.base import SecretStoreError, store_for
+from smallops.secrets.cache import cache
+
+#: What a keyless server (a local Ollama) is sent: the SDKs insist on some key.
+PLACEHOLDER = "unused"
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """One provider's key: its reference, the caching policy, and where status reads of it.
+
+    `keyless`: the server needs no key, so an unset `env:` variable means the placeholder.
+    """
+
+    ref: SecretRef
+    policy: SecretSettings = field(default_factory=SecretSettings)
+    provider: str = "openai"  # whose key, for messages
+    keyless: bool = False
+    report_to: Path | None = None
+
+    def cached(self) -> str | None:
+        """The key if it is at hand without waiting (an env variable, a fresh cached key);
+        None when it must be fetched first (`get`). Never blocks."""
+        if self.ref.scheme == "env":
+            return self._env()
+        return cache.peek(self.ref, self.policy)
+
+    def get(self) -> str:
+        """The key, fetched if need be (blocking up to fetch_timeout); SecretStoreError when
+        none can be had."""
+        if self.ref.scheme == "env":
+            key = self._env()
+            if key is None:
+                raise SecretStoreError(f"{self.ref.path} is not set", hint=self._env_hint())
+            return key
+        return cache.get(self.ref, self.policy, self.report_to).value
+
+    def refetch(self, rejected: str) -> str | None:
+        """After the provider refused `rejected` (a 401): the key fetched again if it changed,
+        else None (the refusal stands)."""
+        if self.ref.scheme == "env":
+            key = self._env()
+            return key if key is not None and key != rejected else None
+        fetched = cache.refetch(self.ref, rejected, self.policy, self.report_to)
+        return fetched.value if fetched is not None else None
+
+    def check(self) -> None:
+        """What `smallops run` and `eval` check before a batch, never asking a store: an `env:`
+        key is set, a store's client library is installed (ConfigError otherwise)."""
+        if self.ref.scheme != "env":
+            store_for(self.ref.scheme)
+            return
+        if self._env() is None:
+            raise ConfigError(f"{self.ref.path} is not set", hint=self._env_hint())
+
+    def _env(self) -> str | None:
+        key = os.environ.get(self.ref.path)
+        if key:
+            register(key)  # whatever the variable is called, the key is redacted everywhere
+            return key
+        return PLACEHOLDER if self.keyless else None
+
+    def _env_hint(self) -> str:
+        return (
+            f"export {self.ref.path}=... (or set api_key for provider '{self.provider}' in "
+            'smallops.toml, e.g. api_key = "aws-sm:prod/openai#api_key")'
+        )
