@@ -346,7 +346,9 @@ def _api_key(spec: dict[str, Any], where: str) -> SecretRef | None:
                 f"{where} api_key_env in {CONFIG_FILE} must name an environment variable",
                 hint='e.g. api_key_env = "OLLAMA_API_KEY" (its name, never the key)',
             )
-        return SecretRef("env", api_key_env.strip())
+        return SecretRef.parse(
+            f"env:{api_key_env.strip()}", f"{where} api_key_env in {CONFIG_FILE}"
+        )
     reference = spec.get("api_key")
     if reference is None:
         return None

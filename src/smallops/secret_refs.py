@@ -15,9 +15,12 @@ Parsed where smallops.toml is read; the stores themselves live in smallops.secre
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import dataclass
 
 from smallops.errors import ConfigError
+from smallops.redact import Redactor
 
 #: Scheme -> "module:Class" of its store, imported only when a reference uses it.
 STORES: dict[str, str] = {
@@ -44,19 +47,59 @@ class SecretRef:
     def parse(cls, text: str, where: str = "api_key") -> SecretRef:
         """A reference from its text; a ConfigError (never echoing the text, which may be a
         pasted key) when it is not one."""
-        scheme, sep, rest = text.partition(":")
-        if not sep or scheme not in STORES:
+        scheme, sep, rest = text.strip().partition(":")
+        if not sep or scheme not in STORES or _looks_like_a_key(text):
             raise ConfigError(
                 f"{where} is not a secret reference: keys never go in smallops.toml",
                 hint=f"name where the key lives, {EXAMPLE} (schemes: {', '.join(STORES)})",
+            )
+        if not text.isprintable():
+            raise ConfigError(
+                f"{where} holds a line break or a control character",
+                hint=f"a reference is one line of text, {EXAMPLE}",
             )
         if scheme == "op":
             rest = rest.removeprefix("//")
         path, _, field = rest.partition("#") if scheme != "command" else (rest, "", "")
         if not path.strip():
             raise ConfigError(f"{where} names the {scheme} store but no secret", hint=EXAMPLE)
-        return cls(scheme, path.strip(), field.strip() or None)
+        ref = cls(scheme, path.strip(), field.strip() or None)
+        _check(ref, where)
+        return ref
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # what messages and `smallops secrets check` name it by
         head = "op://" if self.scheme == "op" else f"{self.scheme}:"
         return head + self.path + (f"#{self.field}" if self.field else "")
+
+
+def _looks_like_a_key(text: str) -> bool:
+    """A key pasted where its reference goes: shaped like one (sk-..., AKIA..., Bearer ...)."""
+    return Redactor()(text) != text
+
+
+def _check(ref: SecretRef, where: str) -> None:
+    """What can be told of a reference without asking its store; never echoing it (it may be
+    a key pasted in the wrong place)."""
+    if ref.scheme == "env" and (
+        not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", ref.path) or _shaped_like_a_secret(ref.path)
+    ):
+        raise ConfigError(
+            f"{where} must name an environment variable (letters, digits and _), not hold a key",
+            hint='e.g. "env:OPENAI_API_KEY"',
+        )
+    if ref.scheme == "command":
+        try:
+            words = shlex.split(ref.path)
+        except ValueError:
+            words = []
+        if not words:
+            raise ConfigError(
+                f"{where} is a command that cannot be split into words (check its quotes)",
+                hint='e.g. "command:pass show openai" (run as is, without a shell)',
+            )
+
+
+def _shaped_like_a_secret(name: str) -> bool:
+    """A long "name" with no underscore that is not in capitals is a key (the same rule as the
+    alert channels' *_env settings)."""
+    return len(name) >= 20 and "_" not in name and not name.isupper()

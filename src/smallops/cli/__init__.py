@@ -25,6 +25,7 @@ from smallops.cli import (
     report,
     review,
     run,
+    secrets,
     serve,
     status,
 )
@@ -82,6 +83,7 @@ app.add_typer(export.app, name="export")
 serve.register(app)
 app.add_typer(db.app, name="db")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(secrets.app, name="secrets")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,8 +42,11 @@ def status_command(
     The calls a guard sent to the fallback in the last 24 hours are counted per reason (as
     `smallops logs --status` names it), with the last one's time: an outage leaves its mark.
     So do the spans the OpenTelemetry export could not deliver (processes of the last 24 hours).
+    A key from a secret store shows its last fetch, and whether a cached key is serving while
+    the store does not answer (as the processes calling the model last reported).
     """
     from smallops.review.queue import ReviewQueue
+    from smallops.secrets.health import health_folder, read_health
     from smallops.storage.telemetry_state import read_drops, telemetry_folder
     from smallops.storage.writer import quarantine_for
 
@@ -51,11 +54,13 @@ def status_command(
     queue = ReviewQueue(project.engine()).counts()
     set_aside = _set_aside(quarantine_for(project.settings.log))
     dropped = read_drops(telemetry_folder(project.settings.state_dir))
+    keys = read_health(health_folder(project.settings.state_dir))
     rows = [
         {
             **_status(project, wf, queue.get(wf.name, 0)),
             "set_aside": set_aside.get(wf.name),
             "spans_dropped": _dropped(dropped.get(wf.name)),
+            "key": _key(wf, keys),
         }
         for wf in project.workflows.values()
     ]
@@ -89,6 +94,36 @@ def _dropped(found: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     at = found["last_at"]
     return {**found, "last_at": datetime.fromtimestamp(at, timezone.utc) if at else None}
+
+
+def _key(wf: Workflow[Any], health: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """How the workflow's key from a secret store fares (None: an env key, or no report yet):
+    times as datetimes, and `state` ok, stale (the store does not answer; the cached key
+    serves until serving_until) or unavailable (calls go to the fallback)."""
+    keys = getattr(wf.provider, "keys", None)
+    if keys is None or keys.ref.scheme == "env":
+        return None
+    report = health.get(str(keys.ref))
+    if report is None:
+        return {"reference": str(keys.ref), "state": "not fetched yet"}
+    now = datetime.now(timezone.utc).timestamp()
+    until = report.get("serving_until")
+    if report.get("unavailable") or (until is not None and now >= until):
+        state = "unavailable"
+    elif report.get("stale_since") is not None:
+        state = "stale"
+    else:
+        state = "ok"
+    found: dict[str, Any] = {"reference": str(keys.ref), "state": state}
+    for name in ("last_ok_at", "stale_since", "serving_until", "problem_at"):
+        at = report.get(name)
+        found[name] = datetime.fromtimestamp(at, timezone.utc) if at else None
+    found.update(
+        version=report.get("version"),
+        problem=report.get("problem"),
+        processes=report.get("processes"),
+    )
+    return found
 
 
 def _status(project: Project, wf: Workflow[Any], queued: int) -> dict[str, Any]:
@@ -147,6 +182,7 @@ def _print(row: dict[str, Any]) -> None:
             f"{REFUSALS_HOURS} h, "
             f"the last at {_common.when(refused['last_at'])}: sent to the fallback"
         )
+    _print_key(row["key"])
     say(f"  queue     {row['queued_for_review']} waiting for review")
     if row["set_aside"]:
         aside, newest = row["set_aside"], row["set_aside"]["newest"]
@@ -167,4 +203,30 @@ def _print(row: dict[str, Any]) -> None:
         say(
             f"  event     {_common.when(event['at'])} {event['guard']} {event['after']}: "
             f"{escape(event['reason'])}"
+        )
+
+
+def _print_key(key: dict[str, Any] | None) -> None:
+    if key is None:
+        return
+    say, ref = _common.out.print, escape(key["reference"])
+    if key["state"] == "not fetched yet":
+        say(f"  key       {ref}: not fetched yet")
+        return
+    last = (
+        f"last fetched {_common.when(key['last_ok_at'])}" if key["last_ok_at"] else "never fetched"
+    )
+    problem = escape(key["problem"] or "")
+    if key["state"] == "ok":
+        say(f"  key       {ref}: {last}")
+    elif key["state"] == "stale":
+        say(
+            f"  [yellow]key[/yellow]       {ref}: the store has not answered since "
+            f"{_common.when(key['stale_since'])} ({problem}); the cached key serves until "
+            f"{_common.when(key['serving_until'])}"
+        )
+    else:
+        say(
+            f"  [red]key[/red]       {ref}: unavailable ({problem}); {last}: calls go to "
+            "the fallback (secret_unavailable)"
         )

@@ -16,7 +16,7 @@ from smallops.config import SecretSettings
 from smallops.errors import ConfigError
 from smallops.redact import register
 from smallops.secret_refs import SecretRef
-from smallops.secrets.base import SecretStoreError, store_for
+from smallops.secrets.base import Fetched, SecretStoreError, store_for
 from smallops.secrets.cache import cache
 
 #: What a keyless server (a local Ollama) is sent: the SDKs insist on some key.
@@ -46,12 +46,16 @@ class KeySource:
     def get(self) -> str:
         """The key, fetched if need be (blocking up to fetch_timeout); SecretStoreError when
         none can be had."""
+        return self.fetch().value
+
+    def fetch(self) -> Fetched:
+        """`get`, with what the store says of the key (its version, when it changed)."""
         if self.ref.scheme == "env":
             key = self._env()
             if key is None:
                 raise SecretStoreError(f"{self.ref.path} is not set", hint=self._env_hint())
-            return key
-        return cache.get(self.ref, self.policy, self.report_to).value
+            return Fetched(key)
+        return cache.get(self.ref, self.policy, self.report_to)
 
     def refetch(self, rejected: str) -> str | None:
         """After the provider refused `rejected` (a 401): the key fetched again if it changed,
