@@ -7,7 +7,9 @@ output, less a trailing newline, is the key. It gets the [secrets] fetch_timeout
 it and whatever it started are killed; output past MAX_OUTPUT is refused as it arrives.
 
 An error names the program and how it ended, never what it printed on standard output; the
-first line of its standard error is shown, short and redacted (it is there to say why).
+first line of its standard error is shown, short and redacted (it is there to say why). A
+command that fails or times out may only have found its store down, so a cached key keeps
+serving (up to max_stale); one that cannot be run, or prints nothing usable, is a plain no.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from smallops.redact import Redactor
+from smallops.redact import Redactor, register
 from smallops.secret_refs import SecretRef
 from smallops.secrets.base import FETCH_TIMEOUT, Fetched, SecretStoreError
 
@@ -42,14 +44,18 @@ class CommandStore:
             raise SecretStoreError("names no program", hint="e.g. command:pass show x")
         program = argv[0]
         output, error, status = _run(argv, program, FETCH_TIMEOUT.get())
+        if status != 0:  # what it printed may be the key: stderr, if it repeats it, is masked
+            for line in output[:MAX_OUTPUT].decode("utf-8", "replace").splitlines():
+                register(line.strip())
         said = _first_line(error)
         because = f": {said}" if said else ""
         if status != 0:
             how = (
                 f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
             )
-            raise SecretStoreError(
+            raise SecretStoreError(  # its store may be down: the cached key keeps serving
                 f"`{program}` {how}{because}",
+                unreachable=True,
                 hint="run the command yourself to see why",
             )
         try:
