@@ -1,0 +1,221 @@
+"""Provider keys from a store, through the real SDKs and the emulator: one fetch for many
+calls, a rotation answered by one refetch within the same attempt (never a breaker failure),
+a 403 that is no rotation, and a call with no key sent to the fallback as secret_unavailable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smallops import WorkflowFailed
+from smallops import default as smallops_default
+from smallops.config import ProviderConfig, SecretSettings
+from smallops.secret_refs import SecretRef
+from smallops.testing import recorded_runs
+
+from conftest import EMAIL, smallops
+from emulators import respond, status
+from keyscript import KeyScript, provider_accepting
+
+BASE = {"openai": "openai_base_url", "anthropic": "anthropic_base_url"}
+MODELS = {"openai": "openai:gpt-4o-mini-2024-07-18", "anthropic": "anthropic:claude-sonnet-4-6"}
+
+
+def new_key() -> str:
+    return "acme-" + secrets.token_hex(16)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> KeyScript:
+    return KeyScript(tmp_path / "store", new_key())
+
+
+@pytest.fixture
+def keyed(make_workflow, settings, emulator, store) -> Any:
+    """`keyed(kind="openai", policy=..., **workflow options)`: a workflow whose provider's key
+    is in the command store."""
+
+    def make(kind: str = "openai", policy: SecretSettings | None = None, **options: Any) -> Any:
+        provider = ProviderConfig(
+            kind,
+            kind,
+            base_url=getattr(emulator, BASE[kind]),
+            api_key=SecretRef.parse(store.reference),
+        )
+        project = replace(settings, providers={kind: provider}, secrets=policy or SecretSettings())
+        return make_workflow(model=MODELS[kind], settings=project, **options)
+
+    return make
+
+
+def sent_keys(emulator: Any) -> list[str]:
+    return [
+        r.headers.get("authorization", "").removeprefix("Bearer ") or r.headers.get("x-api-key", "")
+        for r in emulator.requests
+    ]
+
+
+def breaker_counts(wf: Any) -> tuple[int, int]:
+    guards = wf.plan().guards
+    state = guards.breaker.state(guards.breaker_key, guards.breaker_config)
+    return state["calls"], state["failures"]
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_many_calls_make_one_fetch_and_a_rotation_costs_one_401_and_one_refetch(
+    keyed, store, emulator, kind
+):
+    refused: list[str] = []
+    emulator.default = respond(provider_accepting(lambda: store.key, refused))
+    wf = keyed(kind)
+    first = store.key
+    for _ in range(20):
+        assert wf.run(**EMAIL).status == "pending_review"
+    assert store.count == 1 and set(sent_keys(emulator)) == {first} and refused == []
+    store.set(key=new_key())  # rotated: the provider now takes only the new key
+    result = wf.run(**EMAIL)
+    assert result.status == "pending_review" and result.attempts == 1
+    assert refused == [first] and store.count == 2
+    for _ in range(5):
+        assert wf.run(**EMAIL).status == "pending_review"
+    assert refused == [first] and store.count == 2
+    runs = recorded_runs(wf)
+    assert all(r["error_type"] is None for r in runs)
+    assert breaker_counts(wf) == (26, 0)  # the 401 answered by a new key is no failure
+
+
+def test_concurrent_401s_with_the_same_old_key_make_one_refetch(keyed, store, emulator):
+    refused: list[str] = []
+    emulator.default = respond(provider_accepting(lambda: store.key, refused, delay_401=0.3))
+    wf = keyed()
+    wf.run(**EMAIL)
+    old = store.key
+    store.set(key=new_key())
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(wf.run(**EMAIL))) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.status for r in results] == ["pending_review"] * 16
+    assert refused == [old] * 16  # all were in flight with the old key
+    assert store.count == 2  # and one fetch answered them all
+
+
+def test_async_calls_fetch_once_in_a_thread_and_rotate_alike(keyed, store, emulator):
+    """A burst of tasks at start: one fetch, run in a worker thread while the event loop keeps
+    ticking; then a rotation seen by concurrent tasks: one refetch."""
+    refused: list[str] = []
+    emulator.default = respond(provider_accepting(lambda: store.key, refused, delay_401=0.2))
+    store.set(mode="slow", delay=0.5)
+    wf = keyed()
+
+    async def main() -> tuple[list[Any], float, list[Any]]:
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.create_task(ticker())
+        first = await asyncio.gather(*(wf.arun(**EMAIL) for _ in range(50)))
+        store.set(key=new_key())
+        second = await asyncio.gather(*(wf.arun(**EMAIL) for _ in range(8)))
+        stop.set()
+        await ticking
+        return first, max(gaps), second
+
+    first, worst_gap, second = asyncio.run(main())
+    assert [r.status for r in first + second] == ["pending_review"] * 58
+    assert store.count == 2
+    assert len(refused) == 8
+    assert worst_gap < 0.3, f"the event loop stalled {worst_gap:.2f} s"
+
+
+def test_a_403_is_not_a_rotation(keyed, store, emulator):
+    emulator.default = status(403, message="this key may not use this model")
+    wf = keyed()
+    result = wf.run(**EMAIL)
+    assert result.error == "auth_error" and result.status == "queued_for_human"
+    assert store.count == 1 and len(emulator.requests) == 1
+
+
+def test_an_unchanged_key_leaves_the_401_standing_and_is_not_fetched_again_at_once(
+    keyed, store, emulator
+):
+    emulator.default = respond(provider_accepting(lambda: "no key will do"))
+    wf = keyed()
+    first = wf.run(**EMAIL)
+    assert first.error == "auth_error" and store.count == 2
+    assert "fetched again: unchanged" in (first.error_message or "")
+    assert store.key not in (first.error_message or "") and "[REDACTED]" in first.error_message
+    second = wf.run(**EMAIL)
+    assert second.error == "auth_error" and store.count == 2  # a revoked key: no fetch per call
+    assert breaker_counts(wf) == (2, 0)
+    recorded = repr(recorded_runs(wf))
+    assert store.key not in recorded
+
+
+def test_no_key_sends_the_call_to_the_fallback_as_secret_unavailable(keyed, store, emulator):
+    store.set(mode="fail")
+    wf = keyed()
+    result = wf.run(**EMAIL)
+    assert result.status == "queued_for_human" and result.error == "secret_unavailable"
+    assert "no key for provider 'openai'" in (result.error_message or "")
+    assert "exited with status 3" in (result.error_message or "")
+    assert result.attempts == 0 and emulator.requests == []
+    [run] = recorded_runs(wf)
+    assert run["error_type"] == "secret_unavailable" and run["status"] == "queued_for_human"
+    assert breaker_counts(wf) == (0, 0)
+    default = keyed(
+        fallback=smallops_default({"category": "other", "urgency": "low", "summary": "-"})
+    )
+    assert default.run(**EMAIL).status == "fallback_default"
+    with pytest.raises(WorkflowFailed) as failed:
+        keyed(fallback="raise").run(**EMAIL)
+    assert failed.value.error_type == "secret_unavailable"
+
+
+def test_a_changed_env_key_is_used_by_the_next_call(make_workflow, emulator, monkeypatch):
+    key = new_key()
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    emulator.default = respond(provider_accepting(lambda: key))
+    wf = make_workflow()
+    assert wf.run(**EMAIL).status == "pending_review"
+    key = new_key()
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    assert wf.run(**EMAIL).status == "pending_review"
+    assert sent_keys(emulator)[-1] == key
+
+
+def test_keys_are_not_fetched_to_define_workflows_nor_by_smallops_check(
+    project, store, capsys, emulator
+):
+    toml = project / "smallops.toml"
+    toml.write_text(toml.read_text() + f"api_key = '{store.reference}'\n")
+    smallops(capsys, "-p", str(project), "check")
+    assert store.count == 0, "smallops check fetched a key"
+    from smallops.project import Project
+
+    workflows = Project(project).workflows
+    assert workflows and store.count == 0
+    emulator.default = respond(provider_accepting(lambda: store.key))
+    code, _, _ = smallops(capsys, "-p", str(project), "run", "email-triage", "--json", "{}")
+    assert store.count == 0 and code == 2  # bad inputs: refused before any key is needed
+    code, out, _ = smallops(
+        capsys, "-p", str(project), "run", "email-triage", "--json", json.dumps(EMAIL)
+    )
+    assert code == 0 and store.count == 1 and "pending_review" in out
