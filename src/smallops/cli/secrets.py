@@ -56,13 +56,16 @@ def check_command(
 ) -> None:
     """Fetch every provider's key as a call would: the providers of smallops.toml, and the
     built-in ones the workflows use. Says where each key lives, its version and age where the
-    store knows them, and any problem; never the key. Exit 1 when any key cannot be had.
+    store knows them, and any problem; never the key. Exit 1 when any key cannot be had (or a
+    workflow module does not load, so its providers are unknown).
     """
     project = _common.project(ctx)
     found, broken = _providers(project)
     for problem in broken:
         _common.err.print(
-            f"warning: {problem} (its providers are not checked)", markup=False, soft_wrap=True
+            f"error: {problem} (the providers it uses are not checked)",
+            markup=False,
+            soft_wrap=True,
         )
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(found)))) as pool:
         checks = list(pool.map(lambda item: _check(project, *item), found.items()))
@@ -71,7 +74,7 @@ def check_command(
             _common.print_json(asdict(check))
     else:
         _print(checks)
-    if any(not check.ok for check in checks):
+    if broken or any(not check.ok for check in checks):
         raise typer.Exit(1)
 
 
