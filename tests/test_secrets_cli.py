@@ -211,3 +211,27 @@ def test_bad_secrets_settings_are_refused(tmp_path, table, message):
     (tmp_path / "smallops.toml").write_text(f"[secrets]\n{table}\n")
     with pytest.raises(ConfigError, match=message):
         Settings.load(tmp_path, env={})
+
+
+def test_several_processes_fetch_once_each_and_status_hears_from_both(
+    project, capsys, tmp_path, emulator
+):
+    from faultkit import cli, inputs_file
+
+    store = KeyScript(tmp_path / "store", new_key())
+    emulator.default = respond(provider_accepting(lambda: store.key))
+    add(project, f"api_key = '{store.reference}'\n")
+    url = f"sqlite:///{project / '.smallops' / 'smallops.db'}"
+    runs = [
+        cli(project, url, "run", "email-triage", "-i", str(inputs_file(tmp_path / f"{i}.jsonl", 8)))
+        for i in range(2)
+    ]
+    for process in runs:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        assert store.key not in err
+    assert store.count == 2  # one fetch per process, for 8 calls each
+    code, out, _ = smallops(capsys, "-p", str(project), "status", "--json")
+    key = json.loads(out.splitlines()[0])["key"]
+    assert code == 0 and key["state"] == "ok" and key["processes"] == 2
+    assert store.key not in out

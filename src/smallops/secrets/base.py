@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from smallops.errors import ConfigError
 from smallops.secret_refs import STORES, SecretRef
 
 #: Seconds the fetch under way may take ([secrets] fetch_timeout): a store gives its client
@@ -55,6 +56,13 @@ def store_for(scheme: str) -> Store:
     """The store for a scheme, its module imported now; a ConfigError naming the extra to
     install when its client library is missing."""
     module_name, _, class_name = STORES[scheme].partition(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise  # a library the store imports at once: its own MissingExtraError is better
+        raise ConfigError(
+            f"this smallops has no {scheme}: store", hint="upgrade smallops"
+        ) from None
     store: Store = getattr(module, class_name)()
     return store
