@@ -193,19 +193,20 @@ def test_a_missing_program_says_so(tmp_path):
     ref = SecretRef.parse(f"command:{tmp_path / 'no-such-helper'} show openai")
     with pytest.raises(SecretStoreError) as failed:
         cache.get(ref, SecretSettings())
-    assert "not found" in failed.value.message and "full path" in failed.value.hint
+    assert "not found" in failed.value.message and "give its path" in failed.value.hint
 
 
 def test_health_for_status_has_times_and_problems_and_never_a_value(store, tmp_path):
-    folder = tmp_path / "state" / "secrets"
+    root = tmp_path / "project"
+    folder = root / ".smallops" / "secrets"
     ref, policy = ref_of(store), SecretSettings(cache_ttl=0.2, max_stale=30)
-    key = cache.get(ref, policy, folder).value
+    key = cache.get(ref, policy, root).value
     [report] = health_when(folder, lambda r: r["fetches"] == 1)
     assert report["reference"] == str(ref) and report["fetches"] == 1
     assert report["last_ok_at"] and report["stale_since"] is None and not report["problem"]
     store.set(mode="fail")
     time.sleep(0.25)
-    assert cache.get(ref, policy, folder).value == key
+    assert cache.get(ref, policy, root).value == key
     [report] = health_when(folder, lambda r: r["problem"] is not None)
     assert report["stale_since"] and report["serving_until"] > time.time() + 25
     assert "status 3" in report["problem"]
@@ -235,3 +236,18 @@ def _alive(pid: int) -> bool:
         return stat.split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_relative_command_runs_in_its_projects_folder(tmp_path):
+    """`command:./bin/key` is each project's own script: two projects, two keys."""
+    keys = {}
+    for name in ("one", "two"):
+        root = tmp_path / name
+        (root / "bin").mkdir(parents=True)
+        keys[name] = new_key()
+        helper = root / "bin" / "key"
+        helper.write_text(f"#!/bin/sh\necho {keys[name]}\n")
+        helper.chmod(0o755)
+    ref = SecretRef.parse("command:./bin/key")
+    for name, key in keys.items():
+        assert cache.get(ref, SecretSettings(), tmp_path / name).value == key

@@ -92,7 +92,7 @@ class Workflow(Generic[T]):
             self.model.provider,
             self.settings.providers,
             self.settings.secrets,
-            self.settings.state_dir,
+            self.settings.root,
         )
         self.allow_unpinned = allow_unpinned
         if not allow_unpinned:

@@ -95,9 +95,7 @@ def _providers(project: Project) -> tuple[dict[str, tuple[Provider, list[str]]],
             chain = chain.secondary
     for name in settings.providers:
         if name not in found:
-            provider = resolve_provider(
-                name, settings.providers, settings.secrets, settings.state_dir
-            )
+            provider = resolve_provider(name, settings.providers, settings.secrets, settings.root)
             found[name] = (provider, [])
     keyed = {name: entry for name, entry in found.items() if hasattr(entry[0], "keys")}
     return dict(sorted(keyed.items())), broken

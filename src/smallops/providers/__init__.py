@@ -52,11 +52,12 @@ def resolve_provider(
     name: str,
     configured: Mapping[str, ProviderConfig],
     secrets: SecretSettings | None = None,
-    state_dir: Path | None = None,
+    root: Path | None = None,
 ) -> Provider:
     """The provider called `name` in `provider:model`: one of smallops.toml's [providers.NAME]
     tables (`configured`), or a built-in. `secrets` is how keys from a store are cached, and
-    `state_dir` where `smallops status` reads how their fetches fare."""
+    `root` the project folder (where `smallops status` reads how their fetches fare, and where
+    a `command:` store runs)."""
     config = configured.get(name) or _BUILTIN.get(name)
     if config is None:
         known = sorted({*_BUILTIN, *configured})
@@ -66,14 +67,14 @@ def resolve_provider(
         )
     base_url = resolve_base_url(config.kind, config.base_url) if config.kind in BASE_URLS else None
     secrets = secrets or SecretSettings()
-    key = (config, base_url, secrets, state_dir)
+    key = (config, base_url, secrets, root)
     with _lock:
         if key not in _instances:
-            _instances[key] = _build(config, secrets, state_dir)
+            _instances[key] = _build(config, secrets, root)
         return _instances[key]
 
 
-def _build(config: ProviderConfig, secrets: SecretSettings, state_dir: Path | None) -> Provider:
+def _build(config: ProviderConfig, secrets: SecretSettings, root: Path | None) -> Provider:
     """The provider; its key is not looked at until its first request."""
     if config.kind == "openai":
         from smallops.providers.openai import OpenAIProvider
@@ -84,7 +85,7 @@ def _build(config: ProviderConfig, secrets: SecretSettings, state_dir: Path | No
             api_key=config.api_key,
             compatible=config.name != "openai",
             secrets=secrets,
-            state_dir=state_dir,
+            root=root,
         )
     if config.kind == "anthropic":
         from smallops.providers.anthropic import AnthropicProvider
@@ -94,6 +95,6 @@ def _build(config: ProviderConfig, secrets: SecretSettings, state_dir: Path | No
             base_url=config.base_url,
             api_key=config.api_key,
             secrets=secrets,
-            state_dir=state_dir,
+            root=root,
         )
     return FakeProvider(name=config.name)

@@ -22,7 +22,6 @@ from smallops.providers.base import ProviderError, parse_retry_after
 from smallops.redact import Redactor
 from smallops.secret_refs import SecretRef
 from smallops.secrets.base import SecretStoreError
-from smallops.secrets.health import health_folder
 from smallops.secrets.keys import KeySource
 
 # Per wire format: the variable its SDK reads the base URL from, and the SDK's default.
@@ -169,7 +168,7 @@ def key_source(
     api_key_env: str | None,
     default_env: str,
     secrets: SecretSettings | None,
-    state_dir: Path | None,
+    root: Path | None,
     *,
     keyless: bool,
 ) -> KeySource:
@@ -188,7 +187,7 @@ def key_source(
         secrets or SecretSettings(),
         provider=provider,
         keyless=keyless,
-        report_to=health_folder(state_dir) if state_dir is not None else None,
+        root=root,
     )
 
 

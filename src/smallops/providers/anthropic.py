@@ -56,14 +56,14 @@ class AnthropicProvider(SdkClients, Provider):
         api_key: SecretRef | str | None = None,
         api_key_env: str | None = None,
         secrets: SecretSettings | None = None,
-        state_dir: Path | None = None,
+        root: Path | None = None,
     ) -> None:
         """As OpenAIProvider's; the key is ANTHROPIC_API_KEY by default."""
         self.name = name
         self.base_url = resolve_base_url(self.kind, base_url)
         self.endpoint = public_endpoint(self.base_url)
         self.keys = key_source(
-            name, api_key, api_key_env, "ANTHROPIC_API_KEY", secrets, state_dir, keyless=False
+            name, api_key, api_key_env, "ANTHROPIC_API_KEY", secrets, root, keyless=False
         )
 
     def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:

@@ -41,17 +41,18 @@ class OpenAIProvider(SdkClients, Provider):
         api_key_env: str | None = None,
         compatible: bool = False,
         secrets: SecretSettings | None = None,
-        state_dir: Path | None = None,
+        root: Path | None = None,
     ) -> None:
         """`api_key` says where the key lives (a reference, as in smallops.toml); the older
         `api_key_env` names an environment variable; by default OPENAI_API_KEY. `secrets` is
-        how keys from a store are cached, `state_dir` where `status` reads how they fare."""
+        how keys from a store are cached; `root` the project folder (where `status` reads how
+        they fare, and where a `command:` runs)."""
         self.name = name
         self.base_url = resolve_base_url(self.kind, base_url)
         self.endpoint = public_endpoint(self.base_url)
         self.compatible = compatible
         self.keys = key_source(
-            name, api_key, api_key_env, "OPENAI_API_KEY", secrets, state_dir, keyless=compatible
+            name, api_key, api_key_env, "OPENAI_API_KEY", secrets, root, keyless=compatible
         )
 
     def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:

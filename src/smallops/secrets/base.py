@@ -10,6 +10,7 @@ import importlib
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from smallops.errors import ConfigError
@@ -19,6 +20,9 @@ from smallops.secret_refs import STORES, SecretRef
 #: library connect and read timeouts of about this much. The cache gives up waiting after it
 #: whatever the store does, so this only keeps a slow store from holding a thread for long.
 FETCH_TIMEOUT: ContextVar[float] = ContextVar("smallops_fetch_timeout", default=5.0)
+#: The project folder of the fetch under way, where relative paths are read from: a
+#: `command:` runs there (None: the current directory).
+PROJECT_ROOT: ContextVar[Path | None] = ContextVar("smallops_project_root", default=None)
 
 
 @dataclass(frozen=True)

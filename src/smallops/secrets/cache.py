@@ -25,12 +25,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from smallops.config import SecretSettings
+from smallops.config import STATE_DIR, SecretSettings
 from smallops.errors import SmallopsError
 from smallops.redact import Redactor, register
 from smallops.secret_refs import SecretRef
-from smallops.secrets.base import FETCH_TIMEOUT, Fetched, SecretStoreError, Store, store_for
-from smallops.secrets.health import write_health
+from smallops.secrets.base import (
+    FETCH_TIMEOUT,
+    PROJECT_ROOT,
+    Fetched,
+    SecretStoreError,
+    Store,
+    store_for,
+)
+from smallops.secrets.health import health_folder, write_health
 
 #: Seconds between two fetches while a store fails (at most cache_ttl): often enough to notice
 #: its return soon, seldom enough that a store that hangs costs a thread now and then only.
@@ -62,6 +69,7 @@ class _Entry:
     """What the cache knows of one reference."""
 
     ref: SecretRef
+    root: Path | None  # the project it is fetched for: a relative command runs there
     fetched: Fetched | None = None
     fetched_at: float = 0.0  # monotonic time of the last good fetch
     ok_wall: float | None = None  # ... as epoch seconds, for status
@@ -75,36 +83,42 @@ class _Entry:
     confirmed: str | None = None  # a refused key that the store, asked again, still gives
     confirmed_at: float = 0.0
     policy: SecretSettings = field(default_factory=SecretSettings)
-    folders: set[Path] = field(default_factory=set)  # where status reads this reference's health
+
+    @property
+    def folder(self) -> Path | None:
+        """Where `status` reads how this reference fares: the project's .smallops/secrets."""
+        return health_folder(self.root / STATE_DIR) if self.root is not None else None
 
 
 class SecretCache:
-    """Fetched secrets by reference, for this process. Use the module's `cache`."""
+    """Fetched secrets by reference and project, for this process. Use the module's `cache`.
+
+    `root`, the project folder, keeps projects apart (`command:./bin/key` is not the same
+    program in two of them) and says where each reference's health is written."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._entries: dict[SecretRef, _Entry] = {}
+        self._entries: dict[tuple[SecretRef, Path | None], _Entry] = {}
         self._stores: dict[str, Store] = {}
         self._seq = 0
 
-    def peek(self, ref: SecretRef, policy: SecretSettings) -> str | None:
+    def peek(self, ref: SecretRef, policy: SecretSettings, root: Path | None = None) -> str | None:
         """The key if it can be used now without waiting on the store (fresh, or stale while
         the store is unreachable); None when it must be fetched first. Never blocks."""
         with self._lock:
-            entry = self._entries.get(ref)
+            entry = self._entries.get((ref, root))
             if entry is None:
                 return None
             fetched = self._servable(entry, policy, time.monotonic())
             return fetched.value if fetched is not None else None
 
-    def get(self, ref: SecretRef, policy: SecretSettings, report_to: Path | None = None) -> Fetched:
+    def get(self, ref: SecretRef, policy: SecretSettings, root: Path | None = None) -> Fetched:
         """The key, fetched if need be (blocking up to fetch_timeout); SecretStoreError when
-        the store cannot give one and no cached key may serve. `report_to` is the folder where
-        `status` reads how this reference fares."""
+        the store cannot give one and no cached key may serve."""
         store = self._store(ref.scheme)  # a missing client library: ConfigError, at once
         with self._lock:
-            entry = self._entry(ref, policy, report_to)
+            entry = self._entry(ref, policy, root)
             now = time.monotonic()
             fetched = self._servable(entry, policy, now)
             if fetched is not None:
@@ -127,7 +141,7 @@ class SecretCache:
         ref: SecretRef,
         rejected: str,
         policy: SecretSettings,
-        report_to: Path | None = None,
+        root: Path | None = None,
     ) -> Fetched | None:
         """After the provider refused the key `rejected`: the key fetched again, or None when
         the store still gives the same one (or cannot be asked). One fetch serves every call
@@ -135,7 +149,7 @@ class SecretCache:
         RETRY_INTERVAL, so a revoked key does not make every call ask the store."""
         store = self._store(ref.scheme)
         with self._lock:
-            entry = self._entry(ref, policy, report_to)
+            entry = self._entry(ref, policy, root)
             now = time.monotonic()
             if entry.fetched is not None and entry.fetched.value != rejected:
                 return entry.fetched  # another call already fetched the new key
@@ -166,13 +180,11 @@ class SecretCache:
 
     # -- inside the lock -----------------------------------------------------------------------
 
-    def _entry(self, ref: SecretRef, policy: SecretSettings, report_to: Path | None) -> _Entry:
-        entry = self._entries.get(ref)
+    def _entry(self, ref: SecretRef, policy: SecretSettings, root: Path | None) -> _Entry:
+        entry = self._entries.get((ref, root))
         if entry is None:
-            entry = self._entries[ref] = _Entry(ref)
+            entry = self._entries[ref, root] = _Entry(ref, root)
         entry.policy = policy
-        if report_to is not None:
-            entry.folders.add(report_to)
         return entry
 
     def _servable(self, entry: _Entry, policy: SecretSettings, now: float) -> Fetched | None:
@@ -274,6 +286,7 @@ class SecretCache:
     def _fly(self, entry: _Entry, flight: _Flight, store: Store, policy: SecretSettings) -> None:
         """The fetch itself, in its own thread: its outcome is kept, then the waiters told."""
         FETCH_TIMEOUT.set(policy.fetch_timeout)
+        PROJECT_ROOT.set(entry.root)
         fetched, error = None, None
         try:
             fetched = _checked(entry.ref, store.fetch(entry.ref))
@@ -303,15 +316,16 @@ class SecretCache:
         self._write(reports)
 
     def _reports(self, changed: _Entry) -> dict[Path, dict[str, dict[str, Any]]]:
-        """Per folder `changed` reports to, the health of every reference reported there."""
-        return {
-            folder: {
-                str(entry.ref): _health(entry)
-                for entry in self._entries.values()
-                if folder in entry.folders
-            }
-            for folder in changed.folders
+        """The health of every reference of `changed`'s project, for its folder."""
+        folder = changed.folder
+        if folder is None:
+            return {}
+        health = {
+            str(entry.ref): _health(entry)
+            for entry in self._entries.values()
+            if entry.root == changed.root
         }
+        return {folder: health}
 
     def _write(self, reports: dict[Path, dict[str, dict[str, Any]]]) -> None:
         with self._write_lock:

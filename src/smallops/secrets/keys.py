@@ -25,7 +25,7 @@ PLACEHOLDER = "unused"
 
 @dataclass(frozen=True)
 class KeySource:
-    """One provider's key: its reference, the caching policy, and where status reads of it.
+    """One provider's key: its reference, the caching policy, and its project's folder.
 
     `keyless`: the server needs no key, so an unset `env:` variable means the placeholder.
     """
@@ -34,14 +34,14 @@ class KeySource:
     policy: SecretSettings = field(default_factory=SecretSettings)
     provider: str = "openai"  # whose key, for messages
     keyless: bool = False
-    report_to: Path | None = None
+    root: Path | None = None  # the project: where status reads of it, and a command runs
 
     def cached(self) -> str | None:
         """The key if it is at hand without waiting (an env variable, a fresh cached key);
         None when it must be fetched first (`get`). Never blocks."""
         if self.ref.scheme == "env":
             return self._env()
-        return cache.peek(self.ref, self.policy)
+        return cache.peek(self.ref, self.policy, self.root)
 
     def get(self) -> str:
         """The key, fetched if need be (blocking up to fetch_timeout); SecretStoreError when
@@ -55,7 +55,7 @@ class KeySource:
             if key is None:
                 raise SecretStoreError(f"{self.ref.path} is not set", hint=self._env_hint())
             return Fetched(key)
-        return cache.get(self.ref, self.policy, self.report_to)
+        return cache.get(self.ref, self.policy, self.root)
 
     def refetch(self, rejected: str) -> str | None:
         """After the provider refused `rejected` (a 401): the key fetched again if it changed,
@@ -63,7 +63,7 @@ class KeySource:
         if self.ref.scheme == "env":
             key = self._env()
             return key if key is not None and key != rejected else None
-        fetched = cache.refetch(self.ref, rejected, self.policy, self.report_to)
+        fetched = cache.refetch(self.ref, rejected, self.policy, self.root)
         return fetched.value if fetched is not None else None
 
     def check(self) -> None:

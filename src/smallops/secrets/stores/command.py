@@ -4,7 +4,8 @@ Like AWS `credential_process` or git's credential helpers, this reaches any stor
 (`pass show openai`, `op read op://...`, `vault kv get -field=key secret/openai`). The text is
 split as a shell would split it (shlex), but no shell runs it: no pipes, no variables. Its
 output, less a trailing newline, is the key. It gets the [secrets] fetch_timeout, after which
-it and whatever it started are killed; output past MAX_OUTPUT is refused as it arrives.
+it and whatever it started are killed; output past MAX_OUTPUT is refused as it arrives. It
+runs in the project folder, so `command:./bin/get-key openai` is a script of the project.
 
 An error names the program and how it ended, never what it printed on standard output; the
 first line of its standard error is shown, short and redacted (it is there to say why). A
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from smallops.redact import Redactor, register
 from smallops.secret_refs import SecretRef
-from smallops.secrets.base import FETCH_TIMEOUT, Fetched, SecretStoreError
+from smallops.secrets.base import FETCH_TIMEOUT, PROJECT_ROOT, Fetched, SecretStoreError
 
 MAX_OUTPUT = 64 * 1024  # bytes of standard output: far more than any key
 MAX_ERROR = 4 * 1024  # bytes of standard error kept, of which one short line is shown
@@ -81,11 +82,12 @@ def _run(argv: list[str], program: str, timeout: float) -> tuple[bytes, bytes, i
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            cwd=_folder(),
         )
     except FileNotFoundError:
         raise SecretStoreError(
             f"program `{program}` not found",
-            hint="install it, or give its full path",
+            hint="install it, or give its path (a relative one starts from the project folder)",
         ) from None
     except PermissionError:
         raise SecretStoreError(
@@ -138,6 +140,12 @@ def _run(argv: list[str], program: str, timeout: float) -> tuple[bytes, bytes, i
         process.stdout.close()
         process.stderr.close()
     return b"".join(chunks["out"]), b"".join(chunks["err"]), status
+
+
+def _folder() -> Path | None:
+    """The project folder to run in (the current one when there is none on disk)."""
+    root = PROJECT_ROOT.get()
+    return root if root is not None and root.is_dir() else None
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
