@@ -143,14 +143,14 @@ def _print(checks: list[KeyCheck]) -> None:
         _common.out.print("no providers with keys: nothing to check", markup=False)
         return
     now = datetime.now(timezone.utc)
-    columns = [
+    columns = [  # hidden first when narrow: the store (the reference names it), where it is set
         Column("provider", cut_to=12),
-        Column("reference", cut_to=24),
-        Column("store", cut_to=11, hide=2),
+        Column("reference", cut_to=30),
+        Column("store", cut_to=11, hide=5),
         Column("key"),
-        Column("version", cut_to=8, hide=3),
-        Column("updated", hide=1),
-        Column("set in", cut_to=12, hide=4),
+        Column("version", cut_to=9, hide=3),
+        Column("updated", hide=2),
+        Column("set in", hide=4),
     ]
     rows = [
         [
@@ -160,7 +160,7 @@ def _print(checks: list[KeyCheck]) -> None:
             ("none needed" if c.keyless else "ok") if c.ok else "FAILED",
             c.version or "",
             f"{age_text((now - _aware(c.updated_at)).total_seconds())} ago" if c.updated_at else "",
-            c.source,
+            "smallops.toml" if c.source.endswith("smallops.toml") else c.source,
         ]
         for c in checks
     ]

@@ -18,7 +18,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_NAMES = tuple(sorted(p.name for p in TEMPLATES.iterdir() if p.is_dir()))
 
 SMALLOPS_TOML = """\
-# smallops project settings. Secrets never go here: providers name the variable holding a key.
+# smallops project settings. Secrets never go here: providers name where a key lives.
 
 [smallops]
 # The log of every call. SQLite by default; a team shares Postgres:
@@ -29,6 +29,14 @@ database_url = "sqlite:///.smallops/smallops.db"
 # [providers.ollama]
 # kind = "openai"
 # base_url = "http://localhost:11434/v1"
+
+# Keys come from $OPENAI_API_KEY and $ANTHROPIC_API_KEY unless a provider names a secret store
+# (aws-sm:, vault:, gcp-sm:, op://, doppler:, command:); `smallops secrets check` tries them.
+# [providers.openai]
+# api_key = "aws-sm:prod/openai#api_key"        # pip install 'smallops[aws]'
+# [secrets]                                      # keys from a store: fetched, then cached
+# cache_ttl = 300                                # seconds a fetched key is used as it is
+# max_stale = 3600                               # seconds more it serves, the store down
 
 # Your own price for a model, USD per million tokens (otherwise genai-prices is used):
 # [prices."ollama:llama3.1:8b"]
