@@ -14,6 +14,7 @@
     ├── HeldError                   another reviewer holds the review item (a lease)
     ├── DecidedError                the review item was decided already
     ├── WorkflowFailed              a call failed and the workflow's fallback is "raise"
+    ├── KeyUnavailableError         a provider's secret store cannot be asked (CLI exit 1)
     └── ProviderError               a model API gave no usable answer (providers raise it; the
                                     call's lifecycle turns it into a retry or the fallback)
 
@@ -107,6 +108,11 @@ class HeldError(SmallopsError):
 
 class DecidedError(SmallopsError):
     """The item was already decided."""
+
+
+class KeyUnavailableError(SmallopsError):
+    """A provider's key cannot be had now: its secret store does not answer. (A store that
+    answers no, or a reference that is wrong, is a ConfigError.)"""
 
 
 class ProviderError(SmallopsError):

@@ -66,8 +66,9 @@ class Provider(ABC):
         """Close what the provider opened for the running event loop (before the loop ends)."""
 
     def check(self) -> None:  # noqa: B027 - most providers need no check
-        """Raise ConfigError when the provider cannot be used as configured (a missing key).
-        Never asks a secret store: that waits for the first request."""
+        """Raise ConfigError when the provider cannot be used as configured (a missing key), or
+        KeyUnavailableError when its key's store does not answer: what the CLI checks before
+        a batch of calls. Defining a workflow never calls it."""
 
     def key_ready(self) -> bool:
         """Whether a request can be sent without first fetching the key from a store."""

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smallops.config import SecretSettings
-from smallops.errors import ConfigError
+from smallops.errors import ConfigError, KeyUnavailableError
 from smallops.redact import register
 from smallops.secret_refs import SecretRef
-from smallops.secrets.base import Fetched, SecretStoreError, store_for
+from smallops.secrets.base import Fetched, SecretStoreError
 from smallops.secrets.cache import cache
 
 #: What a keyless server (a local Ollama) is sent: the SDKs insist on some key.
@@ -67,13 +67,17 @@ class KeySource:
         return fetched.value if fetched is not None else None
 
     def check(self) -> None:
-        """What `smallops run` and `eval` check before a batch, never asking a store: an `env:`
-        key is set, a store's client library is installed (ConfigError otherwise)."""
-        if self.ref.scheme != "env":
-            store_for(self.ref.scheme)
-            return
-        if self._env() is None:
-            raise ConfigError(f"{self.ref.path} is not set", hint=self._env_hint())
+        """What `smallops run`, `eval` and `drift` check before calling the model for a batch:
+        that the key can be had (fetching it, so the batch's calls find it cached). A key that
+        is not set, not found or not allowed is a ConfigError, a store that does not answer a
+        KeyUnavailableError: better one line now than every call of the batch in the review
+        queue. (Defining a workflow, or `smallops check`, fetches nothing.)"""
+        try:
+            self.fetch()
+        except SecretStoreError as exc:
+            error = KeyUnavailableError if exc.unreachable else ConfigError
+            message = f"no key for provider '{self.provider}': {exc.message}"
+            raise error(message, hint=exc.hint) from None
 
     def _env(self) -> str | None:
         key = os.environ.get(self.ref.path)
