@@ -60,10 +60,11 @@ def test_secrets_check_says_where_each_key_lives_and_never_prints_one(
         assert all(len(line) <= 80 for line in lines[:6]), out  # the table; messages wrap
         rows = {line.split()[0]: line for line in lines[1:5]}
         assert set(rows) == {"claude", "local", "openai", "team"}
-        assert "ok" in rows["claude"] and "environment" in rows["claude"]
+        assert " ok" in rows["claude"] and "env:ANTHROPIC_API_KEY" in rows["claude"]
         assert "aws-sm:prod/openai#api_key" in rows["openai"] and " ok " in rows["openai"]
         assert next(iter(version))[:8] in rows["openai"] and "ago" in rows["openai"]
-        assert "FAILED" in rows["team"] and "command" in rows["team"]
+        assert "FAILED" in rows["team"] and "command:" in rows["team"]
+        assert "not shown at this width: store" in out  # the reference names it
         assert "✗ team: command:" in out and "exited with status 2" in out
         assert "3 of 4 keys can be had" in out
         code, out_json, _ = smallops(capsys, "-p", str(project), "secrets", "check", "--json")

@@ -48,10 +48,17 @@ class SecretRef:
         """A reference from its text; a ConfigError (never echoing the text, which may be a
         pasted key) when it is not one."""
         scheme, sep, rest = text.strip().partition(":")
-        if not sep or scheme not in STORES or _looks_like_a_key(text):
+        if not sep or scheme not in STORES:
             raise ConfigError(
                 f"{where} is not a secret reference: keys never go in smallops.toml",
                 hint=f"name where the key lives, {EXAMPLE} (schemes: {', '.join(STORES)})",
+            )
+        if _looks_like_a_key(text):
+            raise ConfigError(
+                f"{where} holds something shaped like a key (sk-..., AKIA..., Bearer ...): "
+                "keys never go in smallops.toml",
+                hint=f"name where the key lives, {EXAMPLE}; a secret whose own name looks "
+                "like a key needs another name",
             )
         if not text.isprintable():
             raise ConfigError(
