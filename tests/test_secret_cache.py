@@ -251,3 +251,19 @@ def test_a_relative_command_runs_in_its_projects_folder(tmp_path):
     ref = SecretRef.parse("command:./bin/key")
     for name, key in keys.items():
         assert cache.get(ref, SecretSettings(), tmp_path / name).value == key
+
+
+def test_health_files_of_processes_silent_for_a_day_are_removed(store, tmp_path):
+    folder = tmp_path / "project" / ".smallops" / "secrets"
+    folder.mkdir(parents=True)
+    old, recent = folder / "keys-1.json", folder / "keys-2.json"
+    for path in (old, recent):
+        path.write_text('{"pid": 1, "updated_at": 0, "references": {}}')
+    day_ago = time.time() - 25 * 3600
+    os.utime(old, (day_ago, day_ago))
+    cache.get(ref_of(store), SecretSettings(), tmp_path / "project")
+    health_when(folder, lambda r: r["fetches"] == 1)
+    deadline = time.monotonic() + 3
+    while old.exists() and time.monotonic() < deadline:  # swept just after the write
+        time.sleep(0.01)
+    assert not old.exists() and recent.exists()

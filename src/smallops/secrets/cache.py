@@ -197,8 +197,10 @@ class SecretCache:
             return entry.fetched
         if entry.stale_since is None or age >= policy.cache_ttl + policy.max_stale:
             return None
-        if entry.flight is None and now >= entry.failed_at + _retry(policy):
-            self._launch(entry, self._stores[entry.ref.scheme], policy, now)
+        idle = entry.flight is None or self._abandoned(entry.flight, now)
+        store = self._stores.get(entry.ref.scheme)
+        if idle and store is not None and now >= entry.failed_at + _retry(policy):
+            self._launch(entry, store, policy, now)
         return entry.fetched
 
     def _flight(

@@ -57,7 +57,23 @@ def write_health(folder: Path, reports: dict[str, dict[str, Any]]) -> bool:
         with contextlib.suppress(OSError):
             partial.unlink()
         return False
+    if folder not in _swept:
+        _swept.add(folder)
+        _sweep(folder)
     return True
+
+
+_swept: set[Path] = set()
+
+
+def _sweep(folder: Path) -> None:
+    """Remove the files of processes silent for longer than status looks back (a process run
+    from cron every minute would otherwise leave a file a minute); once per process."""
+    since = time.time() - RECENT_HOURS * 3600
+    for old in folder.glob("keys-*.json"):
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < since:
+                old.unlink()
 
 
 def read_health(folder: Path, now: float | None = None) -> dict[str, dict[str, Any]]:
