@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Engine
 
 from smallops.errors import ConfigError
+from smallops.storage.otel_process import ProcessExport
 from smallops.storage.otel_spans import SpanValue, run_spans
 from smallops.storage.otel_wire import request_bytes, span_bytes
 from smallops.storage.prompt_parts import inline_row
@@ -379,26 +380,57 @@ def _version() -> str:
         return "unknown"
 
 
-_export: SpanExport | None = None
+_export: SpanExport | ProcessExport | None = None
 _export_lock = threading.Lock()
 
 
 _unavailable = False  # export was asked for and the SDK is missing: said once
+IN_PROCESS_VARIABLE = "SMALLOPS_OTEL_IN_PROCESS"  # "1": export on a thread, not in a child
 
 
-def live_export() -> SpanExport | None:
-    """The process's span export when the environment asks for one, else None. A missing SDK
-    is logged once and leaves the log writer as it was: telemetry never costs a record."""
+def live_export() -> SpanExport | ProcessExport | None:
+    """The process's span export when the environment asks for one, else None: a child process
+    (otel_process.py), or with SMALLOPS_OTEL_IN_PROCESS=1 a thread of this one. A missing SDK is
+    logged once and leaves the log writer as it was: telemetry never costs a record."""
     global _export, _unavailable
     if _export is None and not _unavailable and export_wanted():
         with _export_lock:
             if _export is None and not _unavailable:
                 try:
-                    _export = SpanExport()
+                    if os.environ.get(IN_PROCESS_VARIABLE, "").strip() == "1":
+                        _export = SpanExport()
+                    else:
+                        _sdk_installed()
+                        _export = ProcessExport()
                 except ConfigError as exc:
                     _unavailable = True
                     log.error("smallops: no OpenTelemetry export: %s (%s)", exc.message, exc.hint)
     return _export
+
+
+def _sdk_installed() -> None:
+    """ConfigError unless the OTLP/HTTP exporter can be imported (checked without importing
+    it: the child process does that)."""
+    from importlib.util import find_spec
+
+    try:
+        found = find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise ConfigError(
+            "OpenTelemetry export needs the SDK and its OTLP/HTTP exporter",
+            hint="pip install 'smallops[otel]' (or unset OTEL_EXPORTER_OTLP_ENDPOINT)",
+        )
+
+
+def after_fork() -> None:
+    """In a forked process: forget the parent's export; the first run exported here starts
+    this process's own."""
+    global _export, _export_lock
+    if isinstance(_export, ProcessExport):
+        _export.abandon()
+    _export, _export_lock = None, threading.Lock()
 
 
 def dropped_spans() -> int:

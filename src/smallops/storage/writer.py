@@ -478,6 +478,7 @@ def _restart_after_fork() -> None:
     """A forked child has no writer threads: each writer starts afresh on its first record."""
     for writer in _writers.values():
         writer._after_fork()
+    otel_export.after_fork()
 
 
 def reset() -> None:
