@@ -47,6 +47,7 @@ class JsonFake:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the real stores speak it
+            disable_nagle_algorithm = True  # headers and body go out in two writes
 
             def _handle(self) -> None:
                 parts = urlsplit(self.path)
