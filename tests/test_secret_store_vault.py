@@ -171,6 +171,20 @@ def test_approle_logs_in_once_and_again_after_a_403(
     ] * 6 + [False]  # the refused read, then one with the new token
 
 
+def test_approle_refused_by_policy_logs_in_once_more_then_says_denied(
+    vault: VaultFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault.put("secret", "locked", {"api_key": secrets.token_urlsafe(32)})
+    vault.denied.add("secret/locked")
+    approle(monkeypatch, vault)
+
+    with pytest.raises(SecretStoreError) as caught:
+        VaultKV2(timeout=2).fetch(ref("vault:secret/locked#api_key"))
+
+    assert caught.value.unreachable is False and "denied" in caught.value.message
+    assert (vault.logins, vault.count("GET")) == (2, 2)
+
+
 def test_approle_logs_in_again_before_its_lease_ends(
     vault: VaultFake, monkeypatch: pytest.MonkeyPatch
 ) -> None:

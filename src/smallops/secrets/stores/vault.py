@@ -64,19 +64,26 @@ class VaultKV2:
 
     def _read(self, ref: SecretRef, mount: str, path: str) -> dict[str, Any]:
         client = self._logged_in(ref, renew=False)
-        for attempt in (1, 2):
-            try:
-                result: dict[str, Any] = client.secrets.kv.v2.read_secret_version(
-                    path=path, mount_point=mount, raise_on_deleted_version=True
-                )
-                return result
-            except self._hvac.exceptions.Forbidden as exc:
-                if attempt == 2 or self.role_id is None:
-                    raise self._error(ref, exc) from None
-                client = self._logged_in(ref, renew=True, stale=client)
-            except Exception as exc:  # hvac's and requests' errors, sorted by _error
+        try:
+            return self._read_with(client, mount, path)
+        except self._hvac.exceptions.Forbidden as exc:
+            if self.role_id is None:
                 raise self._error(ref, exc) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        except Exception as exc:  # hvac's and requests' errors, sorted by _error
+            raise self._error(ref, exc) from None
+        # a 403 to an AppRole token: it may have lapsed, so log in again and read once more
+        client = self._logged_in(ref, renew=True, stale=client)
+        try:
+            return self._read_with(client, mount, path)
+        except Exception as exc:
+            raise self._error(ref, exc) from None
+
+    @staticmethod
+    def _read_with(client: Any, mount: str, path: str) -> dict[str, Any]:
+        result: dict[str, Any] = client.secrets.kv.v2.read_secret_version(
+            path=path, mount_point=mount, raise_on_deleted_version=True
+        )
+        return result
 
     def _logged_in(self, ref: SecretRef, *, renew: bool, stale: Any = None) -> Any:
         """The client, logging in with the AppRole when there is none yet, its token's lease
