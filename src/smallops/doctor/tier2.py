@@ -156,7 +156,7 @@ def _key_source(name: str, kind: str, subject: Subject) -> Item:
     variable = ref.path if ref is not None else SDK_KEY_VARIABLES.get(kind, "its SDK's variable")
     return Item(
         "fail",
-        f"{name}: key in ${variable}, a plain environment variable",
+        f"{name}: key in ${variable}, not in a secret store",
         f'[providers.{name}] api_key = "vault:secret/{name}#api_key" (or aws-sm:, op://...)',
     )
 
