@@ -13,6 +13,7 @@ from smallops.cli import _common
 if TYPE_CHECKING:
     from smallops.doctor import Scorecard, Status, Tier
 
+SIZES = {1: "under 10", 2: "10-25", 3: "25-50"}  # people, in the compact scorecard
 MARKS: dict[Status, str] = {
     "pass": "[green]✓[/green]",
     "warn": "[yellow]![/yellow]",
@@ -116,7 +117,7 @@ def print_compact(card: Scorecard, where: str) -> None:
         marks = "  ".join(
             f"{MARKS[f.status]} {escape(PRACTICES[f.practice].label)}" for f in card.of_tier(tier)
         )
-        say(f"  Tier {tier}  {marks}")
+        say(f"  {f'Tier {tier} ({SIZES[tier]})':<17}  {marks}")
     met = [tier for tier in TIERS if card.met(tier)]
     reached = f"Tier {met[-1]} met" if met else "Tier 1 not met yet"
     say(f"  {reached}; `{escape(where)}` says what to fix, and how.")

@@ -75,18 +75,24 @@ class LogState:
 def read_log(settings: Settings, engine: Callable[[], Engine], now: datetime) -> LogState:
     """The log's figures through `engine()` (which may raise when the database is down), and
     its spool and set-aside records. Never raises for a database that cannot be read."""
+    try:
+        return log_state(settings, practice_log(engine(), now, RECENT, WINDOW))
+    except SmallopsError as exc:
+        return log_state(settings, None, exc.message)
+    except DatabaseError as exc:
+        where = log_state(settings, None).where
+        return log_state(settings, None, f"cannot read the log database {where}: {first_line(exc)}")
+
+
+def log_state(
+    settings: Settings, figures: PracticeLog | None, problem: str | None = None
+) -> LogState:
+    """The log's figures (None when they could not be read, and why) with what waits in its
+    spool and what the database refused."""
     from smallops.storage.db import safe_url
 
-    where = safe_url(settings.database_url)
     waiting, set_aside = spooled(settings)
-    try:
-        figures = practice_log(engine(), now, RECENT, WINDOW)
-    except SmallopsError as exc:
-        return LogState(None, exc.message, waiting, set_aside, where)
-    except DatabaseError as exc:
-        problem = f"cannot read the log database {where}: {first_line(exc)}"
-        return LogState(None, problem, waiting, set_aside, where)
-    return LogState(figures, None, waiting, set_aside, where)
+    return LogState(figures, problem, waiting, set_aside, safe_url(settings.database_url))
 
 
 def spooled(settings: Settings) -> tuple[int, int]:
