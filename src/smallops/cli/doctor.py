@@ -63,7 +63,7 @@ def print_scorecard(card: Scorecard, target: Tier) -> None:
     from smallops.doctor import TEAM_SIZES, TIERS
 
     say = _common.out.print
-    say(f"smallops doctor · {escape(str(card.root))}")
+    wrapped("", f"smallops doctor · {escape(str(card.root))}")
     for tier in TIERS:
         counts = card.counts(tier)
         shown = ", ".join(f"{n} {status}" for status, n in counts.items() if n)

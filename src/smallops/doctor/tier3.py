@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from smallops.doctor._words import ago
+from smallops.doctor._words import ago, count
 from smallops.doctor.ci import scan_ci
 from smallops.doctor.facts import WINDOW, LogState, Subject
 from smallops.doctor.practices import Finding, Item, PracticeId, combine, no_workflow
@@ -103,7 +103,7 @@ def _pinned(wf: Any, log: LogState, now: datetime, *, grader: bool) -> Item:
     if calls is not None and calls.model_mismatches:
         return Item(
             "warn",
-            f"{name}: another model answered {calls.model_mismatches:,} times in 30 days",
+            f"{name}: another model answered {count(calls.model_mismatches, 'time')} in 30 days",
             f"`smallops report` says which; then {drift_fix}",
         )
     checks = {
