@@ -196,7 +196,7 @@ def test_the_text_fits_80_columns_and_the_verdict_names_the_failing_practices(
     assert (
         "  ✗ Secrets from a store: openai: key in $OPENAI_API_KEY, not in a secret store" in lines
     )
-    assert "    fix: [providers.openai] api_key = " in out
+    assert "    fix: set [providers.openai] api_key = " in out
     verdict = out[out.rindex("✗ Tier 2") :]
     assert "1 practice fails (Secrets from a store)" in " ".join(verdict.split())
 

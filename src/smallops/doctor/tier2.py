@@ -65,7 +65,7 @@ def cost_tracked(subject: Subject, log: LogState, now: datetime) -> Finding:
     days = f"{WINDOW.days} days"
     if priced == calls:
         return Finding(
-            practice, "pass", f"all {count(calls, 'call')} in {days} priced: ${cost:,.2f}"
+            practice, "pass", f"all {count(calls, 'call')} in {days} priced: {_dollars(cost)}"
         )
     fix = f'set [prices."{unpriced[0]}"] in smallops.toml (USD per million tokens)'
     models = joined(unpriced, 30)
@@ -157,7 +157,7 @@ def _key_source(name: str, kind: str, subject: Subject) -> Item:
     return Item(
         "fail",
         f"{name}: key in ${variable}, not in a secret store",
-        f'[providers.{name}] api_key = "vault:secret/{name}#api_key" (or aws-sm:, op://...)',
+        f'set [providers.{name}] api_key = "vault:secret/{name}#api_key" (or aws-sm:, op://, ...)',
     )
 
 
@@ -166,3 +166,8 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.relative_to(root))
     except ValueError:
         return str(path)
+
+
+def _dollars(amount: float) -> str:
+    """Dollars and cents, or four decimals for the small sums of a few cheap calls."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"

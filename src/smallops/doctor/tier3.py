@@ -139,7 +139,7 @@ def _owner(wf: Any, subject: Subject) -> Item:
         return Item(
             "fail",
             f"{wf.name}: no alert channel reaches {wf.owner}",
-            f'[alerts.owners] "{wf.owner}" = ["a channel"] in smallops.toml',
+            f'set [alerts.owners] "{wf.owner}" = ["a channel"] in smallops.toml',
         )
     return Item("pass", f"{wf.name} → {wf.owner} via {', '.join(route.first)}")
 
