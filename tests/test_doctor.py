@@ -434,3 +434,38 @@ def test_every_practice_is_judged_once_in_the_playbooks_order(tmp_path, capsys):
     assert [f.practice for f in card.findings] == list(PRACTICE_IDS)
     assert [f.tier for f in card.findings] == sorted(f.tier for f in card.findings)
     assert {p.tier for p in PRACTICES.values()} == {1, 2, 3}
+
+
+def test_runs_waiting_in_the_spool_or_set_aside_are_warnings(tmp_path):
+    """What the log has not taken yet (another process spooled it) or refused (the quarantine)
+    is not "every call logged"."""
+    from smallops.storage.spool import Spool, spool_folder
+    from smallops.storage.writer import quarantine_for
+
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    settings = Settings(root=tmp_path, database_url=url)
+    engine = get_engine(normalise_url(url, tmp_path))
+    ensure_schema(engine)
+    logged(engine, [run_row("triage", datetime.now(timezone.utc))])
+    spool = Spool(spool_folder(settings.spool_dir, normalise_url(url, tmp_path)))
+    spool.append(RowBatch(runs=[run_row("triage", datetime.now(timezone.utc))]))
+    spool.close()
+    status, evidence = finding(scored(tmp_path, url), "every_call_logged")
+    assert (status, evidence) == ("warn", "the spool holds 1 run for the SQLite log")
+    quarantine = quarantine_for(settings.log)
+    quarantine.add(RowBatch(runs=[run_row("triage", datetime.now(timezone.utc))]), "refused")
+    quarantine.close()
+    status, evidence = finding(scored(tmp_path, url), "every_call_logged")
+    assert (status, evidence) == ("warn", "the SQLite log refused 1 record, set aside")
+
+
+def test_a_module_that_does_not_load_is_named(tmp_path, capsys):
+    folder = init(capsys, tmp_path / "ops")
+    (folder / "workflows" / "broken.py").write_text("import nowhere_to_be_found\n")
+    status, evidence = finding(examine(Project(folder)), "one_workflow_in_production")
+    assert status == "warn" and evidence.startswith("workflows/broken.py")
+    (folder / "workflows" / "email_triage.py").unlink()
+    card = examine(Project(folder))
+    status, evidence = finding(card, "one_workflow_in_production")
+    assert status == "fail" and "ModuleNotFoundError" in evidence
+    assert finding(card, "structured_outputs") == ("warn", "no workflow yet")

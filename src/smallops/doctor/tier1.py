@@ -30,14 +30,14 @@ def every_call_logged(subject: Subject, log: LogState, now: datetime) -> Finding
         return Finding(
             practice,
             "warn",
-            f"{count(log.set_aside, 'record')} the {backend} log refused are set aside",
+            f"the {backend} log refused {count(log.set_aside, 'record')}, set aside",
             "`smallops status` shows which and why",
         )
     if log.waiting:
         return Finding(
             practice,
             "warn",
-            f"{count(log.waiting, 'run')} wait in the spool for the {backend} log",
+            f"the spool holds {count(log.waiting, 'run')} for the {backend} log",
             "they are written when the database answers; `smallops status` shows them",
         )
     if figures.last_call is None:
@@ -77,6 +77,8 @@ def one_workflow_in_production(subject: Subject, log: LogState, now: datetime) -
             "no workflow in workflows/",
             "`smallops init` writes a working one to start from",
         )
+    if broken is not None:  # what it defines is not running, whatever the log says
+        return Finding(practice, "warn", broken.message, broken.hint or "fix the module")
     if log.figures is None:
         return Finding(
             practice,
@@ -101,8 +103,6 @@ def one_workflow_in_production(subject: Subject, log: LogState, now: datetime) -
     evidence = joined(
         [f"{name}: {count(calls[name], 'call')} in {WINDOW.days} days" for name in busiest]
     )
-    if broken is not None:
-        return Finding(practice, "warn", broken.message, broken.hint or "fix the module")
     return Finding(practice, "pass", evidence)
 
 
