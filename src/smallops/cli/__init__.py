@@ -17,6 +17,7 @@ from smallops.cli import (
     alerts,
     check,
     db,
+    doctor,
     drift,
     export,
     init,
@@ -74,6 +75,7 @@ logs.register(app)
 report.register(app)
 eval_cli.register(app)
 check.register(app)
+doctor.register(app)
 drift.register(app)
 status.register(app)
 prune.register(app)
