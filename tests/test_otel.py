@@ -474,7 +474,7 @@ def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emula
     odd = {"neg": -3, "zero": 0, "no": False, "empty": "", "pi": 3.25, "list": ["a", 1, None]}
     spans.append(SpanValue("odd", 5, 6, 7, "CLIENT", 1, 2, {**odd, "map": {"k": -0.0}}, True, "x"))
     assert len(spans) > otel_export.SLICE_SPANS + 1  # several slices, the last one partial
-    sdk = otel_export._Sdk(5.0)
+    sdk = otel_export._Sdk(5.0, "http://127.0.0.1:4318/v1/traces")
     whole = encode_spans([sdk._span(span) for span in spans])
     sliced = type(whole).FromString(sdk.encode(spans))
     assert sliced == whole
@@ -568,3 +568,26 @@ def test_a_forked_process_starts_its_own_export(make_workflow, emulator, collect
     child = parent_export._child
     otel_export.reset()
     assert child is not None and child.wait(10) == 0
+
+
+def test_smallops_toml_switches_the_export_on_when_the_environment_is_silent(
+    make_workflow, emulator, settings, monkeypatch
+):
+    import dataclasses
+
+    from smallops.config import Telemetry
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", raising=False)
+    with OtlpReceiver() as receiver:
+        telemetry = Telemetry(otlp_endpoint=receiver.url, capture_content=True)
+        configured = dataclasses.replace(settings, telemetry=telemetry)
+        wf = make_workflow(review="none", settings=configured)
+        wf.run(**EMAIL)
+        assert len(recorded_runs(wf)) == 1
+        export = otel_export.live_export()
+        assert export is not None and export.flush(10)
+        assert sorted(span.kind for span in receiver.spans) == [INTERNAL, CLIENT]
+        (chat,) = [span for span in receiver.spans if span.kind == CLIENT]
+        assert "Invoice for ann@example.com" in str(chat.attributes["gen_ai.input.messages"])

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -72,7 +72,7 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
 class ProcessExport:
     """What the log writer offers runs to when export is on: a queue, a pipe and a child."""
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.sent = 0  # spans the collector accepted (as of the child's last answer)
         self.dropped = 0  # spans not delivered, here and in the child
         self.last_error: str | None = None
@@ -87,7 +87,8 @@ class ProcessExport:
         self._drops: dict[Path, Counter[str]] = {}
         self._unreported = False
         self._reported_at = 0.0
-        self._environ = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the OTEL_* settings of now
+        # the child's environment: the OTEL_* settings as they are now (or as given)
+        self._environ = {**(os.environ if environ is None else environ), "PYTHONUNBUFFERED": "1"}
 
     def offer(self, items: Iterable[Any], report_to: Path | None = None) -> None:
         """Queue runs for the child; never blocks: what does not fit is dropped and counted."""

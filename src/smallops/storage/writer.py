@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from smallops.config import LogTarget
+from smallops.config import LogTarget, Telemetry
 from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
 from smallops.storage import label_rollups, otel_export
@@ -70,8 +70,10 @@ class Writer:
         quarantine: Quarantine | None = None,
         label: str = "database",
         redact: Redactor | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
+        self.telemetry = telemetry  # smallops.toml's [telemetry], where OTEL_* are silent
         self.spool = spool
         self.quarantine = quarantine or Quarantine(quarantine_folder(spool.folder))
         self.label = label
@@ -255,7 +257,7 @@ class Writer:
 
     def _export(self, batch: RowBatch, records: list[RunRecord], set_aside: set[Any]) -> None:
         """Hand the runs just committed to the span export, if it is on (never waits)."""
-        export = otel_export.live_export()
+        export = otel_export.live_export(self.telemetry)
         if export is None:
             return
         params = {record.id: record.facts.prompt.params for record in records}
@@ -397,6 +399,7 @@ def writer_for(target: LogTarget) -> Writer:
                 spool,
                 label=safe_url(url),
                 redact=Redactor.from_environment(names=target.key_variables),
+                telemetry=target.telemetry,
             )
             _install_exit_hooks()
         return _writers[url]
