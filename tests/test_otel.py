@@ -591,3 +591,45 @@ def test_smallops_toml_switches_the_export_on_when_the_environment_is_silent(
         assert sorted(span.kind for span in receiver.spans) == [INTERNAL, CLIENT]
         (chat,) = [span for span in receiver.spans if span.kind == CLIENT]
         assert "Invoice for ann@example.com" in str(chat.attributes["gen_ai.input.messages"])
+
+
+@pytest.mark.postgres
+def test_runs_spooled_while_the_database_is_down_are_exported_when_replayed(
+    make_workflow, emulator, collector, settings, postgres_url, tmp_path
+):
+    import dataclasses
+
+    from smallops.storage.spool import Spool, spool_folder
+
+    from faultkit import proxied
+
+    proxy, url = proxied(postgres_url, tmp_path)
+    configured = dataclasses.replace(settings, database_url=url, write_timeout=1.0)
+    wf = make_workflow(review="none", settings=configured)
+    wf.run(**EMAIL)
+    assert len(recorded_runs(wf)) == 1
+    proxy.cut()
+    try:
+        for _ in range(3):
+            wf.run(**EMAIL)
+        spool = Spool(spool_folder(configured.spool_dir, url))
+        deadline = time.monotonic() + 30
+        while spool.waiting() < 3:
+            assert time.monotonic() < deadline, "the runs never reached the spool"
+            time.sleep(0.1)
+    finally:
+        proxy.restore()
+    deadline = time.monotonic() + 60
+    while len(runs := recorded_runs(wf)) < 4:
+        assert time.monotonic() < deadline, "the spool was never replayed"
+        time.sleep(0.2)
+    export = otel_export.live_export()
+    assert export is not None and export.flush(10)
+    roots = [span for span in collector.spans if span.kind == INTERNAL]
+    assert sorted(span.trace_id for span in roots) == sorted(
+        f"{trace_id_of(run['id']):032x}" for run in runs
+    )
+    chats = [span for span in collector.spans if span.kind == CLIENT]
+    assert len(chats) == 4  # and the replayed runs' spans say what the live one's say
+    assert len({tuple(sorted(span.attributes)) for span in chats}) == 1
+    proxy.cut()

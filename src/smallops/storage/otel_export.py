@@ -494,6 +494,32 @@ def item_of(run: Any, parts: Iterable[Any], params: dict[str, Any] | None) -> It
     return row, params, parse_parent(row.get("trace_parent"))
 
 
+_RUN_ID = RUN_COLUMNS.index("id")
+_PROMPT_VERSION = RUN_COLUMNS.index("prompt_version")
+
+
+def prompt_params(engine: Engine, runs: Iterable[Any]) -> dict[Any, dict[str, Any] | None]:
+    """Per run id, its prompt version's parameters as the log holds them (for runs written
+    from the spool, whose records are gone)."""
+    from sqlalchemy import select
+
+    from smallops.storage.schema import prompt_versions
+
+    versions = {run[_RUN_ID]: run[_PROMPT_VERSION] for run in runs}
+    query = select(prompt_versions.c.id, prompt_versions.c.params).where(
+        prompt_versions.c.id.in_(sorted(set(versions.values())))
+    )
+    with engine.connect() as connection:
+        found = {row.id: row.params for row in connection.execute(query)}
+    return {run_id: _as_dict(found.get(version)) for run_id, version in versions.items()}
+
+
+def _as_dict(params: Any) -> dict[str, Any] | None:
+    if isinstance(params, str):
+        params = json.loads(params)
+    return params if isinstance(params, dict) else None
+
+
 BACKFILL_CHUNK = 500  # runs read and sent at a time
 
 
