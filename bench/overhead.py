@@ -18,7 +18,9 @@ their order alternating from round to round, and medians are quoted.
    memory and in Redis, against the raw SDK. Target: in memory, inside the targets of 1.
 6. Export on: sequential calls with the OpenTelemetry export off, sending to a local OTLP/HTTP
    receiver that answers 200, and pointed at a closed port (a collector that is down), against
-   the raw SDK. Target: each inside the targets of 1. `--export-only` runs this section alone.
+   the raw SDK. Target: each inside the targets of 1. For comparison, the same export from a
+   thread of the calling process (SMALLOPS_OTEL_IN_PROCESS=1) instead of the child process.
+   `--export-only` runs this section alone.
 
 Run: .venv/bin/python bench/overhead.py [--calls 1000] [--rounds 5] [--concurrent-calls 3000]
      [--writer-rows 20000] [--pg-url URL] [--skip-pg] [--peers [--peers-python PY]] [--json]
@@ -315,12 +317,17 @@ def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
     with otlp_receiver() as receiver:
         saved = os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         try:
-            for name, url in (
-                ("export on", receiver),
-                ("export, collector down", f"http://127.0.0.1:{closed_port()}"),
+            for name, url, kind in (
+                ("export on", receiver, otel_export.ProcessExport),
+                (
+                    "export, collector down",
+                    f"http://127.0.0.1:{closed_port()}",
+                    otel_export.ProcessExport,
+                ),
+                ("export on, from a thread", receiver, otel_export.SpanExport),
             ):
                 os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
-                exports[name] = otel_export.ProcessExport()
+                exports[name] = kind()
         finally:
             os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
             if saved is not None:
@@ -377,6 +384,7 @@ def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
             ]
         )
     on, down = exports["export on"], exports["export, collector down"]
+    threaded = exports["export on, from a thread"]
     out["spans"] = {
         "sent": on.sent,
         "dropped": on.dropped,
@@ -389,7 +397,8 @@ def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
     )
     table(["path", "median µs", "p99 µs", "overhead ms", "p99 ovh ms"], rows)
     print(
-        f"spans sent {on.sent:,} in {CALLS['otlp requests']:,} requests ({on.dropped:,} dropped); "
+        f"spans sent {on.sent:,} by the child process and {threaded.sent:,} from the thread, in "
+        f"{CALLS['otlp requests']:,} requests ({on.dropped + threaded.dropped:,} dropped); "
         f"collector down: {down.dropped:,} spans dropped and counted"
     )
     for name in exports:
