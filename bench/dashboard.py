@@ -12,10 +12,10 @@
    take: the figures from the rollups (storage.queries.report) and the drift section (model
    changes and distribution shifts, evals/shifts.py, which still read the runs).
 4. The dashboard pages (overview, workflow, runs browser, a run, the queue, an item, eval
-   history, an eval run, a comparison), each as HTML and as JSON: median and p95 of 20
-   requests each to a real `smallops serve`. Target: every p95 under 300 ms. The seed adds a
-   review item for each run the policy sent to a human (decided once older than two days) and
-   EVAL_RUNS eval runs per workflow.
+   history, an eval run, a comparison) each as HTML and as JSON, and a Prometheus scrape of
+   /metrics: median and p95 of 20 requests each to a real `smallops serve`. Target: every p95
+   under 300 ms. The seed adds a review item for each run the policy sent to a human (decided
+   once older than two days) and EVAL_RUNS eval runs per workflow.
 
 Run: python bench/dashboard.py [--runs 1000000] [--engine sqlite|postgres] [--pg-url URL]
      [--payload-bytes 2000] [--repeat 5] [--keep DIR [--reuse]] [--json]
@@ -521,6 +521,7 @@ def page_paths(url: str) -> dict[str, str]:
         "eval history": "/evals",
         "eval run": f"/evals/{evals[0]}",
         "eval compare": f"/evals/compare?a={evals[1]}&b={evals[0]}",
+        "metrics": "/metrics",  # a Prometheus scrape (text whatever the Accept header)
     }
 
 

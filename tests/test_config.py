@@ -32,12 +32,23 @@ def test_settings_read_smallops_toml_and_the_environment_wins(tmp_path):
         ('[providers.x]\nkind = "grpc"', "kind"),
         ('[prices."a:b"]\ninput = "cheap"', "needs numbers"),
         ("[smallops\n", "not valid TOML"),
+        ('[telemetry]\notlp_endpoint = "localhost:4318"', "must be an http"),
+        ('[telemetry]\notlp_endpoint = "http://u:pw@otel:4318"', "holds a password"),
+        ("[telemetry]\ncapture_content = 1", "true or false"),
+        ('[telemetry]\nendpoint = "http://otel:4318"', "unknown key 'endpoint'"),
+        ('[secrets]\ncache_ttl = "5m"', "number of seconds"),
+        ('[providers.x]\nkind = "openai"\napi_key = "hunter2hunter2"', "not a secret reference"),
+        (
+            '[providers.x]\nkind = "openai"\napi_key = "env:A"\napi_key_env = "A"',
+            "both api_key and api_key_env",
+        ),
     ],
 )
 def test_bad_settings_are_config_errors(tmp_path, toml, message):
     (tmp_path / "smallops.toml").write_text(toml)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as raised:
         Settings.load(tmp_path, env={})
+    assert "hunter2" not in str(raised.value) and "sk-123" not in str(raised.value)
 
 
 def test_every_documented_smallops_toml_is_accepted(tmp_path):
@@ -94,3 +105,26 @@ def test_the_log_target_carries_plain_values_and_where_the_url_was_set(tmp_path)
 
 def test_a_workflows_eval_set_has_one_home(tmp_path):
     assert evals_file(tmp_path, "email-triage") == tmp_path / "evals" / "email_triage.jsonl"
+
+
+def test_telemetry_is_off_unless_asked_and_the_otel_variables_win(tmp_path):
+    from smallops.config import Telemetry
+    from smallops.storage.otel_export import export_environment
+
+    assert Settings.load(tmp_path, env={}).telemetry == Telemetry()
+    assert export_environment(Telemetry(), {}) is None
+    (tmp_path / "smallops.toml").write_text(
+        '[telemetry]\notlp_endpoint = "http://otel.internal:4318"\ncapture_content = true\n'
+    )
+    telemetry = Settings.load(tmp_path, env={}).log.telemetry
+    env = export_environment(telemetry, {"OTEL_EXPORTER_OTLP_HEADERS": "x-key=1"})
+    assert env is not None
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel.internal:4318"
+    assert env["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] == "true"
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"] == "x-key=1"
+    given = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false",
+    }
+    env = export_environment(telemetry, given)
+    assert env is not None and env == given

@@ -477,3 +477,38 @@ def test_the_cli_starts_without_loading_prometheus_client():
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert loaded.stdout.strip() == "False"
+
+
+def test_a_scrape_keeps_the_settled_hours_and_reads_them_again_for_late_runs(engine, monkeypatch):
+    """The hours older than a day are summed once and kept; recent runs count at once, and a
+    run logged late into an old hour (a replayed spool) once the settled hours are re-read."""
+    from smallops.dashboards import metrics
+    from smallops.storage.rollups import production
+
+    def calls(found: dict[str, Any]) -> tuple[int, int, float]:
+        triage = found["triage"].totals
+        return triage.calls, sum(triage.histogram.values()), round(triage.cost_usd, 6)
+
+    now = datetime.now(timezone.utc)
+    boundary = (now - metrics.SETTLED_AFTER).replace(minute=0, second=0, microsecond=0)
+    write(
+        engine,
+        [
+            run_row("triage", now - timedelta(days=3), cost=0.5),
+            run_row("triage", boundary, cost=0.25),  # the first recent hour
+            run_row("triage", boundary - timedelta(seconds=1), cost=0.125),  # the last settled
+            run_row("triage", now - timedelta(minutes=5), cost=1.0),
+        ],
+    )
+    all_time = metrics.AllTimeProduction(engine)
+    assert calls(all_time(now)) == calls(production(engine)) == (4, 4, 1.875)
+    write(
+        engine,
+        [
+            run_row("triage", now - timedelta(days=4), cost=2.0),  # late, into an old hour
+            run_row("triage", now - timedelta(minutes=1), cost=4.0),
+        ],
+    )
+    assert calls(all_time(now)) == (5, 5, 5.875)  # the recent run at once; the late one waits
+    monkeypatch.setattr(metrics, "REREAD_SETTLED_SECONDS", 0.0)
+    assert calls(all_time(now)) == calls(production(engine)) == (6, 6, 7.875)

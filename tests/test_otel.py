@@ -474,7 +474,7 @@ def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emula
     odd = {"neg": -3, "zero": 0, "no": False, "empty": "", "pi": 3.25, "list": ["a", 1, None]}
     spans.append(SpanValue("odd", 5, 6, 7, "CLIENT", 1, 2, {**odd, "map": {"k": -0.0}}, True, "x"))
     assert len(spans) > otel_export.SLICE_SPANS + 1  # several slices, the last one partial
-    sdk = otel_export._Sdk(5.0)
+    sdk = otel_export._Sdk(5.0, "http://127.0.0.1:4318/v1/traces")
     whole = encode_spans([sdk._span(span) for span in spans])
     sliced = type(whole).FromString(sdk.encode(spans))
     assert sliced == whole
@@ -483,3 +483,153 @@ def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emula
         deterministic=True
     )
     sdk.shutdown()
+
+
+def test_spans_are_built_and_sent_by_a_child_process_that_ends_with_the_export(
+    make_workflow, emulator, collector
+):
+    """The calling process only hands runs over, and the child goes away with the export."""
+    import os
+
+    from smallops.storage.otel_process import ProcessExport
+
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    runs, spans = exported(wf)
+    assert len(runs) == 1 and len(spans) == 2
+    export = otel_export.live_export()
+    assert isinstance(export, ProcessExport)
+    child = export._child
+    assert child is not None and child.pid != os.getpid() and child.poll() is None
+    otel_export.reset()
+    assert child.wait(10) == 0
+
+
+def test_a_child_that_dies_costs_only_counted_spans_and_is_replaced(
+    make_workflow, emulator, collector, monkeypatch
+):
+    from smallops.storage import otel_process
+
+    monkeypatch.setattr(otel_process, "RESPAWN_SECONDS", 3600.0)
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    assert len(recorded_runs(wf)) == 1  # written, so offered to the export
+    export = otel_export.live_export()
+    assert export is not None and export.flush(10) and export.sent == 2
+    export._child.kill()
+    export._child.wait(5)
+    for _ in range(3):
+        wf.run(**EMAIL)
+    assert len(recorded_runs(wf)) == 4  # the log is whole
+    assert export.flush(10)
+    assert export.dropped == 6 and len(collector.spans) == 2
+    monkeypatch.setattr(otel_process, "RESPAWN_SECONDS", 0.0)
+    wf.run(**EMAIL)
+    assert len(recorded_runs(wf)) == 5
+    assert export.flush(10) and export.sent == 2  # a new child, counting afresh
+    assert len(collector.spans) == 4
+
+
+def test_in_process_export_when_asked(make_workflow, emulator, collector, monkeypatch):
+    monkeypatch.setenv(otel_export.IN_PROCESS_VARIABLE, "1")
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    runs, spans = exported(wf)
+    assert isinstance(otel_export.live_export(), otel_export.SpanExport)
+    assert len(runs) == 1 and len(spans) == 2
+
+
+def test_a_forked_process_starts_its_own_export(make_workflow, emulator, collector):
+    """A server that forks workers after the first call (gunicorn --preload): each worker
+    exports through a child of its own, and the parent's still ends with the parent."""
+    import os
+
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    assert len(recorded_runs(wf)) == 1
+    parent_export = otel_export.live_export()
+    assert parent_export is not None and parent_export.flush(10)
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 1
+        try:
+            wf.run(**EMAIL)
+            from smallops import flush
+
+            flush()
+            mine = otel_export.live_export()
+            if mine is not None and mine is not parent_export and mine.flush(10):
+                code = 0 if mine.sent == 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(collector.spans) == 4
+    child = parent_export._child
+    otel_export.reset()
+    assert child is not None and child.wait(10) == 0
+
+
+def test_smallops_toml_switches_the_export_on_when_the_environment_is_silent(
+    make_workflow, emulator, settings, monkeypatch
+):
+    import dataclasses
+
+    from smallops.config import Telemetry
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", raising=False)
+    with OtlpReceiver() as receiver:
+        telemetry = Telemetry(otlp_endpoint=receiver.url, capture_content=True)
+        configured = dataclasses.replace(settings, telemetry=telemetry)
+        wf = make_workflow(review="none", settings=configured)
+        wf.run(**EMAIL)
+        assert len(recorded_runs(wf)) == 1
+        export = otel_export.live_export()
+        assert export is not None and export.flush(10)
+        assert sorted(span.kind for span in receiver.spans) == [INTERNAL, CLIENT]
+        (chat,) = [span for span in receiver.spans if span.kind == CLIENT]
+        assert "Invoice for ann@example.com" in str(chat.attributes["gen_ai.input.messages"])
+
+
+@pytest.mark.postgres
+def test_runs_spooled_while_the_database_is_down_are_exported_when_replayed(
+    make_workflow, emulator, collector, settings, postgres_url, tmp_path
+):
+    import dataclasses
+
+    from smallops.storage.spool import Spool, spool_folder
+
+    from faultkit import proxied
+
+    proxy, url = proxied(postgres_url, tmp_path)
+    configured = dataclasses.replace(settings, database_url=url, write_timeout=1.0)
+    wf = make_workflow(review="none", settings=configured)
+    wf.run(**EMAIL)
+    assert len(recorded_runs(wf)) == 1
+    proxy.cut()
+    try:
+        for _ in range(3):
+            wf.run(**EMAIL)
+        spool = Spool(spool_folder(configured.spool_dir, url))
+        deadline = time.monotonic() + 30
+        while spool.waiting() < 3:
+            assert time.monotonic() < deadline, "the runs never reached the spool"
+            time.sleep(0.1)
+    finally:
+        proxy.restore()
+    deadline = time.monotonic() + 60
+    while len(runs := recorded_runs(wf)) < 4:
+        assert time.monotonic() < deadline, "the spool was never replayed"
+        time.sleep(0.2)
+    export = otel_export.live_export()
+    assert export is not None and export.flush(10)
+    roots = [span for span in collector.spans if span.kind == INTERNAL]
+    assert sorted(span.trace_id for span in roots) == sorted(
+        f"{trace_id_of(run['id']):032x}" for run in runs
+    )
+    chats = [span for span in collector.spans if span.kind == CLIENT]
+    assert len(chats) == 4  # and the replayed runs' spans say what the live one's say
+    assert len({tuple(sorted(span.attributes)) for span in chats}) == 1
+    proxy.cut()

@@ -242,3 +242,34 @@ def test_smallops_run_fetches_the_key_before_its_batch_and_stops_at_one_line(
     assert code == 2 and "program `./no-such-helper` not found" in err
     code, out, _ = smallops(capsys, "-p", str(project), "logs", "--json")
     assert out == "" and emulator.requests == []
+
+
+def test_a_vault_key_rotates_the_same_way(make_workflow, settings, emulator, monkeypatch, tmp_path):
+    """Any store behind the cache: Vault KV v2 (hvac, against a local Vault), one fetch for
+    many calls, then one 401 and one refetch when a new version is written."""
+    from vault_fake import VaultFake
+
+    for name in ("VAULT_TOKEN", "VAULT_NAMESPACE", "VAULT_ROLE_ID", "VAULT_SECRET_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with VaultFake() as vault:
+        monkeypatch.setenv("VAULT_ADDR", vault.url)
+        monkeypatch.setenv("VAULT_TOKEN", vault.root_token)
+        keys = [new_key()]
+        vault.put("secret", "team/openai", {"api_key": keys[0]})
+        refused: list[str] = []
+        emulator.default = respond(provider_accepting(lambda: keys[-1], refused))
+        provider = ProviderConfig(
+            "openai",
+            "openai",
+            base_url=emulator.openai_base_url,
+            api_key=SecretRef.parse("vault:secret/team/openai#api_key"),
+        )
+        wf = make_workflow(settings=replace(settings, providers={"openai": provider}))
+        assert {wf.run(**EMAIL).status for _ in range(10)} == {"pending_review"}
+        keys.append(new_key())
+        vault.put("secret", "team/openai", {"api_key": keys[-1]})
+        assert wf.run(**EMAIL).status == "pending_review"
+        reads = [r for r in vault.requests if r.path == "/v1/secret/data/team/openai"]
+    assert refused == [keys[0]] and len(reads) == 2
+    assert keys[0] not in repr(recorded_runs(wf)) and keys[1] not in repr(recorded_runs(wf))

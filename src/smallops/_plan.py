@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from smallops.fallbacks import Fallback
 from smallops.gitinfo import git_commit
 from smallops.labels import class_fields
+from smallops.pricing import vendor_of
 from smallops.prompts import Prompt
 from smallops.providers.base import Provider
 from smallops.records import Pricing, PromptVersion, WorkflowFacts
@@ -65,9 +66,7 @@ def build_plan(wf: Workflow[Any]) -> CallPlan:
     graduation = None
     if wf.review.kind == "until_graduated":
         graduation = Graduation(engine, wf.name, wf.review, wf.version.id, model.model, fields)
-    # genai-prices knows the vendors' own models; a named endpoint (Ollama, vLLM) is priced only
-    # by smallops.toml, and is otherwise recorded as unpriced.
-    vendor = provider.kind if provider.name == provider.kind != "fake" else None
+    vendor = vendor_of(provider.name, provider.kind)
     pricing = Pricing(vendor=vendor, override=settings.prices.get(str(model)))
     return CallPlan(
         name=wf.name,

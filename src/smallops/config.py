@@ -18,6 +18,10 @@
     input = 0.0
     output = 0.0
 
+    [telemetry]                                         # OpenTelemetry export; OTEL_* win
+    otlp_endpoint = "http://localhost:4318"             # headers: OTEL_EXPORTER_OTLP_HEADERS
+    capture_content = false
+
     [reviewers]                                         # who may log in to `smallops serve`
     ann = "scrypt$..."                                  # from `smallops review hash-password`
 
@@ -55,10 +59,11 @@ DEFAULT_DATABASE_URL = f"sqlite:///{STATE_DIR}/smallops.db"
 PROVIDER_KINDS = ("openai", "anthropic", "fake")
 #: What smallops.toml may hold: its tables, and the keys of [smallops], of each
 #: [providers.NAME] and of each [prices."MODEL"] ([reviewers] maps any name to a hash).
-TABLES = ("smallops", "providers", "prices", "reviewers", "alerts", "secrets")
+TABLES = ("smallops", "providers", "prices", "reviewers", "alerts", "secrets", "telemetry")
 SMALLOPS_KEYS = ("database_url", "redis_url", "write_timeout")
 PROVIDER_KEYS = ("kind", "base_url", "api_key", "api_key_env")
 SECRETS_KEYS = ("cache_ttl", "max_stale", "fetch_timeout")
+TELEMETRY_KEYS = ("otlp_endpoint", "capture_content")
 PRICE_KEYS = ("input", "output", "cached_input")
 REDIS_SCHEMES = ("redis", "rediss")  # what both redis-py and the `limits` library accept
 
@@ -92,6 +97,17 @@ class SecretSettings:
 
 
 @dataclass(frozen=True)
+class Telemetry:
+    """The [telemetry] table: OpenTelemetry export when the OTEL_* variables are not set.
+
+    The collector's headers (an API key, often) are never written here: they come from
+    OTEL_EXPORTER_OTLP_HEADERS."""
+
+    otlp_endpoint: str | None = None  # the OTLP/HTTP base URL, as OTEL_EXPORTER_OTLP_ENDPOINT
+    capture_content: bool = False  # as OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT
+
+
+@dataclass(frozen=True)
 class LogTarget:
     """Where the log lives, as plain values: all that storage needs from the settings."""
 
@@ -101,6 +117,7 @@ class LogTarget:
     write_timeout: float
     key_variables: tuple[str, ...]  # their values are redacted from everything written
     source: str = "the database URL"  # where the URL was set, for error messages
+    telemetry: Telemetry = Telemetry()  # where committed runs go as spans, if anywhere
 
 
 def evals_file(root: Path, workflow: str) -> Path:
@@ -122,6 +139,7 @@ class Settings:
     write_timeout: float = 10.0  # seconds a log write may take before the spool takes over
     alerts: AlertSettings = field(default_factory=AlertSettings)  # the [alerts] table
     secrets: SecretSettings = field(default_factory=SecretSettings)  # the [secrets] table
+    telemetry: Telemetry = field(default_factory=Telemetry)  # the [telemetry] table
     # where each setting was read (an environment variable, or a key of smallops.toml), so that
     # an error names the place to fix it
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -164,6 +182,7 @@ class Settings:
             write_timeout=self.write_timeout,
             key_variables=self.key_variables,
             source=self.source("database_url"),
+            telemetry=self.telemetry,
         )
 
     @classmethod
@@ -198,6 +217,7 @@ class Settings:
             ),
             alerts=parse_alerts(_table(data, "alerts", CONFIG_FILE)),
             secrets=_secrets(_table(data, "secrets", CONFIG_FILE)),
+            telemetry=_telemetry(_table(data, "telemetry", CONFIG_FILE)),
             sources=sources,
         )
 
@@ -358,6 +378,29 @@ def _api_key(spec: dict[str, Any], where: str) -> SecretRef | None:
             hint='e.g. api_key = "env:OPENAI_API_KEY" or "vault:secret/openai#api_key"',
         )
     return SecretRef.parse(reference, f"{where} api_key in {CONFIG_FILE}")
+
+
+def _telemetry(table: dict[str, Any]) -> Telemetry:
+    _check_keys(table, TELEMETRY_KEYS, "[telemetry]")
+    endpoint = table.get("otlp_endpoint")
+    if endpoint is not None:
+        if not _is_http_url(endpoint):
+            raise ConfigError(
+                f"[telemetry] otlp_endpoint in {CONFIG_FILE} must be an http:// or https:// URL",
+                hint='the collector\'s OTLP/HTTP address, e.g. "http://localhost:4318"',
+            )
+        if urlsplit(endpoint).password is not None:
+            raise ConfigError(
+                f"[telemetry] otlp_endpoint in {CONFIG_FILE} holds a password",
+                hint="put the collector's credentials in OTEL_EXPORTER_OTLP_HEADERS instead",
+            )
+    content = table.get("capture_content", False)
+    if not isinstance(content, bool):
+        raise ConfigError(
+            f"[telemetry] capture_content in {CONFIG_FILE} must be true or false",
+            hint="true sends message content, never beyond each workflow's content mode",
+        )
+    return Telemetry(otlp_endpoint=endpoint, capture_content=content)
 
 
 def _secrets(table: dict[str, Any]) -> SecretSettings:

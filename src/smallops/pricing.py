@@ -28,6 +28,21 @@ def price_run(pricing: Pricing, model: str | None, usage: Usage) -> tuple[float 
     return _from_genai_prices(pricing.vendor, model, usage)
 
 
+def vendor_of(provider_name: str, provider_kind: str) -> str | None:
+    """The genai-prices vendor of a provider: genai-prices knows the vendors' own models; a
+    named endpoint (Ollama, vLLM) is priced only by smallops.toml, and is otherwise unpriced."""
+    return provider_kind if provider_name == provider_kind != "fake" else None
+
+
+def has_price(pricing: Pricing, model: str) -> bool:
+    """Whether calls to `model` (the bare id) will be priced, before any is made."""
+    if pricing.override is not None:
+        return True
+    if pricing.vendor is None:
+        return False
+    return _model_price(pricing.vendor, model, datetime.now(timezone.utc).date()) is not None
+
+
 def _from_override(price: Price, usage: Usage) -> float:
     cached_rate = price.cached_input if price.cached_input is not None else price.input
     uncached = usage.input_tokens - usage.cached_tokens

@@ -17,6 +17,7 @@ from smallops.cli import (
     alerts,
     check,
     db,
+    doctor,
     drift,
     export,
     init,
@@ -75,6 +76,7 @@ logs.register(app)
 report.register(app)
 eval_cli.register(app)
 check.register(app)
+doctor.register(app)
 drift.register(app)
 status.register(app)
 prune.register(app)

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from smallops.cli import _common
+from smallops.cli.doctor import print_compact
 from smallops.cli.report import print_report
 from smallops.cli.run import Batch, print_table, run_all
 from smallops.config import Settings
@@ -22,6 +23,7 @@ def demo_command(
 ) -> None:
     """Scaffold a demo project and triage a sample inbox with a fake (rule-based) model."""
     from smallops.demo import DemoModel, demo_inputs, load_inbox, scripted_failures
+    from smallops.doctor import examine
     from smallops.project import Project
     from smallops.providers.fake import FakeProvider
     from smallops.storage.queries import report
@@ -88,3 +90,5 @@ def demo_command(
     ]
     for command, why in steps:
         say(f"  {command:<42} {('# ' + why) if why else ''}".rstrip(), markup=False)
+    say("\nThe playbook for this project, by team size (smallops doctor):", markup=False)
+    print_compact(examine(project), f"smallops -p {folder} doctor")

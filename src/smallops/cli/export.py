@@ -17,24 +17,28 @@ def otel_command(
     ctx: typer.Context,
     since: str = typer.Option("7d", "--since", help="e.g. 24h, 7d, 4w, or a date."),
 ) -> None:
-    """Send the runs logged since then as OpenTelemetry spans to OTEL_EXPORTER_OTLP_ENDPOINT.
+    """Send the runs logged since then as OpenTelemetry spans to OTEL_EXPORTER_OTLP_ENDPOINT
+    (else the otlp_endpoint of [telemetry] in smallops.toml).
 
     The spans are those the live export sends (ids derived from the run ids), so sending the
     same runs twice sends the same trace and span ids. Content follows
     OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT and each workflow's content mode.
     """
-    from smallops.storage.otel_export import SpanExport, backfill, export_wanted
+    from smallops.storage.otel_export import SpanExport, backfill, export_environment
 
-    if not export_wanted():
+    project = _common.project(ctx)
+    environ = export_environment(project.settings.telemetry)
+    if environ is None:
         raise ConfigError(
             "no OpenTelemetry endpoint to send to",
-            hint="set OTEL_EXPORTER_OTLP_ENDPOINT (and OTEL_EXPORTER_OTLP_HEADERS for a key)",
+            hint="set OTEL_EXPORTER_OTLP_ENDPOINT (and OTEL_EXPORTER_OTLP_HEADERS for a key), "
+            "or otlp_endpoint in [telemetry] of smallops.toml",
         )
     moment = _common.since(since)
     assert moment is not None
-    export = SpanExport()
+    export = SpanExport(environ=environ)
     try:
-        read, accepted = backfill(_common.project(ctx).engine(), moment, export)
+        read, accepted = backfill(project.engine(), moment, export)
     finally:
         export.close()
     say = _common.out.print

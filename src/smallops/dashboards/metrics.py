@@ -5,6 +5,11 @@ two instances behind a load balancer report the same numbers. Counters are the r
 sums of production calls (eval traffic left out, as the dashboards do); gauges are the review
 queue, the guards and the open alerts as they stand now.
 
+A scrape must stay cheap on a big log: the all-time sums of the rollups are kept in memory for
+the hours older than a day (`AllTimeProduction`), read again every ten minutes, and each scrape
+adds the recent hours to them. A run logged late into an older hour (a spool replayed after an
+outage) shows within those ten minutes.
+
 Label values are bounded: workflows are those the project defines or the log holds, models are
 the ones the workflows pin (a served model that is not pinned counts as OTHER_MODEL), periods
 and token types are closed sets.
@@ -12,16 +17,25 @@ and token types are closed sets.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from smallops.dashboards.guards import guard_figures
 from smallops.storage import alert_log
 from smallops.storage import dashboard_figures as stored
-from smallops.storage.rollups import BUCKETS_PER_DOUBLING, ZERO_BUCKET, Production, production
+from smallops.storage.rollups import (
+    BUCKETS_PER_DOUBLING,
+    ZERO_BUCKET,
+    HourRows,
+    Production,
+    hour_rows,
+    production_of,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -72,12 +86,45 @@ class MetricFigures:
     alerts_firing: Counter[tuple[str, str]]
 
 
+#: Rollup hours at least this old are "settled": summed once and kept, since they rarely change.
+SETTLED_AFTER = timedelta(hours=24)
+REREAD_SETTLED_SECONDS = 600.0  # ... and summed again this often, for runs logged late
+
+
+class AllTimeProduction:
+    """The all-time production figures of one log, cheap to read again: the settled hours'
+    sums from memory (refreshed every REREAD_SETTLED_SECONDS), the recent hours from the
+    database at each call."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._settled: tuple[HourRows, datetime] | None = None  # and where those hours end
+        self._read_at = 0.0
+
+    def __call__(self, now: datetime | None = None) -> dict[str, Production]:
+        now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        with self._lock:
+            if self._settled is None or time.monotonic() - self._read_at > REREAD_SETTLED_SECONDS:
+                until = (now - SETTLED_AFTER).replace(minute=0, second=0, microsecond=0)
+                with self.engine.connect() as connection:
+                    self._settled = (hour_rows(connection, until=until), until)
+                self._read_at = time.monotonic()
+            settled, until = self._settled
+        with self.engine.connect() as connection:
+            recent = hour_rows(connection, since=until)
+        return production_of(settled, recent)
+
+
 def metric_figures(
-    engine: Engine, workflows: Mapping[str, Workflow[Any]], now: datetime | None = None
+    engine: Engine,
+    workflows: Mapping[str, Workflow[Any]],
+    now: datetime | None = None,
+    all_time: AllTimeProduction | None = None,
 ) -> MetricFigures:
     """Every workflow the project defines or the log holds, with its figures, and the alerts."""
     now = now or datetime.now(timezone.utc)
-    calls = production(engine)
+    calls = (all_time or AllTimeProduction(engine))(now)
     backlog = stored.backlog(engine)
     names = sorted(set(workflows) | set(calls) | set(backlog))
     out: dict[str, WorkflowMetrics] = {}

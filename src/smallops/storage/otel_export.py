@@ -34,7 +34,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
+from smallops.config import Telemetry
 from smallops.errors import ConfigError
+from smallops.storage.otel_process import ProcessExport
 from smallops.storage.otel_spans import SpanValue, run_spans
 from smallops.storage.otel_wire import request_bytes, span_bytes
 from smallops.storage.prompt_parts import inline_row
@@ -67,6 +69,30 @@ def export_wanted(environ: Mapping[str, str] | None = None) -> bool:
     return any(env.get(name, "").strip() for name in _ENDPOINT_VARIABLES)
 
 
+def export_environment(
+    telemetry: Telemetry | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str] | None:
+    """The environment the export runs with: the process's, with smallops.toml's [telemetry]
+    filling in what the OTEL_* variables leave unset; None when neither asks for export."""
+    env = dict(os.environ if environ is None else environ)
+    if not export_wanted(env):
+        if telemetry is None or not telemetry.otlp_endpoint:
+            return None
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = telemetry.otlp_endpoint
+    if not env.get(_CONTENT_VARIABLE, "").strip() and telemetry is not None:
+        env[_CONTENT_VARIABLE] = "true" if telemetry.capture_content else "false"
+    return env
+
+
+def traces_endpoint(env: Mapping[str, str]) -> str:
+    """Where spans go, as the OTLP exporter reads it: the traces endpoint as given, else the
+    base endpoint with /v1/traces."""
+    given = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if given:
+        return given
+    return env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/") + "/v1/traces"
+
+
 def content_wanted(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return env.get(_CONTENT_VARIABLE, "").strip().lower() in ("true", "1", "yes")
@@ -76,16 +102,23 @@ class SpanExport:
     """A bounded queue of runs and a thread that sends them as spans to the OTLP endpoint."""
 
     def __init__(
-        self, *, content: bool | None = None, timeout: float = EXPORT_TIMEOUT, capacity: int = 0
+        self,
+        *,
+        content: bool | None = None,
+        timeout: float = EXPORT_TIMEOUT,
+        capacity: int = 0,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
-        self.content = content_wanted() if content is None else content
+        env = dict(os.environ if environ is None else environ)
+        self.content = content_wanted(env) if content is None else content
+        self.endpoint = traces_endpoint(env)
         self.timeout = timeout
         self.sent = 0  # spans the collector accepted
         self.dropped = 0  # spans not delivered: queue full, or the collector failed
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self._queue: queue.Queue[Any] = queue.Queue(capacity or QUEUE_RUNS)
-        self._sdk = _Sdk(timeout)  # raises ConfigError when the extra is missing
+        self._sdk = _Sdk(timeout, self.endpoint)  # ConfigError when the extra is missing
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         # Spans dropped per project state folder and workflow, for `smallops status`.
@@ -144,7 +177,7 @@ class SpanExport:
         if not spans:
             return 0
         if not self._sdk.export(spans, pace):
-            reason = f"the collector at {_endpoint_shown()} did not accept the spans"
+            reason = f"the collector at {shown(self.endpoint)} did not accept the spans"
             for item, folder, group in built:
                 self._drop(item, folder, reason, len(group))
             return 0
@@ -246,7 +279,7 @@ class _Sdk:
     a few at a time (`SLICE_SPANS`), and the exporter's HTTP client sends the request (same
     endpoint, headers, compression, timeout and retries)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, endpoint: str) -> None:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.resources import Resource
@@ -259,7 +292,7 @@ class _Sdk:
                 "OpenTelemetry export needs the SDK and its OTLP/HTTP exporter",
                 hint="pip install 'smallops[otel]' (or unset OTEL_EXPORTER_OTLP_ENDPOINT)",
             ) from exc
-        self._exporter = OTLPSpanExporter(timeout=timeout)
+        self._exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout)
         self._resource = Resource.create({"service.name": "smallops"})
         self._scope = InstrumentationScope("smallops", _version())
         self._readable, self._context, self._ok = ReadableSpan, SpanContext, SpanExportResult
@@ -357,19 +390,15 @@ class _Sdk:
         )
 
 
-def _endpoint_shown() -> str:
+def shown(endpoint: str) -> str:
     """The endpoint as a message may show it: scheme, host and port (never a user, a password
     or a query string it might carry)."""
-    for name in _ENDPOINT_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value:
-            parts = urlsplit(value)
-            try:
-                port = f":{parts.port}" if parts.port else ""
-            except ValueError:
-                port = ""
-            return f"{parts.scheme}://{parts.hostname}{port}" if parts.hostname else "(unparsed)"
-    return "(none)"
+    parts = urlsplit(endpoint)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{parts.hostname}{port}" if parts.hostname else "(unparsed)"
 
 
 def _version() -> str:
@@ -379,26 +408,62 @@ def _version() -> str:
         return "unknown"
 
 
-_export: SpanExport | None = None
+_export: SpanExport | ProcessExport | None = None
 _export_lock = threading.Lock()
 
 
 _unavailable = False  # export was asked for and the SDK is missing: said once
+IN_PROCESS_VARIABLE = "SMALLOPS_OTEL_IN_PROCESS"  # "1": export on a thread, not in a child
 
 
-def live_export() -> SpanExport | None:
-    """The process's span export when the environment asks for one, else None. A missing SDK
-    is logged once and leaves the log writer as it was: telemetry never costs a record."""
+def live_export(telemetry: Telemetry | None = None) -> SpanExport | ProcessExport | None:
+    """The process's span export when the environment (or, where it is silent, `telemetry`:
+    smallops.toml's [telemetry]) asks for one, else None: a child process (otel_process.py), or
+    with SMALLOPS_OTEL_IN_PROCESS=1 a thread of this one. A missing SDK is logged once and
+    leaves the log writer as it was: telemetry never costs a record."""
     global _export, _unavailable
-    if _export is None and not _unavailable and export_wanted():
-        with _export_lock:
-            if _export is None and not _unavailable:
-                try:
-                    _export = SpanExport()
-                except ConfigError as exc:
-                    _unavailable = True
-                    log.error("smallops: no OpenTelemetry export: %s (%s)", exc.message, exc.hint)
+    if _export is not None or _unavailable:
+        return _export
+    env = export_environment(telemetry)
+    if env is None:
+        return None
+    with _export_lock:
+        if _export is None and not _unavailable:
+            try:
+                if env.get(IN_PROCESS_VARIABLE, "").strip() == "1":
+                    _export = SpanExport(environ=env)
+                else:
+                    _sdk_installed()
+                    _export = ProcessExport(env)
+            except ConfigError as exc:
+                _unavailable = True
+                log.error("smallops: no OpenTelemetry export: %s (%s)", exc.message, exc.hint)
     return _export
+
+
+def _sdk_installed() -> None:
+    """ConfigError unless the OTLP/HTTP exporter can be imported (checked without importing
+    it: the child process does that)."""
+    from importlib.util import find_spec
+
+    try:
+        found = find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise ConfigError(
+            "OpenTelemetry export needs the SDK and its OTLP/HTTP exporter",
+            hint="pip install 'smallops[otel]' (or unset OTEL_EXPORTER_OTLP_ENDPOINT)",
+        )
+
+
+def after_fork() -> None:
+    """In a forked process: forget the parent's export; the first run exported here starts
+    this process's own."""
+    global _export, _export_lock
+    if isinstance(_export, ProcessExport):
+        _export.abandon()
+    _export, _export_lock = None, threading.Lock()
 
 
 def dropped_spans() -> int:
@@ -427,6 +492,32 @@ def item_of(run: Any, parts: Iterable[Any], params: dict[str, Any] | None) -> It
         text = row.get(name)
         row[name] = json.loads(text) if isinstance(text, str) else text
     return row, params, parse_parent(row.get("trace_parent"))
+
+
+_RUN_ID = RUN_COLUMNS.index("id")
+_PROMPT_VERSION = RUN_COLUMNS.index("prompt_version")
+
+
+def prompt_params(engine: Engine, runs: Iterable[Any]) -> dict[Any, dict[str, Any] | None]:
+    """Per run id, its prompt version's parameters as the log holds them (for runs written
+    from the spool, whose records are gone)."""
+    from sqlalchemy import select
+
+    from smallops.storage.schema import prompt_versions
+
+    versions = {run[_RUN_ID]: run[_PROMPT_VERSION] for run in runs}
+    query = select(prompt_versions.c.id, prompt_versions.c.params).where(
+        prompt_versions.c.id.in_(sorted(set(versions.values())))
+    )
+    with engine.connect() as connection:
+        found = {row.id: row.params for row in connection.execute(query)}
+    return {run_id: _as_dict(found.get(version)) for run_id, version in versions.items()}
+
+
+def _as_dict(params: Any) -> dict[str, Any] | None:
+    if isinstance(params, str):
+        params = json.loads(params)
+    return params if isinstance(params, dict) else None
 
 
 BACKFILL_CHUNK = 500  # runs read and sent at a time

@@ -444,18 +444,38 @@ def production(engine: Engine, since: datetime | None = None) -> dict[str, Produ
     if since is not None and since.tzinfo is not None:
         since = since.astimezone(timezone.utc)  # SQLite compares times as UTC text
     whole_hours = _next_hour(since) if since is not None else None
-    out: dict[str, Production] = {}
     with engine.connect() as connection:
-        for workflow, origin, status, error, served, totals in _rollup_groups(
-            connection, whole_hours
-        ):
-            out.setdefault(workflow, Production()).add(origin, status, error, served, totals)
-        for workflow, histogram in _histograms(connection, whole_hours).items():
-            out.setdefault(workflow, Production()).totals.histogram.update(histogram)
+        out = production_of(hour_rows(connection, whole_hours))
         if since is not None and whole_hours is not None and since < whole_hours:
             for key, totals in _part_hour(connection, since, whole_hours).items():
                 workflow, origin, status, error, _, served = key[1:7]
                 out.setdefault(workflow, Production()).add(origin, status, error, served, totals)
+    return out
+
+
+#: The rollups of a range of whole hours, as the database sums them: per group (workflow,
+#: origin, status, error type, model served) its totals, and per workflow its latency buckets.
+HourRows = tuple[list[tuple[str, str, str, str, str, Totals]], dict[str, Counter[int]]]
+
+
+def hour_rows(
+    connection: Connection, since: datetime | None = None, until: datetime | None = None
+) -> HourRows:
+    """The production rollups of the whole hours in [since, until)."""
+    return (
+        list(_rollup_groups(connection, since, until)),
+        _histograms(connection, since, until),
+    )
+
+
+def production_of(*parts: HourRows) -> dict[str, Production]:
+    """Per workflow, the production figures of these ranges of hours added up."""
+    out: dict[str, Production] = {}
+    for groups, histograms in parts:
+        for workflow, origin, status, error, served, totals in groups:
+            out.setdefault(workflow, Production()).add(origin, status, error, served, totals)
+        for workflow, histogram in histograms.items():
+            out.setdefault(workflow, Production()).totals.histogram.update(histogram)
     return out
 
 
@@ -469,7 +489,7 @@ _NOT_EVAL = run_rollups.c.origin != "eval"
 
 
 def _rollup_groups(
-    connection: Connection, since: datetime | None
+    connection: Connection, since: datetime | None, until: datetime | None = None
 ) -> Iterator[tuple[str, str, str, str, str, Totals]]:
     r = run_rollups.c
     groups = (r.workflow, r.origin, r.status, r.error_type, r.model_served)
@@ -481,6 +501,8 @@ def _rollup_groups(
     ).where(_NOT_EVAL)
     if since is not None:
         query = query.where(r.hour >= since)
+    if until is not None:
+        query = query.where(r.hour < until)
     for row in connection.execute(query.group_by(*groups)):
         totals = Totals(
             calls=int(row.calls),
@@ -497,19 +519,23 @@ def _rollup_groups(
         yield row.workflow, row.origin, row.status, row.error_type, row.model_served, totals
 
 
-def _histograms(connection: Connection, since: datetime | None) -> dict[str, Counter[int]]:
+def _histograms(
+    connection: Connection, since: datetime | None, until: datetime | None = None
+) -> dict[str, Counter[int]]:
     """Per workflow, the production latency histogram, summed by the database."""
     postgres = connection.dialect.name == "postgresql"
     each = "jsonb_each_text" if postgres else "json_each"
     count = "b.value::bigint" if postgres else "b.value"
     where = "r.origin != 'eval'" + (" AND r.hour >= :since" if since is not None else "")
+    where += " AND r.hour < :until" if until is not None else ""
     sql = (
         f"SELECT r.workflow, b.key, sum({count}) FROM run_rollups AS r, "
         f"{each}(r.latency_histogram) AS b WHERE {where} GROUP BY r.workflow, b.key"
     )
     params: dict[str, Any] = {}
-    if since is not None:
-        params["since"] = since if postgres else since.strftime(_SQLITE_TIME)
+    for name, moment in (("since", since), ("until", until)):
+        if moment is not None:
+            params[name] = moment if postgres else moment.strftime(_SQLITE_TIME)
     out: dict[str, Counter[int]] = {}
     for workflow, bucket, n in connection.exec_driver_sql(_named(sql, postgres), params):
         out.setdefault(workflow, Counter())[int(bucket)] += int(n)
@@ -517,8 +543,10 @@ def _histograms(connection: Connection, since: datetime | None) -> dict[str, Cou
 
 
 def _named(sql: str, postgres: bool) -> str:
-    """A :name parameter in the driver's own style."""
-    return sql.replace(":since", "%(since)s") if postgres else sql
+    """The :name parameters in the driver's own style."""
+    if not postgres:
+        return sql
+    return sql.replace(":since", "%(since)s").replace(":until", "%(until)s")
 
 
 def _part_hour(connection: Connection, since: datetime, until: datetime) -> Rollups:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from smallops.config import LogTarget
+from smallops.config import LogTarget, Telemetry
 from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
 from smallops.storage import label_rollups, otel_export
@@ -70,8 +70,10 @@ class Writer:
         quarantine: Quarantine | None = None,
         label: str = "database",
         redact: Redactor | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.store = store
+        self.telemetry = telemetry  # smallops.toml's [telemetry], where OTEL_* are silent
         self.spool = spool
         self.quarantine = quarantine or Quarantine(quarantine_folder(spool.folder))
         self.label = label
@@ -253,12 +255,26 @@ class Writer:
 
         return set_aside
 
-    def _export(self, batch: RowBatch, records: list[RunRecord], set_aside: set[Any]) -> None:
-        """Hand the runs just committed to the span export, if it is on (never waits)."""
-        export = otel_export.live_export()
+    def _land_replayed(self, batch: RowBatch) -> int:
+        """Write a batch from the spool; its runs go to the span export as any others do."""
+        set_aside: set[Any] = set()
+        landed = land(self.store, batch, self._noting(set_aside))
+        self._safely(self._export, batch, None, set_aside)
+        return landed
+
+    def _export(
+        self, batch: RowBatch, records: list[RunRecord] | None, set_aside: set[Any]
+    ) -> None:
+        """Hand the runs just committed to the span export, if it is on (never waits). Runs
+        replayed from the spool have no records: their prompt parameters come from the log."""
+        export = otel_export.live_export(self.telemetry)
         if export is None:
             return
-        params = {record.id: record.facts.prompt.params for record in records}
+        params: dict[Any, dict[str, Any] | None]
+        if records is not None:
+            params = {record.id: record.facts.prompt.params for record in records}
+        else:
+            params = otel_export.prompt_params(self.store.engine, batch.runs)
         export.offer(
             (
                 otel_export.item_of(run, parts_of(run, batch.parts), params.get(run[0]))
@@ -360,9 +376,7 @@ class Writer:
             if not self.healthy:
                 self.store.ping()
             self.spool.close()
-            replayed = self.spool.replay(
-                lambda batch: land(self.store, batch, self._set_aside), self._set_aside_bytes
-            )
+            replayed = self.spool.replay(self._land_replayed, self._set_aside_bytes)
         except Exception as exc:
             self._went_down(exc)
             return
@@ -397,6 +411,7 @@ def writer_for(target: LogTarget) -> Writer:
                 spool,
                 label=safe_url(url),
                 redact=Redactor.from_environment(names=target.key_variables),
+                telemetry=target.telemetry,
             )
             _install_exit_hooks()
         return _writers[url]
@@ -478,6 +493,7 @@ def _restart_after_fork() -> None:
     """A forked child has no writer threads: each writer starts afresh on its first record."""
     for writer in _writers.values():
         writer._after_fork()
+    otel_export.after_fork()
 
 
 def reset() -> None:

@@ -35,6 +35,7 @@ from smallops.review.desk import ReviewDesk
 from smallops.storage.health import DatabaseError, first_line, unreachable
 from smallops.web import (
     alerts_page,
+    doctor_page,
     evals_page,
     item_page,
     login,
@@ -114,6 +115,7 @@ def create_app(
         Route("/runs", runs_page.runs_page),
         Route("/runs/{run_id}", runs_page.run_page),
         Route("/dashboard", overview_page.overview_page),
+        Route("/doctor", doctor_page.doctor_page),
         Route("/metrics", metrics.metrics_page),
         Route("/alerts/pagerduty", alerts_page.pagerduty, methods=["POST"]),
         Route("/alerts/{alert_id}/ack", alerts_page.ack, methods=["POST"]),
@@ -141,6 +143,7 @@ def create_app(
         },
     )
     app.state.web = state
+    app.state.settings = settings
     app.state.metrics = metrics.Metrics(desk)
     return app
 

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from smallops.dashboards.metrics import MetricFigures, metric_figures
+from smallops.dashboards.metrics import AllTimeProduction, MetricFigures, metric_figures
 from smallops.kinds import STATUSES
 
 if TYPE_CHECKING:
@@ -157,7 +157,10 @@ def _le(bound: float) -> str:
 def new_registry(engine: Engine, workflows: Mapping[str, Workflow[Any]]) -> CollectorRegistry:
     """A registry of its own holding the collector over this database and these workflows."""
     registry = CollectorRegistry(auto_describe=False)  # registering reads nothing
-    registry.register(SmallopsCollector(lambda: metric_figures(engine, workflows)))
+    all_time = AllTimeProduction(engine)  # the settled hours' sums, kept between scrapes
+    registry.register(
+        SmallopsCollector(lambda: metric_figures(engine, workflows, all_time=all_time))
+    )
     return registry
 
 
