@@ -1,4 +1,4 @@
-"""What the network stores share: a short default timeout, and store text made safe to show.
+"""What the network stores share: a short timeout, and store text made safe to show.
 
 A fetch runs when a cached key expires, on the path of a model call: a store that does not
 answer must cost seconds, not a hung worker, so every store waits at most `timeout` seconds.
@@ -8,8 +8,19 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-#: Seconds a store may take to answer one fetch before it counts as unreachable.
-DEFAULT_TIMEOUT = 5.0
+from smallops.secrets.base import FETCH_TIMEOUT
+
+
+class Timed:
+    """A store's timeout: the one it was made with, else the [secrets] fetch_timeout of the
+    fetch under way (the key cache sets it in the fetching thread)."""
+
+    _given_timeout: float | None = None
+
+    @property
+    def timeout(self) -> float:
+        given = self._given_timeout
+        return given if given is not None else FETCH_TIMEOUT.get()
 
 
 def one_line(text: str, limit: int = 160) -> str:

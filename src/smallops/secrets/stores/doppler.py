@@ -22,22 +22,22 @@ from typing import Any
 from smallops.errors import MissingExtraError
 from smallops.secret_refs import SecretRef
 from smallops.secrets.base import Fetched, SecretStoreError
-from smallops.secrets.stores._common import DEFAULT_TIMEOUT, one_line
+from smallops.secrets.stores._common import Timed, one_line
 
 EXAMPLE = "e.g. doppler:OPENAI_API_KEY, or doppler:backend/prd/OPENAI_API_KEY"
 SECRET_PATH = "/v3/configs/config/secret"
 
 
-class Doppler:
+class Doppler(Timed):
     """One HTTP client per store; the token is read from DOPPLER_TOKEN at each fetch."""
 
-    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, *, timeout: float | None = None) -> None:
         try:
             import httpx
         except ImportError:
             raise MissingExtraError("httpx", "doppler", "The doppler: secret store") from None
         self._httpx: Any = httpx
-        self.timeout = timeout
+        self._given_timeout = timeout
         self.host = (os.environ.get("DOPPLER_API_HOST") or "https://api.doppler.com").rstrip("/")
         self.project = os.environ.get("DOPPLER_PROJECT") or None
         self.config = os.environ.get("DOPPLER_CONFIG") or None

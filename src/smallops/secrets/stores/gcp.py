@@ -21,7 +21,7 @@ from typing import Any
 from smallops.errors import MissingExtraError
 from smallops.secret_refs import SecretRef
 from smallops.secrets.base import Fetched, SecretStoreError
-from smallops.secrets.stores._common import DEFAULT_TIMEOUT
+from smallops.secrets.stores._common import Timed
 
 EXAMPLE = "e.g. gcp-sm:my-project/openai-key (the latest version) or gcp-sm:my-project/openai-key#3"
 _NAME = re.compile(r"projects/[^/]+/(?:locations/[^/]+/)?secrets/[^/]+(?:/versions/[^/]+)?")
@@ -31,10 +31,10 @@ _CREDENTIALS_HINT = (
 )
 
 
-class GcpSecretManager:
+class GcpSecretManager(Timed):
     """One Secret Manager client per store, made (and its credentials found) on first use."""
 
-    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, *, timeout: float | None = None) -> None:
         try:
             import google.auth.exceptions
             import requests
@@ -48,7 +48,7 @@ class GcpSecretManager:
         self._api: Any = exceptions
         self._auth: Any = google.auth.exceptions
         self._requests: Any = requests
-        self.timeout = timeout
+        self._given_timeout = timeout
         self.endpoint = os.environ.get("SMALLOPS_GCP_SM_ENDPOINT") or None
         self._client: Any = None
         self._lock = threading.Lock()

@@ -23,7 +23,7 @@ from typing import Any
 from smallops.errors import MissingExtraError
 from smallops.secret_refs import SecretRef
 from smallops.secrets.base import Fetched, SecretStoreError
-from smallops.secrets.stores._common import DEFAULT_TIMEOUT, one_line
+from smallops.secrets.stores._common import Timed, one_line
 
 EXAMPLE = "e.g. op://Private/OpenAI/credential or op://Prod/OpenAI/api/key (with a section)"
 _NO_CLI_HINT = (
@@ -39,11 +39,11 @@ _CLI_UNREACHABLE = re.compile(
 _STATUS = re.compile(r"Received (\d{3})")
 
 
-class OnePassword:
+class OnePassword(Timed):
     """A Connect client when a Connect server is configured, else the `op` CLI."""
 
-    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.timeout = timeout
+    def __init__(self, *, timeout: float | None = None) -> None:
+        self._given_timeout = timeout
         self.host = os.environ.get("OP_CONNECT_HOST") or None
         self._sdk: Any = None
         self._httpx: Any = None

@@ -24,15 +24,15 @@ from typing import Any
 from smallops.errors import MissingExtraError
 from smallops.secret_refs import SecretRef
 from smallops.secrets.base import Fetched, SecretStoreError
-from smallops.secrets.stores._common import DEFAULT_TIMEOUT, parse_rfc3339
+from smallops.secrets.stores._common import Timed, parse_rfc3339
 
 EXAMPLE = "e.g. vault:secret/openai#api_key (mount secret, path openai, field api_key)"
 
 
-class VaultKV2:
+class VaultKV2(Timed):
     """One hvac client per store, logged in on first use and again when its token lapses."""
 
-    def __init__(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, *, timeout: float | None = None) -> None:
         try:
             import hvac
             import requests
@@ -40,7 +40,7 @@ class VaultKV2:
             raise MissingExtraError("hvac", "vault", "The vault: secret store") from None
         self._hvac: Any = hvac
         self._requests: Any = requests
-        self.timeout = timeout
+        self._given_timeout = timeout
         self.addr = os.environ.get("VAULT_ADDR") or "http://127.0.0.1:8200"
         self.namespace = os.environ.get("VAULT_NAMESPACE") or None
         self.role_id = os.environ.get("VAULT_ROLE_ID") or None
