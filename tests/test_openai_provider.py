@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from smallops import WorkflowFailed
+from smallops.ids import uuid7
 from smallops.testing import recorded_runs
 
 from emulators import delay, disconnect, malformed, ok, refusal, status, truncated
@@ -255,6 +256,42 @@ def test_openai_compatible_server_gets_max_tokens_and_needs_no_key(
     assert wf.run(q="hi").status == "pending_review"
     assert emulator.requests[-1].body["max_tokens"] == 50
     assert recorded_runs(wf)[0]["cost_source"] == "unpriced"
+
+
+def test_a_named_compatible_server_never_gets_openais_key(
+    tmp_path, settings, emulator, monkeypatch
+):
+    """[providers.ollama] without api_key reads OLLAMA_API_KEY (else sends a placeholder):
+    OPENAI_API_KEY goes only to OpenAI, never to whoever runs another server."""
+    from dataclasses import replace
+
+    from smallops import Workflow
+    from smallops.config import ProviderConfig
+
+    openai_key = "sk-" + uuid7().replace("-", "")
+    monkeypatch.setenv("OPENAI_API_KEY", openai_key)
+    monkeypatch.delenv("OLLAMA_API_KEY", raising=False)
+    (tmp_path / "p.prompt").write_text("[user]\n{{ q }}")
+    local = replace(
+        settings,
+        providers={"ollama": ProviderConfig("ollama", "openai", base_url=emulator.openai_base_url)},
+    )
+    assert "OLLAMA_API_KEY" in local.key_variables
+    wf = Workflow(
+        "local",
+        model="ollama:llama3.1:8b",
+        prompt="p.prompt",
+        fallback="review",
+        settings=local,
+        base_dir=tmp_path,
+    )
+    wf.run(q="hi")
+    assert emulator.requests[-1].headers["authorization"] == "Bearer unused"
+    own = "ollama-" + uuid7().replace("-", "")
+    monkeypatch.setenv("OLLAMA_API_KEY", own)
+    wf.run(q="hi again")
+    assert emulator.requests[-1].headers["authorization"] == f"Bearer {own}"
+    assert all(openai_key not in str(request.headers) for request in emulator.requests)
 
 
 def test_64_concurrent_async_calls_are_all_recorded(make_workflow, emulator):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,13 @@ SECRETS_KEYS = ("cache_ttl", "max_stale", "fetch_timeout")
 TELEMETRY_KEYS = ("otlp_endpoint", "capture_content")
 PRICE_KEYS = ("input", "output", "cached_input")
 REDIS_SCHEMES = ("redis", "rediss")  # what both redis-py and the `limits` library accept
+
+
+def own_key_variable(provider: str) -> str:
+    """The variable a named OpenAI-compatible server's key is read from when smallops.toml
+    names none: its own (`[providers.ollama]`: OLLAMA_API_KEY), never OPENAI_API_KEY, which
+    would hand OpenAI's key to whoever runs that server."""
+    return re.sub(r"[^A-Za-z0-9]", "_", provider).upper() + "_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -148,8 +156,11 @@ class Settings:
     def key_variables(self) -> tuple[str, ...]:
         """The environment variables that hold provider keys: their values are redacted from
         everything recorded, whatever the variables are called."""
-        named = (p.api_key_env for p in self.providers.values() if p.api_key_env)
-        return ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", *named)
+        named = (
+            p.api_key_env or (own_key_variable(p.name) if p.kind == "openai" else None)
+            for p in self.providers.values()
+        )
+        return ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", *(name for name in named if name))
 
     def __post_init__(self) -> None:
         if not isinstance(self.database_url, str) or not self.database_url.strip():

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from smallops.config import own_key_variable
 from smallops.doctor._words import count
 from smallops.doctor.facts import WINDOW, LogState, Subject
 from smallops.doctor.practices import Finding, Item, PracticeId, combine, joined, no_workflow
@@ -153,7 +154,12 @@ def _key_source(name: str, kind: str, subject: Subject) -> Item:
     ref = config.api_key if config is not None else None
     if ref is not None and ref.scheme != "env":
         return Item("pass", f"{name}: key from {STORE_NAMES.get(ref.scheme, ref.scheme)}")
-    variable = ref.path if ref is not None else SDK_KEY_VARIABLES.get(kind, "its SDK's variable")
+    if ref is not None:
+        variable = ref.path
+    elif kind == "openai" and name != "openai":  # a compatible server reads its own variable
+        variable = own_key_variable(name)
+    else:
+        variable = SDK_KEY_VARIABLES.get(kind, "its SDK's variable")
     return Item(
         "fail",
         f"{name}: key in ${variable}, not in a secret store",

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from smallops.config import SecretSettings
+from smallops.config import SecretSettings, own_key_variable
 from smallops.providers._sdk import (
     SdkClients,
     key_source,
@@ -44,15 +44,17 @@ class OpenAIProvider(SdkClients, Provider):
         root: Path | None = None,
     ) -> None:
         """`api_key` says where the key lives (a reference, as in smallops.toml); the older
-        `api_key_env` names an environment variable; by default OPENAI_API_KEY. `secrets` is
-        how keys from a store are cached; `root` the project folder (where `status` reads how
-        they fare, and where a `command:` runs)."""
+        `api_key_env` names an environment variable; by default OPENAI_API_KEY, and for a
+        compatible server <NAME>_API_KEY (OpenAI's key is never sent to another server).
+        `secrets` is how keys from a store are cached; `root` the project folder (where
+        `status` reads how they fare, and where a `command:` runs)."""
         self.name = name
         self.base_url = resolve_base_url(self.kind, base_url)
         self.endpoint = public_endpoint(self.base_url)
         self.compatible = compatible
+        default = own_key_variable(name) if compatible else "OPENAI_API_KEY"
         self.keys = key_source(
-            name, api_key, api_key_env, "OPENAI_API_KEY", secrets, root, keyless=compatible
+            name, api_key, api_key_env, default, secrets, root, keyless=compatible
         )
 
     def prepare(self, model: str, output: type[BaseModel] | None, params: Params) -> dict[str, Any]:
