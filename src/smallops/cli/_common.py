@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 if TYPE_CHECKING:
     from smallops.project import Project
@@ -184,3 +185,16 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
             await close_loop_clients()
 
     return asyncio.run(then_close())
+
+
+def wrapped(prefix: str, markup: str) -> None:
+    """`prefix` then `markup` wrapped to the terminal's width, its later lines indented as
+    far as the prefix reaches (no line padded with spaces)."""
+    console = out
+    head = Text.from_markup(prefix)
+    indent = head.cell_len
+    body = Text.from_markup(markup)
+    lines = body.wrap(console, max(20, console.width - indent), overflow="fold")
+    for number, line in enumerate(lines):
+        line.rstrip()
+        console.print(head if number == 0 else " " * indent, line, sep="", soft_wrap=True)

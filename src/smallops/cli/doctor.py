@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.markup import escape
-from rich.text import Text
 
 from smallops.cli import _common
 
@@ -63,7 +62,7 @@ def print_scorecard(card: Scorecard, target: Tier) -> None:
     from smallops.doctor import TEAM_SIZES, TIERS
 
     say = _common.out.print
-    wrapped("", f"smallops doctor · {escape(str(card.root))}")
+    _common.wrapped("", f"smallops doctor · {escape(str(card.root))}")
     for tier in TIERS:
         counts = card.counts(tier)
         shown = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
@@ -71,25 +70,12 @@ def print_scorecard(card: Scorecard, target: Tier) -> None:
         say(f"\n[bold]Tier {tier}[/bold] · {TEAM_SIZES[tier]} · {shown}{beyond}")
         for finding in card.of_tier(tier):
             line = f"[bold]{escape(finding.title)}[/bold]: {escape(finding.evidence)}"
-            wrapped(f"  {MARKS[finding.status]} ", line)
+            _common.wrapped(f"  {MARKS[finding.status]} ", line)
             if finding.fix:
-                wrapped("    ", f"[dim]fix:[/dim] {escape(finding.fix)}")
+                _common.wrapped("    ", f"[dim]fix:[/dim] {escape(finding.fix)}")
     say()
     met = card.met(target)
-    wrapped(f"{MARKS['pass' if met else 'fail']} ", verdict(card, target))
-
-
-def wrapped(prefix: str, markup: str) -> None:
-    """`prefix` then `markup` wrapped to the terminal's width, its later lines indented as
-    far as the prefix reaches (no line padded with spaces)."""
-    console = _common.out
-    head = Text.from_markup(prefix)
-    indent = head.cell_len
-    body = Text.from_markup(markup)
-    lines = body.wrap(console, max(20, console.width - indent), overflow="fold")
-    for number, line in enumerate(lines):
-        line.rstrip()
-        console.print(head if number == 0 else " " * indent, line, sep="", soft_wrap=True)
+    _common.wrapped(f"{MARKS['pass' if met else 'fail']} ", verdict(card, target))
 
 
 def verdict(card: Scorecard, target: Tier) -> str:

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from smallops.cli import _common
 
@@ -167,9 +168,9 @@ def _print(checks: list[KeyCheck]) -> None:
     print_fitted(columns, rows)
     for c in checks:
         if c.problem:
-            _common.out.print(f"✗ {c.provider}: {c.problem}", markup=False)
+            _common.wrapped("✗ ", escape(f"{c.provider}: {c.problem}"))
             if c.hint:
-                _common.out.print(f"    fix: {c.hint}", markup=False)
+                _common.wrapped("    ", escape(f"fix: {c.hint}"))
     failed = sum(not c.ok for c in checks)
     summary = f"{len(checks) - failed} of {len(checks)} keys can be had"
     _common.out.print(summary + ("" if failed else "; none was printed"), markup=False)
