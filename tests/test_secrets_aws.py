@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,6 +74,11 @@ def aws_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
 @contextlib.contextmanager
 def fake_aws(kind: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    # A fetch an earlier test gave up on (a stalled store) may still be retrying: once this
+    # test's moto answers every AWS call in the process, it would be counted here.
+    for thread in threading.enumerate():
+        if thread.name == "smallops-secret-fetch":
+            thread.join(30)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
