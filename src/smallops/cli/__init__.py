@@ -20,6 +20,7 @@ from smallops.cli import (
     doctor,
     drift,
     export,
+    gateway,
     init,
     logs,
     prune,
@@ -84,6 +85,7 @@ app.add_typer(export.app, name="export")
 serve.register(app)
 app.add_typer(db.app, name="db")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(gateway.app, name="gateway")
 
 
 def main(argv: list[str] | None = None) -> None:
