@@ -9,7 +9,6 @@ import typer
 from smallops.cli import _common
 
 app = typer.Typer(
-    help="The OpenAI-compatible gateway: serve it, and manage its keys.",
     context_settings=_common.HELP_WIDTH,
     invoke_without_command=True,
 )
@@ -35,10 +34,11 @@ def gateway_command(
         "SMALLOPS_REDIS_URL is set; budgets are always shared through the database.",
     ),
 ) -> None:
-    """Serve POST /v1/chat/completions and GET /v1/models for the routes in smallops.toml.
+    """The OpenAI-compatible gateway for the routes in smallops.toml; `keys` manages its keys.
 
-    Clients use any OpenAI SDK with base_url http://HOST:PORT/v1 and a key from `smallops
-    gateway keys create`; the providers' own keys never leave the gateway.
+    Serves POST /v1/chat/completions (streamed or not) and GET /v1/models. Clients use any
+    OpenAI SDK with base_url http://HOST:PORT/v1 and a key from `smallops gateway keys
+    create`; the providers' own keys never leave the gateway.
     """
     if ctx.invoked_subcommand is not None:
         return
