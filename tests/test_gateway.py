@@ -37,6 +37,8 @@ def gateway_toml(tmp_path, emulator) -> str:
         '[gateway.routes.safe]\nmodel = "emu:model-a"\nfallback = "emu:model-b"\nretries = 1\n'
         '[gateway.routes.limited]\nmodel = "emu:model-a"\nrate_limit = "2/minute"\n'
         '[gateway.routes.capped]\nmodel = "emu:model-c"\ndaily_usd = 0.008\n'
+        '[gateway.routes.fragile]\nmodel = "emu:model-x"\nretries = 0\n'
+        '[gateway.routes.sturdy]\nmodel = "emu:model-x"\nretries = 0\nfallback = "emu:model-b"\n'
     )
 
 
@@ -171,7 +173,7 @@ def test_models_lists_the_routes_a_key_may_use(gateway):
     assert [m.id for m in gateway.client(scoped).models.list()] == ["fast", "safe"]
     assert gateway.client(scoped).models.retrieve("safe").owned_by == "smallops"
     everything = gateway.key("all")
-    assert len(gateway.client(everything).models.list().data) == 5
+    assert len(gateway.client(everything).models.list().data) == 7
     with pytest.raises(openai.PermissionDeniedError) as refused:
         gateway.client(scoped, max_retries=0).chat.completions.create(
             model="capped", messages=MESSAGES
@@ -363,3 +365,23 @@ def test_a_moving_alias_stops_the_gateway_before_it_serves(tmp_path, capsys):
     code, out, err = smallops(capsys, "-p", str(tmp_path), "gateway", "--port", "9")
     assert code == 2 and "moving alias" in err and "gpt-4o-mini-2024-07-18" in err
     assert "smallops gateway at" not in out
+
+
+def test_an_open_breaker_answers_503_or_sends_straight_to_the_fallback(gateway, emulator):
+    """Ten failures in the window open the breaker of the upstream model: then `fragile` gets
+    503 breaker_open at once, and `sturdy` (same model, with a fallback) is answered by its
+    fallback without the failing model being asked again."""
+    emulator.default = respond(lambda body, _: status(500) if body["model"] == "model-x" else ok())
+    client = gateway.client(gateway.key(), max_retries=0)
+    for _ in range(10):
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="fragile", messages=MESSAGES)
+    assert len(emulator.requests) == 10
+    with pytest.raises(openai.InternalServerError) as refused:
+        client.chat.completions.create(model="fragile", messages=MESSAGES)
+    assert refused.value.status_code == 503 and refused.value.code == "breaker_open"
+    assert len(emulator.requests) == 10
+    assert client.chat.completions.create(model="sturdy", messages=MESSAGES).model == "model-b"
+    assert [r.body["model"] for r in emulator.requests[10:]] == ["model-b"]
+    runs = gateway.runs(13)
+    assert [r["error_type"] for r in runs[10:]] == ["breaker_open", "breaker_open", None]

@@ -18,6 +18,7 @@ import httpx
 from pydantic_core import from_json, to_json
 
 from smallops.config import Settings
+from smallops.error_types import GuardRefusal
 from smallops.gateway import stream as streaming
 from smallops.gateway.errors import GatewayError, bad_request, unauthorized, upstream_failed
 from smallops.gateway.guards import GatewayGuards, Held, Target
@@ -179,6 +180,7 @@ class Gateway:
             assert isinstance(answer, Answer)
             headers = [
                 *JSON,
+                (b"content-length", str(len(answer.content)).encode()),
                 *_run_headers(exchange),
                 *_passed_on(answer.headers),
             ]
@@ -420,8 +422,13 @@ def parse_request(body: bytes) -> dict[str, Any]:
 async def respond(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
+    length = (b"content-length", str(len(body)).encode())
     await send(
-        {"type": "http.response.start", "status": status, "headers": [*JSON, *(headers or [])]}
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON, length, *(headers or [])],
+        }
     )
     await send({"type": "http.response.body", "body": body})
 
@@ -465,7 +472,7 @@ def _is_openai_error(raw: str) -> bool:
     return isinstance(body, dict) and isinstance(body.get("error"), dict)
 
 
-def _refusal_type(error: GatewayError) -> Any:
+def _refusal_type(error: GatewayError) -> GuardRefusal:
     if error.code == "budget_exhausted":
         return "budget_exhausted"
     if error.code == "budget_unavailable":

@@ -43,7 +43,9 @@ class Target:
 
     @property
     def breaker_key(self) -> str:
-        return f"{self.route.workflow}|{self.endpoint}|{self.model}"
+        """One breaker per upstream model, whichever routes send to it: an outage seen
+        through one route spares the others' requests too."""
+        return f"gateway|{self.endpoint}|{self.model}"
 
 
 class GatewayGuards:

@@ -104,11 +104,10 @@ def transport_error(exc: httpx.HTTPError) -> ProviderError:
 
 def status_error(answer: Answer) -> ProviderError:
     """An upstream error response as a ProviderError that keeps its status, body and wait."""
-    raw = answer.content.decode("utf-8", "replace")
-    message = Redactor.from_environment()(raw[:500]) or ""
+    raw = Redactor.from_environment()(answer.content.decode("utf-8", "replace")) or ""
     return ProviderError(
         status_kind(answer.status),
-        f"HTTP {answer.status}: {message}",
+        f"HTTP {answer.status}: {raw[:500]}",
         status_code=answer.status,
         retry_after=parse_retry_after(answer.headers),
         raw=raw,
