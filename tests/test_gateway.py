@@ -385,3 +385,51 @@ def test_an_open_breaker_answers_503_or_sends_straight_to_the_fallback(gateway, 
     assert [r.body["model"] for r in emulator.requests[10:]] == ["model-b"]
     runs = gateway.runs(13)
     assert [r["error_type"] for r in runs[10:]] == ["breaker_open", "breaker_open", None]
+
+
+@pytest.fixture
+def through_httpx(monkeypatch):
+    """Upstream requests through httpx, the path taken when a proxy stands in the way."""
+    import smallops.gateway.upstream
+
+    monkeypatch.setattr(smallops.gateway.upstream, "uses_proxy", lambda url: True)
+
+
+def test_through_httpx_answers_streams_retries_and_cancels_alike(through_httpx, gateway, emulator):
+    key = gateway.key()
+    client = gateway.client(key)
+    assert client.chat.completions.create(model="fast", messages=MESSAGES).usage.total_tokens == 40
+    stream = client.chat.completions.create(model="fast", messages=MESSAGES, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    emulator.script(status(500), status(500), status(500))
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="fast", messages=MESSAGES)
+    emulator.default = ok("word " * 200)
+    emulator.stream_delay = 0.05
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "fast", "messages": MESSAGES, "stream": True},
+    ) as response:
+        next(line for line in response.iter_lines() if "word" in line)
+    runs = gateway.runs(4)
+    assert [r["error_type"] for r in runs] == [None, None, "server_error", "cancelled"]
+    deadline = time.monotonic() + 5
+    while emulator.streams_cut == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert emulator.streams_cut == 1
+
+
+def test_a_proxy_in_the_environment_is_honoured_unless_the_host_is_exempt(monkeypatch):
+    from smallops.gateway.upstream import uses_proxy
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    assert not uses_proxy("https://api.openai.com/v1/chat/completions")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert uses_proxy("https://api.openai.com/v1/chat/completions")
+    assert not uses_proxy("http://vllm.internal/v1/chat/completions")
+    monkeypatch.setenv("NO_PROXY", "api.openai.com")
+    assert not uses_proxy("https://api.openai.com/v1/chat/completions")

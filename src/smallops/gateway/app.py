@@ -24,7 +24,7 @@ from smallops.gateway.errors import GatewayError, bad_request, unauthorized, ups
 from smallops.gateway.guards import GatewayGuards, Held, Target
 from smallops.gateway.keys import KeyCache, KeyInfo
 from smallops.gateway.runs import Leg, facts_for, pricing_for, record, text_of, usage_of
-from smallops.gateway.upstream import Answer, Upstream, new_client
+from smallops.gateway.upstream import Answer, Connections, Streamed, Upstream
 from smallops.gateway_config import Route
 from smallops.kinds import Origin, RunStatus
 from smallops.pinning import ModelRef
@@ -71,7 +71,7 @@ class Gateway:
         self.guards = GatewayGuards(lambda: engine, url, settings.redis_url)
         self.writer = writer_for(settings.log)
         self.created = int(time.time())
-        self._client: httpx.AsyncClient | None = None
+        self._connections = Connections()
         self._upstreams: dict[str, Upstream] = {}
         self._targets: dict[tuple[str, str], tuple[Target, Upstream, WorkflowFacts]] = {}
         for route in self.routes.values():  # an unknown provider fails at start, not per call
@@ -111,8 +111,7 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._client is not None:
-                    await self._client.aclose()
+                await self._connections.aclose()
                 await asyncio.to_thread(self.writer.flush, 10.0)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -196,7 +195,7 @@ class Gateway:
         ok = False
         try:
             leg, response = await self.forward(exchange, stream=True)
-            assert isinstance(response, httpx.Response)
+            assert not isinstance(response, Answer)
             ok = await streaming.relay(
                 exchange.request, leg, response, receive, send, _run_headers(exchange)
             )
@@ -207,9 +206,7 @@ class Gateway:
 
     # -- forwarding ------------------------------------------------------------------------
 
-    async def forward(
-        self, exchange: Exchange, stream: bool
-    ) -> tuple[Leg, Answer | httpx.Response]:
+    async def forward(self, exchange: Exchange, stream: bool) -> tuple[Leg, Answer | Streamed]:
         """The pinned model, then (when it gives no answer) the route's fallback model; the
         leg that answered and its answer, or GatewayError with the last failure."""
         route = exchange.route
@@ -232,7 +229,7 @@ class Gateway:
 
     async def _attempts(
         self, exchange: Exchange, leg: Leg, upstream: Upstream, stream: bool
-    ) -> Answer | httpx.Response:
+    ) -> Answer | Streamed:
         """Send to one model, retrying what may succeed next time, within the route's deadline."""
         route, target = exchange.route, leg.target
         policy = RetryPolicy(
@@ -260,7 +257,7 @@ class Gateway:
             try:
                 timeout = policy.attempt_timeout(elapsed)
                 if stream:
-                    answer: Answer | httpx.Response = await upstream.open_stream(body, timeout)
+                    answer: Answer | Streamed = await upstream.open_stream(body, timeout)
                 else:
                     answer = await upstream.post(body, timeout)
                     self._read(leg, answer, attempt)
@@ -321,17 +318,12 @@ class Gateway:
             provider = resolve_provider(ref.provider, self.settings.providers)
             upstream = self._upstreams.get(ref.provider)
             if upstream is None:
-                upstream = self._upstreams[ref.provider] = Upstream(provider, self._http())
+                upstream = self._upstreams[ref.provider] = Upstream(provider, self._connections)
             pricing = pricing_for(provider, str(ref), self.settings.prices)
             target = Target(route, ref.model, provider.endpoint or provider.name, pricing)
             facts = facts_for(route, provider, ref.model, pricing, origin)
             found = self._targets[index] = (target, upstream, facts)
         return found
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = new_client()
-        return self._client
 
     # -- keys and the log ------------------------------------------------------------------
 

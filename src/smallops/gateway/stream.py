@@ -13,12 +13,11 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import httpx
 from pydantic_core import from_json, to_json
 
 from smallops.gateway.errors import error_body
 from smallops.gateway.runs import Leg, usage_of
-from smallops.gateway.upstream import transport_error
+from smallops.gateway.upstream import Streamed, as_provider_error
 from smallops.records import Usage
 
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -96,7 +95,7 @@ class Relay:
 async def relay(
     request: dict[str, Any],
     leg: Leg,
-    response: httpx.Response,
+    response: Streamed,
     receive: Receive,
     send: Send,
     headers: list[tuple[bytes, bytes]],
@@ -109,7 +108,7 @@ async def relay(
 
     async def pump() -> None:
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.chunks():
                 out = state.feed(chunk)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -142,11 +141,12 @@ async def relay(
         )
         return False
     if failure is not None or not state.done:
-        error = transport_error(failure) if isinstance(failure, httpx.HTTPError) else None
-        leg.error_type = error.kind if error is not None else "bad_response"
-        leg.error_message = (
-            error.message if error is not None else "the upstream stream ended without [DONE]"
-        )
+        if failure is not None:
+            error = as_provider_error(failure)
+            leg.error_type, leg.error_message = error.kind, error.message
+        else:
+            leg.error_type = "bad_response"
+            leg.error_message = "the upstream stream ended without [DONE]"
         body = error_body(leg.error_message, "server_error", "upstream_stream_failed")
         await _try_send(send, b"data: " + body + b"\n\n")
         return False

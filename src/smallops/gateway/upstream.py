@@ -1,27 +1,32 @@
 """Where a route's requests go: a provider's Chat Completions endpoint, spoken to directly.
 
 The gateway forwards the client's JSON as it came (with the pinned model put in), so it talks
-HTTP itself through one pooled httpx client per worker instead of rebuilding each request
-through an SDK. The provider's key comes from the provider, as for workflows; nothing of the
+HTTP itself instead of rebuilding each request through an SDK: through its own small HTTP/1.1
+client (http1.py), or through httpx when a proxy (HTTPS_PROXY and the like) stands between it
+and the provider. The provider's key comes from the provider, as for workflows; nothing of the
 client's request headers is sent on, so its key never leaves the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
 from smallops import __version__
 from smallops.error_types import ProviderFailure
+from smallops.gateway.http1 import Http1Pool, Http1Response
 from smallops.providers.base import Provider, ProviderError, parse_retry_after
 from smallops.redact import Redactor
 
 USER_AGENT = f"smallops-gateway/{__version__}"
 CONNECT_TIMEOUT = 10.0
-#: Up to this many upstream connections are kept open per worker between requests.
+#: Up to this many upstream connections are kept open per worker between requests (httpx).
 POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepalive_expiry=30)
 
 
@@ -34,16 +39,25 @@ class Answer:
     content: bytes
 
 
-class Upstream:
-    """One provider's endpoint: its URL and key, and the worker's shared client."""
+class Streamed(Protocol):
+    """A 200 answer whose body is still to be read, event by event."""
 
-    def __init__(self, provider: Provider, client: httpx.AsyncClient) -> None:
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upstream:
+    """One provider's endpoint: its URL and key, and the worker's connections to it."""
+
+    def __init__(self, provider: Provider, connections: Connections) -> None:
         self.provider = provider
         self.name = provider.name
         self.endpoint = provider.endpoint
         base_url = str(getattr(provider, "base_url", "") or "")
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self._client = client
+        self._connections = connections
+        self.proxied = uses_proxy(self.url)
         self._key: str | None = None
 
     async def _headers(self) -> dict[str, str]:
@@ -59,31 +73,109 @@ class Upstream:
 
     async def post(self, body: bytes, timeout: float) -> Answer:
         """Send and read the whole answer; ProviderError when there is none (or an error)."""
+        headers = await self._headers()
         try:
-            response = await self._client.post(
-                self.url, content=body, headers=await self._headers(), timeout=_timeout(timeout)
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(exc) from None
-        answer = Answer(response.status_code, response.headers, response.content)
+            if self.proxied:
+                response = await self._connections.httpx().post(
+                    self.url, content=body, headers=headers, timeout=_timeout(timeout)
+                )
+                answer = Answer(response.status_code, response.headers, response.content)
+            else:
+                direct = await self._connections.http1().post(
+                    self.url, headers, body, timeout, min(timeout, CONNECT_TIMEOUT)
+                )
+                content = await direct.read(timeout)
+                answer = Answer(direct.status, httpx.Headers(direct.headers), content)
+        except Exception as exc:
+            raise as_provider_error(exc) from None
         if answer.status >= 400:
             raise status_error(answer)
         return answer
 
-    async def open_stream(self, body: bytes, timeout: float) -> httpx.Response:
-        """Send, and return the response with its body still to be read (200 only)."""
-        request = self._client.build_request(
-            "POST", self.url, content=body, headers=await self._headers(), timeout=_timeout(timeout)
-        )
+    async def open_stream(self, body: bytes, timeout: float) -> Streamed:
+        """Send, and return the answer with its body still to be read (200 only)."""
+        headers = await self._headers()
         try:
-            response = await self._client.send(request, stream=True)
-            if response.status_code >= 400:
-                content = await response.aread()
-                await response.aclose()
-                raise status_error(Answer(response.status_code, response.headers, content))
-        except httpx.HTTPError as exc:
-            raise transport_error(exc) from None
-        return response
+            if self.proxied:
+                return await self._httpx_stream(body, headers, timeout)
+            direct = await self._connections.http1().post(
+                self.url, headers, body, timeout, min(timeout, CONNECT_TIMEOUT)
+            )
+            if direct.status >= 400:
+                content = await direct.read(timeout)
+                raise status_error(Answer(direct.status, httpx.Headers(direct.headers), content))
+            return _Http1Stream(direct, timeout)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise as_provider_error(exc) from None
+
+    async def _httpx_stream(self, body: bytes, headers: dict[str, str], timeout: float) -> Streamed:
+        client = self._connections.httpx()
+        request = client.build_request(
+            "POST", self.url, content=body, headers=headers, timeout=_timeout(timeout)
+        )
+        response = await client.send(request, stream=True)
+        if response.status_code >= 400:
+            content = await response.aread()
+            await response.aclose()
+            raise status_error(Answer(response.status_code, response.headers, content))
+        return _HttpxStream(response)
+
+
+class _Http1Stream:
+    def __init__(self, response: Http1Response, timeout: float) -> None:
+        self._response, self._timeout = response, timeout
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._response.chunks(self._timeout)
+
+    async def aclose(self) -> None:
+        self._response.close()
+
+
+class _HttpxStream:
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._response.aiter_raw()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class Connections:
+    """The worker's upstream connections: its HTTP/1.1 pool, and an httpx client for proxies."""
+
+    def __init__(self) -> None:
+        self._http1: Http1Pool | None = None
+        self._httpx: httpx.AsyncClient | None = None
+
+    def http1(self) -> Http1Pool:
+        if self._http1 is None:
+            self._http1 = Http1Pool()
+        return self._http1
+
+    def httpx(self) -> httpx.AsyncClient:
+        if self._httpx is None:
+            self._httpx = httpx.AsyncClient(limits=POOL, follow_redirects=False, trust_env=True)
+        return self._httpx
+
+    async def aclose(self) -> None:
+        if self._http1 is not None:
+            self._http1.close()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+
+
+def uses_proxy(url: str) -> bool:
+    """Whether the environment puts a proxy between the gateway and `url` (as httpx reads it)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 def provider_key(provider: Provider) -> str:
@@ -96,10 +188,17 @@ def _timeout(seconds: float) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT))
 
 
-def transport_error(exc: httpx.HTTPError) -> ProviderError:
-    if isinstance(exc, httpx.TimeoutException):
+def as_provider_error(exc: BaseException) -> ProviderError:
+    """A failure to get an answer (either client's) as the ProviderError it amounts to."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException)):
         return ProviderError("timeout", "the upstream request timed out")
-    return ProviderError("connection_error", f"upstream connection failed: {type(exc).__name__}")
+    if isinstance(exc, (OSError, httpx.HTTPError)):
+        return ProviderError(
+            "connection_error", f"upstream connection failed: {type(exc).__name__}"
+        )
+    return ProviderError("bad_response", f"upstream failure: {type(exc).__name__}")
 
 
 def status_error(answer: Answer) -> ProviderError:
@@ -125,7 +224,3 @@ def status_kind(status: int) -> ProviderFailure:
     if status == 409 or status >= 500:
         return "server_error"
     return "bad_request"
-
-
-def new_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(limits=POOL, http2=False, follow_redirects=False)
