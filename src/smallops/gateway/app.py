@@ -11,16 +11,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
 from pydantic_core import from_json, to_json
 
 from smallops.config import Settings
-from smallops.error_types import GuardRefusal
 from smallops.gateway import stream as streaming
-from smallops.gateway.errors import GatewayError, bad_request, unauthorized, upstream_failed
+from smallops.gateway.asgi import (
+    JSON,
+    Receive,
+    Scope,
+    Send,
+    bearer,
+    parse_request,
+    read_body,
+    respond,
+    respond_error,
+)
+from smallops.gateway.errors import (
+    GatewayError,
+    client_error,
+    no_route,
+    not_allowed,
+    refusal_type,
+    unauthorized,
+)
 from smallops.gateway.guards import GatewayGuards, Held, Target
 from smallops.gateway.keys import KeyCache, KeyInfo
 from smallops.gateway.runs import Leg, facts_for, pricing_for, record, text_of, usage_of
@@ -36,11 +52,6 @@ from smallops.storage.db import ensure_schema, log_database
 from smallops.storage.writer import writer_for
 
 log = logging.getLogger("smallops")
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-MAX_BODY = 32 * 1024 * 1024  # bytes of request body accepted (images travel inline)
-JSON = [(b"content-type", b"application/json")]
 
 
 class Exchange:
@@ -89,11 +100,11 @@ class Gateway:
         try:
             if path == "/v1/chat/completions":
                 if method != "POST":
-                    raise _not_allowed(method, "POST")
+                    raise not_allowed(method, "POST")
                 await self.chat(scope, receive, send)
             elif path == "/v1/models" or path.startswith("/v1/models/"):
                 if method != "GET":
-                    raise _not_allowed(method, "GET")
+                    raise not_allowed(method, "GET")
                 await self.models(scope, send, path.removeprefix("/v1/models").strip("/"))
             else:
                 raise GatewayError(
@@ -123,7 +134,7 @@ class Gateway:
         names = [name for name in self.routes if key.may_use(name)]
         if one:
             if one not in names:
-                raise _no_route(one)
+                raise no_route(one)
             await respond(send, 200, to_json(self._model_entry(one)))
             return
         listing = {"object": "list", "data": [self._model_entry(name) for name in names]}
@@ -138,7 +149,7 @@ class Gateway:
         request = parse_request(body)
         route = self.routes.get(request["model"])
         if route is None:
-            raise _no_route(request["model"])
+            raise no_route(request["model"])
         if not key.may_use(route.name):
             raise GatewayError(
                 403,
@@ -161,7 +172,7 @@ class Gateway:
             )
         except GatewayError as refused:
             leg = Leg(primary[0], primary[2])
-            leg.error_type = _refusal_type(refused)
+            leg.error_type = refusal_type(refused)
             leg.error_message = refused.message
             exchange.legs.append(leg)
             await respond_error(send, refused, _run_headers(exchange))
@@ -359,119 +370,6 @@ class Gateway:
             self.guards.release(exchange.held)
 
 
-class _Handled(GatewayError):
-    """Raised after the answer was sent, to stop the handler without sending another."""
-
-    def __init__(self) -> None:
-        super().__init__(0, "", "")
-
-
-# -- HTTP helpers -------------------------------------------------------------------------------
-
-
-def bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
-
-
-async def read_body(receive: Receive) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Handled
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise GatewayError(
-                413,
-                f"the request body is over {MAX_BODY // 2**20} MiB",
-                "invalid_request_error",
-                "request_too_large",
-            )
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def parse_request(body: bytes) -> dict[str, Any]:
-    try:
-        request = from_json(body)
-    except ValueError:
-        raise bad_request("the request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(request, dict):
-        raise bad_request("the request body must be a JSON object")
-    if not isinstance(request.get("model"), str):
-        raise bad_request("'model' is required: the name of a route", "model")
-    if not isinstance(request.get("messages"), list):
-        raise bad_request("'messages' is required: a list of messages", "messages")
-    return request
-
-
-async def respond(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    length = (b"content-length", str(len(body)).encode())
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*JSON, length, *(headers or [])],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def respond_error(
-    send: Send, error: GatewayError, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    if isinstance(error, _Handled):
-        return
-    extra = [(k.encode(), v.encode()) for k, v in error.headers.items()]
-    extra.append((b"x-should-retry", b"true" if error.retry else b"false"))
-    await respond(send, error.status, error.body(), [*(headers or []), *extra])
-
-
-def client_error(error: ProviderError) -> GatewayError:
-    """The last upstream failure, as the client gets it (the gateway has already retried)."""
-    if error.kind == "breaker_open":
-        return GatewayError(503, error.message, "server_error", "breaker_open")
-    if error.kind == "auth_error":
-        return upstream_failed(
-            502,
-            f"the upstream refused the gateway's provider key ({error.message[:200]})",
-            "upstream_auth_error",
-        )
-    if error.status_code is not None and error.raw is not None and _is_openai_error(error.raw):
-        return GatewayError(
-            error.status_code, error.message, "upstream", raw=error.raw.encode("utf-8")
-        )
-    if error.kind == "timeout":
-        return upstream_failed(504, "the upstream did not answer in time", "upstream_timeout")
-    if error.kind == "connection_error":
-        return upstream_failed(502, error.message, "upstream_unreachable")
-    return upstream_failed(502, error.message, "upstream_bad_response")
-
-
-def _is_openai_error(raw: str) -> bool:
-    try:
-        body = from_json(raw)
-    except ValueError:
-        return False
-    return isinstance(body, dict) and isinstance(body.get("error"), dict)
-
-
-def _refusal_type(error: GatewayError) -> GuardRefusal:
-    if error.code == "budget_exhausted":
-        return "budget_exhausted"
-    if error.code == "budget_unavailable":
-        return "budget_unavailable"
-    return "throttled"
-
-
 def _run_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
     headers = [(b"x-smallops-overhead-ms", exchange.overhead_ms().encode())]
     if exchange.legs:
@@ -484,26 +382,6 @@ _PASSED_ON = (b"x-request-id",)
 
 def _passed_on(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in headers.raw if name.lower() in _PASSED_ON]
-
-
-def _no_route(name: str) -> GatewayError:
-    return GatewayError(
-        404,
-        f"the model {name!r} does not exist or you do not have access to it",
-        "invalid_request_error",
-        "model_not_found",
-        "model",
-    )
-
-
-def _not_allowed(method: str, allowed: str) -> GatewayError:
-    return GatewayError(
-        405,
-        f"{method} is not allowed here; use {allowed}",
-        "invalid_request_error",
-        "method_not_allowed",
-        headers={"allow": allowed},
-    )
 
 
 def _ms(since: float) -> float:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic_core import to_json
+from pydantic_core import from_json, to_json
+
+from smallops.error_types import GuardRefusal
+from smallops.providers.base import ProviderError
 
 
 @dataclass
@@ -61,3 +64,60 @@ def budget_exhausted(message: str) -> GatewayError:
 
 def upstream_failed(status: int, message: str, code: str) -> GatewayError:
     return GatewayError(status, message, "server_error", code)
+
+
+def client_error(error: ProviderError) -> GatewayError:
+    """The last upstream failure, as the client gets it (the gateway has already retried)."""
+    if error.kind == "breaker_open":
+        return GatewayError(503, error.message, "server_error", "breaker_open")
+    if error.kind == "auth_error":
+        return upstream_failed(
+            502,
+            f"the upstream refused the gateway's provider key ({error.message[:200]})",
+            "upstream_auth_error",
+        )
+    if error.status_code is not None and error.raw is not None and _is_openai_error(error.raw):
+        return GatewayError(
+            error.status_code, error.message, "upstream", raw=error.raw.encode("utf-8")
+        )
+    if error.kind == "timeout":
+        return upstream_failed(504, "the upstream did not answer in time", "upstream_timeout")
+    if error.kind == "connection_error":
+        return upstream_failed(502, error.message, "upstream_unreachable")
+    return upstream_failed(502, error.message, "upstream_bad_response")
+
+
+def _is_openai_error(raw: str) -> bool:
+    try:
+        body = from_json(raw)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def refusal_type(error: GatewayError) -> GuardRefusal:
+    if error.code == "budget_exhausted":
+        return "budget_exhausted"
+    if error.code == "budget_unavailable":
+        return "budget_unavailable"
+    return "throttled"
+
+
+def no_route(name: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"the model {name!r} does not exist or you do not have access to it",
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    )
+
+
+def not_allowed(method: str, allowed: str) -> GatewayError:
+    return GatewayError(
+        405,
+        f"{method} is not allowed here; use {allowed}",
+        "invalid_request_error",
+        "method_not_allowed",
+        headers={"allow": allowed},
+    )
