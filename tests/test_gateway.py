@@ -433,3 +433,39 @@ def test_a_proxy_in_the_environment_is_honoured_unless_the_host_is_exempt(monkey
     assert not uses_proxy("http://vllm.internal/v1/chat/completions")
     monkeypatch.setenv("NO_PROXY", "api.openai.com")
     assert not uses_proxy("https://api.openai.com/v1/chat/completions")
+
+
+@pytest.mark.postgres
+def test_keys_seen_before_still_work_while_the_database_is_down(
+    tmp_path, emulator, monkeypatch, postgres_url
+):
+    """Postgres behind a proxy that is cut: a key looked up before is judged by that lookup,
+    a key never seen gets 503 key_store_unavailable (retry in 2 s), never a traceback."""
+    from tcpproxy import TcpProxy
+
+    monkeypatch.setenv("EMU_KEY", "sk-upstream-" + secrets.token_hex(16))
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    host = postgres_url.split("@", 1)[1].split("/", 1)[0]
+    proxied = postgres_url.replace(host, f"127.0.0.1:{proxy.port}", 1)
+    toml = gateway_toml(tmp_path, emulator).replace(f"sqlite:///{tmp_path / 'log.db'}", proxied)
+    (tmp_path / "smallops.toml").write_text(toml)
+    settings = Settings.load(tmp_path)
+    app = Gateway(settings)
+    app.keys.ttl = 0.2
+    engine = create_engine(settings.database_url.replace("postgresql://", "postgresql+psycopg://"))
+    seen, unseen = create_key(engine, "seen")[0], create_key(engine, "unseen")[0]
+    engine.dispose()
+    try:
+        with serving_app(app) as port:
+            base_url = f"http://127.0.0.1:{port}/v1"
+            assert openai.OpenAI(base_url=base_url, api_key=seen).models.list().data
+            time.sleep(0.3)
+            proxy.cut()
+            assert openai.OpenAI(base_url=base_url, api_key=seen).models.list().data
+            with pytest.raises(openai.InternalServerError) as down:
+                openai.OpenAI(base_url=base_url, api_key=unseen, max_retries=0).models.list()
+            assert down.value.status_code == 503 and down.value.code == "key_store_unavailable"
+            assert down.value.response.headers["retry-after"] == "2"
+    finally:
+        proxy.restore()
+        proxy.close()

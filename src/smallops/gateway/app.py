@@ -9,6 +9,7 @@ after the answer is sent. The client's headers are never sent upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -48,6 +49,7 @@ from smallops.providers import resolve_provider
 from smallops.providers.base import ProviderError
 from smallops.records import WorkflowFacts
 from smallops.resilience.retry import RetryPolicy
+from smallops.resilience.shared import describe
 from smallops.storage.db import ensure_schema, log_database
 from smallops.storage.writer import writer_for
 
@@ -115,6 +117,11 @@ class Gateway:
                 )
         except GatewayError as error:
             await respond_error(send, error)
+        except Exception:  # a bug: the client still gets an answer in OpenAI's shape
+            log.exception("smallops: gateway: %s %s failed", method, path)
+            internal = GatewayError(500, "the gateway failed", "server_error", "internal_error")
+            with contextlib.suppress(Exception):  # unless its answer had already started
+                await respond_error(send, internal)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -347,7 +354,20 @@ class Gateway:
             )
         known, info = self.keys.cached(token)
         if not known:
-            info = await asyncio.to_thread(self.keys.lookup, token)
+            try:
+                info = await asyncio.to_thread(self.keys.lookup, token)
+            except Exception as exc:  # the database is down, stalled or refusing
+                known, info = self.keys.stale(token)
+                if not known:
+                    log.warning("smallops: gateway: keys cannot be looked up: %s", describe(exc))
+                    raise GatewayError(
+                        503,
+                        "the gateway cannot check keys now: its database does not answer",
+                        "server_error",
+                        "key_store_unavailable",
+                        headers={"retry-after": "2"},
+                        retry=True,
+                    ) from None
         if info is None:
             raise unauthorized("incorrect API key provided")
         if info.revoked:

@@ -3,7 +3,8 @@
 A key is `sk-smallops-` and 43 URL-safe characters (32 random bytes). A fast hash is right
 here, unlike for passwords: the key is random and long, so there is nothing to guess, and the
 lookup sits on every request. The gateway caches lookups for a few seconds (KeyCache), so a
-revoked key stops working within that time on every instance.
+revoked key stops working within that time on every instance. While the database does not
+answer, a key seen before is judged by its last lookup; a key never seen gets 503.
 """
 
 from __future__ import annotations
@@ -142,6 +143,12 @@ class KeyCache:
         if entry is None or entry[0] < time.monotonic():
             return False, None
         return True, entry[1]
+
+    def stale(self, key: str) -> tuple[bool, KeyInfo | None]:
+        """(known, info) from memory, however old: what the last lookup found, for when the
+        database does not answer."""
+        entry = self._found.get(hash_key(key))
+        return (False, None) if entry is None else (True, entry[1])
 
     def lookup(self, key: str) -> KeyInfo | None:
         """The key's info, from the database (blocking: call it off the event loop)."""
