@@ -19,7 +19,7 @@ from smallops.gateway.keys import create_key
 from smallops.storage.db import ensure_schema
 from smallops.storage.writer import writer_for
 
-from emulators import ok, respond, status
+from emulators import delay, ok, respond, status
 from live_server import serving_app
 
 PRICES = '[prices."emu:model-a"]\ninput = 1.0\noutput = 2.0\n'
@@ -38,6 +38,7 @@ def gateway_toml(tmp_path, emulator) -> str:
         '[gateway.routes.limited]\nmodel = "emu:model-a"\nrate_limit = "2/minute"\n'
         '[gateway.routes.capped]\nmodel = "emu:model-c"\ndaily_usd = 0.008\n'
         '[gateway.routes.fragile]\nmodel = "emu:model-x"\nretries = 0\n'
+        '[gateway.routes.quick]\nmodel = "emu:model-a"\nretries = 0\ntimeout = 0.3\n'
         '[gateway.routes.sturdy]\nmodel = "emu:model-x"\nretries = 0\nfallback = "emu:model-b"\n'
     )
 
@@ -173,7 +174,7 @@ def test_models_lists_the_routes_a_key_may_use(gateway):
     assert [m.id for m in gateway.client(scoped).models.list()] == ["fast", "safe"]
     assert gateway.client(scoped).models.retrieve("safe").owned_by == "smallops"
     everything = gateway.key("all")
-    assert len(gateway.client(everything).models.list().data) == 7
+    assert len(gateway.client(everything).models.list().data) == 8
     with pytest.raises(openai.PermissionDeniedError) as refused:
         gateway.client(scoped, max_retries=0).chat.completions.create(
             model="capped", messages=MESSAGES
@@ -469,3 +470,43 @@ def test_keys_seen_before_still_work_while_the_database_is_down(
     finally:
         proxy.restore()
         proxy.close()
+
+
+def test_a_429_storm_admits_exactly_the_limit_and_answers_the_rest_at_once(gateway, emulator):
+    """50 requests at once on a route limited to 2 a minute: 2 reach the upstream, 48 get
+    429 with Retry-After, and all 50 are in the log."""
+    key = gateway.key()
+
+    async def storm():
+        client = gateway.aclient(key, max_retries=0)
+
+        async def one():
+            try:
+                await client.chat.completions.create(model="limited", messages=MESSAGES)
+                return 200
+            except openai.RateLimitError as exc:
+                assert int(exc.response.headers["retry-after"]) >= 1
+                return 429
+
+        return await asyncio.gather(*(one() for _ in range(50)))
+
+    codes = asyncio.run(storm())
+    assert (codes.count(200), codes.count(429)) == (2, 48) and len(emulator.requests) == 2
+    runs = gateway.runs(50)
+    assert sum(r["error_type"] == "throttled" for r in runs) == 48
+
+
+def test_an_upstream_429_is_waited_out_and_a_slow_upstream_is_a_504(gateway, emulator):
+    key = gateway.key()
+    emulator.script(status(429, retry_after=0.2), ok())
+    raw = gateway.client(key).chat.completions.with_raw_response.create(
+        model="fast", messages=MESSAGES
+    )
+    assert raw.parse().choices[0].message.content and "x-should-retry" not in raw.headers
+    (run,) = gateway.runs(1)
+    assert run["attempt_count"] == 2 and json.loads(run["attempts"])[0]["retry_in_s"] >= 0.2
+    emulator.script(delay(2.0))
+    with pytest.raises(openai.APIStatusError) as slow:
+        gateway.client(key, max_retries=0).chat.completions.create(model="quick", messages=MESSAGES)
+    assert slow.value.status_code == 504 and slow.value.code == "upstream_timeout"
+    assert gateway.runs(2)[-1]["error_type"] == "timeout"
