@@ -510,3 +510,63 @@ def test_an_upstream_429_is_waited_out_and_a_slow_upstream_is_a_504(gateway, emu
         gateway.client(key, max_retries=0).chat.completions.create(model="quick", messages=MESSAGES)
     assert slow.value.status_code == 504 and slow.value.code == "upstream_timeout"
     assert gateway.runs(2)[-1]["error_type"] == "timeout"
+
+
+def test_several_workers_serve_and_log_alike(tmp_path, emulator, monkeypatch, capsys):
+    """`--workers 2`: each worker process builds its own gateway from the project; requests
+    spread over them are all answered and all logged."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import smallops
+
+    monkeypatch.setenv("EMU_KEY", "sk-upstream-" + secrets.token_hex(16))
+    (tmp_path / "smallops.toml").write_text(gateway_toml(tmp_path, emulator))
+    code, key, _ = smallops(capsys, "-p", str(tmp_path), "gateway", "keys", "create", "two")
+    assert code == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-c", "from smallops.cli import main; main()"]
+    process = subprocess.Popen(
+        [*command, "-p", str(tmp_path), "gateway", "--port", str(port), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    try:
+        assert "(2 worker(s))" in process.stdout.readline()
+        assert "each worker keeps its own rate limits" in process.stdout.readline()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with httpx.Client() as probe_client:
+                    probe_client.get(f"http://127.0.0.1:{port}/v1/models")
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+
+        async def many():
+            client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key.strip())
+            replies = await asyncio.gather(
+                *(
+                    client.chat.completions.create(model="fast", messages=MESSAGES)
+                    for _ in range(20)
+                )
+            )
+            return [r.choices[0].message.content for r in replies]
+
+        assert set(asyncio.run(many())) == {"Hello from the emulator."}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    with engine.connect() as connection:
+        callers = connection.execute(text("SELECT caller FROM runs")).scalars().all()
+    engine.dispose()
+    assert callers == ["two"] * 20, err

@@ -81,13 +81,20 @@ class Relay:
                 self.usage = usage
             choices = chunk.get("choices")
             if isinstance(choices, list) and choices:
-                delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
-                content = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(content, str):
-                    self.pieces.append(content)
+                self._take_text(choices)
             elif usage is not None and not self.wants_usage:
                 return False
         return True
+
+    def _take_text(self, choices: list[Any]) -> None:
+        """The first choice's text (with `n` above 1, the others travel in the same stream)."""
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str):
+                self.pieces.append(content)
 
 
 async def relay(
