@@ -13,13 +13,14 @@ cost and the difference is the gateway's.
 2. Concurrent: --clients requests in flight (each on a keep-alive connection, from the gateway's
    own HTTP/1.1 client under uvloop) for --concurrent-calls requests, direct and through the
    gateway: requests per second.
-3. Memory: the gateway's resident memory after the warm-up and at the end.
+3. Memory: the gateway's resident memory after the warm-up and at the end; with --memory-calls
+   N, also after each tenth of N more requests (64 in flight), to see whether it levels off.
 4. Logged: after the run, the gateway's log holds one run per request it answered.
 
 The comparison with the LiteLLM proxy (issue 15) is not here yet.
 
 Run: python bench/gateway.py [--calls 2000] [--rounds 3] [--clients 64]
-     [--concurrent-calls 5000] [--workers 1] [--json]
+     [--concurrent-calls 5000] [--memory-calls 0] [--workers 1] [--json]
 Needs nginx (apt-get install -y nginx-light).
 """
 
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--concurrent-calls", type=int, default=5000)
+    parser.add_argument("--memory-calls", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
@@ -201,10 +203,17 @@ def main() -> None:
                 uvloop.run(concurrent(gateway_url, auth, options.clients, calls))
             )
             results["rss_mb_at_end"] = round(rss_mb(gateway.pid), 1)
+            step = options.memory_calls // 10
+            if step:
+                samples = []
+                for _ in range(10):
+                    uvloop.run(concurrent(gateway_url, auth, options.clients, step))
+                    samples.append(round(rss_mb(gateway.pid), 1))
+                results["rss_mb_every_tenth"] = samples
         finally:
             gateway.send_signal(signal.SIGTERM)
             gateway.communicate(timeout=60)
-    answered = 500 + len(through) + options.concurrent_calls
+    answered = 500 + len(through) + options.concurrent_calls + 10 * (options.memory_calls // 10)
     engine = create_engine(f"sqlite:///{root / 'log.db'}")
     with engine.connect() as connection:
         results["runs_logged"] = connection.execute(text("SELECT count(*) FROM runs")).scalar()
