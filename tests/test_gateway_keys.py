@@ -78,6 +78,8 @@ def test_a_key_for_an_unknown_route_or_with_a_bad_limit_is_refused(tmp_path, cap
     assert code == 2 and "no route 'fats'" in err and "fast, big" in err
     code, _, err = smallops(capsys, *base, "ops", "--rpm", "0")
     assert code == 2 and "--rpm" in err
+    code, _, err = smallops(capsys, *base, "ops", "--routes", " , ")
+    assert code == 2 and "names no route" in err
     code, _, err = smallops(capsys, *base, "two words")
     assert code == 2 and "without spaces" in err
 

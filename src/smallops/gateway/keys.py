@@ -69,6 +69,10 @@ def create_key(
             f"key name {name!r} is not usable",
             hint="1 to 100 characters without spaces, e.g. the team: billing-team",
         )
+    if routes is not None and not routes:
+        raise InputError(
+            "--routes names no route", hint="name at least one, or leave it out for every route"
+        )
     if routes is not None and known_routes is not None:
         known = known_routes()
         unknown = [r for r in routes if r not in known]
