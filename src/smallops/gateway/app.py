@@ -59,9 +59,9 @@ log = logging.getLogger("smallops")
 class Exchange:
     """One request on its way through: the route, the legs tried, the guards' decisions."""
 
-    def __init__(self, key: KeyInfo, route: Route, request: dict[str, Any]) -> None:
+    def __init__(self, key: KeyInfo, route: Route, request: dict[str, Any], began: float) -> None:
         self.key, self.route, self.request = key, route, request
-        self.began = time.perf_counter()
+        self.began = began  # when the request reached the application
         self.waited = 0.0  # seconds spent waiting on the upstream (and between its retries)
         self.decisions: list[dict[str, Any]] = []
         self.legs: list[Leg] = []
@@ -151,6 +151,7 @@ class Gateway:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "smallops"}
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        began = time.perf_counter()
         key = await self.authenticate(scope)
         body = await read_body(receive)
         request = parse_request(body)
@@ -165,7 +166,7 @@ class Gateway:
                 "model_not_allowed",
                 "model",
             )
-        exchange = Exchange(key, route, request)
+        exchange = Exchange(key, route, request, began)
         primary = self._target(route, route.model, "app")
         try:
             exchange.held = await self.guards.admit(
