@@ -570,3 +570,18 @@ def test_several_workers_serve_and_log_alike(tmp_path, emulator, monkeypatch, ca
         callers = connection.execute(text("SELECT caller FROM runs")).scalars().all()
     engine.dispose()
     assert callers == ["two"] * 20, err
+
+
+def test_the_anthropic_sdk_gets_a_clear_refusal(gateway, emulator):
+    """Anthropic's SDK pointed at the gateway reaches /v1/messages: a 404 that says only the
+    OpenAI format is served, and nothing reaches the upstream."""
+    import anthropic
+
+    client = anthropic.Anthropic(
+        base_url=f"http://127.0.0.1:{gateway.port}", api_key="x", max_retries=0
+    )
+    with pytest.raises(anthropic.NotFoundError, match=r"Messages API .* not supported"):
+        client.messages.create(
+            model="fast", max_tokens=10, messages=[{"role": "user", "content": "Hi"}]
+        )
+    assert emulator.requests == []

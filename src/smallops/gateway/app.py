@@ -109,12 +109,7 @@ class Gateway:
                     raise not_allowed(method, "GET")
                 await self.models(scope, send, path.removeprefix("/v1/models").strip("/"))
             else:
-                raise GatewayError(
-                    404,
-                    f"no such endpoint: {method} {path}",
-                    "invalid_request_error",
-                    "unknown_url",
-                )
+                raise _unknown_endpoint(method, path)
         except GatewayError as error:
             await respond_error(send, error)
         except Exception:  # a bug: the client still gets an answer in OpenAI's shape
@@ -399,6 +394,16 @@ def _run_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
 
 
 _PASSED_ON = (b"x-request-id",)
+
+
+def _unknown_endpoint(method: str, path: str) -> GatewayError:
+    """404, saying what the gateway does serve (Anthropic's SDK lands on /v1/messages)."""
+    served = "it serves POST /v1/chat/completions and GET /v1/models (OpenAI's format)"
+    if path.rstrip("/").endswith("/messages"):
+        why = f"Anthropic's Messages API ({path}) is not supported by the gateway yet: {served}"
+    else:
+        why = f"no such endpoint: {method} {path}; {served}"
+    return GatewayError(404, why, "invalid_request_error", "unknown_url")
 
 
 def _passed_on(headers: httpx.Headers) -> list[tuple[bytes, bytes]]:
