@@ -25,7 +25,7 @@ from typing import Any, Literal
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 Vendor = Literal["openai", "anthropic"]
@@ -310,6 +310,9 @@ class ModelServer:
     def __init__(self) -> None:
         self.default: Behaviour = ok()
         self.requests: list[Received] = []
+        self.stream_delay = 0.0  # seconds between the chunks of a streamed answer
+        self.streams_finished = 0  # streamed answers sent to the end
+        self.streams_cut = 0  # streamed answers whose client went away before the end
         self.port = 0
         self._script: deque[Behaviour] = deque()
         self._lock = threading.Lock()
@@ -333,6 +336,8 @@ class ModelServer:
         with self._lock:
             self.requests.clear()
             self._script.clear()
+            self.stream_delay = 0.0
+            self.streams_finished = self.streams_cut = 0
 
     def start(self) -> ModelServer:
         routes = [
@@ -411,7 +416,44 @@ class ModelServer:
         if isinstance(behaviour, Ok) and behaviour.request_id is not None:
             request_id = behaviour.request_id
         header = "request-id" if vendor == "anthropic" else "x-request-id"
+        if vendor == "openai" and body.get("stream") is True and isinstance(behaviour, Ok):
+            return StreamingResponse(
+                self._chunks(_completion(vendor, behaviour, body), body),
+                media_type="text/event-stream",
+                headers={header: request_id},
+            )
         return JSONResponse(_completion(vendor, behaviour, body), headers={header: request_id})
+
+    async def _chunks(self, whole: dict[str, Any], body: dict[str, Any]) -> Any:
+        """A completion as Chat Completions streams it: a role chunk, the content in pieces, a
+        finish chunk, the usage chunk when `stream_options.include_usage` asks, then [DONE]."""
+        usage = (body.get("stream_options") or {}).get("include_usage") is True
+        text = whole["choices"][0]["message"]["content"] or ""
+        pieces = [text[i : i + 8] for i in range(0, len(text), 8)]
+        base = {k: whole[k] for k in ("id", "created", "model", "system_fingerprint")}
+        base["object"] = "chat.completion.chunk"
+        deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces]
+        chunks = [
+            {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas
+        ]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if usage:
+            chunks = [{**c, "usage": None} for c in chunks]
+            chunks.append({**base, "choices": [], "usage": whole["usage"]})
+        finished = False
+        try:
+            for chunk in chunks:
+                yield f"data: {json.dumps(chunk)}\n\n"
+                if self.stream_delay:
+                    await asyncio.sleep(self.stream_delay)
+            yield "data: [DONE]\n\n"
+            finished = True
+        finally:
+            with self._lock:
+                if finished:
+                    self.streams_finished += 1
+                else:
+                    self.streams_cut += 1
 
     async def _drop_connection(self, request: Request) -> None:
         # ASGI has no "abort": find uvicorn's protocol for this client and close its

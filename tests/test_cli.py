@@ -468,7 +468,7 @@ def test_db_upgrade_and_current(project, capsys):
     code, out, _ = smallops(capsys, "-p", str(project), "db", "upgrade")
     assert "already at" in out
     code, out, _ = smallops(capsys, "-p", str(project), "db", "current")
-    assert code == 0 and f"at {head_revision()}" in out and head_revision() == "0012"
+    assert code == 0 and f"at {head_revision()}" in out and head_revision() == "0013"
 
 
 def test_an_unreachable_database_is_one_line_and_exit_1(project, capsys, monkeypatch):

@@ -58,11 +58,12 @@ def test_every_documented_smallops_toml_is_accepted(tmp_path):
 
     import smallops.alert_config
     import smallops.config
+    import smallops.gateway_config
     from smallops.scaffold import SMALLOPS_TOML
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     examples = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
-    for module in (smallops.config, smallops.alert_config):
+    for module in (smallops.config, smallops.alert_config, smallops.gateway_config):
         docstring = module.__doc__ or ""
         examples.append(
             "\n".join(line[4:] for line in docstring.splitlines() if line[:4] == "    ")

@@ -400,6 +400,7 @@ def _log_at_0006_with_runs(engine: Engine, n: int) -> None:
             values["inputs"], values["attempts"] = {}, []
             del values["compacted"]  # added by 0010
             del values["trace_parent"]  # added by 0012
+            del values["caller"]  # added by 0013
             connection.execute(runs.insert().values(**values))
 
 

@@ -27,6 +27,9 @@
 
     [alerts]                                            # see smallops/alert_config.py
 
+    [gateway.routes."gpt-fast"]                         # see smallops/gateway_config.py
+    model = "openai:gpt-4o-mini-2024-07-18"
+
 Secrets never live in this file: a provider names where its key lives (smallops.secret_refs).
 A table or key smallops does not know is refused (naming the closest known one), so that a typo
 is never silently ignored.
@@ -46,6 +49,7 @@ from urllib.parse import urlsplit
 
 from smallops.alert_config import AlertSettings, parse_alerts
 from smallops.errors import ConfigError
+from smallops.gateway_config import GatewaySettings, parse_gateway
 from smallops.records import Price
 from smallops.secret_refs import SecretRef
 
@@ -60,7 +64,16 @@ DEFAULT_DATABASE_URL = f"sqlite:///{STATE_DIR}/smallops.db"
 PROVIDER_KINDS = ("openai", "anthropic", "fake")
 #: What smallops.toml may hold: its tables, and the keys of [smallops], of each
 #: [providers.NAME] and of each [prices."MODEL"] ([reviewers] maps any name to a hash).
-TABLES = ("smallops", "providers", "prices", "reviewers", "alerts", "secrets", "telemetry")
+TABLES = (
+    "smallops",
+    "providers",
+    "prices",
+    "reviewers",
+    "alerts",
+    "secrets",
+    "telemetry",
+    "gateway",
+)
 SMALLOPS_KEYS = ("database_url", "redis_url", "write_timeout")
 PROVIDER_KEYS = ("kind", "base_url", "api_key", "api_key_env")
 SECRETS_KEYS = ("cache_ttl", "max_stale", "fetch_timeout")
@@ -148,6 +161,7 @@ class Settings:
     alerts: AlertSettings = field(default_factory=AlertSettings)  # the [alerts] table
     secrets: SecretSettings = field(default_factory=SecretSettings)  # the [secrets] table
     telemetry: Telemetry = field(default_factory=Telemetry)  # the [telemetry] table
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)  # the [gateway] table
     # where each setting was read (an environment variable, or a key of smallops.toml), so that
     # an error names the place to fix it
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -216,10 +230,11 @@ class Settings:
             given = section.get(key)
             return default if given in (None, "") else given
 
+        providers = _providers(_table(data, "providers", CONFIG_FILE))
         return cls(
             root=root,
             database_url=setting("database_url", "SMALLOPS_DATABASE_URL", DEFAULT_DATABASE_URL),
-            providers=_providers(_table(data, "providers", CONFIG_FILE)),
+            providers=providers,
             prices=_prices(_table(data, "prices", CONFIG_FILE)),
             reviewers=_reviewers(_table(data, "reviewers", CONFIG_FILE)),
             redis_url=setting("redis_url", "SMALLOPS_REDIS_URL", None),
@@ -229,6 +244,9 @@ class Settings:
             alerts=parse_alerts(_table(data, "alerts", CONFIG_FILE)),
             secrets=_secrets(_table(data, "secrets", CONFIG_FILE)),
             telemetry=_telemetry(_table(data, "telemetry", CONFIG_FILE)),
+            gateway=parse_gateway(
+                _table(data, "gateway", CONFIG_FILE), {n: p.kind for n, p in providers.items()}
+            ),
             sources=sources,
         )
 

@@ -106,3 +106,4 @@ class RunRecord:
     flags: frozenset[str] = field(default_factory=frozenset)  # storable.FLAGS
     batch: tuple[str, str] | None = None  # (batch id, "<line>:<input hash>") of `run --input`
     trace_parent: str | None = None  # the application's span at the call's start (trace_context)
+    caller: str | None = None  # the gateway key's name, for a request that came through it

@@ -20,6 +20,7 @@ from smallops.cli import (
     doctor,
     drift,
     export,
+    gateway,
     init,
     logs,
     prune,
@@ -86,6 +87,7 @@ serve.register(app)
 app.add_typer(db.app, name="db")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(gateway.app, name="gateway")
 
 
 def main(argv: list[str] | None = None) -> None:

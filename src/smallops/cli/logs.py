@@ -194,6 +194,8 @@ def _print_run(run: dict[str, Any], review: dict[str, Any] | None, prompt: bool)
         ("origin", origin_of(run)),
         ("content", CONTENT_LABELS.get(run["content"] or "full", run["content"])),
     ]
+    if run.get("caller"):
+        facts.insert(1, ("caller", f"gateway key {run['caller']}"))
     for label, value in facts:
         say(f"  {label:<18} {escape(str(value))}" + (flag if label == "model served" else ""))
     kept = (run["content"] or "full") in ("full", "redacted")

@@ -82,6 +82,15 @@ class SdkClients:
         key = self.keys.cached()
         return key if key is not None else await asyncio.to_thread(self._key)
 
+    async def akey(self) -> str:
+        """The key for a request made outside the SDK (the gateway's own client): never
+        blocks the event loop; ProviderError("secret_unavailable") when none can be had."""
+        return await self._akey()
+
+    def rotated(self, rejected: str) -> str | None:
+        """After a 401 on `rejected` outside the SDK: the key fetched again if it changed."""
+        return self._rotated(rejected)
+
     def _rotated(self, rejected: str) -> str | None:
         try:
             return self.keys.refetch(rejected)

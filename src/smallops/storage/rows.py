@@ -104,7 +104,7 @@ def run_row(
         mode,
     )
     stored_flags = json_text(sorted(flags), set()) if flags else None
-    return (*columns, stored_flags, *batch, compacted, record.trace_parent)
+    return (*columns, stored_flags, *batch, compacted, record.trace_parent, record.caller)
 
 
 def _keeper(

@@ -140,6 +140,8 @@ runs = Table(
     Column("compacted", Integer),
     # "<trace id>-<span id>" of the application's span the call ran under (trace_context.py)
     Column("trace_parent", String(49)),
+    # who made the call, when it was not the application itself: a gateway key's name
+    Column("caller", String(100)),
     Index("ix_runs_workflow_started", "workflow", "started_at"),
     Index("ix_runs_started", "started_at"),
     Index("ix_runs_status_id", "status", "id"),  # `logs --status`: newest first
@@ -442,4 +444,23 @@ alert_notifications = Table(
     Column("detail", Text()),  # what the service answered last
     Index("ix_alert_notifications_due", "state", "next_attempt_at"),
     Index("ix_alert_notifications_alert", "alert_id", "channel"),
+)
+
+
+# The gateway's virtual keys (smallops.gateway.keys): only a SHA-256 of each key is kept, so the
+# table cannot give a key away; `prefix` is what `keys list` shows to tell them apart.
+gateway_keys = Table(
+    "gateway_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("prefix", String(24), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("routes", Json()),  # the route names it may use; NULL: every route
+    Column("rpm", Integer),  # requests per minute, for this key alone
+    Column("daily_usd", Float),  # its daily budget
+    Column("created_at", Timestamp, nullable=False),
+    Column("revoked_at", Timestamp),
+    Index("ux_gateway_keys_hash", "key_hash", unique=True),
+    Index("ix_gateway_keys_name", "name"),  # one active key per name: checked when made
 )

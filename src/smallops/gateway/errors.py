@@ -1,0 +1,123 @@
+"""Errors as the OpenAI API words them, so every OpenAI SDK raises its usual exception.
+
+`{"error": {"message", "type", "param", "code"}}` with the status code the SDKs map to their
+classes (401 AuthenticationError, 404 NotFoundError, 429 RateLimitError, 5xx InternalServerError).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic_core import from_json, to_json
+
+from smallops.error_types import GuardRefusal
+from smallops.providers.base import ProviderError
+
+
+@dataclass
+class GatewayError(Exception):
+    """A request the gateway answers with an error of its own."""
+
+    status: int
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    retry: bool = False  # whether the client's SDK should try again (x-should-retry)
+    raw: bytes | None = None  # the upstream's own error body, passed on as it came
+
+    def body(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return error_body(self.message, self.type, self.code, self.param)
+
+
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> bytes:
+    return to_json({"error": {"message": message, "type": kind, "param": param, "code": code}})
+
+
+def unauthorized(message: str) -> GatewayError:
+    return GatewayError(401, message, "invalid_request_error", "invalid_api_key")
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:
+    return GatewayError(400, message, "invalid_request_error", code, param)
+
+
+def rate_limited(message: str, retry_after: float) -> GatewayError:
+    """A limit of the gateway's own: the client may wait Retry-After and try again."""
+    seconds = max(1, int(retry_after + 0.999))
+    return GatewayError(
+        429,
+        message,
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        headers={"retry-after": str(seconds)},
+        retry=True,
+    )
+
+
+def budget_exhausted(message: str) -> GatewayError:
+    return GatewayError(429, message, "insufficient_quota", "budget_exhausted")
+
+
+def upstream_failed(status: int, message: str, code: str) -> GatewayError:
+    return GatewayError(status, message, "server_error", code)
+
+
+def client_error(error: ProviderError) -> GatewayError:
+    """The last upstream failure, as the client gets it (the gateway has already retried)."""
+    if error.kind == "breaker_open":
+        return GatewayError(503, error.message, "server_error", "breaker_open")
+    if error.kind == "auth_error":
+        return upstream_failed(
+            502,
+            f"the upstream refused the gateway's provider key ({error.message[:200]})",
+            "upstream_auth_error",
+        )
+    if error.status_code is not None and error.raw is not None and _is_openai_error(error.raw):
+        return GatewayError(
+            error.status_code, error.message, "upstream", raw=error.raw.encode("utf-8")
+        )
+    if error.kind == "timeout":
+        return upstream_failed(504, "the upstream did not answer in time", "upstream_timeout")
+    if error.kind == "connection_error":
+        return upstream_failed(502, error.message, "upstream_unreachable")
+    return upstream_failed(502, error.message, "upstream_bad_response")
+
+
+def _is_openai_error(raw: str) -> bool:
+    try:
+        body = from_json(raw)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+
+
+def refusal_type(error: GatewayError) -> GuardRefusal:
+    if error.code == "budget_exhausted":
+        return "budget_exhausted"
+    if error.code == "budget_unavailable":
+        return "budget_unavailable"
+    return "throttled"
+
+
+def no_route(name: str) -> GatewayError:
+    return GatewayError(
+        404,
+        f"the model {name!r} does not exist or you do not have access to it",
+        "invalid_request_error",
+        "model_not_found",
+        "model",
+    )
+
+
+def not_allowed(method: str, allowed: str) -> GatewayError:
+    return GatewayError(
+        405,
+        f"{method} is not allowed here; use {allowed}",
+        "invalid_request_error",
+        "method_not_allowed",
+        headers={"allow": allowed},
+    )

@@ -1,0 +1,186 @@
+"""Streamed completions: the upstream's server-sent events relayed to the client as they come.
+
+The gateway always asks the upstream for usage (`stream_options.include_usage`), so a streamed
+request is priced and budgeted like any other; the extra usage chunk is kept from a client that
+did not ask for it. A client that goes away mid-stream cancels the upstream request (its
+connection is closed), and the run is recorded as `cancelled` with what had arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic_core import from_json, to_json
+
+from smallops.gateway.asgi import Receive, Send
+from smallops.gateway.errors import error_body
+from smallops.gateway.runs import Leg, usage_of
+from smallops.gateway.upstream import Streamed, as_provider_error
+from smallops.records import Usage
+
+SSE = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+
+
+class Relay:
+    """What a stream carried, taken from its events as they pass."""
+
+    def __init__(self, request: dict[str, Any], leg: Leg) -> None:
+        options = request.get("stream_options")
+        self.wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        self.leg = leg
+        self.pieces: list[str] = []
+        self.usage: Usage | None = None
+        self.done = False
+        self.events = 0
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Whole events of `chunk` (with what was left of the last), as the client gets them."""
+        data = self._pending + chunk
+        out = []
+        start = 0
+        while (end := data.find(b"\n\n", start)) >= 0:
+            event = data[start : end + 2]
+            start = end + 2
+            if self._keep(event):
+                out.append(event)
+        self._pending = data[start:]
+        return b"".join(out)
+
+    def rest(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return rest
+
+    def _keep(self, event: bytes) -> bool:
+        """Note what the event says; False for the usage chunk the client did not ask for."""
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                return True
+            try:
+                chunk = from_json(payload)
+            except ValueError:
+                return True
+            if not isinstance(chunk, dict):
+                return True
+            self.events += 1
+            if self.leg.served is None and isinstance(chunk.get("model"), str):
+                self.leg.served = chunk["model"]
+                fingerprint = chunk.get("system_fingerprint")
+                self.leg.fingerprint = fingerprint if isinstance(fingerprint, str) else None
+            usage = usage_of(chunk)
+            if usage is not None:
+                self.usage = usage
+            choices = chunk.get("choices")
+            if isinstance(choices, list) and choices:
+                self._take_text(choices)
+            elif usage is not None and not self.wants_usage:
+                return False
+        return True
+
+    def _take_text(self, choices: list[Any]) -> None:
+        """The first choice's text (with `n` above 1, the others travel in the same stream)."""
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str):
+                self.pieces.append(content)
+
+
+async def relay(
+    request: dict[str, Any],
+    leg: Leg,
+    response: Streamed,
+    receive: Receive,
+    send: Send,
+    headers: list[tuple[bytes, bytes]],
+) -> bool:
+    """Relay the stream; True when it ended with [DONE]. The leg gets the text, the usage, and
+    why it stopped short (the client left, or the upstream failed)."""
+    state = Relay(request, leg)
+    await send({"type": "http.response.start", "status": 200, "headers": [*SSE, *headers]})
+    sent_at = time.perf_counter()
+
+    async def pump() -> None:
+        try:
+            async for chunk in response.chunks():
+                out = state.feed(chunk)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            rest = state.rest()
+            if rest:
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+        finally:
+            await response.aclose()
+
+    async def client_left() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    pumping = asyncio.create_task(pump())
+    watching = asyncio.create_task(client_left())
+    try:
+        await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pumping, watching):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(pumping, watching, return_exceptions=True)
+    failure = None if not pumping.done() or pumping.cancelled() else pumping.exception()
+    _settle(state, leg, request, sent_at)
+    if watching.done() and not watching.cancelled() and not state.done:
+        leg.error_type = "cancelled"
+        leg.error_message = (
+            f"the client disconnected after {state.events} chunks; the upstream request was "
+            f"cancelled" + ("" if state.usage else " (usage estimated from what arrived)")
+        )
+        return False
+    if failure is not None or not state.done:
+        if failure is not None:
+            error = as_provider_error(failure)
+            leg.error_type, leg.error_message = error.kind, error.message
+        else:
+            leg.error_type = "bad_response"
+            leg.error_message = "the upstream stream ended without [DONE]"
+        body = error_body(leg.error_message, "server_error", "upstream_stream_failed")
+        await _try_send(send, b"data: " + body + b"\n\n")
+        return False
+    await _try_send(send, b"", more=False)
+    return True
+
+
+def _settle(state: Relay, leg: Leg, request: dict[str, Any], sent_at: float) -> None:
+    """Put what the stream carried on the leg: the text, and the usage (estimated when the
+    stream stopped before the usage chunk: the request's size, one token per content piece)."""
+    leg.output = "".join(state.pieces)
+    if state.usage is not None:
+        leg.usage = state.usage
+    else:
+        prompt = len(to_json(request.get("messages"))) // 4
+        leg.usage = Usage(input_tokens=prompt, output_tokens=len(state.pieces))
+    if leg.attempts:
+        leg.attempts[-1].update(
+            stream_ms=round((time.perf_counter() - sent_at) * 1000, 3),
+            response=leg.output,
+            model=leg.served,
+            usage=leg.usage.__dict__,
+        )
+
+
+async def _try_send(send: Send, body: bytes, more: bool = True) -> None:
+    try:
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+        if more:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError:
+        pass

@@ -1,0 +1,260 @@
+"""Where a route's requests go: a provider's Chat Completions endpoint, spoken to directly.
+
+The gateway forwards the client's JSON as it came (with the pinned model put in), so it talks
+HTTP itself instead of rebuilding each request through an SDK: through its own small HTTP/1.1
+client (http1.py), or through httpx when a proxy (HTTPS_PROXY and the like) stands between it
+and the provider. The provider's key comes from the provider, as for workflows; nothing of the
+client's request headers is sent on, so its key never leaves the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from smallops import __version__
+from smallops.error_types import ProviderFailure
+from smallops.gateway.http1 import Http1Pool, Http1Response
+from smallops.providers._sdk import SdkClients
+from smallops.providers.base import Provider, ProviderError, parse_retry_after
+from smallops.redact import Redactor
+
+USER_AGENT = f"smallops-gateway/{__version__}"
+CONNECT_TIMEOUT = 10.0
+#: Up to this many upstream connections are kept open per worker between requests (httpx).
+POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepalive_expiry=30)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An upstream response that was read whole."""
+
+    status: int
+    headers: httpx.Headers
+    content: bytes
+
+
+class Streamed(Protocol):
+    """A 200 answer whose body is still to be read, event by event."""
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Upstream:
+    """One provider's endpoint: its URL and key, and the worker's connections to it."""
+
+    def __init__(self, provider: Provider, connections: Connections) -> None:
+        self.provider = provider
+        self.name = provider.name
+        self.endpoint = provider.endpoint
+        base_url = str(getattr(provider, "base_url", "") or "")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self._connections = connections
+        self.proxied = uses_proxy(self.url)
+
+    async def _headers(self, key: str | None = None) -> dict[str, str]:
+        """The request's headers, with the provider's key as its cache has it now (a store's
+        key is fetched in a thread: a store may be slow)."""
+        if key is None:
+            key = await provider_key(self.provider)
+        return {
+            "authorization": f"Bearer {key}",
+            "content-type": "application/json",
+            "accept": "application/json",
+            "user-agent": USER_AGENT,
+        }
+
+    async def post(self, body: bytes, timeout: float) -> Answer:
+        """Send and read the whole answer; ProviderError when there is none (or an error).
+        After a 401, once more with the key fetched again, if it changed (a rotation)."""
+        headers = await self._headers()
+        try:
+            return await self._post(body, timeout, headers)
+        except ProviderError as exc:
+            rotated = await rotated_key(self.provider, exc, headers)
+            if rotated is None:
+                raise
+            return await self._post(body, timeout, await self._headers(rotated))
+
+    async def _post(self, body: bytes, timeout: float, headers: dict[str, str]) -> Answer:
+        try:
+            if self.proxied:
+                response = await self._connections.httpx().post(
+                    self.url, content=body, headers=headers, timeout=_timeout(timeout)
+                )
+                answer = Answer(response.status_code, response.headers, response.content)
+            else:
+                direct = await self._connections.http1().post(
+                    self.url, headers, body, timeout, min(timeout, CONNECT_TIMEOUT)
+                )
+                content = await direct.read(timeout)
+                answer = Answer(direct.status, httpx.Headers(direct.headers), content)
+        except Exception as exc:
+            raise as_provider_error(exc) from None
+        if answer.status >= 400:
+            raise status_error(answer)
+        return answer
+
+    async def open_stream(self, body: bytes, timeout: float) -> Streamed:
+        """Send, and return the answer with its body still to be read (200 only); after a
+        401, once more with a rotated key, as `post`."""
+        headers = await self._headers()
+        try:
+            return await self._open_stream(body, timeout, headers)
+        except ProviderError as exc:
+            rotated = await rotated_key(self.provider, exc, headers)
+            if rotated is None:
+                raise
+            return await self._open_stream(body, timeout, await self._headers(rotated))
+
+    async def _open_stream(self, body: bytes, timeout: float, headers: dict[str, str]) -> Streamed:
+        try:
+            if self.proxied:
+                return await self._httpx_stream(body, headers, timeout)
+            direct = await self._connections.http1().post(
+                self.url, headers, body, timeout, min(timeout, CONNECT_TIMEOUT)
+            )
+            if direct.status >= 400:
+                content = await direct.read(timeout)
+                raise status_error(Answer(direct.status, httpx.Headers(direct.headers), content))
+            return _Http1Stream(direct, timeout)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise as_provider_error(exc) from None
+
+    async def _httpx_stream(self, body: bytes, headers: dict[str, str], timeout: float) -> Streamed:
+        client = self._connections.httpx()
+        request = client.build_request(
+            "POST", self.url, content=body, headers=headers, timeout=_timeout(timeout)
+        )
+        response = await client.send(request, stream=True)
+        if response.status_code >= 400:
+            content = await response.aread()
+            await response.aclose()
+            raise status_error(Answer(response.status_code, response.headers, content))
+        return _HttpxStream(response)
+
+
+class _Http1Stream:
+    def __init__(self, response: Http1Response, timeout: float) -> None:
+        self._response, self._timeout = response, timeout
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._response.chunks(self._timeout)
+
+    async def aclose(self) -> None:
+        self._response.close()
+
+
+class _HttpxStream:
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._response.aiter_raw()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class Connections:
+    """The worker's upstream connections: its HTTP/1.1 pool, and an httpx client for proxies."""
+
+    def __init__(self) -> None:
+        self._http1: Http1Pool | None = None
+        self._httpx: httpx.AsyncClient | None = None
+
+    def http1(self) -> Http1Pool:
+        if self._http1 is None:
+            self._http1 = Http1Pool()
+        return self._http1
+
+    def httpx(self) -> httpx.AsyncClient:
+        if self._httpx is None:
+            self._httpx = httpx.AsyncClient(limits=POOL, follow_redirects=False, trust_env=True)
+        return self._httpx
+
+    async def aclose(self) -> None:
+        if self._http1 is not None:
+            self._http1.close()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+
+
+def uses_proxy(url: str) -> bool:
+    """Whether the environment puts a proxy between the gateway and `url` (as httpx reads it)."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+async def provider_key(provider: Provider) -> str:
+    """The provider's key, as its SDK clients get it (registered for redaction there);
+    ProviderError("secret_unavailable") when none can be had."""
+    if not isinstance(provider, SdkClients):
+        raise ProviderError("bad_request", f"provider '{provider.name}' has no HTTP endpoint")
+    return await provider.akey()
+
+
+async def rotated_key(
+    provider: Provider, error: ProviderError, headers: dict[str, str]
+) -> str | None:
+    """After the upstream refused the key with a 401: the key fetched again if it changed, else
+    None (the refusal stands). A 403 is not a rotation."""
+    if error.status_code != 401 or not isinstance(provider, SdkClients):
+        return None
+    sent = headers["authorization"].removeprefix("Bearer ")
+    return await asyncio.to_thread(provider.rotated, sent)
+
+
+def _timeout(seconds: float) -> httpx.Timeout:
+    return httpx.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT))
+
+
+def as_provider_error(exc: BaseException) -> ProviderError:
+    """A failure to get an answer (either client's) as the ProviderError it amounts to."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException)):
+        return ProviderError("timeout", "the upstream request timed out")
+    if isinstance(exc, (OSError, httpx.HTTPError)):
+        return ProviderError(
+            "connection_error", f"upstream connection failed: {type(exc).__name__}"
+        )
+    return ProviderError("bad_response", f"upstream failure: {type(exc).__name__}")
+
+
+def status_error(answer: Answer) -> ProviderError:
+    """An upstream error response as a ProviderError that keeps its status, body and wait."""
+    raw = Redactor.from_environment()(answer.content.decode("utf-8", "replace")) or ""
+    return ProviderError(
+        status_kind(answer.status),
+        f"HTTP {answer.status}: {raw[:500]}",
+        status_code=answer.status,
+        retry_after=parse_retry_after(answer.headers),
+        raw=raw,
+    )
+
+
+def status_kind(status: int) -> ProviderFailure:
+    """What an HTTP status says about the request, as the SDK providers judge it."""
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth_error"
+    if status == 408:
+        return "timeout"
+    if status == 409 or status >= 500:
+        return "server_error"
+    return "bad_request"

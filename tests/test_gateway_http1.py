@@ -1,0 +1,122 @@
+"""The gateway's HTTP/1.1 upstream client against a raw asyncio server on 127.0.0.1: keep-alive
+reuse, a connection the server closed while idle, chunked bodies, timeouts, a cut answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from smallops.gateway.http1 import Http1Pool, UpstreamConnectionError
+
+OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{"ok": true}'
+
+
+class RawServer:
+    """Answers each request with the next of `answers` (bytes; None: close without a word),
+    counting connections."""
+
+    def __init__(self, *answers: bytes | None, close_after: bool = False) -> None:
+        self.answers = list(answers)
+        self.close_after = close_after
+        self.connections = 0
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1/chat/completions"
+
+    async def __aexit__(self, *_: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                answer = self.answers.pop(0) if self.answers else OK
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+def post(pool: Http1Pool, url: str, timeout: float = 2.0):
+    async def go():
+        response = await pool.post(url, {"content-type": "application/json"}, b"{}", timeout, 1.0)
+        return response.status, dict(response.headers), await response.read(timeout)
+
+    return go()
+
+
+def test_connections_are_kept_alive_and_reused():
+    async def main():
+        pool = Http1Pool()
+        server = RawServer()
+        async with server as url:
+            for _ in range(5):
+                status, headers, body = await post(pool, url)
+                assert (status, body) == (200, b'{"ok": true}')
+            assert headers[b"content-type"] == b"application/json"
+            assert server.connections == 1
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced():
+    async def main():
+        pool = Http1Pool()
+        server = RawServer(close_after=True)
+        async with server as url:
+            assert (await post(pool, url))[0] == 200
+            await asyncio.sleep(0.05)  # the close reaches the idle connection
+            assert (await post(pool, url))[0] == 200
+            assert server.connections == 2
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_chunked_body_arrives_whole_and_a_cut_answer_is_a_connection_error():
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    )
+    cut = b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"partial"'
+
+    async def main():
+        pool = Http1Pool()
+        async with RawServer(chunked, cut, close_after=False) as url:
+            assert (await post(pool, url))[2] == b"hello world"
+        server = RawServer(cut, close_after=True)
+        async with server as url:
+            with pytest.raises(UpstreamConnectionError):
+                await post(pool, url)
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_no_answer_in_time_is_a_timeout():
+    async def main():
+        pool = Http1Pool()
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+            await post(pool, f"http://127.0.0.1:{port}/v1", timeout=0.2)
+        server.close()
+        pool.close()
+
+    asyncio.run(main())
