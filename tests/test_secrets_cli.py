@@ -171,6 +171,13 @@ def test_a_pasted_key_is_refused_and_never_repeated(tmp_path, capsys, line, key)
         ('"env:OPENAI_API_KEY\\nX"', "line break or a control character"),
         ('"env:MY KEY"', "must name an environment variable"),
         ("5", "must be a secret reference string"),
+        ('"env:OPENAI_API_KEY#field"', "names a #field of an environment variable"),
+        (f'"vault:secret/{"x/" * 600}#f"', "characters long, not a secret reference"),
+        # a path the HTTP library resolves reads another resource: Vault's sys/ API here
+        ('"vault:secret/../../sys/policy/root#f"', "has a . or .. segment"),
+        ('"vault:secret/openai?version=1#api_key"', "in its path: the vault store"),
+        ('"vault:secret/%2e%2e/openai#api_key"', "in its path: the vault store"),
+        ('"gcp-sm:my-project/openai-key#.."', "has a . or .. segment"),
     ],
 )
 def test_a_bad_reference_says_what_is_wrong(tmp_path, value, message):
