@@ -172,6 +172,33 @@ def test_values_a_header_cannot_carry_are_refused_and_never_repeated(store, raw,
     assert said in text and secret not in text
 
 
+def test_a_key_too_short_to_redact_is_refused_and_never_repeated(store):
+    """The redactor leaves values under 8 characters alone (they match ordinary text), so a
+    store's value that short could reach the log: it is refused instead."""
+    short = secrets.token_hex(3) + "Q"  # 7 characters
+    store.set(mode="raw", raw=short.encode())
+    ref, policy = ref_of(store), SecretSettings()
+    with pytest.raises(SecretStoreError) as failed:
+        cache.get(ref, policy)
+    text = f"{failed.value.message} {failed.value.hint}"
+    assert "too short" in text and short not in text
+    assert cache.peek(ref, policy) is None
+
+
+def test_a_key_written_to_stderr_instead_of_stdout_is_not_shown(tmp_path):
+    """A helper that succeeds with its key on the wrong stream: what it wrote is the key, so
+    the error says where it went, never what it was."""
+    key = new_key()
+    helper = tmp_path / "bin" / "key"
+    helper.parent.mkdir()
+    helper.write_text(f"#!/bin/sh\necho '{key}' >&2\n")
+    helper.chmod(0o755)
+    with pytest.raises(SecretStoreError) as failed:
+        cache.get(SecretRef.parse(f"command:{helper}"), SecretSettings())
+    message = failed.value.message
+    assert "printed nothing on its standard output" in message and key not in message
+
+
 def test_whitespace_around_a_key_is_not_part_of_it(store):
     key = new_key()
     store.set(mode="raw", raw=f"  {key}\r\n".encode())

@@ -27,7 +27,7 @@ from typing import Any
 
 from smallops.config import STATE_DIR, SecretSettings
 from smallops.errors import SmallopsError
-from smallops.redact import Redactor, register
+from smallops.redact import MIN_SECRET, Redactor, register
 from smallops.secret_refs import SecretRef
 from smallops.secrets.base import (
     FETCH_TIMEOUT,
@@ -347,7 +347,8 @@ def _naming(ref: SecretRef, message: str) -> str:
 def _checked(ref: SecretRef, fetched: Any) -> Fetched:
     """The value as a provider can send it, or a SecretStoreError that never repeats it: one
     line of printable ASCII (an HTTP header carries it), surrounding whitespace removed (a
-    newline saved with the key, `echo` style), and not absurdly long."""
+    newline saved with the key, `echo` style), neither absurdly long nor too short to be kept out
+    of the log (the redactor leaves values under MIN_SECRET alone: they match ordinary text)."""
     if not isinstance(fetched, Fetched) or not isinstance(fetched.value, str):
         raise SecretStoreError(f"{ref}: the store gave no text")
     value = fetched.value.strip()
@@ -356,6 +357,12 @@ def _checked(ref: SecretRef, fetched: Any) -> Fetched:
     hint = "store the key alone, as one line of text"
     if not value:
         raise SecretStoreError(f"{ref}: the secret is empty", hint=hint)
+    if len(value) < MIN_SECRET:
+        raise SecretStoreError(
+            f"{ref}: the secret is {len(value)} characters long, too short for an API key "
+            "and too short to be kept out of the log",
+            hint=f"store the key itself ({MIN_SECRET} characters or more), as one line of text",
+        )
     if len(value) > MAX_LENGTH:
         raise SecretStoreError(
             f"{ref}: the secret is {len(value)} characters long, too long for an API key",
