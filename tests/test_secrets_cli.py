@@ -91,6 +91,15 @@ def test_secrets_check_exits_0_when_every_key_can_be_had(project, capsys, tmp_pa
     assert store.key not in out
 
 
+def test_a_problem_is_printed_as_written_never_as_emoji(project, capsys, monkeypatch):
+    """`doppler:X: ...` once printed as `doppler❌ ...`: text from references and stores is
+    never read for :emoji: codes."""
+    monkeypatch.delenv("DOPPLER_TOKEN", raising=False)
+    add(project, "[providers.d]\nkind = 'openai'\napi_key = 'doppler:X'\n")
+    code, out, _ = smallops(capsys, "-p", str(project), "secrets", "check")
+    assert code == 1 and "doppler:X: DOPPLER_TOKEN is not set" in out and "❌" not in out
+
+
 def test_a_keyless_server_needs_no_key_and_a_missing_env_key_fails(project, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY")
     add(project, "[providers.ollama]\nkind = 'openai'\nbase_url = 'http://127.0.0.1:9/v1'\n")
