@@ -401,6 +401,28 @@ def test_keys_in_env_references_fail_and_store_references_pass_without_showing_t
     assert (status, evidence) == ("pass", "openai: key from a command")
 
 
+def test_the_key_judged_is_the_one_the_workflows_provider_reads(tmp_path, capsys):
+    """smallops.toml names a store, but the workflow's code makes its own provider that reads
+    an environment variable: its calls use the variable, so the practice fails (and the other
+    way round, a store named in the code passes)."""
+    folder = init(capsys, tmp_path / "ops")
+    toml = folder / "smallops.toml"
+    toml.write_text(toml.read_text() + '\n[providers.openai]\napi_key = "vault:secret/openai#k"\n')
+    module = folder / "workflows" / "email_triage.py"
+    text = module.read_text().replace(
+        "from smallops import Workflow",
+        "from smallops import Workflow\nfrom smallops.providers.openai import OpenAIProvider",
+    )
+    made = text.replace('review="all",', 'review="all",\n    provider=OpenAIProvider(%s),')
+    module.write_text(made % 'api_key_env="TEAM_OPENAI_KEY"')
+    status, evidence = finding(examine(Project(folder)), "secrets_from_a_store")
+    assert (status, evidence) == ("fail", "openai: key in $TEAM_OPENAI_KEY, not in a secret store")
+    toml.write_text(toml.read_text().replace("vault:secret/openai#k", "env:OPENAI_API_KEY"))
+    module.write_text(made % 'api_key="aws-sm:prod/openai#api_key"')
+    status, evidence = finding(examine(Project(folder)), "secrets_from_a_store")
+    assert (status, evidence) == ("pass", "openai: key from AWS Secrets Manager")
+
+
 def test_eval_sets_under_20_warn_and_a_missing_one_fails(tmp_path, capsys):
     folder = init(capsys, tmp_path / "ops")
     evals = folder / "evals" / "email_triage.jsonl"
