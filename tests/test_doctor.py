@@ -450,6 +450,24 @@ def test_the_ci_gate_is_found_in_the_repository_and_comments_do_not_count(tmp_pa
     assert scan_ci(project).files == ()
 
 
+def test_a_gate_below_the_repositorys_root_never_runs_and_fails(tmp_path, capsys):
+    """`smallops init ops` inside a repository writes ops/.github/workflows/smallops.yml, which
+    GitHub never reads: the gate is not in CI until the file is at the root."""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    folder = init(capsys, repo / "ops")
+    status, evidence = finding(examine(Project(folder)), "evals_in_ci")
+    assert status == "fail" and evidence.startswith(".github/workflows/smallops.yml:")
+    assert "CI reads its files at the repository's root only" in evidence
+    (repo / ".github").mkdir()
+    (folder / ".github" / "workflows").rename(repo / ".github" / "workflows")
+    status, evidence = finding(examine(Project(folder)), "evals_in_ci")
+    assert status == "warn" and "has no baseline" in evidence  # the gate now runs
+    (repo / ".git").rmdir()  # not a repository: the project's own files are the root's
+    (repo / ".github" / "workflows").rename(folder / ".github" / "workflows")
+    assert finding(examine(Project(folder)), "evals_in_ci")[0] == "warn"
+
+
 def test_every_practice_is_judged_once_in_the_playbooks_order(tmp_path, capsys):
     folder = init(capsys, tmp_path / "ops")
     card = examine(Project(folder))
