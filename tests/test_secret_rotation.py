@@ -171,6 +171,23 @@ def test_an_unchanged_key_leaves_the_401_standing_and_is_not_fetched_again_at_on
     assert store.key not in recorded
 
 
+def test_a_store_down_at_rotation_is_said_so_not_that_the_key_is_unchanged(keyed, store, emulator):
+    """The 401 stands (the old key is refused, no new one can be had); its message says the
+    store could not give a key, not that it gave the same one."""
+    accepted = [store.key]
+    emulator.default = respond(provider_accepting(lambda: accepted[0]))
+    wf = keyed()
+    assert wf.run(**EMAIL).error is None and store.count == 1
+    accepted[0] = new_key()  # rotated at the provider; the store goes down at that moment
+    store.set(mode="fail")
+    result = wf.run(**EMAIL)
+    message = result.error_message or ""
+    assert result.error == "auth_error" and result.status == "queued_for_human"
+    assert "could not be fetched again" in message and "exited with status 3" in message
+    assert "unchanged" not in message and store.key not in message
+    assert store.count == 2 and breaker_counts(wf) == (2, 0)
+
+
 def test_no_key_sends_the_call_to_the_fallback_as_secret_unavailable(keyed, store, emulator):
     store.set(mode="fail")
     wf = keyed()

@@ -82,11 +82,16 @@ class SdkClients:
         key = self.keys.cached()
         return key if key is not None else await asyncio.to_thread(self._key)
 
-    def _rotated(self, rejected: str) -> str | None:
+    def _rotated(self, rejected: str) -> tuple[str | None, str]:
+        """After a 401: the key fetched again if it changed; else None, and why the 401 stands
+        (said in its message, for a key from a store)."""
         try:
-            return self.keys.refetch(rejected)
-        except (SecretStoreError, ConfigError):
-            return None
+            fresh = self.keys.refetch(rejected)
+        except (SecretStoreError, ConfigError) as exc:
+            return None, f"the key could not be fetched again: {exc.message}"
+        if fresh is not None or self.keys.ref.scheme == "env":
+            return fresh, ""
+        return None, f"the key from {self.keys.ref} was fetched again: unchanged"
 
     def call(self, cls: Any, sdk: ModuleType, request: Callable[[Any], Any]) -> Any:
         """`request(client)` with the current key; after a 401, once more with a new key."""
@@ -94,9 +99,9 @@ class SdkClients:
         try:
             return request(self.sync_client(cls, key))
         except sdk.AuthenticationError as exc:
-            fresh = self._rotated(key)
+            fresh, why = self._rotated(key)
             if fresh is None:
-                raise self.error(exc, sdk, refused=True) from None
+                raise self.error(exc, sdk, why) from None
         except sdk_errors(sdk) as exc:
             raise self.error(exc, sdk) from None
         try:
@@ -110,9 +115,9 @@ class SdkClients:
         try:
             return await request(self.async_client(cls, key))
         except sdk.AuthenticationError as exc:
-            fresh = await asyncio.to_thread(self._rotated, key)
+            fresh, why = await asyncio.to_thread(self._rotated, key)
             if fresh is None:
-                raise self.error(exc, sdk, refused=True) from None
+                raise self.error(exc, sdk, why) from None
         except sdk_errors(sdk) as exc:
             raise self.error(exc, sdk) from None
         try:
@@ -120,13 +125,14 @@ class SdkClients:
         except sdk_errors(sdk) as exc:
             raise self.error(exc, sdk) from None
 
-    def error(self, exc: Exception, sdk: ModuleType, *, refused: bool = False) -> ProviderError:
-        """The SDK's exception as a ProviderError, with every key masked (this one, the one
-        before a rotation, any other registered): some servers repeat the key they were sent
-        in a 401's message, and the message reaches the application."""
+    def error(self, exc: Exception, sdk: ModuleType, why: str = "") -> ProviderError:
+        """The SDK's exception as a ProviderError (`why` a 401 stands added), with every key
+        masked (this one, the one before a rotation, any other registered): some servers
+        repeat the key they were sent in a 401's message, and the message reaches the
+        application."""
         error = to_provider_error(exc, sdk)
-        if refused and self.keys.ref.scheme != "env":
-            error.message += f" (the key from {self.keys.ref} was fetched again: unchanged)"
+        if why:
+            error.message += f" ({why})"
         redact = Redactor()
         error.message = redact(error.message) or error.message
         error.args = (error.message,)

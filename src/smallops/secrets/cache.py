@@ -144,9 +144,10 @@ class SecretCache:
         root: Path | None = None,
     ) -> Fetched | None:
         """After the provider refused the key `rejected`: the key fetched again, or None when
-        the store still gives the same one (or cannot be asked). One fetch serves every call
-        that saw the same key refused; a key confirmed unchanged is not fetched again for
-        RETRY_INTERVAL, so a revoked key does not make every call ask the store."""
+        the store still gives the same one; SecretStoreError when it gave none (down, denied).
+        One fetch serves every call that saw the same key refused; a key confirmed unchanged
+        is not fetched again for RETRY_INTERVAL, so a revoked key does not make every call ask
+        the store."""
         store = self._store(ref.scheme)
         with self._lock:
             entry = self._entry(ref, policy, root)
@@ -166,7 +167,11 @@ class SecretCache:
         with self._lock:
             fetched = flight.fetched
             if fetched is None:
-                return None
+                error = flight.error or entry.error
+                message = error.message if error else "the store did not answer"
+                raise SecretStoreError(
+                    _naming(ref, message), unreachable=error is None or error.unreachable
+                )
             if fetched.value == rejected:
                 entry.confirmed, entry.confirmed_at = rejected, time.monotonic()
                 return None
