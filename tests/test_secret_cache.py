@@ -199,6 +199,21 @@ def test_a_key_written_to_stderr_instead_of_stdout_is_not_shown(tmp_path):
     assert "printed nothing on its standard output" in message and key not in message
 
 
+def test_a_store_repeating_its_own_token_in_an_error_has_it_masked(tmp_path, monkeypatch):
+    """A helper (or a store) that says which credential it failed with: the value of a
+    secret-named variable never reaches the message that status, the CLI and the log show."""
+    token = secrets.token_hex(16)
+    monkeypatch.setenv("TEAM_STORE_TOKEN", token)
+    helper = tmp_path / "bin" / "key"
+    helper.parent.mkdir()
+    helper.write_text('#!/bin/sh\necho "login failed for token $TEAM_STORE_TOKEN" >&2\nexit 1\n')
+    helper.chmod(0o755)
+    with pytest.raises(SecretStoreError) as failed:
+        cache.get(SecretRef.parse(f"command:{helper}"), SecretSettings())
+    message = failed.value.message
+    assert "login failed for token [REDACTED]" in message and token not in message
+
+
 def test_whitespace_around_a_key_is_not_part_of_it(store):
     key = new_key()
     store.set(mode="raw", raw=f"  {key}\r\n".encode())

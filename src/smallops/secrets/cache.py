@@ -305,6 +305,7 @@ class SecretCache:
             error = SecretStoreError(
                 f"{entry.ref}: the store failed: {type(exc).__name__}", unreachable=True
             )
+        error = _masked(error) if error is not None else None
         with self._lock:
             flight.fetched, flight.error = fetched, error
             if entry.flight is flight:
@@ -347,6 +348,16 @@ def _retry(policy: SecretSettings) -> float:
 def _naming(ref: SecretRef, message: str) -> str:
     """A store's message, led by the reference unless it already names it."""
     return message if str(ref) in message else f"{ref}: {message}"
+
+
+def _masked(error: SecretStoreError) -> SecretStoreError:
+    """A store's error with the values of secret-named environment variables masked: a store
+    may repeat its own credential (VAULT_TOKEN, DOPPLER_TOKEN, a helper's) in its error text."""
+    redact = Redactor.from_environment()
+    message, hint = redact(error.message) or "", redact(error.hint) or ""
+    if (message, hint) == (error.message, error.hint):
+        return error
+    return SecretStoreError(message, unreachable=error.unreachable, hint=hint)
 
 
 def _checked(ref: SecretRef, fetched: Any) -> Fetched:
