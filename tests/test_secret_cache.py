@@ -155,7 +155,9 @@ def test_a_hung_store_costs_one_caller_one_timeout_while_a_cached_key_serves(sto
         (b"\xff\xfe%s", "not UTF-8"),
         (b"k" * 20_000 + b"%s", "too long"),
         (b"k" * 70_000 + b"%s", "more than 64 KiB"),
-        (b'{"api_key": "%s"}', None),  # a JSON document is text: a command gives it whole
+        # a document of fields: sent whole, its other fields would go to the provider too
+        (b'{"api_key": "%s", "db_password": "x"}', "a JSON object, not a key"),
+        (b'["%s"]', None),  # not an object: text like any other
     ],
 )
 def test_values_a_header_cannot_carry_are_refused_and_never_repeated(store, raw, said):

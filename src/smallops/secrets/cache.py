@@ -18,6 +18,7 @@ Every provider key from a store comes through here, so that:
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -384,6 +385,13 @@ def _checked(ref: SecretRef, fetched: Any) -> Fetched:
             f"{ref}: the secret is {len(value)} characters long, too long for an API key",
             hint=hint + " (or name its field: #field)",
         )
+    if _json_object(value):  # a document of fields: sent whole, every field goes to the provider
+        raise SecretStoreError(
+            f"{ref}: the secret is a JSON object, not a key (sent whole, every field in it "
+            "would go to the provider)",
+            hint="store the key alone, or name the field that holds it (#field) where the store "
+            "has fields",
+        )
     bad = [c for c in value if not " " <= c <= "~"]
     if bad:
         what = (
@@ -399,6 +407,15 @@ def _checked(ref: SecretRef, fetched: Any) -> Fetched:
             f"{ref}: the secret holds {what}, which an HTTP header cannot carry", hint=hint
         )
     return replace(fetched, value=value) if value != fetched.value else fetched
+
+
+def _json_object(value: str) -> bool:
+    if not value.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(value), dict)
+    except ValueError:
+        return False
 
 
 def _health(entry: _Entry) -> dict[str, Any]:
