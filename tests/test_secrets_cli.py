@@ -195,6 +195,26 @@ def test_a_bad_reference_says_what_is_wrong(tmp_path, value, message):
         Settings.load(tmp_path, env={})
 
 
+@pytest.mark.parametrize(
+    "option", ["--token={}", "--token {}", "--client-secret={}", "-api-key {}"]
+)
+def test_a_command_given_a_credential_on_its_command_line_is_refused_unrepeated(tmp_path, option):
+    """The reference is in every message, status and log row that names it: a credential in
+    it would be too (and in `ps`)."""
+    token = "hvs." + secrets.token_hex(12)
+    command = "vault-helper " + option.format(token) + " get openai"
+    (tmp_path / "smallops.toml").write_text(f"[providers.openai]\napi_key = 'command:{command}'\n")
+    with pytest.raises(ConfigError, match="a credential on its command line") as refused:
+        Settings.load(tmp_path, env={})
+    assert token not in str(refused.value)
+    fine = "aws secretsmanager get-secret-value --secret-id prod/openai --output text"
+    for command in (fine, "vault kv get -field=api_key secret/openai", "tool --token-file t"):
+        (tmp_path / "smallops.toml").write_text(
+            f"[providers.openai]\napi_key = 'command:{command}'\n"
+        )
+        Settings.load(tmp_path, env={})
+
+
 def test_every_store_has_a_scheme_and_references_read_back_as_written(tmp_path):
     references = [
         "env:OPENAI_API_KEY",

@@ -129,6 +129,22 @@ def _check(ref: SecretRef, where: str) -> None:
                 f"{where} is a command that cannot be split into words (check its quotes)",
                 hint='e.g. "command:pass show openai" (run as is, without a shell)',
             )
+        option = next((word for word in words[1:] if _CREDENTIAL_OPTION.match(word)), None)
+        if option is not None:
+            raise ConfigError(
+                f"{where} gives the command a credential on its command line "
+                f"({option.partition('=')[0]}): the reference is shown in messages and status",
+                hint="let the command read it from its environment (e.g. VAULT_TOKEN), or from "
+                "a file it is given the path of",
+            )
+
+
+#: An option of a command that passes a credential (--token=..., --password ..., --api-key):
+#: its value would be in the reference, which every message and `status` names.
+_CREDENTIAL_OPTION = re.compile(
+    r"--?[A-Za-z0-9_-]*(token|password|passwd|secret|api[-_]?key|access[-_]key)(=.*)?$",
+    re.IGNORECASE,
+)
 
 
 def _shaped_like_a_secret(name: str) -> bool:
