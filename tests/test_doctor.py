@@ -423,6 +423,30 @@ def test_the_key_judged_is_the_one_the_workflows_provider_reads(tmp_path, capsys
     assert (status, evidence) == ("pass", "openai: key from AWS Secrets Manager")
 
 
+def test_a_local_server_needs_no_key_in_a_store_and_a_remote_one_does(tmp_path, capsys):
+    """An OpenAI-compatible server on the loopback (Ollama) takes no key: asking for one in a
+    secret store would fail tier 2 for every project that runs its model locally."""
+    folder = init(capsys, tmp_path / "ops")
+    module = folder / "workflows" / "email_triage.py"
+    module.write_text(
+        module.read_text().replace(
+            'model="openai:gpt-4o-mini-2024-07-18"', 'model="ollama:llama3.1:8b-instruct-q4_K_M"'
+        )
+    )
+    toml = folder / "smallops.toml"
+    base = toml.read_text()
+    for url, expected in [
+        ("http://localhost:11434/v1", ("pass", "ollama: a server on this machine, no key needed")),
+        ("http://127.0.0.1:8000/v1", ("pass", "ollama: a server on this machine, no key needed")),
+        (
+            "https://gpu.acme.example/v1",
+            ("fail", "ollama: key in $OLLAMA_API_KEY, not in a secret store"),
+        ),
+    ]:
+        toml.write_text(base + f'\n[providers.ollama]\nkind = "openai"\nbase_url = "{url}"\n')
+        assert finding(examine(Project(folder)), "secrets_from_a_store") == expected, url
+
+
 def test_eval_sets_under_20_warn_and_a_missing_one_fails(tmp_path, capsys):
     folder = init(capsys, tmp_path / "ops")
     evals = folder / "evals" / "email_triage.jsonl"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from smallops.config import own_key_variable
 from smallops.doctor._words import count
@@ -161,6 +162,8 @@ def _key_source(name: str, kind: str, provider: Any, subject: Subject) -> Item:
         ref = configured
     if ref is not None and ref.scheme != "env":
         return Item("pass", f"{name}: key from {STORE_NAMES.get(ref.scheme, ref.scheme)}")
+    if getattr(keys, "keyless", False) and _on_this_machine(getattr(provider, "base_url", None)):
+        return Item("pass", f"{name}: a server on this machine, no key needed")
     if ref is not None:
         variable = ref.path
     elif kind == "openai" and name != "openai":  # a compatible server reads its own variable
@@ -172,6 +175,12 @@ def _key_source(name: str, kind: str, provider: Any, subject: Subject) -> Item:
     if configured is not None and configured.scheme != "env":  # overridden in a workflow's code
         fix = f"the {name} provider made in a workflow's code: give it api_key={store}"
     return Item("fail", f"{name}: key in ${variable}, not in a secret store", fix)
+
+
+def _on_this_machine(base_url: str | None) -> bool:
+    """A compatible server on the loopback (a local Ollama or vLLM): it needs no key to keep."""
+    host = urlsplit(base_url or "").hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _relative(path: Path, root: Path) -> str:
