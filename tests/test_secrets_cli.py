@@ -170,6 +170,21 @@ def test_a_pasted_key_is_refused_and_never_repeated(tmp_path, capsys, line, key)
     assert len(err.strip().splitlines()) == 1 and key not in out + err
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_key_pasted_as_api_key_env_in_code_is_refused_unrepeated(kind):
+    """A provider made in code is checked as smallops.toml is: the key, given where its
+    variable's name goes, was repeated by every "is not set; export KEY=..." message."""
+    from smallops.providers.anthropic import AnthropicProvider
+    from smallops.providers.openai import OpenAIProvider
+
+    provider = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}[kind]
+    key = secrets.token_hex(20)
+    with pytest.raises(ConfigError, match="api_key_env of provider") as refused:
+        provider(api_key_env=key)
+    assert key not in str(refused.value)
+    assert provider(api_key_env="TEAM_KEY").keys.ref.path == "TEAM_KEY"
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

@@ -187,7 +187,10 @@ def key_source(
         )
     if isinstance(api_key, str):
         api_key = SecretRef.parse(api_key, f"the api_key of provider '{provider}'")
-    ref = api_key or SecretRef("env", api_key_env or default_env)
+    if api_key_env is not None:  # checked as smallops.toml's is: a key pasted here is refused
+        where = f"the api_key_env of provider '{provider}'"
+        api_key = SecretRef.parse(f"env:{api_key_env.strip()}", where)
+    ref = api_key or SecretRef("env", default_env)
     return KeySource(
         ref,
         secrets or SecretSettings(),
