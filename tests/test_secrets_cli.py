@@ -196,6 +196,7 @@ def test_a_key_pasted_as_api_key_env_in_code_is_refused_unrepeated(kind):
         ('"env:MY KEY"', "must name an environment variable"),
         ("5", "must be a secret reference string"),
         ('"env:OPENAI_API_KEY#field"', "names a #field of an environment variable"),
+        ('"op://Private/OpenAI#credential"', "names its field in its path"),
         (f'"vault:secret/{"x/" * 600}#f"', "characters long, not a secret reference"),
         # a path the HTTP library resolves reads another resource: Vault's sys/ API here
         ('"vault:secret/../../sys/policy/root#f"', "has a . or .. segment"),

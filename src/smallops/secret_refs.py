@@ -110,6 +110,11 @@ def _check(ref: SecretRef, where: str) -> None:
             f"{where} names a #field of an environment variable, which has none",
             hint='e.g. "env:OPENAI_API_KEY"',
         )
+    if ref.scheme == "op" and ref.field is not None:  # a Connect server would read another
+        raise ConfigError(
+            f"{where} names a #field: a 1Password reference names its field in its path",
+            hint='e.g. "op://Private/OpenAI/credential" or "op://Prod/OpenAI/api/key"',
+        )
     if ref.scheme in URL_PATHS:
         version = ref.field if ref.scheme == "gcp-sm" else None  # a field is no URL's part
         parts = [*ref.path.split("/"), version or ""]
