@@ -188,6 +188,29 @@ def test_a_store_down_at_rotation_is_said_so_not_that_the_key_is_unchanged(keyed
     assert store.count == 2 and breaker_counts(wf) == (2, 0)
 
 
+def test_while_the_store_is_down_after_a_rotation_401s_do_not_each_wait_on_it(
+    keyed, store, emulator
+):
+    """The key was rotated and the store hangs: the first 401 waits fetch_timeout for it, the
+    calls after it (within the retry interval) learn at once that no new key can be had."""
+    accepted = [store.key]
+    emulator.default = respond(provider_accepting(lambda: accepted[0]))
+    wf = keyed(policy=SecretSettings(fetch_timeout=0.5))
+    assert wf.run(**EMAIL).error is None and store.count == 1
+    accepted[0] = new_key()
+    store.set(mode="hang")
+    took = []
+    for _ in range(4):
+        started = time.monotonic()
+        result = wf.run(**EMAIL)
+        took.append(time.monotonic() - started)
+        assert result.error == "auth_error" and "could not be fetched again" in (
+            result.error_message or ""
+        )
+    assert store.count == 2  # one refetch, however many calls saw the key refused
+    assert took[0] >= 0.5 and max(took[1:]) < 0.4, took
+
+
 def test_no_key_sends_the_call_to_the_fallback_as_secret_unavailable(keyed, store, emulator):
     store.set(mode="fail")
     wf = keyed()

@@ -146,9 +146,9 @@ class SecretCache:
     ) -> Fetched | None:
         """After the provider refused the key `rejected`: the key fetched again, or None when
         the store still gives the same one; SecretStoreError when it gave none (down, denied).
-        One fetch serves every call that saw the same key refused; a key confirmed unchanged
-        is not fetched again for RETRY_INTERVAL, so a revoked key does not make every call ask
-        the store."""
+        One fetch serves every call that saw the same key refused; a key confirmed unchanged,
+        or a store that just failed, is not asked again for RETRY_INTERVAL, so a revoked key
+        does not make every call ask (or wait on) the store."""
         store = self._store(ref.scheme)
         with self._lock:
             entry = self._entry(ref, policy, root)
@@ -162,6 +162,8 @@ class SecretCache:
                 and now < entry.confirmed_at + _retry(policy)
             ):
                 return None
+            if not running and entry.error is not None and now < entry.failed_at + _retry(policy):
+                raise self._unavailable(entry, policy, now)  # asked moments ago: no call waits
             flight = self._flight(entry, store, policy, now, force=True)
             assert flight is not None
         self._wait(entry, flight)
