@@ -83,6 +83,22 @@ def test_secrets_check_says_where_each_key_lives_and_never_prints_one(
     assert broken.key not in everything
 
 
+def test_a_provider_made_in_a_workflows_code_is_said_to_be_set_there(project, capsys):
+    """Named like a built-in ("openai"), but made in the code with its own key: its key is
+    not "the default", nor smallops.toml's."""
+    module = project / "workflows" / "email_triage.py"
+    text = module.read_text().replace(
+        "from smallops import Workflow",
+        "from smallops import Workflow\nfrom smallops.providers.openai import OpenAIProvider",
+    )
+    made = 'review="all",\n    provider=OpenAIProvider(api_key="env:TEAM_OPENAI_KEY"),'
+    module.write_text(text.replace('review="all",', made))
+    _, out, err = smallops(capsys, "-p", str(project), "secrets", "check", "--json")
+    [check] = [json.loads(line) for line in out.splitlines()]
+    assert check["reference"] == "env:TEAM_OPENAI_KEY", err
+    assert check["source"] == "the workflow's code"
+
+
 def test_secrets_check_exits_0_when_every_key_can_be_had(project, capsys, tmp_path):
     store = KeyScript(tmp_path / "store", new_key())
     add(project, f"api_key = '{store.reference}'\n")
