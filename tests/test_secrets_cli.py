@@ -240,7 +240,12 @@ def test_a_command_given_a_credential_on_its_command_line_is_refused_unrepeated(
         Settings.load(tmp_path, env={})
     assert token not in str(refused.value)
     fine = "aws secretsmanager get-secret-value --secret-id prod/openai --output text"
-    for command in (fine, "vault kv get -field=api_key secret/openai", "tool --token-file t"):
+    others = [
+        "vault kv get -field=api_key secret/openai",
+        "gcloud secrets versions access latest --secret=openai-key --project acme",
+        "tool --token-file t --no-password",
+    ]
+    for command in (fine, *others):
         (tmp_path / "smallops.toml").write_text(
             f"[providers.openai]\napi_key = 'command:{command}'\n"
         )

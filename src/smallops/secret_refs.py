@@ -146,8 +146,10 @@ def _check(ref: SecretRef, where: str) -> None:
 
 #: An option of a command that passes a credential (--token=..., --password ..., --api-key):
 #: its value would be in the reference, which every message and `status` names.
+#: (Not a bare --secret, which names the secret in `gcloud secrets versions access --secret=X`.)
 _CREDENTIAL_OPTION = re.compile(
-    r"--?[A-Za-z0-9_-]*(token|password|passwd|secret|api[-_]?key|access[-_]key)(=.*)?$",
+    r"--?(?!no-)[A-Za-z0-9_-]*"
+    r"(token|password|passwd|client[-_]secret|secret[-_]key|api[-_]?key|access[-_]key)(=.*)?$",
     re.IGNORECASE,
 )
 
