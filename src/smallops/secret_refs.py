@@ -148,7 +148,7 @@ def _check(ref: SecretRef, where: str) -> None:
 #: its value would be in the reference, which every message and `status` names.
 #: (Not a bare --secret, which names the secret in `gcloud secrets versions access --secret=X`.)
 _CREDENTIAL_OPTION = re.compile(
-    r"--?(?!no-)[A-Za-z0-9_-]*"
+    r"--?(?!-|no-)[A-Za-z0-9_-]*"
     r"(token|password|passwd|client[-_]secret|secret[-_]key|api[-_]?key|access[-_]key)(=.*)?$",
     re.IGNORECASE,
 )
