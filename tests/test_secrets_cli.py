@@ -278,6 +278,8 @@ def test_every_store_has_a_scheme_and_references_read_back_as_written(tmp_path):
         ("cache_ttl = -1", "must be a number of seconds"),
         ("fetch_timeout = 0", "must be a number of seconds"),
         ("max_stale = 'an hour'", "must be a number of seconds"),
+        ("fetch_timeout = 1e12", "at most 3,600"),  # was a traceback from the thread's wait
+        ("max_stale = 1e300", "at most 31,536,000"),
         ("cache_tll = 60", "cache_ttl"),  # a typo names the key it meant
     ],
 )
