@@ -216,6 +216,38 @@ def test_a_store_repeating_its_own_token_in_an_error_has_it_masked(tmp_path, mon
     assert "login failed for token [REDACTED]" in message and token not in message
 
 
+def test_a_process_forked_during_a_fetch_fetches_for_itself(store):
+    """A worker forked (gunicorn --preload, multiprocessing) while its parent's fetch runs: the
+    fetch's thread is not in the child, so the child must not wait on it (nor on a lock held
+    at the fork)."""
+    store.set(mode="slow", delay=3)
+    ref, policy = ref_of(store), SecretSettings(fetch_timeout=5)
+    parent = threading.Thread(target=lambda: cache.get(ref, policy))
+    parent.start()
+    deadline = time.monotonic() + 5
+    while store.count == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    store.set(mode="ok")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one second for a key of its own, then report
+        os.close(read)
+        code = 1
+        try:
+            started = time.monotonic()
+            got = cache.get(ref, policy).value
+            code = 0 if got == store.key and time.monotonic() - started < 2 else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        said = answer.read(1)
+    os.waitpid(pid, 0)
+    parent.join()
+    assert said == bytes([0])
+
+
 def test_whitespace_around_a_key_is_not_part_of_it(store):
     key = new_key()
     store.set(mode="raw", raw=f"  {key}\r\n".encode())

@@ -19,6 +19,7 @@ Every provider key from a store comes through here, so that:
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -179,6 +180,14 @@ class SecretCache:
                 entry.confirmed, entry.confirmed_at = rejected, time.monotonic()
                 return None
             return fetched
+
+    def forked(self) -> None:
+        """In a child process just forked: fetches under way belong to threads the child does
+        not have, and a lock may have been held at the fork; the cached keys stay good."""
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        for entry in self._entries.values():
+            entry.flight = None
 
     def reset(self) -> None:
         """Forget every cached key (between tests); fetches under way end unheeded."""
@@ -444,3 +453,4 @@ def _health(entry: _Entry) -> dict[str, Any]:
 
 #: This process's cache: every provider shares it.
 cache = SecretCache()
+os.register_at_fork(after_in_child=cache.forked)
