@@ -231,6 +231,28 @@ def test_no_key_sends_the_call_to_the_fallback_as_secret_unavailable(keyed, stor
     assert failed.value.error_type == "secret_unavailable"
 
 
+def test_a_forked_child_opens_its_own_connection(emulator, monkeypatch):
+    """The parent's client holds a keep-alive connection; a child forked after it must not
+    send on that socket too (both processes would read its responses)."""
+    import os
+
+    from smallops.providers.openai import OpenAIProvider
+
+    monkeypatch.setenv("OPENAI_API_KEY", new_key())
+    provider = OpenAIProvider(base_url=emulator.openai_base_url)
+    request = {"model": "gpt-4o-mini-2024-07-18", "messages": [{"role": "user", "content": "hi"}]}
+    provider.send(request, timeout=5)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            provider.send(request, timeout=5)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    parent, child = (r.peer for r in emulator.requests)
+    assert parent is not None and child is not None and parent != child
+
+
 def test_a_changed_env_key_is_used_by_the_next_call(make_workflow, emulator, monkeypatch):
     key = new_key()
     monkeypatch.setenv("OPENAI_API_KEY", key)

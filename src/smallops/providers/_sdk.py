@@ -144,6 +144,7 @@ class SdkClients:
         current = self._sync
         if current is None or current[0] != key:
             current = self._sync = (key, self._client(cls, key))
+            _with_clients.add(self)
         return current[1]
 
     def async_client(self, cls: Any, key: str) -> Any:
@@ -155,6 +156,7 @@ class SdkClients:
         current = self._async.get(loop)
         if current is None or current[0] != key:
             current = self._async[loop] = (key, self._client(cls, key))
+            _with_clients.add(self)
         return current[1]
 
     def _client(self, cls: Any, key: str) -> Any:
@@ -166,6 +168,21 @@ class SdkClients:
         current = self._async.pop(asyncio.get_running_loop(), None) if self._async else None
         if current is not None:
             await current[1].close()
+
+
+#: The providers holding SDK clients: a forked child must not share their connections.
+_with_clients: weakref.WeakSet[SdkClients] = weakref.WeakSet()
+
+
+def _forget_clients_after_fork() -> None:
+    """In a forked child, each provider makes its own clients: the parent's hold keep-alive
+    connections whose sockets both processes would read, mixing their responses."""
+    for provider in list(_with_clients):
+        provider._sync = None
+        provider._async = None
+
+
+os.register_at_fork(after_in_child=_forget_clients_after_fork)
 
 
 def key_source(
