@@ -157,6 +157,24 @@ def test_status_shows_how_a_store_key_fares_and_nothing_for_an_env_key(
     assert store.key not in out
 
 
+def test_status_reads_a_malformed_health_file_without_a_traceback(project, capsys):
+    """Health files are read from a shared folder (another version's, one edited by hand):
+    what is not the right type is left out, never a traceback."""
+    import time
+
+    reference = "command:./bin/key"
+    add(project, f"api_key = '{reference}'\n")
+    folder = project / ".smallops" / "secrets"
+    folder.mkdir(parents=True)
+    odd = {"last_ok_at": "yesterday", "problem": ["x"], "serving_until": 1e300, "fetches": "2"}
+    for pid, report in ((998, {"last_ok_at": time.time() - 60}), (999, odd)):
+        state = {"pid": pid, "updated_at": time.time(), "references": {reference: report}}
+        (folder / f"keys-{pid}.json").write_text(json.dumps(state))
+    code, out, err = smallops(capsys, "-p", str(project), "status")
+    assert code == 0, err
+    assert f"key       {reference}: last fetched" in out
+
+
 # -- references refused -----------------------------------------------------------------------
 
 
