@@ -119,7 +119,8 @@ def _clean(report: dict[str, Any]) -> dict[str, Any]:
         value = report.get(key)
         if key in _TIMES or key == "fetches":
             number = isinstance(value, int | float) and not isinstance(value, bool)
-            value = value if number and 0 <= value < 1e11 else None  # before the year 5138
+            if not (number and 0 <= float(value) < 1e11):  # (1e11: the year 5138)
+                value = None
             value = int(value or 0) if key == "fetches" else value
         elif key == "unavailable":
             value = value is True
