@@ -118,8 +118,9 @@ def _clean(report: dict[str, Any]) -> dict[str, Any]:
     for key in FIELDS:
         value = report.get(key)
         if key in _TIMES or key == "fetches":
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not (number and 0 <= float(value) < 1e11):  # (1e11: the year 5138)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                value = None
+            elif not 0 <= value < 1e11:  # (1e11: the year 5138)
                 value = None
             value = int(value or 0) if key == "fetches" else value
         elif key == "unavailable":
