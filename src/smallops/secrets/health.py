@@ -118,17 +118,21 @@ def _clean(report: dict[str, Any]) -> dict[str, Any]:
     for key in FIELDS:
         value = report.get(key)
         if key in _TIMES or key == "fetches":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                value = None
-            elif not 0 <= value < 1e11:  # (1e11: the year 5138)
-                value = None
-            value = int(value or 0) if key == "fetches" else value
+            seconds = _seconds(value)
+            value = int(seconds or 0) if key == "fetches" else seconds
         elif key == "unavailable":
             value = value is True
         elif value is not None:
             value = str(value)
         clean[key] = value
     return clean
+
+
+def _seconds(value: object) -> float | None:
+    """A number a time (or count) can be: not a flag, not negative, before the year 5138."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value < 1e11 else None
 
 
 def _as_of(report: dict[str, Any]) -> float:
