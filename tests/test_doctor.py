@@ -203,9 +203,11 @@ def test_the_text_fits_80_columns_and_the_verdict_names_the_failing_practices(
 
 def test_an_unreachable_database_fails_the_log_practice_in_one_line(tmp_path, capsys, monkeypatch):
     folder = init(capsys, tmp_path / "fresh")
-    monkeypatch.setenv("SMALLOPS_DATABASE_URL", "postgresql://doctor@127.0.0.1:9/nowhere")
+    password = "pw-" + uuid7()[-12:]  # libpq takes one in the query too
+    url = f"postgresql://doctor@127.0.0.1:9/nowhere?password={password}"
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", url)
     code, card = doctor_json(capsys, folder, "--tier", "1")
-    assert code == 1
+    assert code == 1 and password not in json.dumps(card)
     logged = card["practices"][0]
     assert logged["status"] == "fail" and "\n" not in logged["evidence"]
     assert logged["evidence"].startswith("cannot open the log database postgresql")
