@@ -154,6 +154,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    peer: tuple[str, int] | None = None  # the client's address: one per connection
 
 
 def example_for(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
@@ -388,7 +389,10 @@ class ModelServer:
         body = body if isinstance(body, dict) else {}
         vendor: Vendor = "anthropic" if request.url.path.endswith("/messages") else "openai"
         with self._lock:
-            self.requests.append(Received(request.url.path, dict(request.headers.items()), body))
+            peer = (request.client.host, request.client.port) if request.client else None
+            self.requests.append(
+                Received(request.url.path, dict(request.headers.items()), body, peer)
+            )
             behaviour = self._script.popleft() if self._script else self.default
         return await self._respond(behaviour, vendor, body, request)
 

@@ -203,9 +203,11 @@ def test_the_text_fits_80_columns_and_the_verdict_names_the_failing_practices(
 
 def test_an_unreachable_database_fails_the_log_practice_in_one_line(tmp_path, capsys, monkeypatch):
     folder = init(capsys, tmp_path / "fresh")
-    monkeypatch.setenv("SMALLOPS_DATABASE_URL", "postgresql://doctor@127.0.0.1:9/nowhere")
+    password = "pw-" + uuid7()[-12:]  # libpq takes one in the query too
+    url = f"postgresql://doctor@127.0.0.1:9/nowhere?password={password}"
+    monkeypatch.setenv("SMALLOPS_DATABASE_URL", url)
     code, card = doctor_json(capsys, folder, "--tier", "1")
-    assert code == 1
+    assert code == 1 and password not in json.dumps(card)
     logged = card["practices"][0]
     assert logged["status"] == "fail" and "\n" not in logged["evidence"]
     assert logged["evidence"].startswith("cannot open the log database postgresql")
@@ -401,6 +403,52 @@ def test_keys_in_env_references_fail_and_store_references_pass_without_showing_t
     assert (status, evidence) == ("pass", "openai: key from a command")
 
 
+def test_the_key_judged_is_the_one_the_workflows_provider_reads(tmp_path, capsys):
+    """smallops.toml names a store, but the workflow's code makes its own provider that reads
+    an environment variable: its calls use the variable, so the practice fails (and the other
+    way round, a store named in the code passes)."""
+    folder = init(capsys, tmp_path / "ops")
+    toml = folder / "smallops.toml"
+    toml.write_text(toml.read_text() + '\n[providers.openai]\napi_key = "vault:secret/openai#k"\n')
+    module = folder / "workflows" / "email_triage.py"
+    text = module.read_text().replace(
+        "from smallops import Workflow",
+        "from smallops import Workflow\nfrom smallops.providers.openai import OpenAIProvider",
+    )
+    made = text.replace('review="all",', 'review="all",\n    provider=OpenAIProvider(%s),')
+    module.write_text(made % 'api_key_env="TEAM_OPENAI_KEY"')
+    status, evidence = finding(examine(Project(folder)), "secrets_from_a_store")
+    assert (status, evidence) == ("fail", "openai: key in $TEAM_OPENAI_KEY, not in a secret store")
+    toml.write_text(toml.read_text().replace("vault:secret/openai#k", "env:OPENAI_API_KEY"))
+    module.write_text(made % 'api_key="aws-sm:prod/openai#api_key"')
+    status, evidence = finding(examine(Project(folder)), "secrets_from_a_store")
+    assert (status, evidence) == ("pass", "openai: key from AWS Secrets Manager")
+
+
+def test_a_local_server_needs_no_key_in_a_store_and_a_remote_one_does(tmp_path, capsys):
+    """An OpenAI-compatible server on the loopback (Ollama) takes no key: asking for one in a
+    secret store would fail tier 2 for every project that runs its model locally."""
+    folder = init(capsys, tmp_path / "ops")
+    module = folder / "workflows" / "email_triage.py"
+    module.write_text(
+        module.read_text().replace(
+            'model="openai:gpt-4o-mini-2024-07-18"', 'model="ollama:llama3.1:8b-instruct-q4_K_M"'
+        )
+    )
+    toml = folder / "smallops.toml"
+    base = toml.read_text()
+    for url, expected in [
+        ("http://localhost:11434/v1", ("pass", "ollama: a server on this machine, no key needed")),
+        ("http://127.0.0.1:8000/v1", ("pass", "ollama: a server on this machine, no key needed")),
+        (
+            "https://gpu.acme.example/v1",
+            ("fail", "ollama: key in $OLLAMA_API_KEY, not in a secret store"),
+        ),
+    ]:
+        toml.write_text(base + f'\n[providers.ollama]\nkind = "openai"\nbase_url = "{url}"\n')
+        assert finding(examine(Project(folder)), "secrets_from_a_store") == expected, url
+
+
 def test_eval_sets_under_20_warn_and_a_missing_one_fails(tmp_path, capsys):
     folder = init(capsys, tmp_path / "ops")
     evals = folder / "evals" / "email_triage.jsonl"
@@ -426,6 +474,24 @@ def test_the_ci_gate_is_found_in_the_repository_and_comments_do_not_count(tmp_pa
     assert gate is not None and gate.shown(repo) == ".gitlab-ci.yml:5"
     (repo / ".git").rmdir()  # not a repository: only the project's own folder is read
     assert scan_ci(project).files == ()
+
+
+def test_a_gate_below_the_repositorys_root_never_runs_and_fails(tmp_path, capsys):
+    """`smallops init ops` inside a repository writes ops/.github/workflows/smallops.yml, which
+    GitHub never reads: the gate is not in CI until the file is at the root."""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    folder = init(capsys, repo / "ops")
+    status, evidence = finding(examine(Project(folder)), "evals_in_ci")
+    assert status == "fail" and evidence.startswith(".github/workflows/smallops.yml:")
+    assert "CI reads its files at the repository's root only" in evidence
+    (repo / ".github").mkdir()
+    (folder / ".github" / "workflows").rename(repo / ".github" / "workflows")
+    status, evidence = finding(examine(Project(folder)), "evals_in_ci")
+    assert status == "warn" and "has no baseline" in evidence  # the gate now runs
+    (repo / ".git").rmdir()  # not a repository: the project's own files are the root's
+    (repo / ".github" / "workflows").rename(folder / ".github" / "workflows")
+    assert finding(examine(Project(folder)), "evals_in_ci")[0] == "warn"
 
 
 def test_every_practice_is_judged_once_in_the_playbooks_order(tmp_path, capsys):

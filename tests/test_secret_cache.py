@@ -155,7 +155,9 @@ def test_a_hung_store_costs_one_caller_one_timeout_while_a_cached_key_serves(sto
         (b"\xff\xfe%s", "not UTF-8"),
         (b"k" * 20_000 + b"%s", "too long"),
         (b"k" * 70_000 + b"%s", "more than 64 KiB"),
-        (b'{"api_key": "%s"}', None),  # a JSON document is text: a command gives it whole
+        # a document of fields: sent whole, its other fields would go to the provider too
+        (b'{"api_key": "%s", "db_password": "x"}', "a JSON object, not a key"),
+        (b'["%s"]', None),  # not an object: text like any other
     ],
 )
 def test_values_a_header_cannot_carry_are_refused_and_never_repeated(store, raw, said):
@@ -170,6 +172,80 @@ def test_values_a_header_cannot_carry_are_refused_and_never_repeated(store, raw,
         cache.get(ref, policy)
     text = f"{failed.value.message} {failed.value.hint}"
     assert said in text and secret not in text
+
+
+def test_a_key_too_short_to_redact_is_refused_and_never_repeated(store):
+    """The redactor leaves values under 8 characters alone (they match ordinary text), so a
+    store's value that short could reach the log: it is refused instead."""
+    short = secrets.token_hex(3) + "Q"  # 7 characters
+    store.set(mode="raw", raw=short.encode())
+    ref, policy = ref_of(store), SecretSettings()
+    with pytest.raises(SecretStoreError) as failed:
+        cache.get(ref, policy)
+    text = f"{failed.value.message} {failed.value.hint}"
+    assert "too short" in text and short not in text
+    assert cache.peek(ref, policy) is None
+
+
+def test_a_key_written_to_stderr_instead_of_stdout_is_not_shown(tmp_path):
+    """A helper that succeeds with its key on the wrong stream: what it wrote is the key, so
+    the error says where it went, never what it was."""
+    key = new_key()
+    helper = tmp_path / "bin" / "key"
+    helper.parent.mkdir()
+    helper.write_text(f"#!/bin/sh\necho '{key}' >&2\n")
+    helper.chmod(0o755)
+    with pytest.raises(SecretStoreError) as failed:
+        cache.get(SecretRef.parse(f"command:{helper}"), SecretSettings())
+    message = failed.value.message
+    assert "printed nothing on its standard output" in message and key not in message
+
+
+def test_a_store_repeating_its_own_token_in_an_error_has_it_masked(tmp_path, monkeypatch):
+    """A helper (or a store) that says which credential it failed with: the value of a
+    secret-named variable never reaches the message that status, the CLI and the log show."""
+    token = secrets.token_hex(16)
+    monkeypatch.setenv("TEAM_STORE_TOKEN", token)
+    helper = tmp_path / "bin" / "key"
+    helper.parent.mkdir()
+    helper.write_text('#!/bin/sh\necho "login failed for token $TEAM_STORE_TOKEN" >&2\nexit 1\n')
+    helper.chmod(0o755)
+    with pytest.raises(SecretStoreError) as failed:
+        cache.get(SecretRef.parse(f"command:{helper}"), SecretSettings())
+    message = failed.value.message
+    assert "login failed for token [REDACTED]" in message and token not in message
+
+
+def test_a_process_forked_during_a_fetch_fetches_for_itself(store):
+    """A worker forked (gunicorn --preload, multiprocessing) while its parent's fetch runs: the
+    fetch's thread is not in the child, so the child must not wait on it (nor on a lock held
+    at the fork)."""
+    store.set(mode="slow", delay=3)
+    ref, policy = ref_of(store), SecretSettings(fetch_timeout=5)
+    parent = threading.Thread(target=lambda: cache.get(ref, policy))
+    parent.start()
+    deadline = time.monotonic() + 5
+    while store.count == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    store.set(mode="ok")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one second for a key of its own, then report
+        os.close(read)
+        code = 1
+        try:
+            started = time.monotonic()
+            got = cache.get(ref, policy).value
+            code = 0 if got == store.key and time.monotonic() - started < 2 else 2
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        said = answer.read(1)
+    os.waitpid(pid, 0)
+    parent.join()
+    assert said == bytes([0])
 
 
 def test_whitespace_around_a_key_is_not_part_of_it(store):

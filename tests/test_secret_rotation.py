@@ -171,6 +171,46 @@ def test_an_unchanged_key_leaves_the_401_standing_and_is_not_fetched_again_at_on
     assert store.key not in recorded
 
 
+def test_a_store_down_at_rotation_is_said_so_not_that_the_key_is_unchanged(keyed, store, emulator):
+    """The 401 stands (the old key is refused, no new one can be had); its message says the
+    store could not give a key, not that it gave the same one."""
+    accepted = [store.key]
+    emulator.default = respond(provider_accepting(lambda: accepted[0]))
+    wf = keyed()
+    assert wf.run(**EMAIL).error is None and store.count == 1
+    accepted[0] = new_key()  # rotated at the provider; the store goes down at that moment
+    store.set(mode="fail")
+    result = wf.run(**EMAIL)
+    message = result.error_message or ""
+    assert result.error == "auth_error" and result.status == "queued_for_human"
+    assert "could not be fetched again" in message and "exited with status 3" in message
+    assert "unchanged" not in message and store.key not in message
+    assert store.count == 2 and breaker_counts(wf) == (2, 0)
+
+
+def test_while_the_store_is_down_after_a_rotation_401s_do_not_each_wait_on_it(
+    keyed, store, emulator
+):
+    """The key was rotated and the store hangs: the first 401 waits fetch_timeout for it, the
+    calls after it (within the retry interval) learn at once that no new key can be had."""
+    accepted = [store.key]
+    emulator.default = respond(provider_accepting(lambda: accepted[0]))
+    wf = keyed(policy=SecretSettings(fetch_timeout=0.5))
+    assert wf.run(**EMAIL).error is None and store.count == 1
+    accepted[0] = new_key()
+    store.set(mode="hang")
+    took = []
+    for _ in range(4):
+        started = time.monotonic()
+        result = wf.run(**EMAIL)
+        took.append(time.monotonic() - started)
+        assert result.error == "auth_error" and "could not be fetched again" in (
+            result.error_message or ""
+        )
+    assert store.count == 2  # one refetch, however many calls saw the key refused
+    assert took[0] >= 0.5 and max(took[1:]) < 0.4, took
+
+
 def test_no_key_sends_the_call_to_the_fallback_as_secret_unavailable(keyed, store, emulator):
     store.set(mode="fail")
     wf = keyed()
@@ -189,6 +229,28 @@ def test_no_key_sends_the_call_to_the_fallback_as_secret_unavailable(keyed, stor
     with pytest.raises(WorkflowFailed) as failed:
         keyed(fallback="raise").run(**EMAIL)
     assert failed.value.error_type == "secret_unavailable"
+
+
+def test_a_forked_child_opens_its_own_connection(emulator, monkeypatch):
+    """The parent's client holds a keep-alive connection; a child forked after it must not
+    send on that socket too (both processes would read its responses)."""
+    import os
+
+    from smallops.providers.openai import OpenAIProvider
+
+    monkeypatch.setenv("OPENAI_API_KEY", new_key())
+    provider = OpenAIProvider(base_url=emulator.openai_base_url)
+    request = {"model": "gpt-4o-mini-2024-07-18", "messages": [{"role": "user", "content": "hi"}]}
+    provider.send(request, timeout=5)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            provider.send(request, timeout=5)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    parent, child = (r.peer for r in emulator.requests)
+    assert parent is not None and child is not None and parent != child
 
 
 def test_a_changed_env_key_is_used_by_the_next_call(make_workflow, emulator, monkeypatch):

@@ -83,12 +83,37 @@ def test_secrets_check_says_where_each_key_lives_and_never_prints_one(
     assert broken.key not in everything
 
 
+def test_a_provider_made_in_a_workflows_code_is_said_to_be_set_there(project, capsys):
+    """Named like a built-in ("openai"), but made in the code with its own key: its key is
+    not "the default", nor smallops.toml's."""
+    module = project / "workflows" / "email_triage.py"
+    text = module.read_text().replace(
+        "from smallops import Workflow",
+        "from smallops import Workflow\nfrom smallops.providers.openai import OpenAIProvider",
+    )
+    made = 'review="all",\n    provider=OpenAIProvider(api_key="env:TEAM_OPENAI_KEY"),'
+    module.write_text(text.replace('review="all",', made))
+    _, out, err = smallops(capsys, "-p", str(project), "secrets", "check", "--json")
+    [check] = [json.loads(line) for line in out.splitlines()]
+    assert check["reference"] == "env:TEAM_OPENAI_KEY", err
+    assert check["source"] == "the workflow's code"
+
+
 def test_secrets_check_exits_0_when_every_key_can_be_had(project, capsys, tmp_path):
     store = KeyScript(tmp_path / "store", new_key())
     add(project, f"api_key = '{store.reference}'\n")
     code, out, _ = smallops(capsys, "-p", str(project), "secrets", "check")
     assert code == 0 and "1 of 1 keys can be had; none was printed" in out
     assert store.key not in out
+
+
+def test_a_problem_is_printed_as_written_never_as_emoji(project, capsys, monkeypatch):
+    """`doppler:X: ...` once printed as `doppler❌ ...`: text from references and stores is
+    never read for :emoji: codes."""
+    monkeypatch.delenv("DOPPLER_TOKEN", raising=False)
+    add(project, "[providers.d]\nkind = 'openai'\napi_key = 'doppler:X'\n")
+    code, out, _ = smallops(capsys, "-p", str(project), "secrets", "check")
+    assert code == 1 and "doppler:X: DOPPLER_TOKEN is not set" in out and "❌" not in out
 
 
 def test_a_keyless_server_needs_no_key_and_a_missing_env_key_fails(project, capsys, monkeypatch):
@@ -132,6 +157,24 @@ def test_status_shows_how_a_store_key_fares_and_nothing_for_an_env_key(
     assert store.key not in out
 
 
+def test_status_reads_a_malformed_health_file_without_a_traceback(project, capsys):
+    """Health files are read from a shared folder (another version's, one edited by hand):
+    what is not the right type is left out, never a traceback."""
+    import time
+
+    reference = "command:./bin/key"
+    add(project, f"api_key = '{reference}'\n")
+    folder = project / ".smallops" / "secrets"
+    folder.mkdir(parents=True)
+    odd = {"last_ok_at": "yesterday", "problem": ["x"], "serving_until": 1e300, "fetches": "2"}
+    for pid, report in ((998, {"last_ok_at": time.time() - 60}), (999, odd)):
+        state = {"pid": pid, "updated_at": time.time(), "references": {reference: report}}
+        (folder / f"keys-{pid}.json").write_text(json.dumps(state))
+    code, out, err = smallops(capsys, "-p", str(project), "status")
+    assert code == 0, err
+    assert f"key       {reference}: last fetched" in out
+
+
 # -- references refused -----------------------------------------------------------------------
 
 
@@ -161,6 +204,21 @@ def test_a_pasted_key_is_refused_and_never_repeated(tmp_path, capsys, line, key)
     assert len(err.strip().splitlines()) == 1 and key not in out + err
 
 
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_key_pasted_as_api_key_env_in_code_is_refused_unrepeated(kind):
+    """A provider made in code is checked as smallops.toml is: the key, given where its
+    variable's name goes, was repeated by every "is not set; export KEY=..." message."""
+    from smallops.providers.anthropic import AnthropicProvider
+    from smallops.providers.openai import OpenAIProvider
+
+    provider = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}[kind]
+    key = secrets.token_hex(20)
+    with pytest.raises(ConfigError, match="api_key_env of provider") as refused:
+        provider(api_key_env=key)
+    assert key not in str(refused.value)
+    assert provider(api_key_env="TEAM_KEY").keys.ref.path == "TEAM_KEY"
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -171,11 +229,44 @@ def test_a_pasted_key_is_refused_and_never_repeated(tmp_path, capsys, line, key)
         ('"env:OPENAI_API_KEY\\nX"', "line break or a control character"),
         ('"env:MY KEY"', "must name an environment variable"),
         ("5", "must be a secret reference string"),
+        ('"env:OPENAI_API_KEY#field"', "names a #field of an environment variable"),
+        ('"op://Private/OpenAI#credential"', "names its field in its path"),
+        (f'"vault:secret/{"x/" * 600}#f"', "characters long, not a secret reference"),
+        # a path the HTTP library resolves reads another resource: Vault's sys/ API here
+        ('"vault:secret/../../sys/policy/root#f"', "has a . or .. segment"),
+        ('"vault:secret/openai?version=1#api_key"', "in its path: the vault store"),
+        ('"vault:secret/%2e%2e/openai#api_key"', "in its path: the vault store"),
+        ('"gcp-sm:my-project/openai-key#.."', "has a . or .. segment"),
     ],
 )
 def test_a_bad_reference_says_what_is_wrong(tmp_path, value, message):
     (tmp_path / "smallops.toml").write_text(f"[providers.openai]\napi_key = {value}\n")
     with pytest.raises(ConfigError, match=message):
+        Settings.load(tmp_path, env={})
+
+
+@pytest.mark.parametrize(
+    "option", ["--token={}", "--token {}", "--client-secret={}", "-api-key {}"]
+)
+def test_a_command_given_a_credential_on_its_command_line_is_refused_unrepeated(tmp_path, option):
+    """The reference is in every message, status and log row that names it: a credential in
+    it would be too (and in `ps`)."""
+    token = "hvs." + secrets.token_hex(12)
+    command = "vault-helper " + option.format(token) + " get openai"
+    (tmp_path / "smallops.toml").write_text(f"[providers.openai]\napi_key = 'command:{command}'\n")
+    with pytest.raises(ConfigError, match="a credential on its command line") as refused:
+        Settings.load(tmp_path, env={})
+    assert token not in str(refused.value)
+    fine = "aws secretsmanager get-secret-value --secret-id prod/openai --output text"
+    others = [
+        "vault kv get -field=api_key secret/openai",
+        "gcloud secrets versions access latest --secret=openai-key --project acme",
+        "tool --token-file t --no-password",
+    ]
+    for command in (fine, *others):
+        (tmp_path / "smallops.toml").write_text(
+            f"[providers.openai]\napi_key = 'command:{command}'\n"
+        )
         Settings.load(tmp_path, env={})
 
 
@@ -205,6 +296,8 @@ def test_every_store_has_a_scheme_and_references_read_back_as_written(tmp_path):
         ("cache_ttl = -1", "must be a number of seconds"),
         ("fetch_timeout = 0", "must be a number of seconds"),
         ("max_stale = 'an hour'", "must be a number of seconds"),
+        ("fetch_timeout = 1e12", "at most 3,600"),  # was a traceback from the thread's wait
+        ("max_stale = 1e300", "at most 31,536,000"),
         ("cache_tll = 60", "cache_ttl"),  # a typo names the key it meant
     ],
 )

@@ -77,6 +77,9 @@ TABLES = (
 SMALLOPS_KEYS = ("database_url", "redis_url", "write_timeout")
 PROVIDER_KEYS = ("kind", "base_url", "api_key", "api_key_env")
 SECRETS_KEYS = ("cache_ttl", "max_stale", "fetch_timeout")
+#: The most each [secrets] setting may be, in seconds: a year of caching, an hour's wait for a
+#: fetch (beyond what a thread's wait or a timestamp can hold, a call failed with a traceback).
+SECRETS_MAX = {"cache_ttl": 365 * 86400.0, "max_stale": 365 * 86400.0, "fetch_timeout": 3600.0}
 TELEMETRY_KEYS = ("otlp_endpoint", "capture_content")
 PRICE_KEYS = ("input", "output", "cached_input")
 REDIS_SCHEMES = ("redis", "rediss")  # what both redis-py and the `limits` library accept
@@ -444,10 +447,12 @@ def _secrets(table: dict[str, Any]) -> SecretSettings:
             or not isinstance(value, (int, float))
             or not math.isfinite(value)
             or value < 0
+            or value > SECRETS_MAX[key]
             or (key == "fetch_timeout" and value == 0)
         ):
             raise ConfigError(
-                f"[secrets] {key} in {CONFIG_FILE} must be a number of seconds",
+                f"[secrets] {key} in {CONFIG_FILE} must be a number of seconds, "
+                f"at most {SECRETS_MAX[key]:,.0f}",
                 hint="e.g. cache_ttl = 300, max_stale = 3600, fetch_timeout = 5",
             )
         given[key] = float(value)

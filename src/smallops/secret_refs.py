@@ -33,6 +33,12 @@ STORES: dict[str, str] = {
     "command": "smallops.secrets.stores.command:CommandStore",
 }
 EXAMPLE = 'e.g. api_key = "env:OPENAI_API_KEY" or "aws-sm:prod/openai#api_key"'
+#: Longer than any store's name for a secret (or a command line): a reference this long would
+#: fill every message and log row that names it.
+MAX_LENGTH = 1024
+#: Stores whose path goes into a URL's path as it is: `..` there would name another resource
+#: than the one written (the server or the HTTP library resolves it), `?` and `%` another query.
+URL_PATHS = ("vault", "gcp-sm")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,11 @@ class SecretRef:
     def parse(cls, text: str, where: str = "api_key") -> SecretRef:
         """A reference from its text; a ConfigError (never echoing the text, which may be a
         pasted key) when it is not one."""
+        if len(text) > MAX_LENGTH:
+            raise ConfigError(
+                f"{where} is {len(text):,} characters long, not a secret reference",
+                hint=f"a reference names where the key lives, {EXAMPLE}",
+            )
         scheme, sep, rest = text.strip().partition(":")
         if not sep or scheme not in STORES:
             raise ConfigError(
@@ -94,6 +105,25 @@ def _check(ref: SecretRef, where: str) -> None:
             f"{where} must name an environment variable (letters, digits and _), not hold a key",
             hint='e.g. "env:OPENAI_API_KEY"',
         )
+    if ref.scheme == "env" and ref.field is not None:
+        raise ConfigError(
+            f"{where} names a #field of an environment variable, which has none",
+            hint='e.g. "env:OPENAI_API_KEY"',
+        )
+    if ref.scheme == "op" and ref.field is not None:  # a Connect server would read another
+        raise ConfigError(
+            f"{where} names a #field: a 1Password reference names its field in its path",
+            hint='e.g. "op://Private/OpenAI/credential" or "op://Prod/OpenAI/api/key"',
+        )
+    if ref.scheme in URL_PATHS:
+        version = ref.field if ref.scheme == "gcp-sm" else None  # a field is no URL's part
+        parts = [*ref.path.split("/"), version or ""]
+        if any(part in (".", "..") or "?" in part or "%" in part for part in parts):
+            raise ConfigError(
+                f"{where} has a . or .. segment, a ? or a % in its path: "
+                f"the {ref.scheme} store would read another secret than the one named",
+                hint='e.g. "vault:secret/openai#api_key" or "gcp-sm:my-project/openai-key#3"',
+            )
     if ref.scheme == "command":
         try:
             words = shlex.split(ref.path)
@@ -104,6 +134,24 @@ def _check(ref: SecretRef, where: str) -> None:
                 f"{where} is a command that cannot be split into words (check its quotes)",
                 hint='e.g. "command:pass show openai" (run as is, without a shell)',
             )
+        option = next((word for word in words[1:] if _CREDENTIAL_OPTION.match(word)), None)
+        if option is not None:
+            raise ConfigError(
+                f"{where} gives the command a credential on its command line "
+                f"({option.partition('=')[0]}): the reference is shown in messages and status",
+                hint="let the command read it from its environment (e.g. VAULT_TOKEN), or from "
+                "a file it is given the path of",
+            )
+
+
+#: An option of a command that passes a credential (--token=..., --password ..., --api-key):
+#: its value would be in the reference, which every message and `status` names.
+#: (Not a bare --secret, which names the secret in `gcloud secrets versions access --secret=X`.)
+_CREDENTIAL_OPTION = re.compile(
+    r"--?(?!-|no-)[A-Za-z0-9_-]*"
+    r"(token|password|passwd|client[-_]secret|secret[-_]key|api[-_]?key|access[-_]key)(=.*)?$",
+    re.IGNORECASE,
+)
 
 
 def _shaped_like_a_secret(name: str) -> bool:

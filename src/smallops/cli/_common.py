@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+#: No :emoji: codes: text from the project (a reference like `doppler:X: ...`) prints as written.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 #: --help wraps at the terminal's width, and at 100 columns on a wider one (click keeps two
 #: columns spare, hence 102).
@@ -191,9 +192,9 @@ def wrapped(prefix: str, markup: str) -> None:
     """`prefix` then `markup` wrapped to the terminal's width, its later lines indented as
     far as the prefix reaches (no line padded with spaces)."""
     console = out
-    head = Text.from_markup(prefix)
+    head = Text.from_markup(prefix, emoji=False)
     indent = head.cell_len
-    body = Text.from_markup(markup)
+    body = Text.from_markup(markup, emoji=False)
     lines = body.wrap(console, max(20, console.width - indent), overflow="fold")
     for number, line in enumerate(lines):
         line.rstrip()

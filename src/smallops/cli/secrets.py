@@ -113,7 +113,7 @@ def _check(project: Project, name: str, entry: tuple[Provider, list[str]]) -> Ke
         provider=name,
         reference=str(keys.ref),
         store=STORE_NAMES.get(keys.ref.scheme, keys.ref.scheme),
-        source=_source(project, name),
+        source=_source(project, name, provider),
         workflows=users,
     )
     try:
@@ -127,12 +127,22 @@ def _check(project: Project, name: str, entry: tuple[Provider, list[str]]) -> Ke
     return check
 
 
-def _source(project: Project, name: str) -> str:
-    config = project.settings.providers.get(name)
+def _source(project: Project, name: str, provider: Provider) -> str:
+    """Where the key's reference was set: smallops.toml, the default, or (for a provider made
+    in a workflow's code, whatever its name) that code."""
+    from smallops.errors import SmallopsError
+    from smallops.providers import resolve_provider
+
+    settings = project.settings
+    try:
+        configured = resolve_provider(name, settings.providers, settings.secrets, settings.root)
+    except SmallopsError:  # a name neither smallops.toml nor the built-ins know
+        configured = None
+    if configured is not provider:
+        return "the workflow's code"
+    config = settings.providers.get(name)
     if config is not None and config.api_key is not None:
         return f"[providers.{name}] in smallops.toml"
-    if config is None and name not in ("openai", "anthropic"):
-        return "the workflow's code"
     return "the default"
 
 

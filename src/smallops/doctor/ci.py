@@ -2,7 +2,9 @@
 
 The project may be a folder of a larger repository, so the CI files of every folder from the
 project up to the repository's root (the folder holding .git) are read. A line counts when it
-runs `smallops ... eval` outside a comment; it gates when it says `--ci`.
+runs `smallops ... eval` outside a comment; it gates when it says `--ci`. CI systems read their
+files at the repository's root only (`smallops init` inside a repository writes them in the
+project's folder), so a gate found below the root is `misplaced`: it never runs.
 """
 
 from __future__ import annotations
@@ -47,27 +49,36 @@ class Line:
 
 @dataclass(frozen=True)
 class CiScan:
-    """The CI files found, the first line that runs the gate, and the first that runs the evals
-    without gating on them."""
+    """The CI files found, the first line that runs the gate, the first that runs the evals
+    without gating on them, and the first gate in a file CI never reads (below the root)."""
 
     files: tuple[Path, ...]
     gate: Line | None
     ungated: Line | None
+    misplaced: Line | None = None
 
 
 def scan_ci(root: Path) -> CiScan:
-    files = tuple(path for folder in _folders(root) for path in _ci_files(folder))
-    gate = ungated = None
-    for path in files:
+    folders = _folders(root)
+    repository = folders[-1] if (folders[-1] / ".git").exists() else None
+    found = [
+        (path, repository is None or folder == repository)
+        for folder in folders
+        for path in _ci_files(folder)
+    ]
+    gate = ungated = misplaced = None
+    for path, read in found:
         for number, text in enumerate(_lines(path), start=1):
             line = text.split(" #")[0]  # a comment at the end of the line is not run
             if _COMMENT.match(line) or not _EVAL.search(line):
                 continue
-            if _GATE.search(line):
+            if not read:  # below the repository's root: CI never reads it
+                misplaced = misplaced or (Line(path, number) if _GATE.search(line) else None)
+            elif _GATE.search(line):
                 gate = gate or Line(path, number)
             else:
                 ungated = ungated or Line(path, number)
-    return CiScan(files, gate, ungated)
+    return CiScan(tuple(path for path, _ in found), gate, ungated, misplaced)
 
 
 def _folders(root: Path) -> list[Path]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from smallops.config import own_key_variable
 from smallops.doctor._words import count
@@ -16,6 +17,7 @@ from smallops.evals.dataset import workflow_cases
 from smallops.pricing import has_price, vendor_of
 from smallops.readiness import MIN_CASES
 from smallops.records import Pricing
+from smallops.secret_refs import SecretRef
 
 #: Each store's name as a person says it, by its scheme in a secret reference.
 STORE_NAMES = {
@@ -134,37 +136,51 @@ def _eval_set(wf: Any, root: Path) -> Item:
 
 
 def secrets_from_a_store(subject: Subject, log: LogState, now: datetime) -> Finding:
-    """Every provider's key comes from a secret store (smallops.toml names where it lives), not
-    from a plain environment variable."""
-    providers: dict[str, str] = {}
+    """Every provider's key comes from a secret store, not from a plain environment variable:
+    judged by the reference each workflow's provider holds (a provider made in a workflow's
+    code may name another place than smallops.toml does)."""
+    providers: dict[tuple[str, str], Item] = {}
     for wf in subject.workflows.values():
         for model_wf in (wf, wf.secondary):
             if model_wf is not None and model_wf.provider.kind != "fake":
-                providers[model_wf.provider.name] = model_wf.provider.kind
+                provider = model_wf.provider
+                item = _key_source(provider.name, provider.kind, provider, subject)
+                providers.setdefault((provider.name, item.evidence), item)
     if not subject.workflows:
         return no_workflow("secrets_from_a_store")
     if not providers:
         return Finding("secrets_from_a_store", "pass", "no provider needs a key (fake models only)")
-    items = [_key_source(name, kind, subject) for name, kind in sorted(providers.items())]
-    return combine("secrets_from_a_store", items)
+    return combine("secrets_from_a_store", [providers[key] for key in sorted(providers)])
 
 
-def _key_source(name: str, kind: str, subject: Subject) -> Item:
+def _key_source(name: str, kind: str, provider: Any, subject: Subject) -> Item:
     config = subject.settings.providers.get(name)
-    ref = config.api_key if config is not None else None
+    configured = config.api_key if config is not None else None
+    keys = getattr(provider, "keys", None)  # the SDK providers: where their calls get the key
+    ref: SecretRef | None = getattr(keys, "ref", None)
+    if not isinstance(ref, SecretRef):
+        ref = configured
     if ref is not None and ref.scheme != "env":
         return Item("pass", f"{name}: key from {STORE_NAMES.get(ref.scheme, ref.scheme)}")
+    if getattr(keys, "keyless", False) and _on_this_machine(getattr(provider, "base_url", None)):
+        return Item("pass", f"{name}: a server on this machine, no key needed")
     if ref is not None:
         variable = ref.path
     elif kind == "openai" and name != "openai":  # a compatible server reads its own variable
         variable = own_key_variable(name)
     else:
         variable = SDK_KEY_VARIABLES.get(kind, "its SDK's variable")
-    return Item(
-        "fail",
-        f"{name}: key in ${variable}, not in a secret store",
-        f'set [providers.{name}] api_key = "vault:secret/{name}#api_key" (or aws-sm:, op://, ...)',
-    )
+    store = f'"vault:secret/{name}#api_key"'
+    fix = f"set [providers.{name}] api_key = {store} (or aws-sm:, op://, ...)"
+    if configured is not None and configured.scheme != "env":  # overridden in a workflow's code
+        fix = f"the {name} provider made in a workflow's code: give it api_key={store}"
+    return Item("fail", f"{name}: key in ${variable}, not in a secret store", fix)
+
+
+def _on_this_machine(base_url: str | None) -> bool:
+    """A compatible server on the loopback (a local Ollama or vLLM): it needs no key to keep."""
+    host = urlsplit(base_url or "").hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -22,6 +22,15 @@ def evals_in_ci(subject: Subject, log: LogState, now: datetime) -> Finding:
     practice: PracticeId = "evals_in_ci"
     scan = scan_ci(subject.root)
     if scan.gate is None:
+        if scan.misplaced is not None:
+            return Finding(
+                practice,
+                "fail",
+                f"{scan.misplaced.shown(subject.root)} runs the gate, but CI reads its files at "
+                "the repository's root only",
+                "move it to the repository's root, its steps run in the project's folder "
+                "(working-directory, or smallops -p)",
+            )
         if scan.ungated is not None:
             return Finding(
                 practice,

@@ -89,13 +89,18 @@ class SdkClients:
 
     def rotated(self, rejected: str) -> str | None:
         """After a 401 on `rejected` outside the SDK: the key fetched again if it changed."""
-        return self._rotated(rejected)
+        return self._rotated(rejected)[0]
 
-    def _rotated(self, rejected: str) -> str | None:
+    def _rotated(self, rejected: str) -> tuple[str | None, str]:
+        """After a 401: the key fetched again if it changed; else None, and why the 401 stands
+        (said in its message, for a key from a store)."""
         try:
-            return self.keys.refetch(rejected)
-        except (SecretStoreError, ConfigError):
-            return None
+            fresh = self.keys.refetch(rejected)
+        except (SecretStoreError, ConfigError) as exc:
+            return None, f"the key could not be fetched again: {exc.message}"
+        if fresh is not None or self.keys.ref.scheme == "env":
+            return fresh, ""
+        return None, f"the key from {self.keys.ref} was fetched again: unchanged"
 
     def call(self, cls: Any, sdk: ModuleType, request: Callable[[Any], Any]) -> Any:
         """`request(client)` with the current key; after a 401, once more with a new key."""
@@ -103,9 +108,9 @@ class SdkClients:
         try:
             return request(self.sync_client(cls, key))
         except sdk.AuthenticationError as exc:
-            fresh = self._rotated(key)
+            fresh, why = self._rotated(key)
             if fresh is None:
-                raise self.error(exc, sdk, refused=True) from None
+                raise self.error(exc, sdk, why) from None
         except sdk_errors(sdk) as exc:
             raise self.error(exc, sdk) from None
         try:
@@ -119,9 +124,9 @@ class SdkClients:
         try:
             return await request(self.async_client(cls, key))
         except sdk.AuthenticationError as exc:
-            fresh = await asyncio.to_thread(self._rotated, key)
+            fresh, why = await asyncio.to_thread(self._rotated, key)
             if fresh is None:
-                raise self.error(exc, sdk, refused=True) from None
+                raise self.error(exc, sdk, why) from None
         except sdk_errors(sdk) as exc:
             raise self.error(exc, sdk) from None
         try:
@@ -129,13 +134,14 @@ class SdkClients:
         except sdk_errors(sdk) as exc:
             raise self.error(exc, sdk) from None
 
-    def error(self, exc: Exception, sdk: ModuleType, *, refused: bool = False) -> ProviderError:
-        """The SDK's exception as a ProviderError, with every key masked (this one, the one
-        before a rotation, any other registered): some servers repeat the key they were sent
-        in a 401's message, and the message reaches the application."""
+    def error(self, exc: Exception, sdk: ModuleType, why: str = "") -> ProviderError:
+        """The SDK's exception as a ProviderError (`why` a 401 stands added), with every key
+        masked (this one, the one before a rotation, any other registered): some servers
+        repeat the key they were sent in a 401's message, and the message reaches the
+        application."""
         error = to_provider_error(exc, sdk)
-        if refused and self.keys.ref.scheme != "env":
-            error.message += f" (the key from {self.keys.ref} was fetched again: unchanged)"
+        if why:
+            error.message += f" ({why})"
         redact = Redactor()
         error.message = redact(error.message) or error.message
         error.args = (error.message,)
@@ -147,6 +153,7 @@ class SdkClients:
         current = self._sync
         if current is None or current[0] != key:
             current = self._sync = (key, self._client(cls, key))
+            _with_clients.add(self)
         return current[1]
 
     def async_client(self, cls: Any, key: str) -> Any:
@@ -158,6 +165,7 @@ class SdkClients:
         current = self._async.get(loop)
         if current is None or current[0] != key:
             current = self._async[loop] = (key, self._client(cls, key))
+            _with_clients.add(self)
         return current[1]
 
     def _client(self, cls: Any, key: str) -> Any:
@@ -169,6 +177,21 @@ class SdkClients:
         current = self._async.pop(asyncio.get_running_loop(), None) if self._async else None
         if current is not None:
             await current[1].close()
+
+
+#: The providers holding SDK clients: a forked child must not share their connections.
+_with_clients: weakref.WeakSet[SdkClients] = weakref.WeakSet()
+
+
+def _forget_clients_after_fork() -> None:
+    """In a forked child, each provider makes its own clients: the parent's hold keep-alive
+    connections whose sockets both processes would read, mixing their responses."""
+    for provider in list(_with_clients):
+        provider._sync = None
+        provider._async = None
+
+
+os.register_at_fork(after_in_child=_forget_clients_after_fork)
 
 
 def key_source(
@@ -190,7 +213,10 @@ def key_source(
         )
     if isinstance(api_key, str):
         api_key = SecretRef.parse(api_key, f"the api_key of provider '{provider}'")
-    ref = api_key or SecretRef("env", api_key_env or default_env)
+    if api_key_env is not None:  # checked as smallops.toml's is: a key pasted here is refused
+        where = f"the api_key_env of provider '{provider}'"
+        api_key = SecretRef.parse(f"env:{api_key_env.strip()}", where)
+    ref = api_key or SecretRef("env", default_env)
     return KeySource(
         ref,
         secrets or SecretSettings(),

@@ -18,6 +18,8 @@ Every provider key from a store comes through here, so that:
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -27,7 +29,7 @@ from typing import Any
 
 from smallops.config import STATE_DIR, SecretSettings
 from smallops.errors import SmallopsError
-from smallops.redact import Redactor, register
+from smallops.redact import MIN_SECRET, Redactor, register
 from smallops.secret_refs import SecretRef
 from smallops.secrets.base import (
     FETCH_TIMEOUT,
@@ -144,9 +146,10 @@ class SecretCache:
         root: Path | None = None,
     ) -> Fetched | None:
         """After the provider refused the key `rejected`: the key fetched again, or None when
-        the store still gives the same one (or cannot be asked). One fetch serves every call
-        that saw the same key refused; a key confirmed unchanged is not fetched again for
-        RETRY_INTERVAL, so a revoked key does not make every call ask the store."""
+        the store still gives the same one; SecretStoreError when it gave none (down, denied).
+        One fetch serves every call that saw the same key refused; a key confirmed unchanged,
+        or a store that just failed, is not asked again for RETRY_INTERVAL, so a revoked key
+        does not make every call ask (or wait on) the store."""
         store = self._store(ref.scheme)
         with self._lock:
             entry = self._entry(ref, policy, root)
@@ -160,17 +163,31 @@ class SecretCache:
                 and now < entry.confirmed_at + _retry(policy)
             ):
                 return None
+            if not running and entry.error is not None and now < entry.failed_at + _retry(policy):
+                raise self._unavailable(entry, policy, now)  # asked moments ago: no call waits
             flight = self._flight(entry, store, policy, now, force=True)
             assert flight is not None
         self._wait(entry, flight)
         with self._lock:
             fetched = flight.fetched
             if fetched is None:
-                return None
+                error = flight.error or entry.error
+                message = error.message if error else "the store did not answer"
+                raise SecretStoreError(
+                    _naming(ref, message), unreachable=error is None or error.unreachable
+                )
             if fetched.value == rejected:
                 entry.confirmed, entry.confirmed_at = rejected, time.monotonic()
                 return None
             return fetched
+
+    def forked(self) -> None:
+        """In a child process just forked: fetches under way belong to threads the child does
+        not have, and a lock may have been held at the fork; the cached keys stay good."""
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        for entry in self._entries.values():
+            entry.flight = None
 
     def reset(self) -> None:
         """Forget every cached key (between tests); fetches under way end unheeded."""
@@ -300,6 +317,7 @@ class SecretCache:
             error = SecretStoreError(
                 f"{entry.ref}: the store failed: {type(exc).__name__}", unreachable=True
             )
+        error = _masked(error) if error is not None else None
         with self._lock:
             flight.fetched, flight.error = fetched, error
             if entry.flight is flight:
@@ -344,10 +362,21 @@ def _naming(ref: SecretRef, message: str) -> str:
     return message if str(ref) in message else f"{ref}: {message}"
 
 
+def _masked(error: SecretStoreError) -> SecretStoreError:
+    """A store's error with the values of secret-named environment variables masked: a store
+    may repeat its own credential (VAULT_TOKEN, DOPPLER_TOKEN, a helper's) in its error text."""
+    redact = Redactor.from_environment()
+    message, hint = redact(error.message) or "", redact(error.hint) or ""
+    if (message, hint) == (error.message, error.hint):
+        return error
+    return SecretStoreError(message, unreachable=error.unreachable, hint=hint)
+
+
 def _checked(ref: SecretRef, fetched: Any) -> Fetched:
     """The value as a provider can send it, or a SecretStoreError that never repeats it: one
     line of printable ASCII (an HTTP header carries it), surrounding whitespace removed (a
-    newline saved with the key, `echo` style), and not absurdly long."""
+    newline saved with the key, `echo` style), neither absurdly long nor too short to be kept out
+    of the log (the redactor leaves values under MIN_SECRET alone: they match ordinary text)."""
     if not isinstance(fetched, Fetched) or not isinstance(fetched.value, str):
         raise SecretStoreError(f"{ref}: the store gave no text")
     value = fetched.value.strip()
@@ -356,10 +385,23 @@ def _checked(ref: SecretRef, fetched: Any) -> Fetched:
     hint = "store the key alone, as one line of text"
     if not value:
         raise SecretStoreError(f"{ref}: the secret is empty", hint=hint)
+    if len(value) < MIN_SECRET:
+        raise SecretStoreError(
+            f"{ref}: the secret is {len(value)} characters long, too short for an API key "
+            "and too short to be kept out of the log",
+            hint=f"store the key itself ({MIN_SECRET} characters or more), as one line of text",
+        )
     if len(value) > MAX_LENGTH:
         raise SecretStoreError(
             f"{ref}: the secret is {len(value)} characters long, too long for an API key",
             hint=hint + " (or name its field: #field)",
+        )
+    if _json_object(value):  # a document of fields: sent whole, every field goes to the provider
+        raise SecretStoreError(
+            f"{ref}: the secret is a JSON object, not a key (sent whole, every field in it "
+            "would go to the provider)",
+            hint="store the key alone, or name the field that holds it (#field) where the store "
+            "has fields",
         )
     bad = [c for c in value if not " " <= c <= "~"]
     if bad:
@@ -376,6 +418,15 @@ def _checked(ref: SecretRef, fetched: Any) -> Fetched:
             f"{ref}: the secret holds {what}, which an HTTP header cannot carry", hint=hint
         )
     return replace(fetched, value=value) if value != fetched.value else fetched
+
+
+def _json_object(value: str) -> bool:
+    if not value.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(value), dict)
+    except ValueError:
+        return False
 
 
 def _health(entry: _Entry) -> dict[str, Any]:
@@ -402,3 +453,4 @@ def _health(entry: _Entry) -> dict[str, Any]:
 
 #: This process's cache: every provider shares it.
 cache = SecretCache()
+os.register_at_fork(after_in_child=cache.forked)

@@ -93,7 +93,7 @@ def read_health(folder: Path, now: float | None = None) -> dict[str, dict[str, A
         for name, report in references.items():
             if not isinstance(report, dict):
                 continue
-            report = {key: report.get(key) for key in FIELDS}
+            report = _clean(report)
             report["as_of"] = _as_of(report)
             seen = found.get(str(name))
             if seen is None:
@@ -105,6 +105,34 @@ def read_health(folder: Path, now: float | None = None) -> dict[str, dict[str, A
             newest = report if report["as_of"] > seen["as_of"] else seen
             found[str(name)] = {**newest, "processes": seen["processes"] + 1, "last_ok_at": last_ok}
     return found
+
+
+#: The fields that are times (epoch seconds), and the one that is a count.
+_TIMES = ("last_ok_at", "stale_since", "serving_until", "problem_at")
+
+
+def _clean(report: dict[str, Any]) -> dict[str, Any]:
+    """A report's fields as status uses them, whatever the file held (another version's
+    file, or one edited by hand): times as numbers or None, text as text, a count, a flag."""
+    clean: dict[str, Any] = {}
+    for key in FIELDS:
+        value = report.get(key)
+        if key in _TIMES or key == "fetches":
+            seconds = _seconds(value)
+            value = int(seconds or 0) if key == "fetches" else seconds
+        elif key == "unavailable":
+            value = value is True
+        elif value is not None:
+            value = str(value)
+        clean[key] = value
+    return clean
+
+
+def _seconds(value: object) -> float | None:
+    """A number a time (or count) can be: not a flag, not negative, before the year 5138."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value < 1e11 else None
 
 
 def _as_of(report: dict[str, Any]) -> float:

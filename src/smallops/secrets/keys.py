@@ -59,7 +59,7 @@ class KeySource:
 
     def refetch(self, rejected: str) -> str | None:
         """After the provider refused `rejected` (a 401): the key fetched again if it changed,
-        else None (the refusal stands)."""
+        else None (the refusal stands); SecretStoreError when the store gave none."""
         if self.ref.scheme == "env":
             key = self._env()
             return key if key is not None and key != rejected else None

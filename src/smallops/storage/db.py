@@ -64,12 +64,20 @@ def normalise_url(url: str, root: Path, source: str = "the database URL") -> str
     return parsed.render_as_string(hide_password=False)
 
 
+#: Query parameters libpq (and the drivers) take a password from: hidden like the URL's own.
+_SECRET_QUERY = ("password", "sslpassword")
+
+
 def safe_url(url: str) -> str:
-    """The URL with its password hidden, fit for messages and logs."""
+    """The URL with its password hidden (`?password=` too), fit for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "<unparseable database URL>"
+    hidden = {key: "***" for key in parsed.query if key.lower() in _SECRET_QUERY}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
+    return parsed.render_as_string(hide_password=True)
 
 
 def get_engine(url: str, source: str = "the database URL") -> Engine:

@@ -8,9 +8,11 @@ it and whatever it started are killed; output past MAX_OUTPUT is refused as it a
 runs in the project folder, so `command:./bin/get-key openai` is a script of the project.
 
 An error names the program and how it ended, never what it printed on standard output; the
-first line of its standard error is shown, short and redacted (it is there to say why). A
-command that fails or times out may only have found its store down, so a cached key keeps
-serving (up to max_stale); one that cannot be run, or prints nothing usable, is a plain no.
+first line of its standard error is shown, short and redacted (it is there to say why), except
+when it succeeded with nothing on standard output: a script that printed the key to the
+wrong stream. A command that fails or times out may only have found its store down, so a
+cached key keeps serving (up to max_stale); one that cannot be run, or prints nothing usable,
+is a plain no.
 """
 
 from __future__ import annotations
@@ -64,9 +66,10 @@ class CommandStore:
         except UnicodeDecodeError:
             raise SecretStoreError(f"`{program}` printed bytes that are not UTF-8") from None
         text = text.removesuffix("\n").removesuffix("\r")
-        if not text:
+        if not text:  # what it wrote to stderr instead is most likely the key itself
+            wrote = " (it wrote to standard error, not shown)" if said else ""
             raise SecretStoreError(
-                f"`{program}` printed nothing{because}",
+                f"`{program}` printed nothing on its standard output{wrote}",
                 hint="it must print the key on its standard output",
             )
         return Fetched(text)
