@@ -19,7 +19,7 @@ their order alternating from round to round, and medians are quoted.
 6. Export on: sequential calls with the OpenTelemetry export off, sending to a local OTLP/HTTP
    receiver that answers 200, and pointed at a closed port (a collector that is down), against
    the raw SDK. Target: each inside the targets of 1. For comparison, the same export from a
-   thread of the calling process (SMALLOPS_OTEL_IN_PROCESS=1) instead of the child process.
+   child process (SMALLOPS_OTEL_PROCESS=1) instead of a thread of the calling process.
    `--export-only` runs this section alone.
 
 Run: .venv/bin/python bench/overhead.py [--calls 1000] [--rounds 5] [--concurrent-calls 3000]
@@ -318,13 +318,13 @@ def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
         saved = os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         try:
             for name, url, kind in (
-                ("export on", receiver, otel_export.ProcessExport),
+                ("export on", receiver, otel_export.SpanExport),
                 (
                     "export, collector down",
                     f"http://127.0.0.1:{closed_port()}",
-                    otel_export.ProcessExport,
+                    otel_export.SpanExport,
                 ),
-                ("export on, from a thread", receiver, otel_export.SpanExport),
+                ("export on, from a child process", receiver, otel_export.ProcessExport),
             ):
                 os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
                 exports[name] = kind()
@@ -384,7 +384,7 @@ def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
             ]
         )
     on, down = exports["export on"], exports["export, collector down"]
-    threaded = exports["export on, from a thread"]
+    child = exports["export on, from a child process"]
     out["spans"] = {
         "sent": on.sent,
         "dropped": on.dropped,
@@ -397,8 +397,8 @@ def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
     )
     table(["path", "median µs", "p99 µs", "overhead ms", "p99 ovh ms"], rows)
     print(
-        f"spans sent {on.sent:,} by the child process and {threaded.sent:,} from the thread, in "
-        f"{CALLS['otlp requests']:,} requests ({on.dropped + threaded.dropped:,} dropped); "
+        f"spans sent {on.sent:,} from the thread and {child.sent:,} by the child process, in "
+        f"{CALLS['otlp requests']:,} requests ({on.dropped + child.dropped:,} dropped); "
         f"collector down: {down.dropped:,} spans dropped and counted"
     )
     for name in exports:

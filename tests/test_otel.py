@@ -486,9 +486,10 @@ def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emula
 
 
 def test_spans_are_built_and_sent_by_a_child_process_that_ends_with_the_export(
-    make_workflow, emulator, collector
+    make_workflow, emulator, collector, monkeypatch
 ):
-    """The calling process only hands runs over, and the child goes away with the export."""
+    """Asked for, a child process builds and sends the spans, and goes away with the export."""
+    monkeypatch.setenv(otel_export.PROCESS_VARIABLE, "1")
     import os
 
     from smallops.storage.otel_process import ProcessExport
@@ -510,6 +511,7 @@ def test_a_child_that_dies_costs_only_counted_spans_and_is_replaced(
 ):
     from smallops.storage import otel_process
 
+    monkeypatch.setenv(otel_export.PROCESS_VARIABLE, "1")
     monkeypatch.setattr(otel_process, "RESPAWN_SECONDS", 3600.0)
     wf = make_workflow(review="none")
     wf.run(**EMAIL)
@@ -530,8 +532,10 @@ def test_a_child_that_dies_costs_only_counted_spans_and_is_replaced(
     assert len(collector.spans) == 4
 
 
-def test_in_process_export_when_asked(make_workflow, emulator, collector, monkeypatch):
-    monkeypatch.setenv(otel_export.IN_PROCESS_VARIABLE, "1")
+def test_the_export_runs_on_a_thread_unless_a_child_process_is_asked_for(
+    make_workflow, emulator, collector, monkeypatch
+):
+    monkeypatch.delenv(otel_export.PROCESS_VARIABLE, raising=False)
     wf = make_workflow(review="none")
     wf.run(**EMAIL)
     runs, spans = exported(wf)
@@ -539,10 +543,16 @@ def test_in_process_export_when_asked(make_workflow, emulator, collector, monkey
     assert len(runs) == 1 and len(spans) == 2
 
 
-def test_a_forked_process_starts_its_own_export(make_workflow, emulator, collector):
+@pytest.mark.parametrize("child", [False, True], ids=["thread", "child process"])
+def test_a_forked_process_starts_its_own_export(
+    make_workflow, emulator, collector, monkeypatch, child
+):
     """A server that forks workers after the first call (gunicorn --preload): each worker
-    exports through a child of its own, and the parent's still ends with the parent."""
+    exports on its own, and a child process of the parent's still ends with the parent."""
     import os
+
+    if child:
+        monkeypatch.setenv(otel_export.PROCESS_VARIABLE, "1")
 
     wf = make_workflow(review="none")
     wf.run(**EMAIL)
@@ -565,9 +575,10 @@ def test_a_forked_process_starts_its_own_export(make_workflow, emulator, collect
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(collector.spans) == 4
-    child = parent_export._child
+    process = getattr(parent_export, "_child", None)
     otel_export.reset()
-    assert child is not None and child.wait(10) == 0
+    assert (process is not None) == child
+    assert process is None or process.wait(10) == 0
 
 
 def test_smallops_toml_switches_the_export_on_when_the_environment_is_silent(

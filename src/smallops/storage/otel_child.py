@@ -7,7 +7,9 @@ its input closes, after sending what it holds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,9 +17,15 @@ from smallops.errors import ConfigError
 from smallops.storage.otel_export import SpanExport
 from smallops.storage.otel_process import read_frame, write_frame
 
+#: The child's scheduling priority: lowest, so that building spans only ever takes a core the
+#: calling process (and its upstream, on the same host) is not asking for. Linux's SCHED_IDLE
+#: runs it only on an idle core and preempts it at once; elsewhere, the highest niceness.
+NICENESS = 19
+
 
 def main() -> int:
     logging.basicConfig(format="%(message)s")
+    _step_back()
     try:
         export = SpanExport()
     except ConfigError as exc:
@@ -39,6 +47,17 @@ def main() -> int:
     export.flush(10.0)
     export.close()
     return 0
+
+
+def _step_back() -> None:
+    idle = getattr(os, "SCHED_IDLE", None)
+    try:
+        if idle is None:
+            raise OSError("no SCHED_IDLE here")
+        os.sched_setscheduler(0, idle, os.sched_param(0))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.nice(NICENESS)
 
 
 if __name__ == "__main__":

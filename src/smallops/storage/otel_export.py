@@ -413,13 +413,13 @@ _export_lock = threading.Lock()
 
 
 _unavailable = False  # export was asked for and the SDK is missing: said once
-IN_PROCESS_VARIABLE = "SMALLOPS_OTEL_IN_PROCESS"  # "1": export on a thread, not in a child
+PROCESS_VARIABLE = "SMALLOPS_OTEL_PROCESS"  # "1": export from a child process, not a thread
 
 
 def live_export(telemetry: Telemetry | None = None) -> SpanExport | ProcessExport | None:
     """The process's span export when the environment (or, where it is silent, `telemetry`:
-    smallops.toml's [telemetry]) asks for one, else None: a child process (otel_process.py), or
-    with SMALLOPS_OTEL_IN_PROCESS=1 a thread of this one. A missing SDK is logged once and
+    smallops.toml's [telemetry]) asks for one, else None: a thread of this process, or with
+    SMALLOPS_OTEL_PROCESS=1 a child process (otel_process.py). A missing SDK is logged once and
     leaves the log writer as it was: telemetry never costs a record."""
     global _export, _unavailable
     if _export is not None or _unavailable:
@@ -430,11 +430,11 @@ def live_export(telemetry: Telemetry | None = None) -> SpanExport | ProcessExpor
     with _export_lock:
         if _export is None and not _unavailable:
             try:
-                if env.get(IN_PROCESS_VARIABLE, "").strip() == "1":
-                    _export = SpanExport(environ=env)
-                else:
+                if env.get(PROCESS_VARIABLE, "").strip() == "1":
                     _sdk_installed()
                     _export = ProcessExport(env)
+                else:
+                    _export = SpanExport(environ=env)
             except ConfigError as exc:
                 _unavailable = True
                 log.error("smallops: no OpenTelemetry export: %s (%s)", exc.message, exc.hint)
