@@ -8,9 +8,11 @@ Python converts (sys.get_int_max_str_digits(), 4300 by default).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from smallops.errors import InputError
@@ -93,3 +95,18 @@ def objects(
                 number,
                 parse_object(line.removesuffix("\r"), f"{source}, line {number}", expected),
             )
+
+
+def replace_file(path: Path, value: Any) -> bool:
+    """Write `value` as JSON to `path` whole (a reader never sees it half written), making its
+    folder if need be; False when the disk refused."""
+    partial = path.with_suffix(path.suffix + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+        partial.replace(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        return False
+    return True

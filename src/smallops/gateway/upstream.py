@@ -19,9 +19,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from smallops import __version__
-from smallops.error_types import ProviderFailure
 from smallops.gateway.http1 import Http1Pool, Http1Response
-from smallops.providers._sdk import SdkClients
+from smallops.providers._sdk import SdkClients, status_kind
 from smallops.providers.base import Provider, ProviderError, parse_retry_after
 from smallops.redact import Redactor
 
@@ -245,16 +244,3 @@ def status_error(answer: Answer) -> ProviderError:
         retry_after=parse_retry_after(answer.headers),
         raw=raw,
     )
-
-
-def status_kind(status: int) -> ProviderFailure:
-    """What an HTTP status says about the request, as the SDK providers judge it."""
-    if status == 429:
-        return "rate_limited"
-    if status in (401, 403):
-        return "auth_error"
-    if status == 408:
-        return "timeout"
-    if status == 409 or status >= 500:
-        return "server_error"
-    return "bad_request"

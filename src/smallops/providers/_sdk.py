@@ -266,12 +266,13 @@ def to_provider_error(exc: Exception, sdk: ModuleType) -> ProviderError:
         message = f"HTTP {status}: {_vendor_message(raw) or exc.message}"
         retry_after = parse_retry_after(exc.response.headers)
         return ProviderError(
-            _status_kind(status), message, status_code=status, retry_after=retry_after, raw=raw
+            status_kind(status), message, status_code=status, retry_after=retry_after, raw=raw
         )
     return ProviderError("bad_response", f"{type(exc).__name__}: {exc}")
 
 
-def _status_kind(status: int) -> ProviderFailure:
+def status_kind(status: int) -> ProviderFailure:
+    """What an HTTP status says about a request; the gateway judges its upstream alike."""
     if status == 429:
         return "rate_limited"
     if status in (401, 403):

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smallops.jsonl import replace_file
+
 FOLDER = "secrets"
 RECENT_HOURS = 24  # a process's file counts in `status` this long after it last changed
 #: What a report may hold: nothing else is written, so no value can slip in by a new field.
@@ -47,15 +49,7 @@ def write_health(folder: Path, reports: dict[str, dict[str, Any]]) -> bool:
             name: {key: report.get(key) for key in FIELDS} for name, report in reports.items()
         },
     }
-    path = folder / f"keys-{os.getpid()}.json"
-    partial = path.with_suffix(".json.tmp")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
-        partial.replace(path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            partial.unlink()
+    if not replace_file(folder / f"keys-{os.getpid()}.json", state):
         return False
     if folder not in _swept:
         _swept.add(folder)

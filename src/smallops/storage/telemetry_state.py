@@ -9,12 +9,13 @@ never touches the disk. `status` adds up the files written in the last day.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
+
+from smallops.jsonl import replace_file
 
 FOLDER = "telemetry"
 RECENT_HOURS = 24  # a process's file counts in `status` this long after its last drop
@@ -35,17 +36,7 @@ def write_drops(
         "last_at": last_at,
         "updated_at": time.time(),
     }
-    path = folder / f"otel-{os.getpid()}.json"
-    partial = path.with_suffix(".json.tmp")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
-        partial.replace(path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        return False
-    return True
+    return replace_file(folder / f"otel-{os.getpid()}.json", state)
 
 
 def read_drops(folder: Path, now: float | None = None) -> dict[str, dict[str, Any]]:
