@@ -255,6 +255,38 @@ def test_a_collector_that_is_down_costs_calls_nothing_and_drops_are_counted(
     assert on / 20 < 0.25  # each call stays a local round trip, never an export timeout
 
 
+def test_the_proxy_settings_are_read_once_and_still_obeyed(
+    make_workflow, emulator, collector, monkeypatch
+):
+    """The export's HTTP session reads HTTP_PROXY / NO_PROXY when it starts, not per request:
+    a proxy that is down loses the spans (counted); NO_PROXY for the collector sends them."""
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    (run,), spans = exported(wf)  # the live export's two spans, sent before any proxy
+    assert len(spans) == 2
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # the SDK's too: after
+    monkeypatch.setenv("NO_PROXY", "example.invalid")
+    export = otel_export.SpanExport(timeout=0.5)
+    export.offer([(run, None, None)])
+    assert export.flush(30) and export.sent == 0 and export.dropped == 2
+    export.close()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    export = otel_export.SpanExport(timeout=0.5)
+    export.offer([(run, None, None)])
+    assert export.flush(30) and export.sent == 2 and export.dropped == 0
+    export.close()
+    assert len(collector.spans) == 4  # the live export's two, and these
+
+
+def test_the_batch_delay_comes_from_the_sdk_variable():
+    assert otel_export.linger_seconds({}) == otel_export.LINGER_SECONDS
+    assert otel_export.linger_seconds({"OTEL_BSP_SCHEDULE_DELAY": "250"}) == 0.25
+    assert otel_export.linger_seconds({"OTEL_BSP_SCHEDULE_DELAY": "0"}) == 0.0
+    for odd in ("soon", "-5", "nan", ""):
+        assert otel_export.linger_seconds({"OTEL_BSP_SCHEDULE_DELAY": odd}) == 1.0
+    assert otel_export.linger_seconds({"OTEL_BSP_SCHEDULE_DELAY": "1e12"}) == 60.0
+
+
 def test_backfill_twice_sends_the_ids_the_live_export_sent(
     make_workflow, emulator, collector, capsys, tmp_path
 ):
@@ -472,9 +504,10 @@ def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emula
         )
     ]
     odd = {"neg": -3, "zero": 0, "no": False, "empty": "", "pi": 3.25, "list": ["a", 1, None]}
+    odd |= {"k" * 200: 300, "big": 2**40, "long": "é" * 100}  # varints of two bytes and more
     spans.append(SpanValue("odd", 5, 6, 7, "CLIENT", 1, 2, {**odd, "map": {"k": -0.0}}, True, "x"))
     assert len(spans) > otel_export.SLICE_SPANS + 1  # several slices, the last one partial
-    sdk = otel_export._Sdk(5.0, "http://127.0.0.1:4318/v1/traces")
+    sdk = otel_export._Sdk(5.0, "http://127.0.0.1:4318/v1/traces", {})
     whole = encode_spans([sdk._span(span) for span in spans])
     sliced = type(whole).FromString(sdk.encode(spans))
     assert sliced == whole

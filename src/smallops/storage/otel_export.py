@@ -37,7 +37,7 @@ from sqlalchemy import Engine
 from smallops.config import Telemetry
 from smallops.errors import ConfigError
 from smallops.storage.otel_process import ProcessExport
-from smallops.storage.otel_spans import SpanValue, run_spans
+from smallops.storage.otel_spans import CONTENT_VARIABLE, SpanValue, content_wanted, run_spans
 from smallops.storage.otel_wire import request_bytes, span_bytes
 from smallops.storage.prompt_parts import inline_row
 from smallops.storage.schema import RUN_COLUMNS
@@ -50,10 +50,12 @@ QUEUE_RUNS = 2048  # runs waiting to be sent; past that they are dropped and cou
 BATCH_RUNS = 256  # runs per export request
 EXPORT_TIMEOUT = 5.0  # seconds one export request (with the SDK's own retries) may take
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-_CONTENT_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 _STOP = object()
 REPORT_SECONDS = 1.0  # the drop file (telemetry_state.py) is rewritten at most this often
-LINGER_SECONDS = 0.2  # a batch waits this long for more runs: each request costs the GIL too
+LINGER_SECONDS = 1.0  # a batch waits this long for more runs: each request costs the GIL too
+_LINGER_VARIABLE = "OTEL_BSP_SCHEDULE_DELAY"  # the SDK's batch delay, in milliseconds
+_CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # read by requests from the environment
+_SESSION_VARIABLE = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
 SLICE_SPANS = 4  # spans encoded at a time between chances for other threads to run
 PACE_SECONDS = 0.0002  # the export thread's longest stretch on the GIL before it steps aside
 STEP_ASIDE_SECONDS = 0.0  # time.sleep(0) releases the GIL: a waiting thread takes it
@@ -79,8 +81,8 @@ def export_environment(
         if telemetry is None or not telemetry.otlp_endpoint:
             return None
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = telemetry.otlp_endpoint
-    if not env.get(_CONTENT_VARIABLE, "").strip() and telemetry is not None:
-        env[_CONTENT_VARIABLE] = "true" if telemetry.capture_content else "false"
+    if not env.get(CONTENT_VARIABLE, "").strip() and telemetry is not None:
+        env[CONTENT_VARIABLE] = "true" if telemetry.capture_content else "false"
     return env
 
 
@@ -91,11 +93,6 @@ def traces_endpoint(env: Mapping[str, str]) -> str:
     if given:
         return given
     return env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip().rstrip("/") + "/v1/traces"
-
-
-def content_wanted(environ: Mapping[str, str] | None = None) -> bool:
-    env = os.environ if environ is None else environ
-    return env.get(_CONTENT_VARIABLE, "").strip().lower() in ("true", "1", "yes")
 
 
 class SpanExport:
@@ -113,12 +110,13 @@ class SpanExport:
         self.content = content_wanted(env) if content is None else content
         self.endpoint = traces_endpoint(env)
         self.timeout = timeout
+        self.linger = linger_seconds(env)
         self.sent = 0  # spans the collector accepted
         self.dropped = 0  # spans not delivered: queue full, or the collector failed
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self._queue: queue.Queue[Any] = queue.Queue(capacity or QUEUE_RUNS)
-        self._sdk = _Sdk(timeout, self.endpoint)  # ConfigError when the extra is missing
+        self._sdk = _Sdk(timeout, self.endpoint, env)  # ConfigError when the extra is missing
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         # Spans dropped per project state folder and workflow, for `smallops status`.
@@ -238,7 +236,7 @@ class SpanExport:
                     items.append(item)
                 if stop or markers or len(items) >= BATCH_RUNS:
                     break
-                wait = LINGER_SECONDS - (time.monotonic() - began)
+                wait = self.linger - (time.monotonic() - began)
                 try:
                     item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
@@ -271,6 +269,32 @@ class _Pace:
             self._since = time.perf_counter()
 
 
+def linger_seconds(env: Mapping[str, str]) -> float:
+    """How long a batch waits for more runs: OTEL_BSP_SCHEDULE_DELAY (milliseconds, as the
+    SDK's batch processor reads it) when it is a number, else `LINGER_SECONDS`."""
+    try:
+        delay = float(env.get(_LINGER_VARIABLE, "").strip()) / 1000
+    except ValueError:
+        return LINGER_SECONDS
+    return min(delay, 60.0) if delay >= 0 else LINGER_SECONDS
+
+
+def _session(endpoint: str, env: Mapping[str, str]) -> Any:
+    """A requests session that reads the proxy settings once, when the export starts: by
+    default requests walks the whole environment again on every request (half of the
+    export's Python per request, with the GIL held). None, so the exporter makes its own,
+    where the environment names a CA bundle for requests or a session provider."""
+    if any(env.get(name) for name in (*_CA_VARIABLES, _SESSION_VARIABLE)):
+        return None
+    import requests
+    from requests.utils import get_environ_proxies
+
+    session = requests.Session()
+    session.trust_env = False  # no per-request look at proxies, CA bundles or ~/.netrc
+    session.proxies.update(get_environ_proxies(endpoint))  # NO_PROXY applied
+    return session
+
+
 class _Sdk:
     """The OpenTelemetry SDK's OTLP/HTTP exporter and the span type it sends.
 
@@ -279,7 +303,7 @@ class _Sdk:
     a few at a time (`SLICE_SPANS`), and the exporter's HTTP client sends the request (same
     endpoint, headers, compression, timeout and retries)."""
 
-    def __init__(self, timeout: float, endpoint: str) -> None:
+    def __init__(self, timeout: float, endpoint: str, env: Mapping[str, str]) -> None:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.resources import Resource
@@ -292,7 +316,9 @@ class _Sdk:
                 "OpenTelemetry export needs the SDK and its OTLP/HTTP exporter",
                 hint="pip install 'smallops[otel]' (or unset OTEL_EXPORTER_OTLP_ENDPOINT)",
             ) from exc
-        self._exporter = OTLPSpanExporter(endpoint=endpoint, timeout=timeout)
+        self._exporter = OTLPSpanExporter(
+            endpoint=endpoint, timeout=timeout, session=_session(endpoint, env)
+        )
         self._resource = Resource.create({"service.name": "smallops"})
         self._scope = InstrumentationScope("smallops", _version())
         self._readable, self._context, self._ok = ReadableSpan, SpanContext, SpanExportResult
@@ -484,9 +510,19 @@ def reset() -> None:
 _JSON_COLUMNS = ("messages", "output", "attempts")
 
 
-def item_of(run: Any, parts: Iterable[Any], params: dict[str, Any] | None) -> Item:
+def item_of(
+    run: Any, parts: Iterable[Any], params: dict[str, Any] | None, content: bool = True
+) -> Item:
     """An export item from a `runs` row as the writer commits it (RUN_COLUMNS order, JSON as
-    text, prompt parts by reference): the run reads as it will from the log."""
+    text, prompt parts by reference): the run reads as it will from the log. Without
+    `content`, the spans need nothing of the messages or the requests sent, so the row's
+    messages and output are left as they are and its prompt parts are not put back."""
+    if not content:
+        row = dict(zip(RUN_COLUMNS, run, strict=False))
+        attempts = row.get("attempts")
+        row["attempts"] = json.loads(attempts) if isinstance(attempts, str) else attempts
+        row["messages"] = row["output"] = None
+        return row, params, parse_parent(row.get("trace_parent"))
     row = dict(zip(RUN_COLUMNS, inline_row(run, parts), strict=False))
     for name in _JSON_COLUMNS:
         text = row.get(name)

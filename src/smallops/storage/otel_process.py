@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from smallops.storage.otel_spans import content_wanted
 from smallops.storage.telemetry_state import write_drops
 
 log = logging.getLogger("smallops")
@@ -89,6 +90,7 @@ class ProcessExport:
         self._reported_at = 0.0
         # the child's environment: the OTEL_* settings as they are now (or as given)
         self._environ = {**(os.environ if environ is None else environ), "PYTHONUNBUFFERED": "1"}
+        self.content = content_wanted(self._environ)  # the child reads the same variable
 
     def offer(self, items: Iterable[Any], report_to: Path | None = None) -> None:
         """Queue runs for the child; never blocks: what does not fit is dropped and counted."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -58,6 +60,15 @@ def span_id_of(run_id: str, place: str) -> int:
     """64 bits of a hash of the run id and the span's place in the run ("run", "attempt-1")."""
     digest = hashlib.sha256(f"{run_id}:{place}".encode()).digest()
     return int.from_bytes(digest[:8], "big") or 1
+
+
+CONTENT_VARIABLE = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+def content_wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment asks for messages in spans (the GenAI instrumentations' switch)."""
+    env = os.environ if environ is None else environ
+    return env.get(CONTENT_VARIABLE, "").strip().lower() in ("true", "1", "yes")
 
 
 def run_spans(

@@ -23,6 +23,8 @@ _UNSET_STATUS = b"\x7a\x00"  # field 15: an empty Status (code UNSET), as the SD
 
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SMALL[value]  # most tags, lengths and counts: one byte, no loop
     if value < 0:
         value += 1 << 64  # int64: two's complement, ten bytes
     out = bytearray()
@@ -31,6 +33,9 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_SMALL = tuple(bytes((n,)) for n in range(0x80))
 
 
 def _field(number: int, payload: bytes) -> bytes:
@@ -61,7 +66,22 @@ def _value(value: Any) -> bytes:
 
 
 def _key_value(key: str, value: Any) -> bytes:
-    return (_field(1, key.encode()) if key else b"") + _field(2, _value(value))
+    return _key(key) + _field(2, _value(value))
+
+
+def _key(key: str) -> bytes:
+    """A KeyValue's key field. Span attribute names are a small fixed set: each is written
+    once (up to `_KEYS_KEPT` of them), not per span."""
+    found = _KEYS.get(key)
+    if found is None:
+        found = _field(1, key.encode()) if key else b""
+        if len(_KEYS) < _KEYS_KEPT:
+            _KEYS[key] = found
+    return found
+
+
+_KEYS: dict[str, bytes] = {}
+_KEYS_KEPT = 512
 
 
 def span_bytes(span: SpanValue) -> bytes:

@@ -275,9 +275,12 @@ class Writer:
             params = {record.id: record.facts.prompt.params for record in records}
         else:
             params = otel_export.prompt_params(self.store.engine, batch.runs)
+        content = export.content
         export.offer(
             (
-                otel_export.item_of(run, parts_of(run, batch.parts), params.get(run[0]))
+                otel_export.item_of(
+                    run, parts_of(run, batch.parts) if content else (), params.get(run[0]), content
+                )
                 for run in batch.runs
                 if run[0] not in set_aside
             ),
