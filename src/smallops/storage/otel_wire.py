@@ -40,7 +40,11 @@ _SMALL = tuple(bytes((n,)) for n in range(0x80))
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (strings, bytes, messages)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    size = len(payload)
+    return _TAGS[number] + (_SMALL[size] if size < 0x80 else _varint(size)) + payload
+
+
+_TAGS = tuple(_varint(number << 3 | 2) for number in range(17))  # the field numbers used
 
 
 def _value(value: Any) -> bytes:
