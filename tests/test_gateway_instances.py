@@ -51,33 +51,13 @@ def _redis_reason() -> str | None:
     return None
 
 
-class Instance:
-    """One `smallops gateway --port P` process, and the run ids of the requests it answered."""
+class Endpoint:
+    """A gateway at a port, called through the SDK, and the run ids of the requests it answered."""
 
-    def __init__(self, project: Path, port: int, env: dict[str, str]) -> None:
+    def __init__(self, port: int) -> None:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}/v1"
-        self.process = subprocess.Popen(
-            [*COMMAND, "-p", str(project), "gateway", "--port", str(port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
         self.run_ids: list[str] = []
-        self.stderr: str | None = None
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, self.process.communicate()[1]
-            try:
-                if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 401:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the gateway did not start listening"
-            time.sleep(0.1)
 
     def call(self, key: str, model: str, **options: Any) -> tuple[int, str | None, httpx.Headers]:
         """One request through the SDK: (HTTP status, error code, headers)."""
@@ -95,22 +75,54 @@ class Instance:
         self._note(found[2])
         return found
 
-    async def acall(self, key: str, model: str, **options: Any) -> tuple[int, str | None]:
-        async with openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0) as c:
-            try:
-                raw = await c.chat.completions.with_raw_response.create(
-                    model=model, messages=MESSAGES, **options
-                )
-                raw.parse()
-                self._note(raw.headers)
-                return 200, None
-            except openai.APIStatusError as error:
-                self._note(error.response.headers)
-                return error.status_code, error.code
+    async def acall(
+        self, client: openai.AsyncOpenAI, key: str, model: str, **options: Any
+    ) -> tuple[int, str | None]:
+        """The same, through an async client of this instance's, with the key given."""
+        try:
+            raw = await client.with_options(api_key=key).chat.completions.with_raw_response.create(
+                model=model, messages=MESSAGES, **options
+            )
+            raw.parse()
+            self._note(raw.headers)
+            return 200, None
+        except openai.APIStatusError as error:
+            self._note(error.response.headers)
+            return error.status_code, error.code
+
+    def aclient(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key="unused", max_retries=0)
 
     def _note(self, headers: httpx.Headers) -> None:
         if "x-smallops-run-id" in headers:  # every request past its key and route is a run
             self.run_ids.append(headers["x-smallops-run-id"])
+
+
+class Instance(Endpoint):
+    """One `smallops gateway --port P` process."""
+
+    def __init__(self, project: Path, port: int, env: dict[str, str]) -> None:
+        super().__init__(port)
+        self.process = subprocess.Popen(
+            [*COMMAND, "-p", str(project), "gateway", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.stderr: str | None = None
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.process.poll() is None, self.process.communicate()[1]
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 401:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the gateway did not start listening"
+            time.sleep(0.1)
 
     def stop(self) -> str:
         """SIGTERM: the process stops once its log is drained; its stderr."""
@@ -264,16 +276,19 @@ def test_a_keys_and_a_routes_rate_limit_hold_across_both_instances(pair, capsys)
 
 
 def test_a_budget_is_exhausted_across_both_instances(pair, capsys, upstream):
-    """A key's daily $0.03, asked by 16 concurrent requests split between the instances, then
+    """A key's daily $0.03, asked by 8 concurrent requests split between the instances, then
     alternately: both answer 429 budget_exhausted, and what the log says was spent stays within
     one request's reservation of the cap. The route's budget, spent by two keys each on its own
     instance, the same."""
 
     def exhaust(keys: list[str], route: str) -> None:
         async def burst() -> list[tuple[int, str | None]]:
-            return await asyncio.gather(
-                *(pair.instances[i % 2].acall(keys[i % 2], route, max_tokens=20) for i in range(16))
-            )
+            one, two = pair.instances
+            async with one.aclient() as first, two.aclient() as second:
+                turns = [(one, first, keys[0]), (two, second, keys[1])] * 4
+                return await asyncio.gather(
+                    *(i.acall(c, k, route, max_tokens=20) for i, c, k in turns)
+                )
 
         codes = asyncio.run(burst())
         assert set(codes) <= {(200, None), (429, "budget_exhausted")}
@@ -300,6 +315,15 @@ def test_a_budget_is_exhausted_across_both_instances(pair, capsys, upstream):
         assert 0.03 - RESERVED < spent <= 0.03 + RESERVED, (names, spent)
     refused = {r["caller"] for r in rows if r["error_type"] == "budget_exhausted"}
     assert refused == {spender, *teams}
+    time.sleep(0.2)  # guard events are written by a thread of their own
+    with pair.engine.connect() as connection:
+        query = text(
+            """SELECT "key" FROM guard_events WHERE guard = 'budget' AND "after" = 'exhausted'"""
+        )
+        reported = connection.execute(query).scalars().all()
+    budgets = {f"gateway-key:{spender}", pair.route("gateway:capped")}
+    for budget in budgets:  # once per period and instance, not once per refused request
+        assert 1 <= reported.count(budget) <= 2, reported
 
 
 def test_a_key_revoked_from_the_command_line_is_refused_by_both_within_the_cache_ttl(pair, capsys):
@@ -337,3 +361,46 @@ def test_a_breaker_opened_through_both_instances_is_open_on_each(pair, capsys, u
     assert len(upstream.requests) == 10
     errors = [r["error_type"] for r in pair.one_log() if r["caller"] == fragile]
     assert sorted(errors).count("breaker_open") == 2 and len(errors) == 12
+
+
+def test_while_redis_does_not_answer_each_process_keeps_its_own_limit_and_the_runs_say_so(
+    tmp_path, emulator, monkeypatch
+):
+    """Redis refusing connections: requests are still answered, under this process's own copy
+    of the limit (the third of a 2/minute route is refused), and each run records that the
+    rate limit and the breaker were degraded, and why."""
+    import json
+
+    from smallops import Settings
+    from smallops.gateway.app import Gateway
+    from smallops.gateway.keys import create_key
+    from smallops.storage.writer import writer_for
+
+    from live_server import serving_app
+
+    monkeypatch.setenv("EMU_KEY", "sk-upstream-" + uuid.uuid4().hex)
+    down = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    (tmp_path / "smallops.toml").write_text(
+        f'[smallops]\ndatabase_url = "sqlite:///{tmp_path / "log.db"}"\nredis_url = "{down}"\n'
+        f'[providers.emu]\nkind = "openai"\nbase_url = "{emulator.openai_base_url}"\n'
+        'api_key_env = "EMU_KEY"\n'
+        '[gateway.routes.limited]\nmodel = "emu:model-a"\nrate_limit = "2/minute"\n'
+    )
+    settings = Settings.load(tmp_path)
+    app = Gateway(settings)
+    engine = create_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    key = create_key(engine, "team")[0]
+    with serving_app(app) as port:
+        codes = [Endpoint(port).call(key, "limited")[:2] for _ in range(3)]
+    assert codes == [(200, None), (200, None), (429, "rate_limit_exceeded")]
+    assert writer_for(settings.log).flush(10)
+    with engine.connect() as connection:
+        guards = connection.execute(text("SELECT guards FROM runs ORDER BY id")).scalars().all()
+    engine.dispose()
+    decisions = [(json.loads(g) if isinstance(g, str) else g) or [] for g in guards]
+    assert len(decisions) == 3
+    for run in decisions[:2]:
+        degraded = {d["guard"]: d["reason"] for d in run if d["decision"] == "degraded"}
+        assert set(degraded) == {"rate_limit", "breaker"}, run
+        assert f"{down} unreachable" in degraded["rate_limit"]
+        assert "this process's limit" in degraded["rate_limit"]
