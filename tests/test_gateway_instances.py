@@ -245,6 +245,7 @@ def upstream(emulator: ModelServer) -> ModelServer:
     return emulator
 
 
+@pytest.mark.postgres
 def test_a_keys_and_a_routes_rate_limit_hold_across_both_instances(pair, capsys):
     """A key of 5/minute, called alternately through both: 5 answers, then 429 with
     Retry-After from whichever instance gets the next; the route's 4/minute, shared by two keys
@@ -275,6 +276,7 @@ def test_a_keys_and_a_routes_rate_limit_hold_across_both_instances(pair, capsys)
     assert sorted(served) == sorted([paced] * 5 + names * 2)
 
 
+@pytest.mark.postgres
 def test_a_budget_is_exhausted_across_both_instances(pair, capsys, upstream):
     """A key's daily $0.03, asked by 8 concurrent requests split between the instances, then
     alternately: both answer 429 budget_exhausted, and what the log says was spent stays within
@@ -326,6 +328,7 @@ def test_a_budget_is_exhausted_across_both_instances(pair, capsys, upstream):
         assert 1 <= reported.count(budget) <= 2, reported
 
 
+@pytest.mark.postgres
 def test_a_key_revoked_from_the_command_line_is_refused_by_both_within_the_cache_ttl(pair, capsys):
     """Both instances have the key cached as valid; `smallops gateway keys revoke`, in a
     process of its own; each refuses the key (401) within the key cache's TTL."""
@@ -348,6 +351,7 @@ def test_a_key_revoked_from_the_command_line_is_refused_by_both_within_the_cache
     assert served and all(r["error_type"] is None for r in served)
 
 
+@pytest.mark.postgres
 def test_a_breaker_opened_through_both_instances_is_open_on_each(pair, capsys, upstream):
     """Ten upstream failures, five through each instance (neither alone reaches the breaker's
     ten calls): the model's breaker opens, and both answer 503 breaker_open without asking the
