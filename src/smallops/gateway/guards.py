@@ -3,8 +3,9 @@ budgets, and a circuit breaker per upstream model, the same stores workflows use
 
 Rate limits and breakers live in memory, or in Redis when SMALLOPS_REDIS_URL is set (shared by
 every worker and instance); budgets are reserved in the log database, so they hold across
-instances always. Whatever blocks (Redis, the database) runs in a worker thread, never in the
-event loop.
+instances always. While Redis does not answer, each process keeps its own limits and breakers,
+and the runs say so (a `degraded` decision), as workflows' do. Whatever blocks (Redis, the
+database) runs in a worker thread, never in the event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
@@ -27,6 +29,7 @@ from smallops.resilience.breaker import BreakerConfig, BreakerStore, breaker_sto
 from smallops.resilience.budget import Budget, BudgetLedger, Reservation
 from smallops.resilience.guards import EventLog, breaker_failure
 from smallops.resilience.ratelimit import RateLimit, parse_limits
+from smallops.resilience.steps import note_degraded
 
 DEFAULT_OUTPUT_TOKENS = 1024  # what a request that sets no max_tokens is reserved for
 Held = list[tuple[BudgetLedger, Reservation]]
@@ -58,6 +61,7 @@ class GatewayGuards:
         self._limits: dict[tuple[str, tuple[str, ...]], RateLimit] = {}
         self._ledgers: dict[tuple[str, float | None, float | None], BudgetLedger] = {}
         self._events: dict[str, EventLog] = {}
+        self._exhausted: set[str] = set()  # budgets reported spent, per period
         self.breakers: BreakerStore = breaker_store(redis_url)
         self.breaker_config = BreakerConfig()
 
@@ -76,6 +80,7 @@ class GatewayGuards:
         for name, rates in self._rates(key, route):
             limit = self._limit(name, rates)
             wait = await self._blocking(limit.needs_io, partial(limit.acquire, 1))
+            note_degraded(decisions, limit.degraded())
             if wait > 0:
                 decisions.append({"guard": "rate_limit", "decision": "refused", "limit": name})
                 raise rate_limited(
@@ -99,9 +104,7 @@ class GatewayGuards:
                         headers={"retry-after": "2"},
                         retry=True,
                     )
-                self._event_log(route.workflow).record(
-                    "budget", name, None, "exhausted", reservation.refused
-                )
+                self._report_exhausted(route, name, reservation.refused)
                 raise budget_exhausted(f"{_whose(name)}: {reservation.refused}")
             decisions.append(
                 {"guard": "budget", "decision": "reserved", "budget": name, "usd": round(cost, 6)}
@@ -127,6 +130,7 @@ class GatewayGuards:
         """Before each attempt: whether it is a probe; ProviderError("breaker_open") if open."""
         store, config, key = self.breakers, self.breaker_config, target.breaker_key
         state, change = await self._blocking(store.needs_io, lambda: store.allow(key, config))
+        note_degraded(decisions, store.degraded())
         if change is not None:
             self._transition(target, change)
         if state == "open":
@@ -145,6 +149,14 @@ class GatewayGuards:
         change = await self._blocking(store.needs_io, lambda: store.record(key, config, ok, probe))
         if change is not None:
             self._transition(target, change)
+
+    def _report_exhausted(self, route: Route, name: str, reason: str) -> None:
+        """A spent budget, reported once per period and process, not once per refused request
+        (a client retrying against it would otherwise write an event a request)."""
+        period = f"{name}|{reason.split(' budget')[0]}|{datetime.now(timezone.utc):%Y-%m-%d}"
+        if period not in self._exhausted:
+            self._exhausted.add(period)
+            self._event_log(route.workflow).record("budget", name, None, "exhausted", reason)
 
     def _transition(self, target: Target, change: Any) -> None:
         self._event_log(target.route.workflow).record(

@@ -51,7 +51,7 @@ def admit(
             decisions.append(
                 {"guard": "rate_limit", "decision": "waited", "waited_s": round(waited, 3)}
             )
-        _note_degraded(decisions, limit.degraded())
+        note_degraded(decisions, limit.degraded())
     return reservation
 
 
@@ -61,7 +61,7 @@ def breaker_allow(guards: Guards, decisions: list[dict[str, Any]]) -> Generator[
     if store is None or config is None:
         return False
     state, change = yield from io(store.needs_io, lambda: store.allow(guards.breaker_key, config))
-    _note_degraded(decisions, store.degraded())
+    note_degraded(decisions, store.degraded())
     if change is not None:
         guards.transition(change)
     if state == "open":
@@ -88,12 +88,12 @@ def breaker_record(
     change = yield from io(
         store.needs_io, lambda: store.record(guards.breaker_key, config, ok, probe)
     )
-    _note_degraded(decisions, store.degraded())
+    note_degraded(decisions, store.degraded())
     if change is not None:
         guards.transition(change)
 
 
-def _note_degraded(decisions: list[dict[str, Any]], degraded: dict[str, Any] | None) -> None:
+def note_degraded(decisions: list[dict[str, Any]], degraded: dict[str, Any] | None) -> None:
     """Record on the run, once per guard, that the guard's shared store did not answer."""
     if degraded is None:
         return
