@@ -24,7 +24,7 @@ from smallops.storage.db import ensure_schema, normalise_url
 from smallops.storage.prompt_parts import expand_runs
 from test_gateway import Running
 
-from emulators import ok, respond, status, truncated
+from emulators import ok, refusal, respond, status, truncated
 from live_server import serving_app
 
 MODEL = "claude-sonnet-4-6"
@@ -578,3 +578,53 @@ def test_an_error_event_mid_stream_is_a_provider_error():
     assert raised.value.kind == "server_error"
     with pytest.raises(ProviderError, match="message_start"):
         StreamTranslator(created=1).feed(EVENTS.split(b"event: ping\n", 1)[1])
+
+
+def test_a_refusal_finishes_as_content_filter_whole_and_streamed(gateway, emulator):
+    emulator.default = refusal("I won't sort that.")
+    client = gateway.client(gateway.key())
+    whole = client.chat.completions.create(model="claude", messages=MESSAGES)
+    assert whole.choices[0].finish_reason == "content_filter"
+    assert whole.choices[0].message.content == "I won't sort that."
+    chunks = list(client.chat.completions.create(model="claude", messages=MESSAGES, stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "content_filter"
+
+
+def test_through_httpx_an_anthropic_route_answers_streams_and_retries_alike(
+    tmp_path, emulator, monkeypatch
+):
+    """The path taken when a proxy stands between the gateway and Anthropic."""
+    import smallops.gateway.upstream
+
+    monkeypatch.setattr(smallops.gateway.upstream, "uses_proxy", lambda url: True)
+    settings, upstream_key = serve(tmp_path, emulator, monkeypatch)
+    app = Gateway(settings)
+    with serving_app(app) as port:
+        running = Running(settings, port, upstream_key)
+        ensure_schema(running.engine)
+        client = running.client(running.key())
+        emulator.script(status(529), ok())
+        whole = client.chat.completions.create(model="claude", messages=MESSAGES)
+        assert whole.usage.total_tokens == 40 and len(emulator.requests) == 2
+        chunks = list(
+            client.chat.completions.create(model="claude", messages=MESSAGES, stream=True)
+        )
+        assert stream_text(chunks) == "Hello from the emulator."
+        runs = running.runs(2)
+        running.engine.dispose()
+    assert all(upstream.proxied for upstream in app._upstreams.values())
+    assert [(r["status"], r["attempt_count"], r["output_tokens"]) for r in runs] == [
+        ("auto", 2, 15),
+        ("auto", 1, 15),
+    ]
+
+
+def test_a_lone_surrogate_is_a_400_before_translation(gateway, emulator):
+    """JSON that escapes half a UTF-16 pair cannot be text: refused as invalid JSON."""
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers={"authorization": f"Bearer {gateway.key()}", "content-type": "application/json"},
+        content=b'{"model": "claude", "messages": [{"role": "user", "content": "half \\ud800"}]}',
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    assert emulator.requests == []

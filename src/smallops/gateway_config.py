@@ -24,7 +24,8 @@ kind "openai") as the request came, or to one of Anthropic's Messages API (`anth
   `top_p`, `stop` (into `stop_sequences`), `user` (into `metadata.user_id`), `stream` with
   `stream_options.include_usage`; the answer becomes a `chat.completion` (or its chunks), with
   end_turn and stop_sequence as finish_reason "stop", max_tokens as "length", refusal as
-  "content_filter", and cache reads in `usage.prompt_tokens_details.cached_tokens`.
+  "content_filter", and cache reads in `usage.prompt_tokens_details.cached_tokens`. Values
+  go as they came: Anthropic's own 400 answers one it refuses (a temperature above 1, say).
 - ignored, as they change nothing of the answer: a message's `name`, `n` = 1, `logprobs` =
   false, `seed`, `store`, `metadata`, `service_tier`, `parallel_tool_calls`,
   `response_format` {"type": "text"}, penalties of 0, and any field set to null.
