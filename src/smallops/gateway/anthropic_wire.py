@@ -180,8 +180,9 @@ def messages_request(request: dict[str, Any], model: str, stream: bool) -> dict[
         "max_tokens": DEFAULT_MAX_TOKENS if most is None else most,
         "messages": turns,
     }
-    if system:
-        sent["system"] = "\n\n".join(system)
+    joined = "\n\n".join(text for text in system if text)
+    if joined:  # Anthropic refuses an empty text block; an empty system says nothing anyway
+        sent["system"] = joined
     for name in ("temperature", "top_p"):
         if request.get(name) is not None:
             sent[name] = request[name]
