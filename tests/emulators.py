@@ -278,6 +278,56 @@ def _completion(
     }
 
 
+def _openai_events(whole: dict[str, Any], body: dict[str, Any]) -> list[str]:
+    """A completion as Chat Completions streams it: a role chunk, the content in pieces, a
+    finish chunk, the usage chunk when `stream_options.include_usage` asks, then [DONE]."""
+    usage = (body.get("stream_options") or {}).get("include_usage") is True
+    text = whole["choices"][0]["message"]["content"] or ""
+    pieces = [text[i : i + 8] for i in range(0, len(text), 8)]
+    base = {k: whole[k] for k in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+    deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces]
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas
+    ]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if usage:
+        chunks = [{**c, "usage": None} for c in chunks]
+        chunks.append({**base, "choices": [], "usage": whole["usage"]})
+    return [*(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks), "data: [DONE]\n\n"]
+
+
+def _anthropic_events(whole: dict[str, Any]) -> list[str]:
+    """A message as the Messages API streams it: message_start (input usage), a text block
+    in pieces between a ping, message_delta (stop_reason, output usage), message_stop."""
+    text = whole["content"][0]["text"]
+    usage = whole["usage"]
+    start = {
+        **whole,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": 1},
+    }
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"message": start}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("ping", {}),
+    ]
+    for i in range(0, len(text), 8):
+        delta = {"type": "text_delta", "text": text[i : i + 8]}
+        events.append(("content_block_delta", {"index": 0, "delta": delta}))
+    stop = {"stop_reason": whole["stop_reason"], "stop_sequence": whole["stop_sequence"]}
+    events += [
+        ("content_block_stop", {"index": 0}),
+        ("message_delta", {"delta": stop, "usage": {"output_tokens": usage["output_tokens"]}}),
+        ("message_stop", {}),
+    ]
+    return [
+        f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n" for name, data in events
+    ]
+
+
 # status code -> (error type, OpenAI error code); 5xx default to server_error / api_error.
 ERROR_TYPES = {
     401: ("authentication_error", "invalid_api_key"),
@@ -422,35 +472,26 @@ class ModelServer:
         header = "request-id" if vendor == "anthropic" else "x-request-id"
         if vendor == "openai" and body.get("stream") is True and isinstance(behaviour, Ok):
             return StreamingResponse(
-                self._chunks(_completion(vendor, behaviour, body), body),
+                self._sent(_openai_events(_completion(vendor, behaviour, body), body)),
+                media_type="text/event-stream",
+                headers={header: request_id},
+            )
+        if vendor == "anthropic" and body.get("stream") is True:
+            return StreamingResponse(
+                self._sent(_anthropic_events(_completion(vendor, behaviour, body))),
                 media_type="text/event-stream",
                 headers={header: request_id},
             )
         return JSONResponse(_completion(vendor, behaviour, body), headers={header: request_id})
 
-    async def _chunks(self, whole: dict[str, Any], body: dict[str, Any]) -> Any:
-        """A completion as Chat Completions streams it: a role chunk, the content in pieces, a
-        finish chunk, the usage chunk when `stream_options.include_usage` asks, then [DONE]."""
-        usage = (body.get("stream_options") or {}).get("include_usage") is True
-        text = whole["choices"][0]["message"]["content"] or ""
-        pieces = [text[i : i + 8] for i in range(0, len(text), 8)]
-        base = {k: whole[k] for k in ("id", "created", "model", "system_fingerprint")}
-        base["object"] = "chat.completion.chunk"
-        deltas = [{"role": "assistant", "content": ""}] + [{"content": p} for p in pieces]
-        chunks = [
-            {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas
-        ]
-        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        if usage:
-            chunks = [{**c, "usage": None} for c in chunks]
-            chunks.append({**base, "choices": [], "usage": whole["usage"]})
+    async def _sent(self, events: list[str]) -> Any:
+        """The events one by one (`stream_delay` apart), counted as finished or cut."""
         finished = False
         try:
-            for chunk in chunks:
-                yield f"data: {json.dumps(chunk)}\n\n"
-                if self.stream_delay:
+            for index, event in enumerate(events):
+                if index and self.stream_delay:
                     await asyncio.sleep(self.stream_delay)
-            yield "data: [DONE]\n\n"
+                yield event
             finished = True
         finally:
             with self._lock:

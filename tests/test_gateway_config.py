@@ -29,6 +29,28 @@ def test_a_route_maps_a_public_name_to_a_pinned_model_with_its_options(tmp_path)
     assert (route.timeout, route.retries, route.workflow) == (30.0, 1, "gateway:gpt-fast")
 
 
+def test_a_route_may_go_to_an_anthropic_model_pinned_as_in_workflows(tmp_path):
+    """The built-in `anthropic` or a [providers.NAME] of kind "anthropic", as model or as
+    fallback; a moving Claude alias is refused as an OpenAI one is."""
+    claude = '[providers.claude]\nkind = "anthropic"\nbase_url = "http://127.0.0.1:9"\n'
+    settings = load(
+        tmp_path,
+        claude + '[gateway.routes.a]\nmodel = "anthropic:claude-haiku-4-5-20251001"\n'
+        'fallback = "claude:claude-sonnet-4-6"\n'
+        '[gateway.routes.b]\nmodel = "openai:gpt-4o-2024-11-20"\n'
+        'fallback = "anthropic:claude-sonnet-4-6"\n',
+    )
+    routes = settings.gateway.routes
+    assert (str(routes["a"].model), str(routes["a"].fallback)) == (
+        "anthropic:claude-haiku-4-5-20251001",
+        "claude:claude-sonnet-4-6",
+    )
+    assert str(routes["b"].fallback) == "anthropic:claude-sonnet-4-6"
+    with pytest.raises(UnpinnedModelError, match="moving alias") as raised:
+        load(tmp_path, claude + '[gateway.routes.a]\nmodel = "claude:claude-sonnet-4-5"\n')
+    assert "claude-sonnet-4-5-20250929" in (raised.value.hint or "")
+
+
 def test_no_gateway_table_means_no_routes(tmp_path):
     assert load(tmp_path, "").gateway.routes == {}
 
@@ -58,8 +80,8 @@ def test_a_moving_alias_is_refused_as_in_workflows_with_the_snapshot_to_pin(tmp_
         ('[gateway.routes.a]\nmodel = "nope:m"', "unknown provider 'nope'", "providers.nope"),
         ('[gateway.routes.a]\nmodel = "gpt-4o"', "provider:model-id", "model="),
         (
-            '[gateway.routes.a]\nmodel = "anthropic:claude-sonnet-4-6"',
-            "only to the OpenAI wire format",
+            '[gateway.routes.a]\nmodel = "fake:echo"',
+            "OpenAI wire format and to Anthropic's Messages API",
             'kind "openai"',
         ),
         (

@@ -13,10 +13,31 @@
     timeout = 60                             # seconds per upstream request
     retries = 2                              # retries of a failed upstream request
 
-Each route forwards to a provider of the OpenAI wire format (`openai`, or a [providers.NAME]
-with kind "openai"); translation to Anthropic's Messages API is not there yet, so a route to
-an Anthropic provider is refused when the file is read. Keys are per client and live in the
-database (`smallops gateway keys create`), never here.
+A route forwards to a provider of the OpenAI wire format (`openai`, or a [providers.NAME] with
+kind "openai") as the request came, or to one of Anthropic's Messages API (`anthropic`, or a
+[providers.NAME] with kind "anthropic"), as model or as fallback, translated both ways
+(gateway/anthropic_wire.py). The translation covers plain chat only:
+
+- translated: system and developer messages (into `system`, joined by blank lines), user and
+  assistant messages whose content is a string or a list of text parts, `max_tokens` or
+  `max_completion_tokens` (4096 when neither is set: Anthropic requires one), `temperature`,
+  `top_p`, `stop` (into `stop_sequences`), `user` (into `metadata.user_id`), `stream` with
+  `stream_options.include_usage`; the answer becomes a `chat.completion` (or its chunks), with
+  end_turn and stop_sequence as finish_reason "stop", max_tokens as "length", refusal as
+  "content_filter", and cache reads in `usage.prompt_tokens_details.cached_tokens`. Values
+  go as they came: Anthropic's own 400 answers one it refuses (a temperature above 1, say).
+- ignored, as they change nothing of the answer: a message's `name`, `n` = 1, `logprobs` =
+  false, `seed`, `store`, `metadata`, `service_tier`, `parallel_tool_calls`,
+  `response_format` {"type": "text"}, penalties of 0, and any field set to null.
+- refused with a 400 naming the field, before anything is sent: tools, tool_choice, functions,
+  function_call, tool and function messages or an assistant's tool_calls, response_format
+  json_object or json_schema, image, audio or file parts, `n` above 1, `logprobs`,
+  `top_logprobs`, `logit_bias`, non-zero penalties, `audio`, `modalities`, `prediction`,
+  `reasoning_effort`, `web_search_options`, and any other field. A route with an Anthropic
+  model as its fallback only is held to the same rule, so that a request is not refused
+  only when the fallback happens to answer it.
+
+Keys are per client and live in the database (`smallops gateway keys create`), never here.
 """
 
 from __future__ import annotations
@@ -45,6 +66,8 @@ ROUTE_KEYS = (
     "allow_unpinned",
 )
 BUILTIN_KINDS = {"openai": "openai", "anthropic": "anthropic", "fake": "fake"}
+#: The wire formats a route may forward to.
+FORWARDED_KINDS = ("openai", "anthropic")
 MAX_ROUTE_NAME = 80  # runs.workflow holds "gateway:" and the name
 
 
@@ -145,11 +168,12 @@ def _model(value: Any, where: str, kinds: Mapping[str, str], allow_unpinned: boo
             f"{where} in {WHERE} names an unknown provider {ref.provider!r}",
             hint=f"use one of {', '.join(sorted(kinds))}, or add [providers.{ref.provider}]",
         )
-    if kind != "openai":
+    if kind not in FORWARDED_KINDS:
         raise ConfigError(
             f"{where} in {WHERE}: provider {ref.provider!r} is of kind {kind!r}; the gateway "
-            "forwards only to the OpenAI wire format for now",
-            hint='use a provider of kind "openai" (OpenAI, Azure, vLLM, Ollama, OpenRouter...)',
+            "forwards only to the OpenAI wire format and to Anthropic's Messages API",
+            hint='use a provider of kind "openai" (OpenAI, Azure, vLLM, Ollama, OpenRouter...) '
+            'or "anthropic"',
         )
     if not allow_unpinned:
         try:

@@ -18,7 +18,9 @@ import httpx
 from pydantic_core import from_json, to_json
 
 from smallops.config import Settings
+from smallops.gateway import anthropic_wire
 from smallops.gateway import stream as streaming
+from smallops.gateway.anthropic_upstream import AnthropicUpstream
 from smallops.gateway.asgi import (
     JSON,
     Receive,
@@ -87,10 +89,14 @@ class Gateway:
         self._connections = Connections()
         self._upstreams: dict[str, Upstream] = {}
         self._targets: dict[tuple[str, str], tuple[Target, Upstream, WorkflowFacts]] = {}
+        #: Routes with an Anthropic model (as model or fallback): plain chat only.
+        self._plain_chat: set[str] = set()
         for route in self.routes.values():  # an unknown provider fails at start, not per call
             for ref in (route.model, route.fallback):
-                if ref is not None:
-                    resolve_provider(ref.provider, settings.providers)
+                if ref is None:
+                    continue
+                if resolve_provider(ref.provider, settings.providers).kind == "anthropic":
+                    self._plain_chat.add(route.name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -161,6 +167,8 @@ class Gateway:
                 "model_not_allowed",
                 "model",
             )
+        if route.name in self._plain_chat:
+            anthropic_wire.check(request, route.name)
         exchange = Exchange(key, route, request, began)
         primary = self._target(route, route.model, "app")
         try:
@@ -251,10 +259,7 @@ class Gateway:
             timeout=route.timeout,
             deadline=route.timeout * (route.retries + 1),
         )
-        sent = {**exchange.request, "model": target.model}
-        if stream:
-            sent["stream_options"] = {**(sent.get("stream_options") or {}), "include_usage": True}
-        body = to_json(sent)
+        sent, body = upstream.request_body(exchange.request, target.model, stream)
         began, tries = time.perf_counter(), 0
         while True:
             tries += 1
@@ -317,7 +322,7 @@ class Gateway:
         leg.fingerprint = fingerprint if isinstance(fingerprint, str) else None
         leg.output = text_of(body)
         attempt.update(
-            response=raw,
+            response=raw if answer.wire is None else answer.wire.decode("utf-8", "replace"),
             model=leg.served,
             request_id=answer.headers.get("x-request-id"),
             usage=leg.usage.__dict__,
@@ -332,7 +337,8 @@ class Gateway:
             provider = resolve_provider(ref.provider, self.settings.providers)
             upstream = self._upstreams.get(ref.provider)
             if upstream is None:
-                upstream = self._upstreams[ref.provider] = Upstream(provider, self._connections)
+                kind = AnthropicUpstream if provider.kind == "anthropic" else Upstream
+                upstream = self._upstreams[ref.provider] = kind(provider, self._connections)
             pricing = pricing_for(provider, str(ref), self.settings.prices)
             target = Target(route, ref.model, provider.endpoint or provider.name, pricing)
             facts = facts_for(route, provider, ref.model, pricing, origin)
@@ -400,7 +406,10 @@ def _unknown_endpoint(method: str, path: str) -> GatewayError:
     """404, saying what the gateway does serve (Anthropic's SDK lands on /v1/messages)."""
     served = "it serves POST /v1/chat/completions and GET /v1/models (OpenAI's format)"
     if path.rstrip("/").endswith("/messages"):
-        why = f"Anthropic's Messages API ({path}) is not supported by the gateway yet: {served}"
+        why = (
+            f"Anthropic's Messages API ({path}) is not supported by the gateway: {served}; "
+            "a route to a Claude model is called through the OpenAI SDK, with plain chat"
+        )
     else:
         why = f"no such endpoint: {method} {path}; {served}"
     return GatewayError(404, why, "invalid_request_error", "unknown_url")

@@ -76,10 +76,16 @@ def client_error(error: ProviderError) -> GatewayError:
             f"the upstream refused the gateway's provider key ({error.message[:200]})",
             "upstream_auth_error",
         )
-    if error.status_code is not None and error.raw is not None and _is_openai_error(error.raw):
-        return GatewayError(
-            error.status_code, error.message, "upstream", raw=error.raw.encode("utf-8")
-        )
+    if error.status_code is not None and error.raw is not None:
+        if _is_openai_error(error.raw):
+            return GatewayError(
+                error.status_code, error.message, "upstream", raw=error.raw.encode("utf-8")
+            )
+        translated = _anthropic_error(error.raw)
+        if translated is not None:
+            message, kind, code = translated
+            status = 503 if error.status_code == 529 else error.status_code
+            return GatewayError(status, message, kind, code)
     if error.kind == "timeout":
         return upstream_failed(504, "the upstream did not answer in time", "upstream_timeout")
     if error.kind == "connection_error":
@@ -92,7 +98,43 @@ def _is_openai_error(raw: str) -> bool:
         body = from_json(raw)
     except ValueError:
         return False
-    return isinstance(body, dict) and isinstance(body.get("error"), dict)
+    # Anthropic's envelope has an `error` object too, under "type": "error".
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("error"), dict)
+        and body.get("type") != "error"
+    )
+
+
+#: Anthropic's error types as OpenAI's.
+ANTHROPIC_ERROR_TYPES = {
+    "invalid_request_error": "invalid_request_error",
+    "not_found_error": "invalid_request_error",
+    "request_too_large": "invalid_request_error",
+    "authentication_error": "authentication_error",
+    "permission_error": "permission_error",
+    "rate_limit_error": "rate_limit_error",
+    "api_error": "server_error",
+    "overloaded_error": "server_error",
+    "timeout_error": "server_error",
+}
+
+
+def _anthropic_error(raw: str) -> tuple[str, str, str] | None:
+    """An Anthropic error body's (message, OpenAI error type, code); None if it is not one."""
+    try:
+        body = from_json(raw)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("type") != "error":
+        return None
+    detail = body.get("error")
+    if not isinstance(detail, dict) or not isinstance(detail.get("type"), str):
+        return None
+    kind = detail["type"][:60]
+    message = detail.get("message")
+    text = message if isinstance(message, str) else kind
+    return text, ANTHROPIC_ERROR_TYPES.get(kind, "server_error"), kind
 
 
 def refusal_type(error: GatewayError) -> GuardRefusal:

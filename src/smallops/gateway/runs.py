@@ -32,7 +32,8 @@ def facts_for(
     version = PromptVersion(
         id=hashlib.sha256(f"gateway|{route.name}|{spec}".encode()).hexdigest()[:16],
         workflow=route.workflow,
-        template=f"gateway route {route.name!r}: the client's messages, sent to {spec} as is",
+        template=f"gateway route {route.name!r}: the client's messages, sent to {spec} "
+        + ("translated to the Messages API" if provider.kind == "anthropic" else "as is"),
         output_schema=None,
         model=spec,
         params={},
@@ -120,6 +121,7 @@ def usage_of(body: Any) -> Usage | None:
         input_tokens=int(usage.get("prompt_tokens") or 0),
         output_tokens=int(usage.get("completion_tokens") or 0),
         cached_tokens=int(prompt.get("cached_tokens") or 0) if isinstance(prompt, dict) else 0,
+        cache_write_tokens=int(usage.get("cache_creation_input_tokens") or 0),
         reasoning_tokens=(
             int(completion.get("reasoning_tokens") or 0) if isinstance(completion, dict) else 0
         ),

@@ -13,10 +13,11 @@ import asyncio
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic_core import to_json
 
 from smallops import __version__
 from smallops.gateway.http1 import Http1Pool, Http1Response
@@ -37,6 +38,7 @@ class Answer:
     status: int
     headers: httpx.Headers
     content: bytes
+    wire: bytes | None = None  # the upstream's own body, when `content` is its translation
 
 
 class Streamed(Protocol):
@@ -50,14 +52,31 @@ class Streamed(Protocol):
 class Upstream:
     """One provider's endpoint: its URL and key, and the worker's connections to it."""
 
+    path = "/chat/completions"  # after the provider's base URL
+
     def __init__(self, provider: Provider, connections: Connections) -> None:
         self.provider = provider
         self.name = provider.name
         self.endpoint = provider.endpoint
         base_url = str(getattr(provider, "base_url", "") or "")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.url = base_url.rstrip("/") + self.path
         self._connections = connections
         self.proxied = uses_proxy(self.url)
+
+    def request_body(
+        self, request: dict[str, Any], model: str, stream: bool
+    ) -> tuple[dict[str, Any], bytes]:
+        """What is sent for the client's request: as it came, with the pinned model put in
+        (and usage asked for, when streamed); as a dict for the log, and as bytes."""
+        sent = {**request, "model": model}
+        if stream:
+            sent["stream_options"] = {**(sent.get("stream_options") or {}), "include_usage": True}
+        return sent, to_json(sent)
+
+    @staticmethod
+    def sent_key(headers: dict[str, str]) -> str:
+        """The provider key that `headers` carry."""
+        return headers["authorization"].removeprefix("Bearer ")
 
     async def _headers(self, key: str | None = None) -> dict[str, str]:
         """The request's headers, with the provider's key as its cache has it now (a store's
@@ -78,7 +97,7 @@ class Upstream:
         try:
             return await self._post(body, timeout, headers)
         except ProviderError as exc:
-            rotated = await rotated_key(self.provider, exc, headers)
+            rotated = await rotated_key(self.provider, exc, self.sent_key(headers))
             if rotated is None:
                 raise
             return await self._post(body, timeout, await self._headers(rotated))
@@ -109,7 +128,7 @@ class Upstream:
         try:
             return await self._open_stream(body, timeout, headers)
         except ProviderError as exc:
-            rotated = await rotated_key(self.provider, exc, headers)
+            rotated = await rotated_key(self.provider, exc, self.sent_key(headers))
             if rotated is None:
                 raise
             return await self._open_stream(body, timeout, await self._headers(rotated))
@@ -206,14 +225,11 @@ async def provider_key(provider: Provider) -> str:
     return await provider.akey()
 
 
-async def rotated_key(
-    provider: Provider, error: ProviderError, headers: dict[str, str]
-) -> str | None:
-    """After the upstream refused the key with a 401: the key fetched again if it changed, else
-    None (the refusal stands). A 403 is not a rotation."""
+async def rotated_key(provider: Provider, error: ProviderError, sent: str) -> str | None:
+    """After the upstream refused the key `sent` with a 401: the key fetched again if it
+    changed, else None (the refusal stands). A 403 is not a rotation."""
     if error.status_code != 401 or not isinstance(provider, SdkClients):
         return None
-    sent = headers["authorization"].removeprefix("Bearer ")
     return await asyncio.to_thread(provider.rotated, sent)
 
 
