@@ -42,7 +42,8 @@ from smallops.gateway.guards import GatewayGuards, Held, Target
 from smallops.gateway.keys import KeyCache, KeyInfo
 from smallops.gateway.runs import Leg, facts_for, pricing_for, record, text_of, usage_of
 from smallops.gateway.upstream import Answer, Connections, Streamed, Upstream
-from smallops.gateway_config import Route
+from smallops.gateway.workflow_route import WorkflowRoutes
+from smallops.gateway_config import Route, WorkflowRoute
 from smallops.kinds import Origin, RunStatus
 from smallops.pinning import ModelRef
 from smallops.providers import resolve_provider
@@ -88,9 +89,12 @@ class Gateway:
         self._upstreams: dict[str, Upstream] = {}
         self._targets: dict[tuple[str, str], tuple[Target, Upstream, WorkflowFacts]] = {}
         for route in self.routes.values():  # an unknown provider fails at start, not per call
+            if isinstance(route, WorkflowRoute):
+                continue
             for ref in (route.model, route.fallback):
                 if ref is not None:
                     resolve_provider(ref.provider, settings.providers)
+        self.workflow_routes = WorkflowRoutes(settings, self.routes, self.guards)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -161,6 +165,9 @@ class Gateway:
                 "model_not_allowed",
                 "model",
             )
+        if isinstance(route, WorkflowRoute):  # gateway/workflow_route.py
+            await self.workflow_routes.chat(key, route, body, request, began, send)
+            return
         exchange = Exchange(key, route, request, began)
         primary = self._target(route, route.model, "app")
         try:

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from smallops.gateway.errors import GatewayError, budget_exhausted, rate_limited
 from smallops.gateway.keys import KeyInfo
-from smallops.gateway_config import Route
+from smallops.gateway_config import Route, WorkflowRoute
 from smallops.pricing import price_run
 from smallops.providers.base import ProviderError
 from smallops.records import Pricing, Usage
@@ -64,7 +64,7 @@ class GatewayGuards:
     async def admit(
         self,
         key: KeyInfo,
-        route: Route,
+        route: Route | WorkflowRoute,
         body: bytes,
         request: dict[str, Any],
         pricing: Pricing,
@@ -119,9 +119,10 @@ class GatewayGuards:
         for ledger, reservation in held:
             asyncio.get_running_loop().run_in_executor(None, ledger.settle, reservation, actual)
 
-    def release(self, held: Held) -> None:
+    def release(self, held: Held, usd: float = 0.0) -> None:
+        """Replace the reservations by `usd` (nothing spent, by default), off the request path."""
         for ledger, reservation in held:
-            asyncio.get_running_loop().run_in_executor(None, ledger.settle, reservation, 0.0)
+            asyncio.get_running_loop().run_in_executor(None, ledger.settle, reservation, usd)
 
     async def allow(self, target: Target, decisions: list[dict[str, Any]]) -> bool:
         """Before each attempt: whether it is a probe; ProviderError("breaker_open") if open."""
@@ -152,7 +153,7 @@ class GatewayGuards:
         )
 
     @staticmethod
-    def _rates(key: KeyInfo, route: Route) -> list[tuple[str, tuple[str, ...]]]:
+    def _rates(key: KeyInfo, route: Route | WorkflowRoute) -> list[tuple[str, tuple[str, ...]]]:
         rates: list[tuple[str, tuple[str, ...]]] = []
         if key.rpm is not None:
             rates.append((f"gateway-key:{key.name}", (f"{key.rpm}/minute",)))
@@ -161,7 +162,7 @@ class GatewayGuards:
         return rates
 
     @staticmethod
-    def _budgets(key: KeyInfo, route: Route) -> list[tuple[str, Budget]]:
+    def _budgets(key: KeyInfo, route: Route | WorkflowRoute) -> list[tuple[str, Budget]]:
         budgets = []
         if key.daily_usd is not None:
             budgets.append((f"gateway-key:{key.name}", Budget(daily=key.daily_usd)))
