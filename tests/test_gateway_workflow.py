@@ -395,6 +395,8 @@ def test_an_unknown_workflow_is_refused_before_serving_with_a_suggestion(
     code, out, err = smallops(capsys, "-p", str(tmp_path), "gateway", "--port", "9")
     assert code == 2 and "unknown workflow 'triag'" in err and "did you mean triage" in err
     assert "smallops gateway at" not in out
+    code, out, _ = smallops(capsys, "-p", str(tmp_path), "check")
+    assert code == 1 and "unknown workflow 'triag'" in out and "did you mean triage" in out
     same = make_project(tmp_path, emulator, '[gateway.routes.t]\nworkflow = "email_triage"\n')
     (tmp_path / "workflows" / "flows.py").write_text(
         WORKFLOWS.replace('Workflow("triage"', 'Workflow("email-triage"')

@@ -14,7 +14,7 @@ import difflib
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic_core import to_json
@@ -34,10 +34,11 @@ from smallops.gateway.keys import KeyInfo
 from smallops.gateway_config import Route, WorkflowRoute, check_workflows, resolve_workflow
 from smallops.ids import uuid7
 from smallops.pricing import price_run
-from smallops.project import Project
 from smallops.records import Caller, RunRecord, Usage, current_caller
 from smallops.result import Result
-from smallops.workflow import Workflow
+
+if TYPE_CHECKING:
+    from smallops.workflow import Workflow
 
 STATUS_HEADER = b"x-smallops-status"
 UNSUPPORTED = ("tools", "functions", "logprobs")  # what a workflow's answer cannot honour
@@ -53,8 +54,10 @@ class WorkflowRoutes:
         self.guards = guards
         self.workflows: dict[str, Workflow[Any]] = {}
         wanted = [route for route in routes.values() if isinstance(route, WorkflowRoute)]
-        if not wanted:
+        if not wanted:  # a gateway of models only never imports the workflow machinery
             return
+        from smallops.project import Project
+
         found, problems = Project(settings.root, settings).load_workflows()
         try:
             check_workflows(settings.gateway, found)
