@@ -20,7 +20,7 @@ from smallops.resilience.budget import Budget
 from smallops.storage.db import ensure_schema
 from smallops.storage.writer import writer_for
 
-from emulators import ok, status
+from emulators import ok, respond, status
 from live_server import serving_app
 
 WORKFLOWS = """
@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from smallops import Workflow, default
+from smallops import Workflow, default, secondary
 
 
 class Triage(BaseModel):
@@ -44,6 +44,9 @@ checked = Workflow("checked", model="emu:model-a", review="all", fallback="revie
 strict = Workflow("strict", model="emu:model-a", review="none", fallback="raise", **common)
 priced = Workflow("priced", model="emu:model-c", review="none", fallback="review",
                   max_tokens=10, **common)
+backup = Workflow("backup", model="emu:model-x", review="none", retries=0,
+                  fallback=secondary("anthropic:claude-sonnet-4-6", then="review"),
+                  prompt="triage.prompt", output=Triage)
 summary = Workflow("summary", model="emu:model-a", prompt="summary.prompt", review="none",
                    fallback=default("no summary"), retries=0)
 """
@@ -58,6 +61,7 @@ BAD = {"category": "weather", "urgency": "low", "summary": "x"}
 def project_toml(tmp_path, emulator, routes: str) -> str:
     return (
         f'[smallops]\ndatabase_url = "sqlite:///{tmp_path / "log.db"}"\n'
+        f'[providers.anthropic]\nbase_url = "{emulator.anthropic_base_url}"\n'
         f'[providers.emu]\nkind = "openai"\nbase_url = "{emulator.openai_base_url}"\n'
         'api_key_env = "EMU_KEY"\n'
         '[prices."emu:model-a"]\ninput = 1.0\noutput = 2.0\n'
@@ -68,7 +72,7 @@ def project_toml(tmp_path, emulator, routes: str) -> str:
 ROUTES = (
     "".join(
         f'[gateway.routes.{name}]\nworkflow = "{name}"\n'
-        for name in ("triage", "checked", "strict", "priced", "summary")
+        for name in ("triage", "checked", "strict", "priced", "summary", "backup")
     )
     + '[gateway.routes.fast]\nmodel = "emu:model-a"\n'
 )
@@ -304,6 +308,31 @@ def test_an_outage_goes_to_the_workflows_fallback_and_the_answer_says_so(gateway
         ("queued_for_human", "server_error", 2),
         ("fallback_default", "server_error", 1),
     ]
+
+
+def test_a_secondary_model_answers_an_outage_with_every_calls_usage(gateway, emulator):
+    """The workflow's secondary model (Anthropic's API here, which the gateway's own routes
+    cannot forward to yet) answers when its model fails; both runs carry the key's name, the
+    answer the secondary's run id and the usage of every call."""
+    emulator.default = respond(
+        lambda body, _: status(503) if body.get("model") == "model-x" else ok()
+    )
+    raw = gateway.client(gateway.key()).chat.completions.with_raw_response.create(
+        model="backup", messages=ask(EMAIL)
+    )
+    assert raw.http_response.status_code == 200 and raw.headers["x-smallops-status"] == "auto"
+    answer = raw.parse()
+    assert json.loads(answer.choices[0].message.content) == EXAMPLE
+    assert answer.model == "claude-sonnet-4-6" and answer.usage.total_tokens == 40
+    assert [r.path for r in emulator.requests] == ["/v1/chat/completions", "/v1/messages"]
+    first, second = gateway.runs(2)
+    assert (first["status"], first["error_type"], first["caller"]) == (
+        "fallback_secondary",
+        "server_error",
+        "team-a",
+    )
+    assert (second["status"], second["origin"], second["caller"]) == ("auto", "fallback", "team-a")
+    assert second["id"] == raw.headers["x-smallops-run-id"]
 
 
 def test_the_keys_rate_limit_applies_and_its_refusal_is_a_run_of_the_workflow(gateway, emulator):
