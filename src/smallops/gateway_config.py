@@ -16,15 +16,16 @@
     [gateway.routes."triage"]                # a route backed by a workflow
     workflow = "email-triage"                # defined in workflows/*.py; it pins the rest
 
-Each route forwards to a provider of the OpenAI wire format (`openai`, or a [providers.NAME]
+Each model route forwards to a provider of the OpenAI wire format (`openai`, or a [providers.NAME]
 with kind "openai"); translation to Anthropic's Messages API is not there yet, so a route to
 an Anthropic provider is refused when the file is read. Keys are per client and live in the
 database (`smallops gateway keys create`), never here.
 
 A workflow route has `workflow` and nothing else: model, fallback, prompt, schema, review,
-content, rate limit and budget are the workflow's own, as in `Workflow.run`. The name is checked
-against workflows/*.py when the gateway starts (this file is read before workflows load), and
-the request is answered by gateway/workflow_route.py:
+content, rate limit and budget are the workflow's own, as in `Workflow.run`, and its provider
+may be of any kind (Anthropic's too: the workflow calls it through its SDK). The name is checked
+against workflows/*.py when the gateway starts and by `smallops check` (this file is read before
+workflows load); the request is answered by gateway/workflow_route.py:
 
 - the input: the last user message's text. A JSON object there is the prompt's inputs, every
   variable and nothing else (as `smallops run --json` takes them); other text is the input of
