@@ -83,6 +83,7 @@ class Gateway:
         self.routes = settings.gateway.routes
         self.keys = KeyCache(lambda: engine)
         self.guards = GatewayGuards(lambda: engine, url, settings.redis_url)
+        self.workflow_routes = WorkflowRoutes(settings, self.routes, self.guards)
         self.writer = writer_for(settings.log)
         self.created = int(time.time())
         self._connections = Connections()
@@ -94,7 +95,6 @@ class Gateway:
             for ref in (route.model, route.fallback):
                 if ref is not None:
                     resolve_provider(ref.provider, settings.providers)
-        self.workflow_routes = WorkflowRoutes(settings, self.routes, self.guards)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
