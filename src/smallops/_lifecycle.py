@@ -31,7 +31,7 @@ from smallops.ids import uuid7
 from smallops.kinds import ReviewRoute, RunStatus
 from smallops.labels import classes_of
 from smallops.providers.base import ProviderError, Reply
-from smallops.records import RunRecord, Usage
+from smallops.records import Caller, RunRecord, Usage, current_caller
 from smallops.resilience.steps import admit, breaker_allow, breaker_record
 from smallops.result import Result
 from smallops.review.policy import needs_review
@@ -65,6 +65,7 @@ class _Run:
     flags: set[Flag] = field(default_factory=set)
     batch: tuple[str, str] | None = field(default_factory=batches.current.get)
     trace_parent: str | None = field(default_factory=caller_span)
+    caller: Caller | None = field(default_factory=current_caller.get)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -263,32 +264,34 @@ def _finish(
         plan.guards.settle_later(run.reservation, run.usage, run.served)
     served = run.served
     run_id = uuid7()
-    plan.writer.submit(
-        RunRecord(
-            id=run_id,
-            facts=plan.facts,
-            status=status,
-            error_type=error,
-            error_message=message,
-            model_served=served.model if served else None,
-            system_fingerprint=served.fingerprint if served else None,
-            attempt_count=len(run.attempts),
-            usage=run.usage,
-            latency_ms=latency,
-            started_at=run.started_at,
-            inputs=run.inputs,
-            messages=run.messages,
-            output=output,
-            attempts=run.attempts,
-            review_route=route,
-            guards=run.guards,
-            classes=classes or [],
-            partial=partial,
-            flags=frozenset(run.flags),
-            batch=run.batch,
-            trace_parent=run.trace_parent,
-        )
+    record = RunRecord(
+        id=run_id,
+        facts=plan.facts,
+        status=status,
+        error_type=error,
+        error_message=message,
+        model_served=served.model if served else None,
+        system_fingerprint=served.fingerprint if served else None,
+        attempt_count=len(run.attempts),
+        usage=run.usage,
+        latency_ms=latency,
+        started_at=run.started_at,
+        inputs=run.inputs,
+        messages=run.messages,
+        output=output,
+        attempts=run.attempts,
+        review_route=route,
+        guards=run.guards,
+        classes=classes or [],
+        partial=partial,
+        flags=frozenset(run.flags),
+        batch=run.batch,
+        trace_parent=run.trace_parent,
+        caller=run.caller.name if run.caller is not None else None,
     )
+    plan.writer.submit(record)
+    if run.caller is not None:
+        run.caller.runs.append(record)
     return Result(
         run_id=run_id,
         workflow=plan.name,

@@ -13,9 +13,13 @@
     timeout = 60                             # seconds per upstream request
     retries = 2                              # retries of a failed upstream request
 
-A route forwards to a provider of the OpenAI wire format (`openai`, or a [providers.NAME] with
-kind "openai") as the request came, or to one of Anthropic's Messages API (`anthropic`, or a
-[providers.NAME] with kind "anthropic"), as model or as fallback, translated both ways
+    [gateway.routes."triage"]                # a route backed by a workflow
+    workflow = "email-triage"                # defined in workflows/*.py; it pins the rest
+
+A model route forwards to a provider of the OpenAI wire format (`openai`, or a
+[providers.NAME] with kind "openai") as the request came, or to one of Anthropic's Messages API
+(`anthropic`, or a [providers.NAME] with kind "anthropic"), as model or as fallback, translated
+both ways
 (gateway/anthropic_wire.py). The translation covers plain chat only:
 
 - translated: system and developer messages (into `system`, joined by blank lines), user and
@@ -38,13 +42,35 @@ kind "openai") as the request came, or to one of Anthropic's Messages API (`anth
   only when the fallback happens to answer it.
 
 Keys are per client and live in the database (`smallops gateway keys create`), never here.
+
+A workflow route has `workflow` and nothing else: model, fallback, prompt, schema, review,
+content, rate limit and budget are the workflow's own, as in `Workflow.run`, and its provider
+may be of any kind (Anthropic's too: the workflow calls it through its SDK). The name is checked
+against workflows/*.py when the gateway starts and by `smallops check` (this file is read before
+workflows load); the request is answered by gateway/workflow_route.py:
+
+- the input: the last user message's text. A JSON object there is the prompt's inputs, every
+  variable and nothing else (as `smallops run --json` takes them); other text is the input of
+  a prompt with one variable. A missing or unknown input is a 400 naming it.
+- the rest of the request: the client's other messages, `temperature`, `max_tokens`,
+  `response_format` and such are ignored (the workflow pins them); `n` above 1, `tools`,
+  `functions` and `logprobs` are refused with a 400, since the answer cannot honour them.
+- the answer: a chat.completion whose content is the output as JSON (a free-text workflow's
+  text as is), with the usage of every model call the request made and `x-smallops-status`
+  (the run's status). 200 when there is an output: `auto`, `pending_review` (a reviewer may
+  still correct it), `fallback_default`; 202 when a human has the work (`queued_for_human`):
+  content null and `message.refusal` saying so. A failure under fallback "raise" is an error
+  in OpenAI's shape (502, or 429/503/504 by its cause), not to be retried.
+- streamed: one chunk with the whole answer (and the usage chunk if asked), then [DONE].
+- the log: the workflow's own runs only, with the key's name in `runs.caller`. The key's rate
+  limit and budget apply on top of the workflow's own guards.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -56,6 +82,7 @@ WHERE = "smallops.toml"
 GATEWAY_KEYS = ("routes",)
 ROUTE_KEYS = (
     "model",
+    "workflow",
     "fallback",
     "content",
     "rate_limit",
@@ -93,10 +120,21 @@ class Route:
 
 
 @dataclass(frozen=True)
+class WorkflowRoute:
+    """A public model name answered by a workflow of the project."""
+
+    name: str
+    workflow: str  # the workflow's name: its runs are logged under it
+    rate_limit: tuple[str, ...] = ()  # none of the route's own: the workflow's guards apply
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     """The [gateway] table."""
 
-    routes: dict[str, Route] = field(default_factory=dict)
+    routes: dict[str, Route | WorkflowRoute] = field(default_factory=dict)
 
 
 def parse_gateway(table: Mapping[str, Any], provider_kinds: Mapping[str, str]) -> GatewaySettings:
@@ -107,13 +145,13 @@ def parse_gateway(table: Mapping[str, Any], provider_kinds: Mapping[str, str]) -
     if not isinstance(routes_table, dict):
         raise ConfigError(f"[gateway] routes in {WHERE} must be a table of routes")
     kinds = {**BUILTIN_KINDS, **provider_kinds}
-    routes = {}
+    routes: dict[str, Route | WorkflowRoute] = {}
     for name, spec in routes_table.items():
         routes[name] = _route(name, spec, kinds)
     return GatewaySettings(routes=routes)
 
 
-def _route(name: str, spec: Any, kinds: Mapping[str, str]) -> Route:
+def _route(name: str, spec: Any, kinds: Mapping[str, str]) -> Route | WorkflowRoute:
     where = f'[gateway.routes."{name}"]'
     if not isinstance(spec, dict):
         raise ConfigError(f"{where} in {WHERE} must be a table", hint=_EXAMPLE)
@@ -123,11 +161,13 @@ def _route(name: str, spec: Any, kinds: Mapping[str, str]) -> Route:
             hint='clients send it as `model`, e.g. [gateway.routes."gpt-fast"]',
         )
     _check_keys(spec, ROUTE_KEYS, where)
+    if "workflow" in spec:
+        return _workflow_route(name, spec, where)
     allow_unpinned = spec.get("allow_unpinned", False)
     if not isinstance(allow_unpinned, bool):
         raise ConfigError(f"{where} allow_unpinned in {WHERE} must be true or false")
     if "model" not in spec:
-        raise ConfigError(f"{where} in {WHERE} has no model", hint=_EXAMPLE)
+        raise ConfigError(f"{where} in {WHERE} has no model or workflow", hint=_EXAMPLE)
     model = _model(spec["model"], f"{where} model", kinds, allow_unpinned)
     fallback = None
     if spec.get("fallback") is not None:
@@ -152,7 +192,51 @@ def _route(name: str, spec: Any, kinds: Mapping[str, str]) -> Route:
     )
 
 
-_EXAMPLE = 'e.g. model = "openai:gpt-4o-mini-2024-07-18"'
+_EXAMPLE = 'e.g. model = "openai:gpt-4o-mini-2024-07-18", or workflow = "email-triage"'
+
+
+def _workflow_route(name: str, spec: Mapping[str, Any], where: str) -> WorkflowRoute:
+    workflow = spec["workflow"]
+    if not isinstance(workflow, str) or not workflow.strip():
+        raise ConfigError(
+            f"{where} workflow in {WHERE} must be a workflow's name", hint=_WORKFLOW_EXAMPLE
+        )
+    others = [key for key in spec if key != "workflow"]
+    if "model" in others:
+        raise ConfigError(
+            f"{where} in {WHERE} has both model and workflow: give exactly one",
+            hint="a workflow route uses the workflow's own pinned model",
+        )
+    if others:
+        raise ConfigError(
+            f"{where} in {WHERE}: {others[0]} does not go with workflow",
+            hint="the workflow sets its fallback, content, rate_limit, budget, timeout and "
+            "retries itself, in workflows/*.py",
+        )
+    return WorkflowRoute(name=name, workflow=workflow)
+
+
+_WORKFLOW_EXAMPLE = 'e.g. workflow = "email-triage", a workflow defined in workflows/*.py'
+
+
+def check_workflows(settings: GatewaySettings, known: Collection[str]) -> None:
+    """Each workflow route names a workflow the project defines (`known`: their names), checked
+    when the gateway starts; `email_triage` finds `email-triage`, as on the command line."""
+    for route in settings.routes.values():
+        if isinstance(route, WorkflowRoute) and resolve_workflow(route.workflow, known) is None:
+            close = difflib.get_close_matches(route.workflow, sorted(known), n=1)
+            every = f"workflows: {', '.join(sorted(known)) or 'none defined in workflows/*.py'}"
+            raise ConfigError(
+                f'[gateway.routes."{route.name}"] in {WHERE} names an unknown workflow '
+                f"{route.workflow!r}",
+                hint=f"did you mean {close[0]}? ({every})" if close else every,
+            )
+
+
+def resolve_workflow(name: str, known: Collection[str]) -> str | None:
+    """The name in `known` that `name` means ('-' and '_' alike), or None."""
+    wanted = name.replace("_", "-")
+    return next((k for k in known if k.replace("_", "-") == wanted), None)
 
 
 def _model(value: Any, where: str, kinds: Mapping[str, str], allow_unpinned: bool) -> ModelRef:

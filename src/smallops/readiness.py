@@ -3,9 +3,10 @@
 Each workflow needs a pinned model, an eval set of MIN_CASES or more, and evals run on its
 current prompt version (a committed baseline of that version, or an eval run in the log that
 judged something). A grader, a workflow other workflows' evals use, needs only the pinned model.
-A workflow module that does not load is a problem too. Each problem comes with its fix. A
-workflow whose alerts would reach nobody (no owner, or an owner with no channel) is a warning:
-worth fixing, not a reason to refuse the change.
+A workflow module that does not load is a problem too, and so is a gateway route naming a
+workflow the project does not define (the gateway would not start). Each problem comes with its
+fix. A workflow whose alerts would reach nobody (no owner, or an owner with no channel) is a
+warning: worth fixing, not a reason to refuse the change.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any, Literal
 
 from smallops.alert_config import AlertSettings
 from smallops.alerts.engine import PROJECT
-from smallops.errors import SmallopsError
+from smallops.errors import ConfigError, SmallopsError
 from smallops.evals.baseline import baseline_path, read_baseline
 from smallops.evals.dataset import workflow_cases
+from smallops.gateway_config import GatewaySettings, check_workflows
 from smallops.project import Project
 from smallops.storage.eval_log import evaluated_versions
 from smallops.workflow import Workflow
@@ -60,7 +62,17 @@ def check_readiness(project: Project) -> Readiness:
         problems += alert_warnings(wf, project.settings.alerts)
     if not broken:  # a module that did not load may define the workflow a table names
         problems += alert_table_warnings(project.settings.alerts, tuple(workflows))
+        problems += gateway_problems(project.settings.gateway, tuple(workflows))
     return Readiness(len(workflows), problems)
+
+
+def gateway_problems(gateway: GatewaySettings, workflows: tuple[str, ...]) -> list[Problem]:
+    """A workflow route that names no workflow: `smallops gateway` would refuse to start."""
+    try:
+        check_workflows(gateway, workflows)
+    except ConfigError as exc:
+        return [Problem(None, exc.message, exc.hint or "")]
+    return []
 
 
 def alert_table_warnings(alerts: AlertSettings, workflows: tuple[str, ...]) -> list[Problem]:

@@ -7,6 +7,7 @@ every layer can use these types.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,3 +108,17 @@ class RunRecord:
     batch: tuple[str, str] | None = None  # (batch id, "<line>:<input hash>") of `run --input`
     trace_parent: str | None = None  # the application's span at the call's start (trace_context)
     caller: str | None = None  # the gateway key's name, for a request that came through it
+
+
+@dataclass
+class Caller:
+    """Whom a workflow call is made for when it comes through the gateway: the key's name
+    goes on each of its runs (runs.caller), and the runs it made are kept here so the gateway
+    can answer with their usage and charge their cost to the key's budget."""
+
+    name: str
+    runs: list[RunRecord] = field(default_factory=list)
+
+
+#: The Caller of the calls made in this context (set by the gateway around a workflow's call).
+current_caller: ContextVar[Caller | None] = ContextVar("smallops_caller", default=None)

@@ -44,7 +44,8 @@ from smallops.gateway.guards import GatewayGuards, Held, Target
 from smallops.gateway.keys import KeyCache, KeyInfo
 from smallops.gateway.runs import Leg, facts_for, pricing_for, record, text_of, usage_of
 from smallops.gateway.upstream import Answer, Connections, Streamed, Upstream
-from smallops.gateway_config import Route
+from smallops.gateway.workflow_route import WorkflowRoutes
+from smallops.gateway_config import Route, WorkflowRoute
 from smallops.kinds import Origin, RunStatus
 from smallops.pinning import ModelRef
 from smallops.providers import resolve_provider
@@ -84,6 +85,7 @@ class Gateway:
         self.routes = settings.gateway.routes
         self.keys = KeyCache(lambda: engine)
         self.guards = GatewayGuards(lambda: engine, url, settings.redis_url)
+        self.workflow_routes = WorkflowRoutes(settings, self.routes, self.guards)
         self.writer = writer_for(settings.log)
         self.created = int(time.time())
         self._connections = Connections()
@@ -92,6 +94,8 @@ class Gateway:
         #: Routes with an Anthropic model (as model or fallback): plain chat only.
         self._plain_chat: set[str] = set()
         for route in self.routes.values():  # an unknown provider fails at start, not per call
+            if isinstance(route, WorkflowRoute):
+                continue
             for ref in (route.model, route.fallback):
                 if ref is None:
                     continue
@@ -167,6 +171,9 @@ class Gateway:
                 "model_not_allowed",
                 "model",
             )
+        if isinstance(route, WorkflowRoute):  # gateway/workflow_route.py
+            await self.workflow_routes.chat(key, route, body, request, began, send)
+            return
         if route.name in self._plain_chat:
             anthropic_wire.check(request, route.name)
         exchange = Exchange(key, route, request, began)

@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 
 from smallops.gateway.errors import GatewayError, budget_exhausted, rate_limited
 from smallops.gateway.keys import KeyInfo
-from smallops.gateway_config import Route
+from smallops.gateway_config import Route, WorkflowRoute
 from smallops.pricing import price_run
 from smallops.providers.base import ProviderError
 from smallops.records import Pricing, Usage
@@ -68,7 +68,7 @@ class GatewayGuards:
     async def admit(
         self,
         key: KeyInfo,
-        route: Route,
+        route: Route | WorkflowRoute,
         body: bytes,
         request: dict[str, Any],
         pricing: Pricing,
@@ -122,9 +122,10 @@ class GatewayGuards:
         for ledger, reservation in held:
             asyncio.get_running_loop().run_in_executor(None, ledger.settle, reservation, actual)
 
-    def release(self, held: Held) -> None:
+    def release(self, held: Held, usd: float = 0.0) -> None:
+        """Replace the reservations by `usd` (nothing spent, by default), off the request path."""
         for ledger, reservation in held:
-            asyncio.get_running_loop().run_in_executor(None, ledger.settle, reservation, 0.0)
+            asyncio.get_running_loop().run_in_executor(None, ledger.settle, reservation, usd)
 
     async def allow(self, target: Target, decisions: list[dict[str, Any]]) -> bool:
         """Before each attempt: whether it is a probe; ProviderError("breaker_open") if open."""
@@ -150,7 +151,7 @@ class GatewayGuards:
         if change is not None:
             self._transition(target, change)
 
-    def _report_exhausted(self, route: Route, name: str, reason: str) -> None:
+    def _report_exhausted(self, route: Route | WorkflowRoute, name: str, reason: str) -> None:
         """A spent budget, reported once per period and process, not once per refused request
         (a client retrying against it would otherwise write an event a request)."""
         period = f"{name}|{reason.split(' budget')[0]}|{datetime.now(timezone.utc):%Y-%m-%d}"
@@ -164,7 +165,7 @@ class GatewayGuards:
         )
 
     @staticmethod
-    def _rates(key: KeyInfo, route: Route) -> list[tuple[str, tuple[str, ...]]]:
+    def _rates(key: KeyInfo, route: Route | WorkflowRoute) -> list[tuple[str, tuple[str, ...]]]:
         rates: list[tuple[str, tuple[str, ...]]] = []
         if key.rpm is not None:
             rates.append((f"gateway-key:{key.name}", (f"{key.rpm}/minute",)))
@@ -173,7 +174,7 @@ class GatewayGuards:
         return rates
 
     @staticmethod
-    def _budgets(key: KeyInfo, route: Route) -> list[tuple[str, Budget]]:
+    def _budgets(key: KeyInfo, route: Route | WorkflowRoute) -> list[tuple[str, Budget]]:
         budgets = []
         if key.daily_usd is not None:
             budgets.append((f"gateway-key:{key.name}", Budget(daily=key.daily_usd)))
