@@ -24,7 +24,6 @@ import os
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from importlib import metadata
@@ -41,7 +40,7 @@ from smallops.storage.otel_spans import CONTENT_VARIABLE, SpanValue, content_wan
 from smallops.storage.otel_wire import request_bytes, span_bytes
 from smallops.storage.prompt_parts import inline_row
 from smallops.storage.schema import RUN_COLUMNS
-from smallops.storage.telemetry_state import write_drops
+from smallops.storage.telemetry_state import REPORT_SECONDS, DropTally
 from smallops.trace_context import parse as parse_parent
 
 log = logging.getLogger("smallops")
@@ -51,7 +50,6 @@ BATCH_RUNS = 256  # runs per export request
 EXPORT_TIMEOUT = 5.0  # seconds one export request (with the SDK's own retries) may take
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _STOP = object()
-REPORT_SECONDS = 1.0  # the drop file (telemetry_state.py) is rewritten at most this often
 LINGER_SECONDS = 1.0  # a batch waits this long for more runs: each request costs the GIL too
 _LINGER_VARIABLE = "OTEL_BSP_SCHEDULE_DELAY"  # the SDK's batch delay, in milliseconds
 _CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # read by requests from the environment
@@ -112,18 +110,11 @@ class SpanExport:
         self.timeout = timeout
         self.linger = linger_seconds(env)
         self.sent = 0  # spans the collector accepted
-        self.dropped = 0  # spans not delivered: queue full, or the collector failed
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None
         self._queue: queue.Queue[Any] = queue.Queue(capacity or QUEUE_RUNS)
         self._sdk = _Sdk(timeout, self.endpoint, env)  # ConfigError when the extra is missing
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        # Spans dropped per project state folder and workflow, for `smallops status`.
-        self._drops: dict[Path, Counter[str]] = {}
-        self._drops_lock = threading.Lock()
-        self._unreported = False
-        self._reported_at = 0.0
+        self.drops = DropTally()  # spans not delivered: queue full, or the collector failed
 
     def offer(self, items: Iterable[Item], report_to: Path | None = None) -> None:
         """Queue runs for export; never blocks: what does not fit is dropped and counted (and,
@@ -182,27 +173,19 @@ class SpanExport:
         self.sent += len(spans)
         return len(spans)
 
-    def _drop(self, item: Item, folder: Path | None, reason: str, spans: int = 0) -> None:
-        count = spans or 1 + len(item[0].get("attempts") or ())
-        with self._drops_lock:
-            self.dropped += count
-            self.last_error, self.last_error_at = reason, time.time()
-            if folder is not None:
-                self._drops.setdefault(folder, Counter())[str(item[0].get("workflow"))] += count
-                self._unreported = True
+    @property
+    def dropped(self) -> int:
+        return self.drops.count
 
-    def _report(self, force: bool = False) -> None:
-        """Rewrite the drop files of the projects that dropped spans, at most once a second."""
-        now = time.monotonic()
-        if not self._unreported or (not force and now - self._reported_at < REPORT_SECONDS):
-            return
-        with self._drops_lock:
-            drops = {folder: dict(counts) for folder, counts in self._drops.items()}
-            error, at, self._unreported = self.last_error, self.last_error_at, False
-        self._reported_at = now
-        for folder, counts in drops.items():
-            if not write_drops(folder, counts, error, at):
-                log.warning("smallops: could not note dropped spans in %s", folder)
+    @property
+    def last_error(self) -> str | None:
+        return self.drops.last_error
+
+    def _drop(self, item: Item, folder: Path | None, reason: str, spans: int = 0) -> None:
+        row = item[0]
+        self.drops.note(
+            row.get("workflow"), spans or 1 + len(row.get("attempts") or ()), folder, reason
+        )
 
     def _spans(self, item: Item) -> list[SpanValue]:
         row, params, parent = item
@@ -222,7 +205,7 @@ class SpanExport:
             try:
                 item = self._queue.get(timeout=REPORT_SECONDS)
             except queue.Empty:
-                self._report()  # drops noted less than a second after the last report
+                self.drops.report()  # drops noted less than a second after the last report
                 continue
             items: list[tuple[Item, Path | None]] = []
             markers, stop = [], False
@@ -249,7 +232,7 @@ class SpanExport:
                     reason = f"unexpected error: {type(exc).__name__}"
                     for entry, folder in items:
                         self._drop(entry, folder, reason)
-            self._report(force=bool(markers) or stop)
+            self.drops.report(force=bool(markers) or stop)
             for marker in markers:
                 marker.set()
             if stop:

@@ -24,19 +24,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from smallops.storage.otel_spans import content_wanted
-from smallops.storage.telemetry_state import write_drops
+from smallops.storage.telemetry_state import REPORT_SECONDS, DropTally
 
 log = logging.getLogger("smallops")
 
 QUEUE_RUNS = 2048  # runs waiting for the pipe; past that they are dropped and counted
 RESPAWN_SECONDS = 10.0
-REPORT_SECONDS = 1.0
 _HEADER = struct.Struct(">I")
 _STOP = object()
 
@@ -75,9 +73,9 @@ class ProcessExport:
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.sent = 0  # spans the collector accepted (as of the child's last answer)
-        self.dropped = 0  # spans not delivered, here and in the child
         self.last_error: str | None = None
-        self._dropped_here = 0
+        self.drops = DropTally()  # spans not delivered here (the child keeps its own)
+        self._dropped_there = 0
         self._queue: queue.Queue[Any] = queue.Queue(QUEUE_RUNS)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -85,12 +83,14 @@ class ProcessExport:
         self._started_at = 0.0
         self._answers: dict[int, threading.Event] = {}
         self._token = 0
-        self._drops: dict[Path, Counter[str]] = {}
-        self._unreported = False
-        self._reported_at = 0.0
         # the child's environment: the OTEL_* settings as they are now (or as given)
         self._environ = {**(os.environ if environ is None else environ), "PYTHONUNBUFFERED": "1"}
         self.content = content_wanted(self._environ)  # the child reads the same variable
+
+    @property
+    def dropped(self) -> int:
+        """Spans not delivered, here and in the child."""
+        return self.drops.count + self._dropped_there
 
     def offer(self, items: Iterable[Any], report_to: Path | None = None) -> None:
         """Queue runs for the child; never blocks: what does not fit is dropped and counted."""
@@ -148,11 +148,11 @@ class ProcessExport:
             try:
                 message = self._queue.get(timeout=REPORT_SECONDS)
             except queue.Empty:
-                self._report()
+                self.drops.report()
                 continue
             if message is _STOP:
                 self._stop_child()
-                self._report(force=True)
+                self.drops.report(force=True)
                 self._release_waiters()
                 return
             child = self._ensure_child()
@@ -197,7 +197,7 @@ class ProcessExport:
             if answer is None:
                 return
             token, sent, dropped, last_error = answer
-            self.sent, self.dropped = sent, dropped + self._dropped_here
+            self.sent, self._dropped_there = sent, dropped
             if last_error:
                 self.last_error = last_error
             with self._lock:
@@ -236,23 +236,5 @@ class ProcessExport:
 
     def _drop(self, item: Any, folder: Path | None, reason: str) -> None:
         row = item[0]
-        count = 1 + len(row.get("attempts") or ())
-        with self._lock:
-            self._dropped_here += count
-            self.dropped += count
-            self.last_error = reason
-            if folder is not None:
-                self._drops.setdefault(folder, Counter())[str(row.get("workflow"))] += count
-                self._unreported = True
-
-    def _report(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self._unreported or (not force and now - self._reported_at < REPORT_SECONDS):
-            return
-        self._reported_at = now
-        with self._lock:
-            drops = {folder: dict(counts) for folder, counts in self._drops.items()}
-            self._unreported = False
-        for folder, counts in drops.items():
-            if not write_drops(folder, counts, self.last_error, time.time()):
-                log.warning("smallops: could not note dropped spans in %s", folder)
+        self.drops.note(row.get("workflow"), 1 + len(row.get("attempts") or ()), folder, reason)
+        self.last_error = reason

@@ -10,15 +10,57 @@ never touches the disk. `status` adds up the files written in the last day.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from smallops.jsonl import replace_file
 
+log = logging.getLogger("smallops")
+
 FOLDER = "telemetry"
 RECENT_HOURS = 24  # a process's file counts in `status` this long after its last drop
+REPORT_SECONDS = 1.0  # a process's file is rewritten at most this often
+
+
+class DropTally:
+    """The spans this process could not deliver: counted as they are dropped (from any
+    thread), and written per project and workflow to the file `status` reads, at most once a
+    second and never while nothing was dropped."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_error: str | None = None
+        self.last_at: float | None = None
+        self._lock = threading.Lock()
+        self._by_folder: dict[Path, Counter[str]] = {}
+        self._unreported = False
+        self._reported_at = 0.0
+
+    def note(self, workflow: Any, spans: int, folder: Path | None, reason: str) -> None:
+        with self._lock:
+            self.count += spans
+            self.last_error, self.last_at = reason, time.time()
+            if folder is not None:
+                self._by_folder.setdefault(folder, Counter())[str(workflow)] += spans
+                self._unreported = True
+
+    def report(self, force: bool = False) -> None:
+        """Rewrite the files of the projects that dropped spans since the last report."""
+        now = time.monotonic()
+        if not self._unreported or (not force and now - self._reported_at < REPORT_SECONDS):
+            return
+        with self._lock:
+            drops = {folder: dict(counts) for folder, counts in self._by_folder.items()}
+            error, at, self._unreported = self.last_error, self.last_at, False
+        self._reported_at = now
+        for folder, counts in drops.items():
+            if not write_drops(folder, counts, error, at):
+                log.warning("smallops: could not note dropped spans in %s", folder)
 
 
 def telemetry_folder(state_dir: Path) -> Path:
