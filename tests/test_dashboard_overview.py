@@ -180,7 +180,7 @@ def test_workflow_figures_by_day_version_and_model(engine):
 def test_histograms_add_up_as_the_report_adds_them(engine):
     """Per workflow and in detail (day, version, model), the same buckets as `report` reads."""
     from smallops.storage import dashboard_figures
-    from smallops.storage.rollups import production
+    from smallops.storage.rollup_reads import production
 
     seed(engine)
     since, until = NOW - timedelta(days=20), NOW + timedelta(hours=1)

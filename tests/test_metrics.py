@@ -483,7 +483,7 @@ def test_a_scrape_keeps_the_settled_hours_and_reads_them_again_for_late_runs(eng
     """The hours older than a day are summed once and kept; recent runs count at once, and a
     run logged late into an old hour (a replayed spool) once the settled hours are re-read."""
     from smallops.dashboards import metrics
-    from smallops.storage.rollups import production
+    from smallops.storage.rollup_reads import production
 
     def calls(found: dict[str, Any]) -> tuple[int, int, float]:
         triage = found["triage"].totals

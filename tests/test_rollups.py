@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from smallops.ids import uuid7
-from smallops.storage import rollups
+from smallops.storage import rollup_reads, rollups
 from smallops.storage.db import ensure_schema, get_engine, normalise_url
 from smallops.storage.queries import report
 from smallops.storage.schema import RUN_COLUMNS, run_rollups, runs
@@ -276,7 +276,7 @@ def assert_served_models_match_runs(engine: Engine, workflow: str) -> None:
         for run in connection.execute(select(runs).where(runs.c.workflow == workflow)):
             if run.model_served and run.origin in (None, "app"):
                 seen.setdefault(run.model_served, []).append(_utc(run.started_at))
-        got = rollups.served_models(connection, workflow)
+        got = rollup_reads.served_models(connection, workflow)
     want = sorted(
         (
             {"model": m, "first_seen": min(t), "last_seen": max(t), "calls": len(t)}

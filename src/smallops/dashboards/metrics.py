@@ -28,14 +28,8 @@ from typing import TYPE_CHECKING, Any
 from smallops.dashboards.guards import guard_figures
 from smallops.storage import alert_log
 from smallops.storage import dashboard_figures as stored
-from smallops.storage.rollups import (
-    BUCKETS_PER_DOUBLING,
-    ZERO_BUCKET,
-    HourRows,
-    Production,
-    hour_rows,
-    production_of,
-)
+from smallops.storage.rollup_reads import HourRows, Production, hour_rows, production_of
+from smallops.storage.rollups import BUCKETS_PER_DOUBLING, ZERO_BUCKET
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 
 from smallops.kinds import UNJUDGED
-from smallops.storage import rollups
+from smallops.storage import rollup_reads
 from smallops.storage.db import write_transaction
 from smallops.storage.queries import PRIMARY
 from smallops.storage.schema import eval_cache, eval_results, eval_runs, prompt_versions, runs
@@ -227,7 +227,7 @@ def served_models(engine: Engine, workflow: str) -> list[dict[str, Any]]:
     first and last time seen and its calls, in order of first seen: a change is a new row.
     Read from the rollups (a few rows per hour) and the runs of the first and last hours."""
     with engine.connect() as connection:
-        from_rollups = rollups.served_models(connection, workflow)
+        from_rollups = rollup_reads.served_models(connection, workflow)
     if from_rollups is not None:
         return from_rollups
     query = (

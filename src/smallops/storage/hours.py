@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DateTime format
+
 
 def hour_of(started: float) -> int:
     """The hour (epoch seconds) a run started, as its start is stored: to the microsecond,

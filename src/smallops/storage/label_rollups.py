@@ -25,14 +25,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, case, func, or_, select
 
 from smallops.labels import enum_fields
-from smallops.storage.hours import epoch, hour_of
+from smallops.storage.hours import SQLITE_TIME, epoch, hour_of
 from smallops.storage.schema import RUN_COLUMNS, label_rollups, prompt_versions, runs
 
 #: The longest value text counted (the width of the column).
 VALUE_LIMIT = 200
 #: The longest field name counted (the width of the column).
 FIELD_LIMIT = 100
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 _WORKFLOW, _ORIGIN, _VERSION, _OUTPUT, _STARTED = (
     RUN_COLUMNS.index(name)
     for name in ("workflow", "origin", "prompt_version", "output", "started_at")
@@ -132,7 +131,7 @@ def merge(execute_many: Any, dialect: str, counts: Mapping[Key, int]) -> None:
     rows = []
     for key in sorted(counts):
         started = datetime.fromtimestamp(key[0], timezone.utc)
-        hour = started if postgres else started.strftime(_SQLITE_TIME)
+        hour = started if postgres else started.strftime(SQLITE_TIME)
         rows.append((hour, *key[1:], counts[key]))
     execute_many(_UPSERT_PG if postgres else _UPSERT_SQLITE, rows)
 

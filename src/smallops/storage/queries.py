@@ -12,7 +12,7 @@ from smallops.error_types import NOT_SENT
 from smallops.errors import InputError, NotFoundError
 from smallops.ids import SHORT_ID
 from smallops.kinds import OriginFilter
-from smallops.storage import rollups
+from smallops.storage import rollup_reads
 from smallops.storage.prompt_parts import expand_runs
 from smallops.storage.schema import prompt_versions, runs
 
@@ -133,11 +133,11 @@ def report(engine: Engine, *, since: datetime | None = None) -> list[dict[str, A
     (the pinned model's route apart from the secondary model's fallback calls). Read from the
     rollups (rollups.py), never the runs one by one: latency percentiles come from their
     histogram, within rollups.QUANTILE_ERROR of the exact ones."""
-    summaries = rollups.production(engine, since)
+    summaries = rollup_reads.production(engine, since)
     return [_summarise(name, summaries[name]) for name in sorted(summaries)]
 
 
-def _summarise(workflow: str, calls: rollups.Production) -> dict[str, Any]:
+def _summarise(workflow: str, calls: rollup_reads.Production) -> dict[str, Any]:
     totals = calls.totals
     return {
         "workflow": workflow,

@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 from smallops.storage import label_rollups, rollups
 from smallops.storage.db import direct_engine, ensure_schema
 from smallops.storage.health import refused
+from smallops.storage.hours import SQLITE_TIME
 from smallops.storage.prompt_parts import parts_of
 from smallops.storage.schema import PART_COLUMNS, PROMPT_COLUMNS, REVIEW_COLUMNS, RUN_COLUMNS
 from smallops.storage.watchdog import shut_down
@@ -44,7 +45,6 @@ _PART_TIMES = (PART_COLUMNS.index("created_at"), len(PART_COLUMNS))  # and last_
 #: Seconds a part's last_used may lag behind the writes that refer to it: a busy workflow
 #: rewrites its part rows once a minute, not in every batch (prune.py allows for it).
 PART_REFRESH = 60.0
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own SQLite DateTime format
 
 
 @dataclass
@@ -244,7 +244,7 @@ def _with_times(
 
 
 def _sqlite_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime(_SQLITE_TIME)
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime(SQLITE_TIME)
 
 
 def _pg_time(epoch: float) -> datetime:
