@@ -17,8 +17,9 @@ dummy upstream key from the environment, and logging on:
 
 1. Sequential: --calls requests to each of nginx, the gateway and LiteLLM, in --rounds rounds
    whose order rotates, over one keep-alive httpx connection each, so every path pays the same
-   client cost; median and p99, and the added latency (proxy minus direct, per percentile).
-   Target: the gateway's median added latency <= 1 ms.
+   client cost; median and p99, and the added latency (proxy minus direct, per percentile),
+   and the gateway's own x-smallops-overhead-ms. Target: the gateway's median added latency
+   <= 1 ms.
 2. Concurrent: --clients requests in flight (each on a keep-alive connection, from the
    gateway's own HTTP/1.1 client under uvloop: httpx's async client tops out near 150
    requests/s here and would measure itself), --concurrent-calls per target per round,
@@ -129,6 +130,7 @@ class Target:
     latencies: list[float] = field(default_factory=list)
     rates: list[float] = field(default_factory=list)
     cpu: float = 0.0  # seconds the serving process spent on the concurrent rounds
+    own: list[float] = field(default_factory=list)  # the gateway's x-smallops-overhead-ms
     answered: int = 0
 
 
@@ -230,6 +232,18 @@ def litellm_executable(given: str | None) -> str | None:
     return found
 
 
+def litellm_version(executable: str) -> str:
+    """The installed version, asked of the Python in the executable's #! line."""
+    first = Path(executable).read_text(errors="replace").partition("\n")[0]
+    python = first.removeprefix("#!").strip()
+    probe = [python, "-c", "from importlib.metadata import version; print(version('litellm'))"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip()
+
+
 def tree(pid: int) -> Iterator[int]:
     yield pid
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -265,6 +279,8 @@ def sequential(client: httpx.Client, target: Target, calls: int) -> list[float]:
         response = client.post(target.url, json=BODY, headers=target.headers)
         latencies.append((time.perf_counter() - began) * 1000)
         response.raise_for_status()
+        if "x-smallops-overhead-ms" in response.headers:
+            target.own.append(float(response.headers["x-smallops-overhead-ms"]))
     target.answered += calls
     return latencies
 
@@ -338,6 +354,7 @@ def summarize(
     counts: dict[str, int],
     options: argparse.Namespace,
     litellm_missing: str | None,
+    version: str | None,
 ) -> dict[str, Any]:
     direct = targets["direct"]
     rows: dict[str, dict[str, Any]] = {}
@@ -355,6 +372,9 @@ def summarize(
         if target is not direct:
             row["added_median_ms"] = round(row["median_ms"] - rows["direct"]["median_ms"], 3)
             row["added_p99_ms"] = round(row["p99_ms"] - rows["direct"]["p99_ms"], 3)
+            if target.own:
+                row["own_overhead_median_ms"] = round(statistics.median(target.own), 3)
+                row["own_overhead_p99_ms"] = round(pct(target.own, 0.99), 3)
             concurrent_calls = options.rounds * options.concurrent_calls
             row["cpu_ms_per_request"] = round(target.cpu * 1000 / concurrent_calls, 2)
             samples = memory[name]
@@ -408,6 +428,7 @@ def summarize(
             "litellm_memory_calls": options.litellm_memory_calls,
             "cpus": os.cpu_count(),
             "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
+            "litellm_version": version,
             "litellm_logging": f"CustomLogger callback, one JSON line per request ({LITELLM_LOG})",
             "smallops_logging": "one run per request in the SQLite log, content mode full",
         },
@@ -466,7 +487,16 @@ def show(results: dict[str, Any]) -> None:
         f"({setup['litellm_memory_calls']:,} to LiteLLM); "
         f"load average {' '.join(setup['loadavg_at_end'])}"
     )
-    print(f"logging: smallops {setup['smallops_logging']}; LiteLLM {setup['litellm_logging']}")
+    print(
+        f"logging: smallops {setup['smallops_logging']}; "
+        f"LiteLLM {setup['litellm_version']} {setup['litellm_logging']}"
+    )
+    gateway = results["rows"]["smallops gateway"]
+    if "own_overhead_median_ms" in gateway:
+        print(
+            f"the gateway's own work (x-smallops-overhead-ms): median "
+            f"{gateway['own_overhead_median_ms']} ms, p99 {gateway['own_overhead_p99_ms']} ms"
+        )
     for name, check in results["targets"].items():
         shown = f"{check['value']}" if "value" in check else "-"
         rounds = f" (rounds: {check['rounds']})" if "rounds" in check else ""
@@ -561,7 +591,8 @@ def main() -> None:
                 stop(target.process)
     counts = logged(root, targets)
     missing = None if executable else INSTALL
-    results = summarize(targets, memory, counts, options, missing)
+    version = litellm_version(executable) if executable else None
+    results = summarize(targets, memory, counts, options, missing, version)
     if options.json:
         print(json.dumps(results, indent=2))
     else:
