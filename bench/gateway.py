@@ -479,18 +479,17 @@ def show(results: dict[str, Any]) -> None:
         cells = (c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))
         print("  ".join([first.ljust(widths[0]), *cells]))
     setup = results["setup"]
+    litellm = setup["litellm_version"]
+    to_litellm = f" ({setup['litellm_memory_calls']:,} to LiteLLM)" if litellm else ""
     print(
         f"\nsequential: {setup['calls']:,} calls per target in {setup['rounds']} rounds; "
         f"req/s: median of {setup['rounds']} rounds of {setup['concurrent_calls']:,} calls, "
         f"{setup['clients']} in flight; {setup['workers']} worker(s) each; "
-        f"RSS over {setup['memory_calls']:,} more requests "
-        f"({setup['litellm_memory_calls']:,} to LiteLLM); "
+        f"RSS over {setup['memory_calls']:,} more requests{to_litellm}; "
         f"load average {' '.join(setup['loadavg_at_end'])}"
     )
-    print(
-        f"logging: smallops {setup['smallops_logging']}; "
-        f"LiteLLM {setup['litellm_version']} {setup['litellm_logging']}"
-    )
+    shown = f"LiteLLM {litellm} {setup['litellm_logging']}" if litellm else "LiteLLM not run"
+    print(f"logging: smallops {setup['smallops_logging']}; {shown}")
     gateway = results["rows"]["smallops gateway"]
     if "own_overhead_median_ms" in gateway:
         print(
