@@ -247,7 +247,10 @@ def litellm_version(executable: str) -> str:
 def tree(pid: int) -> Iterator[int]:
     yield pid
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        children = (task / "children").read_text().split()
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended since the listing
+            continue
         for child in children:
             yield from tree(int(child))
 
