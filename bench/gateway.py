@@ -14,13 +14,17 @@ cost and the difference is the gateway's.
    own HTTP/1.1 client under uvloop) for --concurrent-calls requests, direct and through the
    gateway: requests per second.
 3. Memory: the gateway's resident memory after the warm-up and at the end; with --memory-calls
-   N, also after each tenth of N more requests (64 in flight), to see whether it levels off.
+   N, first --memory-warmup more requests (64 in flight: the breaker's 30 s window of outcomes,
+   the log database's page cache and the allocators' pools fill up), then RSS after each tenth
+   of N, and its growth (the highest tenth) over the RSS after that warm-up. Target: within 10%.
+   Resident memory keeps the high-water mark of the log writer's queue (records waiting for the
+   database): a stall of the writer after the warm-up shows as a step, not as a slope.
 4. Logged: after the run, the gateway's log holds one run per request it answered.
 
 The comparison with the LiteLLM proxy (issue 15) is not here yet.
 
 Run: python bench/gateway.py [--calls 2000] [--rounds 3] [--clients 64]
-     [--concurrent-calls 5000] [--memory-calls 0] [--workers 1] [--json]
+     [--concurrent-calls 5000] [--memory-calls 0] [--memory-warmup 20000] [--workers 1] [--json]
 Needs nginx (apt-get install -y nginx-light).
 """
 
@@ -53,6 +57,7 @@ BODY = {
     ],
 }
 TARGET_MEDIAN_MS = 1.0
+TARGET_MEMORY_GROWTH = 0.10  # resident memory over --memory-calls, after the warm-up
 
 
 def free_port() -> int:
@@ -152,6 +157,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--concurrent-calls", type=int, default=5000)
     parser.add_argument("--memory-calls", type=int, default=0)
+    parser.add_argument("--memory-warmup", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
@@ -205,15 +211,26 @@ def main() -> None:
             results["rss_mb_at_end"] = round(rss_mb(gateway.pid), 1)
             step = options.memory_calls // 10
             if step:
+                memory_warmup = options.memory_warmup
+                if memory_warmup:
+                    uvloop.run(concurrent(gateway_url, auth, options.clients, memory_warmup))
+                base = rss_mb(gateway.pid)
+                results["rss_mb_before_memory_calls"] = round(base, 1)
                 samples = []
                 for _ in range(10):
                     uvloop.run(concurrent(gateway_url, auth, options.clients, step))
                     samples.append(round(rss_mb(gateway.pid), 1))
                 results["rss_mb_every_tenth"] = samples
+                growth = max(samples) / base - 1
+                verdict = "PASS" if growth <= TARGET_MEMORY_GROWTH else "MISS"
+                results["rss_growth_pct"] = round(100 * growth, 1)
+                results["target_rss_growth_pct"] = f"<= {100 * TARGET_MEMORY_GROWTH:g} ({verdict})"
         finally:
             gateway.send_signal(signal.SIGTERM)
             gateway.communicate(timeout=60)
-    answered = 500 + len(through) + options.concurrent_calls + 10 * (options.memory_calls // 10)
+    memory = 10 * (options.memory_calls // 10)
+    memory += options.memory_warmup if memory else 0
+    answered = 500 + len(through) + options.concurrent_calls + memory
     engine = create_engine(f"sqlite:///{root / 'log.db'}")
     with engine.connect() as connection:
         results["runs_logged"] = connection.execute(text("SELECT count(*) FROM runs")).scalar()
