@@ -211,6 +211,50 @@ def test_a_bad_or_revoked_key_is_a_401_in_openais_shape(gateway, emulator):
     assert emulator.requests == []
 
 
+BODY = b'{"model": "fast", "messages": [{"role": "user", "content": "Hi"}]'
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code"),
+    [
+        (b', "temperature": NaN', None, "invalid_json"),  # not JSON: never sent on
+        (b', "top_p": -Infinity', None, "invalid_json"),
+        (b', "stream": "yes"', "stream", "invalid_type"),
+        (b', "stream": 1', "stream", "invalid_type"),
+        (b', "stream": true, "stream_options": "usage"', "stream_options", "invalid_type"),
+        (b', "stream": true, "stream_options": [true]', "stream_options", "invalid_type"),
+    ],
+)
+def test_fields_the_gateway_reads_itself_are_a_400_when_malformed(
+    gateway, emulator, extra, param, code
+):
+    """What the gateway acts on (the JSON itself, `stream`, `stream_options`) is checked before
+    anything is sent or counted: a malformed one is the client's 400, never a 500."""
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers={"authorization": f"Bearer {gateway.key()}", "content-type": "application/json"},
+        content=BODY + extra + b"}",
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+    assert response.headers["x-should-retry"] == "false"
+    assert emulator.requests == []
+
+
+def test_an_absurd_max_tokens_is_sent_on_for_the_upstream_to_judge_not_a_500(gateway, emulator):
+    """A max_tokens too large for a float used to overflow the budget estimate."""
+    huge = b', "max_tokens": 1' + b"0" * 400
+    headers = {"authorization": f"Bearer {gateway.key()}", "content-type": "application/json"}
+    url = f"{gateway.base_url}/chat/completions"
+    sent = httpx.post(url, headers=headers, content=BODY + huge + b"}")
+    assert sent.status_code == 200 and emulator.requests[-1].body["max_tokens"] == 10**400
+    capped = BODY.replace(b'"fast"', b'"capped"') + huge + b"}"
+    refused = httpx.post(url, headers=headers, content=capped)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exhausted"
+    assert len(emulator.requests) == 1
+
+
 def test_a_route_rate_limit_answers_429_with_retry_after(gateway, emulator):
     key = gateway.key()
     client = gateway.client(key, max_retries=0)

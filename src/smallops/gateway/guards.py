@@ -32,6 +32,9 @@ from smallops.resilience.ratelimit import RateLimit, parse_limits
 from smallops.resilience.steps import note_degraded
 
 DEFAULT_OUTPUT_TOKENS = 1024  # what a request that sets no max_tokens is reserved for
+#: The most output a request is reserved for: beyond any model's (the upstream refuses more),
+#: and small enough to price as a float.
+MOST_OUTPUT_TOKENS = 10**9
 Held = list[tuple[BudgetLedger, Reservation]]
 
 
@@ -221,5 +224,5 @@ def _estimate(body: bytes, request: dict[str, Any], pricing: Pricing, model: str
     answer = request.get("max_completion_tokens") or request.get("max_tokens")
     if not isinstance(answer, int) or isinstance(answer, bool) or answer <= 0:
         answer = DEFAULT_OUTPUT_TOKENS
-    usage = Usage(input_tokens=len(body) // 3 + 16, output_tokens=answer)
+    usage = Usage(input_tokens=len(body) // 3 + 16, output_tokens=min(answer, MOST_OUTPUT_TOKENS))
     return price_run(pricing, model, usage)[0] or 0.0
