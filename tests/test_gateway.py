@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -666,3 +667,100 @@ def test_a_key_from_a_store_is_fetched_once_and_a_rotation_costs_one_401(
         running.engine.dispose()
     assert len(runs) == 12 and {run["status"] for run in runs} == {"auto"}
     assert not [run for run in runs if k1 in json.dumps(run, default=str)]
+
+
+# -- upstreams whose streams end badly ---------------------------------------------------------
+
+
+class ScriptedStream:
+    """An upstream that answers every request with 200 and these pieces of body, as they are
+    (a float is a pause, in seconds), then ends the response cleanly."""
+
+    def __init__(self, *pieces: bytes | float) -> None:
+        self.pieces = pieces
+        self.requests = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.requests += 1
+        start = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+        for piece in self.pieces:
+            if isinstance(piece, float):
+                await asyncio.sleep(piece)
+            else:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def scripted_gateway(tmp_path, monkeypatch, upstream: ScriptedStream, kind: str = "openai"):
+    """A gateway whose route `r` (no retries, 1 s timeout) goes to `upstream`; yields Running."""
+    monkeypatch.setenv("RAW_KEY", "sk-raw-" + secrets.token_hex(16))
+    stack = contextlib.ExitStack()
+    port = stack.enter_context(serving_app(upstream))
+    base = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+    (tmp_path / "smallops.toml").write_text(
+        f'[smallops]\ndatabase_url = "sqlite:///{tmp_path / "log.db"}"\n'
+        f'[providers.raw]\nkind = "{kind}"\nbase_url = "{base}"\napi_key_env = "RAW_KEY"\n'
+        '[gateway.routes.r]\nmodel = "raw:m"\nretries = 0\ntimeout = 1\nallow_unpinned = true\n'
+    )
+    settings = Settings.load(tmp_path)
+    running = Running(settings, stack.enter_context(serving_app(Gateway(settings))), "")
+    ensure_schema(running.engine)
+    stack.callback(running.engine.dispose)
+    return stack, running
+
+
+def chunk(delta: dict | None, **extra) -> bytes:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": None}]
+    body = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m-1"}
+    return b"data: " + json.dumps({**body, "choices": choices, **extra}).encode() + b"\n\n"
+
+
+USAGE_CHUNK = chunk(None, usage={"prompt_tokens": 1000, "completion_tokens": 77})
+HI = chunk({"role": "assistant", "content": "Hi"})
+
+
+@pytest.mark.parametrize(
+    "last",
+    [b"data: [DONE]\n", b"data: [DONE]", b"data: [DONE]\r\n\r\n"],
+    ids=["lf", "none", "crlf"],
+)
+def test_a_stream_whose_last_event_lacks_its_blank_line_still_ends_well(
+    tmp_path, monkeypatch, last
+):
+    """An upstream that ends `data: [DONE]` with one newline or none (or uses CRLF) finished:
+    the client gets [DONE] and nothing after it, and the run is what it was, with its usage."""
+    pieces = (HI, USAGE_CHUNK, last)
+    if last.endswith(b"\r\n"):
+        pieces = tuple(p.replace(b"\n\n", b"\r\n\r\n") for p in pieces)
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(*pieces))
+    with stack:
+        with httpx.stream(
+            "POST",
+            f"{running.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {running.key()}"},
+            json={"model": "r", "messages": MESSAGES, "stream": True},
+        ) as response:
+            body = response.read()
+        (run,) = running.runs(1)
+    assert body.endswith(b"data: [DONE]\n\n") and b"error" not in body
+    assert (run["status"], run["error_type"]) == ("auto", None)
+    assert (run["input_tokens"], run["output_tokens"], run["output"]) == (1000, 77, '"Hi"')
+
+
+def test_a_stream_cut_mid_event_ends_with_an_error_the_sdk_can_read(tmp_path, monkeypatch):
+    """Half an event is not passed on: the client's SDK raises the gateway's error, not a
+    JSON decoding error on the half chunk."""
+    upstream = ScriptedStream(HI, USAGE_CHUNK[:40])
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        client = running.client(running.key(), max_retries=0)
+        stream = client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="ended without"):
+            list(stream)
+        (run,) = running.runs(1)
+    assert (run["status"], run["error_type"]) == ("failed", "bad_response")

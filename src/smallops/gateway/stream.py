@@ -40,8 +40,9 @@ class Relay:
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        """Whole events of `chunk` (with what was left of the last), as the client gets them."""
-        data = self._pending + chunk
+        """Whole events of `chunk` (with what was left of the last), as the client gets them;
+        CRLF line ends (which SSE allows) read as LF."""
+        data = (self._pending + chunk).replace(b"\r\n", b"\n")
         out = []
         start = 0
         while (end := data.find(b"\n\n", start)) >= 0:
@@ -53,8 +54,14 @@ class Relay:
         return b"".join(out)
 
     def rest(self) -> bytes:
+        """What followed the last blank line, as a last event if it can be read (a `data:
+        [DONE]` ended by one newline or none); an event cut short is dropped, so the client
+        reads the error that follows, not half a chunk."""
         rest, self._pending = self._pending, b""
-        return rest
+        lines = [line[5:].strip() for line in rest.split(b"\n") if line.startswith(b"data:")]
+        if not lines or not all(_readable(payload) for payload in lines):
+            return b""
+        return self.feed(rest.rstrip(b"\n") + b"\n\n")
 
     def _keep(self, event: bytes) -> bool:
         """Note what the event says; False for the usage chunk the client did not ask for."""
@@ -95,6 +102,16 @@ class Relay:
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str):
                 self.pieces.append(content)
+
+
+def _readable(payload: bytes) -> bool:
+    if payload == b"[DONE]":
+        return True
+    try:
+        from_json(payload)
+    except ValueError:
+        return False
+    return True
 
 
 async def relay(
