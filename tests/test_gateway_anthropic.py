@@ -573,11 +573,17 @@ def test_an_error_event_mid_stream_is_a_provider_error():
         b'event: error\ndata: {"type":"error",'
         b'"error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
     )
-    with pytest.raises(ProviderError, match="overloaded_error: Overloaded") as raised:
-        translator.feed(error)
-    assert raised.value.kind == "server_error"
-    with pytest.raises(ProviderError, match="message_start"):
-        StreamTranslator(created=1).feed(EVENTS.split(b"event: ping\n", 1)[1])
+    text = EVENTS.split(b"event: ping\n", 1)[1].split(b"event: message_delta")[0]
+    out = translator.feed(text + error + EVENTS)  # the text before the error is handed on
+    assert b"H\xc3\xa9" in out and b"[DONE]" not in out and not translator.ended
+    failure = translator.failure
+    assert isinstance(failure, ProviderError) and failure.kind == "server_error"
+    assert "overloaded_error: Overloaded" in failure.message
+    assert json.loads(translator.counted().removeprefix(b"data: "))["usage"]["total_tokens"] == 6
+    unstarted = StreamTranslator(created=1)
+    assert unstarted.feed(EVENTS.split(b"event: ping\n", 1)[1]) == b""
+    assert unstarted.failure is not None and "message_start" in unstarted.failure.message
+    assert unstarted.counted() == b""
 
 
 def test_a_refusal_finishes_as_content_filter_whole_and_streamed(gateway, emulator):
@@ -628,3 +634,51 @@ def test_a_lone_surrogate_is_a_400_before_translation(gateway, emulator):
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     assert emulator.requests == []
+
+
+# -- streams that end before message_stop ------------------------------------------------------
+
+
+def event(name: str, **data) -> bytes:
+    return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
+
+
+STARTED = event(
+    "message_start",
+    message={"id": "msg_1", "model": "m-1", "usage": {"input_tokens": 1000, "output_tokens": 1}},
+)
+HELLO = event("content_block_delta", index=0, delta={"type": "text_delta", "text": "Hello"})
+COUNTED = event("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 77})
+OVERLOADED = event("error", error={"type": "overloaded_error", "message": "Overloaded"})
+
+
+@pytest.mark.parametrize(
+    ("pieces", "kind", "output_tokens"),
+    [
+        ((STARTED, HELLO, COUNTED), "bad_response", 77),  # no message_stop
+        ((STARTED, HELLO, OVERLOADED), "server_error", 1),  # an error event
+        ((STARTED, HELLO + OVERLOADED), "server_error", 1),  # the text and the error in one read
+        ((STARTED, HELLO, 2.0, COUNTED), "timeout", 1),  # a stall past the route's timeout
+    ],
+    ids=["no-stop", "error", "one-read", "stall"],
+)
+def test_a_stream_cut_short_keeps_anthropics_counts_and_ends_with_an_error(
+    tmp_path, monkeypatch, pieces, kind, output_tokens
+):
+    """The input tokens Anthropic counted at message_start (and the output it counted since)
+    are the run's usage, not an estimate; the text that came is the client's and the log's,
+    and the client's SDK raises the gateway's error."""
+    from test_gateway import ScriptedStream, scripted_gateway
+
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(*pieces), "anthropic")
+    with stack:
+        client = running.client(running.key(), max_retries=0)
+        stream = client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        got = []
+        with pytest.raises(openai.APIError):
+            for piece in stream:
+                got.append(piece)
+        (run,) = running.runs(1)
+    assert stream_text(got) == "Hello"
+    assert (run["status"], run["error_type"], run["output"]) == ("failed", kind, '"Hello"')
+    assert (run["input_tokens"], run["output_tokens"]) == (1000, output_tokens)

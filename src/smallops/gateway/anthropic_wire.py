@@ -275,21 +275,38 @@ class StreamTranslator:
     def __init__(self, created: int) -> None:
         self.created = created
         self.ended = False
+        #: An error event, or an event that cannot be read: raised once what came before it
+        #: has been handed on (see `feed`).
+        self.failure: ProviderError | None = None
         self._base: dict[str, Any] | None = None
         self._usage: dict[str, Any] = {}
+        self._texts = 0
         self._pending = b""
 
     def feed(self, data: bytes) -> bytes:
-        """The chunks for the whole events in `data` (with what was left of the last);
-        ProviderError for an error event."""
+        """The chunks for the whole events in `data` (with what was left of the last); after
+        an error event, `failure` says why and the rest is not read."""
         data = (self._pending + data).replace(b"\r\n", b"\n")
         out: list[bytes] = []
         start = 0
-        while (end := data.find(b"\n\n", start)) >= 0:
-            out.extend(self._event(data[start:end]))
+        while self.failure is None and (end := data.find(b"\n\n", start)) >= 0:
+            try:
+                out.extend(self._event(data[start:end]))
+            except ProviderError as error:
+                self.failure = error
             start = end + 2
         self._pending = data[start:]
         return b"".join(out)
+
+    def counted(self) -> bytes:
+        """For a stream that ends before message_stop: the usage chunk with what Anthropic
+        counted so far (its input at message_start; its output, or a token a text delta), so
+        the run is priced on Anthropic's counts, not an estimate; empty before message_start."""
+        if self.ended or self._base is None:
+            return b""
+        counts = dict(self._usage)
+        counts["output_tokens"] = max(_count(counts, "output_tokens"), self._texts)
+        return _sse({**self._base, "choices": [], "usage": usage(counts)})
 
     def _event(self, event: bytes) -> list[bytes]:
         lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
@@ -318,6 +335,7 @@ class StreamTranslator:
             if isinstance(delta, dict) and delta.get("type") == "text_delta":
                 text = delta.get("text")
                 if isinstance(text, str) and text:
+                    self._texts += 1
                     return [self._chunk({"content": text}, None)]
             return []
         if kind == "message_delta":
