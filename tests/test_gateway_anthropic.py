@@ -324,6 +324,24 @@ def test_a_refused_provider_key_is_a_502_not_the_clients_fault(gateway, emulator
     assert raised.value.status_code == 502 and raised.value.code == "upstream_auth_error"
 
 
+def test_a_provider_key_that_cannot_be_had_is_the_gateways_503_not_a_bad_upstream(
+    gateway, emulator, monkeypatch
+):
+    """Nothing was sent, so it is no upstream's fault: the run's error type is the code."""
+    monkeypatch.delenv("CLAUDE_KEY")
+    client = gateway.client(gateway.key(), max_retries=0)
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as raised:
+            client.chat.completions.create(model="once", messages=MESSAGES, stream=stream)
+        assert raised.value.status_code == 503 and raised.value.code == "secret_unavailable"
+        assert "CLAUDE_KEY is not set" in raised.value.message
+        assert raised.value.response.headers["x-should-retry"] == "false"
+    assert emulator.requests == []
+    assert {(r["status"], r["error_type"]) for r in gateway.runs(2)} == {
+        ("failed", "secret_unavailable")
+    }
+
+
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}

@@ -310,6 +310,36 @@ def test_an_outage_goes_to_the_workflows_fallback_and_the_answer_says_so(gateway
     ]
 
 
+def test_a_provider_key_that_cannot_be_had_is_a_503_as_on_a_model_route(
+    tmp_path, emulator, monkeypatch
+):
+    """Nothing reached the provider: the gateway's 503 with the run's error type, as a route to
+    a model answers it, not a 502 blaming an upstream."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    monkeypatch.setenv("EMU_KEY", "sk-upstream-" + secrets.token_hex(16))
+    routes = ROUTES + '[gateway.routes.claude]\nworkflow = "claude"\n'
+    settings = make_project(tmp_path, emulator, routes)
+    flows = tmp_path / "workflows" / "flows.py"
+    flows.write_text(
+        flows.read_text() + 'claude = Workflow("claude", model="anthropic:claude-sonnet-4-6", '
+        'prompt="summary.prompt", review="none", fallback="raise", retries=0)\n'
+    )
+    app = Gateway(settings)
+    with serving_app(app) as port:
+        running = Running(app, settings, port)
+        ensure_schema(running.engine)
+        with pytest.raises(openai.APIStatusError) as raised:
+            running.client(running.key(), max_retries=0).chat.completions.create(
+                model="claude", messages=ask("Invoice 12")
+            )
+        (run,) = running.runs(1)
+        running.engine.dispose()
+    assert raised.value.status_code == 503 and raised.value.code == "secret_unavailable"
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert (run["status"], run["error_type"]) == ("failed", "secret_unavailable")
+    assert emulator.requests == []
+
+
 def test_a_secondary_model_answers_an_outage_with_every_calls_usage(gateway, emulator):
     """The workflow's secondary model (Anthropic's API here, which the gateway's own routes
     cannot forward to yet) answers when its model fails; both runs carry the key's name, the

@@ -68,8 +68,8 @@ def upstream_failed(status: int, message: str, code: str) -> GatewayError:
 
 def client_error(error: ProviderError) -> GatewayError:
     """The last upstream failure, as the client gets it (the gateway has already retried)."""
-    if error.kind == "breaker_open":
-        return GatewayError(503, error.message, "server_error", "breaker_open")
+    if error.kind in ("breaker_open", "secret_unavailable"):  # nothing was sent upstream
+        return GatewayError(503, error.message, "server_error", error.kind)
     if error.kind == "auth_error":
         return upstream_failed(
             502,

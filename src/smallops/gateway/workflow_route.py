@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from smallops.config import Settings
+from smallops.error_types import ErrorType
 from smallops.errors import ConfigError, InputError, SmallopsError, WorkflowFailed
 from smallops.gateway.asgi import Send, respond, respond_error
 from smallops.gateway.errors import (
@@ -301,6 +302,16 @@ async def _stream(
     await send({"type": "http.response.body", "body": body})
 
 
+#: The status of a failure other than 502 (the model's, or its provider's), by the run's error
+#: type: what was never sent is the gateway's 503.
+WORKFLOW_STATUSES: dict[ErrorType, int] = {
+    "timeout": 504,
+    "breaker_open": 503,
+    "budget_unavailable": 503,
+    "secret_unavailable": 503,
+}
+
+
 def _failure(failed: WorkflowFailed) -> GatewayError:
     """A run that failed under fallback "raise", as the client gets it; its code is the run's
     error type. Only a rate limit is worth the SDK's retry: the workflow has retried already."""
@@ -311,7 +322,7 @@ def _failure(failed: WorkflowFailed) -> GatewayError:
         return budget_exhausted(message)
     if kind == "bad_request":  # the provider refused what the input made, e.g. too long
         return bad_request(message, "messages", kind)
-    status = {"timeout": 504, "breaker_open": 503, "budget_unavailable": 503}.get(kind, 502)
+    status = WORKFLOW_STATUSES.get(kind, 502)
     return GatewayError(status, message, "server_error", kind)
 
 
