@@ -764,3 +764,40 @@ def test_a_stream_cut_mid_event_ends_with_an_error_the_sdk_can_read(tmp_path, mo
             list(stream)
         (run,) = running.runs(1)
     assert (run["status"], run["error_type"]) == ("failed", "bad_response")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    "counts",
+    [
+        b'"lots"',
+        b"1e400",
+        b"-5000",
+        b"[1]",
+        b"true",
+    ],
+)
+def test_token_counts_that_are_not_counts_are_zero_not_a_failure(
+    tmp_path, monkeypatch, counts, stream
+):
+    """An upstream's usage that is not a count (a string, infinity, a negative number that
+    would lower a budget) is recorded as 0: the answer still reaches the client."""
+    completion = (
+        b'{"id": "c1", "object": "chat.completion", "created": 1, "model": "m-1", "choices": '
+        b'[{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": '
+        b'"stop"}], "usage": {"prompt_tokens": ' + counts + b', "completion_tokens": 7, '
+        b'"prompt_tokens_details": {"cached_tokens": ' + counts + b"}}}"
+    )
+    body = b"data: " + completion + b"\n\ndata: [DONE]\n\n" if stream else completion
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(body))
+    with stack:
+        response = httpx.post(
+            f"{running.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {running.key()}"},
+            json={"model": "r", "messages": MESSAGES, "stream": stream},
+        )
+        (run,) = running.runs(1)
+    assert response.status_code == 200 and b'"Hi"' in response.content
+    assert b"error" not in response.content
+    assert (run["status"], run["input_tokens"], run["cached_tokens"]) == ("auto", 0, 0)
+    assert run["output_tokens"] == 7
