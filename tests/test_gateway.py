@@ -411,6 +411,8 @@ def test_a_moving_alias_stops_the_gateway_before_it_serves(tmp_path, capsys):
     code, out, err = smallops(capsys, "-p", str(tmp_path), "gateway", "--port", "9")
     assert code == 2 and "moving alias" in err and "gpt-4o-mini-2024-07-18" in err
     assert "smallops gateway at" not in out
+    # The route's own advice, once: not the Python keyword argument a workflow takes.
+    assert "allow_unpinned = true on the route" in err and "allow_unpinned=True" not in err
 
 
 def test_an_open_breaker_answers_503_or_sends_straight_to_the_fallback(gateway, emulator):
