@@ -803,3 +803,28 @@ def test_token_counts_that_are_not_counts_are_zero_not_a_failure(
     assert b"error" not in response.content
     assert (run["status"], run["input_tokens"], run["cached_tokens"]) == ("auto", 0, 0)
     assert run["output_tokens"] == 7
+
+
+@pytest.mark.parametrize("path", ["http1", "httpx"])
+def test_a_whole_answer_trickled_past_the_routes_timeout_is_a_504(tmp_path, monkeypatch, path):
+    """The route's timeout bounds the whole request, not each wait for the next bytes: an
+    upstream that keeps sending a space every half second does not hold the client forever."""
+    if path == "httpx":
+        import smallops.gateway.upstream
+
+        monkeypatch.setattr(smallops.gateway.upstream, "uses_proxy", lambda url: True)
+    trickle = (b"{", *[piece for _ in range(8) for piece in (0.4, b" ")], b"}")
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(*trickle))
+    with stack:
+        began = time.monotonic()
+        response = httpx.post(
+            f"{running.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {running.key()}"},
+            json={"model": "r", "messages": MESSAGES},
+            timeout=10,
+        )
+        took = time.monotonic() - began
+        (run,) = running.runs(1)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+    assert took < 2.5
+    assert (run["status"], run["error_type"]) == ("failed", "timeout")
