@@ -238,6 +238,9 @@ def test_an_input_that_does_not_fit_is_a_400_naming_it(
         client.chat.completions.create(model=route, messages=messages, **extra)
     assert words in refused.value.message and refused.value.param == param
     assert refused.value.body["type"] == "invalid_request_error"
+    # The same codes as a route to a model gives for the same refusals.
+    code = "invalid_input" if param == "messages" else "unsupported_parameter"
+    assert refused.value.code == code
     assert emulator.requests == [] and gateway.runs(0) == []
 
 

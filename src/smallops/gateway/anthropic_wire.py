@@ -14,7 +14,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from smallops.error_types import ProviderFailure
-from smallops.gateway.errors import GatewayError, bad_request
+from smallops.gateway.errors import GatewayError, bad_request, unsupported
 from smallops.providers.base import ProviderError
 
 #: What `max_tokens` is when the client sets none (Anthropic requires one).
@@ -152,12 +152,11 @@ def _joined(content: Any) -> str:
 
 
 def _unsupported(param: str, route: str, what: str | None = None) -> GatewayError:
-    return bad_request(
+    return unsupported(
         f"{what or repr(param)} is not supported on route {route!r}, which goes to an Anthropic "
         "model: the gateway translates plain chat only (text messages, max_tokens, "
         "temperature, top_p, stop)",
         param,
-        "unsupported_parameter",
     )
 
 

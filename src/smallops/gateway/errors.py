@@ -45,6 +45,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return GatewayError(400, message, "invalid_request_error", code, param)
 
 
+def unsupported(message: str, param: str) -> GatewayError:
+    """A field the route cannot honour (OpenAI's own code for it), on either kind of route."""
+    return bad_request(message, param, "unsupported_parameter")
+
+
 def rate_limited(message: str, retry_after: float) -> GatewayError:
     """A limit of the gateway's own: the client may wait Retry-After and try again."""
     seconds = max(1, int(retry_after + 0.999))

@@ -29,6 +29,7 @@ from smallops.gateway.errors import (
     budget_exhausted,
     rate_limited,
     refusal_type,
+    unsupported,
 )
 from smallops.gateway.guards import GatewayGuards
 from smallops.gateway.keys import KeyInfo
@@ -213,13 +214,12 @@ def _json_object(text: str) -> tuple[dict[str, Any] | None, str | None]:
 def _refuse_unsupported(request: dict[str, Any]) -> None:
     n = request.get("n")
     if n is not None and n != 1:
-        raise bad_request("a workflow route gives one answer: n must be 1", "n", "unsupported")
+        raise unsupported("a workflow route gives one answer: n must be 1", "n")
     for name in UNSUPPORTED:
         if request.get(name):
-            raise bad_request(
+            raise unsupported(
                 f"a workflow route answers with the workflow's output: {name} is not supported",
                 name,
-                "unsupported",
             )
 
 
