@@ -480,6 +480,8 @@ def test_hostile_content_is_sent_and_logged_as_it_came(
     ("messages", "param"),
     [
         ([{"role": ["user"], "content": "x"}], "messages[0].role"),
+        ([{"content": "x"}], "messages[0].role"),
+        ([{"rol": "user", "content": "x"}], "messages[0].role"),
         ([{"role": "user", "content": 42}], "messages[0].content"),
         ([{"role": "user", "content": ["x"]}], "messages[0].content[0].type"),
         (["just text"], "messages[0]"),
@@ -493,6 +495,7 @@ def test_malformed_messages_are_a_400_not_a_failure(gateway, emulator, messages,
         json={"model": "claude", "messages": messages},
     )
     assert response.status_code == 400 and response.json()["error"]["param"] == param
+    assert "NoneType" not in response.json()["error"]["message"]  # a missing role says so
     assert emulator.requests == []
 
 

@@ -115,6 +115,12 @@ def _check_message(message: Any, where: str, route: str) -> None:
     if not isinstance(message, dict):
         raise bad_request(f"{where} must be an object with a role and content", where)
     role = message.get("role")
+    if role is None:
+        raise bad_request(
+            f"{where}.role is required: system, developer, user or assistant",
+            f"{where}.role",
+            "invalid_value",
+        )
     if role not in SYSTEM_ROLES and role not in CHAT_ROLES:
         role_text = role if isinstance(role, str) else type(role).__name__
         raise _unsupported(f"{where}.role", route, f"the role {role_text[:40]!r}")
