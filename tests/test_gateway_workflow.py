@@ -343,6 +343,40 @@ def test_a_provider_key_that_cannot_be_had_is_a_503_as_on_a_model_route(
     assert emulator.requests == []
 
 
+def test_a_workflow_whose_code_raises_is_a_500_naming_the_workflow_and_its_run(
+    tmp_path, emulator, monkeypatch
+):
+    """A bug in the workflow's own code (here its schema's validator) is the workflow's 500,
+    with the run that recorded it, not an anonymous "the gateway failed"."""
+    monkeypatch.setenv("EMU_KEY", "sk-upstream-" + secrets.token_hex(16))
+    routes = ROUTES + '[gateway.routes.buggy]\nworkflow = "buggy"\n'
+    settings = make_project(tmp_path, emulator, routes)
+    flows = tmp_path / "workflows" / "flows.py"
+    flows.write_text(
+        flows.read_text() + "from pydantic import field_validator\n\n\n"
+        "class Buggy(Triage):\n"
+        "    @field_validator('summary')\n"
+        "    @classmethod\n"
+        "    def crash(cls, value):\n"
+        "        raise RuntimeError('a bug in the validator')\n\n\n"
+        'buggy = Workflow("buggy", model="emu:model-a", prompt="triage.prompt", output=Buggy, '
+        'review="none", fallback="raise", retries=0)\n'
+    )
+    app = Gateway(settings)
+    with serving_app(app) as port:
+        running = Running(app, settings, port)
+        ensure_schema(running.engine)
+        with pytest.raises(openai.InternalServerError) as raised:
+            running.client(running.key(), max_retries=0).chat.completions.create(
+                model="buggy", messages=ask(EMAIL)
+            )
+        (run,) = running.runs(1)
+        running.engine.dispose()
+    assert raised.value.code == "internal_error" and "'buggy'" in raised.value.message
+    assert raised.value.response.headers["x-smallops-run-id"] == run["id"]
+    assert (run["status"], run["error_type"]) == ("failed", "internal_error")
+
+
 def test_a_secondary_model_answers_an_outage_with_every_calls_usage(gateway, emulator):
     """The workflow's secondary model (Anthropic's API here, which the gateway's own routes
     cannot forward to yet) answers when its model fails; both runs carry the key's name, the

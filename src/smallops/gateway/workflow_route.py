@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,8 @@ from smallops.result import Result
 
 if TYPE_CHECKING:
     from smallops.workflow import Workflow
+
+log = logging.getLogger("smallops")
 
 STATUS_HEADER = b"x-smallops-status"
 UNSUPPORTED = ("tools", "functions", "logprobs")  # what a workflow's answer cannot honour
@@ -112,6 +115,10 @@ class WorkflowRoutes:
             error = bad_request(exc.message, "messages", "invalid_input")
         except SmallopsError as exc:  # the workflow's configuration, e.g. no provider key
             error = GatewayError(500, exc.message, "server_error", "workflow_error")
+        except Exception as exc:  # a bug in the workflow's code: its run records it
+            log.exception("smallops: gateway: workflow %r failed", workflow.name)
+            message = f"workflow {workflow.name!r} failed: {type(exc).__name__}"
+            error = GatewayError(500, message, "server_error", "internal_error")
         finally:
             current_caller.reset(token)
             self.guards.release(held, _cost(caller.runs))
