@@ -828,3 +828,29 @@ def test_a_whole_answer_trickled_past_the_routes_timeout_is_a_504(tmp_path, monk
     assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
     assert took < 2.5
     assert (run["status"], run["error_type"]) == ("failed", "timeout")
+
+
+def test_an_error_event_mid_stream_is_passed_on_once_and_logged_as_the_upstreams(
+    tmp_path, monkeypatch
+):
+    """OpenAI ends a stream that fails mid-way with an `error` event: the client's SDK raises
+    it, nothing follows it, and the run records the upstream's error, not a missing [DONE]."""
+    failed = b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n'
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(HI, failed))
+    with stack:
+        key = running.key()
+        with httpx.stream(
+            "POST",
+            f"{running.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "r", "messages": MESSAGES, "stream": True},
+        ) as response:
+            body = response.read()
+        client = running.client(key, max_retries=0)
+        stream = client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="The server had an error"):
+            list(stream)
+        run = running.runs(2)[0]
+    assert body.endswith(failed) and body.count(b'"error"') == 1
+    assert (run["status"], run["error_type"]) == ("failed", "server_error")
+    assert "The server had an error" in run["error_message"] and run["output"] == '"Hi"'

@@ -36,6 +36,7 @@ class Relay:
         self.pieces: list[str] = []
         self.usage: Usage | None = None
         self.done = False
+        self.error: str | None = None  # an `error` event's message: the upstream gave up
         self.events = 0
         self._pending = b""
 
@@ -79,6 +80,11 @@ class Relay:
             if not isinstance(chunk, dict):
                 return True
             self.events += 1
+            error = chunk.get("error")
+            if isinstance(error, dict):
+                message = error.get("message")
+                self.error = message[:500] if isinstance(message, str) else "no message"
+                return True
             if self.leg.served is None and isinstance(chunk.get("model"), str):
                 self.leg.served = chunk["model"]
                 fingerprint = chunk.get("system_fingerprint")
@@ -161,6 +167,11 @@ async def relay(
             f"the client disconnected after {state.events} chunks; the upstream request was "
             f"cancelled" + ("" if state.usage else " (usage estimated from what arrived)")
         )
+        return False
+    if state.error is not None:  # the client has the upstream's own error event
+        leg.error_type = "server_error"
+        leg.error_message = f"the upstream stream failed: {state.error}"
+        await _try_send(send, b"", more=False)
         return False
     if failure is not None or not state.done:
         if failure is not None:
