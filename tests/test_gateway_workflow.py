@@ -517,3 +517,17 @@ def test_a_workflow_route_is_checked_when_the_file_is_read(
     with pytest.raises(ConfigError, match=message) as refused:
         Settings.load(tmp_path, env={})
     assert hint in (refused.value.hint or "") or hint in refused.value.message
+
+
+def test_a_budget_store_that_does_not_answer_is_the_same_503_on_either_kind_of_route():
+    """The workflow's own budget store down is what the key's is: 503 budget_unavailable with
+    Retry-After, worth the SDK's retry (the workflow never tried the model)."""
+    from smallops.errors import WorkflowFailed
+    from smallops.gateway.workflow_route import _failure
+
+    failed = WorkflowFailed(
+        "the budget store does not answer", run_id="r1", error_type="budget_unavailable"
+    )
+    error = _failure(failed)
+    assert (error.status, error.code, error.type) == (503, "budget_unavailable", "server_error")
+    assert error.retry and error.headers == {"retry-after": "2"}

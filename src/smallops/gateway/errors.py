@@ -67,6 +67,18 @@ def budget_exhausted(message: str) -> GatewayError:
     return GatewayError(429, message, "insufficient_quota", "budget_exhausted")
 
 
+def budget_unavailable(message: str) -> GatewayError:
+    """A budget whose store does not answer: nothing was tried, so soon again is worth it."""
+    return GatewayError(
+        503,
+        message,
+        "server_error",
+        "budget_unavailable",
+        headers={"retry-after": "2"},
+        retry=True,
+    )
+
+
 def upstream_failed(status: int, message: str, code: str) -> GatewayError:
     return GatewayError(status, message, "server_error", code)
 

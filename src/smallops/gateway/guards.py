@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from smallops.gateway.errors import GatewayError, budget_exhausted, rate_limited
+from smallops.gateway.errors import budget_exhausted, budget_unavailable, rate_limited
 from smallops.gateway.keys import KeyInfo
 from smallops.gateway_config import Route, WorkflowRoute
 from smallops.pricing import price_run
@@ -99,14 +99,7 @@ class GatewayGuards:
                 kind = "unavailable" if reservation.unavailable else "refused"
                 decisions.append({"guard": "budget", "decision": kind, "budget": name})
                 if reservation.unavailable:
-                    raise GatewayError(
-                        503,
-                        reservation.refused,
-                        "server_error",
-                        "budget_unavailable",
-                        headers={"retry-after": "2"},
-                        retry=True,
-                    )
+                    raise budget_unavailable(reservation.refused)
                 self._report_exhausted(route, name, reservation.refused)
                 raise budget_exhausted(f"{_whose(name)}: {reservation.refused}")
             decisions.append(

@@ -28,6 +28,7 @@ from smallops.gateway.errors import (
     GatewayError,
     bad_request,
     budget_exhausted,
+    budget_unavailable,
     rate_limited,
     refusal_type,
     unsupported,
@@ -314,19 +315,21 @@ async def _stream(
 WORKFLOW_STATUSES: dict[ErrorType, int] = {
     "timeout": 504,
     "breaker_open": 503,
-    "budget_unavailable": 503,
     "secret_unavailable": 503,
 }
 
 
 def _failure(failed: WorkflowFailed) -> GatewayError:
     """A run that failed under fallback "raise", as the client gets it; its code is the run's
-    error type. Only a rate limit is worth the SDK's retry: the workflow has retried already."""
+    error type. Only a rate limit, or a budget store that did not answer, is worth the SDK's
+    retry: the workflow has retried the model already."""
     message, kind = f"{failed.message} (run {failed.run_id})", failed.error_type
     if kind == "throttled":
         return rate_limited(message, 1.0)
     if kind == "budget_exhausted":
         return budget_exhausted(message)
+    if kind == "budget_unavailable":  # a guard refused before the model was tried
+        return budget_unavailable(message)
     if kind == "bad_request":  # the provider refused what the input made, e.g. too long
         return bad_request(message, "messages", kind)
     status = WORKFLOW_STATUSES.get(kind, 502)
