@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -211,6 +212,50 @@ def test_a_bad_or_revoked_key_is_a_401_in_openais_shape(gateway, emulator):
     assert emulator.requests == []
 
 
+BODY = b'{"model": "fast", "messages": [{"role": "user", "content": "Hi"}]'
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code"),
+    [
+        (b', "temperature": NaN', None, "invalid_json"),  # not JSON: never sent on
+        (b', "top_p": -Infinity', None, "invalid_json"),
+        (b', "stream": "yes"', "stream", "invalid_type"),
+        (b', "stream": 1', "stream", "invalid_type"),
+        (b', "stream": true, "stream_options": "usage"', "stream_options", "invalid_type"),
+        (b', "stream": true, "stream_options": [true]', "stream_options", "invalid_type"),
+    ],
+)
+def test_fields_the_gateway_reads_itself_are_a_400_when_malformed(
+    gateway, emulator, extra, param, code
+):
+    """What the gateway acts on (the JSON itself, `stream`, `stream_options`) is checked before
+    anything is sent or counted: a malformed one is the client's 400, never a 500."""
+    response = httpx.post(
+        f"{gateway.base_url}/chat/completions",
+        headers={"authorization": f"Bearer {gateway.key()}", "content-type": "application/json"},
+        content=BODY + extra + b"}",
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+    assert response.headers["x-should-retry"] == "false"
+    assert emulator.requests == []
+
+
+def test_an_absurd_max_tokens_is_sent_on_for_the_upstream_to_judge_not_a_500(gateway, emulator):
+    """A max_tokens too large for a float used to overflow the budget estimate."""
+    huge = b', "max_tokens": 1' + b"0" * 400
+    headers = {"authorization": f"Bearer {gateway.key()}", "content-type": "application/json"}
+    url = f"{gateway.base_url}/chat/completions"
+    sent = httpx.post(url, headers=headers, content=BODY + huge + b"}")
+    assert sent.status_code == 200 and emulator.requests[-1].body["max_tokens"] == 10**400
+    capped = BODY.replace(b'"fast"', b'"capped"') + huge + b"}"
+    refused = httpx.post(url, headers=headers, content=capped)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exhausted"
+    assert len(emulator.requests) == 1
+
+
 def test_a_route_rate_limit_answers_429_with_retry_after(gateway, emulator):
     key = gateway.key()
     client = gateway.client(key, max_retries=0)
@@ -366,6 +411,8 @@ def test_a_moving_alias_stops_the_gateway_before_it_serves(tmp_path, capsys):
     code, out, err = smallops(capsys, "-p", str(tmp_path), "gateway", "--port", "9")
     assert code == 2 and "moving alias" in err and "gpt-4o-mini-2024-07-18" in err
     assert "smallops gateway at" not in out
+    # The route's own advice, once: not the Python keyword argument a workflow takes.
+    assert "allow_unpinned = true on the route" in err and "allow_unpinned=True" not in err
 
 
 def test_an_open_breaker_answers_503_or_sends_straight_to_the_fallback(gateway, emulator):
@@ -622,3 +669,188 @@ def test_a_key_from_a_store_is_fetched_once_and_a_rotation_costs_one_401(
         running.engine.dispose()
     assert len(runs) == 12 and {run["status"] for run in runs} == {"auto"}
     assert not [run for run in runs if k1 in json.dumps(run, default=str)]
+
+
+# -- upstreams whose streams end badly ---------------------------------------------------------
+
+
+class ScriptedStream:
+    """An upstream that answers every request with 200 and these pieces of body, as they are
+    (a float is a pause, in seconds), then ends the response cleanly."""
+
+    def __init__(self, *pieces: bytes | float) -> None:
+        self.pieces = pieces
+        self.requests = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.requests += 1
+        start = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": start})
+        for piece in self.pieces:
+            if isinstance(piece, float):
+                await asyncio.sleep(piece)
+            else:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def scripted_gateway(tmp_path, monkeypatch, upstream: ScriptedStream, kind: str = "openai"):
+    """A gateway whose route `r` (no retries, 1 s timeout) goes to `upstream`; yields Running."""
+    monkeypatch.setenv("RAW_KEY", "sk-raw-" + secrets.token_hex(16))
+    stack = contextlib.ExitStack()
+    port = stack.enter_context(serving_app(upstream))
+    base = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
+    (tmp_path / "smallops.toml").write_text(
+        f'[smallops]\ndatabase_url = "sqlite:///{tmp_path / "log.db"}"\n'
+        f'[providers.raw]\nkind = "{kind}"\nbase_url = "{base}"\napi_key_env = "RAW_KEY"\n'
+        '[gateway.routes.r]\nmodel = "raw:m"\nretries = 0\ntimeout = 1\nallow_unpinned = true\n'
+    )
+    settings = Settings.load(tmp_path)
+    running = Running(settings, stack.enter_context(serving_app(Gateway(settings))), "")
+    ensure_schema(running.engine)
+    stack.callback(running.engine.dispose)
+    return stack, running
+
+
+def chunk(delta: dict | None, **extra) -> bytes:
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": None}]
+    body = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m-1"}
+    return b"data: " + json.dumps({**body, "choices": choices, **extra}).encode() + b"\n\n"
+
+
+USAGE_CHUNK = chunk(None, usage={"prompt_tokens": 1000, "completion_tokens": 77})
+HI = chunk({"role": "assistant", "content": "Hi"})
+
+
+@pytest.mark.parametrize(
+    "last",
+    [b"data: [DONE]\n", b"data: [DONE]", b"data: [DONE]\r\n\r\n"],
+    ids=["lf", "none", "crlf"],
+)
+def test_a_stream_whose_last_event_lacks_its_blank_line_still_ends_well(
+    tmp_path, monkeypatch, last
+):
+    """An upstream that ends `data: [DONE]` with one newline or none (or uses CRLF) finished:
+    the client gets [DONE] and nothing after it, and the run is what it was, with its usage."""
+    pieces = (HI, USAGE_CHUNK, last)
+    if last.endswith(b"\r\n"):
+        pieces = tuple(p.replace(b"\n\n", b"\r\n\r\n") for p in pieces)
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(*pieces))
+    with stack:
+        with httpx.stream(
+            "POST",
+            f"{running.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {running.key()}"},
+            json={"model": "r", "messages": MESSAGES, "stream": True},
+        ) as response:
+            body = response.read()
+        (run,) = running.runs(1)
+    assert body.endswith(b"data: [DONE]\n\n") and b"error" not in body
+    assert (run["status"], run["error_type"]) == ("auto", None)
+    assert (run["input_tokens"], run["output_tokens"], run["output"]) == (1000, 77, '"Hi"')
+
+
+def test_a_stream_cut_mid_event_ends_with_an_error_the_sdk_can_read(tmp_path, monkeypatch):
+    """Half an event is not passed on: the client's SDK raises the gateway's error, not a
+    JSON decoding error on the half chunk."""
+    upstream = ScriptedStream(HI, USAGE_CHUNK[:40])
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        client = running.client(running.key(), max_retries=0)
+        stream = client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="ended without"):
+            list(stream)
+        (run,) = running.runs(1)
+    assert (run["status"], run["error_type"]) == ("failed", "bad_response")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    "counts",
+    [
+        b'"lots"',
+        b"1e400",
+        b"-5000",
+        b"[1]",
+        b"true",
+    ],
+)
+def test_token_counts_that_are_not_counts_are_zero_not_a_failure(
+    tmp_path, monkeypatch, counts, stream
+):
+    """An upstream's usage that is not a count (a string, infinity, a negative number that
+    would lower a budget) is recorded as 0: the answer still reaches the client."""
+    completion = (
+        b'{"id": "c1", "object": "chat.completion", "created": 1, "model": "m-1", "choices": '
+        b'[{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": '
+        b'"stop"}], "usage": {"prompt_tokens": ' + counts + b', "completion_tokens": 7, '
+        b'"prompt_tokens_details": {"cached_tokens": ' + counts + b"}}}"
+    )
+    body = b"data: " + completion + b"\n\ndata: [DONE]\n\n" if stream else completion
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(body))
+    with stack:
+        response = httpx.post(
+            f"{running.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {running.key()}"},
+            json={"model": "r", "messages": MESSAGES, "stream": stream},
+        )
+        (run,) = running.runs(1)
+    assert response.status_code == 200 and b'"Hi"' in response.content
+    assert b"error" not in response.content
+    assert (run["status"], run["input_tokens"], run["cached_tokens"]) == ("auto", 0, 0)
+    assert run["output_tokens"] == 7
+
+
+@pytest.mark.parametrize("path", ["http1", "httpx"])
+def test_a_whole_answer_trickled_past_the_routes_timeout_is_a_504(tmp_path, monkeypatch, path):
+    """The route's timeout bounds the whole request, not each wait for the next bytes: an
+    upstream that keeps sending a space every half second does not hold the client forever."""
+    if path == "httpx":
+        import smallops.gateway.upstream
+
+        monkeypatch.setattr(smallops.gateway.upstream, "uses_proxy", lambda url: True)
+    trickle = (b"{", *[piece for _ in range(8) for piece in (0.4, b" ")], b"}")
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(*trickle))
+    with stack:
+        began = time.monotonic()
+        response = httpx.post(
+            f"{running.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {running.key()}"},
+            json={"model": "r", "messages": MESSAGES},
+            timeout=10,
+        )
+        took = time.monotonic() - began
+        (run,) = running.runs(1)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+    assert took < 2.5
+    assert (run["status"], run["error_type"]) == ("failed", "timeout")
+
+
+def test_an_error_event_mid_stream_is_passed_on_once_and_logged_as_the_upstreams(
+    tmp_path, monkeypatch
+):
+    """OpenAI ends a stream that fails mid-way with an `error` event: the client's SDK raises
+    it, nothing follows it, and the run records the upstream's error, not a missing [DONE]."""
+    failed = b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n'
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(HI, failed))
+    with stack:
+        key = running.key()
+        with httpx.stream(
+            "POST",
+            f"{running.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "r", "messages": MESSAGES, "stream": True},
+        ) as response:
+            body = response.read()
+        client = running.client(key, max_retries=0)
+        stream = client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="The server had an error"):
+            list(stream)
+        run = running.runs(2)[0]
+    assert body.endswith(failed) and body.count(b'"error"') == 1
+    assert (run["status"], run["error_type"]) == ("failed", "server_error")
+    assert "The server had an error" in run["error_message"] and run["output"] == '"Hi"'

@@ -324,6 +324,24 @@ def test_a_refused_provider_key_is_a_502_not_the_clients_fault(gateway, emulator
     assert raised.value.status_code == 502 and raised.value.code == "upstream_auth_error"
 
 
+def test_a_provider_key_that_cannot_be_had_is_the_gateways_503_not_a_bad_upstream(
+    gateway, emulator, monkeypatch
+):
+    """Nothing was sent, so it is no upstream's fault: the run's error type is the code."""
+    monkeypatch.delenv("CLAUDE_KEY")
+    client = gateway.client(gateway.key(), max_retries=0)
+    for stream in (False, True):
+        with pytest.raises(openai.APIStatusError) as raised:
+            client.chat.completions.create(model="once", messages=MESSAGES, stream=stream)
+        assert raised.value.status_code == 503 and raised.value.code == "secret_unavailable"
+        assert "CLAUDE_KEY is not set" in raised.value.message
+        assert raised.value.response.headers["x-should-retry"] == "false"
+    assert emulator.requests == []
+    assert {(r["status"], r["error_type"]) for r in gateway.runs(2)} == {
+        ("failed", "secret_unavailable")
+    }
+
+
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
@@ -462,6 +480,8 @@ def test_hostile_content_is_sent_and_logged_as_it_came(
     ("messages", "param"),
     [
         ([{"role": ["user"], "content": "x"}], "messages[0].role"),
+        ([{"content": "x"}], "messages[0].role"),
+        ([{"rol": "user", "content": "x"}], "messages[0].role"),
         ([{"role": "user", "content": 42}], "messages[0].content"),
         ([{"role": "user", "content": ["x"]}], "messages[0].content[0].type"),
         (["just text"], "messages[0]"),
@@ -475,6 +495,7 @@ def test_malformed_messages_are_a_400_not_a_failure(gateway, emulator, messages,
         json={"model": "claude", "messages": messages},
     )
     assert response.status_code == 400 and response.json()["error"]["param"] == param
+    assert "NoneType" not in response.json()["error"]["message"]  # a missing role says so
     assert emulator.requests == []
 
 
@@ -573,11 +594,17 @@ def test_an_error_event_mid_stream_is_a_provider_error():
         b'event: error\ndata: {"type":"error",'
         b'"error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
     )
-    with pytest.raises(ProviderError, match="overloaded_error: Overloaded") as raised:
-        translator.feed(error)
-    assert raised.value.kind == "server_error"
-    with pytest.raises(ProviderError, match="message_start"):
-        StreamTranslator(created=1).feed(EVENTS.split(b"event: ping\n", 1)[1])
+    text = EVENTS.split(b"event: ping\n", 1)[1].split(b"event: message_delta")[0]
+    out = translator.feed(text + error + EVENTS)  # the text before the error is handed on
+    assert b"H\xc3\xa9" in out and b"[DONE]" not in out and not translator.ended
+    failure = translator.failure
+    assert isinstance(failure, ProviderError) and failure.kind == "server_error"
+    assert "overloaded_error: Overloaded" in failure.message
+    assert json.loads(translator.counted().removeprefix(b"data: "))["usage"]["total_tokens"] == 6
+    unstarted = StreamTranslator(created=1)
+    assert unstarted.feed(EVENTS.split(b"event: ping\n", 1)[1]) == b""
+    assert unstarted.failure is not None and "message_start" in unstarted.failure.message
+    assert unstarted.counted() == b""
 
 
 def test_a_refusal_finishes_as_content_filter_whole_and_streamed(gateway, emulator):
@@ -628,3 +655,51 @@ def test_a_lone_surrogate_is_a_400_before_translation(gateway, emulator):
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     assert emulator.requests == []
+
+
+# -- streams that end before message_stop ------------------------------------------------------
+
+
+def event(name: str, **data) -> bytes:
+    return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
+
+
+STARTED = event(
+    "message_start",
+    message={"id": "msg_1", "model": "m-1", "usage": {"input_tokens": 1000, "output_tokens": 1}},
+)
+HELLO = event("content_block_delta", index=0, delta={"type": "text_delta", "text": "Hello"})
+COUNTED = event("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 77})
+OVERLOADED = event("error", error={"type": "overloaded_error", "message": "Overloaded"})
+
+
+@pytest.mark.parametrize(
+    ("pieces", "kind", "output_tokens"),
+    [
+        ((STARTED, HELLO, COUNTED), "bad_response", 77),  # no message_stop
+        ((STARTED, HELLO, OVERLOADED), "server_error", 1),  # an error event
+        ((STARTED, HELLO + OVERLOADED), "server_error", 1),  # the text and the error in one read
+        ((STARTED, HELLO, 2.0, COUNTED), "timeout", 1),  # a stall past the route's timeout
+    ],
+    ids=["no-stop", "error", "one-read", "stall"],
+)
+def test_a_stream_cut_short_keeps_anthropics_counts_and_ends_with_an_error(
+    tmp_path, monkeypatch, pieces, kind, output_tokens
+):
+    """The input tokens Anthropic counted at message_start (and the output it counted since)
+    are the run's usage, not an estimate; the text that came is the client's and the log's,
+    and the client's SDK raises the gateway's error."""
+    from test_gateway import ScriptedStream, scripted_gateway
+
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(*pieces), "anthropic")
+    with stack:
+        client = running.client(running.key(), max_retries=0)
+        stream = client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        got = []
+        with pytest.raises(openai.APIError):
+            for piece in stream:
+                got.append(piece)
+        (run,) = running.runs(1)
+    assert stream_text(got) == "Hello"
+    assert (run["status"], run["error_type"], run["output"]) == ("failed", kind, '"Hello"')
+    assert (run["input_tokens"], run["output_tokens"]) == (1000, output_tokens)

@@ -238,6 +238,9 @@ def test_an_input_that_does_not_fit_is_a_400_naming_it(
         client.chat.completions.create(model=route, messages=messages, **extra)
     assert words in refused.value.message and refused.value.param == param
     assert refused.value.body["type"] == "invalid_request_error"
+    # The same codes as a route to a model gives for the same refusals.
+    code = "invalid_input" if param == "messages" else "unsupported_parameter"
+    assert refused.value.code == code
     assert emulator.requests == [] and gateway.runs(0) == []
 
 
@@ -308,6 +311,70 @@ def test_an_outage_goes_to_the_workflows_fallback_and_the_answer_says_so(gateway
         ("queued_for_human", "server_error", 2),
         ("fallback_default", "server_error", 1),
     ]
+
+
+def test_a_provider_key_that_cannot_be_had_is_a_503_as_on_a_model_route(
+    tmp_path, emulator, monkeypatch
+):
+    """Nothing reached the provider: the gateway's 503 with the run's error type, as a route to
+    a model answers it, not a 502 blaming an upstream."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    monkeypatch.setenv("EMU_KEY", "sk-upstream-" + secrets.token_hex(16))
+    routes = ROUTES + '[gateway.routes.claude]\nworkflow = "claude"\n'
+    settings = make_project(tmp_path, emulator, routes)
+    flows = tmp_path / "workflows" / "flows.py"
+    flows.write_text(
+        flows.read_text() + 'claude = Workflow("claude", model="anthropic:claude-sonnet-4-6", '
+        'prompt="summary.prompt", review="none", fallback="raise", retries=0)\n'
+    )
+    app = Gateway(settings)
+    with serving_app(app) as port:
+        running = Running(app, settings, port)
+        ensure_schema(running.engine)
+        with pytest.raises(openai.APIStatusError) as raised:
+            running.client(running.key(), max_retries=0).chat.completions.create(
+                model="claude", messages=ask("Invoice 12")
+            )
+        (run,) = running.runs(1)
+        running.engine.dispose()
+    assert raised.value.status_code == 503 and raised.value.code == "secret_unavailable"
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert (run["status"], run["error_type"]) == ("failed", "secret_unavailable")
+    assert emulator.requests == []
+
+
+def test_a_workflow_whose_code_raises_is_a_500_naming_the_workflow_and_its_run(
+    tmp_path, emulator, monkeypatch
+):
+    """A bug in the workflow's own code (here its schema's validator) is the workflow's 500,
+    with the run that recorded it, not an anonymous "the gateway failed"."""
+    monkeypatch.setenv("EMU_KEY", "sk-upstream-" + secrets.token_hex(16))
+    routes = ROUTES + '[gateway.routes.buggy]\nworkflow = "buggy"\n'
+    settings = make_project(tmp_path, emulator, routes)
+    flows = tmp_path / "workflows" / "flows.py"
+    flows.write_text(
+        flows.read_text() + "from pydantic import field_validator\n\n\n"
+        "class Buggy(Triage):\n"
+        "    @field_validator('summary')\n"
+        "    @classmethod\n"
+        "    def crash(cls, value):\n"
+        "        raise RuntimeError('a bug in the validator')\n\n\n"
+        'buggy = Workflow("buggy", model="emu:model-a", prompt="triage.prompt", output=Buggy, '
+        'review="none", fallback="raise", retries=0)\n'
+    )
+    app = Gateway(settings)
+    with serving_app(app) as port:
+        running = Running(app, settings, port)
+        ensure_schema(running.engine)
+        with pytest.raises(openai.InternalServerError) as raised:
+            running.client(running.key(), max_retries=0).chat.completions.create(
+                model="buggy", messages=ask(EMAIL)
+            )
+        (run,) = running.runs(1)
+        running.engine.dispose()
+    assert raised.value.code == "internal_error" and "'buggy'" in raised.value.message
+    assert raised.value.response.headers["x-smallops-run-id"] == run["id"]
+    assert (run["status"], run["error_type"]) == ("failed", "internal_error")
 
 
 def test_a_secondary_model_answers_an_outage_with_every_calls_usage(gateway, emulator):
@@ -450,3 +517,17 @@ def test_a_workflow_route_is_checked_when_the_file_is_read(
     with pytest.raises(ConfigError, match=message) as refused:
         Settings.load(tmp_path, env={})
     assert hint in (refused.value.hint or "") or hint in refused.value.message
+
+
+def test_a_budget_store_that_does_not_answer_is_the_same_503_on_either_kind_of_route():
+    """The workflow's own budget store down is what the key's is: 503 budget_unavailable with
+    Retry-After, worth the SDK's retry (the workflow never tried the model)."""
+    from smallops.errors import WorkflowFailed
+    from smallops.gateway.workflow_route import _failure
+
+    failed = WorkflowFailed(
+        "the budget store does not answer", run_id="r1", error_type="budget_unavailable"
+    )
+    error = _failure(failed)
+    assert (error.status, error.code, error.type) == (503, "budget_unavailable", "server_error")
+    assert error.retry and error.headers == {"retry-after": "2"}

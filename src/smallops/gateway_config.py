@@ -245,7 +245,7 @@ def _model(value: Any, where: str, kinds: Mapping[str, str], allow_unpinned: boo
     try:
         ref = parse_model(value)
     except ConfigError as exc:
-        raise ConfigError(f"{where} in {WHERE}: {exc}", hint=exc.hint) from None
+        raise ConfigError(f"{where} in {WHERE}: {exc.message}", hint=exc.hint) from None
     kind = kinds.get(ref.provider)
     if kind is None:
         raise ConfigError(
@@ -266,7 +266,7 @@ def _model(value: Any, where: str, kinds: Mapping[str, str], allow_unpinned: boo
             hint = (exc.hint or "").replace(
                 "pass allow_unpinned=True", "set allow_unpinned = true on the route"
             )
-            raise type(exc)(f"{where} in {WHERE}: {exc}", hint=hint) from None
+            raise type(exc)(f"{where} in {WHERE}: {exc.message}", hint=hint) from None
     return ref
 
 

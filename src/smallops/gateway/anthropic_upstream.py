@@ -75,10 +75,22 @@ class _TranslatedStream:
         self._response, self._translator = response, translator
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._response.chunks():
-            out = self._translator.feed(chunk)
-            if out:
-                yield out
+        """The translated chunks; a stream that stops before message_stop (an error event, a
+        stall, a cut) ends with the usage Anthropic counted, then raises why it stopped."""
+        translator = self._translator
+        try:
+            async for chunk in self._response.chunks():
+                out = translator.feed(chunk)
+                if out:
+                    yield out
+                if translator.failure is not None:
+                    raise translator.failure
+        except Exception:
+            if counted := translator.counted():
+                yield counted
+            raise
+        if counted := translator.counted():
+            yield counted
 
     async def aclose(self) -> None:
         await self._response.aclose()

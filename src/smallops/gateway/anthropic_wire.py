@@ -14,7 +14,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from smallops.error_types import ProviderFailure
-from smallops.gateway.errors import GatewayError, bad_request
+from smallops.gateway.errors import GatewayError, bad_request, unsupported
 from smallops.providers.base import ProviderError
 
 #: What `max_tokens` is when the client sets none (Anthropic requires one).
@@ -115,6 +115,12 @@ def _check_message(message: Any, where: str, route: str) -> None:
     if not isinstance(message, dict):
         raise bad_request(f"{where} must be an object with a role and content", where)
     role = message.get("role")
+    if role is None:
+        raise bad_request(
+            f"{where}.role is required: system, developer, user or assistant",
+            f"{where}.role",
+            "invalid_value",
+        )
     if role not in SYSTEM_ROLES and role not in CHAT_ROLES:
         role_text = role if isinstance(role, str) else type(role).__name__
         raise _unsupported(f"{where}.role", route, f"the role {role_text[:40]!r}")
@@ -152,12 +158,11 @@ def _joined(content: Any) -> str:
 
 
 def _unsupported(param: str, route: str, what: str | None = None) -> GatewayError:
-    return bad_request(
+    return unsupported(
         f"{what or repr(param)} is not supported on route {route!r}, which goes to an Anthropic "
         "model: the gateway translates plain chat only (text messages, max_tokens, "
         "temperature, top_p, stop)",
         param,
-        "unsupported_parameter",
     )
 
 
@@ -275,21 +280,38 @@ class StreamTranslator:
     def __init__(self, created: int) -> None:
         self.created = created
         self.ended = False
+        #: An error event, or an event that cannot be read: raised once what came before it
+        #: has been handed on (see `feed`).
+        self.failure: ProviderError | None = None
         self._base: dict[str, Any] | None = None
         self._usage: dict[str, Any] = {}
+        self._texts = 0
         self._pending = b""
 
     def feed(self, data: bytes) -> bytes:
-        """The chunks for the whole events in `data` (with what was left of the last);
-        ProviderError for an error event."""
+        """The chunks for the whole events in `data` (with what was left of the last); after
+        an error event, `failure` says why and the rest is not read."""
         data = (self._pending + data).replace(b"\r\n", b"\n")
         out: list[bytes] = []
         start = 0
-        while (end := data.find(b"\n\n", start)) >= 0:
-            out.extend(self._event(data[start:end]))
+        while self.failure is None and (end := data.find(b"\n\n", start)) >= 0:
+            try:
+                out.extend(self._event(data[start:end]))
+            except ProviderError as error:
+                self.failure = error
             start = end + 2
         self._pending = data[start:]
         return b"".join(out)
+
+    def counted(self) -> bytes:
+        """For a stream that ends before message_stop: the usage chunk with what Anthropic
+        counted so far (its input at message_start; its output, or a token a text delta), so
+        the run is priced on Anthropic's counts, not an estimate; empty before message_start."""
+        if self.ended or self._base is None:
+            return b""
+        counts = dict(self._usage)
+        counts["output_tokens"] = max(_count(counts, "output_tokens"), self._texts)
+        return _sse({**self._base, "choices": [], "usage": usage(counts)})
 
     def _event(self, event: bytes) -> list[bytes]:
         lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
@@ -318,6 +340,7 @@ class StreamTranslator:
             if isinstance(delta, dict) and delta.get("type") == "text_delta":
                 text = delta.get("text")
                 if isinstance(text, str) and text:
+                    self._texts += 1
                     return [self._chunk({"content": text}, None)]
             return []
         if kind == "message_delta":

@@ -53,8 +53,10 @@ async def read_body(receive: Receive) -> bytes:
 
 
 def parse_request(body: bytes) -> dict[str, Any]:
+    """The request as a dict; a 400 when it is not JSON (NaN and Infinity are not: they would
+    go upstream as they came) or when a field the gateway acts on itself is malformed."""
     try:
-        request = from_json(body)
+        request = from_json(body, allow_inf_nan=False)
     except ValueError:
         raise bad_request("the request body is not valid JSON", code="invalid_json") from None
     if not isinstance(request, dict):
@@ -63,6 +65,11 @@ def parse_request(body: bytes) -> dict[str, Any]:
         raise bad_request("'model' is required: the name of a route", "model")
     if not isinstance(request.get("messages"), list):
         raise bad_request("'messages' is required: a list of messages", "messages")
+    if request.get("stream") is not None and not isinstance(request["stream"], bool):
+        raise bad_request("'stream' must be true or false", "stream", "invalid_type")
+    options = request.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object", "stream_options", "invalid_type")
     return request
 
 

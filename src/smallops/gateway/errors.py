@@ -45,6 +45,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return GatewayError(400, message, "invalid_request_error", code, param)
 
 
+def unsupported(message: str, param: str) -> GatewayError:
+    """A field the route cannot honour (OpenAI's own code for it), on either kind of route."""
+    return bad_request(message, param, "unsupported_parameter")
+
+
 def rate_limited(message: str, retry_after: float) -> GatewayError:
     """A limit of the gateway's own: the client may wait Retry-After and try again."""
     seconds = max(1, int(retry_after + 0.999))
@@ -62,14 +67,26 @@ def budget_exhausted(message: str) -> GatewayError:
     return GatewayError(429, message, "insufficient_quota", "budget_exhausted")
 
 
+def budget_unavailable(message: str) -> GatewayError:
+    """A budget whose store does not answer: nothing was tried, so soon again is worth it."""
+    return GatewayError(
+        503,
+        message,
+        "server_error",
+        "budget_unavailable",
+        headers={"retry-after": "2"},
+        retry=True,
+    )
+
+
 def upstream_failed(status: int, message: str, code: str) -> GatewayError:
     return GatewayError(status, message, "server_error", code)
 
 
 def client_error(error: ProviderError) -> GatewayError:
     """The last upstream failure, as the client gets it (the gateway has already retried)."""
-    if error.kind == "breaker_open":
-        return GatewayError(503, error.message, "server_error", "breaker_open")
+    if error.kind in ("breaker_open", "secret_unavailable"):  # nothing was sent upstream
+        return GatewayError(503, error.message, "server_error", error.kind)
     if error.kind == "auth_error":
         return upstream_failed(
             502,

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from smallops.gateway.errors import GatewayError, budget_exhausted, rate_limited
+from smallops.gateway.errors import budget_exhausted, budget_unavailable, rate_limited
 from smallops.gateway.keys import KeyInfo
 from smallops.gateway_config import Route, WorkflowRoute
 from smallops.pricing import price_run
@@ -32,6 +32,9 @@ from smallops.resilience.ratelimit import RateLimit, parse_limits
 from smallops.resilience.steps import note_degraded
 
 DEFAULT_OUTPUT_TOKENS = 1024  # what a request that sets no max_tokens is reserved for
+#: The most output a request is reserved for: beyond any model's (the upstream refuses more),
+#: and small enough to price as a float.
+MOST_OUTPUT_TOKENS = 10**9
 Held = list[tuple[BudgetLedger, Reservation]]
 
 
@@ -96,14 +99,7 @@ class GatewayGuards:
                 kind = "unavailable" if reservation.unavailable else "refused"
                 decisions.append({"guard": "budget", "decision": kind, "budget": name})
                 if reservation.unavailable:
-                    raise GatewayError(
-                        503,
-                        reservation.refused,
-                        "server_error",
-                        "budget_unavailable",
-                        headers={"retry-after": "2"},
-                        retry=True,
-                    )
+                    raise budget_unavailable(reservation.refused)
                 self._report_exhausted(route, name, reservation.refused)
                 raise budget_exhausted(f"{_whose(name)}: {reservation.refused}")
             decisions.append(
@@ -221,5 +217,5 @@ def _estimate(body: bytes, request: dict[str, Any], pricing: Pricing, model: str
     answer = request.get("max_completion_tokens") or request.get("max_tokens")
     if not isinstance(answer, int) or isinstance(answer, bool) or answer <= 0:
         answer = DEFAULT_OUTPUT_TOKENS
-    usage = Usage(input_tokens=len(body) // 3 + 16, output_tokens=answer)
+    usage = Usage(input_tokens=len(body) // 3 + 16, output_tokens=min(answer, MOST_OUTPUT_TOKENS))
     return price_run(pricing, model, usage)[0] or 0.0

@@ -39,7 +39,18 @@ class Http1Response:
         self.headers = connection.headers
 
     async def read(self, timeout: float) -> bytes:
-        parts = [chunk async for chunk in self.chunks(timeout)]
+        """The whole body, within `timeout` seconds in all: an upstream that trickles its
+        answer does not stretch it (TimeoutError)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        connection, parts = self._connection, []
+        try:
+            while (chunk := await connection.next_chunk(max(0.0, end - loop.time()))) is not None:
+                parts.append(chunk)
+        except BaseException:
+            self.close()
+            raise
+        self._pool.release(self._key, connection)
         return b"".join(parts)
 
     async def chunks(self, timeout: float) -> AsyncIterator[bytes]:

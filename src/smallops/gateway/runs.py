@@ -10,6 +10,7 @@ is: the pinned model's (status `fallback_secondary`, with why it failed) and the
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,17 +116,25 @@ def usage_of(body: Any) -> Usage | None:
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens_details") or {}
-    completion = usage.get("completion_tokens_details") or {}
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
     return Usage(
-        input_tokens=int(usage.get("prompt_tokens") or 0),
-        output_tokens=int(usage.get("completion_tokens") or 0),
-        cached_tokens=int(prompt.get("cached_tokens") or 0) if isinstance(prompt, dict) else 0,
-        cache_write_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+        input_tokens=_count(usage.get("prompt_tokens")),
+        output_tokens=_count(usage.get("completion_tokens")),
+        cached_tokens=_count(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0,
+        cache_write_tokens=_count(usage.get("cache_creation_input_tokens")),
         reasoning_tokens=(
-            int(completion.get("reasoning_tokens") or 0) if isinstance(completion, dict) else 0
+            _count(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0
         ),
     )
+
+
+def _count(value: Any) -> int:
+    """A token count, or 0 for what is not one: an upstream's string, list, infinity or
+    negative number must neither fail the answer nor lower a budget."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return int(value) if 0 < value < math.inf else 0
 
 
 def text_of(body: Any) -> str | None:

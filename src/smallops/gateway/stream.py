@@ -36,12 +36,14 @@ class Relay:
         self.pieces: list[str] = []
         self.usage: Usage | None = None
         self.done = False
+        self.error: str | None = None  # an `error` event's message: the upstream gave up
         self.events = 0
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
-        """Whole events of `chunk` (with what was left of the last), as the client gets them."""
-        data = self._pending + chunk
+        """Whole events of `chunk` (with what was left of the last), as the client gets them;
+        CRLF line ends (which SSE allows) read as LF."""
+        data = (self._pending + chunk).replace(b"\r\n", b"\n")
         out = []
         start = 0
         while (end := data.find(b"\n\n", start)) >= 0:
@@ -53,8 +55,14 @@ class Relay:
         return b"".join(out)
 
     def rest(self) -> bytes:
+        """What followed the last blank line, as a last event if it can be read (a `data:
+        [DONE]` ended by one newline or none); an event cut short is dropped, so the client
+        reads the error that follows, not half a chunk."""
         rest, self._pending = self._pending, b""
-        return rest
+        lines = [line[5:].strip() for line in rest.split(b"\n") if line.startswith(b"data:")]
+        if not lines or not all(_readable(payload) for payload in lines):
+            return b""
+        return self.feed(rest.rstrip(b"\n") + b"\n\n")
 
     def _keep(self, event: bytes) -> bool:
         """Note what the event says; False for the usage chunk the client did not ask for."""
@@ -72,6 +80,11 @@ class Relay:
             if not isinstance(chunk, dict):
                 return True
             self.events += 1
+            error = chunk.get("error")
+            if isinstance(error, dict):
+                message = error.get("message")
+                self.error = message[:500] if isinstance(message, str) else "no message"
+                return True
             if self.leg.served is None and isinstance(chunk.get("model"), str):
                 self.leg.served = chunk["model"]
                 fingerprint = chunk.get("system_fingerprint")
@@ -95,6 +108,16 @@ class Relay:
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str):
                 self.pieces.append(content)
+
+
+def _readable(payload: bytes) -> bool:
+    if payload == b"[DONE]":
+        return True
+    try:
+        from_json(payload)
+    except ValueError:
+        return False
+    return True
 
 
 async def relay(
@@ -144,6 +167,11 @@ async def relay(
             f"the client disconnected after {state.events} chunks; the upstream request was "
             f"cancelled" + ("" if state.usage else " (usage estimated from what arrived)")
         )
+        return False
+    if state.error is not None:  # the client has the upstream's own error event
+        leg.error_type = "server_error"
+        leg.error_message = f"the upstream stream failed: {state.error}"
+        await _try_send(send, b"", more=False)
         return False
     if failure is not None or not state.done:
         if failure is not None:

@@ -104,16 +104,19 @@ class Upstream:
 
     async def _post(self, body: bytes, timeout: float, headers: dict[str, str]) -> Answer:
         try:
-            if self.proxied:
-                response = await self._connections.httpx().post(
+            if self.proxied:  # httpx bounds each read only: the whole is bounded here
+                sending = self._connections.httpx().post(
                     self.url, content=body, headers=headers, timeout=_timeout(timeout)
                 )
+                response = await asyncio.wait_for(sending, timeout)
                 answer = Answer(response.status_code, response.headers, response.content)
             else:
+                loop = asyncio.get_running_loop()
+                end = loop.time() + timeout
                 direct = await self._connections.http1().post(
                     self.url, headers, body, timeout, min(timeout, CONNECT_TIMEOUT)
                 )
-                content = await direct.read(timeout)
+                content = await direct.read(end - loop.time())
                 answer = Answer(direct.status, httpx.Headers(direct.headers), content)
         except Exception as exc:
             raise as_provider_error(exc) from None

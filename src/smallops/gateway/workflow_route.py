@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -20,14 +21,17 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from smallops.config import Settings
+from smallops.error_types import ErrorType
 from smallops.errors import ConfigError, InputError, SmallopsError, WorkflowFailed
 from smallops.gateway.asgi import Send, respond, respond_error
 from smallops.gateway.errors import (
     GatewayError,
     bad_request,
     budget_exhausted,
+    budget_unavailable,
     rate_limited,
     refusal_type,
+    unsupported,
 )
 from smallops.gateway.guards import GatewayGuards
 from smallops.gateway.keys import KeyInfo
@@ -39,6 +43,8 @@ from smallops.result import Result
 
 if TYPE_CHECKING:
     from smallops.workflow import Workflow
+
+log = logging.getLogger("smallops")
 
 STATUS_HEADER = b"x-smallops-status"
 UNSUPPORTED = ("tools", "functions", "logprobs")  # what a workflow's answer cannot honour
@@ -110,6 +116,10 @@ class WorkflowRoutes:
             error = bad_request(exc.message, "messages", "invalid_input")
         except SmallopsError as exc:  # the workflow's configuration, e.g. no provider key
             error = GatewayError(500, exc.message, "server_error", "workflow_error")
+        except Exception as exc:  # a bug in the workflow's code: its run records it
+            log.exception("smallops: gateway: workflow %r failed", workflow.name)
+            message = f"workflow {workflow.name!r} failed: {type(exc).__name__}"
+            error = GatewayError(500, message, "server_error", "internal_error")
         finally:
             current_caller.reset(token)
             self.guards.release(held, _cost(caller.runs))
@@ -212,13 +222,12 @@ def _json_object(text: str) -> tuple[dict[str, Any] | None, str | None]:
 def _refuse_unsupported(request: dict[str, Any]) -> None:
     n = request.get("n")
     if n is not None and n != 1:
-        raise bad_request("a workflow route gives one answer: n must be 1", "n", "unsupported")
+        raise unsupported("a workflow route gives one answer: n must be 1", "n")
     for name in UNSUPPORTED:
         if request.get(name):
-            raise bad_request(
+            raise unsupported(
                 f"a workflow route answers with the workflow's output: {name} is not supported",
                 name,
-                "unsupported",
             )
 
 
@@ -301,17 +310,29 @@ async def _stream(
     await send({"type": "http.response.body", "body": body})
 
 
+#: The status of a failure other than 502 (the model's, or its provider's), by the run's error
+#: type: what was never sent is the gateway's 503.
+WORKFLOW_STATUSES: dict[ErrorType, int] = {
+    "timeout": 504,
+    "breaker_open": 503,
+    "secret_unavailable": 503,
+}
+
+
 def _failure(failed: WorkflowFailed) -> GatewayError:
     """A run that failed under fallback "raise", as the client gets it; its code is the run's
-    error type. Only a rate limit is worth the SDK's retry: the workflow has retried already."""
+    error type. Only a rate limit, or a budget store that did not answer, is worth the SDK's
+    retry: the workflow has retried the model already."""
     message, kind = f"{failed.message} (run {failed.run_id})", failed.error_type
     if kind == "throttled":
         return rate_limited(message, 1.0)
     if kind == "budget_exhausted":
         return budget_exhausted(message)
+    if kind == "budget_unavailable":  # a guard refused before the model was tried
+        return budget_unavailable(message)
     if kind == "bad_request":  # the provider refused what the input made, e.g. too long
         return bad_request(message, "messages", kind)
-    status = {"timeout": 504, "breaker_open": 503, "budget_unavailable": 503}.get(kind, 502)
+    status = WORKFLOW_STATUSES.get(kind, 502)
     return GatewayError(status, message, "server_error", kind)
 
 

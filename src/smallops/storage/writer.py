@@ -40,6 +40,10 @@ log = logging.getLogger("smallops")
 BATCH = 2000
 LINGER = 0.05  # seconds to let a batch gather: fewer transactions, fewer wake-ups
 YIELD_EVERY = 0.0002  # seconds of encoding before the writer hands the GIL back
+#: Records queued behind the batch in hand past which the writer stops handing the GIL back:
+#: under a busy event loop each yield costs a switch interval (5 ms), which caps the writer
+#: below the request rate, and a queue that only grows holds every record in memory.
+CATCH_UP = 500
 PROBE_EVERY = 2.0  # seconds between attempts to reach a database that is down
 _STOP = object()
 
@@ -293,7 +297,8 @@ class Writer:
         yielded = time.perf_counter()
         for record in records:
             if time.perf_counter() - yielded > YIELD_EVERY:
-                time.sleep(0)  # let the calling threads have the GIL: they are latency-bound
+                if self._queue.qsize() < CATCH_UP:  # behind: catch up first (see CATCH_UP)
+                    time.sleep(0)  # let the calling threads have the GIL: they are latency-bound
                 yielded = time.perf_counter()
             try:
                 run, review = encode(record, self.redact, parts)
