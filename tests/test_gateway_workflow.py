@@ -11,14 +11,12 @@ import time
 import httpx
 import openai
 import pytest
-from sqlalchemy import create_engine, text
 
+import test_gateway
 from smallops import ConfigError, Settings
 from smallops.gateway.app import Gateway
-from smallops.gateway.keys import create_key
 from smallops.resilience.budget import Budget
 from smallops.storage.db import ensure_schema
-from smallops.storage.writer import writer_for
 
 from emulators import ok, respond, status
 from live_server import serving_app
@@ -88,29 +86,12 @@ def make_project(tmp_path, emulator, routes: str = ROUTES) -> Settings:
     return Settings.load(tmp_path)
 
 
-class Running:
+class Running(test_gateway.Running):
+    """A served gateway (test_gateway.py's helpers), with its application at hand."""
+
     def __init__(self, app: Gateway, settings: Settings, port: int) -> None:
-        self.app, self.settings, self.port = app, settings, port
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        self.engine = create_engine(settings.database_url)
-
-    def key(self, name: str = "team-a", **options) -> str:
-        return create_key(self.engine, name, **options)[0]
-
-    def client(self, key: str, **options) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=key, **options)
-
-    def runs(self, count: int) -> list[dict]:
-        """The runs in the log, oldest first, once there are `count` (flushed, then polled)."""
-        deadline = time.monotonic() + 5
-        while True:
-            assert writer_for(self.settings.log).flush(10)
-            with self.engine.connect() as connection:
-                query = text("SELECT * FROM runs ORDER BY id")
-                rows = [dict(row) for row in connection.execute(query).mappings()]
-            if len(rows) >= count or time.monotonic() > deadline:
-                return rows
-            time.sleep(0.02)
+        super().__init__(settings, port, upstream_key="")
+        self.app = app
 
 
 @pytest.fixture
