@@ -565,6 +565,56 @@ def test_a_child_that_dies_costs_only_counted_spans_and_is_replaced(
     assert len(collector.spans) == 4
 
 
+def span_key(span: Span) -> tuple[Any, ...]:
+    attributes = tuple(sorted((k, repr(v)) for k, v in span.attributes.items()))
+    return (span.trace_id, span.span_id, span.parent_id, span.name, span.start_ns, span.end_ns,
+            span.status_code, attributes)  # fmt: skip
+
+
+def test_the_child_reads_committed_runs_from_the_log_and_sends_what_the_thread_sends(
+    make_workflow, emulator, collector, settings, database_url, monkeypatch
+):
+    """The log writer tells the child process only which runs it committed; the child reads
+    them from the log (SQLite, or Postgres with its schema in the URL) and sends the very
+    spans the thread builds from the rows in hand: content, retries and the app's trace."""
+    import dataclasses
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from smallops.storage.otel_process import ProcessExport
+
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    emulator.script(status(429, retry_after=0.05), ok(), refusal(), ok())
+    wf = make_workflow(
+        settings=dataclasses.replace(settings, database_url=database_url), content="redacted"
+    )
+    with TracerProvider().get_tracer("app").start_as_current_span("POST /triage"):
+        wf.run(**EMAIL)
+    wf.run(**EMAIL)
+    wf.run(**EMAIL)
+    runs, by_thread = exported(wf)
+    assert len(runs) == 3 and len(by_thread) == 3 + 4
+    child = ProcessExport()
+    told = [(run["id"], run["workflow"], 1 + run["attempt_count"]) for run in runs]
+    child.offer_logged(database_url, told)
+    assert child.flush(30) and child.sent == len(by_thread) and child.dropped == 0
+    child.close()
+    by_child = collector.spans[len(by_thread) :]
+    assert sorted(map(span_key, by_child)) == sorted(map(span_key, by_thread))
+    assert any("gen_ai.input.messages" in span.attributes for span in by_child)
+
+
+def test_a_log_the_child_cannot_read_costs_only_counted_spans(collector, tmp_path):
+    from smallops.storage.otel_process import ProcessExport
+
+    child = ProcessExport()
+    missing = f"sqlite:///{tmp_path / 'nowhere' / 'log.db'}"
+    child.offer_logged(missing, [("run-1", "triage", 2), ("run-2", "triage", 3)], tmp_path)
+    assert child.flush(30) and child.sent == 0 and child.dropped == 5
+    child.close()
+    assert collector.spans == []
+
+
 def test_the_export_runs_on_a_thread_unless_a_child_process_is_asked_for(
     make_workflow, emulator, collector, monkeypatch
 ):

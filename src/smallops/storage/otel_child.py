@@ -1,6 +1,7 @@
 """The export process (otel_process.py): runs in on stdin, spans out to the collector.
 
-Each message on stdin is ("run", item, folder) or ("flush", token, timeout); a flush is
+Each message on stdin is ("run", item, folder), ("logged", database URL, run ids, folder):
+runs to read from the log, or ("flush", token, timeout); a flush is
 answered on stdout with (token, spans sent, spans dropped, last error). The process ends when
 its input closes, after sending what it holds.
 """
@@ -12,9 +13,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from smallops.errors import ConfigError
-from smallops.storage.otel_export import SpanExport
+from smallops.resilience.shared import describe
+from smallops.storage.db import get_engine
+from smallops.storage.otel_export import SpanExport, logged_items
 from smallops.storage.otel_process import read_frame, write_frame
 
 #: The child's scheduling priority: lowest, so that building spans only ever takes a core the
@@ -39,6 +43,9 @@ def main() -> int:
         if message[0] == "run":
             _, item, folder = message
             export.offer([item], Path(folder) if folder else None)
+        elif message[0] == "logged":
+            _, url, runs, folder = message
+            _export_logged(export, url, runs, Path(folder) if folder else None)
         elif message[0] == "flush":
             _, token, timeout = message
             export.flush(timeout)
@@ -47,6 +54,21 @@ def main() -> int:
     export.flush(10.0)
     export.close()
     return 0
+
+
+def _export_logged(
+    export: SpanExport, url: str, runs: list[tuple[Any, str, int]], folder: Path | None
+) -> None:
+    """Read the committed runs, given as (id, workflow, spans), from the log and queue them; a
+    log that cannot be read costs only counted spans."""
+    try:
+        items = logged_items(get_engine(url), [run_id for run_id, _, _ in runs])
+    except Exception as exc:
+        reason = f"the export process could not read the runs from the log: {describe(exc)}"
+        for _, workflow, spans in runs:
+            export.drops.note(workflow, spans, folder, reason)
+        return
+    export.offer(items, folder)
 
 
 def _step_back() -> None:

@@ -547,9 +547,8 @@ def backfill(engine: Engine, since: datetime, export: SpanExport | None = None) 
     gave them: sending twice sends the same spans. Returns (runs read, spans accepted)."""
     from sqlalchemy import and_, or_, select
 
-    from smallops.storage.prompt_parts import expand_runs
     from smallops.storage.queries import plain_row
-    from smallops.storage.schema import prompt_versions, runs
+    from smallops.storage.schema import runs
 
     export = export or SpanExport()
     params: dict[str, Any] = {}
@@ -569,18 +568,49 @@ def backfill(engine: Engine, since: datetime, export: SpanExport | None = None) 
             rows = [plain_row(row._mapping) for row in connection.execute(query)]
             if not rows:
                 break
-            expand_runs(connection, rows)
-            wanted = {row["prompt_version"] for row in rows} - params.keys()
-            if wanted:
-                found = select(prompt_versions.c.id, prompt_versions.c.params).where(
-                    prompt_versions.c.id.in_(sorted(wanted))
-                )
-                params.update((row.id, row.params) for row in connection.execute(found))
-            items = [
-                (row, params.get(row["prompt_version"]), parse_parent(row.get("trace_parent")))
-                for row in rows
-            ]
-            accepted += export.send_now(items)
+            accepted += export.send_now(_logged_items(connection, rows, params))
             read += len(rows)
             after = (rows[-1]["started_at"], rows[-1]["id"])
     return read, accepted
+
+
+def logged_items(engine: Engine, run_ids: list[Any]) -> list[Item]:
+    """The export items of these runs as the log holds them (what the export process reads,
+    given only the ids of the runs the log writer committed)."""
+    from sqlalchemy import select
+
+    from smallops.storage.queries import plain_row
+    from smallops.storage.schema import runs
+
+    items: list[Item] = []
+    params: dict[str, Any] = {}
+    with engine.connect() as connection:
+        for start in range(0, len(run_ids), BACKFILL_CHUNK):
+            chunk = run_ids[start : start + BACKFILL_CHUNK]
+            query = select(runs).where(runs.c.id.in_(chunk))
+            rows = [plain_row(row._mapping) for row in connection.execute(query)]
+            items.extend(_logged_items(connection, rows, params))
+    return items
+
+
+def _logged_items(
+    connection: Any, rows: list[dict[str, Any]], params: dict[str, Any]
+) -> list[Item]:
+    """Items of rows read from the log: prompt parts put back, prompt parameters looked up
+    (`params` caches them across calls)."""
+    from sqlalchemy import select
+
+    from smallops.storage.prompt_parts import expand_runs
+    from smallops.storage.schema import prompt_versions
+
+    expand_runs(connection, rows)
+    wanted = {row["prompt_version"] for row in rows} - params.keys()
+    if wanted:
+        found = select(prompt_versions.c.id, prompt_versions.c.params).where(
+            prompt_versions.c.id.in_(sorted(wanted))
+        )
+        params.update((row.id, row.params) for row in connection.execute(found))
+    return [
+        (row, params.get(row["prompt_version"]), parse_parent(row.get("trace_parent")))
+        for row in rows
+    ]

@@ -102,6 +102,21 @@ class ProcessExport:
             except queue.Full:
                 self._drop(item, report_to, "the export queue was full: the collector is slow")
 
+    def offer_logged(
+        self, database_url: str, runs: list[tuple[Any, str, int]], report_to: Path | None = None
+    ) -> None:
+        """Have the child export runs the log writer has just committed, given as (id,
+        workflow, spans): it reads them from the log itself. One small message a batch, so the
+        calling process neither copies nor pickles the runs."""
+        if not runs:
+            return
+        self._start()
+        folder = str(report_to) if report_to is not None else None
+        try:
+            self._queue.put_nowait(("logged", database_url, runs, folder))
+        except queue.Full:
+            self._note_runs(runs, report_to, "the export queue was full: the collector is slow")
+
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until the child has sent (or dropped) every run queued so far."""
         if self._thread is None:
@@ -209,6 +224,8 @@ class ProcessExport:
         reason = "the export process is not running"
         if message[0] == "run":
             self._drop(message[1], Path(message[2]) if message[2] else None, reason)
+        elif message[0] == "logged":
+            self._note_runs(message[2], Path(message[3]) if message[3] else None, reason)
         else:
             with self._lock:
                 event = self._answers.pop(message[1], None)
@@ -236,5 +253,14 @@ class ProcessExport:
 
     def _drop(self, item: Any, folder: Path | None, reason: str) -> None:
         row = item[0]
-        self.drops.note(row.get("workflow"), 1 + len(row.get("attempts") or ()), folder, reason)
+        self._note(row.get("workflow"), 1 + len(row.get("attempts") or ()), folder, reason)
+
+    def _note_runs(
+        self, runs: list[tuple[Any, str, int]], folder: Path | None, reason: str
+    ) -> None:
+        for _, workflow, spans in runs:
+            self._note(workflow, spans, folder, reason)
+
+    def _note(self, workflow: Any, spans: int, folder: Path | None, reason: str) -> None:
+        self.drops.note(workflow, spans, folder, reason)
         self.last_error = reason

@@ -237,7 +237,13 @@ def _messages(run: dict[str, Any]) -> tuple[list[Any], list[Any]] | None:
     output = run.get("output")
     outputs: list[Any] = []
     if output is not None:
-        text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
+        # keys sorted: Postgres (jsonb) keeps an object's keys in an order of its own, so the
+        # log read back and the run in hand agree only on a canonical order
+        text = (
+            output
+            if isinstance(output, str)
+            else json.dumps(output, ensure_ascii=False, sort_keys=True)
+        )
         if mode == "redacted":
             text = mask_personal_data(text)
         outputs.append(

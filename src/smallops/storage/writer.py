@@ -28,9 +28,11 @@ from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
 from smallops.storage import label_rollups, otel_export
 from smallops.storage.db import log_database, safe_url
+from smallops.storage.otel_process import ProcessExport
 from smallops.storage.prompt_parts import parts_of
 from smallops.storage.quarantine import Quarantine, quarantine_folder
 from smallops.storage.rows import Parts, encode, prompt_row
+from smallops.storage.schema import RUN_COLUMNS
 from smallops.storage.spool import Spool, spool_folder
 from smallops.storage.store import RowBatch, RowStore, Unreachable, land
 from smallops.storage.telemetry_state import telemetry_folder
@@ -274,6 +276,13 @@ class Writer:
         export = otel_export.live_export(self.telemetry)
         if export is None:
             return
+        report_to = telemetry_folder(self.spool.folder.parent.parent)
+        url = self.store.engine.url
+        if isinstance(export, ProcessExport) and url.database not in (None, "", ":memory:"):
+            # the child reads the committed runs from the log itself
+            runs = [_run_of(run) for run in batch.runs if run[0] not in set_aside]
+            export.offer_logged(url.render_as_string(hide_password=False), runs, report_to)
+            return
         params: dict[Any, dict[str, Any] | None]
         if records is not None:
             params = {record.id: record.facts.prompt.params for record in records}
@@ -288,7 +297,7 @@ class Writer:
                 for run in batch.runs
                 if run[0] not in set_aside
             ),
-            report_to=telemetry_folder(self.spool.folder.parent.parent),
+            report_to=report_to,
         )
 
     def _encode(self, records: list[RunRecord]) -> tuple[RowBatch, list[tuple[RunRecord, str]]]:
@@ -510,3 +519,14 @@ def reset() -> None:
         close_all()
         _writers.clear()
     label_rollups.forget_versions()
+
+
+_ID, _WORKFLOW, _ATTEMPTS = (
+    RUN_COLUMNS.index(name) for name in ("id", "workflow", "attempt_count")
+)
+
+
+def _run_of(run: Any) -> tuple[Any, str, int]:
+    """A committed run as the export process is told of it: its id, its workflow and its
+    spans (the run's and one per attempt), so that even a lost child's drops count right."""
+    return run[_ID], run[_WORKFLOW], 1 + int(run[_ATTEMPTS] or 0)
