@@ -2,10 +2,13 @@
 
 Building and sending spans is pure Python: in the calling process, even sliced thin, it holds
 the interpreter lock while a call thread that has its answer waits for it (a millisecond at the
-99th percentile, bench/overhead.py). Here the log writer only pickles each committed run onto a
-bounded queue; a thread writes them down a pipe (the write releases the lock) to a child
-process, `python -m smallops.storage.otel_child`, which runs the export (otel_export.SpanExport)
-and notes its own drops for `smallops status`.
+99th percentile, bench/overhead.py). Here the log writer only says which runs it has just
+committed (id, workflow and span count: one small message a batch, on a bounded queue); a thread
+writes the messages down a pipe (the write releases the lock) to a child process,
+`python -m smallops.storage.otel_child`, which reads those runs from the log itself, as
+`smallops export otel` does, runs the export (otel_export.SpanExport) and notes its own drops
+for `smallops status`. A log only this process can see (SQLite in memory) has its runs sent
+whole instead.
 
 The child inherits the environment, so it reads the same `OTEL_*` variables. It ends when its
 input closes: when this process closes the export or exits. If it cannot be started or dies,
