@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from smallops.errors import ConfigError
-from smallops.resilience.shared import describe
+from smallops.redact import Redactor
 from smallops.storage.db import get_engine
 from smallops.storage.otel_export import SpanExport, logged_items
 from smallops.storage.otel_process import read_frame, write_frame
+from smallops.storage.store import describe
 
 #: The child's scheduling priority: lowest, so that building spans only ever takes a core the
 #: calling process (and its upstream, on the same host) is not asking for. Linux's SCHED_IDLE
@@ -64,7 +65,8 @@ def _export_logged(
     try:
         items = logged_items(get_engine(url), [run_id for run_id, _, _ in runs])
     except Exception as exc:
-        reason = f"the export process could not read the runs from the log: {describe(exc)}"
+        why = Redactor.from_environment()(describe(exc)) or type(exc).__name__
+        reason = f"the export process could not read the runs from the log: {why}"
         for _, workflow, spans in runs:
             export.drops.note(workflow, spans, folder, reason)
         return
