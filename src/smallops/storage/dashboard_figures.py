@@ -99,18 +99,7 @@ def groups(
                 origin=row.origin,
                 status=row.status,
                 error_type=row.error_type,
-                totals=Totals(
-                    calls=int(row.calls),
-                    priced_calls=int(row.priced_calls),
-                    cost_usd=float(row.cost_usd),
-                    input_tokens=int(row.input_tokens),
-                    output_tokens=int(row.output_tokens),
-                    cached_tokens=int(row.cached_tokens),
-                    model_mismatches=int(row.model_mismatches),
-                    latency_sum_ms=float(row.latency_sum_ms),
-                    latency_min_ms=row.low,
-                    latency_max_ms=row.high,
-                ),
+                totals=Totals.summed(row),
             )
 
 

@@ -153,6 +153,23 @@ class Totals:
     latency_max_ms: float | None = None
     histogram: Counter[int] = field(default_factory=Counter)
 
+    @classmethod
+    def summed(cls, row: Any) -> Totals:
+        """The totals of a query summing rollup rows (each total column under its own name,
+        the latency extremes as `low` and `high`)."""
+        return cls(
+            calls=int(row.calls),
+            priced_calls=int(row.priced_calls),
+            cost_usd=float(row.cost_usd),
+            input_tokens=int(row.input_tokens),
+            output_tokens=int(row.output_tokens),
+            cached_tokens=int(row.cached_tokens),
+            model_mismatches=int(row.model_mismatches),
+            latency_sum_ms=float(row.latency_sum_ms),
+            latency_min_ms=row.low,
+            latency_max_ms=row.high,
+        )
+
     def add_run(
         self,
         mismatch: Any,
