@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from smallops import secondary
-from smallops.storage import otel_export
+from smallops.storage import otel_export, otel_wire
 from smallops.storage.otel_spans import span_id_of, trace_id_of
 from smallops.testing import recorded_runs
 
@@ -278,6 +278,27 @@ def test_the_proxy_settings_are_read_once_and_still_obeyed(
     assert len(collector.spans) == 4  # the live export's two, and these
 
 
+def test_a_run_whose_spans_cannot_be_written_costs_only_its_own_spans(
+    make_workflow, emulator, collector
+):
+    """Each run's spans are written as it arrives: one that cannot be (an attribute with no
+    OTLP encoding) is dropped and counted alone, and its batch still goes."""
+    wf = make_workflow(review="none")
+    for _ in range(3):
+        wf.run(**EMAIL)
+    runs, live = exported(wf)  # the live export's spans, sent first
+    odd = dict(runs[1], provider=object())  # gen_ai.provider.name of no encodable type
+    export = otel_export.SpanExport()
+    export.offer([(runs[0], None, None), (odd, None, None), (runs[2], None, None)])
+    assert export.flush(30)
+    export.close()
+    assert export.sent == 4 and export.dropped == 2
+    assert "TypeError" in (export.last_error or "")
+    assert {s.trace_id for s in collector.spans[len(live) :]} == {
+        f"{trace_id_of(run['id']):032x}" for run in (runs[0], runs[2])
+    }
+
+
 def test_the_batch_delay_comes_from_the_sdk_variable():
     assert otel_export.linger_seconds({}) == otel_export.LINGER_SECONDS
     assert otel_export.linger_seconds({"OTEL_BSP_SCHEDULE_DELAY": "250"}) == 0.25
@@ -485,8 +506,8 @@ def test_a_healthy_export_writes_no_drop_file_and_old_ones_are_not_shown(
 
 
 def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emulator):
-    """The export thread writes the protobuf bytes itself, a few spans at a time: they are
-    the very ExportTraceServiceRequest the SDK's encoder makes of the whole batch."""
+    """The export thread writes the protobuf bytes itself, a run's spans at a time: joined,
+    they are the very ExportTraceServiceRequest the SDK's encoder makes of the whole batch."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
     from smallops.storage.otel_spans import SpanValue, run_spans
@@ -506,9 +527,10 @@ def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emula
     odd = {"neg": -3, "zero": 0, "no": False, "empty": "", "pi": 3.25, "list": ["a", 1, None]}
     odd |= {"k" * 200: 300, "big": 2**40, "long": "é" * 100}  # varints of two bytes and more
     spans.append(SpanValue("odd", 5, 6, 7, "CLIENT", 1, 2, {**odd, "map": {"k": -0.0}}, True, "x"))
-    assert len(spans) > otel_export.SLICE_SPANS + 1  # several slices, the last one partial
     sdk = otel_export._Sdk(5.0, "http://127.0.0.1:4318/v1/traces", {})
     whole = encode_spans([sdk._span(span) for span in spans])
+    written = [part for span in spans for part in sdk.written([span])]  # one at a time
+    assert sdk.encode(spans) == otel_wire.request_bytes(*sdk._framing, written)
     sliced = type(whole).FromString(sdk.encode(spans))
     assert sliced == whole
     assert len(sliced.resource_spans) == 1 and len(sliced.resource_spans[0].scope_spans) == 1

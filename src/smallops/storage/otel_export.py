@@ -10,9 +10,10 @@ queue: a thread of its own batches and sends them. When the collector is slow or
 queue fills and further runs are dropped and counted (`dropped`), so neither the request path
 nor the writer ever waits for telemetry.
 
-The thread builds and encodes a batch a few spans at a time and lets the other threads run in
-between (`_Pace`): Python work that holds the GIL for a whole batch (~70 ms) would keep a call
-thread that returns from its socket waiting up to the interpreter's switch interval (5 ms).
+The thread builds and encodes each run's spans as the run arrives, then lets the other threads
+run (`_Pace`), and at the end of a batch only joins the bytes and sends them: building a whole
+second's batch at once (~50 ms of Python) would hold the GIL in a burst that the calls made
+meanwhile would wait on, one after the other.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -54,7 +56,6 @@ LINGER_SECONDS = 1.0  # a batch waits this long for more runs: each request cost
 _LINGER_VARIABLE = "OTEL_BSP_SCHEDULE_DELAY"  # the SDK's batch delay, in milliseconds
 _CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # read by requests from the environment
 _SESSION_VARIABLE = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
-SLICE_SPANS = 4  # spans encoded at a time between chances for other threads to run
 PACE_SECONDS = 0.0002  # the export thread's longest stretch on the GIL before it steps aside
 STEP_ASIDE_SECONDS = 0.0  # time.sleep(0) releases the GIL: a waiting thread takes it
 
@@ -125,7 +126,13 @@ class SpanExport:
             try:
                 self._queue.put_nowait((item, report_to))
             except queue.Full:
-                self._drop(item, report_to, "the export queue was full: the collector is slow")
+                row = item[0]
+                self.drops.note(
+                    row.get("workflow"),
+                    1 + len(row.get("attempts") or ()),
+                    report_to,
+                    "the export queue was full: the collector is slow",
+                )
             pace()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
@@ -150,25 +157,44 @@ class SpanExport:
 
     def send_now(self, items: Iterable[Item]) -> int:
         """Export on the calling thread (the backfill command); the spans the collector took."""
-        return self._send([(item, None) for item in items])
-
-    def _send(self, entries: list[tuple[Item, Path | None]]) -> int:
-        if self._sdk.closed:  # closing: drop (and count) what is left without building it
-            for item, folder in entries:
-                self._drop(item, folder, "the export was closed before these were sent")
-            return 0
         pace = _Pace()
-        built = []
-        for item, folder in entries:
-            built.append((item, folder, self._spans(item)))
+        ready = []
+        for item in items:
+            ready.append(self._ready(item, None))
             pace()
-        spans = [span for _, _, group in built for span in group]
+        return self._send(ready)
+
+    def _ready(self, item: Item, folder: Path | None) -> _Ready:
+        """A run's spans, built and written as the request will carry them. A run whose spans
+        cannot be built costs only its own spans (dropped and counted), not its batch's."""
+        row = item[0]
+        ready = _Ready(row.get("workflow"), folder, 1 + len(row.get("attempts") or ()), [])
+        if self._sdk.closed:
+            return ready  # closing: dropped (and counted) at send time, without building it
+        try:
+            ready.spans = self._sdk.written(self._spans(item))
+        except Exception as exc:
+            log.exception("smallops: could not build the spans of run %s", row.get("id"))
+            reason = f"its spans could not be written: {type(exc).__name__}"
+            self.drops.note(ready.workflow, ready.count, folder, reason)
+            ready.count = 0
+        else:
+            ready.count = len(ready.spans)
+        return ready
+
+    def _send(self, batch: list[_Ready]) -> int:
+        batch = [ready for ready in batch if ready.count]  # the unbuildable were counted
+        if self._sdk.closed:
+            for ready in batch:
+                self._drop(ready, "the export was closed before these were sent")
+            return 0
+        spans = [span for ready in batch for span in ready.spans]
         if not spans:
             return 0
-        if not self._sdk.export(spans, pace):
+        if not self._sdk.export(spans):
             reason = f"the collector at {shown(self.endpoint)} did not accept the spans"
-            for item, folder, group in built:
-                self._drop(item, folder, reason, len(group))
+            for ready in batch:
+                self._drop(ready, reason)
             return 0
         self.sent += len(spans)
         return len(spans)
@@ -181,11 +207,8 @@ class SpanExport:
     def last_error(self) -> str | None:
         return self.drops.last_error
 
-    def _drop(self, item: Item, folder: Path | None, reason: str, spans: int = 0) -> None:
-        row = item[0]
-        self.drops.note(
-            row.get("workflow"), spans or 1 + len(row.get("attempts") or ()), folder, reason
-        )
+    def _drop(self, ready: _Ready, reason: str) -> None:
+        self.drops.note(ready.workflow, ready.count, ready.folder, reason)
 
     def _spans(self, item: Item) -> list[SpanValue]:
         row, params, parent = item
@@ -207,16 +230,18 @@ class SpanExport:
             except queue.Empty:
                 self.drops.report()  # drops noted less than a second after the last report
                 continue
-            items: list[tuple[Item, Path | None]] = []
+            items: list[_Ready] = []
             markers, stop = [], False
             began = time.monotonic()
+            pace = _Pace()
             while True:
                 if item is _STOP:
                     stop = True
                 elif isinstance(item, threading.Event):
                     markers.append(item)
                 else:
-                    items.append(item)
+                    items.append(self._ready(*item))  # built now: the work follows the calls
+                    pace()
                 if stop or markers or len(items) >= BATCH_RUNS:
                     break
                 wait = self.linger - (time.monotonic() - began)
@@ -230,13 +255,24 @@ class SpanExport:
                 except Exception as exc:
                     log.exception("smallops: telemetry export hit an unexpected error")
                     reason = f"unexpected error: {type(exc).__name__}"
-                    for entry, folder in items:
-                        self._drop(entry, folder, reason)
+                    for ready in items:
+                        self._drop(ready, reason)
             self.drops.report(force=bool(markers) or stop)
             for marker in markers:
                 marker.set()
             if stop:
                 return
+
+
+@dataclass
+class _Ready:
+    """A run waiting in a batch: its spans as the request will carry them, and what a drop of
+    them is noted with."""
+
+    workflow: str | None
+    folder: Path | None
+    count: int  # its spans: what a drop counts
+    spans: list[Any]
 
 
 class _Pace:
@@ -282,9 +318,9 @@ class _Sdk:
     """The OpenTelemetry SDK's OTLP/HTTP exporter and the span type it sends.
 
     The exporter's own `export` encodes a whole batch in one go with the SDK's encoder (about
-    0.1 ms of Python per span). Here the spans are written as protobuf bytes by otel_wire.py,
-    a few at a time (`SLICE_SPANS`), and the exporter's HTTP client sends the request (same
-    endpoint, headers, compression, timeout and retries)."""
+    0.1 ms of Python per span). Here each span is written as protobuf bytes by otel_wire.py when
+    its run arrives (`written`), a batch's request only joins them, and the exporter's HTTP
+    client sends it (same endpoint, headers, compression, timeout and retries)."""
 
     def __init__(self, timeout: float, endpoint: str, env: Mapping[str, str]) -> None:
         try:
@@ -317,17 +353,24 @@ class _Sdk:
     def closed(self) -> bool:
         return bool(getattr(self._exporter, "_shutdown", False))
 
-    def export(self, spans: list[SpanValue], pace: _Pace | None = None) -> bool:
+    @property
+    def _writes_bytes(self) -> bool:
+        return self._framing is not None and callable(getattr(self._client, "export", None))
+
+    def written(self, spans: list[SpanValue]) -> list[Any]:
+        """The spans as `export` takes them: each a serialized Span message, or (without the
+        SDK's framing, another SDK release) the SDK's own span."""
+        if self._writes_bytes:
+            return [span_bytes(span) for span in spans]
+        return [self._span(span) for span in spans]
+
+    def export(self, written: list[Any]) -> bool:
+        """Send spans from `written` in one request; whether the collector took them."""
         if self.closed:
             return False  # what is left is dropped and counted, as with the SDK's own export
-        if self._framing is None or not callable(getattr(self._client, "export", None)):
-            readable = [self._span(span) for span in spans]
-            return bool(self._exporter.export(readable) is self._ok.SUCCESS)
-        try:
-            data = self.encode(spans, pace)
-        except Exception:
-            log.exception("smallops: could not encode a span batch")
-            return False
+        if self._framing is None or not self._writes_bytes:
+            return bool(self._exporter.export(written) is self._ok.SUCCESS)
+        data = request_bytes(*self._framing, written)
         if 0 < self._max_bytes < len(data):
             log.warning(
                 "smallops: dropped a span batch of %d bytes (the exporter's limit is %d)",
@@ -337,16 +380,11 @@ class _Sdk:
             return False
         return bool(self._client.export(data).success)  # type: ignore[union-attr]
 
-    def encode(self, spans: list[SpanValue], pace: _Pace | None = None) -> bytes:
-        """The serialized ExportTraceServiceRequest of `spans`, written a slice at a time."""
+    def encode(self, spans: list[SpanValue]) -> bytes:
+        """The serialized ExportTraceServiceRequest of `spans`."""
         if self._framing is None:
             raise RuntimeError("the SDK's resource and scope encoding is unavailable")
-        pace = pace or _Pace()
-        written: list[bytes] = []
-        for start in range(0, len(spans), SLICE_SPANS):
-            written.extend(span_bytes(span) for span in spans[start : start + SLICE_SPANS])
-            pace()
-        return request_bytes(*self._framing, written)
+        return request_bytes(*self._framing, [span_bytes(span) for span in spans])
 
     def shutdown(self) -> None:
         self._exporter.shutdown()  # type: ignore[no-untyped-call]
