@@ -42,6 +42,7 @@ from smallops.gateway.errors import (
 )
 from smallops.gateway.guards import GatewayGuards, Held, Target
 from smallops.gateway.keys import KeyCache, KeyInfo
+from smallops.gateway.log_room import LogRoom
 from smallops.gateway.runs import Leg, facts_for, pricing_for, record, text_of, usage_of
 from smallops.gateway.upstream import Answer, Connections, Streamed, Upstream
 from smallops.gateway.workflow_route import WorkflowRoutes
@@ -87,6 +88,7 @@ class Gateway:
         self.guards = GatewayGuards(lambda: engine, url, settings.redis_url)
         self.workflow_routes = WorkflowRoutes(settings, self.routes, self.guards)
         self.writer = writer_for(settings.log)
+        self.log_room = LogRoom(lambda: self.writer.backlog)
         self.created = int(time.time())
         self._connections = Connections()
         self._upstreams: dict[str, Upstream] = {}
@@ -171,6 +173,7 @@ class Gateway:
                 "model_not_allowed",
                 "model",
             )
+        await self.log_room.wait()  # the log writer is far behind: let it catch up first
         if isinstance(route, WorkflowRoute):  # gateway/workflow_route.py
             await self.workflow_routes.chat(key, route, body, request, began, send)
             return

@@ -104,6 +104,11 @@ class Writer:
     def healthy(self) -> bool:
         return self._down_since is None
 
+    @property
+    def backlog(self) -> int:
+        """Records submitted and not yet written, spooled or set aside (and any flush marker)."""
+        return self._queue.qsize() + self._in_hand
+
     def account(self) -> Account:
         return Account(self.submitted, self.written, self.spooled, self.set_aside, self.lost)
 
