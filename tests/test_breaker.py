@@ -463,3 +463,29 @@ def test_breaker_store_is_one_per_url(
         breaker_store(f"redis://127.0.0.1:6379/0?client_name={uuid.uuid4().hex}")
     assert "'redis' package" in str(raised.value)
     assert raised.value.hint == "pip install 'smallops[redis]'"
+
+
+def test_a_busy_window_stays_exact_and_its_memory_is_the_window_not_the_history() -> None:
+    """Thousands of calls a second: the memory store counts exactly what a list of every
+    outcome would, and holds about a window's worth of them, never the whole history."""
+    import random
+
+    config = BreakerConfig(failure_rate=0.99, min_calls=10**9, window=2.0)
+    store, rng = MemoryBreakerStore(), random.Random(7)
+    history: list[tuple[float, bool]] = []
+    now = T0
+    for _ in range(60_000):  # 30 s at 2,000 calls a second, a few arriving out of order
+        now += 0.0005
+        at = now - (0.003 if rng.random() < 0.05 else 0.0)
+        ok = rng.random() > 0.2
+        history.append((at, ok))
+        store.record("busy", config, ok, False, now=at)
+        if len(history) % 7919 == 0:
+            for probe in (now, now + 0.5, now + 1.999):
+                cutoff = probe - config.window
+                inside = [good for t, good in history if t > cutoff]
+                state = store.state("busy", config, now=probe)
+                assert (state["calls"], state["failures"]) == (len(inside), inside.count(False))
+    outcomes = store._breakers["busy"].outcomes
+    assert len(outcomes) <= 2.0 / 0.0005 + 10
+    assert len(outcomes._times) <= 2 * len(outcomes) + outcomes._COMPACT + 1

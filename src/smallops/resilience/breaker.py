@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import deque
+from array import array
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -107,8 +107,56 @@ class _Breaker:
     probes_out: int = 0
     probes_ok: int = 0
     probes_at: float = 0.0  # when the current round of probes began
-    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (time, ok), sorted
-    failures: int = 0
+    outcomes: _Outcomes = field(default_factory=lambda: _Outcomes())
+
+
+class _Outcomes:
+    """The outcomes in a breaker's window, oldest first, as 9 bytes each (a time and a flag in
+    two arrays) rather than a tuple of Python objects: at a few thousand calls a second a 30 s
+    window holds about a hundred thousand, which as tuples would be 8 MB of a process's
+    memory growing with its rate."""
+
+    __slots__ = ("_head", "_oks", "_times", "failures")
+    _COMPACT = 4096  # dropped entries kept before the arrays are shifted down
+
+    def __init__(self) -> None:
+        self._times = array("d")
+        self._oks = array("b")
+        self._head = 0  # entries before it have left the window
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self._times) - self._head
+
+    def add(self, now: float, ok: bool, cutoff: float) -> None:
+        """Insert in time order (callers' clocks interleave), then drop what left the window."""
+        times, oks = self._times, self._oks
+        i = len(times)
+        while i > self._head and times[i - 1] > now:
+            i -= 1
+        times.insert(i, now)
+        oks.insert(i, ok)
+        self.failures += not ok
+        head = self._head
+        while head < len(times) and times[head] <= cutoff:
+            self.failures -= not oks[head]
+            head += 1
+        if head > self._COMPACT and head * 2 > len(times):
+            del times[:head], oks[:head]
+            head = 0
+        self._head = head
+
+    def clear(self) -> None:
+        self._times, self._oks, self._head, self.failures = array("d"), array("b"), 0, 0
+
+    def since(self, cutoff: float) -> tuple[int, int]:
+        """(calls, failures) after `cutoff`."""
+        calls = failures = 0
+        for index in range(self._head, len(self._times)):
+            if self._times[index] > cutoff:
+                calls += 1
+                failures += not self._oks[index]
+        return calls, failures
 
 
 class MemoryBreakerStore(BreakerStore):
@@ -149,12 +197,12 @@ class MemoryBreakerStore(BreakerStore):
                 return self._probe_outcome(b, key, config, ok, now)
             if b.state != CLOSED:
                 return None  # the call started before the breaker opened
-            _add_outcome(b, now, ok, now - config.window)
-            calls = len(b.outcomes)
-            if calls < config.min_calls or b.failures / calls < config.failure_rate:
+            b.outcomes.add(now, ok, now - config.window)
+            calls, failures = len(b.outcomes), b.outcomes.failures
+            if calls < config.min_calls or failures / calls < config.failure_rate:
                 return None
-            opened = _transition(key, CLOSED, OPEN, config, now, b.failures, calls)
-            b.state, b.opened_at, b.failures = OPEN, now, 0
+            opened = _transition(key, CLOSED, OPEN, config, now, failures, calls)
+            b.state, b.opened_at = OPEN, now
             b.outcomes.clear()
             return opened
 
@@ -177,21 +225,7 @@ class MemoryBreakerStore(BreakerStore):
         now = time.time() if now is None else now
         with self._lock:
             b = self._breakers.get(key) or _Breaker()
-            cutoff = now - config.window
-            window = [ok for t, ok in b.outcomes if t > cutoff]
-            return _snapshot(b, len(window), window.count(False), config, now)
-
-
-def _add_outcome(b: _Breaker, now: float, ok: bool, cutoff: float) -> None:
-    """Insert in time order (callers' clocks interleave), then drop what left the window."""
-    q = b.outcomes
-    i = len(q)
-    while i and q[i - 1][0] > now:
-        i -= 1
-    q.insert(i, (now, ok))
-    b.failures += not ok
-    while q and q[0][0] <= cutoff:
-        b.failures -= not q.popleft()[1]
+            return _snapshot(b, *b.outcomes.since(now - config.window), config, now)
 
 
 def _snapshot(
