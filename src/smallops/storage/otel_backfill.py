@@ -13,29 +13,23 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, and_, or_, select
 
 from smallops.storage.otel_export import Item, SpanExport
-from smallops.storage.schema import RUN_COLUMNS
+from smallops.storage.prompt_parts import expand_runs
+from smallops.storage.schema import RUN_COLUMNS, prompt_versions, runs
 from smallops.trace_context import parse as parse_parent
 
 _RUN_ID = RUN_COLUMNS.index("id")
 _PROMPT_VERSION = RUN_COLUMNS.index("prompt_version")
 
 
-def prompt_params(engine: Engine, runs: Iterable[Any]) -> dict[Any, dict[str, Any] | None]:
+def prompt_params(engine: Engine, rows: Iterable[Any]) -> dict[Any, dict[str, Any] | None]:
     """Per run id, its prompt version's parameters as the log holds them (for runs written
-    from the spool, whose records are gone)."""
-    from sqlalchemy import select
-
-    from smallops.storage.schema import prompt_versions
-
-    versions = {run[_RUN_ID]: run[_PROMPT_VERSION] for run in runs}
-    query = select(prompt_versions.c.id, prompt_versions.c.params).where(
-        prompt_versions.c.id.in_(sorted(set(versions.values())))
-    )
+    from the spool, whose records are gone); `rows` are `runs` rows in RUN_COLUMNS order."""
+    versions = {row[_RUN_ID]: row[_PROMPT_VERSION] for row in rows}
     with engine.connect() as connection:
-        found = {row.id: row.params for row in connection.execute(query)}
+        found = _params_of(connection, versions.values())
     return {run_id: _as_dict(found.get(version)) for run_id, version in versions.items()}
 
 
@@ -51,10 +45,7 @@ BACKFILL_CHUNK = 500  # runs read and sent at a time
 def backfill(engine: Engine, since: datetime, export: SpanExport | None = None) -> tuple[int, int]:
     """Send the runs logged since `since` as spans, oldest first, with the ids a live export
     gave them: sending twice sends the same spans. Returns (runs read, spans accepted)."""
-    from sqlalchemy import and_, or_, select
-
-    from smallops.storage.queries import plain_row
-    from smallops.storage.schema import runs
+    from smallops.storage.queries import plain_row  # not loaded by the live export
 
     export = export or SpanExport()
     params: dict[str, Any] = {}
@@ -83,10 +74,7 @@ def backfill(engine: Engine, since: datetime, export: SpanExport | None = None) 
 def logged_items(engine: Engine, run_ids: list[Any]) -> list[Item]:
     """The export items of these runs as the log holds them (what the export process reads,
     given only the ids of the runs the log writer committed)."""
-    from sqlalchemy import select
-
-    from smallops.storage.queries import plain_row
-    from smallops.storage.schema import runs
+    from smallops.storage.queries import plain_row  # not loaded by the live export
 
     items: list[Item] = []
     params: dict[str, Any] = {}
@@ -104,19 +92,19 @@ def _logged_items(
 ) -> list[Item]:
     """Items of rows read from the log: prompt parts put back, prompt parameters looked up
     (`params` caches them across calls)."""
-    from sqlalchemy import select
-
-    from smallops.storage.prompt_parts import expand_runs
-    from smallops.storage.schema import prompt_versions
-
     expand_runs(connection, rows)
     wanted = {row["prompt_version"] for row in rows} - params.keys()
     if wanted:
-        found = select(prompt_versions.c.id, prompt_versions.c.params).where(
-            prompt_versions.c.id.in_(sorted(wanted))
-        )
-        params.update((row.id, row.params) for row in connection.execute(found))
+        params.update(_params_of(connection, wanted))
     return [
         (row, params.get(row["prompt_version"]), parse_parent(row.get("trace_parent")))
         for row in rows
     ]
+
+
+def _params_of(connection: Any, versions: Iterable[Any]) -> dict[Any, Any]:
+    """Per id among `versions`, that prompt version's parameters as the log holds them."""
+    query = select(prompt_versions.c.id, prompt_versions.c.params).where(
+        prompt_versions.c.id.in_(sorted(set(versions)))
+    )
+    return {row.id: row.params for row in connection.execute(query)}
