@@ -412,6 +412,17 @@ def test_the_budget_ledger_opens_a_period_once_and_holds_only_within_the_cap(eng
         ]
 
 
+def test_a_periods_spend_reads_the_ledger_once_open_and_the_recorded_costs_before(engine):
+    add_run(engine, cost_usd=0.25, started_at=T0)
+    with engine.connect() as connection:
+        assert guard_log.spent_in_period(connection, "triage", "day:2026-11-02", T0) == 0.25
+    with write_transaction(engine) as connection:
+        guard_log.open_period(connection, "triage", "day:2026-11-02", 3.0, T0)
+    with engine.connect() as connection:
+        assert guard_log.spent_in_period(connection, "triage", "day:2026-11-02", T0) == 3.0
+        assert guard_log.spent_in_period(connection, "other", "day:2026-11-02", T0) == 0.0
+
+
 def test_guard_status_reads_each_guard_and_the_refusals_it_logged(database_url, tmp_path):
     (tmp_path / "p.prompt").write_text("[user]\n{{ text }}")
     wf = Workflow(

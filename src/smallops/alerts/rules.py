@@ -178,9 +178,7 @@ def budget(reads: Reads, workflow: str, t: Mapping[str, Any]) -> list[Finding]:
     found = []
     with reads.engine.connect() as connection:
         for period, start, cap in ledger.periods(reads.now):
-            spent = guard_log.period_spend(connection, workflow, period)
-            if spent is None:  # nobody has spent in this period yet: from the recorded costs
-                spent = guard_log.spend_since(connection, workflow, start)
+            spent = guard_log.spent_in_period(connection, workflow, period, start)
             used = spent / cap
             if used < float(t["near"]):
                 continue

@@ -24,7 +24,8 @@ def otel_command(
     same runs twice sends the same trace and span ids. Content follows
     OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT and each workflow's content mode.
     """
-    from smallops.storage.otel_export import SpanExport, backfill, export_environment
+    from smallops.storage.otel_backfill import backfill
+    from smallops.storage.otel_export import SpanExport, export_environment
 
     project = _common.project(ctx)
     environ = export_environment(project.settings.telemetry)

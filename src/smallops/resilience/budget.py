@@ -166,9 +166,7 @@ class BudgetLedger:
         rows = []
         with self._engine().connect() as connection:
             for period, start, cap in self.periods():
-                spent = guard_log.period_spend(connection, self.workflow, period)
-                if spent is None:
-                    spent = guard_log.spend_since(connection, self.workflow, start)
+                spent = guard_log.spent_in_period(connection, self.workflow, period, start)
                 rows.append(
                     {
                         "period": period,

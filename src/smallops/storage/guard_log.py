@@ -62,6 +62,13 @@ def period_spend(
     return None if spent is None else float(spent)
 
 
+def spent_in_period(connection: Connection, workflow: str, period: str, start: datetime) -> float:
+    """A period's spend as a reader sees it (nothing locked, nothing opened): the ledger's when
+    its row is open, else (nobody has spent in it yet) the recorded costs since its `start`."""
+    spent = period_spend(connection, workflow, period)
+    return spend_since(connection, workflow, start) if spent is None else spent
+
+
 def open_period(
     connection: Connection, workflow: str, period: str, spent: float, now: datetime
 ) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 from smallops.errors import ConfigError
 from smallops.redact import Redactor
 from smallops.storage.db import get_engine
-from smallops.storage.otel_export import SpanExport, logged_items
+from smallops.storage.otel_backfill import logged_items
+from smallops.storage.otel_export import SpanExport
 from smallops.storage.otel_process import read_frame, write_frame
 from smallops.storage.store import describe
 

@@ -27,13 +27,10 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-from sqlalchemy import Engine
 
 from smallops.config import Telemetry
 from smallops.errors import ConfigError
@@ -549,106 +546,3 @@ def item_of(
         text = row.get(name)
         row[name] = json.loads(text) if isinstance(text, str) else text
     return row, params, parse_parent(row.get("trace_parent"))
-
-
-_RUN_ID = RUN_COLUMNS.index("id")
-_PROMPT_VERSION = RUN_COLUMNS.index("prompt_version")
-
-
-def prompt_params(engine: Engine, runs: Iterable[Any]) -> dict[Any, dict[str, Any] | None]:
-    """Per run id, its prompt version's parameters as the log holds them (for runs written
-    from the spool, whose records are gone)."""
-    from sqlalchemy import select
-
-    from smallops.storage.schema import prompt_versions
-
-    versions = {run[_RUN_ID]: run[_PROMPT_VERSION] for run in runs}
-    query = select(prompt_versions.c.id, prompt_versions.c.params).where(
-        prompt_versions.c.id.in_(sorted(set(versions.values())))
-    )
-    with engine.connect() as connection:
-        found = {row.id: row.params for row in connection.execute(query)}
-    return {run_id: _as_dict(found.get(version)) for run_id, version in versions.items()}
-
-
-def _as_dict(params: Any) -> dict[str, Any] | None:
-    if isinstance(params, str):
-        params = json.loads(params)
-    return params if isinstance(params, dict) else None
-
-
-BACKFILL_CHUNK = 500  # runs read and sent at a time
-
-
-def backfill(engine: Engine, since: datetime, export: SpanExport | None = None) -> tuple[int, int]:
-    """Send the runs logged since `since` as spans, oldest first, with the ids a live export
-    gave them: sending twice sends the same spans. Returns (runs read, spans accepted)."""
-    from sqlalchemy import and_, or_, select
-
-    from smallops.storage.queries import plain_row
-    from smallops.storage.schema import runs
-
-    export = export or SpanExport()
-    params: dict[str, Any] = {}
-    read = accepted = 0
-    after: tuple[Any, Any] | None = None
-    with engine.connect() as connection:
-        while True:
-            query = select(runs).where(runs.c.started_at >= since)
-            if after is not None:
-                query = query.where(
-                    or_(
-                        runs.c.started_at > after[0],
-                        and_(runs.c.started_at == after[0], runs.c.id > after[1]),
-                    )
-                )
-            query = query.order_by(runs.c.started_at, runs.c.id).limit(BACKFILL_CHUNK)
-            rows = [plain_row(row._mapping) for row in connection.execute(query)]
-            if not rows:
-                break
-            accepted += export.send_now(_logged_items(connection, rows, params))
-            read += len(rows)
-            after = (rows[-1]["started_at"], rows[-1]["id"])
-    return read, accepted
-
-
-def logged_items(engine: Engine, run_ids: list[Any]) -> list[Item]:
-    """The export items of these runs as the log holds them (what the export process reads,
-    given only the ids of the runs the log writer committed)."""
-    from sqlalchemy import select
-
-    from smallops.storage.queries import plain_row
-    from smallops.storage.schema import runs
-
-    items: list[Item] = []
-    params: dict[str, Any] = {}
-    with engine.connect() as connection:
-        for start in range(0, len(run_ids), BACKFILL_CHUNK):
-            chunk = run_ids[start : start + BACKFILL_CHUNK]
-            query = select(runs).where(runs.c.id.in_(chunk))
-            rows = [plain_row(row._mapping) for row in connection.execute(query)]
-            items.extend(_logged_items(connection, rows, params))
-    return items
-
-
-def _logged_items(
-    connection: Any, rows: list[dict[str, Any]], params: dict[str, Any]
-) -> list[Item]:
-    """Items of rows read from the log: prompt parts put back, prompt parameters looked up
-    (`params` caches them across calls)."""
-    from sqlalchemy import select
-
-    from smallops.storage.prompt_parts import expand_runs
-    from smallops.storage.schema import prompt_versions
-
-    expand_runs(connection, rows)
-    wanted = {row["prompt_version"] for row in rows} - params.keys()
-    if wanted:
-        found = select(prompt_versions.c.id, prompt_versions.c.params).where(
-            prompt_versions.c.id.in_(sorted(wanted))
-        )
-        params.update((row.id, row.params) for row in connection.execute(found))
-    return [
-        (row, params.get(row["prompt_version"]), parse_parent(row.get("trace_parent")))
-        for row in rows
-    ]

@@ -26,7 +26,7 @@ from typing import Any
 from smallops.config import LogTarget, Telemetry
 from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
-from smallops.storage import label_rollups, otel_export
+from smallops.storage import label_rollups, otel_backfill, otel_export
 from smallops.storage.db import log_database, safe_url
 from smallops.storage.otel_process import ProcessExport
 from smallops.storage.prompt_parts import parts_of
@@ -292,7 +292,7 @@ class Writer:
         if records is not None:
             params = {record.id: record.facts.prompt.params for record in records}
         else:
-            params = otel_export.prompt_params(self.store.engine, batch.runs)
+            params = otel_backfill.prompt_params(self.store.engine, batch.runs)
         content = export.content
         export.offer(
             (
