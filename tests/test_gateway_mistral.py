@@ -5,6 +5,7 @@ Mistral's base URL), compared with the same SDK calling the emulator directly.""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 
 import openai
@@ -79,6 +80,7 @@ def adirect(mistral) -> openai.AsyncOpenAI:
 def test_sync_whole_completion_is_mistrals_own_and_is_logged(gateway, mistral):
     expected = direct(mistral).chat.completions.create(model=MODEL, messages=MESSAGES)
     mistral.clear()
+    mistral.default = ok(request_id="corr-whole")
     key = gateway.key()
     raw = gateway.client(key).chat.completions.with_raw_response.create(
         model="le-chat", messages=MESSAGES
@@ -87,6 +89,8 @@ def test_sync_whole_completion_is_mistrals_own_and_is_logged(gateway, mistral):
     assert without_ids(completion) == without_ids(expected)
     assert len(completion.id) == 32 and completion.system_fingerprint is None
     assert completion.usage.model_extra == {"prompt_audio_seconds": None}
+    assert raw.headers["mistral-correlation-id"] == "corr-whole"  # passed on, under its name
+    assert "x-request-id" not in raw.headers and "x-kong-request-id" not in raw.headers
     (sent,) = mistral.requests
     assert sent.body == {"model": MODEL, "messages": MESSAGES}
     assert sent.headers["authorization"] == f"Bearer {gateway.upstream_key}"
@@ -99,6 +103,7 @@ def test_sync_whole_completion_is_mistrals_own_and_is_logged(gateway, mistral):
     assert (run["model_served"], run["system_fingerprint"]) == (MODEL, None)
     assert (run["input_tokens"], run["output_tokens"]) == (25, 15)
     assert run["cost_usd"] == pytest.approx((25 * 0.1 + 15 * 0.3) / 1e6)
+    assert json.loads(run["attempts"])[0]["request_id"] == "corr-whole"
 
 
 def test_async_whole_completion_is_mistrals_own(gateway, mistral):
@@ -151,6 +156,18 @@ def test_streamed_chunks_are_mistrals_own_with_its_usage_in_the_last(gateway, mi
     assert [(r["status"], r["attempt_count"]) for r in runs] == [("auto", 1), ("auto", 1)]
     assert all((r["input_tokens"], r["output_tokens"]) == (25, 15) for r in runs)
     assert runs[0]["output"] == '"Hello from the emulator."'
+
+
+def test_a_streamed_answer_passes_on_and_records_the_request_id(gateway, mistral):
+    mistral.default = ok(request_id="corr-stream")
+    client = gateway.client(gateway.key())
+    with client.chat.completions.with_streaming_response.create(
+        model="le-chat", messages=MESSAGES, stream=True
+    ) as response:
+        assert response.headers["mistral-correlation-id"] == "corr-stream"
+        assert len(list(response.parse())) == 6
+    (run,) = gateway.runs(1)
+    assert json.loads(run["attempts"])[0]["request_id"] == "corr-stream"
 
 
 def test_a_client_asking_for_usage_gets_mistrals_own_usage(gateway, mistral):

@@ -44,6 +44,8 @@ class Answer:
 class Streamed(Protocol):
     """A 200 answer whose body is still to be read, event by event."""
 
+    headers: httpx.Headers
+
     def chunks(self) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None: ...
@@ -180,6 +182,7 @@ class Upstream:
 class _Http1Stream:
     def __init__(self, response: Http1Response, timeout: float) -> None:
         self._response, self._timeout = response, timeout
+        self.headers = httpx.Headers(response.headers)
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._response.chunks(self._timeout)
@@ -191,6 +194,7 @@ class _Http1Stream:
 class _HttpxStream:
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
+        self.headers = response.headers
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._response.aiter_raw()
