@@ -15,6 +15,7 @@ from smallops import Settings
 from smallops.gateway.app import Gateway
 from smallops.storage.db import ensure_schema
 from test_gateway import Running
+from test_gateway_anthropic import expanded
 
 from emulator_mistral import MistralServer
 from emulators import ok, status
@@ -156,6 +157,8 @@ def test_streamed_chunks_are_mistrals_own_with_its_usage_in_the_last(gateway, mi
     assert [(r["status"], r["attempt_count"]) for r in runs] == [("auto", 1), ("auto", 1)]
     assert all((r["input_tokens"], r["output_tokens"]) == (25, 15) for r in runs)
     assert runs[0]["output"] == '"Hello from the emulator."'
+    for run in runs:  # the log has the request as it was sent, the last time
+        assert "stream_options" not in expanded(gateway.engine, run)["attempts"][0]["request"]
 
 
 def test_a_streamed_answer_passes_on_and_records_the_request_id(gateway, mistral):

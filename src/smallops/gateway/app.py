@@ -288,6 +288,8 @@ class Gateway:
                 timeout = policy.attempt_timeout(elapsed)
                 if stream:
                     answer: Answer | Streamed = await upstream.open_stream(body, timeout)
+                    if upstream.no_stream_options:  # sent without it: the log says so
+                        sent.pop("stream_options", None)
                 else:
                     answer = await upstream.post(body, timeout)
                     self._read(leg, answer, attempt)
