@@ -222,3 +222,24 @@ def test_a_429_is_retried_and_answered(gateway, mistral):
     assert len(mistral.requests) == 2
     (run,) = gateway.runs(1)
     assert (run["status"], run["attempt_count"]) == ("auto", 2)
+
+
+def test_through_httpx_streams_and_errors_alike(gateway, mistral, monkeypatch):
+    """The path taken when a proxy stands between the gateway and Mistral."""
+    import smallops.gateway.upstream
+
+    monkeypatch.setattr(smallops.gateway.upstream, "uses_proxy", lambda url: True)
+    mistral.default = ok(request_id="corr-httpx")
+    client = gateway.client(gateway.key(), max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="once", messages=MESSAGES, stream=True
+    ) as response:
+        assert response.headers["mistral-correlation-id"] == "corr-httpx"
+        chunks = list(response.parse())
+    assert chunks[-1].usage.completion_tokens == 15
+    assert ["stream_options" in r.body for r in mistral.requests] == [True, False]
+    mistral.script(status(503, message="Service unavailable"))
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model="once", messages=MESSAGES)
+    assert failed.value.status_code == 503 and failed.value.body["message"] == "Service unavailable"
+    assert failed.value.type == "internal_server_error"
