@@ -358,6 +358,8 @@ def _error(vendor: Vendor, failure: Status) -> JSONResponse:
 class ModelServer:
     """Both vendors' APIs on one uvicorn server running in a background thread."""
 
+    paths: tuple[str, ...] = ("/v1/chat/completions", "/v1/messages")  # the POST endpoints
+
     def __init__(self) -> None:
         self.default: Behaviour = ok()
         self.requests: list[Received] = []
@@ -391,10 +393,7 @@ class ModelServer:
             self.streams_finished = self.streams_cut = 0
 
     def start(self) -> ModelServer:
-        routes = [
-            Route(path, self._handle, methods=["POST"])
-            for path in ("/v1/chat/completions", "/v1/messages")
-        ]
+        routes = [Route(path, self._handle, methods=["POST"]) for path in self.paths]
         config = uvicorn.Config(
             Starlette(routes=routes),
             host="127.0.0.1",

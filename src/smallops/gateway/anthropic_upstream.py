@@ -59,13 +59,17 @@ class AnthropicUpstream(Upstream):
                 "bad_response", "the upstream body is not valid JSON", raw=raw
             ) from None
         completion = anthropic_wire.completion(message, int(time.time()))
-        request_id = answer.headers.get("request-id")
-        headers = httpx.Headers({"x-request-id": request_id} if request_id else {})
-        return Answer(200, headers, to_json(completion), wire=answer.content)
+        return Answer(200, _request_id(answer.headers), to_json(completion), wire=answer.content)
 
     async def open_stream(self, body: bytes, timeout: float) -> Streamed:
         response = await super().open_stream(body, timeout)
         return _TranslatedStream(response, anthropic_wire.StreamTranslator(int(time.time())))
+
+
+def _request_id(headers: httpx.Headers) -> httpx.Headers:
+    """Anthropic's `request-id` as the `x-request-id` an OpenAI client reads."""
+    request_id = headers.get("request-id")
+    return httpx.Headers({"x-request-id": request_id} if request_id else {})
 
 
 class _TranslatedStream:
@@ -73,6 +77,7 @@ class _TranslatedStream:
 
     def __init__(self, response: Streamed, translator: anthropic_wire.StreamTranslator) -> None:
         self._response, self._translator = response, translator
+        self.headers = _request_id(response.headers)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The translated chunks; a stream that stops before message_stop (an error event, a

@@ -228,9 +228,10 @@ class Gateway:
         try:
             leg, response = await self.forward(exchange, stream=True)
             assert not isinstance(response, Answer)
-            ok = await streaming.relay(
-                exchange.request, leg, response, receive, send, _run_headers(exchange)
-            )
+            if leg.attempts:
+                leg.attempts[-1]["request_id"] = request_id_of(response.headers)
+            headers = [*_run_headers(exchange), *_passed_on(response.headers)]
+            ok = await streaming.relay(exchange.request, leg, response, receive, send, headers)
         except GatewayError as error:
             await respond_error(send, error, _run_headers(exchange))
         finally:
@@ -287,6 +288,8 @@ class Gateway:
                 timeout = policy.attempt_timeout(elapsed)
                 if stream:
                     answer: Answer | Streamed = await upstream.open_stream(body, timeout)
+                    if upstream.no_stream_options:  # sent without it: the log says so
+                        sent.pop("stream_options", None)
                 else:
                     answer = await upstream.post(body, timeout)
                     self._read(leg, answer, attempt)
@@ -334,7 +337,7 @@ class Gateway:
         attempt.update(
             response=raw if answer.wire is None else answer.wire.decode("utf-8", "replace"),
             model=leg.served,
-            request_id=answer.headers.get("x-request-id"),
+            request_id=request_id_of(answer.headers),
             usage=leg.usage.__dict__,
         )
 
@@ -409,7 +412,18 @@ def _run_headers(exchange: Exchange) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-_PASSED_ON = (b"x-request-id",)
+#: The upstream's request id, passed on to the client under its own name (Mistral's is
+#: `mistral-correlation-id`); an Anthropic upstream's is already `x-request-id`.
+_PASSED_ON = (b"x-request-id", b"mistral-correlation-id")
+
+
+def request_id_of(headers: httpx.Headers) -> str | None:
+    """The upstream's id for the request, for the run's attempt."""
+    for name in _PASSED_ON:
+        found = headers.get(name.decode())
+        if found:
+            return str(found)
+    return None
 
 
 def _unknown_endpoint(method: str, path: str) -> GatewayError:

@@ -103,6 +103,9 @@ def client_error(error: ProviderError) -> GatewayError:
             message, kind, code = translated
             status = 503 if error.status_code == 529 else error.status_code
             return GatewayError(status, message, kind, code)
+        flat = _flat_error(error.raw, error.status_code)
+        if flat is not None:
+            return GatewayError(error.status_code, *flat)
     if error.kind == "timeout":
         return upstream_failed(504, "the upstream did not answer in time", "upstream_timeout")
     if error.kind == "connection_error":
@@ -152,6 +155,27 @@ def _anthropic_error(raw: str) -> tuple[str, str, str] | None:
     message = detail.get("message")
     text = message if isinstance(message, str) else kind
     return text, ANTHROPIC_ERROR_TYPES.get(kind, "server_error"), kind
+
+
+def _flat_error(raw: str, status: int) -> tuple[str, str, str | None, str | None] | None:
+    """An error body of another shape, as (message, type, code, param): Mistral's flat
+    `{"object": "error", "message", "type", "param", "code"}` (whose message may be an object,
+    its 422's `{"detail": [...]}`), a bare `{"message": ...}` or a `{"detail": ...}` (FastAPI's,
+    as vLLM and the like answer); None if it is none of these."""
+    try:
+        body = from_json(raw)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or ("message" not in body and "detail" not in body):
+        return None
+    said = body.get("message", body.get("detail"))
+    message = said if isinstance(said, str) else to_json(said).decode()
+    kind = body.get("type")
+    if not isinstance(kind, str) or not kind:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+    code, param = body.get("code"), body.get("param")
+    code = str(code)[:60] if isinstance(code, (str, int)) and not isinstance(code, bool) else None
+    return message, kind[:60], code, param if isinstance(param, str) else None
 
 
 def refusal_type(error: GatewayError) -> GuardRefusal:

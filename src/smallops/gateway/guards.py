@@ -64,7 +64,7 @@ class GatewayGuards:
         self._limits: dict[tuple[str, tuple[str, ...]], RateLimit] = {}
         self._ledgers: dict[tuple[str, float | None, float | None], BudgetLedger] = {}
         self._events: dict[str, EventLog] = {}
-        self._exhausted: set[str] = set()  # budgets reported spent, per period
+        self._reported: set[str] = set()  # budgets reported near or at their cap, per period
         self.breakers: BreakerStore = breaker_store(redis_url)
         self.breaker_config = BreakerConfig()
 
@@ -100,12 +100,14 @@ class GatewayGuards:
                 decisions.append({"guard": "budget", "decision": kind, "budget": name})
                 if reservation.unavailable:
                     raise budget_unavailable(reservation.refused)
-                self._report_exhausted(route, name, reservation.refused)
+                self._report_once(route, name, "exhausted", reservation.refused)
                 raise budget_exhausted(f"{_whose(name)}: {reservation.refused}")
             decisions.append(
                 {"guard": "budget", "decision": "reserved", "budget": name, "usd": round(cost, 6)}
             )
             held.append((ledger, reservation))
+            for warning in reservation.warnings:  # 80% of a cap crossed
+                self._report_once(route, name, "warning", warning)
         return held
 
     def settle(self, held: Held, target: Target | None, served: str | None, usage: Usage) -> None:
@@ -147,13 +149,20 @@ class GatewayGuards:
         if change is not None:
             self._transition(target, change)
 
-    def _report_exhausted(self, route: Route | WorkflowRoute, name: str, reason: str) -> None:
-        """A spent budget, reported once per period and process, not once per refused request
-        (a client retrying against it would otherwise write an event a request)."""
-        period = f"{name}|{reason.split(' budget')[0]}|{datetime.now(timezone.utc):%Y-%m-%d}"
-        if period not in self._exhausted:
-            self._exhausted.add(period)
-            self._event_log(route.workflow).record("budget", name, None, "exhausted", reason)
+    def _report_once(
+        self, route: Route | WorkflowRoute, name: str, after: str, reason: str
+    ) -> None:
+        """A budget's warning (80% of a cap crossed) or exhaustion, as workflows report them,
+        in the route's guard events: once per period and process, not once per request (each
+        reservation whose estimate crosses 80% while the real costs stay under it warns again,
+        and a client retrying against a spent budget would write an event a request)."""
+        kind = reason.split(" budget")[0]  # daily or monthly
+        now = datetime.now(timezone.utc)
+        when = f"{now:%Y-%m}" if kind == "monthly" else f"{now:%Y-%m-%d}"
+        period = f"{name}|{after}|{kind}|{when}"
+        if period not in self._reported:
+            self._reported.add(period)
+            self._event_log(route.workflow).record("budget", name, None, after, reason)
 
     def _transition(self, target: Target, change: Any) -> None:
         self._event_log(target.route.workflow).record(

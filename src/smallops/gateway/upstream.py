@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic_core import to_json
+from pydantic_core import from_json, to_json
 
 from smallops import __version__
 from smallops.gateway.http1 import Http1Pool, Http1Response
@@ -44,6 +44,8 @@ class Answer:
 class Streamed(Protocol):
     """A 200 answer whose body is still to be read, event by event."""
 
+    headers: httpx.Headers
+
     def chunks(self) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None: ...
@@ -62,14 +64,19 @@ class Upstream:
         self.url = base_url.rstrip("/") + self.path
         self._connections = connections
         self.proxied = uses_proxy(self.url)
+        #: Whether the provider refused `stream_options` (Mistral's 422): it is not sent again.
+        self.no_stream_options = False
 
     def request_body(
         self, request: dict[str, Any], model: str, stream: bool
     ) -> tuple[dict[str, Any], bytes]:
         """What is sent for the client's request: as it came, with the pinned model put in
-        (and usage asked for, when streamed); as a dict for the log, and as bytes."""
+        (and usage asked for, when streamed, unless the provider refuses to be asked); as a
+        dict for the log, and as bytes."""
         sent = {**request, "model": model}
-        if stream:
+        if stream and self.no_stream_options:
+            sent.pop("stream_options", None)
+        elif stream:
             sent["stream_options"] = {**(sent.get("stream_options") or {}), "include_usage": True}
         return sent, to_json(sent)
 
@@ -126,11 +133,18 @@ class Upstream:
 
     async def open_stream(self, body: bytes, timeout: float) -> Streamed:
         """Send, and return the answer with its body still to be read (200 only); after a
-        401, once more with a rotated key, as `post`."""
+        401, once more with a rotated key, as `post`. A provider that refuses the field
+        `stream_options` (Mistral answers 422: it sends usage unasked, in its last chunk) is
+        sent the request again without it, and from then on never asked."""
         headers = await self._headers()
+        if self.no_stream_options and b'"stream_options"' in body:
+            body = without_stream_options(body)
         try:
             return await self._open_stream(body, timeout, headers)
         except ProviderError as exc:
+            if refuses_stream_options(exc) and not self.no_stream_options:
+                self.no_stream_options = True
+                return await self.open_stream(body, timeout)
             rotated = await rotated_key(self.provider, exc, self.sent_key(headers))
             if rotated is None:
                 raise
@@ -168,6 +182,7 @@ class Upstream:
 class _Http1Stream:
     def __init__(self, response: Http1Response, timeout: float) -> None:
         self._response, self._timeout = response, timeout
+        self.headers = httpx.Headers(response.headers)
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._response.chunks(self._timeout)
@@ -179,6 +194,7 @@ class _Http1Stream:
 class _HttpxStream:
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
+        self.headers = response.headers
 
     def chunks(self) -> AsyncIterator[bytes]:
         return self._response.aiter_raw()
@@ -234,6 +250,17 @@ async def rotated_key(provider: Provider, error: ProviderError, sent: str) -> st
     if error.status_code != 401 or not isinstance(provider, SdkClients):
         return None
     return await asyncio.to_thread(provider.rotated, sent)
+
+
+def refuses_stream_options(error: ProviderError) -> bool:
+    """Whether an upstream's 400 or 422 is its refusal of the field `stream_options`."""
+    return error.status_code in (400, 422) and "stream_options" in (error.raw or "")
+
+
+def without_stream_options(body: bytes) -> bytes:
+    request = from_json(body)
+    request.pop("stream_options", None)
+    return to_json(request)
 
 
 def _timeout(seconds: float) -> httpx.Timeout:
