@@ -55,7 +55,7 @@ class RawServer:
 def post(pool: Http1Pool, url: str, timeout: float = 2.0):
     async def go():
         response = await pool.post(url, {"content-type": "application/json"}, b"{}", timeout, 1.0)
-        return response.status, dict(response.headers), await response.read(timeout)
+        return response.status, dict(response.headers), await response.read(timeout, 2**20)
 
     return go()
 

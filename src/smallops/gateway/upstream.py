@@ -20,7 +20,12 @@ import httpx
 from pydantic_core import from_json, to_json
 
 from smallops import __version__
-from smallops.gateway.http1 import Http1Pool, Http1Response
+from smallops.gateway.http1 import (
+    AnswerTooLarge,
+    Http1Pool,
+    Http1Response,
+    UpstreamConnectionError,
+)
 from smallops.providers._sdk import SdkClients, status_kind
 from smallops.providers.base import Provider, ProviderError, parse_retry_after
 from smallops.redact import Redactor
@@ -29,6 +34,9 @@ USER_AGENT = f"smallops-gateway/{__version__}"
 CONNECT_TIMEOUT = 10.0
 #: Up to this many upstream connections are kept open per worker between requests (httpx).
 POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepalive_expiry=30)
+#: The most of a whole answer (or an error's body) read into memory: an upstream that sends
+#: more is cut off there, and its answer is a bad_response.
+MAX_ANSWER_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -112,18 +120,15 @@ class Upstream:
     async def _post(self, body: bytes, timeout: float, headers: dict[str, str]) -> Answer:
         try:
             if self.proxied:  # httpx bounds each read only: the whole is bounded here
-                sending = self._connections.httpx().post(
-                    self.url, content=body, headers=headers, timeout=_timeout(timeout)
-                )
-                response = await asyncio.wait_for(sending, timeout)
-                answer = Answer(response.status_code, response.headers, response.content)
+                sending = self._httpx_post(body, headers, timeout)
+                answer = await asyncio.wait_for(sending, timeout)
             else:
                 loop = asyncio.get_running_loop()
                 end = loop.time() + timeout
                 direct = await self._connections.http1().post(
                     self.url, headers, body, timeout, min(timeout, CONNECT_TIMEOUT)
                 )
-                content = await direct.read(end - loop.time())
+                content = await direct.read(end - loop.time(), MAX_ANSWER_BYTES)
                 answer = Answer(direct.status, httpx.Headers(direct.headers), content)
         except Exception as exc:
             raise as_provider_error(exc) from None
@@ -150,6 +155,17 @@ class Upstream:
                 raise
             return await self._open_stream(body, timeout, await self._headers(rotated))
 
+    async def _httpx_post(self, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+        client = self._connections.httpx()
+        request = client.build_request(
+            "POST", self.url, content=body, headers=headers, timeout=_timeout(timeout)
+        )
+        response = await client.send(request, stream=True)
+        try:
+            return Answer(response.status_code, response.headers, await _read_whole(response))
+        finally:
+            await response.aclose()
+
     async def _open_stream(self, body: bytes, timeout: float, headers: dict[str, str]) -> Streamed:
         try:
             if self.proxied:
@@ -158,7 +174,7 @@ class Upstream:
                 self.url, headers, body, timeout, min(timeout, CONNECT_TIMEOUT)
             )
             if direct.status >= 400:
-                content = await direct.read(timeout)
+                content = await direct.read(timeout, MAX_ANSWER_BYTES)
                 raise status_error(Answer(direct.status, httpx.Headers(direct.headers), content))
             return _Http1Stream(direct, timeout)
         except ProviderError:
@@ -173,8 +189,10 @@ class Upstream:
         )
         response = await client.send(request, stream=True)
         if response.status_code >= 400:
-            content = await response.aread()
-            await response.aclose()
+            try:
+                content = await _read_whole(response)
+            finally:
+                await response.aclose()
             raise status_error(Answer(response.status_code, response.headers, content))
         return _HttpxStream(response)
 
@@ -263,6 +281,21 @@ def without_stream_options(body: bytes) -> bytes:
     return to_json(request)
 
 
+async def _read_whole(response: httpx.Response) -> bytes:
+    """An httpx answer's body (decoded), up to MAX_ANSWER_BYTES: AnswerTooLarge past it."""
+    limit = MAX_ANSWER_BYTES
+    declared = response.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        raise AnswerTooLarge(limit)
+    parts, size = [], 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > limit:
+            raise AnswerTooLarge(limit)
+        parts.append(part)
+    return b"".join(parts)
+
+
 def _timeout(seconds: float) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT))
 
@@ -271,6 +304,10 @@ def as_provider_error(exc: BaseException) -> ProviderError:
     """A failure to get an answer (either client's) as the ProviderError it amounts to."""
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, AnswerTooLarge):
+        return ProviderError("bad_response", f"{exc}: it was not read")
+    if isinstance(exc, UpstreamConnectionError):  # the gateway's own words: no upstream text
+        return ProviderError("connection_error", f"upstream connection failed: {exc}")
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException)):
         return ProviderError("timeout", "the upstream request timed out")
     if isinstance(exc, (OSError, httpx.HTTPError)):

@@ -1,0 +1,96 @@
+"""The gateway against upstreams that do not stop: answers too large to hold, headers without
+end, streams that only keep the connection alive, streams that fail after they started, and
+clients that leave a workflow route while its call is out. Real HTTP throughout: the gateway
+served by uvicorn, the upstream a small ASGI application (test_gateway.ScriptedStream)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import smallops.gateway.upstream
+from test_gateway import MESSAGES, ScriptedStream, scripted_gateway
+
+
+def post(running, stream: bool = False, timeout: float = 10) -> httpx.Response:
+    return httpx.post(
+        f"{running.base_url}/chat/completions",
+        headers={"authorization": f"Bearer {running.key()}"},
+        json={"model": "r", "messages": MESSAGES, "stream": stream},
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(params=["http1", "httpx"])
+def path(request, monkeypatch):
+    """Either upstream client: the gateway's own, or httpx (taken when a proxy is set)."""
+    if request.param == "httpx":
+        monkeypatch.setattr(smallops.gateway.upstream, "uses_proxy", lambda url: True)
+    return request.param
+
+
+# -- whole answers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["chunked", "content-length"])
+def test_a_whole_answer_over_the_size_limit_is_a_502_and_a_failed_run(
+    tmp_path, monkeypatch, path, declared
+):
+    """An answer larger than MAX_ANSWER_BYTES is not held in memory: the gateway stops reading
+    it (at its content-length, or as the bytes pass the limit), answers 502 in OpenAI's shape,
+    and logs the run as failed, saying why."""
+    monkeypatch.setattr(smallops.gateway.upstream, "MAX_ANSWER_BYTES", 4096)
+    body = b'{"choices": [], "pad": "' + b"x" * 3000
+    pieces = (body, 0.05, b"y" * 3000 + b'"}')
+    headers = ((b"content-length", str(len(body) + 3002).encode()),) if declared else ()
+    upstream = ScriptedStream(*pieces, headers=headers)
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        response = post(running)
+        (run,) = running.runs(1)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "upstream_bad_response")
+    assert "limit of 4096 bytes" in error["message"]
+    assert (run["status"], run["error_type"]) == ("failed", "bad_response")
+    assert "limit of 4096 bytes" in run["error_message"]
+
+
+def test_an_answer_just_under_the_limit_is_passed_on(tmp_path, monkeypatch, path):
+    monkeypatch.setattr(smallops.gateway.upstream, "MAX_ANSWER_BYTES", 4096)
+    completion = (
+        b'{"id": "c1", "object": "chat.completion", "created": 1, "model": "m-1", "choices": '
+        b'[{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": '
+        b'"stop"}], "pad": "'
+    )
+    completion += b"x" * (4096 - len(completion) - 2) + b'"}'
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(completion))
+    with stack:
+        response = post(running)
+        (run,) = running.runs(1)
+    assert response.status_code == 200 and len(response.content) == 4096
+    assert run["status"] == "auto"
+
+
+def test_headers_without_end_are_a_502_not_memory(tmp_path, monkeypatch):
+    """The gateway's own client drops an upstream whose headers go on past 64 KiB."""
+    huge = tuple((f"x-pad-{n}".encode(), b"v" * 1000) for n in range(100))
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(b"{}", headers=huge))
+    with stack:
+        response = post(running)
+        (run,) = running.runs(1)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unreachable"
+    assert "headers are over 64 KiB" in response.json()["error"]["message"]
+    assert (run["status"], run["error_type"]) == ("failed", "connection_error")
+
+
+def test_a_nul_byte_in_a_whole_answer_is_a_bad_response_not_a_crash(tmp_path, monkeypatch, path):
+    raw = b'{"choices": [{"message": {"content": "a\x00b"}}]}'
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(raw))
+    with stack:
+        response = post(running)
+        (run,) = running.runs(1)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_bad_response"
+    assert (run["status"], run["error_type"]) == ("failed", "bad_response")
