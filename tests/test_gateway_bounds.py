@@ -5,11 +5,14 @@ served by uvicorn, the upstream a small ASGI application (test_gateway.ScriptedS
 
 from __future__ import annotations
 
+import time
+
 import httpx
+import openai
 import pytest
 
 import smallops.gateway.upstream
-from test_gateway import MESSAGES, ScriptedStream, scripted_gateway
+from test_gateway import HI, MESSAGES, USAGE_CHUNK, ScriptedStream, scripted_gateway
 
 
 def post(running, stream: bool = False, timeout: float = 10) -> httpx.Response:
@@ -94,3 +97,96 @@ def test_a_nul_byte_in_a_whole_answer_is_a_bad_response_not_a_crash(tmp_path, mo
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_bad_response"
     assert (run["status"], run["error_type"]) == ("failed", "bad_response")
+
+
+# -- streams that only keep the connection alive -------------------------------------------------
+
+DONE = b"data: [DONE]\n\n"
+COMMENT = b": keep-alive\n\n"
+
+
+def read_stream(running) -> tuple[bytes, float]:
+    began = time.monotonic()
+    with httpx.stream(
+        "POST",
+        f"{running.base_url}/chat/completions",
+        headers={"authorization": f"Bearer {running.key()}"},
+        json={"model": "r", "messages": MESSAGES, "stream": True},
+        timeout=10,
+    ) as response:
+        assert response.status_code == 200
+        body = response.read()
+    return body, time.monotonic() - began
+
+
+def wait_for(condition, seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_stream_of_keep_alives_only_is_cut_at_the_routes_timeout(tmp_path, monkeypatch, path):
+    """Comments (`: keep-alive`) every 0.2 s after the first chunk: the route's timeout (1 s)
+    runs from the last data, so the gateway ends the stream with an error event, closes the
+    upstream connection, and logs the run as failed on a timeout, with the text that came."""
+    upstream = ScriptedStream(HI, *[piece for _ in range(50) for piece in (0.2, COMMENT)], DONE)
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        body, took = read_stream(running)
+        (run,) = running.runs(1)
+        assert wait_for(lambda: upstream.left == 1)
+    assert 1.0 <= took < 3.0
+    assert body.startswith(HI) and b"upstream_stream_failed" in body and DONE not in body
+    assert b"no data for 1 s" in body
+    assert (run["status"], run["error_type"], run["output"]) == ("failed", "timeout", '"Hi"')
+
+
+def test_a_stream_that_sends_nothing_after_its_headers_is_cut_too(tmp_path, monkeypatch, path):
+    upstream = ScriptedStream(30.0, DONE)
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        body, took = read_stream(running)
+        (run,) = running.runs(1)
+        assert wait_for(lambda: upstream.left == 1)
+    assert took < 3.0 and b"upstream_stream_failed" in body
+    assert (run["status"], run["error_type"]) == ("failed", "timeout")
+
+
+def test_data_slower_than_the_timeout_in_all_but_not_between_events_is_whole(
+    tmp_path, monkeypatch, path
+):
+    """The bound is between data events: five chunks 0.5 s apart (keep-alives between them)
+    take longer than the 1 s timeout in all, and still arrive whole."""
+    pieces = [piece for _ in range(5) for piece in (0.25, COMMENT, 0.25, HI)]
+    upstream = ScriptedStream(*pieces, USAGE_CHUNK, DONE)
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        body, took = read_stream(running)
+        (run,) = running.runs(1)
+    assert took >= 2.5 and body.endswith(DONE) and body.count(b'"Hi"') == 5
+    assert (run["status"], run["output_tokens"]) == ("auto", 77)
+
+
+def test_an_anthropic_stream_of_pings_only_is_cut_and_keeps_anthropics_counts(
+    tmp_path, monkeypatch, path
+):
+    """Anthropic's keep-alive is an `event: ping`: it is not data either. The run keeps the
+    input tokens Anthropic counted at message_start."""
+    from test_gateway_anthropic import HELLO, STARTED, event
+
+    ping = event("ping")
+    upstream = ScriptedStream(STARTED, HELLO, *[p for _ in range(50) for p in (0.2, ping)])
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream, "anthropic")
+    with stack:
+        client = running.client(running.key(), max_retries=0)
+        began = time.monotonic()
+        stream = client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        with pytest.raises(openai.APIError, match="no data for 1 s"):
+            list(stream)
+        took = time.monotonic() - began
+        (run,) = running.runs(1)
+        assert wait_for(lambda: upstream.left == 1)
+    assert took < 3.0
+    assert (run["status"], run["error_type"], run["output"]) == ("failed", "timeout", '"Hello"')
+    assert run["input_tokens"] == 1000

@@ -3,7 +3,9 @@
 The gateway always asks the upstream for usage (`stream_options.include_usage`), so a streamed
 request is priced and budgeted like any other; the extra usage chunk is kept from a client that
 did not ask for it. A client that goes away mid-stream cancels the upstream request (its
-connection is closed), and the run is recorded as `cancelled` with what had arrived.
+connection is closed), and the run is recorded as `cancelled` with what had arrived. An
+upstream that sends only keep-alives (`: comments`, Anthropic's pings) is cut off the route's
+timeout after its last data event, and the run recorded as failed on a `timeout`.
 """
 
 from __future__ import annotations
@@ -137,7 +139,10 @@ async def relay(
     async def pump() -> None:
         try:
             async for chunk in response.chunks():
+                seen = state.events
                 out = state.feed(chunk)
+                if state.events != seen:
+                    response.progressed()
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             rest = state.rest()

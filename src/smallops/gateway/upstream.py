@@ -56,7 +56,14 @@ class Streamed(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
+    def progressed(self) -> None:
+        """A real event came (not a keep-alive): the wait for the next one starts again."""
+
     async def aclose(self) -> None: ...
+
+
+class StreamIdle(TimeoutError):
+    """A stream that sent no real event for its route's timeout (keep-alives do not count)."""
 
 
 class Upstream:
@@ -194,27 +201,60 @@ class Upstream:
             finally:
                 await response.aclose()
             raise status_error(Answer(response.status_code, response.headers, content))
-        return _HttpxStream(response)
+        return _HttpxStream(response, timeout)
 
 
-class _Http1Stream:
+class _IdleBounded:
+    """A stream whose every wait for more is bounded from its last real event (`progressed`),
+    not from its last bytes: an upstream that sends only keep-alive comments or pings, or
+    nothing, is cut off `idle` seconds after its last data (StreamIdle), its connection
+    closed."""
+
+    def __init__(self, idle: float) -> None:
+        self._idle = idle
+        self._until = asyncio.get_running_loop().time() + idle
+
+    def progressed(self) -> None:
+        self._until = asyncio.get_running_loop().time() + self._idle
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._bounded(self._raw())
+
+    def _raw(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def _bounded(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout_at(self._until):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise StreamIdle(f"the upstream sent no data for {self._idle:.3g} s") from None
+            yield chunk
+
+
+class _Http1Stream(_IdleBounded):
     def __init__(self, response: Http1Response, timeout: float) -> None:
+        super().__init__(timeout)
         self._response, self._timeout = response, timeout
         self.headers = httpx.Headers(response.headers)
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def _raw(self) -> AsyncIterator[bytes]:
         return self._response.chunks(self._timeout)
 
     async def aclose(self) -> None:
         self._response.close()
 
 
-class _HttpxStream:
-    def __init__(self, response: httpx.Response) -> None:
+class _HttpxStream(_IdleBounded):
+    def __init__(self, response: httpx.Response, timeout: float) -> None:
+        super().__init__(timeout)
         self._response = response
         self.headers = response.headers
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def _raw(self) -> AsyncIterator[bytes]:
         return self._response.aiter_raw()
 
     async def aclose(self) -> None:
@@ -308,6 +348,8 @@ def as_provider_error(exc: BaseException) -> ProviderError:
         return ProviderError("bad_response", f"{exc}: it was not read")
     if isinstance(exc, UpstreamConnectionError):  # the gateway's own words: no upstream text
         return ProviderError("connection_error", f"upstream connection failed: {exc}")
+    if isinstance(exc, StreamIdle):
+        return ProviderError("timeout", f"{exc} (keep-alives aside)")
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException)):
         return ProviderError("timeout", "the upstream request timed out")
     if isinstance(exc, (OSError, httpx.HTTPError)):
