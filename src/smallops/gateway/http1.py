@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,12 +70,13 @@ class Http1Response:
         self._pool.release(self._key, connection)
         return b"".join(parts)
 
-    async def chunks(self, timeout: float) -> AsyncIterator[bytes]:
-        """The body as it arrives; each wait for more is bounded by `timeout`."""
+    async def chunks(self, left: Callable[[], float]) -> AsyncIterator[bytes]:
+        """The body as it arrives; each wait for more is bounded by the seconds `left()` gives
+        when it starts (TimeoutError)."""
         connection = self._connection
         try:
             while True:
-                chunk = await connection.next_chunk(timeout)
+                chunk = await connection.next_chunk(left())
                 if chunk is None:
                     break
                 yield chunk

@@ -217,32 +217,38 @@ class _IdleBounded:
     def progressed(self) -> None:
         self._until = asyncio.get_running_loop().time() + self._idle
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._bounded(self._raw())
+    def left(self) -> float:
+        return max(0.0, self._until - asyncio.get_running_loop().time())
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        raw = self._raw()
+        while True:
+            try:
+                chunk = await self._next(raw)
+            except StopAsyncIteration:
+                return
+            except (TimeoutError, asyncio.TimeoutError):
+                raise StreamIdle(f"the upstream sent no data for {self._idle:.3g} s") from None
+            yield chunk
 
     def _raw(self) -> AsyncIterator[bytes]:
         raise NotImplementedError
 
-    async def _bounded(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                async with asyncio.timeout_at(self._until):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise StreamIdle(f"the upstream sent no data for {self._idle:.3g} s") from None
-            yield chunk
+    async def _next(self, raw: AsyncIterator[bytes]) -> bytes:
+        raise NotImplementedError
 
 
 class _Http1Stream(_IdleBounded):
     def __init__(self, response: Http1Response, timeout: float) -> None:
         super().__init__(timeout)
-        self._response, self._timeout = response, timeout
+        self._response = response
         self.headers = httpx.Headers(response.headers)
 
     def _raw(self) -> AsyncIterator[bytes]:
-        return self._response.chunks(self._timeout)
+        return self._response.chunks(self.left)  # its waits end when the bound does
+
+    async def _next(self, raw: AsyncIterator[bytes]) -> bytes:
+        return await anext(raw)
 
     async def aclose(self) -> None:
         self._response.close()
@@ -256,6 +262,9 @@ class _HttpxStream(_IdleBounded):
 
     def _raw(self) -> AsyncIterator[bytes]:
         return self._response.aiter_raw()
+
+    async def _next(self, raw: AsyncIterator[bytes]) -> bytes:
+        return await asyncio.wait_for(anext(raw), self.left())
 
     async def aclose(self) -> None:
         await self._response.aclose()
