@@ -710,11 +710,12 @@ class ScriptedStream:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def scripted_gateway(tmp_path, monkeypatch, upstream: ScriptedStream, kind: str = "openai"):
-    """A gateway whose route `r` (no retries, 1 s timeout) goes to `upstream`; yields Running."""
+def scripted_gateway(tmp_path, monkeypatch, upstream: ScriptedStream | int, kind: str = "openai"):
+    """A gateway whose route `r` (no retries, 1 s timeout) goes to `upstream` (an application
+    served here, or the port of a server already listening); yields Running."""
     monkeypatch.setenv("RAW_KEY", "sk-raw-" + secrets.token_hex(16))
     stack = contextlib.ExitStack()
-    port = stack.enter_context(serving_app(upstream))
+    port = upstream if isinstance(upstream, int) else stack.enter_context(serving_app(upstream))
     base = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
     (tmp_path / "smallops.toml").write_text(
         f'[smallops]\ndatabase_url = "sqlite:///{tmp_path / "log.db"}"\n'

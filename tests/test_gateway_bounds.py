@@ -5,6 +5,8 @@ served by uvicorn, the upstream a small ASGI application (test_gateway.ScriptedS
 
 from __future__ import annotations
 
+import socketserver
+import threading
 import time
 
 import httpx
@@ -105,12 +107,12 @@ DONE = b"data: [DONE]\n\n"
 COMMENT = b": keep-alive\n\n"
 
 
-def read_stream(running) -> tuple[bytes, float]:
+def read_stream(running, key: str | None = None) -> tuple[bytes, float]:
     began = time.monotonic()
     with httpx.stream(
         "POST",
         f"{running.base_url}/chat/completions",
-        headers={"authorization": f"Bearer {running.key()}"},
+        headers={"authorization": f"Bearer {key or running.key()}"},
         json={"model": "r", "messages": MESSAGES, "stream": True},
         timeout=10,
     ) as response:
@@ -190,3 +192,109 @@ def test_an_anthropic_stream_of_pings_only_is_cut_and_keeps_anthropics_counts(
     assert took < 3.0
     assert (run["status"], run["error_type"], run["output"]) == ("failed", "timeout", '"Hello"')
     assert run["input_tokens"] == 1000
+
+
+# -- streams that fail after they started, and the breaker ------------------------------------
+
+
+class RawUpstream:
+    """A TCP server on 127.0.0.1 that answers each request with `reply`, bytes as they are,
+    then closes the connection: a cut, when the reply is not a whole HTTP answer."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.requests = 0
+        upstream = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    if not (more := self.request.recv(65536)):
+                        return
+                    data += more
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += self.request.recv(65536)
+                upstream.requests += 1
+                self.request.sendall(upstream.reply)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port: int = self.server.server_address[1]
+
+    def __enter__(self) -> RawUpstream:
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+ERROR_EVENT = b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("ending", "kind"),
+    [
+        ("no-done", "bad_response"),
+        ("error-event", "server_error"),
+        ("cut", "connection_error"),
+        ("keep-alives", "timeout"),
+    ],
+)
+def test_streams_that_fail_midway_open_the_breaker_as_failed_answers_do(
+    tmp_path, monkeypatch, path, ending, kind
+):
+    """Ten streams that start well and then fail (no [DONE], an error event, a connection
+    cut mid-body, keep-alives past the timeout) are ten failures for the route's breaker:
+    the next request is a 503 breaker_open, and the upstream is not asked again."""
+    if ending == "cut":
+        # chunked, one whole event, then the connection closes mid-body
+        reply = SSE_HEAD + b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n" % len(HI) + HI
+        reply += b"\r\n"
+        raw = RawUpstream(reply)
+        stack, running = scripted_gateway(tmp_path, monkeypatch, raw.port)
+        stack.enter_context(raw)
+        upstream = raw
+    else:
+        tail = {"no-done": (), "error-event": (ERROR_EVENT,), "keep-alives": (1.5, COMMENT)}
+        upstream = ScriptedStream(HI, *tail[ending])
+        stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        client = running.client(running.key(), max_retries=0)
+        for _ in range(10):
+            stream = client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+            with pytest.raises(openai.APIError):
+                list(stream)
+        assert len(running.runs(10)) == 10  # logged once the breaker has the outcome
+        with pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        runs = running.runs(11)
+    assert refused.value.status_code == 503 and refused.value.code == "breaker_open"
+    assert upstream.requests == 10
+    assert [r["error_type"] for r in runs] == [kind] * 10 + ["breaker_open"]
+
+
+def test_a_client_that_leaves_mid_stream_is_no_failure_of_the_upstream(tmp_path, monkeypatch):
+    """Ten clients that leave mid-stream do not open the breaker: the upstream was fine."""
+    upstream = ScriptedStream(HI, 0.5, HI, USAGE_CHUNK, DONE)
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        key = running.key()
+        for _ in range(10):
+            with httpx.stream(
+                "POST",
+                f"{running.base_url}/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "r", "messages": MESSAGES, "stream": True},
+            ) as response:
+                next(response.iter_lines())
+        assert wait_for(lambda: len(running.runs(10)) == 10)
+        body, _ = read_stream(running, key)
+        runs = running.runs(11)
+    assert body.endswith(DONE)
+    assert [r["error_type"] for r in runs] == ["cancelled"] * 10 + [None]

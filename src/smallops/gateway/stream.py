@@ -16,10 +16,12 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
+from smallops.error_types import PROVIDER_FAILURES
 from smallops.gateway.asgi import Receive, Send
 from smallops.gateway.errors import error_body
 from smallops.gateway.runs import Leg, usage_of
 from smallops.gateway.upstream import Streamed, as_provider_error
+from smallops.providers.base import ProviderError
 from smallops.records import Usage
 
 SSE = [
@@ -166,7 +168,8 @@ async def relay(
         await asyncio.gather(pumping, watching, return_exceptions=True)
     failure = None if not pumping.done() or pumping.cancelled() else pumping.exception()
     _settle(state, leg, request, sent_at)
-    if watching.done() and not watching.cancelled() and not state.done:
+    left = watching.done() and not watching.cancelled()
+    if left and pumping.cancelled() and state.error is None and not state.done:
         leg.error_type = "cancelled"
         leg.error_message = (
             f"the client disconnected after {state.events} chunks; the upstream request was "
@@ -190,6 +193,16 @@ async def relay(
         return False
     await _try_send(send, b"", more=False)
     return True
+
+
+def upstream_failure(leg: Leg) -> ProviderError | None:
+    """How a stream that ended counts for the breaker: a failure of the upstream after it
+    started (an error event, a cut, a stall) as the same failure of a whole answer would; a
+    client that left, or a stream that ended well, as a success."""
+    kind = leg.error_type
+    if kind is None or kind not in PROVIDER_FAILURES:
+        return None
+    return ProviderError(kind, leg.error_message or kind)
 
 
 def _settle(state: Relay, leg: Leg, request: dict[str, Any], sent_at: float) -> None:
