@@ -176,7 +176,7 @@ class Gateway:
             )
         await self.log_room.wait()  # the log writer is far behind: let it catch up first
         if isinstance(route, WorkflowRoute):  # gateway/workflow_route.py
-            await self.workflow_routes.chat(key, route, body, request, began, send)
+            await self.workflow_routes.chat(key, route, body, request, began, receive, send)
             return
         if route.name in self._plain_chat:
             anthropic_wire.check(request, route.name)
