@@ -298,3 +298,23 @@ def test_a_client_that_leaves_mid_stream_is_no_failure_of_the_upstream(tmp_path,
         runs = running.runs(11)
     assert body.endswith(DONE)
     assert [r["error_type"] for r in runs] == ["cancelled"] * 10 + [None]
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_an_event_that_never_ends_is_cut_at_the_event_limit(tmp_path, monkeypatch, kind):
+    """Bytes without the blank line that ends an event are held up to MAX_EVENT_BYTES, then the
+    stream is cut as a bad_response: not buffered until the timeout."""
+    monkeypatch.setattr(smallops.gateway.upstream, "MAX_EVENT_BYTES", 2**20)
+    endless = b"data: " + b"x" * 65536
+    first = HI
+    if kind == "anthropic":
+        from test_gateway_anthropic import HELLO, STARTED
+
+        first = STARTED + HELLO
+    upstream = ScriptedStream(first, *[endless] * 40, DONE)
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream, kind)
+    with stack:
+        body, _ = read_stream(running)
+        (run,) = running.runs(1)
+    assert b"upstream_stream_failed" in body and b"over 1 MiB" in body
+    assert (run["status"], run["error_type"]) == ("failed", "bad_response")

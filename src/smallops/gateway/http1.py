@@ -24,6 +24,9 @@ IDLE_PER_HOST = 256  # keep-alive connections kept open per host between request
 IDLE_FOR = 30.0  # seconds an idle connection is kept
 #: The most an answer's status line and headers may take: past it, the connection is dropped.
 MAX_HEAD_BYTES = 64 * 1024
+#: Body bytes held unread (a stream's reader slower than its upstream) before the connection
+#: stops reading from the socket; it reads again once they are down to a quarter of it.
+HIGH_WATER = 1024 * 1024
 
 
 class UpstreamConnectionError(ConnectionError):
@@ -110,6 +113,8 @@ class _Connection(asyncio.Protocol):
         self._more: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._head_bytes = self._header_bytes = 0
+        self._buffered = 0
+        self._paused = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -149,6 +154,10 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
         _wake(self._more)
 
     def on_message_complete(self) -> None:
@@ -176,7 +185,12 @@ class _Connection(asyncio.Protocol):
             self._more = asyncio.get_running_loop().create_future()
             await asyncio.wait_for(self._more, timeout)
             self._more = None
-        return self._body.popleft()
+        chunk = self._body.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered <= HIGH_WATER // 4 and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+        return chunk
 
     def reusable(self) -> bool:
         return self.complete and not self.closed and self.keep_alive

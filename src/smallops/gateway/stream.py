@@ -17,6 +17,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from smallops.error_types import PROVIDER_FAILURES
+from smallops.gateway import upstream
 from smallops.gateway.asgi import Receive, Send
 from smallops.gateway.errors import error_body
 from smallops.gateway.runs import Leg, usage_of
@@ -56,6 +57,8 @@ class Relay:
             if self._keep(event):
                 out.append(event)
         self._pending = data[start:]
+        if len(self._pending) > upstream.MAX_EVENT_BYTES:
+            raise upstream.event_too_large()
         return b"".join(out)
 
     def rest(self) -> bytes:

@@ -37,6 +37,13 @@ POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepali
 #: The most of a whole answer (or an error's body) read into memory: an upstream that sends
 #: more is cut off there, and its answer is a bad_response.
 MAX_ANSWER_BYTES = 32 * 2**20
+#: The most of one streamed event held while it comes (no event of a chat stream is near it):
+#: an upstream that sends more without ending the event has its stream cut as a bad_response.
+MAX_EVENT_BYTES = 4 * 2**20
+
+
+def event_too_large() -> ProviderError:
+    return ProviderError("bad_response", f"an upstream event is over {MAX_EVENT_BYTES >> 20} MiB")
 
 
 @dataclass(frozen=True)
