@@ -318,3 +318,13 @@ def test_an_event_that_never_ends_is_cut_at_the_event_limit(tmp_path, monkeypatc
         (run,) = running.runs(1)
     assert b"upstream_stream_failed" in body and b"over 1 MiB" in body
     assert (run["status"], run["error_type"]) == ("failed", "bad_response")
+
+
+def test_a_nul_in_a_streamed_event_is_relayed_and_logged(tmp_path, monkeypatch, path):
+    nul = b'data: {"choices": [{"index": 0, "delta": {"content": "a\\u0000b"}}]}\n\n'
+    stack, running = scripted_gateway(tmp_path, monkeypatch, ScriptedStream(nul, DONE))
+    with stack:
+        body, _ = read_stream(running)
+        (run,) = running.runs(1)
+    assert body == nul + DONE
+    assert run["status"] == "auto" and run["output"].startswith('"a')
