@@ -366,6 +366,7 @@ class ModelServer:
         self.stream_delay = 0.0  # seconds between the chunks of a streamed answer
         self.streams_finished = 0  # streamed answers sent to the end
         self.streams_cut = 0  # streamed answers whose client went away before the end
+        self.delays_cut = 0  # delayed answers whose client went away during the delay
         self.port = 0
         self._script: deque[Behaviour] = deque()
         self._lock = threading.Lock()
@@ -390,7 +391,7 @@ class ModelServer:
             self.requests.clear()
             self._script.clear()
             self.stream_delay = 0.0
-            self.streams_finished = self.streams_cut = 0
+            self.streams_finished = self.streams_cut = self.delays_cut = 0
 
     def start(self) -> ModelServer:
         routes = [Route(path, self._handle, methods=["POST"]) for path in self.paths]
@@ -455,7 +456,11 @@ class ModelServer:
             loop = asyncio.get_running_loop()
             end = loop.time() + behaviour.seconds
             # Poll in small steps so a client that timed out does not keep a task alive.
-            while (left := end - loop.time()) > 0 and not await request.is_disconnected():
+            while (left := end - loop.time()) > 0:
+                if await request.is_disconnected():
+                    with self._lock:
+                        self.delays_cut += 1
+                    break
                 await asyncio.sleep(min(left, 0.05))
             return await self._respond(behaviour.then, vendor, body, request)
         if isinstance(behaviour, Disconnect):

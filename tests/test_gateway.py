@@ -675,12 +675,15 @@ def test_a_key_from_a_store_is_fetched_once_and_a_rotation_costs_one_401(
 
 
 class ScriptedStream:
-    """An upstream that answers every request with 200 and these pieces of body, as they are
-    (a float is a pause, in seconds), then ends the response cleanly."""
+    """An upstream that answers every request with 200 (and `headers`) and these pieces of
+    body, as they are (a float is a pause, in seconds), then ends the response cleanly; it
+    counts the requests whose client closed the connection before that end."""
 
-    def __init__(self, *pieces: bytes | float) -> None:
+    def __init__(self, *pieces: bytes | float, headers: tuple = ()) -> None:
         self.pieces = pieces
+        self.headers = list(headers)
         self.requests = 0
+        self.left = 0
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -688,8 +691,17 @@ class ScriptedStream:
         while (await receive()).get("more_body"):
             pass
         self.requests += 1
-        start = [(b"content-type", b"text/event-stream")]
+        start = [(b"content-type", b"text/event-stream"), *self.headers]
         await send({"type": "http.response.start", "status": 200, "headers": start})
+        answering = asyncio.create_task(self._answer(send))
+        watching = asyncio.create_task(receive())  # http.disconnect, once the client goes
+        await asyncio.wait({answering, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if not answering.done():
+            self.left += 1
+            answering.cancel()
+        watching.cancel()
+
+    async def _answer(self, send) -> None:
         for piece in self.pieces:
             if isinstance(piece, float):
                 await asyncio.sleep(piece)
@@ -698,11 +710,12 @@ class ScriptedStream:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def scripted_gateway(tmp_path, monkeypatch, upstream: ScriptedStream, kind: str = "openai"):
-    """A gateway whose route `r` (no retries, 1 s timeout) goes to `upstream`; yields Running."""
+def scripted_gateway(tmp_path, monkeypatch, upstream: ScriptedStream | int, kind: str = "openai"):
+    """A gateway whose route `r` (no retries, 1 s timeout) goes to `upstream` (an application
+    served here, or the port of a server already listening); yields Running."""
     monkeypatch.setenv("RAW_KEY", "sk-raw-" + secrets.token_hex(16))
     stack = contextlib.ExitStack()
-    port = stack.enter_context(serving_app(upstream))
+    port = upstream if isinstance(upstream, int) else stack.enter_context(serving_app(upstream))
     base = f"http://127.0.0.1:{port}" + ("/v1" if kind == "openai" else "")
     (tmp_path / "smallops.toml").write_text(
         f'[smallops]\ndatabase_url = "sqlite:///{tmp_path / "log.db"}"\n'

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from smallops.gateway.http1 import Http1Pool, UpstreamConnectionError
+from smallops.gateway.http1 import HIGH_WATER, AnswerTooLarge, Http1Pool, UpstreamConnectionError
 
 OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{"ok": true}'
 
@@ -55,7 +55,7 @@ class RawServer:
 def post(pool: Http1Pool, url: str, timeout: float = 2.0):
     async def go():
         response = await pool.post(url, {"content-type": "application/json"}, b"{}", timeout, 1.0)
-        return response.status, dict(response.headers), await response.read(timeout)
+        return response.status, dict(response.headers), await response.read(timeout, 2**20)
 
     return go()
 
@@ -117,6 +117,44 @@ def test_no_answer_in_time_is_a_timeout():
         with pytest.raises((asyncio.TimeoutError, TimeoutError)):
             await post(pool, f"http://127.0.0.1:{port}/v1", timeout=0.2)
         server.close()
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_reader_slower_than_the_upstream_holds_a_bounded_part_of_the_body():
+    """20 MiB streamed to a reader that waits: the connection stops reading once HIGH_WATER is
+    held (the rest waits in the sockets, the upstream's writes held back), then the whole body
+    still arrives once the reader reads."""
+    size = 20 * 2**20
+    answer = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * size
+
+    async def main():
+        pool = Http1Pool()
+        async with RawServer(answer) as url:
+            response = await pool.post(url, {}, b"{}", 5.0, 1.0)
+            await asyncio.sleep(0.5)
+            held = response._connection._buffered
+            assert 0 < held < HIGH_WATER + 2**20
+            got = 0
+            async for chunk in response.chunks(lambda: 5.0):
+                got += len(chunk)
+            assert got == size
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_an_answer_over_the_readers_limit_is_dropped_at_its_content_length():
+    big = b"HTTP/1.1 200 OK\r\ncontent-length: 999999999\r\n\r\n{"
+
+    async def main():
+        pool = Http1Pool()
+        async with RawServer(big) as url:
+            response = await pool.post(url, {}, b"{}", 5.0, 1.0)
+            with pytest.raises(AnswerTooLarge):
+                await response.read(5.0, 2**20)
+            assert response._connection.closed
         pool.close()
 
     asyncio.run(main())

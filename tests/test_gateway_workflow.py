@@ -18,7 +18,7 @@ from smallops.gateway.app import Gateway
 from smallops.resilience.budget import Budget
 from smallops.storage.db import ensure_schema
 
-from emulators import ok, respond, status
+from emulators import delay, ok, respond, status
 from live_server import serving_app
 
 WORKFLOWS = """
@@ -512,3 +512,31 @@ def test_a_budget_store_that_does_not_answer_is_the_same_503_on_either_kind_of_r
     error = _failure(failed)
     assert (error.status, error.code, error.type) == (503, "budget_unavailable", "server_error")
     assert error.retry and error.headers == {"retry-after": "2"}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_client_that_leaves_cancels_the_workflows_call_and_the_run_is_recorded(
+    gateway, emulator, stream
+):
+    """The model takes 4 s; the client gives up after 0.5 s: the workflow's call is cancelled
+    then (its upstream request closed, not left to run to the workflow's timeout), and its run
+    is in the log as cancelled, with the key's name and the inputs. The next request is
+    served as usual."""
+    emulator.script(delay(4.0))
+    key = gateway.key()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.base_url}/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "triage", "messages": ask(EMAIL), "stream": stream},
+            timeout=0.5,
+        )
+    left = time.monotonic()
+    while emulator.delays_cut == 0 and time.monotonic() - left < 3:
+        time.sleep(0.02)
+    assert emulator.delays_cut == 1 and time.monotonic() - left < 2
+    (run,) = gateway.runs(1)
+    assert (run["workflow"], run["caller"], run["status"]) == ("triage", "team-a", "failed")
+    assert run["error_type"] == "cancelled" and json.loads(run["inputs"]) == EMAIL
+    completion = gateway.client(key).chat.completions.create(model="triage", messages=ask(EMAIL))
+    assert json.loads(completion.choices[0].message.content) == EXAMPLE

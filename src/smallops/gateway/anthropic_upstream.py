@@ -97,5 +97,8 @@ class _TranslatedStream:
         if counted := translator.counted():
             yield counted
 
+    def progressed(self) -> None:
+        self._response.progressed()
+
     async def aclose(self) -> None:
         await self._response.aclose()

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic_core import from_json, to_json
 
 from smallops.error_types import ProviderFailure
+from smallops.gateway import upstream
 from smallops.gateway.errors import GatewayError, bad_request, unsupported
 from smallops.providers.base import ProviderError
 
@@ -301,6 +302,8 @@ class StreamTranslator:
                 self.failure = error
             start = end + 2
         self._pending = data[start:]
+        if len(self._pending) > upstream.MAX_EVENT_BYTES and self.failure is None:
+            self.failure = upstream.event_too_large()
         return b"".join(out)
 
     def counted(self) -> bytes:

@@ -70,6 +70,7 @@ class Exchange:
         self.decisions: list[dict[str, Any]] = []
         self.legs: list[Leg] = []
         self.held: Held = []
+        self.probe = False  # whether the stream that answered is the breaker's probe
 
     def overhead_ms(self) -> str:
         return f"{max(0.0, time.perf_counter() - self.began - self.waited) * 1000:.3f}"
@@ -175,7 +176,7 @@ class Gateway:
             )
         await self.log_room.wait()  # the log writer is far behind: let it catch up first
         if isinstance(route, WorkflowRoute):  # gateway/workflow_route.py
-            await self.workflow_routes.chat(key, route, body, request, began, send)
+            await self.workflow_routes.chat(key, route, body, request, began, receive, send)
             return
         if route.name in self._plain_chat:
             anthropic_wire.check(request, route.name)
@@ -231,7 +232,11 @@ class Gateway:
             if leg.attempts:
                 leg.attempts[-1]["request_id"] = request_id_of(response.headers)
             headers = [*_run_headers(exchange), *_passed_on(response.headers)]
-            ok = await streaming.relay(exchange.request, leg, response, receive, send, headers)
+            try:
+                ok = await streaming.relay(exchange.request, leg, response, receive, send, headers)
+            finally:  # a stream that fails midway counts against the breaker, as an answer
+                failure = streaming.upstream_failure(leg)
+                await self.guards.record(leg.target, exchange.probe, failure, 0.0)
         except GatewayError as error:
             await respond_error(send, error, _run_headers(exchange))
         finally:
@@ -313,7 +318,10 @@ class Gateway:
                 continue
             exchange.waited += time.perf_counter() - sent_at
             attempt.update(latency_ms=_ms(sent_at), status_code=200)
-            await self.guards.record(target, probe, None, 0.0)
+            if stream:  # the breaker hears how it went once the stream ends
+                exchange.probe = probe
+            else:
+                await self.guards.record(target, probe, None, 0.0)
             return answer
 
     @staticmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,10 +22,24 @@ import httptools
 
 IDLE_PER_HOST = 256  # keep-alive connections kept open per host between requests
 IDLE_FOR = 30.0  # seconds an idle connection is kept
+#: The most an answer's status line and headers may take: past it, the connection is dropped.
+MAX_HEAD_BYTES = 64 * 1024
+#: Body bytes held unread (a stream's reader slower than its upstream) before the connection
+#: stops reading from the socket; it reads again once they are down to a quarter of it.
+HIGH_WATER = 1024 * 1024
 
 
 class UpstreamConnectionError(ConnectionError):
     """The connection failed or closed before the answer was whole."""
+
+
+class AnswerTooLarge(Exception):
+    """A body longer than the reader's limit: the connection was dropped, unread."""
+
+    def __init__(self, limit: int) -> None:
+        size = f"{limit >> 20} MiB" if limit % 2**20 == 0 else f"{limit} bytes"
+        super().__init__(f"the upstream's answer is over the gateway's limit of {size}")
+        self.limit = limit
 
 
 class Http1Response:
@@ -38,14 +52,20 @@ class Http1Response:
         self.status = connection.status
         self.headers = connection.headers
 
-    async def read(self, timeout: float) -> bytes:
+    async def read(self, timeout: float, limit: int) -> bytes:
         """The whole body, within `timeout` seconds in all: an upstream that trickles its
-        answer does not stretch it (TimeoutError)."""
+        answer does not stretch it (TimeoutError); one longer than `limit` bytes is dropped
+        as soon as that is known (AnswerTooLarge), from its content-length or as it comes."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        connection, parts = self._connection, []
+        connection, parts, size = self._connection, [], 0
         try:
+            if declared_length(self.headers) > limit:
+                raise AnswerTooLarge(limit)
             while (chunk := await connection.next_chunk(max(0.0, end - loop.time()))) is not None:
+                size += len(chunk)
+                if size > limit:
+                    raise AnswerTooLarge(limit)
                 parts.append(chunk)
         except BaseException:
             self.close()
@@ -53,12 +73,13 @@ class Http1Response:
         self._pool.release(self._key, connection)
         return b"".join(parts)
 
-    async def chunks(self, timeout: float) -> AsyncIterator[bytes]:
-        """The body as it arrives; each wait for more is bounded by `timeout`."""
+    async def chunks(self, left: Callable[[], float]) -> AsyncIterator[bytes]:
+        """The body as it arrives; each wait for more is bounded by the seconds `left()` gives
+        when it starts (TimeoutError)."""
         connection = self._connection
         try:
             while True:
-                chunk = await connection.next_chunk(timeout)
+                chunk = await connection.next_chunk(left())
                 if chunk is None:
                     break
                 yield chunk
@@ -91,16 +112,27 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[None] | None = None
         self._more: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
+        self._head_bytes = self._header_bytes = 0
+        self._buffered = 0
+        self._paused = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if not self.status:  # the status line and headers are still coming: not for ever
+            self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
+            if not self.status and self._head_bytes > MAX_HEAD_BYTES:
+                raise _head_too_large()
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamConnectionError(f"unreadable answer: {exc}"))
+            cause = exc.__context__ if isinstance(exc.__context__, UpstreamConnectionError) else exc
+            self._fail(UpstreamConnectionError(f"unreadable answer: {cause}"))
+            self.close()
+        except UpstreamConnectionError as exc:
+            self._fail(exc)
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -110,6 +142,9 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEAD_BYTES:
+            raise _head_too_large()
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -119,6 +154,10 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
         _wake(self._more)
 
     def on_message_complete(self) -> None:
@@ -146,7 +185,12 @@ class _Connection(asyncio.Protocol):
             self._more = asyncio.get_running_loop().create_future()
             await asyncio.wait_for(self._more, timeout)
             self._more = None
-        return self._body.popleft()
+        chunk = self._body.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered <= HIGH_WATER // 4 and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+        return chunk
 
     def reusable(self) -> bool:
         return self.complete and not self.closed and self.keep_alive
@@ -161,6 +205,18 @@ class _Connection(asyncio.Protocol):
         for waiter in (self._head, self._more):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(error)
+
+
+def _head_too_large() -> UpstreamConnectionError:
+    return UpstreamConnectionError(f"the answer's headers are over {MAX_HEAD_BYTES >> 10} KiB")
+
+
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The answer's content-length, or -1 when it has none that can be read."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.strip().isdigit() else -1
+    return -1
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:

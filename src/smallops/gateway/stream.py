@@ -3,7 +3,9 @@
 The gateway always asks the upstream for usage (`stream_options.include_usage`), so a streamed
 request is priced and budgeted like any other; the extra usage chunk is kept from a client that
 did not ask for it. A client that goes away mid-stream cancels the upstream request (its
-connection is closed), and the run is recorded as `cancelled` with what had arrived.
+connection is closed), and the run is recorded as `cancelled` with what had arrived. An
+upstream that sends only keep-alives (`: comments`, Anthropic's pings) is cut off the route's
+timeout after its last data event, and the run recorded as failed on a `timeout`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from typing import Any
 
 from pydantic_core import from_json, to_json
 
+from smallops.error_types import PROVIDER_FAILURES
+from smallops.gateway import upstream
 from smallops.gateway.asgi import Receive, Send
 from smallops.gateway.errors import error_body
 from smallops.gateway.runs import Leg, usage_of
 from smallops.gateway.upstream import Streamed, as_provider_error
+from smallops.providers.base import ProviderError
 from smallops.records import Usage
 
 SSE = [
@@ -52,6 +57,8 @@ class Relay:
             if self._keep(event):
                 out.append(event)
         self._pending = data[start:]
+        if len(self._pending) > upstream.MAX_EVENT_BYTES:
+            raise upstream.event_too_large()
         return b"".join(out)
 
     def rest(self) -> bytes:
@@ -137,7 +144,10 @@ async def relay(
     async def pump() -> None:
         try:
             async for chunk in response.chunks():
+                seen = state.events
                 out = state.feed(chunk)
+                if state.events != seen:
+                    response.progressed()
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             rest = state.rest()
@@ -161,7 +171,8 @@ async def relay(
         await asyncio.gather(pumping, watching, return_exceptions=True)
     failure = None if not pumping.done() or pumping.cancelled() else pumping.exception()
     _settle(state, leg, request, sent_at)
-    if watching.done() and not watching.cancelled() and not state.done:
+    left = watching.done() and not watching.cancelled()
+    if left and pumping.cancelled() and state.error is None and not state.done:
         leg.error_type = "cancelled"
         leg.error_message = (
             f"the client disconnected after {state.events} chunks; the upstream request was "
@@ -185,6 +196,16 @@ async def relay(
         return False
     await _try_send(send, b"", more=False)
     return True
+
+
+def upstream_failure(leg: Leg) -> ProviderError | None:
+    """How a stream that ended counts for the breaker: a failure of the upstream after it
+    started (an error event, a cut, a stall) as the same failure of a whole answer would; a
+    client that left, or a stream that ended well, as a success."""
+    kind = leg.error_type
+    if kind is None or kind not in PROVIDER_FAILURES:
+        return None
+    return ProviderError(kind, leg.error_message or kind)
 
 
 def _settle(state: Relay, leg: Leg, request: dict[str, Any], sent_at: float) -> None:

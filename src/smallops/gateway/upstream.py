@@ -20,7 +20,12 @@ import httpx
 from pydantic_core import from_json, to_json
 
 from smallops import __version__
-from smallops.gateway.http1 import Http1Pool, Http1Response
+from smallops.gateway.http1 import (
+    AnswerTooLarge,
+    Http1Pool,
+    Http1Response,
+    UpstreamConnectionError,
+)
 from smallops.providers._sdk import SdkClients, status_kind
 from smallops.providers.base import Provider, ProviderError, parse_retry_after
 from smallops.redact import Redactor
@@ -29,6 +34,16 @@ USER_AGENT = f"smallops-gateway/{__version__}"
 CONNECT_TIMEOUT = 10.0
 #: Up to this many upstream connections are kept open per worker between requests (httpx).
 POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=256, keepalive_expiry=30)
+#: The most of a whole answer (or an error's body) read into memory: an upstream that sends
+#: more is cut off there, and its answer is a bad_response.
+MAX_ANSWER_BYTES = 32 * 2**20
+#: The most of one streamed event held while it comes (no event of a chat stream is near it):
+#: an upstream that sends more without ending the event has its stream cut as a bad_response.
+MAX_EVENT_BYTES = 4 * 2**20
+
+
+def event_too_large() -> ProviderError:
+    return ProviderError("bad_response", f"an upstream event is over {MAX_EVENT_BYTES >> 20} MiB")
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,14 @@ class Streamed(Protocol):
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
+    def progressed(self) -> None:
+        """A real event came (not a keep-alive): the wait for the next one starts again."""
+
     async def aclose(self) -> None: ...
+
+
+class StreamIdle(TimeoutError):
+    """A stream that sent no real event for its route's timeout (keep-alives do not count)."""
 
 
 class Upstream:
@@ -112,18 +134,15 @@ class Upstream:
     async def _post(self, body: bytes, timeout: float, headers: dict[str, str]) -> Answer:
         try:
             if self.proxied:  # httpx bounds each read only: the whole is bounded here
-                sending = self._connections.httpx().post(
-                    self.url, content=body, headers=headers, timeout=_timeout(timeout)
-                )
-                response = await asyncio.wait_for(sending, timeout)
-                answer = Answer(response.status_code, response.headers, response.content)
+                sending = self._httpx_post(body, headers, timeout)
+                answer = await asyncio.wait_for(sending, timeout)
             else:
                 loop = asyncio.get_running_loop()
                 end = loop.time() + timeout
                 direct = await self._connections.http1().post(
                     self.url, headers, body, timeout, min(timeout, CONNECT_TIMEOUT)
                 )
-                content = await direct.read(end - loop.time())
+                content = await direct.read(end - loop.time(), MAX_ANSWER_BYTES)
                 answer = Answer(direct.status, httpx.Headers(direct.headers), content)
         except Exception as exc:
             raise as_provider_error(exc) from None
@@ -150,6 +169,17 @@ class Upstream:
                 raise
             return await self._open_stream(body, timeout, await self._headers(rotated))
 
+    async def _httpx_post(self, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+        client = self._connections.httpx()
+        request = client.build_request(
+            "POST", self.url, content=body, headers=headers, timeout=_timeout(timeout)
+        )
+        response = await client.send(request, stream=True)
+        try:
+            return Answer(response.status_code, response.headers, await _read_whole(response))
+        finally:
+            await response.aclose()
+
     async def _open_stream(self, body: bytes, timeout: float, headers: dict[str, str]) -> Streamed:
         try:
             if self.proxied:
@@ -158,7 +188,7 @@ class Upstream:
                 self.url, headers, body, timeout, min(timeout, CONNECT_TIMEOUT)
             )
             if direct.status >= 400:
-                content = await direct.read(timeout)
+                content = await direct.read(timeout, MAX_ANSWER_BYTES)
                 raise status_error(Answer(direct.status, httpx.Headers(direct.headers), content))
             return _Http1Stream(direct, timeout)
         except ProviderError:
@@ -173,31 +203,75 @@ class Upstream:
         )
         response = await client.send(request, stream=True)
         if response.status_code >= 400:
-            content = await response.aread()
-            await response.aclose()
+            try:
+                content = await _read_whole(response)
+            finally:
+                await response.aclose()
             raise status_error(Answer(response.status_code, response.headers, content))
-        return _HttpxStream(response)
+        return _HttpxStream(response, timeout)
 
 
-class _Http1Stream:
+class _IdleBounded:
+    """A stream whose every wait for more is bounded from its last real event (`progressed`),
+    not from its last bytes: an upstream that sends only keep-alive comments or pings, or
+    nothing, is cut off `idle` seconds after its last data (StreamIdle), its connection
+    closed."""
+
+    def __init__(self, idle: float) -> None:
+        self._idle = idle
+        self._until = asyncio.get_running_loop().time() + idle
+
+    def progressed(self) -> None:
+        self._until = asyncio.get_running_loop().time() + self._idle
+
+    def left(self) -> float:
+        return max(0.0, self._until - asyncio.get_running_loop().time())
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        raw = self._raw()
+        while True:
+            try:
+                chunk = await self._next(raw)
+            except StopAsyncIteration:
+                return
+            except (TimeoutError, asyncio.TimeoutError):
+                raise StreamIdle(f"the upstream sent no data for {self._idle:.3g} s") from None
+            yield chunk
+
+    def _raw(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def _next(self, raw: AsyncIterator[bytes]) -> bytes:
+        raise NotImplementedError
+
+
+class _Http1Stream(_IdleBounded):
     def __init__(self, response: Http1Response, timeout: float) -> None:
-        self._response, self._timeout = response, timeout
+        super().__init__(timeout)
+        self._response = response
         self.headers = httpx.Headers(response.headers)
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._response.chunks(self._timeout)
+    def _raw(self) -> AsyncIterator[bytes]:
+        return self._response.chunks(self.left)  # its waits end when the bound does
+
+    async def _next(self, raw: AsyncIterator[bytes]) -> bytes:
+        return await anext(raw)
 
     async def aclose(self) -> None:
         self._response.close()
 
 
-class _HttpxStream:
-    def __init__(self, response: httpx.Response) -> None:
+class _HttpxStream(_IdleBounded):
+    def __init__(self, response: httpx.Response, timeout: float) -> None:
+        super().__init__(timeout)
         self._response = response
         self.headers = response.headers
 
-    def chunks(self) -> AsyncIterator[bytes]:
+    def _raw(self) -> AsyncIterator[bytes]:
         return self._response.aiter_raw()
+
+    async def _next(self, raw: AsyncIterator[bytes]) -> bytes:
+        return await asyncio.wait_for(anext(raw), self.left())
 
     async def aclose(self) -> None:
         await self._response.aclose()
@@ -263,6 +337,21 @@ def without_stream_options(body: bytes) -> bytes:
     return to_json(request)
 
 
+async def _read_whole(response: httpx.Response) -> bytes:
+    """An httpx answer's body (decoded), up to MAX_ANSWER_BYTES: AnswerTooLarge past it."""
+    limit = MAX_ANSWER_BYTES
+    declared = response.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        raise AnswerTooLarge(limit)
+    parts, size = [], 0
+    async for part in response.aiter_bytes():
+        size += len(part)
+        if size > limit:
+            raise AnswerTooLarge(limit)
+        parts.append(part)
+    return b"".join(parts)
+
+
 def _timeout(seconds: float) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT))
 
@@ -271,6 +360,12 @@ def as_provider_error(exc: BaseException) -> ProviderError:
     """A failure to get an answer (either client's) as the ProviderError it amounts to."""
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, AnswerTooLarge):
+        return ProviderError("bad_response", f"{exc}: it was not read")
+    if isinstance(exc, UpstreamConnectionError):  # the gateway's own words: no upstream text
+        return ProviderError("connection_error", f"upstream connection failed: {exc}")
+    if isinstance(exc, StreamIdle):
+        return ProviderError("timeout", f"{exc} (keep-alives aside)")
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError, httpx.TimeoutException)):
         return ProviderError("timeout", "the upstream request timed out")
     if isinstance(exc, (OSError, httpx.HTTPError)):

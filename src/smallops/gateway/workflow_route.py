@@ -5,17 +5,20 @@ What is read from the request and what the answer means is set out in gateway_co
 docstring and the README's Gateway section. The workflow's lifecycle does all a call does
 (pinned model, prompt version, schema and its repair, its guards, review policy, fallback) and
 logs its runs itself, with the key's name on them; the gateway adds the key's rate limit and
-budget, and logs a run of its own only when those refuse the request.
+budget, and logs a run of its own only when those refuse the request. A client that
+disconnects while the workflow runs cancels its call (its upstream request is closed), and the
+workflow records its run as cancelled, as for a plain route's stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import json
 import logging
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 from pydantic_core import to_json
@@ -23,7 +26,7 @@ from pydantic_core import to_json
 from smallops.config import Settings
 from smallops.error_types import ErrorType
 from smallops.errors import ConfigError, InputError, SmallopsError, WorkflowFailed
-from smallops.gateway.asgi import Send, respond, respond_error
+from smallops.gateway.asgi import Receive, Send, respond, respond_error
 from smallops.gateway.errors import (
     GatewayError,
     bad_request,
@@ -49,6 +52,11 @@ log = logging.getLogger("smallops")
 STATUS_HEADER = b"x-smallops-status"
 UNSUPPORTED = ("tools", "functions", "logprobs")  # what a workflow's answer cannot honour
 Headers = list[tuple[bytes, bytes]]
+T = TypeVar("T")
+
+
+class ClientLeft(Exception):
+    """The client disconnected before the workflow's call ended."""
 
 
 class WorkflowRoutes:
@@ -83,6 +91,7 @@ class WorkflowRoutes:
         body: bytes,
         request: dict[str, Any],
         began: float,
+        receive: Receive,
         send: Send,
     ) -> None:
         workflow = self.workflows[route.name]
@@ -109,7 +118,9 @@ class WorkflowRoutes:
         called = time.perf_counter()
         error: GatewayError | None = None
         try:
-            result = await workflow.arun(**inputs)
+            result = await _unless_client_leaves(workflow.arun(**inputs), receive)
+        except ClientLeft:  # the call was cancelled: its run records that, with what it had
+            return
         except WorkflowFailed as failed:
             error = _failure(failed)
         except InputError as exc:  # the inputs do not render (the run records it)
@@ -138,6 +149,28 @@ class WorkflowRoutes:
             await _stream(send, status, answer, request, headers)
         else:
             await respond(send, status, to_json(answer), headers)
+
+
+async def _unless_client_leaves(call: Coroutine[Any, Any, T], receive: Receive) -> T:
+    """The call's result; ClientLeft, once the call is cancelled (its upstream request closed,
+    its run recorded as cancelled), when the client disconnects first."""
+    calling = asyncio.ensure_future(call)
+
+    async def client_left() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watching = asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait({calling, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (watching, calling):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(calling, watching, return_exceptions=True)
+    if calling.cancelled():
+        raise ClientLeft
+    return calling.result()
 
 
 # -- the request ------------------------------------------------------------------------------
