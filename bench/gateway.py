@@ -307,7 +307,7 @@ async def concurrent(target: Target, clients: int, calls: int) -> float:
         while left > 0:
             left -= 1
             response = await pool.post(target.url, sent, body, 60.0, 10.0)
-            await response.read(60.0)
+            await response.read(60.0, 1 << 20)
             if response.status != 200:
                 raise RuntimeError(f"{target.name}: HTTP {response.status}")
 
