@@ -530,7 +530,7 @@ def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emula
     sdk = otel_export._Sdk(5.0, "http://127.0.0.1:4318/v1/traces", {})
     whole = encode_spans([sdk._span(span) for span in spans])
     written = [part for span in spans for part in sdk.written([span])]  # one at a time
-    assert sdk.encode(spans) == otel_wire.request_bytes(*sdk._framing, written)
+    assert sdk.encode(spans) == otel_wire.framed_request(*sdk._framing, written)
     sliced = type(whole).FromString(sdk.encode(spans))
     assert sliced == whole
     assert len(sliced.resource_spans) == 1 and len(sliced.resource_spans[0].scope_spans) == 1

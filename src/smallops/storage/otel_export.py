@@ -36,7 +36,7 @@ from smallops.config import Telemetry
 from smallops.errors import ConfigError
 from smallops.storage.otel_process import ProcessExport
 from smallops.storage.otel_spans import CONTENT_VARIABLE, SpanValue, content_wanted, run_spans
-from smallops.storage.otel_wire import request_bytes, span_bytes
+from smallops.storage.otel_wire import framed_request, framed_span, request_bytes, span_bytes
 from smallops.storage.prompt_parts import inline_row
 from smallops.storage.schema import RUN_COLUMNS
 from smallops.storage.telemetry_state import REPORT_SECONDS, DropTally
@@ -355,10 +355,11 @@ class _Sdk:
         return self._framing is not None and callable(getattr(self._client, "export", None))
 
     def written(self, spans: list[SpanValue]) -> list[Any]:
-        """The spans as `export` takes them: each a serialized Span message, or (without the
-        SDK's framing, another SDK release) the SDK's own span."""
+        """The spans as `export` takes them: each a serialized Span message framed as a field
+        of its ScopeSpans, or (without the SDK's framing, another SDK release) the SDK's own
+        span."""
         if self._writes_bytes:
-            return [span_bytes(span) for span in spans]
+            return [framed_span(span) for span in spans]
         return [self._span(span) for span in spans]
 
     def export(self, written: list[Any]) -> bool:
@@ -367,7 +368,7 @@ class _Sdk:
             return False  # what is left is dropped and counted, as with the SDK's own export
         if self._framing is None or not self._writes_bytes:
             return bool(self._exporter.export(written) is self._ok.SUCCESS)
-        data = request_bytes(*self._framing, written)
+        data = framed_request(*self._framing, written)
         if 0 < self._max_bytes < len(data):
             log.warning(
                 "smallops: dropped a span batch of %d bytes (the exporter's limit is %d)",
