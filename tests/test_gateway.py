@@ -867,3 +867,29 @@ def test_an_error_event_mid_stream_is_passed_on_once_and_logged_as_the_upstreams
     assert body.endswith(failed) and body.count(b'"error"') == 1
     assert (run["status"], run["error_type"]) == ("failed", "server_error")
     assert "The server had an error" in run["error_message"] and run["output"] == '"Hi"'
+
+
+def test_a_clients_own_bad_stream_options_do_not_stop_usage_being_asked_for(gateway, emulator):
+    """A 400 naming `stream_options` for a key the client put there is the client's error, not
+    the provider refusing the field: it goes back to the client, and later streams still ask
+    for usage (else any key holder could have every stream's cost estimated)."""
+
+    def strict(body, headers):  # OpenAI's answer to a key it does not know
+        if set(body.get("stream_options") or {}) - {"include_usage"}:
+            return status(400, message="Unrecognized argument: stream_options.bogus")
+        return ok()
+
+    emulator.default = respond(strict)
+    client = gateway.client(gateway.key())
+    with pytest.raises(openai.BadRequestError):
+        list(
+            client.chat.completions.create(
+                model="fast", messages=MESSAGES, stream=True, stream_options={"bogus": True}
+            )
+        )
+    assert len(emulator.requests) == 1
+    list(client.chat.completions.create(model="fast", messages=MESSAGES, stream=True))
+    assert emulator.requests[-1].body["stream_options"] == {"include_usage": True}
+    refused, answered = sorted(gateway.runs(2), key=lambda run: run["status"] == "auto")
+    assert refused["error_type"] is not None and answered["status"] == "auto"
+    assert (answered["input_tokens"], answered["output_tokens"]) == (25, 15)

@@ -161,7 +161,11 @@ class Upstream:
         try:
             return await self._open_stream(body, timeout, headers)
         except ProviderError as exc:
-            if refuses_stream_options(exc) and not self.no_stream_options:
+            if (
+                refuses_stream_options(exc)
+                and not self.no_stream_options
+                and only_usage_asked(body)  # else the client's own field may be the fault
+            ):
                 self.no_stream_options = True
                 return await self.open_stream(body, timeout)
             rotated = await rotated_key(self.provider, exc, self.sent_key(headers))
@@ -329,6 +333,15 @@ async def rotated_key(provider: Provider, error: ProviderError, sent: str) -> st
 def refuses_stream_options(error: ProviderError) -> bool:
     """Whether an upstream's 400 or 422 is its refusal of the field `stream_options`."""
     return error.status_code in (400, 422) and "stream_options" in (error.raw or "")
+
+
+def only_usage_asked(body: bytes) -> bool:
+    """Whether the request's `stream_options` is the gateway's own ask for usage alone: a
+    refusal of anything more may be of what the client put there, and is the client's."""
+    try:
+        return bool(from_json(body).get("stream_options") == {"include_usage": True})
+    except ValueError:
+        return False
 
 
 def without_stream_options(body: bytes) -> bytes:
