@@ -49,7 +49,7 @@ class LogRoom:
         if opened is None or opened.done():
             opened = self._opened = asyncio.get_running_loop().create_future()
             self._watcher = asyncio.create_task(self._watch(opened))
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError before 3.11
             await asyncio.wait_for(asyncio.shield(opened), self.max_wait)
 
     async def _watch(self, opened: asyncio.Future[None]) -> None:
