@@ -893,3 +893,56 @@ def test_a_clients_own_bad_stream_options_do_not_stop_usage_being_asked_for(gate
     refused, answered = sorted(gateway.runs(2), key=lambda run: run["status"] == "auto")
     assert refused["error_type"] is not None and answered["status"] == "auto"
     assert (answered["input_tokens"], answered["output_tokens"]) == (25, 15)
+
+
+@pytest.mark.parametrize("proxied", [False, True], ids=["http1", "httpx"])
+def test_a_slow_client_is_not_taken_for_an_idle_upstream(tmp_path, emulator, monkeypatch, proxied):
+    """The stream's idle bound is the upstream's: time the gateway spends waiting on its own
+    client (a reader slower than the route's timeout) is not the upstream's silence, and is
+    not cut as a timeout counted against the route's breaker."""
+    import smallops.gateway.upstream
+
+    if proxied:
+        monkeypatch.setattr(smallops.gateway.upstream, "uses_proxy", lambda url: True)
+    monkeypatch.setenv("EMU_KEY", "sk-upstream")
+    (tmp_path / "smallops.toml").write_text(gateway_toml(tmp_path, emulator))
+    settings = Settings.load(tmp_path)
+    app = Gateway(settings)
+    engine = create_engine(settings.database_url)
+    ensure_schema(engine)
+    key = create_key(engine, "team-a")[0]
+    emulator.default = ok("word " * 40)
+    body = json.dumps({"model": "quick", "messages": MESSAGES, "stream": True}).encode()
+    scope = {
+        "type": "http",
+        "path": "/v1/chat/completions",
+        "method": "POST",
+        "headers": [(b"authorization", f"Bearer {key}".encode())],
+    }
+
+    async def main() -> bytes:
+        sent: list[bytes] = []
+        received = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if received:
+                return received.pop()
+            await asyncio.Event().wait()  # the client stays
+
+        async def send(message):
+            if message["type"] == "http.response.body":
+                if not sent:
+                    await asyncio.sleep(0.6)  # over the route's 0.3 s: a slow reader
+                sent.append(message.get("body", b""))
+
+        await app(scope, receive, send)
+        await app._connections.aclose()
+        return b"".join(sent)
+
+    streamed = asyncio.run(main())
+    assert b"[DONE]" in streamed and b'"error"' not in streamed
+    assert writer_for(settings.log).flush(10)
+    with engine.connect() as connection:
+        (run,) = connection.execute(text("SELECT status, error_type FROM runs")).all()
+    assert tuple(run) == ("auto", None)
+    engine.dispose()

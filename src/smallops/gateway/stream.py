@@ -146,10 +146,10 @@ async def relay(
             async for chunk in response.chunks():
                 seen = state.events
                 out = state.feed(chunk)
-                if state.events != seen:
-                    response.progressed()
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
+                if state.events != seen:  # after the send: a slow client is not a silent upstream
+                    response.progressed()
             rest = state.rest()
             if rest:
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
