@@ -243,3 +243,18 @@ def test_through_httpx_streams_and_errors_alike(gateway, mistral, monkeypatch):
         client.chat.completions.create(model="once", messages=MESSAGES)
     assert failed.value.status_code == 503 and failed.value.body["message"] == "Service unavailable"
     assert failed.value.type == "internal_server_error"
+
+
+def test_streams_sent_together_before_the_refusal_is_known_all_go_through(gateway, mistral):
+    """The first streams of a process go out together, each with `stream_options`: every one
+    refused is sent again without it, not only the one that happened to learn the refusal."""
+    key = gateway.key()
+
+    async def together() -> list:
+        client = gateway.aclient(key, max_retries=0)
+        calls = [stream_async(client, "once") for _ in range(8)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(together())
+    assert [r for r in results if isinstance(r, BaseException)] == []
+    assert all(r[-1].usage.prompt_tokens == 25 for r in results)

@@ -161,11 +161,9 @@ class Upstream:
         try:
             return await self._open_stream(body, timeout, headers)
         except ProviderError as exc:
-            if (
-                refuses_stream_options(exc)
-                and not self.no_stream_options
-                and only_usage_asked(body)  # else the client's own field may be the fault
-            ):
+            # Sent with it (a request that went out before the refusal was known, too), and
+            # only the gateway's ask in it: else the client's own field may be the fault.
+            if refuses_stream_options(exc) and only_usage_asked(body):
                 self.no_stream_options = True
                 return await self.open_stream(body, timeout)
             rotated = await rotated_key(self.provider, exc, self.sent_key(headers))
