@@ -299,6 +299,25 @@ def test_a_run_whose_spans_cannot_be_written_costs_only_its_own_spans(
     }
 
 
+def test_spans_dropped_by_a_close_mid_request_do_not_blame_the_collector(
+    make_workflow, emulator, collector
+):
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    runs, _ = exported(wf)
+    export = otel_export.SpanExport()
+    sdk_export = export._sdk.export
+
+    def closed_meanwhile(spans):
+        export._sdk.shutdown()  # as close() from another thread would, while this one sends
+        return sdk_export(spans)
+
+    export._sdk.export = closed_meanwhile
+    assert export.send_now([(runs[0], None, None)]) == 0
+    assert export.dropped == 2
+    assert export.last_error is not None and "closed" in export.last_error
+
+
 def test_the_batch_delay_comes_from_the_sdk_variable():
     assert otel_export.linger_seconds({}) == otel_export.LINGER_SECONDS
     assert otel_export.linger_seconds({"OTEL_BSP_SCHEDULE_DELAY": "250"}) == 0.25

@@ -49,6 +49,7 @@ BATCH_RUNS = 256  # runs per export request
 EXPORT_TIMEOUT = 5.0  # seconds one export request (with the SDK's own retries) may take
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _STOP = object()
+_CLOSED = "the export was closed before these were sent"
 LINGER_SECONDS = 1.0  # a batch waits this long for more runs: each request costs the GIL too
 _LINGER_VARIABLE = "OTEL_BSP_SCHEDULE_DELAY"  # the SDK's batch delay, in milliseconds
 _CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # read by requests from the environment
@@ -183,13 +184,17 @@ class SpanExport:
         batch = [ready for ready in batch if ready.count]  # the unbuildable were counted
         if self._sdk.closed:
             for ready in batch:
-                self._drop(ready, "the export was closed before these were sent")
+                self._drop(ready, _CLOSED)
             return 0
         spans = [span for ready in batch for span in ready.spans]
         if not spans:
             return 0
         if not self._sdk.export(spans):
-            reason = f"the collector at {shown(self.endpoint)} did not accept the spans"
+            reason = (
+                _CLOSED  # closed while the request was going: the collector is not to blame
+                if self._sdk.closed
+                else f"the collector at {shown(self.endpoint)} did not accept the spans"
+            )
             for ready in batch:
                 self._drop(ready, reason)
             return 0
