@@ -52,9 +52,9 @@ class Relay:
         out = []
         start = 0
         while (end := data.find(b"\n\n", start)) >= 0:
-            event = data[start : end + 2]
+            event = self._kept(data[start : end + 2])
             start = end + 2
-            if self._keep(event):
+            if event is not None:
                 out.append(event)
         self._pending = data[start:]
         if len(self._pending) > upstream.MAX_EVENT_BYTES:
@@ -71,27 +71,30 @@ class Relay:
             return b""
         return self.feed(rest.rstrip(b"\n") + b"\n\n")
 
-    def _keep(self, event: bytes) -> bool:
-        """Note what the event says; False for the usage chunk the client did not ask for."""
+    def _kept(self, event: bytes) -> bytes | None:
+        """Note what the event says; the event as the client gets it, or None for the usage
+        chunk the client did not ask for. Asked for usage, an upstream also puts `"usage":
+        null` in every other chunk: that member goes too, so the chunks are the ones the
+        client would have had from the upstream itself."""
         for line in event.split(b"\n"):
             if not line.startswith(b"data:"):
                 continue
             payload = line[5:].strip()
             if payload == b"[DONE]":
                 self.done = True
-                return True
+                return event
             try:
                 chunk = from_json(payload)
             except ValueError:
-                return True
+                return event
             if not isinstance(chunk, dict):
-                return True
+                return event
             self.events += 1
             error = chunk.get("error")
             if isinstance(error, dict):
                 message = error.get("message")
                 self.error = message[:500] if isinstance(message, str) else "no message"
-                return True
+                return event
             if self.leg.served is None and isinstance(chunk.get("model"), str):
                 self.leg.served = chunk["model"]
                 fingerprint = chunk.get("system_fingerprint")
@@ -103,8 +106,10 @@ class Relay:
             if isinstance(choices, list) and choices:
                 self._take_text(choices)
             elif usage is not None and not self.wants_usage:
-                return False
-        return True
+                return None
+            if not self.wants_usage and "usage" in chunk and chunk["usage"] is None:
+                return _without_null_usage(event, payload, chunk)
+        return event
 
     def _take_text(self, choices: list[Any]) -> None:
         """The first choice's text (with `n` above 1, the others travel in the same stream)."""
@@ -115,6 +120,20 @@ class Relay:
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str):
                 self.pieces.append(content)
+
+
+_NULL_USAGE = b',"usage":null}'  # where OpenAI's compact chunks carry it: last
+
+
+def _without_null_usage(event: bytes, payload: bytes, chunk: dict[str, Any]) -> bytes:
+    """The event with its chunk's `"usage": null` member left out: cut from the bytes where
+    the chunk ends with it, else the chunk written again without it."""
+    if payload.endswith(_NULL_USAGE):
+        shorter = payload[: -len(_NULL_USAGE)] + b"}"
+    else:
+        del chunk["usage"]
+        shorter = to_json(chunk)
+    return event.replace(payload, shorter, 1)
 
 
 def _readable(payload: bytes) -> bool:
