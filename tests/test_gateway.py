@@ -78,7 +78,8 @@ class Running:
 
 
 @pytest.fixture
-def gateway(tmp_path, emulator, monkeypatch):
+def served(tmp_path, emulator, monkeypatch):
+    """The gateway app, and it served: for tests that reach into the app itself."""
     upstream_key = "sk-upstream-" + secrets.token_hex(16)
     monkeypatch.setenv("EMU_KEY", upstream_key)
     (tmp_path / "smallops.toml").write_text(gateway_toml(tmp_path, emulator))
@@ -87,8 +88,13 @@ def gateway(tmp_path, emulator, monkeypatch):
     with serving_app(app) as port:
         running = Running(settings, port, upstream_key)
         ensure_schema(running.engine)
-        yield running
+        yield app, running
         running.engine.dispose()
+
+
+@pytest.fixture
+def gateway(served):
+    return served[1]
 
 
 MESSAGES = [{"role": "user", "content": "Say hello to ann@example.com"}]

@@ -4,19 +4,11 @@ requests over what the log can commit never grows memory without end."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import threading
 import time
 
-import pytest
-
-from smallops import Settings
-from smallops.gateway.app import Gateway
 from smallops.gateway.log_room import LogRoom
-from smallops.storage.db import ensure_schema
-from test_gateway import MESSAGES, Running, gateway_toml
-
-from live_server import serving_app
+from test_gateway import MESSAGES, served  # noqa: F401  (the fixture)
 
 
 def test_a_room_with_space_lets_requests_through_at_once():
@@ -57,21 +49,7 @@ def test_a_writer_that_does_not_move_holds_a_request_at_most_max_wait():
     assert 0.15 <= asyncio.run(main()) < 2
 
 
-@pytest.fixture
-def served(tmp_path, emulator, monkeypatch):
-    upstream_key = "sk-upstream-" + secrets.token_hex(16)
-    monkeypatch.setenv("EMU_KEY", upstream_key)
-    (tmp_path / "smallops.toml").write_text(gateway_toml(tmp_path, emulator))
-    settings = Settings.load(tmp_path)
-    app = Gateway(settings)
-    with serving_app(app) as port:
-        running = Running(settings, port, upstream_key)
-        ensure_schema(running.engine)
-        yield app, running
-        running.engine.dispose()
-
-
-def test_the_gateway_answers_once_its_log_has_caught_up(served, emulator):
+def test_the_gateway_answers_once_its_log_has_caught_up(served, emulator):  # noqa: F811
     app, gateway = served
     assert app.log_room._backlog() == app.writer.backlog == 0  # wired to the real writer
     backlog = [app.log_room.limit + 1]
