@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_gateway import gateway  # noqa: F401  (the fixture)
+from test_gateway import gateway, served  # noqa: F401  (the fixtures)
 
 NODE_DIR = Path(__file__).parent / "node"
 
