@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import ssl
 import threading
+import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -40,23 +43,57 @@ def plain(value: AnyValue) -> Any:
 
 
 class OtlpReceiver:
-    """Collects the spans POSTed to /v1/traces; `headers` keeps each request's headers."""
+    """Collects the spans POSTed to /v1/traces; `headers` keeps each request's headers.
 
-    def __init__(self) -> None:
+    By default it speaks HTTP/1.0 (a connection per request). `keep_alive` speaks HTTP/1.1 and
+    keeps connections open; `hang_up` then closes each one after its answer without saying so
+    (as a collector's idle timeout does); `tls` serves HTTPS; `statuses` are answered first, one
+    per request, with Retry-After: 0, before 200s. `connections` counts the accepted ones."""
+
+    def __init__(
+        self,
+        *,
+        keep_alive: bool = False,
+        hang_up: bool = False,
+        tls: ssl.SSLContext | None = None,
+        statuses: tuple[int, ...] = (),
+    ) -> None:
         self.spans: list[Span] = []
         self.headers: list[dict[str, str]] = []
         self.requests = 0
+        self.connections = 0
         receiver = self
         lock = threading.Lock()
+        pending = list(statuses)
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
+            def setup(self) -> None:
+                super().setup()
+                with lock:
+                    receiver.connections += 1
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                request = ExportTraceServiceRequest()
-                request.ParseFromString(body)
+                encoding = (self.headers.get("content-encoding") or "").lower()
                 with lock:
                     receiver.requests += 1
                     receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    answer = pending.pop(0) if pending else 200
+                if answer != 200:
+                    self.send_response(answer)
+                    self.send_header("retry-after", "0")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                with lock:
                     receiver.spans.extend(_spans(request))
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200 if self.path == "/v1/traces" else 404)
@@ -64,12 +101,17 @@ class OtlpReceiver:
                 self.send_header("content-length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)
+                if hang_up:
+                    self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> OtlpReceiver:

@@ -19,6 +19,7 @@ meanwhile would wait on, one after the other.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit
 
 from smallops.config import Telemetry
 from smallops.errors import ConfigError
+from smallops.storage.otel_http import lean_transport
 from smallops.storage.otel_process import ProcessExport
 from smallops.storage.otel_spans import CONTENT_VARIABLE, SpanValue, content_wanted, run_spans
 from smallops.storage.otel_wire import framed_request, framed_span, request_bytes, span_bytes
@@ -300,20 +302,28 @@ def linger_seconds(env: Mapping[str, str]) -> float:
     return min(delay, 60.0) if delay >= 0 else LINGER_SECONDS
 
 
-def _session(endpoint: str, env: Mapping[str, str]) -> Any:
-    """A requests session that reads the proxy settings once, when the export starts: by
-    default requests walks the whole environment again on every request (half of the
-    export's Python per request, with the GIL held). None, so the exporter makes its own,
-    where the environment names a CA bundle for requests or a session provider."""
-    if any(env.get(name) for name in (*_CA_VARIABLES, _SESSION_VARIABLE)):
-        return None
+def _http_options(exporter: type, endpoint: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """How the exporter sends: through the lean `http.client` transport (otel_http.py) where it
+    sends what requests would, else through a requests session that reads the proxy settings
+    once, when the export starts (by default requests walks the whole environment again on
+    every request, with the GIL held). The exporter makes its own session where the
+    environment names a session provider, or a CA bundle for requests that the lean transport
+    cannot take (a proxy, an older SDK)."""
+    if env.get(_SESSION_VARIABLE):
+        return {}
+    if "_transport" in inspect.signature(exporter).parameters:
+        transport = lean_transport(endpoint, env)
+        if transport is not None:
+            return {"_transport": transport}
+    if any(env.get(name) for name in _CA_VARIABLES):
+        return {}
     import requests
     from requests.utils import get_environ_proxies
 
     session = requests.Session()
     session.trust_env = False  # no per-request look at proxies, CA bundles or ~/.netrc
     session.proxies.update(get_environ_proxies(endpoint))  # NO_PROXY applied
-    return session
+    return {"session": session}
 
 
 class _Sdk:
@@ -338,7 +348,7 @@ class _Sdk:
                 hint="pip install 'smallops[otel]' (or unset OTEL_EXPORTER_OTLP_ENDPOINT)",
             ) from exc
         self._exporter = OTLPSpanExporter(
-            endpoint=endpoint, timeout=timeout, session=_session(endpoint, env)
+            endpoint=endpoint, timeout=timeout, **_http_options(OTLPSpanExporter, endpoint, env)
         )
         self._resource = Resource.create({"service.name": "smallops"})
         self._scope = InstrumentationScope("smallops", _version())
