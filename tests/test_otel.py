@@ -559,6 +559,24 @@ def test_the_written_request_is_the_one_the_sdk_would_build(make_workflow, emula
     sdk.shutdown()
 
 
+def test_kept_attribute_encodings_are_bounded_and_never_mix_values(monkeypatch):
+    """Repeating attributes are encoded once and kept; the store stays bounded, long strings
+    (content) are never kept, and True, 1 and "1" keep apart."""
+    monkeypatch.setattr(otel_wire, "_PAIRS", {})
+    monkeypatch.setattr(otel_wire, "_PAIRS_KEPT", 8)
+    values: list[object] = [True, 1, "1", 1, True, "1"]  # True == 1: a dict would mix them
+    for value in values:
+        assert otel_wire._attribute("k", value) == otel_wire._field(
+            9, otel_wire._key_value("k", value)
+        )
+    assert len({otel_wire._attribute("k", value) for value in values}) == 3
+    for n in range(100):
+        otel_wire._attribute("run.id", f"run-{n}")
+        assert len(otel_wire._PAIRS) <= 8
+    otel_wire._attribute("content", "x" * 10_000)
+    assert all(len(value) < 1000 for _key, value in otel_wire._PAIRS)
+
+
 def test_spans_are_built_and_sent_by_a_child_process_that_ends_with_the_export(
     make_workflow, emulator, collector, monkeypatch
 ):

@@ -88,6 +88,30 @@ _KEYS: dict[str, bytes] = {}
 _KEYS_KEPT = 512
 
 
+def _attribute(key: str, value: Any) -> bytes:
+    """A span attribute as the Span's field 9. Most repeat from run to run (the operation,
+    provider, models, status, server): a short string or an integer pair is written once and
+    kept, up to `_PAIRS_KEPT` of them (then the store starts again, so unique values such as
+    run ids cannot grow it). Content and other long strings are written each time."""
+    kind = type(value)
+    # bool is not int here: (k, True) == (k, 1) would share a slot.
+    if not (kind is int or (kind is str and len(value) <= _PAIR_CHARS)):
+        return _field(9, _key_value(key, value))
+    pair = (key, value)
+    found = _PAIRS.get(pair)
+    if found is None:
+        found = _field(9, _key_value(key, value))
+        if len(_PAIRS) >= _PAIRS_KEPT:
+            _PAIRS.clear()
+        _PAIRS[pair] = found
+    return found
+
+
+_PAIRS: dict[tuple[str, Any], bytes] = {}
+_PAIRS_KEPT = 4096
+_PAIR_CHARS = 256
+
+
 def span_bytes(span: SpanValue) -> bytes:
     """One Span message."""
     parts = [
@@ -103,7 +127,7 @@ def span_bytes(span: SpanValue) -> bytes:
         parts.append(b"\x39" + struct.pack("<Q", span.start_ns))
     if span.end_ns:
         parts.append(b"\x41" + struct.pack("<Q", span.end_ns))
-    parts.extend(_field(9, _key_value(k, v)) for k, v in span.attributes.items())
+    parts.extend(_attribute(k, v) for k, v in span.attributes.items())
     if span.error:
         message = span.description if isinstance(span.description, str) else ""
         parts.append(_field(15, (_field(2, message.encode()) if message else b"") + b"\x18\x02"))
