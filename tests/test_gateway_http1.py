@@ -158,3 +158,24 @@ def test_an_answer_over_the_readers_limit_is_dropped_at_its_content_length():
         pool.close()
 
     asyncio.run(main())
+
+
+def test_interim_answers_are_skipped_and_count_toward_the_heads_bound():
+    early = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n"
+    endless = b"HTTP/1.1 100 Continue\r\nx-pad: " + b"p" * 1000 + b"\r\n\r\n"
+
+    async def main():
+        pool = Http1Pool()
+        server = RawServer(early + b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+        async with server as url:
+            status, headers, body = await post(pool, url)
+            assert (status, body) == (200, b'{"ok": true}')
+            assert b"link" not in headers and headers[b"content-type"] == b"application/json"
+            assert (await post(pool, url))[0] == 200  # the connection stays usable
+            assert server.connections == 1
+        async with RawServer(endless * 80) as url:  # interim answers without end: 80 KB
+            with pytest.raises(UpstreamConnectionError, match="headers are over 64 KiB"):
+                await post(pool, url)
+        pool.close()
+
+    asyncio.run(main())

@@ -16,6 +16,7 @@ from pydantic_core import from_json, to_json
 from smallops.error_types import ProviderFailure
 from smallops.gateway import upstream
 from smallops.gateway.errors import GatewayError, bad_request, unsupported
+from smallops.gateway.sse import EventSplitter
 from smallops.providers.base import ProviderError
 
 #: What `max_tokens` is when the client sets none (Anthropic requires one).
@@ -287,22 +288,20 @@ class StreamTranslator:
         self._base: dict[str, Any] | None = None
         self._usage: dict[str, Any] = {}
         self._texts = 0
-        self._pending = b""
+        self._events = EventSplitter()
 
     def feed(self, data: bytes) -> bytes:
         """The chunks for the whole events in `data` (with what was left of the last); after
         an error event, `failure` says why and the rest is not read."""
-        data = (self._pending + data).replace(b"\r\n", b"\n")
         out: list[bytes] = []
-        start = 0
-        while self.failure is None and (end := data.find(b"\n\n", start)) >= 0:
+        for event in self._events.feed(data):
+            if self.failure is not None:
+                break
             try:
-                out.extend(self._event(data[start:end]))
+                out.extend(self._event(event))
             except ProviderError as error:
                 self.failure = error
-            start = end + 2
-        self._pending = data[start:]
-        if len(self._pending) > upstream.MAX_EVENT_BYTES and self.failure is None:
+        if self._events.pending > upstream.MAX_EVENT_BYTES and self.failure is None:
             self.failure = upstream.event_too_large()
         return b"".join(out)
 

@@ -107,6 +107,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.complete = False
+        self._interim = False
         self.keep_alive = False
         self._body: deque[bytes] = deque()
         self._head: asyncio.Future[None] | None = None
@@ -148,7 +149,14 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (103 Early Hints, say): the real one follows on the same
+            # connection; its bytes count toward the head's bound all the same.
+            self._interim = True
+            self.headers = []
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()  # known only until the body is read
         _wake(self._head)
 
@@ -161,6 +169,9 @@ class _Connection(asyncio.Protocol):
         _wake(self._more)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.complete = True
         _wake(self._more)
 

@@ -21,6 +21,7 @@ from smallops.gateway import upstream
 from smallops.gateway.asgi import Receive, Send
 from smallops.gateway.errors import error_body
 from smallops.gateway.runs import Leg, usage_of
+from smallops.gateway.sse import EventSplitter
 from smallops.gateway.upstream import Streamed, as_provider_error
 from smallops.providers.base import ProviderError
 from smallops.records import Usage
@@ -43,21 +44,13 @@ class Relay:
         self.done = False
         self.error: str | None = None  # an `error` event's message: the upstream gave up
         self.events = 0
-        self._pending = b""
+        self._events = EventSplitter()
 
     def feed(self, chunk: bytes) -> bytes:
         """Whole events of `chunk` (with what was left of the last), as the client gets them;
         CRLF line ends (which SSE allows) read as LF."""
-        data = (self._pending + chunk).replace(b"\r\n", b"\n")
-        out = []
-        start = 0
-        while (end := data.find(b"\n\n", start)) >= 0:
-            event = self._kept(data[start : end + 2])
-            start = end + 2
-            if event is not None:
-                out.append(event)
-        self._pending = data[start:]
-        if len(self._pending) > upstream.MAX_EVENT_BYTES:
+        out = [kept for event in self._events.feed(chunk) if (kept := self._kept(event))]
+        if self._events.pending > upstream.MAX_EVENT_BYTES:
             raise upstream.event_too_large()
         return b"".join(out)
 
@@ -65,7 +58,7 @@ class Relay:
         """What followed the last blank line, as a last event if it can be read (a `data:
         [DONE]` ended by one newline or none); an event cut short is dropped, so the client
         reads the error that follows, not half a chunk."""
-        rest, self._pending = self._pending, b""
+        rest = self._events.rest().replace(b"\r\n", b"\n")
         lines = [line[5:].strip() for line in rest.split(b"\n") if line.startswith(b"data:")]
         if not lines or not all(_readable(payload) for payload in lines):
             return b""
