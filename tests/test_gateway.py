@@ -681,13 +681,14 @@ def test_a_key_from_a_store_is_fetched_once_and_a_rotation_costs_one_401(
 
 
 class ScriptedStream:
-    """An upstream that answers every request with 200 (and `headers`) and these pieces of
+    """An upstream that answers every request with `status` (and `headers`) and these pieces of
     body, as they are (a float is a pause, in seconds), then ends the response cleanly; it
     counts the requests whose client closed the connection before that end."""
 
-    def __init__(self, *pieces: bytes | float, headers: tuple = ()) -> None:
+    def __init__(self, *pieces: bytes | float, headers: tuple = (), status: int = 200) -> None:
         self.pieces = pieces
         self.headers = list(headers)
+        self.status = status
         self.requests = 0
         self.left = 0
 
@@ -698,7 +699,7 @@ class ScriptedStream:
             pass
         self.requests += 1
         start = [(b"content-type", b"text/event-stream"), *self.headers]
-        await send({"type": "http.response.start", "status": 200, "headers": start})
+        await send({"type": "http.response.start", "status": self.status, "headers": start})
         answering = asyncio.create_task(self._answer(send))
         watching = asyncio.create_task(receive())  # http.disconnect, once the client goes
         await asyncio.wait({answering, watching}, return_when=asyncio.FIRST_COMPLETED)

@@ -155,6 +155,22 @@ def test_a_stream_that_sends_nothing_after_its_headers_is_cut_too(tmp_path, monk
     assert (run["status"], run["error_type"]) == ("failed", "timeout")
 
 
+def test_an_error_body_trickled_in_is_cut_at_the_routes_timeout_in_all(tmp_path, monkeypatch, path):
+    """A 500 whose body comes a few bytes every 0.3 s (each wait inside the 1 s timeout, 6 s
+    in all): the gateway stops reading at the timeout and answers, the run failed on it."""
+    pieces = [piece for _ in range(20) for piece in (0.3, b'{"error": ')]
+    upstream = ScriptedStream(*pieces, b"{}}", status=500)
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        began = time.monotonic()
+        response = post(running, stream=True)
+        took = time.monotonic() - began
+        (run,) = running.runs(1)
+    assert took < 3.0, took
+    assert response.status_code >= 500 and "error" in response.json()
+    assert (run["status"], run["error_type"]) == ("failed", "timeout")
+
+
 def test_data_slower_than_the_timeout_in_all_but_not_between_events_is_whole(
     tmp_path, monkeypatch, path
 ):

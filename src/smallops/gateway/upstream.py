@@ -205,8 +205,8 @@ class Upstream:
         )
         response = await client.send(request, stream=True)
         if response.status_code >= 400:
-            try:
-                content = await _read_whole(response)
+            try:  # httpx bounds each read only: an error body trickled in is bounded here
+                content = await asyncio.wait_for(_read_whole(response), timeout)
             finally:
                 await response.aclose()
             raise status_error(Answer(response.status_code, response.headers, content))
