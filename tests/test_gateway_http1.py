@@ -12,14 +12,19 @@ from smallops.gateway.http1 import HIGH_WATER, AnswerTooLarge, Http1Pool, Upstre
 OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{"ok": true}'
 
 
+class Cut(bytes):
+    """An answer after which the server closes the connection."""
+
+
 class RawServer:
-    """Answers each request with the next of `answers` (bytes; None: close without a word),
-    counting connections."""
+    """Answers each request with the next of `answers` (bytes; None: close without a word;
+    Cut: close after it), counting connections and requests."""
 
     def __init__(self, *answers: bytes | None, close_after: bool = False) -> None:
         self.answers = list(answers)
         self.close_after = close_after
         self.connections = 0
+        self.requests = 0
 
     async def __aenter__(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -40,12 +45,13 @@ class RawServer:
                     if line.lower().startswith(b"content-length")
                 )
                 await reader.readexactly(length)
+                self.requests += 1
                 answer = self.answers.pop(0) if self.answers else OK
                 if answer is None:
                     break
                 writer.write(answer)
                 await writer.drain()
-                if self.close_after:
+                if self.close_after or isinstance(answer, Cut):
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -176,6 +182,24 @@ def test_interim_answers_are_skipped_and_count_toward_the_heads_bound():
         async with RawServer(endless * 80) as url:  # interim answers without end: 80 KB
             with pytest.raises(UpstreamConnectionError, match="headers are over 64 KiB"):
                 await post(pool, url)
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_kept_alive_connection_cut_after_it_began_answering_is_not_sent_the_request_again():
+    """A connection reused from the pool that closes before any answer was closed while idle:
+    the request goes again on a new one. One that closes after an interim answer (or part of
+    a head) had the request: sending it again would have the upstream answer it twice."""
+
+    async def main():
+        pool = Http1Pool()
+        server = RawServer(OK, Cut(b"HTTP/1.1 103 Early Hints\r\n\r\n"))
+        async with server as url:
+            assert (await post(pool, url))[0] == 200
+            with pytest.raises(UpstreamConnectionError, match="closed the connection"):
+                await post(pool, url)
+            assert (server.requests, server.connections) == (2, 1)
         pool.close()
 
     asyncio.run(main())

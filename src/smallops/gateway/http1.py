@@ -203,6 +203,11 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
+    @property
+    def heard(self) -> bool:
+        """Whether any of the answer to the request sent last has come."""
+        return self._head_bytes > 0
+
     def reusable(self) -> bool:
         return self.complete and not self.closed and self.keep_alive
 
@@ -263,7 +268,10 @@ class Http1Pool:
                 await connection.send(request, timeout)
                 return Http1Response(connection, self, key)
             except UpstreamConnectionError:
-                connection.close()  # closed by the server while idle: try a new one
+                connection.close()
+                if connection.heard:  # it had the request (an interim answer, say): not twice
+                    raise
+                # closed by the server while idle: try a new one
             except BaseException:
                 connection.close()
                 raise
