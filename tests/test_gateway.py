@@ -953,3 +953,22 @@ def test_a_slow_client_is_not_taken_for_an_idle_upstream(tmp_path, emulator, mon
         (run,) = connection.execute(text("SELECT status, error_type FROM runs")).all()
     assert tuple(run) == ("auto", None)
     engine.dispose()
+
+
+def test_an_event_whose_data_spans_several_lines_is_read_as_one_chunk(tmp_path, monkeypatch):
+    """SSE joins an event's `data:` lines with a newline, and JSON may break between tokens:
+    such a chunk is the client's as any other (its SDK reads it so), so its text and usage are
+    recorded and, unasked for, the usage chunk is kept from the client all the same."""
+    split_usage = USAGE_CHUNK.replace(b', "usage": ', b',\ndata:  "usage": ')
+    split_hi = HI.replace(b', "choices": ', b',\ndata: "choices": ')
+    assert split_usage.count(b"data:") == split_hi.count(b"data:") == 2
+    upstream = ScriptedStream(split_hi, split_usage, b"data: [DONE]\n\n")
+    stack, running = scripted_gateway(tmp_path, monkeypatch, upstream)
+    with stack:
+        client = running.client(running.key(), max_retries=0)
+        stream = client.chat.completions.create(model="r", messages=MESSAGES, stream=True)
+        got = list(stream)
+        (run,) = running.runs(1)
+    assert [chunk.choices[0].delta.content for chunk in got] == ["Hi"]
+    assert (run["status"], run["error_type"]) == ("auto", None)
+    assert (run["input_tokens"], run["output_tokens"], run["output"]) == (1000, 77, '"Hi"')

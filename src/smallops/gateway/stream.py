@@ -59,8 +59,8 @@ class Relay:
         [DONE]` ended by one newline or none); an event cut short is dropped, so the client
         reads the error that follows, not half a chunk."""
         rest = self._events.rest().replace(b"\r\n", b"\n")
-        lines = [line[5:].strip() for line in rest.split(b"\n") if line.startswith(b"data:")]
-        if not lines or not all(_readable(payload) for payload in lines):
+        payload = _data(rest)
+        if payload is None or not _readable(payload):
             return b""
         return self.feed(rest.rstrip(b"\n") + b"\n\n")
 
@@ -68,40 +68,42 @@ class Relay:
         """Note what the event says; the event as the client gets it, or None for the usage
         chunk the client did not ask for. Asked for usage, an upstream also puts `"usage":
         null` in every other chunk: that member goes too, so the chunks are the ones the
-        client would have had from the upstream itself."""
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                self.done = True
+        client would have had from the upstream itself. An event's `data:` lines are one
+        payload, joined by newlines, as the client's SSE reader joins them."""
+        payload = _data(event)
+        if payload is None:
+            return event
+        if payload == b"[DONE]":
+            self.done = True
+            return event
+        try:
+            chunk = from_json(payload)
+        except ValueError:
+            return event
+        if not isinstance(chunk, dict):
+            return event
+        self.events += 1
+        error = chunk.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+            self.error = message[:500] if isinstance(message, str) else "no message"
+            return event
+        if self.leg.served is None and isinstance(chunk.get("model"), str):
+            self.leg.served = chunk["model"]
+            fingerprint = chunk.get("system_fingerprint")
+            self.leg.fingerprint = fingerprint if isinstance(fingerprint, str) else None
+        usage = usage_of(chunk)
+        if usage is not None:
+            self.usage = usage
+        choices = chunk.get("choices")
+        if isinstance(choices, list) and choices:
+            self._take_text(choices)
+        elif usage is not None and not self.wants_usage:
+            return None
+        if not self.wants_usage and "usage" in chunk and chunk["usage"] is None:
+            if b"\n" in payload:  # over several lines: left as it came
                 return event
-            try:
-                chunk = from_json(payload)
-            except ValueError:
-                return event
-            if not isinstance(chunk, dict):
-                return event
-            self.events += 1
-            error = chunk.get("error")
-            if isinstance(error, dict):
-                message = error.get("message")
-                self.error = message[:500] if isinstance(message, str) else "no message"
-                return event
-            if self.leg.served is None and isinstance(chunk.get("model"), str):
-                self.leg.served = chunk["model"]
-                fingerprint = chunk.get("system_fingerprint")
-                self.leg.fingerprint = fingerprint if isinstance(fingerprint, str) else None
-            usage = usage_of(chunk)
-            if usage is not None:
-                self.usage = usage
-            choices = chunk.get("choices")
-            if isinstance(choices, list) and choices:
-                self._take_text(choices)
-            elif usage is not None and not self.wants_usage:
-                return None
-            if not self.wants_usage and "usage" in chunk and chunk["usage"] is None:
-                return _without_null_usage(event, payload, chunk)
+            return _without_null_usage(event, payload, chunk)
         return event
 
     def _take_text(self, choices: list[Any]) -> None:
@@ -127,6 +129,12 @@ def _without_null_usage(event: bytes, payload: bytes, chunk: dict[str, Any]) -> 
         del chunk["usage"]
         shorter = to_json(chunk)
     return event.replace(payload, shorter, 1)
+
+
+def _data(event: bytes) -> bytes | None:
+    """The event's payload: its `data:` lines joined by newlines; None when it has none."""
+    lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
 
 
 def _readable(payload: bytes) -> bool:
