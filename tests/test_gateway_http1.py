@@ -203,3 +203,18 @@ def test_a_kept_alive_connection_cut_after_it_began_answering_is_not_sent_the_re
         pool.close()
 
     asyncio.run(main())
+
+
+def test_a_switch_of_protocols_the_gateway_never_asked_for_is_an_unreadable_answer():
+    """A 101 is no answer to a POST that asked for no upgrade: what follows it is not HTTP,
+    so it is a connection error, not a final answer with an empty body."""
+    switched = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\nxyz"
+
+    async def main():
+        pool = Http1Pool()
+        async with RawServer(switched) as url:
+            with pytest.raises(UpstreamConnectionError, match="101"):
+                await post(pool, url)
+        pool.close()
+
+    asyncio.run(main())

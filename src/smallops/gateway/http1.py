@@ -150,7 +150,9 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status == 101:  # no upgrade is asked for: what would follow is not HTTP
+            raise UpstreamConnectionError("the upstream switched protocols (101)")
+        if 100 <= status < 200:
             # An interim answer (103 Early Hints, say): the real one follows on the same
             # connection; its bytes count toward the head's bound all the same.
             self._interim = True
