@@ -16,7 +16,7 @@ from pydantic_core import from_json, to_json
 from smallops.error_types import ProviderFailure
 from smallops.gateway import upstream
 from smallops.gateway.errors import GatewayError, bad_request, unsupported
-from smallops.gateway.sse import EventSplitter
+from smallops.gateway.sse import EventSplitter, event_data
 from smallops.providers.base import ProviderError
 
 #: What `max_tokens` is when the client sets none (Anthropic requires one).
@@ -316,11 +316,11 @@ class StreamTranslator:
         return _sse({**self._base, "choices": [], "usage": usage(counts)})
 
     def _event(self, event: bytes) -> list[bytes]:
-        lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
-        if not lines:
+        data = event_data(event)
+        if data is None:
             return []
         try:
-            payload = from_json(b"\n".join(lines))
+            payload = from_json(data)
         except ValueError:
             raise ProviderError(
                 "bad_response", "the upstream sent an event that is not JSON"

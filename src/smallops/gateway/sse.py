@@ -51,3 +51,10 @@ class EventSplitter:
         self._buffer.clear()
         self._scanned, self._carriage = 0, False
         return rest
+
+
+def event_data(event: bytes) -> bytes | None:
+    """An event's payload: its `data:` lines joined by newlines, as SSE readers join them;
+    None when it has none."""
+    lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None

@@ -21,7 +21,7 @@ from smallops.gateway import upstream
 from smallops.gateway.asgi import Receive, Send
 from smallops.gateway.errors import error_body
 from smallops.gateway.runs import Leg, usage_of
-from smallops.gateway.sse import EventSplitter
+from smallops.gateway.sse import EventSplitter, event_data
 from smallops.gateway.upstream import Streamed, as_provider_error
 from smallops.providers.base import ProviderError
 from smallops.records import Usage
@@ -58,8 +58,8 @@ class Relay:
         """What followed the last blank line, as a last event if it can be read (a `data:
         [DONE]` ended by one newline or none); an event cut short is dropped, so the client
         reads the error that follows, not half a chunk."""
-        rest = self._events.rest().replace(b"\r\n", b"\n")
-        payload = _data(rest)
+        rest = self._events.rest()
+        payload = event_data(rest)
         if payload is None or not _readable(payload):
             return b""
         return self.feed(rest.rstrip(b"\n") + b"\n\n")
@@ -70,7 +70,7 @@ class Relay:
         null` in every other chunk: that member goes too, so the chunks are the ones the
         client would have had from the upstream itself. An event's `data:` lines are one
         payload, joined by newlines, as the client's SSE reader joins them."""
-        payload = _data(event)
+        payload = event_data(event)
         if payload is None:
             return event
         if payload == b"[DONE]":
@@ -129,12 +129,6 @@ def _without_null_usage(event: bytes, payload: bytes, chunk: dict[str, Any]) -> 
         del chunk["usage"]
         shorter = to_json(chunk)
     return event.replace(payload, shorter, 1)
-
-
-def _data(event: bytes) -> bytes | None:
-    """The event's payload: its `data:` lines joined by newlines; None when it has none."""
-    lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(lines) if lines else None
 
 
 def _readable(payload: bytes) -> bool:
