@@ -3,6 +3,7 @@ receiver, and every figure checked against the log."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ import pytest
 
 from smallops import secondary
 from smallops.storage import otel_export, otel_wire
+from smallops.storage.otel_items import Committed, described
 from smallops.storage.otel_spans import span_id_of, trace_id_of
+from smallops.storage.schema import RUN_COLUMNS
 from smallops.testing import recorded_runs
 
 from emulators import delay, ok, refusal, status
@@ -294,6 +297,44 @@ def test_a_run_whose_spans_cannot_be_written_costs_only_its_own_spans(
     export.close()
     assert export.sent == 4 and export.dropped == 2
     assert "TypeError" in (export.last_error or "")
+    assert {s.trace_id for s in collector.spans[len(live) :]} == {
+        f"{trace_id_of(run['id']):032x}" for run in (runs[0], runs[2])
+    }
+
+
+def test_the_writer_only_hands_rows_over_and_a_row_unreadable_costs_only_its_spans(
+    make_workflow, emulator, collector, monkeypatch
+):
+    """The log writer hands committed rows over as they are (`Committed`): the export thread
+    reads each back, spread over its own time. A row that cannot be read back is dropped and
+    counted alone, its spans counted from its attempt count; a drop counts a row's spans the
+    way it counts a read-back run's."""
+    handed: list[Any] = []
+    offer = otel_export.SpanExport.offer
+
+    def keep(self: Any, items: Any, report_to: Any = None) -> None:
+        items = list(items)
+        handed.extend(items)
+        offer(self, items, report_to)
+
+    monkeypatch.setattr(otel_export.SpanExport, "offer", keep)
+    wf = make_workflow(review="none")
+    for _ in range(3):
+        wf.run(**EMAIL)
+    runs, live = exported(wf)
+    assert len(live) == 6 and [type(item) for item in handed] == [Committed] * 3
+    assert [described(item) for item in handed] == [("triage", 2)] * 3
+    assert [described(item.item()) for item in handed] == [("triage", 2)] * 3
+    attempts = RUN_COLUMNS.index("attempts")
+    row = list(handed[1].run)
+    row[attempts] = '[{"started_at": '  # cut short
+    broken = dataclasses.replace(handed[1], run=tuple(row))
+    export = otel_export.SpanExport()
+    export.offer([handed[0], broken, handed[2]])
+    assert export.flush(30)
+    export.close()
+    assert export.sent == 4 and export.dropped == 2
+    assert "JSONDecodeError" in (export.last_error or "")
     assert {s.trace_id for s in collector.spans[len(live) :]} == {
         f"{trace_id_of(run['id']):032x}" for run in (runs[0], runs[2])
     }

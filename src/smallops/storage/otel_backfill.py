@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, or_, select
 
-from smallops.storage.otel_export import Item, SpanExport
+from smallops.storage.otel_export import SpanExport
+from smallops.storage.otel_items import Item
 from smallops.storage.prompt_parts import expand_runs
 from smallops.storage.schema import RUN_COLUMNS, prompt_versions, runs
 from smallops.trace_context import parse as parse_parent

@@ -10,17 +10,19 @@ queue: a thread of its own batches and sends them. When the collector is slow or
 queue fills and further runs are dropped and counted (`dropped`), so neither the request path
 nor the writer ever waits for telemetry.
 
-The thread builds and encodes each run's spans as the run arrives, then lets the other threads
-run (`_Pace`), and at the end of a batch only joins the bytes and sends them: building a whole
-second's batch at once (~50 ms of Python) would hold the GIL in a burst that the calls made
-meanwhile would wait on, one after the other.
+The writer hands over the committed rows as they are (`Committed`). The thread reads each run
+back and builds and encodes its spans as the run arrives, resting briefly between runs while
+it keeps up, and at the end of a batch only joins the bytes and sends them. A writer batch's
+runs are so spread over the time of many calls: built in one go, they would hold the GIL in a
+burst that one call waits out whole (the p99), and a whole second's batch (~50 ms of Python)
+would stall the calls made meanwhile one after the other. When runs pile up, the thread only
+steps aside now and then (`_Pace`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import os
 import queue
@@ -36,13 +38,11 @@ from urllib.parse import urlsplit
 from smallops.config import Telemetry
 from smallops.errors import ConfigError
 from smallops.storage.otel_http import lean_transport
+from smallops.storage.otel_items import Committed, Item, described
 from smallops.storage.otel_process import ProcessExport
 from smallops.storage.otel_spans import CONTENT_VARIABLE, SpanValue, content_wanted, run_spans
 from smallops.storage.otel_wire import framed_request, framed_span, request_bytes, span_bytes
-from smallops.storage.prompt_parts import inline_row
-from smallops.storage.schema import RUN_COLUMNS
 from smallops.storage.telemetry_state import REPORT_SECONDS, DropTally
-from smallops.trace_context import parse as parse_parent
 
 log = logging.getLogger("smallops")
 
@@ -58,10 +58,8 @@ _CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # read by requests fro
 _SESSION_VARIABLE = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
 PACE_SECONDS = 0.0002  # the export thread's longest stretch on the GIL before it steps aside
 STEP_ASIDE_SECONDS = 0.0  # time.sleep(0) releases the GIL: a waiting thread takes it
-
-#: A run ready to export: its row (a dict of columns), its prompt version's parameters, and
-#: the caller's (trace id, span id) if the run joined the application's trace.
-Item = tuple[dict[str, Any], dict[str, Any] | None, tuple[int, int] | None]
+SPREAD_SECONDS = 0.001  # the export thread's rest between two runs while it keeps up
+KEEPING_UP = 64  # runs waiting: below this the thread rests between runs, above only paces
 
 
 def export_wanted(environ: Mapping[str, str] | None = None) -> bool:
@@ -117,7 +115,7 @@ class SpanExport:
         self._lock = threading.Lock()
         self.drops = DropTally()  # spans not delivered: queue full, or the collector failed
 
-    def offer(self, items: Iterable[Item], report_to: Path | None = None) -> None:
+    def offer(self, items: Iterable[Item | Committed], report_to: Path | None = None) -> None:
         """Queue runs for export; never blocks: what does not fit is dropped and counted (and,
         with `report_to`, a project's telemetry folder, noted there for `smallops status`)."""
         self._start()
@@ -126,12 +124,9 @@ class SpanExport:
             try:
                 self._queue.put_nowait((item, report_to))
             except queue.Full:
-                row = item[0]
+                workflow, count = described(item)
                 self.drops.note(
-                    row.get("workflow"),
-                    1 + len(row.get("attempts") or ()),
-                    report_to,
-                    "the export queue was full: the collector is slow",
+                    workflow, count, report_to, "the export queue was full: the collector is slow"
                 )
             pace()
 
@@ -164,17 +159,18 @@ class SpanExport:
             pace()
         return self._send(ready)
 
-    def _ready(self, item: Item, folder: Path | None) -> _Ready:
+    def _ready(self, item: Item | Committed, folder: Path | None) -> _Ready:
         """A run's spans, built and written as the request will carry them. A run whose spans
         cannot be built costs only its own spans (dropped and counted), not its batch's."""
-        row = item[0]
-        ready = _Ready(row.get("workflow"), folder, 1 + len(row.get("attempts") or ()), [])
+        ready = _Ready(*described(item), folder=folder, spans=[])
         if self._sdk.closed:
             return ready  # closing: dropped (and counted) at send time, without building it
         try:
+            if isinstance(item, Committed):
+                item = item.item()
             ready.spans = self._sdk.written(self._spans(item))
         except Exception as exc:
-            log.exception("smallops: could not build the spans of run %s", row.get("id"))
+            log.exception("smallops: could not build the spans of a %s run", ready.workflow)
             reason = f"its spans could not be written: {type(exc).__name__}"
             self.drops.note(ready.workflow, ready.count, folder, reason)
             ready.count = 0
@@ -245,7 +241,7 @@ class SpanExport:
                     markers.append(item)
                 else:
                     items.append(self._ready(*item))  # built now: the work follows the calls
-                    pace()
+                    self._rest(pace)
                 if stop or markers or len(items) >= BATCH_RUNS:
                     break
                 wait = self.linger - (time.monotonic() - began)
@@ -267,6 +263,16 @@ class SpanExport:
             if stop:
                 return
 
+    def _rest(self, pace: _Pace) -> None:
+        """Between two runs: while the export keeps up (few runs wait), a rest, so that a
+        writer batch's runs are built over the time of many calls instead of in one burst
+        that a single call waits out; when runs pile up, only the pace's brief steps aside."""
+        if self._queue.qsize() < KEEPING_UP:
+            time.sleep(SPREAD_SECONDS)
+            pace.restart()
+        else:
+            pace()
+
 
 @dataclass
 class _Ready:
@@ -274,8 +280,8 @@ class _Ready:
     them is noted with."""
 
     workflow: str | None
-    folder: Path | None
     count: int  # its spans: what a drop counts
+    folder: Path | None
     spans: list[Any]
 
 
@@ -289,7 +295,10 @@ class _Pace:
     def __call__(self) -> None:
         if time.perf_counter() - self._since >= PACE_SECONDS:
             time.sleep(STEP_ASIDE_SECONDS)
-            self._since = time.perf_counter()
+            self.restart()
+
+    def restart(self) -> None:
+        self._since = time.perf_counter()
 
 
 def linger_seconds(env: Mapping[str, str]) -> float:
@@ -539,26 +548,3 @@ def reset() -> None:
             _export.flush(10.0)
             _export.close()
         _export, _unavailable = None, False
-
-
-_JSON_COLUMNS = ("messages", "output", "attempts")
-
-
-def item_of(
-    run: Any, parts: Iterable[Any], params: dict[str, Any] | None, content: bool = True
-) -> Item:
-    """An export item from a `runs` row as the writer commits it (RUN_COLUMNS order, JSON as
-    text, prompt parts by reference): the run reads as it will from the log. Without
-    `content`, the spans need nothing of the messages or the requests sent, so the row's
-    messages and output are left as they are and its prompt parts are not put back."""
-    if not content:
-        row = dict(zip(RUN_COLUMNS, run, strict=False))
-        attempts = row.get("attempts")
-        row["attempts"] = json.loads(attempts) if isinstance(attempts, str) else attempts
-        row["messages"] = row["output"] = None
-        return row, params, parse_parent(row.get("trace_parent"))
-    row = dict(zip(RUN_COLUMNS, inline_row(run, parts), strict=False))
-    for name in _JSON_COLUMNS:
-        text = row.get(name)
-        row[name] = json.loads(text) if isinstance(text, str) else text
-    return row, params, parse_parent(row.get("trace_parent"))

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from smallops.storage.otel_items import described
 from smallops.storage.otel_spans import content_wanted
 from smallops.storage.telemetry_state import REPORT_SECONDS, DropTally
 
@@ -255,8 +256,7 @@ class ProcessExport:
             event.set()
 
     def _drop(self, item: Any, folder: Path | None, reason: str) -> None:
-        row = item[0]
-        self._note(row.get("workflow"), 1 + len(row.get("attempts") or ()), folder, reason)
+        self._note(*described(item), folder, reason)
 
     def _note_runs(
         self, runs: list[tuple[Any, str, int]], folder: Path | None, reason: str

@@ -26,13 +26,11 @@ from typing import Any
 from smallops.config import LogTarget, Telemetry
 from smallops.records import PromptVersion, RunRecord
 from smallops.redact import Redactor
-from smallops.storage import label_rollups, otel_backfill, otel_export
+from smallops.storage import label_rollups, otel_backfill, otel_export, otel_items
 from smallops.storage.db import log_database, safe_url
 from smallops.storage.otel_process import ProcessExport
-from smallops.storage.prompt_parts import parts_of
 from smallops.storage.quarantine import Quarantine, quarantine_folder
 from smallops.storage.rows import Parts, encode, prompt_row
-from smallops.storage.schema import RUN_COLUMNS
 from smallops.storage.spool import Spool, spool_folder
 from smallops.storage.store import RowBatch, RowStore, Unreachable, land
 from smallops.storage.telemetry_state import telemetry_folder
@@ -285,7 +283,7 @@ class Writer:
         url = self.store.engine.url
         if isinstance(export, ProcessExport) and url.database not in (None, "", ":memory:"):
             # the child reads the committed runs from the log itself
-            runs = [_run_of(run) for run in batch.runs if run[0] not in set_aside]
+            runs = [otel_items.logged_run(run) for run in batch.runs if run[0] not in set_aside]
             export.offer_logged(url.render_as_string(hide_password=False), runs, report_to)
             return
         params: dict[Any, dict[str, Any] | None]
@@ -293,17 +291,15 @@ class Writer:
             params = {record.id: record.facts.prompt.params for record in records}
         else:
             params = otel_backfill.prompt_params(self.store.engine, batch.runs)
-        content = export.content
-        export.offer(
-            (
-                otel_export.item_of(
-                    run, parts_of(run, batch.parts) if content else (), params.get(run[0]), content
-                )
-                for run in batch.runs
-                if run[0] not in set_aside
-            ),
-            report_to=report_to,
+        committed = (
+            otel_items.Committed(run, batch.parts, params.get(run[0]), export.content)
+            for run in batch.runs
+            if run[0] not in set_aside
         )
+        if isinstance(export, ProcessExport):  # a log in memory: the child is sent the runs
+            export.offer((run.item() for run in committed), report_to=report_to)
+        else:  # the export thread reads each run back as it comes to it
+            export.offer(committed, report_to=report_to)
 
     def _encode(self, records: list[RunRecord]) -> tuple[RowBatch, list[tuple[RunRecord, str]]]:
         """Rows for the records, and the records that could not be made into rows (and why)."""
@@ -524,14 +520,3 @@ def reset() -> None:
         close_all()
         _writers.clear()
     label_rollups.forget_versions()
-
-
-_ID, _WORKFLOW, _ATTEMPTS = (
-    RUN_COLUMNS.index(name) for name in ("id", "workflow", "attempt_count")
-)
-
-
-def _run_of(run: Any) -> tuple[Any, str, int]:
-    """A committed run as the export process is told of it: its id, its workflow and its
-    spans (the run's and one per attempt), so that even a lost child's drops count right."""
-    return run[_ID], run[_WORKFLOW], 1 + int(run[_ATTEMPTS] or 0)
