@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from smallops import secondary
-from smallops.storage import otel_export, otel_wire
+from smallops.storage import otel_export, otel_spans, otel_wire
 from smallops.storage.otel_items import Committed, described
 from smallops.storage.otel_spans import span_id_of, trace_id_of
 from smallops.storage.schema import RUN_COLUMNS
@@ -334,7 +334,7 @@ def test_the_writer_only_hands_rows_over_and_a_row_unreadable_costs_only_its_spa
     assert export.flush(30)
     export.close()
     assert export.sent == 4 and export.dropped == 2
-    assert "JSONDecodeError" in (export.last_error or "")
+    assert "its spans could not be written" in (export.last_error or "")
     assert {s.trace_id for s in collector.spans[len(live) :]} == {
         f"{trace_id_of(run['id']):032x}" for run in (runs[0], runs[2])
     }
@@ -480,6 +480,41 @@ def test_without_opentelemetry_loaded_a_call_never_imports_it(tmp_path):
         check=False,
     )
     assert done.returncode == 0 and done.stdout.strip() == "clean", done.stderr
+
+
+def test_span_times_are_rounded_to_the_microsecond_as_the_log_rounds_them():
+    """A span's times are the log's: a float time rounded to the microsecond as
+    `datetime.fromtimestamp` rounds it (half to even), so live and backfilled spans agree."""
+    import random
+
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+    def as_the_log_keeps_it(seconds: float) -> int:
+        moment = datetime.fromtimestamp(seconds, timezone.utc)
+        return (moment - epoch) // timedelta(microseconds=1) * 1000
+
+    rng = random.Random(13)
+    times = [rng.uniform(1.6e9, 1.9e9) for _ in range(20_000)]
+    times += [rng.uniform(-5.0, 5.0) for _ in range(2_000)]
+    whole = [1_700_000_000 + rng.randrange(10**6) for _ in range(2_000)]
+    times += [w + (rng.randrange(10**6) + 0.5) / 1e6 for w in whole]  # half a microsecond
+    times += [0.0, -0.0, 0.5e-6, 1.5e-6, -0.5e-6, -1.5e-6, 0.9999995, 1_700_000_000.9999995]
+    mismatched = [t for t in times if otel_spans._ns(t) != as_the_log_keeps_it(t)]
+    assert mismatched == []
+
+
+def test_the_response_id_is_read_from_the_body_the_log_kept():
+    """gen_ai.response.id: read off the start of a vendor's body (compact or indented), and
+    any other body parsed, as JSON readers read it."""
+    found = otel_spans._response_id
+    assert found('{"id":"chatcmpl-1","object":"chat.completion"}') == "chatcmpl-1"
+    assert found('{\n  "id": "msg_01",\n  "type": "message"\n}') == "msg_01"
+    assert found('{"id": "a\\"b", "x": 1}') == 'a"b'  # an escape: the body is parsed
+    assert found('{"choices": [{"id": "inner"}], "id": "outer"}') == "outer"
+    assert found('{"choices": [{"id": "inner"}]}') is None
+    assert found('{"id": 7}') is None and found("<html>bad gateway</html>") is None
+    assert found('{"id": "cut') is None and found(None) is None
+    assert found({"id": "from-postgres"}) == "from-postgres"  # jsonb comes back decoded
 
 
 def test_a_stored_trace_parent_is_read_only_when_well_formed():

@@ -3,10 +3,11 @@ the spans are built from it (`Item`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic_core import from_json
 
 from smallops.storage.prompt_parts import inline_row, parts_of
 from smallops.storage.schema import RUN_COLUMNS
@@ -64,11 +65,11 @@ def item_of(
     if not content:
         row = dict(zip(RUN_COLUMNS, run, strict=False))
         attempts = row.get("attempts")
-        row["attempts"] = json.loads(attempts) if isinstance(attempts, str) else attempts
+        row["attempts"] = from_json(attempts) if isinstance(attempts, str) else attempts
         row["messages"] = row["output"] = None
         return row, params, parse_parent(row.get("trace_parent"))
     row = dict(zip(RUN_COLUMNS, inline_row(run, parts), strict=False))
     for name in _JSON_COLUMNS:
         text = row.get(name)
-        row[name] = json.loads(text) if isinstance(text, str) else text
+        row[name] = from_json(text) if isinstance(text, str) else text
     return row, params, parse_parent(row.get("trace_parent"))

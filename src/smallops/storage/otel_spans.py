@@ -13,12 +13,15 @@ the `gen_ai.*` constants of the Python package are deprecated.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +37,7 @@ _DEFAULT_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}
 _PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SpanValue:
     """One span, ready for any exporter: ids as ints, times as epoch nanoseconds."""
 
@@ -48,7 +51,6 @@ class SpanValue:
     attributes: Attributes
     error: bool = False
     description: str | None = None
-    children: list[SpanValue] = field(default_factory=list)
 
 
 def trace_id_of(run_id: str) -> int:
@@ -203,8 +205,12 @@ def _attempt_attributes(
 
 
 def _response_id(response: Any) -> str | None:
-    """The id the vendor gave its response, from the raw body the log kept (if it kept it)."""
+    """The id the vendor gave its response, from the raw body the log kept (if it kept it).
+    The vendors' bodies begin with it: read there without parsing the body, else parsed."""
     if isinstance(response, str) and response.startswith("{"):
+        first = _LEADING_ID.match(response)
+        if first is not None:
+            return first[1]
         try:
             response = from_json(response)
         except ValueError:
@@ -213,6 +219,11 @@ def _response_id(response: Any) -> str | None:
     return found if isinstance(found, str) else None
 
 
+#: A body whose first member is "id" with a plain string value (no escapes to undo).
+_LEADING_ID = re.compile(r'\{\s*"id"\s*:\s*"([^"\\\x00-\x1f]*)"\s*[,}]')
+
+
+@functools.lru_cache(maxsize=256)  # a process calls a few endpoints: parse each once
 def _server(provider: str | None, endpoint: str | None) -> tuple[str | None, int | None]:
     if endpoint:
         parts = urlsplit(endpoint)
@@ -270,14 +281,12 @@ def _epoch(value: Any) -> float:
 
 
 def _ns(seconds: float) -> int:
-    """Nanoseconds, to the microsecond the log keeps, converted as the log converts them: a
-    live span and a backfilled one have the same times."""
-    moment = datetime.fromtimestamp(seconds, timezone.utc)
-    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+    """Nanoseconds, to the microsecond the log keeps, rounded as the log rounds them (as
+    `datetime.fromtimestamp` does: the fraction's microseconds, half to even), so a live span
+    and a backfilled one have the same times; without building a datetime."""
+    fraction, whole = math.modf(seconds)
+    return (int(whole) * 1_000_000 + round(fraction * 1e6)) * 1000
 
 
 def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value  # SQLite: naive
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -17,6 +17,7 @@ from typing import Any
 from smallops.storage.otel_spans import SpanValue
 
 _KINDS = {"INTERNAL": 1, "CLIENT": 3}  # Span.SpanKind
+_KIND_FIELDS = {name: b"\x30" + bytes((kind,)) for name, kind in _KINDS.items()}  # field 6
 _ERROR = 2  # Status.StatusCode.STATUS_CODE_ERROR
 _FLAGS = b"\x85\x01" + struct.pack("<I", 0x100)  # field 16, fixed32: HAS_IS_REMOTE, not remote
 _UNSET_STATUS = b"\x7a\x00"  # field 15: an empty Status (code UNSET), as the SDK sends it
@@ -114,20 +115,24 @@ _PAIR_CHARS = 256
 
 def span_bytes(span: SpanValue) -> bytes:
     """One Span message."""
-    parts = [
-        _field(1, span.trace_id.to_bytes(16, "big")),
-        _field(2, span.span_id.to_bytes(8, "big")),
+    parts = [  # the ids' fields: tag and length (fixed) then the bytes
+        b"\x0a\x10" + span.trace_id.to_bytes(16, "big"),
+        b"\x12\x08" + span.span_id.to_bytes(8, "big"),
     ]
     if span.parent_id is not None:
-        parts.append(_field(4, span.parent_id.to_bytes(8, "big")))
+        parts.append(b"\x22\x08" + span.parent_id.to_bytes(8, "big"))
     if span.name:
         parts.append(_field(5, span.name.encode()))
-    parts.append(b"\x30" + _varint(_KINDS[span.kind]))
+    parts.append(_KIND_FIELDS[span.kind])
     if span.start_ns:
         parts.append(b"\x39" + struct.pack("<Q", span.start_ns))
     if span.end_ns:
         parts.append(b"\x41" + struct.pack("<Q", span.end_ns))
-    parts.extend(_attribute(k, v) for k, v in span.attributes.items())
+    kept = _PAIRS
+    for key, value in span.attributes.items():
+        kind = type(value)  # as in _attribute: only a str or an int (never a bool) is kept
+        found = kept.get((key, value)) if kind is str or kind is int else None
+        parts.append(found if found is not None else _attribute(key, value))
     if span.error:
         message = span.description if isinstance(span.description, str) else ""
         parts.append(_field(15, (_field(2, message.encode()) if message else b"") + b"\x18\x02"))
