@@ -340,6 +340,29 @@ def test_the_writer_only_hands_rows_over_and_a_row_unreadable_costs_only_its_spa
     }
 
 
+def test_the_thread_rests_between_runs_only_while_it_keeps_up(
+    make_workflow, emulator, collector, monkeypatch
+):
+    """A few runs are built with a rest between each (spread over the calls' time); a backlog
+    is built without them, so it drains at full speed and the queue does not fill."""
+    monkeypatch.setattr(otel_export, "SPREAD_SECONDS", 0.05)
+    wf = make_workflow(review="none")
+    wf.run(**EMAIL)
+    (run,), _ = exported(wf)
+    export = otel_export.SpanExport()
+    began = time.monotonic()
+    export.offer([(run, None, None)] * 5)
+    assert export.flush(30)
+    assert time.monotonic() - began >= 4 * 0.05  # a rest after each run
+    began = time.monotonic()
+    export.offer([(run, None, None)] * 1000)
+    assert export.flush(60)
+    took = time.monotonic() - began
+    export.close()
+    assert export.sent == 2 * 1005 and export.dropped == 0
+    assert took < 20  # a rest after each of 1,000 runs would take 50 s; only the last 64 rest
+
+
 def test_spans_dropped_by_a_close_mid_request_do_not_blame_the_collector(
     make_workflow, emulator, collector
 ):
