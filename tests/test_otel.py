@@ -281,6 +281,23 @@ def test_the_proxy_settings_are_read_once_and_still_obeyed(
     assert len(collector.spans) == 4  # the live export's two, and these
 
 
+def sent_all_but_the_middle_run(
+    items: list[Any], runs: list[dict[str, Any]], collector: OtlpReceiver, before: int, error: str
+) -> None:
+    """Offer three runs whose middle one cannot be written: its two spans alone are dropped and
+    counted, with `error` in the last error, and the other two runs' spans reach the collector
+    (after the `before` it held)."""
+    export = otel_export.SpanExport()
+    export.offer(items)
+    assert export.flush(30)
+    export.close()
+    assert export.sent == 4 and export.dropped == 2
+    assert error in (export.last_error or "")
+    assert {s.trace_id for s in collector.spans[before:]} == {
+        f"{trace_id_of(run['id']):032x}" for run in (runs[0], runs[2])
+    }
+
+
 def test_a_run_whose_spans_cannot_be_written_costs_only_its_own_spans(
     make_workflow, emulator, collector
 ):
@@ -291,15 +308,13 @@ def test_a_run_whose_spans_cannot_be_written_costs_only_its_own_spans(
         wf.run(**EMAIL)
     runs, live = exported(wf)  # the live export's spans, sent first
     odd = dict(runs[1], provider=object())  # gen_ai.provider.name of no encodable type
-    export = otel_export.SpanExport()
-    export.offer([(runs[0], None, None), (odd, None, None), (runs[2], None, None)])
-    assert export.flush(30)
-    export.close()
-    assert export.sent == 4 and export.dropped == 2
-    assert "TypeError" in (export.last_error or "")
-    assert {s.trace_id for s in collector.spans[len(live) :]} == {
-        f"{trace_id_of(run['id']):032x}" for run in (runs[0], runs[2])
-    }
+    sent_all_but_the_middle_run(
+        [(runs[0], None, None), (odd, None, None), (runs[2], None, None)],
+        runs,
+        collector,
+        len(live),
+        "TypeError",
+    )
 
 
 def test_the_writer_only_hands_rows_over_and_a_row_unreadable_costs_only_its_spans(
@@ -329,15 +344,13 @@ def test_the_writer_only_hands_rows_over_and_a_row_unreadable_costs_only_its_spa
     row = list(handed[1].run)
     row[attempts] = '[{"started_at": '  # cut short
     broken = dataclasses.replace(handed[1], run=tuple(row))
-    export = otel_export.SpanExport()
-    export.offer([handed[0], broken, handed[2]])
-    assert export.flush(30)
-    export.close()
-    assert export.sent == 4 and export.dropped == 2
-    assert "its spans could not be written" in (export.last_error or "")
-    assert {s.trace_id for s in collector.spans[len(live) :]} == {
-        f"{trace_id_of(run['id']):032x}" for run in (runs[0], runs[2])
-    }
+    sent_all_but_the_middle_run(
+        [handed[0], broken, handed[2]],
+        runs,
+        collector,
+        len(live),
+        "its spans could not be written",
+    )
 
 
 def test_the_thread_rests_between_runs_only_while_it_keeps_up(

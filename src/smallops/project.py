@@ -15,8 +15,7 @@ from smallops.config import CONFIG_FILE, Settings, find_project_root
 from smallops.errors import ConfigError, SmallopsError, StorageError, UnknownWorkflowError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 log = logging.getLogger("smallops")

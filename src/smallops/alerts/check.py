@@ -16,9 +16,8 @@ from smallops.alerts.engine import Changes, apply
 from smallops.alerts.outbox import Attempt, Outbox
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from smallops.config import Settings
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 

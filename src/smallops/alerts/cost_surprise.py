@@ -15,9 +15,8 @@ from smallops.dashboards.ranges import ceil_hour, floor_hour
 from smallops.storage import alert_figures
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from smallops.alerts.rules import Reads
+    from smallops.storage.db import Engine
 
 WEEK = timedelta(days=7)
 WEEKS_BEFORE = 4

@@ -27,9 +27,8 @@ from smallops.storage.db import write_transaction
 from smallops.storage.storable import text
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
-
     from smallops.alerts.rules import Evaluation
+    from smallops.storage.db import Connection, Engine
 
 PROJECT = "*"  # the workflow of a rule about the whole project (the spool, the quarantine)
 ACKNOWLEDGED_BY_CHARS = 200  # alerts.acknowledged_by holds this many

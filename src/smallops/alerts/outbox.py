@@ -28,7 +28,7 @@ from smallops.storage import alert_log
 from smallops.storage.db import write_transaction
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from smallops.storage.db import Engine
 
 LEASE = timedelta(seconds=60)
 MAX_ATTEMPTS = 12  # about six hours of backoff (30 s doubling, at most an hour apart)

@@ -42,10 +42,9 @@ from smallops.storage.quarantine import Quarantine, quarantine_folder
 from smallops.storage.spool import spool_folder
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from smallops.alert_config import AlertSettings
     from smallops.resilience.guards import Guards
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 log = logging.getLogger("smallops")

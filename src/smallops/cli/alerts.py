@@ -16,10 +16,9 @@ from smallops.errors import ConfigError
 from smallops.ids import short_id
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from smallops.alerts.check import Round
     from smallops.project import Project
+    from smallops.storage.db import Engine
 
 app = typer.Typer(
     help="Alerts: check the rules, list, acknowledge, resolve, test a channel.",

@@ -13,9 +13,9 @@ from smallops.errors import InputError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
-    from sqlalchemy import Engine
 
     from smallops.project import Project
+    from smallops.storage.db import Engine
 
 
 def register(app: typer.Typer) -> None:

@@ -23,7 +23,7 @@ from smallops.review.triage import input_preview, truncate
 from smallops.storage import eval_log
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from smallops.storage.db import Engine
 
 PAGE = 50  # eval runs a page of the list shows
 CHART_RUNS = 30  # eval runs a workflow's pass-rate chart shows

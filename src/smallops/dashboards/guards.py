@@ -17,8 +17,7 @@ from smallops.errors import SmallopsError
 from smallops.resilience.status import Source, guard_status
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 #: What a breaker's state is, by where it is kept.

@@ -32,8 +32,7 @@ from smallops.storage.rollup_reads import HourRows, Production, hour_rows, produ
 from smallops.storage.rollups import BUCKETS_PER_DOUBLING, ZERO_BUCKET
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 #: The label of a served model that none of the workflow's configured models pins.

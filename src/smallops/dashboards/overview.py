@@ -20,8 +20,7 @@ from smallops.dashboards.together import together
 from smallops.storage import dashboard_figures as stored
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 CHART_DAYS = 35

@@ -26,7 +26,7 @@ from smallops.storage.queries import MIN_ID_GIVEN, get_run, origin_of
 from smallops.storage.run_browser import MAX_PAGE, PAGE, RunFilters, browse_runs
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from smallops.storage.db import Engine
 
 #: The browser's query parameters: its filters, the page cursor and the page size.
 Param = Literal[

@@ -17,8 +17,7 @@ from smallops.errors import NotFoundError
 from smallops.storage import dashboard_figures as stored
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 #: How a call that never got a served model (it failed first) is listed among the models.

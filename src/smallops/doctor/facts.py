@@ -19,8 +19,7 @@ from smallops.storage.health import DatabaseError, first_line
 from smallops.storage.practice_log import PracticeLog, practice_log
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 #: "Recent" calls: the log shows the application is calling its workflows now.

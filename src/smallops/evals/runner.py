@@ -41,8 +41,7 @@ from smallops.storage.eval_log import (
 )
 
 if TYPE_CHECKING:  # the workflow is handed in; this layer never imports it
-    from sqlalchemy import Engine
-
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 

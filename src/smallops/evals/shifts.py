@@ -23,7 +23,7 @@ from smallops.storage.hours import hour_of
 from smallops.storage.label_rollups import value_counts
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from smallops.storage.db import Engine
 
 SHIFT_ALPHA = 0.01  # a distribution "shifted" below this p-value: few false alarms a year
 

@@ -17,8 +17,6 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Engine
-
 from smallops.gateway.errors import budget_exhausted, budget_unavailable, rate_limited
 from smallops.gateway.keys import KeyInfo
 from smallops.gateway_config import Route, WorkflowRoute
@@ -30,6 +28,7 @@ from smallops.resilience.budget import Budget, BudgetLedger, Reservation
 from smallops.resilience.guards import EventLog, breaker_failure
 from smallops.resilience.ratelimit import RateLimit, parse_limits
 from smallops.resilience.steps import note_degraded
+from smallops.storage.db import Engine
 
 DEFAULT_OUTPUT_TOKENS = 1024  # what a request that sets no max_tokens is reserved for
 #: The most output a request is reserved for: beyond any model's (the upstream refuses more),

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine
-
 from smallops.errors import ConfigError, InputError
 from smallops.ids import uuid7
 from smallops.storage import gateway_keys as table
+from smallops.storage.db import Engine
 
 PREFIX = "sk-smallops-"
 SHOWN = len(PREFIX) + 6  # how much of a key `keys list` shows, to tell keys apart

@@ -31,7 +31,7 @@ from smallops.storage.db import write_transaction
 from smallops.storage.health import DatabaseError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
+    from smallops.storage.db import Connection, Engine
 
 log = logging.getLogger("smallops")
 BUDGET_WAIT = 2.0  # seconds a call waits for its reservation before the budget is unavailable

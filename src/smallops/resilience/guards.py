@@ -24,12 +24,11 @@ from smallops.records import Usage
 from smallops.storage.guard_log import record_guard_event
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from smallops.records import Pricing
     from smallops.resilience.breaker import BreakerConfig, BreakerStore, Transition
     from smallops.resilience.budget import BudgetLedger
     from smallops.resilience.ratelimit import RateLimit
+    from smallops.storage.db import Engine
 
 log = logging.getLogger("smallops")
 #: Provider failures that say the endpoint is unwell (a 429 is judged by `breaker_failure`).

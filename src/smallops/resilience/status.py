@@ -16,7 +16,7 @@ from smallops.storage.guard_log import recent_guard_events
 from smallops.storage.queries import guard_refusals
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from smallops.storage.db import Engine
 
 #: How far back the calls a guard refused are counted.
 REFUSALS_HOURS = 24

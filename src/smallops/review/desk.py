@@ -29,8 +29,7 @@ from smallops.review.queue import DEFAULT_LEASE, Check, Decision, ReviewQueue
 from smallops.storage.health import first_line
 
 if TYPE_CHECKING:  # the workflow is handed in; this layer never imports it
-    from sqlalchemy import Connection, Engine
-
+    from smallops.storage.db import Connection, Engine
     from smallops.workflow import Workflow
 
 log = logging.getLogger("smallops")

@@ -27,8 +27,7 @@ from smallops.storage.db import write_transaction
 from smallops.storage.graduation_log import lock_standings
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
-
+    from smallops.storage.db import Connection, Engine
     from smallops.workflow import Workflow
 
 

@@ -23,7 +23,7 @@ from smallops.storage.db import write_transaction
 from smallops.storage.review_log import QueueOrder
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
+    from smallops.storage.db import Connection, Engine
 
 DEFAULT_LEASE = timedelta(minutes=10)
 STATES = {"approve": "approved", "correct": "corrected", "reject": "rejected"}

@@ -41,8 +41,7 @@ from smallops.storage.db import write_transaction
 from smallops.storage.health import first_line
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, Engine
-
+    from smallops.storage.db import Connection, Engine
     from smallops.workflow import Workflow
 
 DEFAULT_SECRET_ENV = "SMALLOPS_WEBHOOK_SECRET"

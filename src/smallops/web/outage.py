@@ -26,7 +26,7 @@ from smallops.storage.health import CommitWatch, Health, first_line, unreachable
 from smallops.storage.watchdog import bound_calls
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from smallops.storage.db import Engine
 
 P = ParamSpec("P")
 T = TypeVar("T")

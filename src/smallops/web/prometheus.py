@@ -23,8 +23,7 @@ from smallops.dashboards.metrics import AllTimeProduction, MetricFigures, metric
 from smallops.kinds import STATUSES
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
+    from smallops.storage.db import Engine
     from smallops.workflow import Workflow
 
 TOKEN_TYPES = ("input", "output", "cached")
