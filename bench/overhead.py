@@ -298,6 +298,14 @@ def _serve_otlp(counter: Any, ready: Any) -> None:
     server.serve_forever()
 
 
+def settle(export: Any) -> None:
+    """Between two timed blocks: the writer commits what it holds and the block's export sends
+    what it has built, so neither lands in the next path's timings."""
+    writer_module.flush_all()
+    if export is not None:
+        export.flush(60)
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -307,8 +315,9 @@ def closed_port() -> int:
 def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
     """Sequential calls with the span export off, on (a receiver answering 200) and pointed at
     a closed port, alternating with the raw SDK. Each variant is the process's export in turn
-    (the writer hands committed runs to whichever is current); the writer is flushed between
-    variants, outside the timings."""
+    (the writer hands committed runs to whichever is current); after each block the writer
+    and that block's export are flushed, outside the timings, so one path's work never lands in
+    another's (a collector that is down gives up on a request after a second)."""
     from smallops.storage import otel_export
 
     client = openai.OpenAI(base_url=BASE_URL, api_key=os.environ["OPENAI_API_KEY"], max_retries=0)
@@ -327,7 +336,8 @@ def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
                 ("export on, from a child process", receiver, otel_export.ProcessExport),
             ):
                 os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = url
-                exports[name] = kind()
+                # refused requests give up after a second, so a flush does not wait out retries
+                exports[name] = kind(timeout=1.0) if "down" in name else kind()
         finally:
             os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
             if saved is not None:
@@ -348,14 +358,14 @@ def export_cost(root: Path, n: int, rounds: int) -> dict[str, Any]:
         try:
             for name, fn in variants.items():
                 timed(name, fn, max(50, n // 10))
-                writer_module.flush_all()
+                settle(exports.get(name))
             medians: dict[str, list[float]] = {name: [] for name in variants}
             p99s: dict[str, list[float]] = {name: [] for name in variants}
             for r in range(rounds):
                 for name in alternate(r, list(variants)):
                     gc.collect()
                     got = summary(timed(name, variants[name], n))
-                    writer_module.flush_all()
+                    settle(exports.get(name))
                     medians[name].append(got["median_us"])
                     p99s[name].append(got["p99_us"])
         finally:
