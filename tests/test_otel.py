@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -353,27 +354,48 @@ def test_the_writer_only_hands_rows_over_and_a_row_unreadable_costs_only_its_spa
     )
 
 
-def test_the_thread_rests_between_runs_only_while_it_keeps_up(
+def test_the_thread_rests_after_each_stretch_of_work_only_while_it_keeps_up(
     make_workflow, emulator, collector, monkeypatch
 ):
-    """A few runs are built with a rest between each (spread over the calls' time); a backlog
-    is built without them, so it drains at full speed and the queue does not fill."""
-    monkeypatch.setattr(otel_export, "SPREAD_SECONDS", 0.05)
+    """Runs are built back to back for up to PACE_SECONDS, then the thread rests while it keeps
+    up (SPREAD_SECONDS: the work is spread over the calls' time, one wake-up per stretch rather
+    than per run); a backlog gets only brief steps aside, so it drains at full speed."""
+    rests: list[float] = []
+
+    class Clock:  # the module's time, with the export thread's sleeps noted
+        monotonic, perf_counter = staticmethod(time.monotonic), staticmethod(time.perf_counter)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            if threading.current_thread().name == "smallops-otel":
+                rests.append(seconds)
+            time.sleep(seconds)
+
+    monkeypatch.setattr(otel_export, "time", Clock)
+    spread = otel_export.SPREAD_SECONDS
     wf = make_workflow(review="none")
     wf.run(**EMAIL)
     (run,), _ = exported(wf)
     export = otel_export.SpanExport()
-    began = time.monotonic()
+    rests.clear()  # the live export's, for the run above
+    monkeypatch.setattr(otel_export, "PACE_SECONDS", 60.0)  # one stretch holds them all
     export.offer([(run, None, None)] * 5)
     assert export.flush(30)
-    assert time.monotonic() - began >= 4 * 0.05  # a rest after each run
-    began = time.monotonic()
+    assert rests.count(spread) == 0
+    monkeypatch.setattr(otel_export, "PACE_SECONDS", 0.0)  # a stretch is one run
+    export.offer([(run, None, None)] * 5)
+    assert export.flush(30)
+    assert rests.count(spread) >= 4
+    rests.clear()
+    monkeypatch.setattr(otel_export, "PACE_SECONDS", 60.0)  # the offer does not step aside
     export.offer([(run, None, None)] * 1000)
+    monkeypatch.setattr(otel_export, "PACE_SECONDS", 0.0)
     assert export.flush(60)
-    took = time.monotonic() - began
     export.close()
-    assert export.sent == 2 * 1005 and export.dropped == 0
-    assert took < 20  # a rest after each of 1,000 runs would take 50 s; only the last 64 rest
+    assert export.sent == 2 * 1010 and export.dropped == 0
+    # only the last runs (fewer than KEEPING_UP wait) are rested after; the rest step aside
+    assert rests.count(spread) < 2 * otel_export.KEEPING_UP
+    assert rests.count(otel_export.STEP_ASIDE_SECONDS) > 500
 
 
 def test_spans_dropped_by_a_close_mid_request_do_not_blame_the_collector(

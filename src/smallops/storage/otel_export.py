@@ -11,12 +11,14 @@ queue fills and further runs are dropped and counted (`dropped`), so neither the
 nor the writer ever waits for telemetry.
 
 The writer hands over the committed rows as they are (`Committed`). The thread reads each run
-back and builds and encodes its spans as the run arrives, resting briefly between runs while
-it keeps up, and at the end of a batch only joins the bytes and sends them. A writer batch's
-runs are so spread over the time of many calls: built in one go, they would hold the GIL in a
-burst that one call waits out whole (the p99), and a whole second's batch (~50 ms of Python)
-would stall the calls made meanwhile one after the other. When runs pile up, the thread only
-steps aside now and then (`_Pace`).
+back and builds and encodes its spans as the run arrives, in stretches of at most
+`PACE_SECONDS` of work with a rest after each while it keeps up, and at the end of a batch only
+joins the bytes and sends them. A writer batch's runs are so spread over the time of many
+calls: built in one go, they would hold the GIL in a burst that one call waits out whole (the
+p99), and a whole second's batch (~50 ms of Python) would stall the calls made meanwhile one
+after the other. A stretch holds several runs, not one: every wake-up of the thread costs the
+calls a hand-over of the GIL (the median). When runs pile up, the thread only steps aside now
+and then (`_Pace`).
 """
 
 from __future__ import annotations
@@ -56,10 +58,10 @@ LINGER_SECONDS = 1.0  # a batch waits this long for more runs: each request cost
 _LINGER_VARIABLE = "OTEL_BSP_SCHEDULE_DELAY"  # the SDK's batch delay, in milliseconds
 _CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # read by requests from the environment
 _SESSION_VARIABLE = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
-PACE_SECONDS = 0.0002  # the export thread's longest stretch on the GIL before it steps aside
+PACE_SECONDS = 0.0002  # the export thread's longest stretch on the GIL before it rests
 STEP_ASIDE_SECONDS = 0.0  # time.sleep(0) releases the GIL: a waiting thread takes it
-SPREAD_SECONDS = 0.001  # the export thread's rest between two runs while it keeps up
-KEEPING_UP = 64  # runs waiting: below this the thread rests between runs, above only paces
+SPREAD_SECONDS = 0.001  # the export thread's rest after a stretch while it keeps up
+KEEPING_UP = 64  # runs waiting: below this the thread rests after a stretch, above steps aside
 
 
 def export_wanted(environ: Mapping[str, str] | None = None) -> bool:
@@ -264,14 +266,14 @@ class SpanExport:
                 return
 
     def _rest(self, pace: _Pace) -> None:
-        """Between two runs: while the export keeps up (few runs wait), a rest, so that a
-        writer batch's runs are built over the time of many calls instead of in one burst
-        that a single call waits out; when runs pile up, only the pace's brief steps aside."""
-        if self._queue.qsize() < KEEPING_UP:
-            time.sleep(SPREAD_SECONDS)
+        """After a run, once the stretch of work since the last rest reaches `PACE_SECONDS`:
+        while the export keeps up (few runs wait), a rest, so that a writer batch's runs are
+        built over the time of many calls instead of in one burst that a single call waits
+        out; when runs pile up, only a brief step aside."""
+        if pace.due():
+            keeping_up = self._queue.qsize() < KEEPING_UP
+            time.sleep(SPREAD_SECONDS if keeping_up else STEP_ASIDE_SECONDS)
             pace.restart()
-        else:
-            pace()
 
 
 @dataclass
@@ -292,8 +294,11 @@ class _Pace:
     def __init__(self) -> None:
         self._since = time.perf_counter()
 
+    def due(self) -> bool:
+        return time.perf_counter() - self._since >= PACE_SECONDS
+
     def __call__(self) -> None:
-        if time.perf_counter() - self._since >= PACE_SECONDS:
+        if self.due():
             time.sleep(STEP_ASIDE_SECONDS)
             self.restart()
 
