@@ -357,9 +357,10 @@ def test_the_writer_only_hands_rows_over_and_a_row_unreadable_costs_only_its_spa
 def test_the_thread_rests_after_each_stretch_of_work_only_while_it_keeps_up(
     make_workflow, emulator, collector, monkeypatch
 ):
-    """Runs are built back to back for up to PACE_SECONDS, then the thread rests while it keeps
-    up (SPREAD_SECONDS: the work is spread over the calls' time, one wake-up per stretch rather
-    than per run); a backlog gets only brief steps aside, so it drains at full speed."""
+    """Runs are built back to back for about PACE_SECONDS of work (a wait for the next run is
+    no work), then the thread rests while it keeps up (SPREAD_SECONDS: the work is spread over
+    the calls' time, one wake-up per stretch rather than per run); a backlog gets only brief
+    steps aside, so it drains at full speed."""
     rests: list[float] = []
 
     class Clock:  # the module's time, with the export thread's sleeps noted
@@ -382,17 +383,24 @@ def test_the_thread_rests_after_each_stretch_of_work_only_while_it_keeps_up(
     export.offer([(run, None, None)] * 5)
     assert export.flush(30)
     assert rests.count(spread) == 0
+    export.offer([(run, None, None)] * 5)  # queued before the thread rests after any of them
     monkeypatch.setattr(otel_export, "PACE_SECONDS", 0.0)  # a stretch is one run
-    export.offer([(run, None, None)] * 5)
     assert export.flush(30)
-    assert rests.count(spread) >= 4
+    assert rests.count(spread) >= 3  # after each run while more wait, not after the last
+    rests.clear()
+    monkeypatch.setattr(otel_export, "PACE_SECONDS", 0.5)
+    export.offer([(run, None, None)])
+    time.sleep(0.6)  # the batch (a second's linger) waits for more: no work, no rest
+    export.offer([(run, None, None)] * 2)
+    assert export.flush(30)
+    assert rests.count(spread) == 0
     rests.clear()
     monkeypatch.setattr(otel_export, "PACE_SECONDS", 60.0)  # the offer does not step aside
     export.offer([(run, None, None)] * 1000)
     monkeypatch.setattr(otel_export, "PACE_SECONDS", 0.0)
     assert export.flush(60)
     export.close()
-    assert export.sent == 2 * 1010 and export.dropped == 0
+    assert export.sent == 2 * 1013 and export.dropped == 0
     # only the last runs (fewer than KEEPING_UP wait) are rested after; the rest step aside
     assert rests.count(spread) < 2 * otel_export.KEEPING_UP
     assert rests.count(otel_export.STEP_ASIDE_SECONDS) > 500

@@ -11,14 +11,14 @@ queue fills and further runs are dropped and counted (`dropped`), so neither the
 nor the writer ever waits for telemetry.
 
 The writer hands over the committed rows as they are (`Committed`). The thread reads each run
-back and builds and encodes its spans as the run arrives, in stretches of at most
-`PACE_SECONDS` of work with a rest after each while it keeps up, and at the end of a batch only
-joins the bytes and sends them. A writer batch's runs are so spread over the time of many
-calls: built in one go, they would hold the GIL in a burst that one call waits out whole (the
-p99), and a whole second's batch (~50 ms of Python) would stall the calls made meanwhile one
-after the other. A stretch holds several runs, not one: every wake-up of the thread costs the
-calls a hand-over of the GIL (the median). When runs pile up, the thread only steps aside now
-and then (`_Pace`).
+back and builds and encodes its spans as the run arrives, in stretches of about `PACE_SECONDS`
+of work (a stretch ends with the run that reaches it) with a rest after each while it keeps
+up, and at the end of a batch only joins the bytes and sends them. A writer batch's runs are so
+spread over the time of many calls: built in one go, they would hold the GIL in a burst that
+one call waits out whole (the p99), and a whole second's batch (~50 ms of Python) would stall
+the calls made meanwhile one after the other. A stretch holds several runs, not one: every
+wake-up of the thread costs the calls a hand-over of the GIL (the median). When runs pile up,
+the thread only steps aside now and then (`_Pace`).
 """
 
 from __future__ import annotations
@@ -53,12 +53,13 @@ BATCH_RUNS = 256  # runs per export request
 EXPORT_TIMEOUT = 5.0  # seconds one export request (with the SDK's own retries) may take
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _STOP = object()
+_LINGERED = object()  # a batch waited its linger out: it goes as it is
 _CLOSED = "the export was closed before these were sent"
 LINGER_SECONDS = 1.0  # a batch waits this long for more runs: each request costs the GIL too
 _LINGER_VARIABLE = "OTEL_BSP_SCHEDULE_DELAY"  # the SDK's batch delay, in milliseconds
 _CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")  # read by requests from the environment
 _SESSION_VARIABLE = "OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER"
-PACE_SECONDS = 0.0002  # the export thread's longest stretch on the GIL before it rests
+PACE_SECONDS = 0.0002  # the export thread's work before it rests (ends with the run reaching it)
 STEP_ASIDE_SECONDS = 0.0  # time.sleep(0) releases the GIL: a waiting thread takes it
 SPREAD_SECONDS = 0.001  # the export thread's rest after a stretch while it keeps up
 KEEPING_UP = 64  # runs waiting: below this the thread rests after a stretch, above steps aside
@@ -246,10 +247,8 @@ class SpanExport:
                     self._rest(pace)
                 if stop or markers or len(items) >= BATCH_RUNS:
                     break
-                wait = self.linger - (time.monotonic() - began)
-                try:
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
+                item = self._next(self.linger - (time.monotonic() - began), pace)
+                if item is _LINGERED:
                     break
             if items:
                 try:
@@ -265,15 +264,32 @@ class SpanExport:
             if stop:
                 return
 
+    def _next(self, wait: float, pace: _Pace) -> Any:
+        """The batch's next item, waiting up to `wait` seconds for it, else `_LINGERED`. A
+        wait is no work: after one, the stretch starts again."""
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            if wait <= 0:
+                return _LINGERED
+        try:
+            item = self._queue.get(timeout=wait)
+        except queue.Empty:
+            return _LINGERED
+        pace.restart()
+        return item
+
     def _rest(self, pace: _Pace) -> None:
-        """After a run, once the stretch of work since the last rest reaches `PACE_SECONDS`:
-        while the export keeps up (few runs wait), a rest, so that a writer batch's runs are
-        built over the time of many calls instead of in one burst that a single call waits
-        out; when runs pile up, only a brief step aside."""
+        """After a run, once the stretch of work since the last rest or wait reaches
+        `PACE_SECONDS`, if more runs wait: while the export keeps up (few wait), a rest, so
+        that a writer batch's runs are built over the time of many calls instead of in one
+        burst that a single call waits out; when runs pile up, only a brief step aside. With
+        none waiting, the wait for the next run is the rest."""
         if pace.due():
-            keeping_up = self._queue.qsize() < KEEPING_UP
-            time.sleep(SPREAD_SECONDS if keeping_up else STEP_ASIDE_SECONDS)
-            pace.restart()
+            waiting = self._queue.qsize()
+            if waiting:
+                time.sleep(SPREAD_SECONDS if waiting < KEEPING_UP else STEP_ASIDE_SECONDS)
+                pace.restart()
 
 
 @dataclass
