@@ -302,8 +302,8 @@ def settle(export: Any) -> None:
     """Between two timed blocks: the writer commits what it holds and the block's export sends
     what it has built, so neither lands in the next path's timings."""
     writer_module.flush_all()
-    if export is not None:
-        export.flush(60)
+    if export is not None and not export.flush(60):
+        raise SystemExit("error: an export did not finish its work in 60 s; the timings are void")
 
 
 def closed_port() -> int:
